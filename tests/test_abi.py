@@ -1,0 +1,157 @@
+"""The ABI layer against the system's <linux/kvm.h>: every size, offset and ioctl number.
+
+A small C program is generated from the ctypes definitions, compiled with the system
+compiler and run; its answers are compared with ctypes. Definitions newer than the
+installed header are compared with the values documented in upstream <linux/kvm.h>.
+No /dev/kvm is needed.
+"""
+
+import ctypes
+import shutil
+import subprocess
+
+import pytest
+
+from kvmtest import abi
+from kvmtest.abi import numbers, structs
+from kvmtest.abi.ioctl_codes import IOW, IOWR, ioc_size
+
+# ctypes paths that C spells differently (anonymous unions in the kernel's structures).
+C_PATH = {
+    "kvm_run.exit.hypercall.flags": "hypercall.longmode",  # union { __u32 longmode; __u64 flags; }
+    "kvm_run.exit.": "",
+    "kvm_run.exit": "hw",  # the union itself starts where its first member does
+}
+
+# A struct exists in the header iff its guard macro does; no guard = always present (6.1+).
+GUARDS = {
+    "kvm_run.exit.memory_fault": "KVM_EXIT_MEMORY_FAULT",
+    "kvm_userspace_memory_region2": "KVM_SET_USER_MEMORY_REGION2",
+    "kvm_create_guest_memfd": "KVM_CREATE_GUEST_MEMFD",
+}
+
+# Values documented by upstream include/uapi/linux/kvm.h for what older headers lack.
+DOCUMENTED = {
+    "sizeof(kvm_userspace_memory_region2)": 160,
+    "kvm_userspace_memory_region2.guest_memfd_offset": 32,
+    "kvm_userspace_memory_region2.guest_memfd": 40,
+    "sizeof(kvm_create_guest_memfd)": 64,
+    "KVM_SET_USER_MEMORY_REGION2": IOW(0xAE, 0x49, 160),
+    "KVM_CREATE_GUEST_MEMFD": IOWR(0xAE, 0xD4, 64),
+    "KVM_EXIT_MEMORY_FAULT": 39,
+    "kvm_run.exit.memory_fault.gpa": 40,
+}
+
+
+def _fields(ctype, prefix):
+    """(path, offset) for every field, recursing into nested structures and unions."""
+    for name, ftype, *_ in ctype._fields_:
+        desc = getattr(ctype, name)
+        path = f"{prefix}.{name}"
+        yield path, desc.offset
+        if isinstance(ftype, type) and issubclass(ftype, (ctypes.Structure, ctypes.Union)):
+            for sub, off in _fields(ftype, path):
+                yield sub, desc.offset + off
+
+
+def _c_member(path):
+    struct, _, member = path.partition(".")
+    for ours, theirs in C_PATH.items():
+        if path == ours or (path.startswith(ours) and ours.endswith(".")):
+            return struct, theirs + path[len(ours):]
+    return struct, member
+
+
+def _guard(key):
+    for prefix, macro in GUARDS.items():
+        if key == prefix or key.startswith(prefix + "."):
+            return macro
+    return None
+
+
+def _python_facts():
+    facts = {}
+    for st in structs.ABI_STRUCTS:
+        name = st.__name__
+        facts[f"sizeof({name})"] = ctypes.sizeof(st)
+        for path, off in _fields(st, name):
+            if ".pad" in path or ".reserved" in path or path.endswith(".padding"):
+                continue  # padding is named differently across header versions
+            facts[path] = off
+    for d in numbers.IOCTLS.values():
+        facts[d.name] = d.request
+    for table in (abi.EXIT_REASONS, abi.CAPABILITIES):
+        facts.update(table)
+    return facts
+
+
+def _c_program(facts):
+    lines = ["#include <stdio.h>", "#include <stddef.h>", "#include <linux/kvm.h>", "int main(void) {"]
+    for key in facts:
+        if key.startswith("sizeof("):
+            st = key[7:-1]
+            expr = f"sizeof(struct {st})"
+            guard = _guard(st)
+        elif "." in key:
+            st, member = _c_member(key)
+            expr = f"offsetof(struct {st}, {member})"
+            guard = _guard(key)
+        else:
+            expr, guard = f"(unsigned long long)({key})", key
+        body = f'  printf("%s %llu\\n", "{key}", (unsigned long long)({expr}));'
+        lines += [f"#ifdef {guard}", body, "#endif"] if guard else [body]
+    lines += ["  return 0;", "}"]
+    return "\n".join(lines)
+
+
+@pytest.fixture(scope="module")
+def c_facts(tmp_path_factory):
+    cc = shutil.which("cc") or shutil.which("gcc")
+    assert cc, "a C compiler is needed to check the ABI against <linux/kvm.h>"
+    facts = _python_facts()
+    d = tmp_path_factory.mktemp("abi")
+    (d / "abi.c").write_text(_c_program(facts))
+    built = subprocess.run([cc, "-o", str(d / "abi"), str(d / "abi.c")], capture_output=True, text=True)
+    assert built.returncode == 0, f"the ABI probe does not compile against <linux/kvm.h>:\n{built.stderr[-3000:]}"
+    out = subprocess.run([str(d / "abi")], check=True, capture_output=True, text=True).stdout
+    return facts, {k: int(v) for k, v in (line.split() for line in out.splitlines())}
+
+
+def test_every_layout_fact_matches_the_installed_header(c_facts):
+    ours, theirs = c_facts
+    mismatches = [f"{k}: kvmtest={ours[k]:#x} <linux/kvm.h>={v:#x}" for k, v in theirs.items() if ours[k] != v]
+    assert not mismatches, "ABI differs from <linux/kvm.h>:\n" + "\n".join(mismatches)
+
+
+def test_the_header_answers_for_most_facts(c_facts):
+    # Guard against a C program that silently checks nothing (all #ifdef'd away).
+    ours, theirs = c_facts
+    assert len(theirs) > 0.9 * (len(ours) - len(DOCUMENTED)), f"only {len(theirs)} of {len(ours)} facts were checked"
+
+
+def test_definitions_newer_than_the_header_match_upstream(c_facts):
+    ours, _ = c_facts
+    wrong = [f"{k}: kvmtest={ours[k]:#x} upstream={v:#x}" for k, v in DOCUMENTED.items() if ours[k] != v]
+    assert not wrong, "\n".join(wrong)
+
+
+def test_ioctl_numbers_encode_their_argument_size():
+    assert ioc_size(numbers.KVM_SET_USER_MEMORY_REGION) == ctypes.sizeof(structs.kvm_userspace_memory_region)
+    assert ioc_size(numbers.KVM_GET_SREGS) == 312
+    assert ioc_size(numbers.KVM_RUN) == 0
+
+
+def test_kvm_run_has_the_documented_shape():
+    assert ctypes.sizeof(structs.kvm_run) == 2352
+    assert structs.kvm_run.exit_reason.offset == 8
+    assert structs.kvm_run.exit.offset == 32
+    assert structs.kvm_run.kvm_valid_regs.offset == 288
+
+
+def test_names_for_unknown_values_do_not_raise():
+    assert abi.EXIT_REASON_NAMES.name(2) == "KVM_EXIT_IO"
+    assert abi.EXIT_REASON_NAMES.name(999) == "KVM_EXIT_unknown(999)"
+    assert abi.CAPABILITY_NAMES[0x7FFF] == "KVM_CAP_unknown(32767)"
+    assert abi.errno_name(17) == "EEXIST"
+    assert abi.vector_name(14) == "#PF"
+    assert numbers.ioctl_name(numbers.KVM_RUN) == "KVM_RUN"
