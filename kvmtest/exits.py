@@ -1,0 +1,259 @@
+"""KVM_RUN exits as small frozen dataclasses, parsed in one place (parse_exit).
+
+Each names itself in messages (`str(exit)`). An IN or MMIO-read exit can be answered with
+`respond(...)`, which writes the data into kvm_run for KVM to complete the access on the
+next KVM_RUN (api.rst 5. "The kvm_run structure", KVM_EXIT_IO / KVM_EXIT_MMIO).
+"""
+
+import ctypes
+from dataclasses import dataclass, field
+
+from .abi import constants as C
+from .abi.structs import kvm_run
+
+
+@dataclass(frozen=True)
+class Exit:
+    reason: int
+    _run: object = field(default=None, repr=False, compare=False)
+
+    @property
+    def reason_name(self) -> str:
+        return C.EXIT_REASON_NAMES.name(self.reason)
+
+    def __str__(self):
+        details = ", ".join(
+            f"{k}={v:#x}" if isinstance(v, int) else f"{k}={v!r}"
+            for k, v in self.__dict__.items() if k not in ("reason", "_run")
+        )
+        return f"{self.reason_name}({details})" if details else self.reason_name
+
+
+@dataclass(frozen=True)
+class IoExit(Exit):
+    direction: int = 0
+    size: int = 0
+    port: int = 0
+    count: int = 0
+    data_offset: int = 0
+    data: bytes = b""
+
+    @property
+    def is_in(self) -> bool:
+        return self.direction == C.KVM_EXIT_IO_IN
+
+    @property
+    def is_out(self) -> bool:
+        return self.direction == C.KVM_EXIT_IO_OUT
+
+    @property
+    def value(self) -> int:
+        """The first element written by OUT, as an integer."""
+        return int.from_bytes(self.data[: self.size], "little")
+
+    def respond(self, data) -> None:
+        """Supply the data an IN reads: an int (each element) or bytes (size*count)."""
+        if not self.is_in:
+            raise ValueError(f"{self} is an OUT; only an IN takes data from the host")
+        if isinstance(data, int):
+            data = data.to_bytes(self.size, "little") * self.count
+        if len(data) != self.size * self.count:
+            raise ValueError(f"{self} needs {self.size * self.count} bytes, got {len(data)}")
+        ctypes.memmove(ctypes.addressof(self._run) + self.data_offset, bytes(data), len(data))
+
+    def __str__(self):
+        direction = "in" if self.is_in else "out"
+        text = f"KVM_EXIT_IO({direction} port={self.port:#x} size={self.size} count={self.count}"
+        return text + (f" data={self.data.hex()})" if self.is_out else ")")
+
+
+@dataclass(frozen=True)
+class MmioExit(Exit):
+    phys_addr: int = 0
+    len: int = 0
+    is_write: bool = False
+    data: bytes = b""
+
+    @property
+    def value(self) -> int:
+        return int.from_bytes(self.data[: self.len], "little")
+
+    def respond(self, data) -> None:
+        """Supply the data an MMIO read returns (int or bytes of length `len`)."""
+        if self.is_write:
+            raise ValueError(f"{self} is a write; only a read takes data from the host")
+        if isinstance(data, int):
+            data = data.to_bytes(self.len, "little")
+        if len(data) != self.len:
+            raise ValueError(f"{self} needs {self.len} bytes, got {len(data)}")
+        ctypes.memmove(self._run.exit.mmio.data, bytes(data), self.len)
+
+    def __str__(self):
+        kind = "write" if self.is_write else "read"
+        text = f"KVM_EXIT_MMIO({kind} gpa={self.phys_addr:#x} len={self.len}"
+        return text + (f" data={self.data.hex()})" if self.is_write else ")")
+
+
+@dataclass(frozen=True)
+class HltExit(Exit):
+    pass
+
+
+@dataclass(frozen=True)
+class ShutdownExit(Exit):
+    pass
+
+
+@dataclass(frozen=True)
+class IntrExit(Exit):
+    """KVM_RUN returned EINTR (a signal or immediate_exit); exit_reason KVM_EXIT_INTR."""
+
+
+@dataclass(frozen=True)
+class IrqWindowOpenExit(Exit):
+    pass
+
+
+@dataclass(frozen=True)
+class DebugExit(Exit):
+    exception: int = 0
+    pc: int = 0
+    dr6: int = 0
+    dr7: int = 0
+
+    def __str__(self):
+        return (f"KVM_EXIT_DEBUG({C.vector_name(self.exception)} pc={self.pc:#x} "
+                f"dr6={self.dr6:#x} dr7={self.dr7:#x})")
+
+
+@dataclass(frozen=True)
+class InternalErrorExit(Exit):
+    suberror: int = 0
+    ndata: int = 0
+    data: tuple = ()
+
+    @property
+    def suberror_name(self) -> str:
+        return C.INTERNAL_ERROR_NAMES.name(self.suberror)
+
+    def __str__(self):
+        data = " ".join(f"{d:#x}" for d in self.data)
+        return f"KVM_EXIT_INTERNAL_ERROR({self.suberror_name} ndata={self.ndata} data=[{data}])"
+
+
+@dataclass(frozen=True)
+class FailEntryExit(Exit):
+    hardware_entry_failure_reason: int = 0
+    cpu: int = 0
+
+
+@dataclass(frozen=True)
+class ExceptionExit(Exit):
+    exception: int = 0
+    error_code: int = 0
+
+
+@dataclass(frozen=True)
+class HypercallExit(Exit):
+    nr: int = 0
+    args: tuple = ()
+    ret: int = 0
+    flags: int = 0
+
+    def respond(self, ret: int) -> None:
+        self._run.exit.hypercall.ret = ret & (2**64 - 1)
+
+
+@dataclass(frozen=True)
+class MsrExit(Exit):
+    """KVM_EXIT_X86_RDMSR / KVM_EXIT_X86_WRMSR (KVM_CAP_X86_USER_SPACE_MSR)."""
+
+    error: int = 0
+    msr_reason: int = 0
+    index: int = 0
+    data: int = 0
+
+    @property
+    def is_write(self) -> bool:
+        return self.reason == C.KVM_EXIT_X86_WRMSR
+
+    def respond(self, data: int = 0, *, error: bool = False) -> None:
+        """Complete the access: RDMSR gets `data`; error=True makes the guest take #GP."""
+        self._run.exit.msr.error = 1 if error else 0
+        if not self.is_write:
+            self._run.exit.msr.data = data
+
+    def __str__(self):
+        kind = "KVM_EXIT_X86_WRMSR" if self.is_write else "KVM_EXIT_X86_RDMSR"
+        text = f"{kind}(index={self.index:#x} reason={C.MSR_EXIT_REASON_NAMES.name(self.msr_reason)}"
+        return text + (f" data={self.data:#x})" if self.is_write else ")")
+
+
+@dataclass(frozen=True)
+class SystemEventExit(Exit):
+    type: int = 0
+    ndata: int = 0
+    data: tuple = ()
+
+    def __str__(self):
+        return f"KVM_EXIT_SYSTEM_EVENT({C.SYSTEM_EVENT_NAMES.name(self.type)} ndata={self.ndata})"
+
+
+@dataclass(frozen=True)
+class MemoryFaultExit(Exit):
+    flags: int = 0
+    gpa: int = 0
+    size: int = 0
+
+
+@dataclass(frozen=True)
+class UnknownExit(Exit):
+    """Any exit reason kvmtest does not parse; keeps the hardware reason for the report."""
+
+    hardware_exit_reason: int = 0
+
+
+def parse_exit(run: kvm_run) -> Exit:
+    """Turn the exit described by `run` into a typed Exit."""
+    reason = run.exit_reason
+    e = run.exit
+    if reason == C.KVM_EXIT_IO:
+        io = e.io
+        nbytes = io.size * io.count
+        data = ctypes.string_at(ctypes.addressof(run) + io.data_offset, nbytes) if io.direction else b""
+        return IoExit(reason, run, io.direction, io.size, io.port, io.count, io.data_offset, data)
+    if reason == C.KVM_EXIT_MMIO:
+        m = e.mmio
+        data = bytes(m.data[: m.len]) if m.is_write else b""
+        return MmioExit(reason, run, m.phys_addr, m.len, bool(m.is_write), data)
+    if reason == C.KVM_EXIT_HLT:
+        return HltExit(reason, run)
+    if reason == C.KVM_EXIT_SHUTDOWN:
+        return ShutdownExit(reason, run)
+    if reason == C.KVM_EXIT_INTR:
+        return IntrExit(reason, run)
+    if reason == C.KVM_EXIT_IRQ_WINDOW_OPEN:
+        return IrqWindowOpenExit(reason, run)
+    if reason == C.KVM_EXIT_DEBUG:
+        d = e.debug.arch
+        return DebugExit(reason, run, d.exception, d.pc, d.dr6, d.dr7)
+    if reason == C.KVM_EXIT_INTERNAL_ERROR:
+        i = e.internal
+        return InternalErrorExit(reason, run, i.suberror, i.ndata, tuple(i.data[: min(i.ndata, 16)]))
+    if reason == C.KVM_EXIT_FAIL_ENTRY:
+        return FailEntryExit(reason, run, e.fail_entry.hardware_entry_failure_reason, e.fail_entry.cpu)
+    if reason == C.KVM_EXIT_EXCEPTION:
+        return ExceptionExit(reason, run, e.ex.exception, e.ex.error_code)
+    if reason == C.KVM_EXIT_HYPERCALL:
+        h = e.hypercall
+        return HypercallExit(reason, run, h.nr, tuple(h.args), h.ret, h.flags)
+    if reason in (C.KVM_EXIT_X86_RDMSR, C.KVM_EXIT_X86_WRMSR):
+        m = e.msr
+        return MsrExit(reason, run, m.error, m.reason, m.index, m.data)
+    if reason == C.KVM_EXIT_SYSTEM_EVENT:
+        s = e.system_event
+        return SystemEventExit(reason, run, s.type, s.ndata, tuple(s.data[: min(s.ndata, 16)]))
+    if reason == C.KVM_EXIT_MEMORY_FAULT:
+        f = e.memory_fault
+        return MemoryFaultExit(reason, run, f.flags, f.gpa, f.size)
+    return UnknownExit(reason, run, e.hw.hardware_exit_reason)

@@ -1,0 +1,85 @@
+"""The one place every KVM ioctl goes through.
+
+`ioctl()` raises KvmError naming the ioctl, the object (vm0, vm0/vcpu1) and the key
+arguments; `try_ioctl()` is its twin for negative tests and returns the errno (0 on
+success). Both record the call in a short ring of recent ioctls and exits that failure
+reports print (`recent()`).
+"""
+
+import ctypes
+import errno
+import threading
+from collections import deque
+
+from .abi.constants import errno_name
+from .abi.numbers import IOCTLS, ioctl_name
+from .errors import KvmError
+from .libc import raw_ioctl
+
+TRACE_LENGTH = 64
+_trace: deque = deque(maxlen=TRACE_LENGTH)
+_trace_lock = threading.Lock()
+
+
+def note(*parts) -> None:
+    """Add an entry (an exit, a guest message) to the trace ring.
+
+    The parts are joined with spaces only when read, so the hot exit loop pays for a
+    tuple append, not for formatting.
+    """
+    with _trace_lock:
+        _trace.append(parts)
+
+
+def recent(n: int = 20) -> list[str]:
+    """The last n trace entries as text, oldest first."""
+    with _trace_lock:
+        entries = list(_trace)[-n:]
+    return [" ".join(str(p) for p in parts) for parts in entries]
+
+
+def clear_trace() -> None:
+    with _trace_lock:
+        _trace.clear()
+
+
+def _request(request: int | str) -> tuple[int, str]:
+    if isinstance(request, str):
+        if request not in IOCTLS:
+            raise ValueError(f"unknown ioctl name {request!r}")
+        return IOCTLS[request].request, request
+    return request, ioctl_name(request)
+
+
+def _arg(arg):
+    if arg is None:
+        return None
+    if isinstance(arg, int):
+        return ctypes.c_void_p(arg) if arg else None
+    return ctypes.byref(arg)
+
+
+def try_ioctl(fd: int, request: int | str, arg=None, *, obj: str = "?", args: str = "",
+              retry_eintr: bool = True, trace: bool = True) -> tuple[int, int]:
+    """Issue an ioctl; return (result, errno) without raising. errno is 0 on success.
+
+    EINTR is retried except where retry_eintr=False (KVM_RUN, whose EINTR is an answer).
+    trace=False leaves the recording to the caller (the run loop records exits instead).
+    """
+    number, name = _request(request)
+    while True:
+        ret, err = raw_ioctl(fd, number, _arg(arg))
+        if err != errno.EINTR or not retry_eintr:
+            break
+    if trace or err:
+        note(obj, name, args, f"-> {errno_name(err)}" if err else f"-> {ret}")
+    return ret, err
+
+
+def ioctl(fd: int, request: int | str, arg=None, *, obj: str = "?", args: str = "", hint=None) -> int:
+    """Issue an ioctl; raise KvmError on failure. `hint(errno)` may explain a failure."""
+    ret, err = try_ioctl(fd, request, arg, obj=obj, args=args)
+    if err:
+        _, name = _request(request)
+        raise KvmError(err, name, obj, args, hint(err) if hint else "", recent())
+    return ret

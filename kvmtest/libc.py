@@ -1,0 +1,52 @@
+"""The few libc calls Python's standard library does not expose the way kvmtest needs.
+
+ioctl goes through ctypes rather than fcntl.ioctl: from CPython 3.14 fcntl.ioctl retries
+EINTR by itself, which would make a KVM_RUN interrupted by a signal never return.
+"""
+
+import ctypes
+import os
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+_libc.ioctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p]
+_libc.ioctl.restype = ctypes.c_int
+_libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+_libc.mmap.restype = ctypes.c_void_p
+_libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+_libc.munmap.restype = ctypes.c_int
+_libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+_libc.madvise.restype = ctypes.c_int
+
+PROT_READ, PROT_WRITE, PROT_EXEC = 1, 2, 4
+MAP_SHARED, MAP_PRIVATE, MAP_ANONYMOUS, MAP_NORESERVE = 0x01, 0x02, 0x20, 0x4000
+MADV_DONTNEED = 4
+MAP_FAILED = ctypes.c_void_p(-1).value
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+
+
+def raw_ioctl(fd: int, request: int, arg) -> tuple[int, int]:
+    """One ioctl system call. Returns (result, errno); errno is 0 on success."""
+    ctypes.set_errno(0)
+    ret = _libc.ioctl(fd, request, arg)
+    return (ret, ctypes.get_errno()) if ret == -1 else (ret, 0)
+
+
+def mmap(length: int, prot: int, flags: int, fd: int = -1, offset: int = 0) -> int:
+    addr = _libc.mmap(None, length, prot, flags, fd, offset)
+    if addr in (None, MAP_FAILED):
+        err = ctypes.get_errno()
+        raise OSError(err, f"mmap of {length:#x} bytes (fd {fd}): {os.strerror(err)}")
+    return addr
+
+
+def munmap(addr: int, length: int) -> None:
+    if _libc.munmap(addr, length) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"munmap({addr:#x}, {length:#x}): {os.strerror(err)}")
+
+
+def madvise(addr: int, length: int, advice: int) -> None:
+    if _libc.madvise(addr, length, advice) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"madvise({addr:#x}, {length:#x}, {advice}): {os.strerror(err)}")

@@ -1,0 +1,89 @@
+"""Binary statistics file descriptors (api.rst 4.133 KVM_GET_STATS_FD).
+
+The fd holds a header, an id string, descriptors and data; all are read with pread.
+"""
+
+import ctypes
+import os
+import struct
+from dataclasses import dataclass
+
+from .abi import constants as C
+from .abi.structs import kvm_stats_desc, kvm_stats_header
+
+
+@dataclass(frozen=True)
+class StatDescriptor:
+    name: str
+    flags: int
+    exponent: int
+    size: int
+    offset: int
+    bucket_size: int
+
+    @property
+    def type(self) -> int:
+        return (self.flags & C.KVM_STATS_TYPE_MASK) >> C.KVM_STATS_TYPE_SHIFT
+
+    @property
+    def unit(self) -> int:
+        return (self.flags & C.KVM_STATS_UNIT_MASK) >> C.KVM_STATS_UNIT_SHIFT
+
+    @property
+    def base(self) -> int:
+        return (self.flags & C.KVM_STATS_BASE_MASK) >> C.KVM_STATS_BASE_SHIFT
+
+
+class Stats:
+    """A stats fd. Owns the fd; `read()` returns {name: value or list of values}."""
+
+    def __init__(self, fd: int, name: str):
+        self.fd, self.name = fd, name
+        raw = os.pread(fd, ctypes.sizeof(kvm_stats_header), 0)
+        self.header = kvm_stats_header.from_buffer_copy(raw)
+        h = self.header
+        self.id = os.pread(fd, h.name_size, h.id_offset).split(b"\0", 1)[0].decode()
+        desc_size = ctypes.sizeof(kvm_stats_desc) + h.name_size
+        blob = os.pread(fd, desc_size * h.num_desc, h.desc_offset)
+        self.descriptors = []
+        for i in range(h.num_desc):
+            chunk = blob[i * desc_size: (i + 1) * desc_size]
+            d = kvm_stats_desc.from_buffer_copy(chunk[: ctypes.sizeof(kvm_stats_desc)])
+            name = chunk[ctypes.sizeof(kvm_stats_desc):].split(b"\0", 1)[0].decode()
+            self.descriptors.append(StatDescriptor(name, d.flags, d.exponent, d.size, d.offset, d.bucket_size))
+        self.by_name = {d.name: d for d in self.descriptors}
+
+    def read(self) -> dict[str, int | list[int]]:
+        """All values in one pread of the data block."""
+        size = max((d.offset + 8 * d.size for d in self.descriptors), default=0)
+        data = os.pread(self.fd, size, self.header.data_offset)
+        values = {}
+        for d in self.descriptors:
+            items = struct.unpack_from(f"<{d.size}Q", data, d.offset)
+            values[d.name] = items[0] if d.size == 1 else list(items)
+        return values
+
+    def value(self, name: str) -> int | list[int]:
+        if name not in self.by_name:
+            raise KeyError(f"{self.name} has no statistic {name!r} (it has {len(self.by_name)})")
+        d = self.by_name[name]
+        raw = os.pread(self.fd, 8 * d.size, self.header.data_offset + d.offset)
+        items = struct.unpack(f"<{d.size}Q", raw)
+        return items[0] if d.size == 1 else list(items)
+
+    def close(self) -> None:
+        if self.fd is not None:
+            fd, self.fd = self.fd, None
+            os.close(fd)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass

@@ -1,0 +1,297 @@
+"""A VM: memslots, guest memory, vCPUs, dirty logs, irqchip, stats (api.rst section 4, VM ioctls)."""
+
+import ctypes
+import errno
+import itertools
+import struct
+from dataclasses import dataclass
+
+from .abi import constants as C
+from .abi import structs as S
+from .errors import GuestMemoryError
+from .fdobject import FdObject
+from .kvm import cap_number
+from .libc import PAGE_SIZE
+from .memory import HostMapping
+
+
+@dataclass
+class Memslot:
+    slot: int
+    gpa: int
+    size: int
+    flags: int
+    mapping: HostMapping
+
+    @property
+    def end(self) -> int:
+        return self.gpa + self.size
+
+    @property
+    def npages(self) -> int:
+        return self.size // PAGE_SIZE
+
+    def __contains__(self, gpa: int) -> bool:
+        return self.gpa <= gpa < self.end
+
+
+def memslot_args(slot, flags, gpa, size, hva=None) -> str:
+    text = f"slot={slot} gpa={gpa:#x} size={size:#x}"
+    if flags:
+        text += f" flags={flags:#x}"
+    if hva is not None:
+        text += f" hva={hva:#x}"
+    return text
+
+
+def _memslot_hint(vm, slot, gpa, size, hva):
+    """Explain the usual reasons KVM_SET_USER_MEMORY_REGION fails (api.rst 4.35)."""
+
+    def hint(err):
+        if err == errno.EINVAL:
+            bad = [what for what, value in (("gpa", gpa), ("size", size), ("host address", hva or 0))
+                   if value % PAGE_SIZE]
+            if bad:
+                return f"{' and '.join(bad)} not page-aligned"
+        if err == errno.EEXIST:
+            for other in vm.memslots.values():
+                if other.slot != slot and gpa < other.end and other.gpa < gpa + size:
+                    return f"overlaps slot {other.slot} at {other.gpa:#x}-{other.end:#x}"
+        return ""
+
+    return hint
+
+
+class Vm(FdObject):
+    """A KVM VM. Owns its vCPUs and the host mappings behind its memslots."""
+
+    def __init__(self, kvm, fd: int, name: str):
+        super().__init__(fd, name)
+        self.kvm = kvm
+        self.memslots: dict[int, Memslot] = {}
+        self.vcpus: list = []
+        self._extra_mappings: list[HostMapping] = []
+
+    # --- capabilities --------------------------------------------------------------------
+
+    def check_extension(self, cap: int | str) -> int:
+        """KVM_CHECK_EXTENSION on the VM fd (api.rst 4.4, KVM_CAP_CHECK_EXTENSION_VM)."""
+        number = cap_number(cap)
+        return self.ioctl("KVM_CHECK_EXTENSION", number, args=C.CAPABILITY_NAMES.name(number))
+
+    def enable_cap(self, cap: int | str, *args: int, flags: int = 0) -> None:
+        """KVM_ENABLE_CAP on the VM (api.rst 4.37 and section 7)."""
+        self.ioctl("KVM_ENABLE_CAP", self.enable_cap_struct(cap, *args, flags=flags),
+                   args=self._cap_args(cap, args, flags))
+
+    def try_enable_cap(self, cap: int | str, *args: int, flags: int = 0) -> int:
+        return self.try_ioctl("KVM_ENABLE_CAP", self.enable_cap_struct(cap, *args, flags=flags),
+                              args=self._cap_args(cap, args, flags))
+
+    @staticmethod
+    def enable_cap_struct(cap, *args, flags=0) -> S.kvm_enable_cap:
+        ec = S.kvm_enable_cap(cap=cap_number(cap), flags=flags)
+        for i, a in enumerate(args):
+            ec.args[i] = a
+        return ec
+
+    @staticmethod
+    def _cap_args(cap, args, flags):
+        text = C.CAPABILITY_NAMES.name(cap_number(cap))
+        if args:
+            text += " args=" + ",".join(hex(a) for a in args)
+        return text + (f" flags={flags:#x}" if flags else "")
+
+    # --- memslots ------------------------------------------------------------------------
+
+    def set_user_memory_region(self, slot: int, flags: int, gpa: int, size: int, hva: int) -> None:
+        """KVM_SET_USER_MEMORY_REGION (api.rst 4.35), raw: size 0 deletes the slot."""
+        region = S.kvm_userspace_memory_region(slot, flags, gpa, size, hva)
+        self.ioctl("KVM_SET_USER_MEMORY_REGION", region, args=memslot_args(slot, flags, gpa, size),
+                   hint=_memslot_hint(self, slot, gpa, size, hva))
+
+    def try_set_user_memory_region(self, slot: int, flags: int, gpa: int, size: int, hva: int) -> int:
+        region = S.kvm_userspace_memory_region(slot, flags, gpa, size, hva)
+        return self.try_ioctl("KVM_SET_USER_MEMORY_REGION", region, args=memslot_args(slot, flags, gpa, size))
+
+    def try_set_user_memory_region2(self, slot, flags, gpa, size, hva, guest_memfd=0, guest_memfd_offset=0) -> int:
+        """KVM_SET_USER_MEMORY_REGION2 (api.rst 4.141), for negative tests."""
+        region = S.kvm_userspace_memory_region2(slot=slot, flags=flags, guest_phys_addr=gpa, memory_size=size,
+                                                userspace_addr=hva, guest_memfd=guest_memfd,
+                                                guest_memfd_offset=guest_memfd_offset)
+        return self.try_ioctl("KVM_SET_USER_MEMORY_REGION2", region, args=memslot_args(slot, flags, gpa, size))
+
+    def free_slot(self) -> int:
+        return next(i for i in itertools.count() if i not in self.memslots)
+
+    def add_memory(self, gpa: int, size: int, *, slot: int | None = None, flags: int = 0,
+                   mapping: HostMapping | None = None) -> Memslot:
+        """Back [gpa, gpa+size) with a fresh anonymous mapping in a new memslot."""
+        slot = self.free_slot() if slot is None else slot
+        if slot in self.memslots:
+            raise GuestMemoryError(f"{self.name}: slot {slot} is already in use at {self.memslots[slot].gpa:#x}")
+        if mapping is None:
+            if size <= 0 or size % PAGE_SIZE:
+                raise GuestMemoryError(f"{self.name}: memslot size {size:#x} is not a positive multiple of {PAGE_SIZE:#x}")
+            mapping = HostMapping(size)
+        try:
+            self.set_user_memory_region(slot, flags, gpa, size, mapping.addr)
+        except Exception:
+            if mapping not in self._extra_mappings:
+                mapping.close()
+            raise
+        self.memslots[slot] = Memslot(slot, gpa, size, flags, mapping)
+        return self.memslots[slot]
+
+    def move_memslot(self, slot: int, new_gpa: int) -> None:
+        """Re-register a slot at another guest physical address (api.rst 4.35: moves are allowed)."""
+        m = self.memslots[slot]
+        self.set_user_memory_region(slot, m.flags, new_gpa, m.size, m.mapping.addr)
+        m.gpa = new_gpa
+
+    def set_memslot_flags(self, slot: int, flags: int) -> None:
+        """Change a live slot's flags (only KVM_MEM_LOG_DIRTY_PAGES may change, api.rst 4.35)."""
+        m = self.memslots[slot]
+        self.set_user_memory_region(slot, flags, m.gpa, m.size, m.mapping.addr)
+        m.flags = flags
+
+    def delete_memslot(self, slot: int) -> None:
+        """Delete a slot (size 0); accesses to its range then exit as MMIO."""
+        m = self.memslots.pop(slot)
+        self.set_user_memory_region(slot, m.flags, m.gpa, 0, m.mapping.addr)
+        m.mapping.close()
+
+    # --- guest physical memory --------------------------------------------------------------
+
+    def slot_for(self, gpa: int) -> Memslot:
+        for m in self.memslots.values():
+            if gpa in m:
+                return m
+        slots = ", ".join(f"{m.slot}:{m.gpa:#x}-{m.end:#x}" for m in self.memslots.values()) or "none"
+        raise GuestMemoryError(f"guest address {gpa:#x} is outside every memslot of {self.name} (slots: {slots})")
+
+    def _chunks(self, gpa: int, length: int):
+        while length > 0:
+            m = self.slot_for(gpa)
+            n = min(length, m.end - gpa)
+            yield m, gpa - m.gpa, n
+            gpa, length = gpa + n, length - n
+
+    def read(self, gpa: int, length: int) -> bytes:
+        """Read guest physical memory through the host mappings (may span slots)."""
+        return b"".join(m.mapping.read(off, n) for m, off, n in self._chunks(gpa, length))
+
+    def write(self, gpa: int, data: bytes) -> None:
+        """Write guest physical memory through the host mappings (may span slots)."""
+        pos = 0
+        for m, off, n in self._chunks(gpa, len(data)):
+            m.mapping.write(off, data[pos: pos + n])
+            pos += n
+
+    def read_u64(self, gpa: int) -> int:
+        return struct.unpack("<Q", self.read(gpa, 8))[0]
+
+    def write_u64(self, gpa: int, value: int) -> None:
+        self.write(gpa, struct.pack("<Q", value & (2**64 - 1)))
+
+    def read_u32(self, gpa: int) -> int:
+        return struct.unpack("<I", self.read(gpa, 4))[0]
+
+    def write_u32(self, gpa: int, value: int) -> None:
+        self.write(gpa, struct.pack("<I", value & 0xFFFFFFFF))
+
+    def hva(self, gpa: int) -> int:
+        m = self.slot_for(gpa)
+        return m.mapping.addr + (gpa - m.gpa)
+
+    # --- dirty logging ----------------------------------------------------------------------
+
+    def get_dirty_log(self, slot: int) -> set[int]:
+        """KVM_GET_DIRTY_LOG (api.rst 4.8): page indices (relative to the slot) written since the last call."""
+        m = self.memslots[slot]
+        nbytes = ((m.npages + 63) // 64) * 8
+        bitmap = (ctypes.c_uint8 * nbytes)()
+        log = S.kvm_dirty_log(slot=slot, dirty_bitmap=ctypes.addressof(bitmap))
+        self.ioctl("KVM_GET_DIRTY_LOG", log, args=f"slot={slot}")
+        return bitmap_to_pages(bytes(bitmap), m.npages)
+
+    def clear_dirty_log(self, slot: int, first_page: int, num_pages: int, pages: set[int] | None = None) -> None:
+        """KVM_CLEAR_DIRTY_LOG (api.rst 4.117): re-protect `pages` (default: all) of the range."""
+        self.ioctl("KVM_CLEAR_DIRTY_LOG", self._clear_struct(slot, first_page, num_pages, pages),
+                   args=f"slot={slot} first_page={first_page} num_pages={num_pages}")
+
+    def try_clear_dirty_log(self, slot: int, first_page: int, num_pages: int, pages: set[int] | None = None) -> int:
+        return self.try_ioctl("KVM_CLEAR_DIRTY_LOG", self._clear_struct(slot, first_page, num_pages, pages),
+                              args=f"slot={slot} first_page={first_page} num_pages={num_pages}")
+
+    def _clear_struct(self, slot, first_page, num_pages, pages):
+        nbytes = max(8, ((num_pages + 63) // 64) * 8)
+        bits = bytearray(nbytes)
+        for p in (range(num_pages) if pages is None else (p - first_page for p in pages)):
+            bits[p // 8] |= 1 << (p % 8)
+        self._clear_bitmap = (ctypes.c_uint8 * nbytes).from_buffer(bits)  # kept alive across the call
+        log = S.kvm_clear_dirty_log(slot=slot, num_pages=num_pages, first_page=first_page,
+                                    dirty_bitmap=ctypes.addressof(self._clear_bitmap))
+        return log
+
+    # --- vCPUs and devices ---------------------------------------------------------------------
+
+    def create_vcpu(self, vcpu_id: int | None = None):
+        """KVM_CREATE_VCPU (api.rst 4.7); maps its kvm_run structure."""
+        from .vcpu import Vcpu
+
+        vcpu_id = len(self.vcpus) if vcpu_id is None else vcpu_id
+        fd = self.ioctl("KVM_CREATE_VCPU", vcpu_id, args=f"id={vcpu_id}")
+        vcpu = Vcpu(self, fd, vcpu_id)
+        self.vcpus.append(vcpu)
+        return vcpu
+
+    def create_irqchip(self) -> None:
+        """KVM_CREATE_IRQCHIP (api.rst 4.24): in-kernel PIC, IOAPIC and local APICs."""
+        self.ioctl("KVM_CREATE_IRQCHIP")
+
+    def create_pit2(self, flags: int = 0) -> None:
+        self.ioctl("KVM_CREATE_PIT2", S.kvm_pit_config(flags=flags), args=f"flags={flags:#x}")
+
+    def irq_line(self, irq: int, level: int) -> int:
+        """KVM_IRQ_LINE_STATUS (api.rst 4.25): returns the status (>0 delivered, 0 masked, <0 coalesced)."""
+        lvl = S.kvm_irq_level(irq=irq, level=level)
+        self.ioctl("KVM_IRQ_LINE_STATUS", lvl, args=f"irq={irq} level={level}")
+        return lvl.status
+
+    def set_tss_addr(self, addr: int) -> None:
+        self.ioctl("KVM_SET_TSS_ADDR", addr, args=f"addr={addr:#x}")
+
+    def stats(self):
+        """KVM_GET_STATS_FD on the VM (api.rst 4.133)."""
+        from .stats import Stats
+
+        return Stats(self.ioctl("KVM_GET_STATS_FD"), f"{self.name}/stats")
+
+    def _release(self) -> None:
+        for vcpu in self.vcpus:
+            vcpu.close()
+        self.vcpus.clear()
+
+    def close(self) -> None:
+        # vCPUs, then the VM fd, then the memory behind the slots.
+        super().close()
+        for m in self.memslots.values():
+            m.mapping.close()
+        self.memslots.clear()
+        for mapping in self._extra_mappings:
+            mapping.close()
+        self._extra_mappings.clear()
+
+
+def bitmap_to_pages(bitmap: bytes, npages: int) -> set[int]:
+    """Little-endian bit i of the bitmap = page i (api.rst 4.8)."""
+    pages = set()
+    for byte_index, byte in enumerate(bitmap):
+        if byte:
+            for bit in range(8):
+                if byte >> bit & 1:
+                    page = byte_index * 8 + bit
+                    if page < npages:
+                        pages.add(page)
+    return pages
