@@ -45,6 +45,7 @@ class Kvm(FdObject):
         self.path = path
         self._vm_ids = itertools.count()
         self._mmap_size = None
+        self._supported_cpuid = None
 
     def api_version(self) -> int:
         """KVM_GET_API_VERSION (api.rst 4.1): 12 on every kernel since 2.6.22."""
@@ -81,6 +82,18 @@ class Kvm(FdObject):
     def supported_cpuid(self) -> list[S.kvm_cpuid_entry2]:
         """KVM_GET_SUPPORTED_CPUID (api.rst 4.46)."""
         return self._get_cpuid("KVM_GET_SUPPORTED_CPUID")
+
+    def cached_supported_cpuid(self) -> list[S.kvm_cpuid_entry2]:
+        """supported_cpuid(), asked once per Kvm (guests set it on every vCPU)."""
+        if self._supported_cpuid is None:
+            self._supported_cpuid = self.supported_cpuid()
+        return self._supported_cpuid
+
+    def has_feature(self, name: str) -> bool:
+        """Whether KVM_GET_SUPPORTED_CPUID reports CPU feature `name` (kvmtest.cpuid.FEATURES)."""
+        from .cpuid import has_feature
+
+        return has_feature(self.cached_supported_cpuid(), name)
 
     def emulated_cpuid(self) -> list[S.kvm_cpuid_entry2]:
         """KVM_GET_EMULATED_CPUID (api.rst 4.107)."""

@@ -1,0 +1,61 @@
+"""CPUID feature bits by name (SDM Vol. 2A CPUID; APM Vol. 3 Appendix E)."""
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Feature:
+    name: str
+    leaf: int
+    subleaf: int
+    register: str
+    bit: int
+
+    def __str__(self):
+        return f"CPUID.{self.leaf:#x}.{self.subleaf}:{self.register.upper()}[{self.bit}] ({self.name})"
+
+
+FEATURES = {f.name: f for f in [
+    Feature("fpu", 1, 0, "edx", 0), Feature("vme", 1, 0, "edx", 1), Feature("de", 1, 0, "edx", 2),
+    Feature("pse", 1, 0, "edx", 3), Feature("tsc", 1, 0, "edx", 4), Feature("msr", 1, 0, "edx", 5),
+    Feature("pae", 1, 0, "edx", 6), Feature("apic", 1, 0, "edx", 9), Feature("sep", 1, 0, "edx", 11),
+    Feature("pge", 1, 0, "edx", 13), Feature("pat", 1, 0, "edx", 16), Feature("pse36", 1, 0, "edx", 17),
+    Feature("fxsr", 1, 0, "edx", 24), Feature("sse", 1, 0, "edx", 25), Feature("sse2", 1, 0, "edx", 26),
+    Feature("sse3", 1, 0, "ecx", 0), Feature("pcid", 1, 0, "ecx", 17), Feature("x2apic", 1, 0, "ecx", 21),
+    Feature("movbe", 1, 0, "ecx", 22), Feature("tsc_deadline", 1, 0, "ecx", 24),
+    Feature("xsave", 1, 0, "ecx", 26), Feature("osxsave", 1, 0, "ecx", 27), Feature("avx", 1, 0, "ecx", 28),
+    Feature("hypervisor", 1, 0, "ecx", 31),
+    Feature("fsgsbase", 7, 0, "ebx", 0), Feature("tsc_adjust", 7, 0, "ebx", 1), Feature("smep", 7, 0, "ebx", 7),
+    Feature("invpcid", 7, 0, "ebx", 10), Feature("smap", 7, 0, "ebx", 20), Feature("umip", 7, 0, "ecx", 2),
+    Feature("pku", 7, 0, "ecx", 3), Feature("ospke", 7, 0, "ecx", 4), Feature("la57", 7, 0, "ecx", 16),
+    Feature("rdpid", 7, 0, "ecx", 22),
+    Feature("syscall", 0x80000001, 0, "edx", 11), Feature("nx", 0x80000001, 0, "edx", 20),
+    Feature("pdpe1gb", 0x80000001, 0, "edx", 26), Feature("rdtscp", 0x80000001, 0, "edx", 27),
+    Feature("lm", 0x80000001, 0, "edx", 29), Feature("svm", 0x80000001, 0, "ecx", 2),
+    Feature("vmx", 1, 0, "ecx", 5),
+]}
+
+
+def has_feature(entries, name: str) -> bool:
+    """Whether a CPUID table (kvm_cpuid_entry2 list) reports feature `name`."""
+    f = FEATURES[name]
+    for e in entries:
+        if e.function == f.leaf and (e.index == f.subleaf or f.leaf not in (4, 7, 0xB, 0xD, 0xF, 0x10, 0x14)):
+            return bool(getattr(e, f.register) >> f.bit & 1)
+    return False
+
+
+def find_entry(entries, leaf: int, subleaf: int = 0):
+    for e in entries:
+        if e.function == leaf and e.index == subleaf:
+            return e
+    for e in entries:
+        if e.function == leaf:
+            return e
+    return None
+
+
+def max_phys_addr(entries) -> int:
+    """CPUID.80000008H:EAX[7:0], or 36 when the leaf is absent (SDM Vol. 3A 4.1.4)."""
+    e = find_entry(entries, 0x80000008)
+    return (e.eax & 0xFF) if e else 36

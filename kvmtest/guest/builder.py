@@ -1,0 +1,329 @@
+"""Guest: a VM with one vCPU running a piece of assembly in a chosen CPU mode.
+
+    with Guest(kvm, "long64", "mov al, 0x42; out 0x10, al; GUEST_DONE") as g:
+        exit = g.run()              # IoExit(port=0x10)
+        g.run_to_done()
+
+The builder lays out GDT, IDT, TSS, exception handlers and page tables (kvmtest.guest.layout),
+sets the vCPU's registers for the mode, and the run loop answers the guest/host protocol.
+"""
+
+import struct
+
+from .. import ioctl as _ioctl
+from ..abi.constants import vector_name
+from ..asm import Section, assemble_sections
+from ..errors import AssemblyError, GuestFailure, GuestTimeout, KvmtestError
+from ..exits import Exit, IoExit, MmioExit
+from ..memory import PageAllocator
+from ..vcpu import describe_mode
+from . import descriptors as D
+from . import layout as L
+from . import protocol as P
+from .compose import Composer, guests_dir
+from .modes import gdt_entries, get_mode, initial_rflags, initial_stack, mode_sregs
+from .paging import KiB4, P as PTE_P, RW as PTE_RW, US as PTE_US, PageTables
+
+DEFAULT_MAX_EXITS = 100_000
+RESET_ROM = 0xFFFF0000  # 64 KiB at the top of 4 GiB holds the reset vector for mode "reset"
+
+
+def _symbols() -> dict[str, int]:
+    names = {k: v for k, v in vars(L).items() if k.isupper() and isinstance(v, int)}
+    names.update({k: v for k, v in vars(P).items() if k.startswith("PORT_") and isinstance(v, int)})
+    return names
+
+
+def _handler_section(mode) -> Section:
+    """Per-vector stubs (push error code if the CPU does not, push vector, jump) + common handler."""
+    bits = mode.handler_bits
+    lines = []
+    from ..abi.constants import ERROR_CODE_VECTORS
+
+    for v in range(256):
+        lines.append(f"kt_stub_{v}:")
+        if v not in ERROR_CODE_VECTORS or not mode.protected:
+            lines.append("push 0")
+        lines += [f"push {v}", "jmp kt_exc_common"]
+    stubs = Section.from_text("stubs", L.HANDLERS, bits, "\n".join(lines))
+    path = guests_dir() / f"handlers{bits}.S"
+    common = Section.from_text(path.name, 0, bits, path.read_text())
+    return Section("handlers", L.HANDLERS, bits, stubs.statements + common.statements)
+
+
+class Guest:
+    """A VM with memory, one vCPU in `mode`, and `source` loaded at layout.CODE."""
+
+    def __init__(self, kvm, mode, source: str, *, page_size: int = KiB4, timeout: float | None = None,
+                 symbols: dict[str, int] | None = None, name: str = "guest", mem_size: int = L.MEM_SIZE,
+                 max_exits: int = DEFAULT_MAX_EXITS, vm=None):
+        self.kvm = kvm
+        self.mode = get_mode(mode)
+        self.name = name
+        self.page_size = page_size
+        self.max_exits = max_exits
+        self.output: list[str] = []
+        self.syncs: list[int] = []
+        self._owns_vm = vm is None
+        self.vm = vm or kvm.create_vm()
+        try:
+            self._build(source, symbols or {}, mem_size, timeout)
+        except BaseException:
+            self.close()
+            raise
+
+    # --- building ------------------------------------------------------------------------------
+
+    def _build(self, source, user_symbols, mem_size, timeout):
+        mode = self.mode
+        if mode.requires and not self.kvm.has_feature(mode.requires):
+            raise KvmtestError(f"mode {mode.name} needs CPU feature {mode.requires}, which KVM does not report")
+        if page_size_invalid(mode, self.page_size):
+            raise KvmtestError(f"mode {mode.name} has no {self.page_size:#x}-byte pages "
+                               f"(it has {', '.join(hex(s) for s in mode.page_sizes) or 'no paging'})")
+        vm = self.vm
+        if not vm.memslots:
+            vm.add_memory(0, mem_size)
+        self.vcpu = vm.create_vcpu(len(vm.vcpus))
+        if timeout is not None:
+            self.vcpu.timeout = timeout
+        cpuid = self.kvm.cached_supported_cpuid()
+        self.vcpu.set_cpuid(cpuid)
+        vm.write(L.EXC_INFO, bytes(0x30))
+        vm.write_u64(L.EXC_VECTOR, 0xFF)
+
+        composer = Composer(mode.code_bits, user=mode.user)
+        statements = composer.expand(source, self.name)
+        self.sites = composer.sites
+        symbols = {**_symbols(), **user_symbols}
+        sections = [Section("code", L.CODE, mode.code_bits, tuple(statements)), _handler_section(mode)]
+        code, handlers = assemble_sections(sections, symbols)
+        if code.end > L.CODE_END:
+            raise AssemblyError(f"{self.name}: code is {len(code.code)} bytes, more than the "
+                                f"{L.CODE_END - L.CODE} that fit at {L.CODE:#x}")
+        vm.write(L.CODE, code.code)
+        vm.write(L.HANDLERS, handlers.code)
+        self.labels = {**code.labels, **handlers.labels}
+        self.symbols = {**symbols, **self.labels}
+        self._site_at = {}
+        for label, site in self.sites.items():
+            addr = self.labels[label]
+            # KVM may report RIP at the access or after it; sites never share either address.
+            self._site_at[addr] = self._site_at[addr + site.length] = site
+        self.entry = self.labels.get("start", L.CODE)
+        self._install_tables(handlers)
+        self.page_tables = self._install_paging(mem_size, cpuid)
+        self._set_registers()
+
+    def _install_tables(self, handlers):
+        mode, vm = self.mode, self.vm
+        stub = lambda v: self.labels[f"kt_stub_{v}"]  # noqa: E731
+        if not mode.protected:
+            vm.write(L.IVT, b"".join(D.ivt_entry(0, stub(v)) for v in range(256)))
+            if mode.name == "reset":
+                self._install_reset_vector()
+            return
+        for selector, raw in gdt_entries().items():
+            vm.write(L.GDT + selector, raw)
+        if mode.handler_bits == 64:
+            vm.write(L.TSS, D.tss64(L.KERNEL_STACK_TOP))
+            gates = [D.gate(stub(v), L.SEL_CODE64, D.INT_GATE, 3 if v in (3, 4) else 0, bits=64) for v in range(256)]
+        elif mode.handler_bits == 32:
+            vm.write(L.TSS, D.tss32(L.KERNEL_STACK_TOP, L.SEL_DATA))
+            gates = [D.gate(stub(v), L.SEL_CODE32, D.INT_GATE, 3 if v in (3, 4) else 0) for v in range(256)]
+        else:
+            vm.write(L.TSS, D.tss32(L.KERNEL_STACK_TOP, L.SEL_DATA16))
+            gates = [D.gate(stub(v), L.SEL_CODE16, D.INT_GATE16, 0, bits=16) for v in range(256)]
+        vm.write(L.IDT, b"".join(gates))
+
+    def _install_reset_vector(self):
+        # The vCPU starts at F000:FFF0 (linear 0xFFFFFFF0, SDM Vol. 3A 10.1.4): a far jump to 0:CODE.
+        rom = self.vm.add_memory(RESET_ROM, 0x10000)
+        rom.mapping.write(0xFFF0, bytes([0xEA]) + struct.pack("<HH", self.entry, 0) + b"\xf4")
+
+    def _install_paging(self, mem_size, cpuid):
+        mode = self.mode
+        if not mode.paging:
+            return None
+        alloc = PageAllocator(self.vm, L.PAGE_TABLES, mem_size)
+        pt = PageTables(self.vm, alloc, mode.paging)
+        flags = PTE_P | PTE_RW | (PTE_US if mode.user else 0)
+        size = max(self.page_size, mem_size)
+        pt.map_range(0, 0, size, self.page_size, flags)
+        mmio_size = max(self.page_size, L.MMIO_SIZE)
+        pt.map_range(L.MMIO_BASE, L.MMIO_BASE, mmio_size, self.page_size, flags)
+        return pt
+
+    def _set_registers(self):
+        from ..cpuid import has_feature
+
+        vcpu, mode = self.vcpu, self.mode
+        if mode.name != "reset":
+            nx = has_feature(self.kvm.cached_supported_cpuid(), "nx")
+            cr3 = self.page_tables.cr3 if self.page_tables else 0
+            vcpu.set_sregs(mode_sregs(mode, vcpu.get_sregs(), cr3, nx))
+            regs = vcpu.get_regs()
+            regs.rip, regs.rsp, regs.rflags = self.entry, initial_stack(mode), initial_rflags(mode)
+            vcpu.set_regs(regs)
+
+    # --- running -------------------------------------------------------------------------------
+
+    def run(self, timeout: float | None = None):
+        """Run until the next event the test should see: a Sync, Done, or any non-protocol Exit.
+
+        Prints, passing assertions and passing exception checks are handled here; a failed
+        one, or an unexpected exception in the guest, raises GuestFailure.
+        """
+        for _ in range(self.max_exits):
+            try:
+                exit_ = self.vcpu.run(timeout)
+            except GuestTimeout as e:
+                raise GuestTimeout(f"{self.name} ({self.mode.name}): {e}\n{self._trace()}") from None
+            port = _protocol_port(exit_)
+            if port is not None:
+                event = self._protocol(port)
+                if event is not None:
+                    return event
+                continue
+            return exit_
+        raise GuestFailure(f"{self.name} ({self.mode.name}): more than {self.max_exits} exits without an event")
+
+    def run_to_done(self, timeout: float | None = None) -> list[int]:
+        """Run to GUEST_DONE; returns the GUEST_SYNC values seen. Any other exit fails the test."""
+        values = []
+        while True:
+            event = self.run(timeout)
+            if isinstance(event, P.Done):
+                return values
+            if isinstance(event, P.Sync):
+                values.append(event.value)
+                continue
+            raise self.failure(f"expected GUEST_DONE, got {event}")
+
+    def expect_exit(self, exit_type, timeout: float | None = None, **fields) -> Exit:
+        """Run to the next event and assert it is `exit_type` with the given field values."""
+        event = self.run(timeout)
+        if not isinstance(event, exit_type):
+            raise self.failure(f"expected {exit_type.__name__}, got {event}")
+        wrong = {k: (v, getattr(event, k)) for k, v in fields.items() if getattr(event, k) != v}
+        if wrong:
+            detail = ", ".join(f"{k}: expected {_fmt(v)}, got {_fmt(got)}" for k, (v, got) in wrong.items())
+            raise self.failure(f"{event}: {detail}")
+        return event
+
+    def _protocol(self, port: int):
+        regs = self.vcpu.get_regs()
+        if port == P.PORT_EXCEPTION:
+            raise self.failure(
+                f"unexpected {vector_name(regs.rbx & 0xFF)} (vector {regs.rbx & 0xFF}) in the guest: "
+                f"error code {regs.rcx:#x}, RIP {regs.rdx:#x}, CR2 {regs.rsi:#x}", regs)
+        site = self._site_at.get(regs.rip)
+        if site is None or site.port != port:
+            raise self.failure(f"protocol access for port {port:#x} at RIP {regs.rip:#x} matches no GUEST_* site", regs)
+        _ioctl.note(self.vcpu.name, "guest", site.kind, site.origin)
+        if site.kind == "done":
+            return P.Done(site)
+        if site.kind == "sync":
+            value = self._eval(site, site.operands[0], regs)
+            self.syncs.append(value)
+            return P.Sync(value, site)
+        if site.kind == "print":
+            self.output.append(site.operands[0])
+            return None
+        if site.kind == "fail":
+            raise self.failure(f"GUEST_FAIL at {site.origin}: {site.operands[0]}", regs)
+        if site.kind == "assert_eq":
+            a, b = (self._eval(site, op, regs) for op in site.operands)
+            if a != b:
+                raise self.failure(f"guest assertion failed at {site.origin}: `{site.text}`: "
+                                   f"{site.operands[0]} = {_fmt(a)}, expected {site.operands[1]} = {_fmt(b)}", regs)
+            return None
+        if site.kind == "check_exception":
+            return self._check_exception(site, regs)
+        raise self.failure(f"unknown protocol site kind {site.kind}")
+
+    def _check_exception(self, site, regs):
+        vector, code_expr = site.operands
+        got = self.vm.read_u64(L.EXC_VECTOR) & 0xFF
+        error_code = self.vm.read_u64(L.EXC_ERROR_CODE)
+        self.vm.write_u64(L.EXC_RESUME, 0)
+        self.vm.write_u64(L.EXC_VECTOR, 0xFF)
+        if got == 0xFF:
+            raise self.failure(f"at {site.origin}: expected {vector_name(vector)}, but no exception was raised "
+                               f"(`{site.text}`)", regs)
+        if got != vector:
+            raise self.failure(f"at {site.origin}: expected {vector_name(vector)}, got {vector_name(got)} "
+                               f"(error code {error_code:#x}) (`{site.text}`)", regs)
+        if code_expr is not None:
+            want = self._eval(site, code_expr, regs)
+            if error_code != want:
+                raise self.failure(f"at {site.origin}: {vector_name(vector)} error code: expected {want:#x}, "
+                                   f"got {error_code:#x} (`{site.text}`)", regs)
+        return None
+
+    def _eval(self, site, operand, regs):
+        try:
+            sregs = self.vcpu.get_sregs() if not P.is_register(operand) or operand.lower() in \
+                ("cr0", "cr2", "cr3", "cr4", "cr8", "efer", "apic_base", "cs", "ds", "es", "fs", "gs", "ss",
+                 "tr", "ldt") else None
+            return P.evaluate(operand, regs, sregs, self.symbols)
+        except P.OperandError as e:
+            raise self.failure(f"at {site.origin}: `{site.text}`: {e}") from None
+
+    # --- diagnostics ---------------------------------------------------------------------------
+
+    def exception_record(self) -> dict[str, int]:
+        """What the handlers recorded for the last caught exception (GUEST_ASSERT_RAISES)."""
+        return {"vector": self.vm.read_u64(L.EXC_VECTOR), "error_code": self.vm.read_u64(L.EXC_ERROR_CODE),
+                "rip": self.vm.read_u64(L.EXC_RIP), "cr2": self.vm.read_u64(L.EXC_CR2)}
+
+    def state(self) -> str:
+        """Mode, registers and segment state, for failure reports."""
+        try:
+            regs, sregs = self.vcpu.get_regs(), self.vcpu.get_sregs()
+        except KvmtestError as e:
+            return f"(vCPU state unreadable: {e})"
+        return describe_state(self.mode.name, regs, sregs)
+
+    def _trace(self) -> str:
+        return "recent ioctls and exits:\n  " + "\n  ".join(_ioctl.recent(12))
+
+    def failure(self, message: str, regs=None) -> GuestFailure:
+        return GuestFailure(f"{self.name} ({self.mode.name}): {message}\n{self.state()}\n{self._trace()}")
+
+    def close(self):
+        if self._owns_vm and self.vm is not None:
+            self.vm.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _protocol_port(exit_) -> int | None:
+    """The protocol command an exit carries, or None for an exit the test should see."""
+    if isinstance(exit_, IoExit):
+        return exit_.port if exit_.is_out and exit_.port in P.PROTOCOL_PORTS else None
+    if isinstance(exit_, MmioExit) and exit_.is_write and exit_.len == 1:
+        offset = exit_.phys_addr - L.PROTOCOL_MMIO
+        if 0 <= offset < len(P.PROTOCOL_PORTS):
+            return P.PORT_DONE + offset
+    return None
+
+
+def page_size_invalid(mode, page_size) -> bool:
+    return bool(mode.paging) and page_size not in mode.page_sizes
+
+
+def describe_state(mode_name, regs, sregs) -> str:
+    gprs = " ".join(f"{n}={getattr(regs, n):#x}" for n in ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp"))
+    return (f"guest state (mode {mode_name}, KVM says {describe_mode(sregs)}): rip={regs.rip:#x} "
+            f"rflags={regs.rflags:#x} {gprs}\n  cs={sregs.cs.selector:#x}(base {sregs.cs.base:#x} "
+            f"l={sregs.cs.l} db={sregs.cs.db} dpl={sregs.cs.dpl}) ss={sregs.ss.selector:#x} "
+            f"cr0={sregs.cr0:#x} cr2={sregs.cr2:#x} cr3={sregs.cr3:#x} cr4={sregs.cr4:#x} efer={sregs.efer:#x}")
+
+
+def _fmt(v):
+    return f"{v:#x}" if isinstance(v, int) else repr(v)

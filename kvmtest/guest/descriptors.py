@@ -1,0 +1,123 @@
+"""Pure encoders for segment, system and gate descriptors and the TSS (SDM Vol. 3A 3.4.5, 7.2, 6.11)."""
+
+import struct
+from dataclasses import dataclass
+
+from ..abi.structs import kvm_segment
+
+# Descriptor types (S=1: code/data; S=0: system)
+DATA_RW_ACCESSED = 0x3
+CODE_RX_ACCESSED = 0xB
+TSS16_AVAILABLE, TSS16_BUSY = 0x1, 0x3
+LDT = 0x2
+CALL_GATE16, TASK_GATE, INT_GATE16, TRAP_GATE16 = 0x4, 0x5, 0x6, 0x7
+TSS_AVAILABLE, TSS_BUSY = 0x9, 0xB     # 32-bit TSS, or 64-bit TSS in long mode
+CALL_GATE, INT_GATE, TRAP_GATE = 0xC, 0xE, 0xF
+
+
+@dataclass(frozen=True)
+class Descriptor:
+    """A code, data or system segment descriptor. `limit` is the raw 20-bit field."""
+
+    base: int = 0
+    limit: int = 0xFFFFF
+    type: int = DATA_RW_ACCESSED
+    s: int = 1
+    dpl: int = 0
+    p: int = 1
+    avl: int = 0
+    l: int = 0
+    db: int = 1
+    g: int = 1
+
+    def encode(self) -> bytes:
+        """8 bytes (SDM Vol. 3A Figure 3-8)."""
+        if not 0 <= self.limit <= 0xFFFFF:
+            raise ValueError(f"descriptor limit {self.limit:#x} does not fit in 20 bits")
+        low = (self.limit & 0xFFFF) | ((self.base & 0xFFFFFF) << 16)
+        high = (self.type | (self.s << 4) | (self.dpl << 5) | (self.p << 7)) << 40
+        high |= ((self.limit >> 16) & 0xF) << 48
+        high |= (self.avl << 52) | (self.l << 53) | (self.db << 54) | (self.g << 55)
+        high |= ((self.base >> 24) & 0xFF) << 56
+        return struct.pack("<Q", low | high)
+
+    def encode_system64(self) -> bytes:
+        """16-byte system descriptor for long mode (SDM Vol. 3A Figure 8-4)."""
+        return self.encode() + struct.pack("<II", (self.base >> 32) & 0xFFFFFFFF, 0)
+
+    @property
+    def byte_limit(self) -> int:
+        return (self.limit << 12) | 0xFFF if self.g else self.limit
+
+    def to_kvm_segment(self, selector: int) -> kvm_segment:
+        """The kvm_segment that loading `selector` (pointing at this descriptor) produces."""
+        return kvm_segment(base=self.base, limit=self.byte_limit, selector=selector, type=self.type,
+                           present=self.p, dpl=self.dpl, db=self.db, s=self.s, l=self.l, g=self.g,
+                           avl=self.avl, unusable=0)
+
+    @classmethod
+    def decode(cls, raw: bytes) -> "Descriptor":
+        (v,) = struct.unpack("<Q", raw[:8])
+        return cls(base=((v >> 16) & 0xFFFFFF) | (((v >> 56) & 0xFF) << 24),
+                   limit=(v & 0xFFFF) | (((v >> 48) & 0xF) << 16), type=(v >> 40) & 0xF, s=(v >> 44) & 1,
+                   dpl=(v >> 45) & 3, p=(v >> 47) & 1, avl=(v >> 52) & 1, l=(v >> 53) & 1,
+                   db=(v >> 54) & 1, g=(v >> 55) & 1)
+
+
+def code64(dpl=0) -> Descriptor:
+    return Descriptor(type=CODE_RX_ACCESSED, dpl=dpl, l=1, db=0)
+
+
+def code32(dpl=0) -> Descriptor:
+    return Descriptor(type=CODE_RX_ACCESSED, dpl=dpl)
+
+
+def code16(dpl=0) -> Descriptor:
+    return Descriptor(type=CODE_RX_ACCESSED, dpl=dpl, db=0, limit=0xFFFF, g=0)
+
+
+def data(dpl=0) -> Descriptor:
+    return Descriptor(type=DATA_RW_ACCESSED, dpl=dpl)
+
+
+def data16(dpl=0) -> Descriptor:
+    return Descriptor(type=DATA_RW_ACCESSED, dpl=dpl, db=0, limit=0xFFFF, g=0)
+
+
+def tss(base: int, limit: int, busy: bool = True) -> Descriptor:
+    return Descriptor(base=base, limit=limit, type=TSS_BUSY if busy else TSS_AVAILABLE, s=0, db=0, g=0)
+
+
+def gate(offset: int, selector: int, type_: int, dpl: int = 0, *, bits: int = 32, ist: int = 0,
+         param_count: int = 0) -> bytes:
+    """Interrupt/trap/call gate: 8 bytes for 16/32-bit IDTs and GDTs, 16 bytes in long mode."""
+    attrs = type_ | (dpl << 5) | 0x80
+    if bits == 64:
+        return struct.pack("<HHBBHII", offset & 0xFFFF, selector, ist & 7, attrs, (offset >> 16) & 0xFFFF,
+                           (offset >> 32) & 0xFFFFFFFF, 0)
+    if offset >> 32:
+        raise ValueError(f"gate offset {offset:#x} does not fit a {bits}-bit gate")
+    return struct.pack("<HHBBH", offset & 0xFFFF, selector, param_count & 0x1F, attrs, (offset >> 16) & 0xFFFF)
+
+
+def ivt_entry(segment: int, offset: int) -> bytes:
+    """Real-mode interrupt vector: offset then segment (SDM Vol. 3A 20.1.4)."""
+    return struct.pack("<HH", offset & 0xFFFF, segment & 0xFFFF)
+
+
+def tss32(esp0: int, ss0: int, iomap_base: int = 0x68) -> bytes:
+    """104-byte 32-bit TSS (SDM Vol. 3A Figure 7-2); only the fields kvmtest uses are set."""
+    t = bytearray(0x68)
+    struct.pack_into("<II", t, 4, esp0, ss0)
+    struct.pack_into("<H", t, 102, iomap_base)
+    return bytes(t)
+
+
+def tss64(rsp0: int, ist: tuple[int, ...] = (), iomap_base: int = 0x68) -> bytes:
+    """104-byte 64-bit TSS (SDM Vol. 3A Figure 8-11)."""
+    t = bytearray(0x68)
+    struct.pack_into("<Q", t, 4, rsp0)
+    for i, stack in enumerate(ist[:7]):
+        struct.pack_into("<Q", t, 36 + 8 * i, stack)
+    struct.pack_into("<H", t, 102, iomap_base)
+    return bytes(t)

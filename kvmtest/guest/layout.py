@@ -1,0 +1,44 @@
+"""Where the guest builder puts things in guest physical (and, identity-mapped, virtual) memory.
+
+Everything below 64 KiB is reachable from real mode with segment bases of zero, so the
+same addresses serve every CPU mode.
+"""
+
+MEM_SIZE = 0x200000        # slot 0: guest RAM at 0
+IVT = 0x0000               # real-mode interrupt vector table
+EXC_INFO = 0x0500          # expected-exception record (see guests/handlers*.S)
+EXC_RESUME = EXC_INFO + 0x00   # nonzero: resume here instead of reporting the exception
+EXC_VECTOR = EXC_INFO + 0x08   # last caught vector (0xFF = none)
+EXC_ERROR_CODE = EXC_INFO + 0x10
+EXC_RIP = EXC_INFO + 0x18
+EXC_CR2 = EXC_INFO + 0x20
+EXC_COUNT = EXC_INFO + 0x28
+GDT = 0x1000
+IDT = 0x2000
+TSS = 0x3000
+TSS_SIZE = 0x68            # 104 bytes; the I/O map base points past the limit (no bitmap)
+HANDLERS = 0x4000          # exception stubs and the common handler (to 0x6000)
+KERNEL_STACK_TOP = 0x7000
+USER_STACK_TOP = 0x8000
+CODE = 0x8000              # the test's code (to 0x10000)
+CODE_END = 0x10000
+DATA = 0x10000             # 64 KiB the test may use freely
+DATA_END = 0x20000
+PAGE_TABLES = 0x20000      # page-table pool, to the end of RAM
+MMIO_BASE = 0x40000000     # unbacked; identity-mapped in paged modes, so accesses exit as MMIO.
+MMIO_SIZE = 0x200000       # Below 2 GiB so 64-bit code can address it with a disp32.
+PROTOCOL_MMIO = MMIO_BASE + MMIO_SIZE - 0x1000  # the protocol's channel at CPL3 (see protocol.py)
+
+# GDT selectors (index * 8). SYSCALL/SYSRET need kernel CS, kernel SS = CS+8, and user
+# CS32, user SS, user CS64 in that order (SDM Vol. 2B SYSRET; APM Vol. 2 6.1.1).
+SEL_CODE64 = 0x08
+SEL_DATA = 0x10
+SEL_CODE32 = 0x18
+SEL_CODE16 = 0x20
+SEL_DATA16 = 0x28
+SEL_USER_CODE32 = 0x30
+SEL_USER_DATA = 0x38
+SEL_USER_CODE64 = 0x40
+SEL_TSS = 0x48             # 16 bytes in long mode (0x48 and 0x50)
+SEL_USER_CODE16 = 0x58
+GDT_ENTRIES = 0x60 // 8    # the test may add descriptors from here on
