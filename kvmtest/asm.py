@@ -250,8 +250,11 @@ def _locate_error(statements, bits, base, symbols, labels) -> AssemblyError | No
 def _assemble_once(sec: Section, symbols: dict[str, int]) -> Assembled:
     import keystone
 
+    bits = sec.bits
     for st in sec.statements:
-        _check(st, sec.bits)
+        m = re.match(r"^\.code(16|32|64)\s*$", st.text)
+        bits = int(m.group(1)) if m else bits
+        _check(st, bits)
     statements = _rewrite(list(sec.statements), re.sub(r"\W", "_", sec.name))
     labels = _labels_defined(statements)
     dup = {n for n in labels if labels.count(n) > 1}

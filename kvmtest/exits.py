@@ -136,7 +136,20 @@ class InternalErrorExit(Exit):
     def suberror_name(self) -> str:
         return C.INTERNAL_ERROR_NAMES.name(self.suberror)
 
+    @property
+    def insn_bytes(self) -> bytes | None:
+        """The failing instruction's bytes, where KVM supplied them (api.rst, emulation_failure:
+        flags bit KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES, then insn_size and insn_bytes)."""
+        if self.suberror != C.KVM_INTERNAL_ERROR_EMULATION or len(self.data) < 3:
+            return None
+        if not self.data[0] & C.KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES:
+            return None
+        raw = b"".join(d.to_bytes(8, "little") for d in self.data[1:3])
+        return raw[1: 1 + min(raw[0], 15)]
+
     def __str__(self):
+        if self.insn_bytes is not None:
+            return f"KVM_EXIT_INTERNAL_ERROR({self.suberror_name} instruction bytes {self.insn_bytes.hex(' ')})"
         data = " ".join(f"{d:#x}" for d in self.data)
         return f"KVM_EXIT_INTERNAL_ERROR({self.suberror_name} ndata={self.ndata} data=[{data}])"
 

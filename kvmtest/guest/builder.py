@@ -92,10 +92,11 @@ class Guest:
         vm.write(L.EXC_INFO, bytes(0x30))
         vm.write_u64(L.EXC_VECTOR, 0xFF)
 
+        self.page_tables = self._install_paging(mem_size)
         composer = Composer(mode.code_bits, user=mode.user)
         statements = composer.expand(source, self.name)
         self.sites = composer.sites
-        symbols = {**_symbols(), **user_symbols}
+        symbols = {**_symbols(), "KT_CR3": self.page_tables.cr3 if self.page_tables else 0, **user_symbols}
         sections = [Section("code", L.CODE, mode.code_bits, tuple(statements)), _handler_section(mode)]
         code, handlers = assemble_sections(sections, symbols)
         if code.end > L.CODE_END:
@@ -112,19 +113,19 @@ class Guest:
             self._site_at[addr] = self._site_at[addr + site.length] = site
         self.entry = self.labels.get("start", L.CODE)
         self._install_tables(handlers)
-        self.page_tables = self._install_paging(mem_size, cpuid)
         self._set_registers()
 
     def _install_tables(self, handlers):
         mode, vm = self.mode, self.vm
         stub = lambda v: self.labels[f"kt_stub_{v}"]  # noqa: E731
+        if mode.protected or mode.name == "reset":
+            for selector, raw in gdt_entries().items():
+                vm.write(L.GDT + selector, raw)
         if not mode.protected:
             vm.write(L.IVT, b"".join(D.ivt_entry(0, stub(v)) for v in range(256)))
             if mode.name == "reset":
                 self._install_reset_vector()
             return
-        for selector, raw in gdt_entries().items():
-            vm.write(L.GDT + selector, raw)
         if mode.handler_bits == 64:
             vm.write(L.TSS, D.tss64(L.KERNEL_STACK_TOP))
             gates = [D.gate(stub(v), L.SEL_CODE64, D.INT_GATE, 3 if v in (3, 4) else 0, bits=64) for v in range(256)]
@@ -141,12 +142,14 @@ class Guest:
         rom = self.vm.add_memory(RESET_ROM, 0x10000)
         rom.mapping.write(0xFFF0, bytes([0xEA]) + struct.pack("<HH", self.entry, 0) + b"\xf4")
 
-    def _install_paging(self, mem_size, cpuid):
+    def _install_paging(self, mem_size):
         mode = self.mode
-        if not mode.paging:
+        # "reset" guests switch to long mode themselves; they find 4-level tables at KT_CR3.
+        fmt = "4level" if mode.name == "reset" else mode.paging
+        if not fmt:
             return None
         alloc = PageAllocator(self.vm, L.PAGE_TABLES, mem_size)
-        pt = PageTables(self.vm, alloc, mode.paging)
+        pt = PageTables(self.vm, alloc, fmt)
         flags = PTE_P | PTE_RW | (PTE_US if mode.user else 0)
         size = max(self.page_size, mem_size)
         pt.map_range(0, 0, size, self.page_size, flags)

@@ -101,6 +101,9 @@ class Composer:
     def expand(self, text: str, name: str = "<guest>") -> list[Statement]:
         out: list[Statement] = []
         for st in self._lines(text, name):
+            code = re.match(r"^\.code(16|32|64)\s*$", st.text)
+            if code:  # the guest switched code size (a mode switch); macros follow it
+                self.bits = int(code.group(1))
             m = _MACRO.match(st.text)
             if not m:
                 out.append(st)

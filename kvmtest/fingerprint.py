@@ -1,0 +1,173 @@
+"""The host fingerprint: what a report needs to say which KVM host it came from.
+
+Kernel, CPU, KVM modules and their parameters, MMU mode (and how it was decided), API
+version, every capability, a hash of the supported CPUID, tool versions.
+"""
+
+import hashlib
+import json
+import os
+import platform
+import socket
+from pathlib import Path
+
+import kvmtest
+
+from .cpuid import has_feature
+
+INTERESTING_FLAGS = ("vmx", "svm", "ept", "npt", "hypervisor", "la57", "pku", "smep", "smap", "pcid",
+                     "invpcid", "x2apic", "tsc_deadline_timer", "pdpe1gb", "nx", "lm", "umip")
+KVM_MODULES = ("kvm", "kvm_intel", "kvm_amd", "kvm_pvm")
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text().strip()
+    except OSError:
+        return ""
+
+
+def cpu_info(cpuinfo_text: str | None = None) -> dict:
+    text = _read("/proc/cpuinfo") if cpuinfo_text is None else cpuinfo_text
+    first = text.split("\n\n", 1)[0]
+    fields = {}
+    for line in first.splitlines():
+        if ":" in line:
+            key, _, value = line.partition(":")
+            fields[key.strip()] = value.strip()
+    flags = set(fields.get("flags", "").split())
+    return {
+        "vendor": fields.get("vendor_id", ""),
+        "model_name": fields.get("model name", ""),
+        "family": int(fields.get("cpu family", "0") or 0),
+        "model": int(fields.get("model", "0") or 0),
+        "stepping": int(fields.get("stepping", "0") or 0) if fields.get("stepping", "").isdigit() else 0,
+        "flags": {f: (f in flags) for f in INTERESTING_FLAGS},
+    }
+
+
+def kvm_modules(sys_module: str = "/sys/module") -> dict[str, dict[str, str]]:
+    """Loaded KVM modules and their parameters (module -> {param: value})."""
+    found = {}
+    for name in KVM_MODULES:
+        base = Path(sys_module) / name
+        if not base.is_dir():
+            continue
+        params = {}
+        pdir = base / "parameters"
+        if pdir.is_dir():
+            for p in sorted(pdir.iterdir()):
+                params[p.name] = _read(str(p))
+        found[name] = params
+    return found
+
+
+def mmu_mode(modules: dict[str, dict[str, str]]) -> dict[str, str]:
+    """EPT, NPT, TDP MMU or shadow paging, from the module parameters, with the reasoning."""
+    yes = lambda v: v in ("Y", "1", "y")  # noqa: E731
+    tdp_mmu = yes(modules.get("kvm", {}).get("tdp_mmu", "N"))
+    if "kvm_intel" in modules:
+        if yes(modules["kvm_intel"].get("ept", "N")):
+            return {"mode": "ept-tdp-mmu" if tdp_mmu else "ept",
+                    "how": f"kvm_intel.ept=Y, kvm.tdp_mmu={'Y' if tdp_mmu else 'N'}"}
+        return {"mode": "shadow", "how": "kvm_intel.ept=N"}
+    if "kvm_amd" in modules:
+        if yes(modules["kvm_amd"].get("npt", "N")):
+            return {"mode": "npt-tdp-mmu" if tdp_mmu else "npt",
+                    "how": f"kvm_amd.npt=Y, kvm.tdp_mmu={'Y' if tdp_mmu else 'N'}"}
+        return {"mode": "shadow", "how": "kvm_amd.npt=N"}
+    if "kvm_pvm" in modules:
+        return {"mode": "shadow", "how": "kvm_pvm loaded: PVM has no two-dimensional paging, "
+                                         f"kvm.tdp_mmu={'Y' if tdp_mmu else 'N'}"}
+    return {"mode": "unknown", "how": "no kvm_intel, kvm_amd or kvm_pvm module found"}
+
+
+def backend(modules) -> str:
+    for name in ("kvm_intel", "kvm_amd", "kvm_pvm"):
+        if name in modules:
+            return name
+    return "unknown"
+
+
+def _versions() -> dict[str, str]:
+    import pytest
+
+    try:
+        from importlib.metadata import version
+        keystone_version = version("keystone-engine")
+    except Exception:
+        keystone_version = "unknown"
+    return {"kvmtest": kvmtest.__version__, "pytest": pytest.__version__, "keystone": keystone_version,
+            "python": platform.python_version()}
+
+
+def collect(device: str = "/dev/kvm") -> dict:
+    """The full fingerprint. KVM facts are left out (with the reason) when the device cannot be opened."""
+    uname = os.uname()
+    modules = kvm_modules()
+    fp = {
+        "host": socket.gethostname(),
+        "kernel": {"release": uname.release, "version": uname.version, "machine": uname.machine,
+                   "cmdline": _read("/proc/cmdline")},
+        "cpu": cpu_info(),
+        "modules": modules,
+        "backend": backend(modules),
+        "mmu": mmu_mode(modules),
+        "versions": _versions(),
+        "kvm": None,
+    }
+    try:
+        from .kvm import Kvm
+
+        with Kvm(device) as kvm:
+            cpuid = kvm.supported_cpuid()
+            digest = hashlib.sha256()
+            for e in sorted(cpuid, key=lambda e: (e.function, e.index)):
+                digest.update(bytes(e))
+            fp["kvm"] = {
+                "device": device,
+                "api_version": kvm.api_version(),
+                "capabilities": kvm.capabilities(),
+                "supported_cpuid_sha256": digest.hexdigest(),
+                "supported_cpuid_entries": len(cpuid),
+                "cpu_features": {name: has_feature(cpuid, name) for name in ("la57", "pku", "smep", "smap",
+                                 "pcid", "invpcid", "x2apic", "tsc_deadline", "nx", "pdpe1gb", "umip", "xsave")},
+            }
+    except Exception as e:  # the fingerprint must not break a run; it says why KVM facts are missing
+        fp["kvm_error"] = str(e)
+    return fp
+
+
+def short(fp: dict) -> str:
+    """One line for the pytest header and report titles."""
+    cpu = fp["cpu"]
+    kvm = fp.get("kvm")
+    caps = sum(1 for v in kvm["capabilities"].values() if v) if kvm else 0
+    kvm_text = f"API {kvm['api_version']}, {caps} capabilities" if kvm else f"KVM unavailable ({fp.get('kvm_error')})"
+    return (f"kernel {fp['kernel']['release']}, {cpu['model_name'] or cpu['vendor']} "
+            f"(family {cpu['family']} model {cpu['model']} stepping {cpu['stepping']}), "
+            f"backend {fp['backend']}, MMU {fp['mmu']['mode']}, {kvm_text}")
+
+
+def flat_properties(fp: dict) -> dict[str, str]:
+    """The fingerprint as flat name/value pairs for JUnit <property> elements."""
+    out = {}
+
+    def walk(prefix, value):
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else k, v)
+        else:
+            out[prefix] = value if isinstance(value, str) else json.dumps(value)
+
+    walk("", {k: v for k, v in fp.items() if k != "modules"})
+    for mod, params in fp.get("modules", {}).items():
+        for k, v in params.items():
+            out[f"module.{mod}.{k}"] = v
+    return {f"kvmtest.{k}": v for k, v in out.items()}
+
+
+def capability(fp: dict, name: str) -> int:
+    kvm = fp.get("kvm") or {}
+    return kvm.get("capabilities", {}).get(name if name.startswith("KVM_CAP_") else f"KVM_CAP_{name}", 0)
+

@@ -1,0 +1,172 @@
+"""Known host deviations as data (TOML), turned into strict xfails for matching tests.
+
+Each [[issue]] names test-id globs, a host predicate over the fingerprint, the reason and
+the evidence: what the KVM documentation or the SDM/APM says, what the host did, and how
+it was proved to be the host and not kvmtest. A fixed host makes the test XPASS, which
+fails the run (strict) until the entry is removed.
+
+    [[issue]]
+    id = "pvm-legacy-paging"
+    tests = ["suites/smoke/test_smoke.py::test_out_then_halt[paging32*"]
+    reason = "..."
+    [issue.host]
+    module = "kvm_pvm"                      # a loaded module (fingerprint "modules")
+    vendor = "AuthenticAMD"                 # optional: CPU vendor
+    kernel_min = "6.6"                      # optional: kernel release range, inclusive
+    kernel_max = "6.19"
+    params = { "kvm.tdp_mmu" = "N" }        # optional: module parameters
+    mmu = "shadow"                          # optional: fingerprint MMU mode
+    [issue.evidence]
+    contract = "SDM Vol. 3A 4.1.1: ..."
+    observed = "..."
+    proof = "..."
+"""
+
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import KvmtestError
+
+BUILTIN_DIR = Path(__file__).parent / "known_issues"
+_ISSUE_KEYS = {"id", "tests", "reason", "host", "evidence", "url", "commit"}
+_HOST_KEYS = {"module", "vendor", "kernel_min", "kernel_max", "params", "mmu", "backend"}
+_EVIDENCE_KEYS = {"contract", "observed", "proof"}
+
+
+class KnownIssueError(KvmtestError):
+    """A malformed known-issue file; names the file and line."""
+
+
+@dataclass(frozen=True)
+class KnownIssue:
+    id: str
+    tests: tuple[str, ...]
+    reason: str
+    host: dict
+    evidence: dict
+    source: str
+    url: str | None = None
+    commit: str | None = None
+    _patterns: tuple = field(default=(), compare=False, repr=False)
+
+    def matches_test(self, nodeid: str) -> bool:
+        return any(p.fullmatch(nodeid) for p in self._patterns)
+
+    def matches_host(self, fp: dict) -> bool:
+        return host_matches(self.host, fp)
+
+    def xfail_reason(self) -> str:
+        return f"known issue {self.id}: {self.reason} [{self.source}]"
+
+
+def glob_to_regex(pattern: str) -> re.Pattern:
+    """Test-id globs: `*` and `?` are wildcards; brackets are literal (test ids contain them)."""
+    return re.compile(re.escape(pattern).replace(r"\*", ".*").replace(r"\?", "."))
+
+
+def kernel_tuple(release: str) -> tuple[int, ...]:
+    m = re.match(r"(\d+(?:\.\d+)*)", release)
+    return tuple(int(x) for x in m.group(1).split(".")) if m else ()
+
+
+def host_matches(host: dict, fp: dict) -> bool:
+    modules = fp.get("modules", {})
+    if "module" in host and host["module"] not in modules:
+        return False
+    if "backend" in host and fp.get("backend") != host["backend"]:
+        return False
+    if "vendor" in host and fp.get("cpu", {}).get("vendor") != host["vendor"]:
+        return False
+    if "mmu" in host and fp.get("mmu", {}).get("mode") != host["mmu"]:
+        return False
+    release = kernel_tuple(fp.get("kernel", {}).get("release", ""))
+    if "kernel_min" in host and release < kernel_tuple(host["kernel_min"]):
+        return False
+    if "kernel_max" in host and release > kernel_tuple(host["kernel_max"]):
+        return False
+    for key, want in host.get("params", {}).items():
+        module, _, param = key.partition(".")
+        if modules.get(module, {}).get(param) != str(want):
+            return False
+    return True
+
+
+def _entry_lines(text: str) -> list[int]:
+    return [n for n, line in enumerate(text.splitlines(), start=1) if line.strip() == "[[issue]]"]
+
+
+def load(path: str | Path) -> list[KnownIssue]:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise KnownIssueError(f"known-issue file {path}: cannot read: {e.strerror}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise KnownIssueError(f"known-issue file {path}: {e}") from None
+    unknown_top = set(data) - {"issue"}
+    if unknown_top:
+        raise KnownIssueError(f"known-issue file {path}: unknown top-level key(s) {sorted(unknown_top)}; "
+                              "entries go in [[issue]] tables")
+    lines = _entry_lines(text)
+    issues, seen = [], set()
+    for index, entry in enumerate(data.get("issue", [])):
+        where = f"known-issue file {path} line {lines[index] if index < len(lines) else '?'}"
+        issues.append(_validate(entry, where, f"{path.name}:{lines[index] if index < len(lines) else '?'}"))
+        if issues[-1].id in seen:
+            raise KnownIssueError(f"{where}: duplicate id {issues[-1].id!r}")
+        seen.add(issues[-1].id)
+    return issues
+
+
+def _validate(entry: dict, where: str, source: str) -> KnownIssue:
+    name = entry.get("id", "?")
+    where = f"{where} (issue {name!r})"
+    unknown = set(entry) - _ISSUE_KEYS
+    if unknown:
+        raise KnownIssueError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(_ISSUE_KEYS)}")
+    for key in ("id", "reason"):
+        if not isinstance(entry.get(key), str) or not entry[key].strip():
+            raise KnownIssueError(f"{where}: '{key}' must be a non-empty string")
+    tests = entry.get("tests")
+    if not isinstance(tests, list) or not tests or not all(isinstance(t, str) and t for t in tests):
+        raise KnownIssueError(f"{where}: 'tests' must be a non-empty list of test-id globs")
+    host = entry.get("host")
+    if not isinstance(host, dict) or not host:
+        raise KnownIssueError(f"{where}: 'host' must be a table naming at least one host property")
+    if set(host) - _HOST_KEYS:
+        raise KnownIssueError(f"{where}: unknown host key(s) {sorted(set(host) - _HOST_KEYS)}; "
+                              f"allowed: {sorted(_HOST_KEYS)}")
+    if "params" in host and not isinstance(host["params"], dict):
+        raise KnownIssueError(f"{where}: 'host.params' must be a table of module.param = value")
+    evidence = entry.get("evidence")
+    if not isinstance(evidence, dict):
+        raise KnownIssueError(f"{where}: 'evidence' table is missing")
+    for key in sorted(_EVIDENCE_KEYS):
+        if not isinstance(evidence.get(key), str) or not evidence[key].strip():
+            raise KnownIssueError(f"{where}: 'evidence.{key}' must say {_EVIDENCE_HELP[key]}")
+    if set(evidence) - _EVIDENCE_KEYS:
+        raise KnownIssueError(f"{where}: unknown evidence key(s) {sorted(set(evidence) - _EVIDENCE_KEYS)}")
+    return KnownIssue(entry["id"], tuple(tests), entry["reason"], host, evidence, source,
+                      entry.get("url"), entry.get("commit"), tuple(glob_to_regex(t) for t in tests))
+
+
+_EVIDENCE_HELP = {
+    "contract": "what api.rst or the SDM/APM requires",
+    "observed": "what the host did (exit, errno, values)",
+    "proof": "how it was shown to be the host and not kvmtest",
+}
+
+
+def builtin_files() -> list[Path]:
+    return sorted(BUILTIN_DIR.glob("*.toml"))
+
+
+def load_all(paths) -> list[KnownIssue]:
+    issues = []
+    for p in paths:
+        issues.extend(load(p))
+    return issues

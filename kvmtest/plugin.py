@@ -1,0 +1,307 @@
+"""kvmtest's pytest plugin: options, fixtures, markers, known issues, fingerprint, reports.
+
+Registered through the `pytest11` entry point (and by the repository's conftest.py when
+kvmtest is not installed). Every option has a kebab-case flag, an ini twin and a KVMTEST_*
+environment variable; the command line wins over the environment, which wins over the
+ini file.
+"""
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from . import fingerprint as fpmod
+from . import ioctl as _ioctl
+from . import known_issues as ki
+from .cpuid import FEATURES
+from .abi.constants import CAPABILITY_NAMES
+from .errors import DeviceError
+from .guest import ALL_MODES, CPL0_MODES, MODES, Guest, get_mode
+from .guest.paging import KiB4
+from .kvm import DEFAULT_DEVICE, Kvm, cap_number
+from .vcpu import DEFAULT_RUN_TIMEOUT, install_kick_handler
+
+
+@dataclass(frozen=True)
+class Option:
+    name: str          # ini name; flag is --kvm-<name with dashes>, env KVMTEST_<NAME>
+    help: str
+    default: object
+    kind: str = "str"  # str, float, paths, bool, modes
+    env: str | None = None
+
+    @property
+    def flag(self):
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def dest(self):
+        return self.name
+
+    @property
+    def env_name(self):
+        return self.env or "KVMTEST_" + self.name.upper().removeprefix("KVM_")
+
+
+OPTIONS = [
+    Option("kvm_device", "KVM device to test", DEFAULT_DEVICE, env="KVMTEST_DEVICE"),
+    Option("kvm_guest_timeout", "seconds one KVM_RUN may take before the guest is kicked and the test fails",
+           DEFAULT_RUN_TIMEOUT, "float", env="KVMTEST_GUEST_TIMEOUT"),
+    Option("kvm_report_dir", "directory for reports (JUnit, KTAP, HTML)", "reports", env="KVMTEST_REPORT_DIR"),
+    Option("kvm_junit", "write kvmtest's JUnit file (fingerprint included) to this path", "",
+           env="KVMTEST_JUNIT"),
+    Option("kvm_known_issues", "known-issue TOML files (comma-separated); default: the ones shipped with kvmtest",
+           "", "paths", env="KVMTEST_KNOWN_ISSUES"),
+    Option("kvm_no_known_issues", "do not apply known-issue files (every deviation fails)", False, "bool",
+           env="KVMTEST_NO_KNOWN_ISSUES"),
+    Option("kvm_modes", "only run mode-parametrized tests in these CPU modes (comma-separated)", "", "modes",
+           env="KVMTEST_MODES"),
+]
+
+FINGERPRINT_KEY = pytest.StashKey[dict]()
+SETTINGS_KEY = pytest.StashKey[dict]()
+ISSUES_KEY = pytest.StashKey[list]()
+
+
+class OptionError(pytest.UsageError):
+    pass
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("kvmtest", "kvmtest: KVM conformance suite")
+    for opt in OPTIONS:
+        if opt.kind == "bool":
+            group.addoption(opt.flag, action="store_true", default=None, dest=opt.dest,
+                            help=f"{opt.help} (env {opt.env_name}, ini {opt.name})")
+            parser.addini(opt.name, opt.help, type="bool", default=None)
+        else:
+            group.addoption(opt.flag, default=None, dest=opt.dest,
+                            help=f"{opt.help} (default {opt.default!r}; env {opt.env_name}, ini {opt.name})")
+            parser.addini(opt.name, opt.help, default=None)
+
+
+def _convert(opt: Option, raw, source: str):
+    where = f"{opt.flag}={raw!r} (from {source})"
+    if opt.kind == "float":
+        try:
+            value = float(raw)
+        except (TypeError, ValueError):
+            raise OptionError(f"{where}: not a number of seconds") from None
+        if value <= 0:
+            raise OptionError(f"{where}: must be more than 0 seconds")
+        return value
+    if opt.kind == "bool":
+        if isinstance(raw, bool):
+            return raw
+        text = str(raw).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off", ""):
+            return False
+        raise OptionError(f"{where}: expected true or false")
+    if opt.kind == "paths":
+        paths = [p.strip() for p in str(raw).split(",") if p.strip()]
+        missing = [p for p in paths if not Path(p).is_file()]
+        if missing:
+            raise OptionError(f"{where}: no such file: {', '.join(missing)}")
+        return paths
+    if opt.kind == "modes":
+        modes = [m.strip() for m in str(raw).split(",") if m.strip()]
+        bad = [m for m in modes if m not in MODES]
+        if bad:
+            raise OptionError(f"{where}: unknown CPU mode(s) {', '.join(bad)}; known: {', '.join(MODES)}")
+        return modes
+    return str(raw)
+
+
+def resolve_settings(config) -> dict:
+    """Each option from the command line, else the environment, else the ini file, else the default."""
+    settings = {}
+    for opt in OPTIONS:
+        cli = config.getoption(opt.dest)
+        if cli is not None:
+            settings[opt.name] = _convert(opt, cli, "command line")
+        elif opt.env_name in os.environ:
+            settings[opt.name] = _convert(opt, os.environ[opt.env_name], f"environment {opt.env_name}")
+        elif config.getini(opt.name) not in (None, "", []):
+            settings[opt.name] = _convert(opt, config.getini(opt.name), f"ini {opt.name}")
+        else:
+            settings[opt.name] = _convert(opt, opt.default, "default") if opt.kind != "paths" else []
+    return settings
+
+
+def settings(config) -> dict:
+    return config.stash[SETTINGS_KEY]
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "requires_cap(name, minimum=1): skip unless KVM_CHECK_EXTENSION(name) >= minimum")
+    config.addinivalue_line("markers", "requires_cpu(feature): skip unless KVM_GET_SUPPORTED_CPUID reports the feature")
+    config.addinivalue_line("markers", "modes(*names): run the test once per CPU mode ('all', 'cpl0' or mode names); "
+                                       "the test takes a `mode` argument")
+    config.addinivalue_line("markers", "guest_timeout(seconds): per-KVM_RUN timeout for guests made in this test")
+    config.addinivalue_line("markers", "regression(commit=None, cve=None): the kernel fix or CVE this test pins")
+    config.stash[SETTINGS_KEY] = resolve_settings(config)
+    install_kick_handler()
+    s = settings(config)
+    files = [] if s["kvm_no_known_issues"] else (s["kvm_known_issues"] or [str(p) for p in ki.builtin_files()])
+    try:
+        config.stash[ISSUES_KEY] = ki.load_all(files)
+    except ki.KnownIssueError as e:
+        raise pytest.UsageError(str(e)) from None
+    config.stash[FINGERPRINT_KEY] = fpmod.collect(s["kvm_device"])
+    if s["kvm_junit"] and not hasattr(config, "workerinput"):
+        from .reports.junit import JunitReporter
+
+        config.pluginmanager.register(JunitReporter(config, s["kvm_junit"], config.stash[FINGERPRINT_KEY]),
+                                      "kvmtest-junit")
+
+
+def pytest_report_header(config):
+    fp = config.stash[FINGERPRINT_KEY]
+    issues = config.stash[ISSUES_KEY]
+    return [f"kvmtest: {fpmod.short(fp)}", f"kvmtest: {len(issues)} known-issue entries, "
+            f"{sum(1 for i in issues if i.matches_host(fp))} apply to this host"]
+
+
+def pytest_generate_tests(metafunc):
+    marker = metafunc.definition.get_closest_marker("modes")
+    if marker is None or "mode" not in metafunc.fixturenames:
+        return
+    names = []
+    for arg in marker.args or ("all",):
+        names += {"all": ALL_MODES, "cpl0": CPL0_MODES}.get(arg, [arg])
+    for n in names:
+        get_mode(n)  # an unknown name fails collection with the list of modes
+    only = settings(metafunc.config)["kvm_modes"]
+    if only:
+        names = [n for n in names if n in only]
+    metafunc.parametrize("mode", names, ids=names)
+
+
+def pytest_collection_modifyitems(config, items):
+    fp = config.stash[FINGERPRINT_KEY]
+    issues = [i for i in config.stash[ISSUES_KEY] if i.matches_host(fp)]
+    for item in items:
+        for issue in issues:
+            if issue.matches_test(item.nodeid):
+                item.add_marker(pytest.mark.xfail(strict=True, reason=issue.xfail_reason()))
+                item.user_properties.append(("known_issue", issue.id))
+                break
+        reg = item.get_closest_marker("regression")
+        if reg:
+            for key in ("commit", "cve"):
+                if reg.kwargs.get(key):
+                    item.user_properties.append((f"regression_{key}", reg.kwargs[key]))
+        mode = getattr(item, "callspec", None) and item.callspec.params.get("mode")
+        if mode:
+            item.user_properties.append(("cpu_mode", mode))
+
+
+def pytest_runtest_setup(item):
+    for marker in item.iter_markers("requires_cap"):
+        _check_cap(item, *marker.args, **marker.kwargs)
+    for marker in item.iter_markers("requires_cpu"):
+        _check_cpu(item, *marker.args)
+
+
+def _check_cap(item, name, minimum=1):
+    fp = item.config.stash[FINGERPRINT_KEY]
+    if fp.get("kvm") is None:
+        return  # the kvm fixture reports why KVM is unusable
+    full = CAPABILITY_NAMES.name(cap_number(name))
+    value = fpmod.capability(fp, full)
+    if value < minimum:
+        pytest.skip(f"needs {full} >= {minimum}; KVM_CHECK_EXTENSION reports {value}")
+
+
+def _check_cpu(item, feature):
+    fp = item.config.stash[FINGERPRINT_KEY]
+    if fp.get("kvm") is None:
+        return
+    if feature not in FEATURES:
+        raise pytest.UsageError(f"requires_cpu({feature!r}): unknown feature; known: {', '.join(FEATURES)}")
+    with Kvm(settings(item.config)["kvm_device"]) as kvm:
+        if not kvm.has_feature(feature):
+            pytest.skip(f"needs CPU feature {FEATURES[feature]}, which KVM_GET_SUPPORTED_CPUID does not report")
+
+
+# --- fixtures ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def kvm(pytestconfig):
+    """The system handle (/dev/kvm), one per session (per xdist worker).
+
+    Skips the test when the device does not exist; a device that exists but cannot be
+    opened read-write is an error naming the permission.
+    """
+    path = settings(pytestconfig)["kvm_device"]
+    if not os.path.exists(path):
+        pytest.skip(f"no {path} (is KVM loaded?)")
+    try:
+        handle = Kvm(path)
+    except DeviceError as e:
+        if str(e).startswith("no "):
+            pytest.skip(str(e))
+        raise
+    yield handle
+    handle.close()
+
+
+@pytest.fixture
+def vm(kvm):
+    """A bare VM (KVM_CREATE_VM), closed after the test."""
+    with kvm.create_vm() as v:
+        yield v
+
+
+@pytest.fixture
+def vm_with_memory(vm):
+    """A VM with 2 MiB of guest memory at guest physical 0 (slot 0)."""
+    vm.add_memory(0, 0x200000, slot=0)
+    return vm
+
+
+@pytest.fixture
+def guest_timeout(request, pytestconfig) -> float:
+    """The per-KVM_RUN timeout: the guest_timeout marker, else --kvm-guest-timeout."""
+    marker = request.node.get_closest_marker("guest_timeout")
+    return float(marker.args[0]) if marker else settings(pytestconfig)["kvm_guest_timeout"]
+
+
+@pytest.fixture
+def guest(kvm, guest_timeout, request):
+    """Factory: guest(mode, source, **kw) -> kvmtest.guest.Guest, closed after the test.
+
+    A mode that needs a CPU feature KVM does not report skips the test, naming the feature.
+    """
+    made = []
+
+    def make(mode, source, *, page_size=KiB4, **kw):
+        m = get_mode(mode)
+        if m.requires and not kvm.has_feature(m.requires):
+            pytest.skip(f"mode {m.name} needs CPU feature {FEATURES[m.requires]}, "
+                        "which KVM_GET_SUPPORTED_CPUID does not report")
+        kw.setdefault("timeout", guest_timeout)
+        kw.setdefault("name", request.node.name)
+        g = Guest(kvm, m, source, page_size=page_size, **kw)
+        made.append(g)
+        return g
+
+    yield make
+    for g in made:
+        g.close()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    if report.when == "call" and report.failed:
+        report.sections.append(("kvmtest trace", "\n".join(_ioctl.recent(30))))
+    if report.when == "setup":
+        _ioctl.clear_trace()
+    return report
+

@@ -1,0 +1,1 @@
+"""Reports: JUnit with the host fingerprint, KTAP, run comparison."""

@@ -1,0 +1,102 @@
+"""Exit parsing from a kvm_run built in memory, and answering IN / MMIO reads."""
+
+import ctypes
+
+import pytest
+
+from kvmtest.abi import constants as C
+from kvmtest.abi.structs import kvm_run
+from kvmtest.exits import (DebugExit, HltExit, InternalErrorExit, IoExit, MmioExit, MsrExit, UnknownExit,
+                           parse_exit)
+
+
+class RunPage(ctypes.Structure):
+    _fields_ = [("run", kvm_run), ("extra", ctypes.c_uint8 * 4096)]
+
+
+@pytest.fixture
+def page():
+    return RunPage()
+
+
+def test_io_out_carries_port_size_count_and_data(page):
+    run = page.run
+    run.exit_reason = C.KVM_EXIT_IO
+    run.exit.io.direction, run.exit.io.size, run.exit.io.port, run.exit.io.count = 1, 2, 0x3F8, 2
+    run.exit.io.data_offset = ctypes.sizeof(kvm_run)
+    page.extra[0:4] = [1, 2, 3, 4]
+    e = parse_exit(run)
+    assert isinstance(e, IoExit) and e.is_out and e.port == 0x3F8 and e.data == b"\x01\x02\x03\x04"
+    assert e.value == 0x0201
+    assert str(e) == "KVM_EXIT_IO(out port=0x3f8 size=2 count=2 data=01020304)"
+
+
+def test_io_in_takes_host_data(page):
+    run = page.run
+    run.exit_reason = C.KVM_EXIT_IO
+    run.exit.io.direction, run.exit.io.size, run.exit.io.port, run.exit.io.count = 0, 4, 0x10, 1
+    run.exit.io.data_offset = ctypes.sizeof(kvm_run)
+    e = parse_exit(run)
+    e.respond(0xDEADBEEF)
+    assert bytes(page.extra[0:4]) == (0xDEADBEEF).to_bytes(4, "little")
+    with pytest.raises(ValueError, match="needs 4 bytes"):
+        e.respond(b"\x01")
+
+
+def test_out_refuses_data(page):
+    page.run.exit_reason = C.KVM_EXIT_IO
+    page.run.exit.io.direction = 1
+    with pytest.raises(ValueError, match="only an IN"):
+        parse_exit(page.run).respond(1)
+
+
+def test_mmio_read_and_write(page):
+    run = page.run
+    run.exit_reason = C.KVM_EXIT_MMIO
+    run.exit.mmio.phys_addr, run.exit.mmio.len, run.exit.mmio.is_write = 0xD0000000, 8, 0
+    e = parse_exit(run)
+    assert isinstance(e, MmioExit) and not e.is_write
+    e.respond(0x0102030405060708)
+    assert bytes(run.exit.mmio.data) == (0x0102030405060708).to_bytes(8, "little")
+    run.exit.mmio.is_write, run.exit.mmio.len = 1, 2
+    w = parse_exit(run)
+    assert w.is_write and w.data == b"\x08\x07" and str(w) == "KVM_EXIT_MMIO(write gpa=0xd0000000 len=2 data=0807)"
+
+
+def test_debug_exit_names_the_vector(page):
+    run = page.run
+    run.exit_reason = C.KVM_EXIT_DEBUG
+    run.exit.debug.arch.exception, run.exit.debug.arch.pc, run.exit.debug.arch.dr6 = 1, 0x8000, 0xFFFF4FF0
+    e = parse_exit(run)
+    assert isinstance(e, DebugExit) and "#DB pc=0x8000 dr6=0xffff4ff0" in str(e)
+
+
+def test_internal_error_instruction_bytes(page):
+    run = page.run
+    run.exit_reason = C.KVM_EXIT_INTERNAL_ERROR
+    run.exit.internal.suberror, run.exit.internal.ndata = 1, 4
+    run.exit.internal.data[0] = 1
+    raw = bytes([2, 0xD9, 0x00]) + bytes(13)
+    run.exit.internal.data[1] = int.from_bytes(raw[:8], "little")
+    run.exit.internal.data[2] = int.from_bytes(raw[8:], "little")
+    e = parse_exit(run)
+    assert isinstance(e, InternalErrorExit) and e.insn_bytes == b"\xd9\x00"
+    assert "KVM_INTERNAL_ERROR_EMULATION instruction bytes d9 00" in str(e)
+
+
+def test_msr_exit_response(page):
+    run = page.run
+    run.exit_reason = C.KVM_EXIT_X86_RDMSR
+    run.exit.msr.index, run.exit.msr.reason = 0x1234, C.KVM_MSR_EXIT_REASON_UNKNOWN
+    e = parse_exit(run)
+    assert isinstance(e, MsrExit) and "reason=KVM_MSR_EXIT_REASON_UNKNOWN" in str(e)
+    e.respond(error=True)
+    assert run.exit.msr.error == 1
+
+
+def test_simple_and_unknown_exits(page):
+    page.run.exit_reason = C.KVM_EXIT_HLT
+    assert isinstance(parse_exit(page.run), HltExit)
+    page.run.exit_reason = 77
+    e = parse_exit(page.run)
+    assert isinstance(e, UnknownExit) and e.reason_name == "KVM_EXIT_unknown(77)"
