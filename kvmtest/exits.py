@@ -6,6 +6,7 @@ next KVM_RUN (api.rst 5. "The kvm_run structure", KVM_EXIT_IO / KVM_EXIT_MMIO).
 """
 
 import ctypes
+import struct
 from dataclasses import dataclass, field
 
 from .abi import constants as C
@@ -226,15 +227,25 @@ class UnknownExit(Exit):
     hardware_exit_reason: int = 0
 
 
-def parse_exit(run: kvm_run) -> Exit:
-    """Turn the exit described by `run` into a typed Exit."""
-    reason = run.exit_reason
-    e = run.exit
+_REASON = struct.Struct("<I")
+_IO = struct.Struct("<BBHIQ")
+_EXIT_UNION = kvm_run.exit.offset
+
+
+def parse_exit(run: kvm_run, view: memoryview | None = None) -> Exit:
+    """Turn the exit described by `run` into a typed Exit.
+
+    `view`, a memoryview of the vCPU's whole kvm_run mapping, makes the frequent I/O exit
+    cheap to decode (the run loop passes it).
+    """
+    if view is None:
+        view = memoryview((ctypes.c_char * (ctypes.sizeof(run) + 4096)).from_address(ctypes.addressof(run))).cast("B")
+    reason = _REASON.unpack_from(view, 8)[0]
     if reason == C.KVM_EXIT_IO:
-        io = e.io
-        nbytes = io.size * io.count
-        data = ctypes.string_at(ctypes.addressof(run) + io.data_offset, nbytes) if io.direction else b""
-        return IoExit(reason, run, io.direction, io.size, io.port, io.count, io.data_offset, data)
+        direction, size, port, count, data_offset = _IO.unpack_from(view, _EXIT_UNION)
+        data = bytes(view[data_offset: data_offset + size * count]) if direction else b""
+        return IoExit(reason, run, direction, size, port, count, data_offset, data)
+    e = run.exit
     if reason == C.KVM_EXIT_MMIO:
         m = e.mmio
         data = bytes(m.data[: m.len]) if m.is_write else b""

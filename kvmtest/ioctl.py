@@ -14,7 +14,8 @@ from collections import deque
 from .abi.constants import errno_name
 from .abi.numbers import IOCTLS, ioctl_name
 from .errors import KvmError
-from .libc import raw_ioctl
+from .abi.numbers import KVM_RUN
+from .libc import get_errno, ioctl_function, raw_ioctl
 
 TRACE_LENGTH = 64
 _trace: deque = deque(maxlen=TRACE_LENGTH)
@@ -83,3 +84,14 @@ def ioctl(fd: int, request: int | str, arg=None, *, obj: str = "?", args: str = 
         _, name = _request(request)
         raise KvmError(err, name, obj, args, hint(err) if hint else "", recent())
     return ret
+
+
+def run_vcpu(fd: int) -> int:
+    """KVM_RUN, the hot path of the choke point: returns the errno (0 on success).
+
+    EINTR is an answer here and never retried; the caller records the exit in the trace
+    (and raises KvmError with this module's trace for any other errno).
+    """
+    if ioctl_function(fd, KVM_RUN, None) == -1:
+        return get_errno()
+    return 0

@@ -25,6 +25,10 @@ MAP_FAILED = ctypes.c_void_p(-1).value
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 
+ioctl_function = _libc.ioctl  # for the KVM_RUN hot path in kvmtest.ioctl.run_vcpu
+get_errno = ctypes.get_errno
+
+
 def raw_ioctl(fd: int, request: int, arg) -> tuple[int, int]:
     """One ioctl system call. Returns (result, errno); errno is 0 on success."""
     ctypes.set_errno(0)

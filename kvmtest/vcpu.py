@@ -17,7 +17,7 @@ from . import ioctl as _ioctl
 from . import libc
 from .abi import constants as C
 from .abi import structs as S
-from .abi.numbers import KVM_RUN
+from .abi.constants import errno_name
 from .errors import GuestTimeout, KvmError
 from .exits import IntrExit, parse_exit
 from .fdobject import FdObject
@@ -112,12 +112,15 @@ class Vcpu(FdObject):
         self._run_thread = None
         self._timed_out = False
         self.exits = 0
+        self._view = memoryview((ctypes.c_char * self._mmap_size).from_address(self.run_addr)).cast("B")
         install_kick_handler()
+        _watchdog.watch(self)
 
     def _release(self) -> None:
         if self.run_addr is not None:
             addr, self.run_addr = self.run_addr, None
             self.kvm_run = None
+            self._view.release()
             libc.munmap(addr, self._mmap_size)
 
     # --- running ---------------------------------------------------------------------------
@@ -145,9 +148,8 @@ class Vcpu(FdObject):
         self._timed_out = False
         self._run_thread = threading.get_ident()
         self._deadline = time.monotonic() + timeout
-        _watchdog.watch(self)
         try:
-            _, err = _ioctl.try_ioctl(fd, KVM_RUN, None, obj=self.name, retry_eintr=False, trace=False)
+            err = _ioctl.run_vcpu(fd)
         finally:
             self._deadline = None
             self._run_thread = None
@@ -158,8 +160,9 @@ class Vcpu(FdObject):
                 self._raise_timeout(timeout)
             return IntrExit(C.KVM_EXIT_INTR, self.kvm_run)
         if err:
+            _ioctl.note(self.name, "KVM_RUN", f"-> {errno_name(err)}")
             raise KvmError(err, "KVM_RUN", self.name, "", "", _ioctl.recent())
-        exit_ = parse_exit(self.kvm_run)
+        exit_ = parse_exit(self.kvm_run, self._view)
         _ioctl.note(self.name, "exit", exit_)
         return exit_
 

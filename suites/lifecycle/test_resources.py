@@ -1,0 +1,133 @@
+"""Objects own their fds and mappings: nothing is left behind, whatever happens to a test.
+
+api.rst 4.2 and 4.7: a VM and a vCPU are file descriptors; closing them (and unmapping
+kvm_run, api.rst 5) releases them. kvmtest must do that for every object it creates.
+"""
+
+import os
+import threading
+import time
+
+import pytest
+
+from kvmtest.errors import ClosedError, GuestMemoryError, GuestTimeout, KvmError, UnknownModeError
+from kvmtest.exits import IntrExit
+
+
+def _fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def _maps() -> int:
+    with open("/proc/self/maps") as f:
+        return sum(1 for _ in f)
+
+
+def test_vm_lifecycles_leave_no_fd_and_no_mapping(kvm, guest):
+    """Fifty VMs with memory, vCPUs and a run each, closed by `with`: the fd count and the
+    mapping count end where they started (api.rst 4.2, 4.7)."""
+    guest("long64", "GUEST_DONE").close()  # warm caches (assembler, CPUID) before counting
+    fds, maps = _fds(), _maps()
+    for _ in range(50):
+        with kvm.create_vm() as vm:
+            vm.add_memory(0, 0x200000)
+            vm.add_memory(0x400000, 0x10000)
+            vm.create_vcpu()
+            vm.create_vcpu()
+    for _ in range(10):
+        g = guest("long64", "GUEST_DONE")
+        g.run_to_done()
+        g.close()
+    assert (_fds(), _maps()) == (fds, maps), f"fds {fds} -> {_fds()}, mappings {maps} -> {_maps()}"
+
+
+def test_a_failing_test_leaves_nothing_behind(kvm):
+    """An exception inside `with` still closes the VM and its vCPUs."""
+    fds = _fds()
+    with pytest.raises(KvmError):
+        with kvm.create_vm() as vm:
+            vm.add_memory(0, 0x200000)
+            vm.create_vcpu(0)
+            vm.create_vcpu(0)  # duplicate id: EEXIST
+    assert _fds() == fds
+
+
+def test_closed_objects_refuse_use(kvm):
+    vm = kvm.create_vm()
+    vm.close()
+    with pytest.raises(ClosedError, match="vm[0-9]+ is closed"):
+        vm.create_vcpu()
+
+
+def test_overlapping_memslot_error_names_ioctl_object_and_overlap(vm):
+    """KVM_SET_USER_MEMORY_REGION with a range overlapping another slot fails with EEXIST
+    (api.rst 4.35); the error names the ioctl, the VM, the arguments and the overlap."""
+    vm.add_memory(0, 0x200000, slot=0)
+    with pytest.raises(KvmError) as info:
+        vm.add_memory(0x100000, 0x200000, slot=1)
+    assert info.value.errno_name == "EEXIST"
+    assert str(info.value).startswith(f"KVM_SET_USER_MEMORY_REGION on {vm.name}: EEXIST (17) slot=1 gpa=0x100000 "
+                                      "size=0x200000 (overlaps slot 0 at 0x0-0x200000)")
+
+
+def test_unaligned_memslot_error_says_what_is_unaligned(vm):
+    """An unaligned guest physical address is EINVAL (api.rst 4.35: addresses and size
+    must be page aligned)."""
+    from kvmtest.memory import HostMapping
+
+    mapping = HostMapping(0x2000)
+    try:
+        with pytest.raises(KvmError, match=r"EINVAL \(22\) slot=3 gpa=0x1001 size=0x1000 \(gpa not page-aligned\)"):
+            vm.set_user_memory_region(3, 0, 0x1001, 0x1000, mapping.addr)
+    finally:
+        mapping.close()
+
+
+def test_guest_address_outside_every_slot(vm_with_memory):
+    with pytest.raises(GuestMemoryError, match=r"guest address 0x300000 is outside every memslot of vm[0-9]+ "
+                                               r"\(slots: 0:0x0-0x200000\)"):
+        vm_with_memory.read(0x300000, 4)
+
+
+def test_unknown_mode_lists_the_modes(guest):
+    with pytest.raises(UnknownModeError, match="unknown CPU mode 'long128'; kvmtest defines: real, pm16"):
+        guest("long128", "nop")
+
+
+@pytest.mark.guest_timeout(0.3)
+def test_a_spinning_guest_times_out_naming_mode_and_rip(guest):
+    """A guest that never exits is kicked (immediate_exit and a signal, api.rst 5) and the
+    test fails with the mode and the RIP instead of hanging."""
+    g = guest("long64", "spin: jmp spin")
+    start = time.monotonic()
+    with pytest.raises(GuestTimeout, match=r"guest still running after 0.3s in long64 at RIP 0x8000"):
+        g.run()
+    assert time.monotonic() - start < 5
+
+
+def test_a_guest_in_another_thread_is_kicked_too(guest):
+    """The watchdog kicks a vCPU whichever thread runs it."""
+    g = guest("real", "spin: jmp spin", timeout=0.3)
+    errors = []
+
+    def body():
+        try:
+            g.run()
+        except GuestTimeout as e:
+            errors.append(e)
+
+    t = threading.Thread(target=body)
+    t.start()
+    t.join(10)
+    assert not t.is_alive(), "the vCPU thread did not return"
+    assert errors and "in real at RIP 0x8000" in str(errors[0])
+
+
+def test_kick_returns_eintr_as_an_intr_exit(guest):
+    """KVM_RUN with kvm_run.immediate_exit set returns -EINTR at once (api.rst 5,
+    "immediate_exit"); the run loop reports it as KVM_EXIT_INTR, not as an error."""
+    g = guest("long64", "spin: jmp spin")
+    g.vcpu.kvm_run.immediate_exit = 1
+    exit_ = g.vcpu.run()
+    assert isinstance(exit_, IntrExit), f"expected KVM_EXIT_INTR from immediate_exit, got {exit_}"
+    assert g.vcpu.kvm_run.immediate_exit == 0
