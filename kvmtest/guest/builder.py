@@ -56,12 +56,13 @@ class Guest:
 
     def __init__(self, kvm, mode, source: str, *, page_size: int = KiB4, timeout: float | None = None,
                  symbols: dict[str, int] | None = None, name: str = "guest", mem_size: int = L.MEM_SIZE,
-                 max_exits: int = DEFAULT_MAX_EXITS, vm=None):
+                 max_exits: int = DEFAULT_MAX_EXITS, vm=None, identity_size: int = L.IDENTITY_SIZE):
         self.kvm = kvm
         self.mode = get_mode(mode)
         self.name = name
         self.page_size = page_size
         self.max_exits = max_exits
+        self.identity_size = identity_size
         self.output: list[str] = []
         self.syncs: list[int] = []
         self._owns_vm = vm is None
@@ -148,10 +149,10 @@ class Guest:
         fmt = "4level" if mode.name == "reset" else mode.paging
         if not fmt:
             return None
-        alloc = PageAllocator(self.vm, L.PAGE_TABLES, mem_size)
+        alloc = PageAllocator(self.vm, L.PAGE_TABLES, L.MEM_SIZE)
         pt = PageTables(self.vm, alloc, fmt)
         flags = PTE_P | PTE_RW | (PTE_US if mode.user else 0)
-        size = max(self.page_size, mem_size)
+        size = max(self.page_size, self.identity_size)
         pt.map_range(0, 0, size, self.page_size, flags)
         mmio_size = max(self.page_size, L.MMIO_SIZE)
         pt.map_range(L.MMIO_BASE, L.MMIO_BASE, mmio_size, self.page_size, flags)

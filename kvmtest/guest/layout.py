@@ -5,6 +5,7 @@ same addresses serve every CPU mode.
 """
 
 MEM_SIZE = 0x200000        # slot 0: guest RAM at 0
+IDENTITY_SIZE = 0x400000   # paged modes identity-map [0, 4 MiB): RAM plus room for test slots
 IVT = 0x0000               # real-mode interrupt vector table
 EXC_INFO = 0x0500          # expected-exception record (see guests/handlers*.S)
 EXC_RESUME = EXC_INFO + 0x00   # nonzero: resume here instead of reporting the exception
