@@ -18,7 +18,11 @@ _libc.munmap.restype = ctypes.c_int
 _libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 _libc.madvise.restype = ctypes.c_int
 
+_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
+_libc.fallocate.restype = ctypes.c_int
+
 PROT_READ, PROT_WRITE, PROT_EXEC = 1, 2, 4
+FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE = 0x01, 0x02
 MAP_SHARED, MAP_PRIVATE, MAP_ANONYMOUS, MAP_NORESERVE = 0x01, 0x02, 0x20, 0x4000
 MADV_DONTNEED = 4
 MAP_FAILED = ctypes.c_void_p(-1).value
@@ -54,3 +58,9 @@ def madvise(addr: int, length: int, advice: int) -> None:
     if _libc.madvise(addr, length, advice) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"madvise({addr:#x}, {length:#x}, {advice}): {os.strerror(err)}")
+
+
+def fallocate(fd: int, mode: int, offset: int, length: int) -> int:
+    """fallocate(2); returns the errno (0 on success), for tests of files like guest_memfd."""
+    ctypes.set_errno(0)
+    return ctypes.get_errno() if _libc.fallocate(fd, mode, offset, length) != 0 else 0
