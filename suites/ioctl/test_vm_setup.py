@@ -1,0 +1,131 @@
+"""VM setup ioctls: boot CPU id, TSS and identity-map addresses, ioeventfd, coalesced MMIO,
+KVM_GET_CPUID2 and KVM_TRANSLATE edge cases."""
+
+import ctypes
+import errno
+import os
+import struct
+
+import pytest
+
+from kvmtest.abi import structs as S
+from kvmtest.abi.constants import errno_name
+from kvmtest.exits import IoExit
+from kvmtest.guest.layout import MMIO_BASE
+
+
+@pytest.mark.requires_cap("KVM_CAP_SET_BOOT_CPU_ID")
+def test_boot_cpu_id_rules(kvm, vm):
+    """KVM_SET_BOOT_CPU_ID takes a vCPU id (api.rst 4.41): values above KVM_CAP_MAX_VCPU_ID
+    and values with bits 63:32 set are EINVAL; once a vCPU exists it is EBUSY (selftests
+    set_boot_cpu_id). The id equal to KVM_CAP_MAX_VCPU_ID is left out: the kernel accepts it
+    although no vCPU can have it, and api.rst does not say which answer is right."""
+    max_id = kvm.check_extension("KVM_CAP_MAX_VCPU_ID")
+    for bad in (max_id + 1, 1 << 32):
+        err = vm.try_ioctl("KVM_SET_BOOT_CPU_ID", bad, args=f"id={bad:#x}")
+        assert err == errno.EINVAL, f"KVM_SET_BOOT_CPU_ID {bad:#x}: expected EINVAL, got {errno_name(err)}"
+    assert vm.try_ioctl("KVM_SET_BOOT_CPU_ID", 1) == 0
+    vm.create_vcpu(1)
+    err = vm.try_ioctl("KVM_SET_BOOT_CPU_ID", 0, args="id=0")
+    assert err == errno.EBUSY, f"KVM_SET_BOOT_CPU_ID after KVM_CREATE_VCPU: expected EBUSY, got {errno_name(err)}"
+
+
+def test_tss_and_identity_map_addresses_before_vcpus(vm):
+    """KVM_SET_TSS_ADDR and KVM_SET_IDENTITY_MAP_ADDR are accepted before vCPUs exist
+    (api.rst 4.36, 4.40); the identity map "fails if any VCPU has already been created"."""
+    vm.set_tss_addr(0xFFFBD000)
+    addr = ctypes.c_uint64(0xFFFBC000)
+    vm.ioctl("KVM_SET_IDENTITY_MAP_ADDR", addr)
+    vm.create_vcpu()
+    err = vm.try_ioctl("KVM_SET_IDENTITY_MAP_ADDR", addr)
+    assert err != 0, "KVM_SET_IDENTITY_MAP_ADDR succeeded after KVM_CREATE_VCPU"
+
+
+def test_translate_of_a_noncanonical_address_is_invalid(vm):
+    """KVM_TRANSLATE reports valid=0 for an address the vCPU cannot translate: with paging off,
+    2^64-1 lies beyond the 32-bit linear address space (kvm-ioctls test_translate_gva)."""
+    vcpu = vm.create_vcpu()
+    tr = vcpu.translate(2**64 - 1)
+    assert tr.valid == 0, f"KVM_TRANSLATE(0xffffffffffffffff): expected valid=0, got {tr}"
+
+
+def test_get_cpuid2_with_too_few_entries_is_e2big_and_keeps_nent(vm):
+    """KVM_GET_CPUID2 with nent below the vCPU's table fails with E2BIG and leaves nent as the
+    caller set it (api.rst 4.46 for the E2BIG rule; selftests cpuid_test test_get_cpuid2)."""
+    vcpu = vm.create_vcpu()
+    vcpu.set_cpuid(vm.kvm.cached_supported_cpuid())
+    buf = S.cpuid2_type(1)()
+    buf.nent = 1
+    err = vcpu.try_ioctl("KVM_GET_CPUID2", buf, args="nent=1")
+    assert err == errno.E2BIG, f"KVM_GET_CPUID2 nent=1: expected E2BIG, got {errno_name(err)}"
+    assert buf.nent == 1, f"nent changed to {buf.nent} on E2BIG"
+    assert len(vcpu.get_cpuid()) == len(vm.kvm.cached_supported_cpuid())
+
+
+KVM_IOEVENTFD_FLAG_DATAMATCH, KVM_IOEVENTFD_FLAG_PIO, KVM_IOEVENTFD_FLAG_DEASSIGN = 1, 2, 4
+
+
+def _ioeventfd(addr, length, fd, flags=0, datamatch=0):
+    return S.kvm_ioeventfd(datamatch=datamatch, addr=addr, len=length, fd=fd, flags=flags)
+
+
+@pytest.mark.requires_cap("KVM_CAP_IOEVENTFD")
+@pytest.mark.parametrize("length", [1, 2, 4, 8])
+def test_mmio_ioeventfd_with_datamatch_signals_instead_of_exiting(guest, length):
+    """A guest write to an ioeventfd address with matching data signals the eventfd instead of
+    exiting (api.rst 4.59); a non-matching write still exits as MMIO."""
+    reg = {1: "al", 2: "ax", 4: "eax", 8: "rax"}[length]
+    width = {1: "byte", 2: "word", 4: "dword", 8: "qword"}[length]
+    g = guest("long64", f"mov rbx, {MMIO_BASE:#x}\nmov rax, 0x42\nmov {width} ptr [rbx], {reg}\n"
+                        f"mov rax, 0x43\nmov {width} ptr [rbx], {reg}\nGUEST_DONE")
+    efd = os.eventfd(0, os.EFD_NONBLOCK)
+    try:
+        g.vm.ioctl("KVM_IOEVENTFD", _ioeventfd(MMIO_BASE, length, efd, KVM_IOEVENTFD_FLAG_DATAMATCH, 0x42))
+        exit_ = g.run()
+        assert getattr(exit_, "phys_addr", None) == MMIO_BASE and exit_.value == 0x43, \
+            f"expected only the non-matching write (0x43) to exit, got {exit_}"
+        assert os.eventfd_read(efd) == 1, "the matching write did not signal the eventfd"
+        g.run_to_done()
+    finally:
+        os.close(efd)
+
+
+@pytest.mark.requires_cap("KVM_CAP_IOEVENTFD")
+def test_pio_ioeventfd_and_unregistering(guest):
+    """A PIO ioeventfd swallows the OUT (api.rst 4.59); after KVM_IOEVENTFD_FLAG_DEASSIGN the
+    OUT exits again, and deassigning one never registered fails (kvm-ioctls
+    test_unregister_ioevent)."""
+    g = guest("long64", "out 0x70, al\nGUEST_SYNC 1\nout 0x70, al\nGUEST_DONE")
+    efd = os.eventfd(0, os.EFD_NONBLOCK)
+    try:
+        g.vm.ioctl("KVM_IOEVENTFD", _ioeventfd(0x70, 1, efd, KVM_IOEVENTFD_FLAG_PIO))
+        assert g.run().value == 1
+        assert os.eventfd_read(efd) == 1
+        g.vm.ioctl("KVM_IOEVENTFD", _ioeventfd(0x70, 1, efd, KVM_IOEVENTFD_FLAG_PIO | KVM_IOEVENTFD_FLAG_DEASSIGN))
+        g.expect_exit(IoExit, port=0x70)
+        err = g.vm.try_ioctl("KVM_IOEVENTFD", _ioeventfd(0x71, 1, efd, KVM_IOEVENTFD_FLAG_PIO | KVM_IOEVENTFD_FLAG_DEASSIGN))
+        assert err != 0, "deassigning an ioeventfd that was never registered succeeded"
+    finally:
+        os.close(efd)
+
+
+COALESCED_RING_PAGE = 1  # KVM_COALESCED_MMIO_PAGE_OFFSET on x86
+ENTRY = struct.Struct("<QII8s")  # phys_addr, len, pad/pio, data[8]
+
+
+@pytest.mark.requires_cap("KVM_CAP_COALESCED_MMIO")
+def test_coalesced_mmio_writes_wait_in_the_ring(guest):
+    """Writes to a coalesced MMIO zone do not exit; they are appended to the ring in the vCPU
+    mapping at page KVM_CAP_COALESCED_MMIO (api.rst KVM_REGISTER_COALESCED_MMIO) with address,
+    length and data, and appear there by the next exit."""
+    g = guest("long64", f"mov rbx, {MMIO_BASE + 0x100:#x}\n" +
+              "\n".join(f"mov dword ptr [rbx + {4 * i}], {0x1000 + i}" for i in range(5)) +
+              "\nout 0x10, al\nGUEST_DONE")
+    page = g.vm.check_extension("KVM_CAP_COALESCED_MMIO")
+    g.vm.ioctl("KVM_REGISTER_COALESCED_MMIO", S.kvm_coalesced_mmio_zone(addr=MMIO_BASE, size=0x1000))
+    g.expect_exit(IoExit, port=0x10)
+    ring = g.vcpu.run_addr + page * 0x1000
+    first, last = struct.unpack("<II", ctypes.string_at(ring, 8))
+    entries = [ENTRY.unpack(ctypes.string_at(ring + 8 + i * ENTRY.size, ENTRY.size)) for i in range(first, last)]
+    got = [(addr, length, int.from_bytes(data[:length], "little")) for addr, length, _, data in entries]
+    assert got == [(MMIO_BASE + 0x100 + 4 * i, 4, 0x1000 + i) for i in range(5)], f"ring entries {got}"
