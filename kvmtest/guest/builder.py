@@ -165,10 +165,26 @@ class Guest:
         if mode.name != "reset":
             nx = has_feature(self.kvm.cached_supported_cpuid(), "nx")
             cr3 = self.page_tables.cr3 if self.page_tables else 0
-            vcpu.set_sregs(mode_sregs(mode, vcpu.get_sregs(), cr3, nx))
+            want = mode_sregs(mode, vcpu.get_sregs(), cr3, nx)
+            vcpu.set_sregs(want)
+            self._check_mode_entered(want, vcpu.get_sregs())
             regs = vcpu.get_regs()
             regs.rip, regs.rsp, regs.rflags = self.entry, initial_stack(mode), initial_rflags(mode)
             vcpu.set_regs(regs)
+
+    def _check_mode_entered(self, want, got):
+        """KVM_SET_SREGS must leave the vCPU in the state written (api.rst 4.13/4.14); a guest
+        that silently ran in another mode would pass or fail for the wrong reason."""
+        diffs = [f"{name} wrote {getattr(want, name):#x} read {getattr(got, name):#x}"
+                 for name in ("cr0", "cr3", "cr4", "efer") if getattr(want, name) != getattr(got, name)]
+        for seg in ("cs", "ss"):
+            w, g = getattr(want, seg), getattr(got, seg)
+            if (w.selector, w.l, w.db, w.dpl) != (g.selector, g.l, g.db, g.dpl):
+                diffs.append(f"{seg} wrote sel={w.selector:#x} l={w.l} db={w.db} dpl={w.dpl}, "
+                             f"read sel={g.selector:#x} l={g.l} db={g.db} dpl={g.dpl}")
+        if diffs:
+            raise GuestFailure(f"{self.name}: cannot put the vCPU in mode {self.mode.name}: KVM_SET_SREGS "
+                               f"succeeded but KVM_GET_SREGS differs: {'; '.join(diffs)}")
 
     # --- running -------------------------------------------------------------------------------
 

@@ -1,0 +1,63 @@
+"""MSR accesses handed to user space (KVM_CAP_X86_USER_SPACE_MSR, KVM_X86_SET_MSR_FILTER;
+api.rst 5 KVM_EXIT_X86_RDMSR/WRMSR, 7.x)."""
+
+import ctypes
+
+import pytest
+
+from kvmtest.abi import constants as C
+from kvmtest.abi import structs as S
+from kvmtest.exits import MsrExit
+
+pytestmark = pytest.mark.requires_cap("KVM_CAP_X86_USER_SPACE_MSR")
+UNKNOWN_MSR = 0x4B564D7F  # no CPU or KVM defines it
+MODES = ["real", "pm32", "long64", "compat32"]
+
+
+def _enable(g, reasons=C.KVM_MSR_EXIT_REASON_UNKNOWN | C.KVM_MSR_EXIT_REASON_FILTER):
+    g.vm.enable_cap("KVM_CAP_X86_USER_SPACE_MSR", reasons)
+
+
+@pytest.mark.modes(*MODES)
+def test_rdmsr_of_an_unknown_msr_exits_and_takes_host_data(guest, mode):
+    """RDMSR of an MSR KVM does not know exits with KVM_EXIT_X86_RDMSR, reason
+    KVM_MSR_EXIT_REASON_UNKNOWN and the index; the data the host returns lands in EDX:EAX."""
+    g = guest(mode, f"mov ecx, {UNKNOWN_MSR:#x}\nrdmsr\nGUEST_SYNC eax\nGUEST_SYNC edx\nGUEST_DONE")
+    _enable(g)
+    g.expect_exit(MsrExit, reason=C.KVM_EXIT_X86_RDMSR, index=UNKNOWN_MSR,
+                  msr_reason=C.KVM_MSR_EXIT_REASON_UNKNOWN).respond(0x1122334455667788)
+    assert g.run_to_done() == [0x55667788, 0x11223344]
+
+
+@pytest.mark.modes(*MODES)
+def test_wrmsr_of_an_unknown_msr_exits_with_the_data(guest, mode):
+    """WRMSR of an unknown MSR exits with KVM_EXIT_X86_WRMSR carrying index and EDX:EAX."""
+    g = guest(mode, f"mov ecx, {UNKNOWN_MSR:#x}\nmov eax, 0xCAFEF00D\nmov edx, 0x12\nwrmsr\nGUEST_DONE")
+    _enable(g)
+    g.expect_exit(MsrExit, reason=C.KVM_EXIT_X86_WRMSR, index=UNKNOWN_MSR, data=0x12CAFEF00D).respond()
+    g.run_to_done()
+
+
+@pytest.mark.modes("long64", "compat32")
+def test_error_reply_injects_gp(guest, mode):
+    """Setting msr.error makes the guest's RDMSR take #GP(0) (api.rst 5: "if error is set, an
+    exception is injected into the guest")."""
+    g = guest(mode, f"mov ecx, {UNKNOWN_MSR:#x}\nGUEST_ASSERT_RAISES GP(0), rdmsr\nGUEST_DONE")
+    _enable(g)
+    g.expect_exit(MsrExit, index=UNKNOWN_MSR).respond(error=True)
+    g.run_to_done()
+
+
+@pytest.mark.requires_cap("KVM_CAP_X86_MSR_FILTER")
+def test_filtered_msr_exits_with_reason_filter(guest):
+    """An MSR denied by KVM_X86_SET_MSR_FILTER exits with reason KVM_MSR_EXIT_REASON_FILTER
+    although KVM knows it (api.rst 4.x KVM_X86_SET_MSR_FILTER)."""
+    g = guest("long64", "mov ecx, 0x174\nrdmsr\nGUEST_DONE")  # IA32_SYSENTER_CS
+    _enable(g)
+    bitmap = (ctypes.c_uint8 * 1)(0)  # one MSR, its bit clear: denied
+    filt = S.kvm_msr_filter(flags=C.KVM_MSR_FILTER_DEFAULT_ALLOW)
+    filt.ranges[0].flags, filt.ranges[0].nmsrs, filt.ranges[0].base = C.KVM_MSR_FILTER_READ, 1, 0x174
+    filt.ranges[0].bitmap = ctypes.addressof(bitmap)
+    g.vm.ioctl("KVM_X86_SET_MSR_FILTER", filt)
+    g.expect_exit(MsrExit, reason=C.KVM_EXIT_X86_RDMSR, index=0x174, msr_reason=C.KVM_MSR_EXIT_REASON_FILTER).respond(5)
+    g.run_to_done()
