@@ -8,6 +8,7 @@ import pytest
 from conftest import ALL, regs_for
 from kvmtest.exits import IoExit, MmioExit
 from kvmtest.guest.layout import MMIO_BASE
+from kvmtest.guest.modes import MODES
 
 EXITS = {"out": ("out 0x10, al", IoExit), "mmio": (f"mov byte ptr [{{di}}], al", MmioExit)}
 
@@ -18,6 +19,8 @@ def test_get_regs_at_an_exit_matches_what_the_guest_stored(guest, mode, kind):
     """The guest stores its general registers to memory, then exits (OUT, or a store to
     unbacked memory): KVM_GET_REGS reports the same values, and RIP points after the exiting
     instruction, which has completed (api.rst 5: KVM_EXIT_IO / KVM_EXIT_MMIO)."""
+    if kind == "mmio" and MODES[mode].code_bits == 16:
+        pytest.skip("16-bit code cannot reach unbacked memory: slot 0 covers its 64 KiB segments")
     r = regs_for(mode)
     insn, exit_type = EXITS[kind]
     insn = insn.format(di=r["di"])
