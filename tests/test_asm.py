@@ -84,6 +84,14 @@ def test_far_immediate_jump_in_32bit_code_is_refused():
         assemble("ljmp 0x8:0x1000", 32, 0)
 
 
+def test_bare_push_immediate_in_16bit_code_is_refused():
+    # Keystone would emit 66 6a 00 (a 32-bit push) for `push 0` in 16-bit code.
+    with pytest.raises(AssemblyError, match="push word ptr N"):
+        assemble("push 0", 16, 0)
+    assert assemble("push word ptr 6", 16, 0).code.hex() == "6a06"
+    assert assemble("push ax", 16, 0).code.hex() == "50"
+
+
 def test_bad_mnemonic_names_file_and_line():
     with pytest.raises(AssemblyError, match=r"t.S:3: `bogus eax`: Invalid mnemonic"):
         assemble("nop\nnop\nbogus eax\nnop", 64, 0, name="t.S")

@@ -40,11 +40,12 @@ def _handler_section(mode) -> Section:
     lines = []
     from ..abi.constants import ERROR_CODE_VECTORS
 
+    size = "word ptr " if bits == 16 else ""  # a bare push imm is 32 bits in Keystone's 16-bit code
     for v in range(256):
         lines.append(f"kt_stub_{v}:")
         if v not in ERROR_CODE_VECTORS or not mode.protected:
-            lines.append("push 0")
-        lines += [f"push {v}", "jmp kt_exc_common"]
+            lines.append(f"push {size}0")
+        lines += [f"push {size}{v}", "jmp kt_exc_common"]
     stubs = Section.from_text("stubs", L.HANDLERS, bits, "\n".join(lines))
     path = guests_dir() / f"handlers{bits}.S"
     common = Section.from_text(path.name, 0, bits, path.read_text())
@@ -171,6 +172,35 @@ class Guest:
             regs = vcpu.get_regs()
             regs.rip, regs.rsp, regs.rflags = self.entry, initial_stack(mode), initial_rflags(mode)
             vcpu.set_regs(regs)
+
+    # --- test-specific tables ------------------------------------------------------------------
+
+    def set_idt_gate(self, vector: int, target: int | str, *, dpl: int = 0, gate_type: int = D.INT_GATE,
+                     selector: int | None = None) -> None:
+        """Point IDT entry `vector` at `target` (an address or a label of the guest source)."""
+        if not self.mode.protected:
+            self.vm.write(L.IVT + 4 * vector, D.ivt_entry(0, self._address(target)))
+            return
+        bits = self.mode.handler_bits
+        if bits == 16 and gate_type in (D.INT_GATE, D.TRAP_GATE):
+            gate_type -= 8  # the 16-bit gate types
+        default = {64: L.SEL_CODE64, 32: L.SEL_CODE32, 16: L.SEL_CODE16}[bits]
+        raw = D.gate(self._address(target), default if selector is None else selector, gate_type, dpl,
+                     bits=64 if bits == 64 else 32)
+        self.vm.write(L.IDT + vector * len(raw), raw)
+
+    def set_gdt_entry(self, selector: int, raw: bytes) -> None:
+        """Write a descriptor (8 bytes, or 16 for long-mode system descriptors) at `selector`."""
+        if selector < L.GDT_ENTRIES * 8 or selector % 8 or selector + len(raw) > 0x1000:
+            raise KvmtestError(f"GDT selector {selector:#x}: tests may use {L.GDT_ENTRIES * 8:#x}-0xff8, 8-aligned")
+        self.vm.write(L.GDT + selector, raw)
+
+    def _address(self, target) -> int:
+        if isinstance(target, int):
+            return target
+        if target not in self.labels:
+            raise KvmtestError(f"{self.name}: no label {target!r} in the guest source")
+        return self.labels[target]
 
     def _check_mode_entered(self, want, got):
         """KVM_SET_SREGS must leave the vCPU in the state written (api.rst 4.13/4.14); a guest
