@@ -10,7 +10,8 @@ Keystone 0.9.2 has traps this wrapper closes rather than passing on silently:
   use the FARJMP/FARCALL macros of kvmtest.guest.compose.
 - A symbol from a resolver callback loses any `+ offset`. Not used: shared symbols are
   passed as `.equ` lines instead.
-- `push imm` in 16-bit code pushes 32 bits. Rejected: say `push word ptr N` or `dword ptr`.
+- `push imm` in 16-bit code pushes 32 bits (and `push word ptr N` too unless N fits an imm8).
+  Rejected with the spelling that works.
 - `jmp $` and numeric local labels (`1:`, `jmp 1b`) are refused. Rewritten to named labels.
 """
 
@@ -25,7 +26,7 @@ from pathlib import Path
 
 from .errors import AssemblyError
 
-ASM_VERSION = "3"  # bump when preprocessing changes, to invalidate cached results
+ASM_VERSION = "4"  # bump when preprocessing changes, to invalidate cached results
 
 _REG_NAMES = set()
 for _r in ("ax", "bx", "cx", "dx", "si", "di", "sp", "bp"):
@@ -144,10 +145,13 @@ def _check(st: Statement, bits: int) -> None:
                 raise _fail(st, "64-bit absolute memory operand: Keystone 0.9.2 encodes it RIP-relative or as a "
                                 "sign-extended disp32, wrong for some addresses; write [rip + label] or put the "
                                 "address in a register")
-    if bits == 16 and re.match(r"^push\s+[-+]?(0x[0-9a-f]+|\d+|[a-z_.][\w.]*)\s*$", low) and \
-            not re.match(r"^push\s+[a-z]{2,3}$", low):
-        raise _fail(st, "Keystone pushes a 32-bit immediate in 16-bit code; write push word ptr N "
-                        "(16 bits) or push dword ptr N (32 bits)")
+    if bits == 16:
+        m = re.match(r"^push\s+(word\s+ptr\s+)?([-+]?(?:0x[0-9a-f]+|\d+)|[a-z_.][\w.]*)\s*$", low)
+        if m and not re.fullmatch(r"[a-z]{2,3}", m.group(2)):
+            small = re.fullmatch(r"[-+]?(0x[0-9a-f]+|\d+)", m.group(2)) and -128 <= int(m.group(2), 0) <= 127
+            if not (m.group(1) and small):
+                raise _fail(st, "Keystone encodes this PUSH immediate as a 32-bit push in 16-bit code; write "
+                                "push word ptr N for -128..127, or .byte 0x68 / .word N for a 16-bit push")
     if bits != 16 and _FAR_IMM.match(low):
         raise _fail(st, f"Keystone encodes an immediate far jump/call with a 16-bit offset in {bits}-bit code; "
                         "use FARJMP/FARCALL selector, target")

@@ -88,6 +88,8 @@ def test_bare_push_immediate_in_16bit_code_is_refused():
     # Keystone would emit 66 6a 00 (a 32-bit push) for `push 0` in 16-bit code.
     with pytest.raises(AssemblyError, match="push word ptr N"):
         assemble("push 0", 16, 0)
+    with pytest.raises(AssemblyError, match=".word N"):  # Keystone: 66 68 80 00 00 00
+        assemble("push word ptr 128", 16, 0)
     assert assemble("push word ptr 6", 16, 0).code.hex() == "6a06"
     assert assemble("push ax", 16, 0).code.hex() == "50"
 

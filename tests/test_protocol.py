@@ -120,6 +120,6 @@ def test_unknown_operand_is_named():
         P.evaluate("nosuch", kvm_regs(), None, {})
 
 
-@pytest.mark.parametrize("spec,vector", [("GP", 13), ("#PF", 14), ("ud", 6), ("3", 3)])
+@pytest.mark.parametrize("spec,vector", [("GP", 13), ("#PF", 14), ("ud", 6), ("3", 3), ("0x80", 128)])
 def test_vector_names(spec, vector):
     assert P.vector_number(spec) == vector

@@ -40,12 +40,17 @@ def _handler_section(mode) -> Section:
     lines = []
     from ..abi.constants import ERROR_CODE_VECTORS
 
-    size = "word ptr " if bits == 16 else ""  # a bare push imm is 32 bits in Keystone's 16-bit code
+
+    def push(value):
+        # Keystone pushes 32 bits for push imm in 16-bit code unless it is `word ptr` and fits
+        # an imm8, so 16-bit stubs spell PUSH imm16 (68 iw) out.
+        return f"push {value}" if bits != 16 else f".byte 0x68\n.word {value}"
+
     for v in range(256):
         lines.append(f"kt_stub_{v}:")
         if v not in ERROR_CODE_VECTORS or not mode.protected:
-            lines.append(f"push {size}0")
-        lines += [f"push {size}{v}", "jmp kt_exc_common"]
+            lines.append(push(0))
+        lines += [push(v), "jmp kt_exc_common"]
     stubs = Section.from_text("stubs", L.HANDLERS, bits, "\n".join(lines))
     path = guests_dir() / f"handlers{bits}.S"
     common = Section.from_text(path.name, 0, bits, path.read_text())
@@ -57,13 +62,16 @@ class Guest:
 
     def __init__(self, kvm, mode, source: str, *, page_size: int = KiB4, timeout: float | None = None,
                  symbols: dict[str, int] | None = None, name: str = "guest", mem_size: int = L.MEM_SIZE,
-                 max_exits: int = DEFAULT_MAX_EXITS, vm=None, identity_size: int = L.IDENTITY_SIZE):
+                 max_exits: int = DEFAULT_MAX_EXITS, vm=None, identity_size: int = L.IDENTITY_SIZE,
+                 user_pages: bool | None = None):
         self.kvm = kvm
         self.mode = get_mode(mode)
         self.name = name
         self.page_size = page_size
         self.max_exits = max_exits
         self.identity_size = identity_size
+        # Pages carry U/S=1 at CPL3, or when a CPL0 guest will drop to CPL3 itself.
+        self.user_pages = self.mode.user if user_pages is None else user_pages
         self.output: list[str] = []
         self.syncs: list[int] = []
         self._owns_vm = vm is None
@@ -152,7 +160,7 @@ class Guest:
             return None
         alloc = PageAllocator(self.vm, L.PAGE_TABLES, L.MEM_SIZE)
         pt = PageTables(self.vm, alloc, fmt)
-        flags = PTE_P | PTE_RW | (PTE_US if mode.user else 0)
+        flags = PTE_P | PTE_RW | (PTE_US if self.user_pages else 0)
         size = max(self.page_size, self.identity_size)
         pt.map_range(0, 0, size, self.page_size, flags)
         mmio_size = max(self.page_size, L.MMIO_SIZE)

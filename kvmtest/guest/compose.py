@@ -130,6 +130,15 @@ class Composer:
         if len(args) != n:
             raise AssemblyError(f"{st.origin}: `{st.text}`: takes {n} operand(s), got {len(args)}")
 
+    def _m_guest_at_cpl(self, st, args):
+        """GUEST_AT_CPL 0|3: the code that follows runs at this privilege level (after an IRET,
+        SYSRET, ... the guest made itself), so protocol sites use the channel that works there."""
+        self._want(st, args, 1)
+        if args[0] not in ("0", "3"):
+            raise AssemblyError(f"{st.origin}: `{st.text}`: GUEST_AT_CPL takes 0 or 3")
+        self.user = args[0] == "3"
+        return []
+
     def _m_guest_done(self, st, args):
         self._want(st, args, 0)
         return self._site(st, "done", P.PORT_DONE) + ["hlt"]
@@ -154,7 +163,7 @@ class Composer:
         if len(args) < 2:
             raise AssemblyError(f"{st.origin}: `{st.text}`: GUEST_ASSERT_RAISES VECTOR[(error code)], instruction")
         spec, insn = args[0], ", ".join(args[1:])
-        m = re.fullmatch(r"#?(\w+)\s*(?:\((.+)\))?", spec)
+        m = re.fullmatch(r"#?(\w+)\s*(?:\((.+)\))?", spec)  # GP, #PF(2), 13, 0x80
         if not m:
             raise AssemblyError(f"{st.origin}: `{st.text}`: bad vector {spec!r}")
         try:

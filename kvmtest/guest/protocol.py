@@ -17,6 +17,7 @@ Commands (written as macros in guest source, see kvmtest.guest.compose):
   GUEST_PRINT "text"              the host collects the text
   GUEST_FAIL "text"               fail the test here
   GUEST_ASSERT_RAISES V[(ec)], insn   run insn, expecting exception V (with error code ec)
+  GUEST_AT_CPL 0|3                the following code runs at this CPL (after the guest changed it)
 Exception handlers report unexpected exceptions on PORT_EXCEPTION with vector in RBX,
 error code in RCX, RIP in RDX and CR2 in RSI.
 Ports 0xE0-0xE7 are the protocol's; tests use other ports.
@@ -133,8 +134,10 @@ def _term(term: str, regs, sregs, symbols) -> int:
 def vector_number(spec: str) -> int:
     """'GP', '#GP', '13' or 'PF' -> vector number."""
     spec = spec.strip().lstrip("#").upper()
-    if spec.isdigit():
-        return int(spec)
+    try:
+        return int(spec, 0)
+    except ValueError:
+        pass
     key = f"#{spec}" if f"#{spec}" in C.VECTORS else spec
     if key not in C.VECTORS:
         raise OperandError(f"unknown exception vector {spec!r}")

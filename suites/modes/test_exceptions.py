@@ -43,6 +43,16 @@ def test_breakpoint_is_a_trap_after_int3(guest, mode):
 
 
 @pytest.mark.modes(*ALL)
+@pytest.mark.guest_timeout(2)  # a host that never completes the INT is reported in 2 s, not 10
+def test_int_n_through_a_dpl3_gate(guest, mode):
+    """INT 0x80 through a gate with DPL 3 delivers vector 0x80 at any CPL, saved RIP after the
+    two-byte INT (SDM Vol. 2A INT n; Vol. 3A 6.12.1.1: software interrupts check gate DPL >= CPL)."""
+    g = guest(mode, "GUEST_ASSERT_RAISES 0x80, fault: int 0x80\nGUEST_DONE")
+    g.set_idt_gate(0x80, "kt_stub_128", dpl=3)
+    _check(g, "INT 0x80", "fault", lambda a, g: a + 2)
+
+
+@pytest.mark.modes(*ALL)
 def test_invalid_opcode_is_a_fault_at_ud2(guest, mode):
     """UD2 raises #UD (vector 6), saved RIP = the UD2 (SDM Vol. 3A 6.15 Interrupt 6)."""
     g = guest(mode, "GUEST_ASSERT_RAISES UD, fault: ud2\nGUEST_DONE")

@@ -1,0 +1,183 @@
+"""Privilege changes: IRET and RETF down to CPL3, interrupts back up through the TSS,
+SYSCALL/SYSRET, SYSENTER/SYSEXIT and call gates, each checked for CPL, stack and return
+address (SDM Vol. 3A 5.8, 6.12.1, 7.7; Vol. 2B SYSCALL, SYSRET, SYSENTER, SYSEXIT; Vol. 2A IRET)."""
+
+import pytest
+
+from kvmtest.guest import Sync
+from kvmtest.guest import descriptors as D
+from kvmtest.guest import layout as L
+from kvmtest.guest.modes import EFER_SCE
+
+STAR, LSTAR, SFMASK = 0xC0000081, 0xC0000082, 0xC0000084
+SYSENTER_CS, SYSENTER_ESP, SYSENTER_EIP = 0x174, 0x175, 0x176
+
+
+def _sync(g, what):
+    event = g.run()
+    assert isinstance(event, Sync), f"{what}: expected GUEST_SYNC, got {event}"
+    return event.value
+
+
+IRETQ_TO_USER = """
+    push SEL_USER_DATA | 3
+    push USER_STACK_TOP
+    push 0x2
+    push SEL_USER_CODE64 | 3
+    push rax
+    mov rax, user
+    mov qword ptr [rsp], rax
+    iretq
+user:
+GUEST_AT_CPL 3
+    GUEST_SYNC cs
+    GUEST_SYNC rsp
+    int 0x80
+after_int:
+    GUEST_DONE
+kernel_entry:
+GUEST_AT_CPL 0
+    GUEST_SYNC cs
+    mov rax, rsp
+    GUEST_SYNC rax
+    mov rax, qword ptr [rsp]
+    GUEST_SYNC rax
+    mov rax, qword ptr [rsp + 8]
+    GUEST_SYNC rax
+    mov rax, qword ptr [rsp + 24]
+    GUEST_SYNC rax
+    iretq
+"""
+
+
+def test_iretq_to_cpl3_and_interrupt_back_through_the_tss(guest):
+    """IRETQ with a CPL3 frame enters CPL3 on the new stack; INT 0x80 through a DPL3 gate
+    returns to CPL0 on the stack from TSS.RSP0 with the frame SS, RSP, RFLAGS, CS, RIP
+    (SDM Vol. 3A 6.14.2, 7.7)."""
+    g = guest("long64", IRETQ_TO_USER, user_pages=True)
+    g.set_idt_gate(0x80, "kernel_entry", dpl=3)
+    assert _sync(g, "CS at CPL3") == L.SEL_USER_CODE64 | 3
+    assert _sync(g, "RSP at CPL3") == L.USER_STACK_TOP
+    assert _sync(g, "CS in the handler") == L.SEL_CODE64
+    assert _sync(g, "RSP in the handler") == L.KERNEL_STACK_TOP - 40, "the handler's stack is not TSS.RSP0 - 5 qwords"
+    assert _sync(g, "saved RIP") == g.labels["after_int"]
+    assert _sync(g, "saved CS") == L.SEL_USER_CODE64 | 3
+    assert _sync(g, "saved RSP") == L.USER_STACK_TOP
+    g.run_to_done()
+
+
+SYSCALL_SYSRET = """
+    mov rcx, user
+    mov r11, 0x2
+    .byte 0x48, 0x0f, 0x07          # SYSRETQ (Keystone lacks the mnemonic)
+user:
+GUEST_AT_CPL 3
+    GUEST_SYNC cs
+    GUEST_SYNC ss
+    syscall
+after_syscall:
+    GUEST_FAIL "SYSCALL returned to user code"
+syscall_entry:
+GUEST_AT_CPL 0
+    mov ax, cs                      # the guest's own view of its selectors
+    movzx eax, ax
+    GUEST_SYNC rax
+    mov ax, ss
+    movzx eax, ax
+    GUEST_SYNC rax
+    GUEST_SYNC rcx
+    GUEST_DONE
+"""
+
+
+def test_sysret_to_cpl3_and_syscall_back(guest):
+    """SYSRET (64-bit) loads CS = STAR[63:48]+16 | 3 and SS = STAR[63:48]+8 | 3 and jumps to RCX;
+    SYSCALL loads CS = STAR[47:32], SS = STAR[47:32]+8, RIP = LSTAR and saves the return RIP in
+    RCX (SDM Vol. 2B SYSCALL, SYSRET)."""
+    g = guest("long64", SYSCALL_SYSRET, user_pages=True)
+    sregs = g.vcpu.get_sregs()
+    sregs.efer |= EFER_SCE
+    g.vcpu.set_sregs(sregs)
+    g.vcpu.set_msrs({STAR: (L.SEL_USER_CODE32 << 48) | (L.SEL_CODE64 << 32), LSTAR: g.labels["syscall_entry"],
+                     SFMASK: 0})
+    assert _sync(g, "CS after SYSRET") == L.SEL_USER_CODE64 | 3
+    assert _sync(g, "SS after SYSRET") == L.SEL_USER_DATA | 3
+    assert _sync(g, "CS the guest reads after SYSCALL") == L.SEL_CODE64
+    assert _sync(g, "SS the guest reads after SYSCALL") == L.SEL_DATA
+    assert _sync(g, "RCX after SYSCALL") == g.labels["after_syscall"]
+    g.run_to_done()
+
+
+SYSENTER_SYSEXIT = """
+    mov edx, user
+    mov ecx, USER_STACK_TOP
+    sysexit
+user:
+GUEST_AT_CPL 3
+    GUEST_SYNC cs
+    GUEST_SYNC esp
+    sysenter
+sysenter_entry:
+GUEST_AT_CPL 0
+    GUEST_SYNC cs
+    GUEST_SYNC ss
+    GUEST_SYNC esp
+    GUEST_DONE
+"""
+
+
+@pytest.mark.modes("pm32")
+def test_sysexit_to_cpl3_and_sysenter_back(guest, mode):
+    """SYSEXIT loads CS = IA32_SYSENTER_CS+16 | 3, SS = +24 | 3, EIP = EDX, ESP = ECX; SYSENTER
+    loads CS = IA32_SYSENTER_CS, SS = +8, EIP/ESP from the MSRs (SDM Vol. 2B SYSENTER, SYSEXIT)."""
+    g = guest(mode, SYSENTER_SYSEXIT)
+    for sel, desc in ((0x60, D.code32()), (0x68, D.data()), (0x70, D.code32(dpl=3)), (0x78, D.data(dpl=3))):
+        g.set_gdt_entry(sel, desc.encode())
+    g.vcpu.set_msrs({SYSENTER_CS: 0x60, SYSENTER_ESP: L.KERNEL_STACK_TOP - 0x100,
+                     SYSENTER_EIP: g.labels["sysenter_entry"]})
+    assert _sync(g, "CS after SYSEXIT") == 0x73
+    assert _sync(g, "ESP after SYSEXIT") == L.USER_STACK_TOP
+    assert _sync(g, "CS after SYSENTER") == 0x60
+    assert _sync(g, "SS after SYSENTER") == 0x68
+    assert _sync(g, "ESP after SYSENTER") == L.KERNEL_STACK_TOP - 0x100
+    g.run_to_done()
+
+
+CALL_GATE = """
+    push SEL_USER_DATA | 3
+    push USER_STACK_TOP
+    push 0x2
+    push SEL_USER_CODE64 | 3
+    push rax
+    mov rax, user
+    mov qword ptr [rsp], rax
+    iretq
+user:
+GUEST_AT_CPL 3
+    FARCALL 0x63, 0
+after_call:
+    GUEST_SYNC cs
+    GUEST_DONE
+gate_target:
+GUEST_AT_CPL 0
+    GUEST_SYNC cs
+    mov rax, qword ptr [rsp]
+    GUEST_SYNC rax
+    mov rax, qword ptr [rsp + 8]
+    GUEST_SYNC rax
+    rex64 retf
+"""
+
+
+def test_call_gate_from_cpl3_to_cpl0_and_back(guest):
+    """A far call through a DPL3 64-bit call gate to a CPL0 code segment runs the target at
+    CPL0 with the caller's RIP and CS on the new stack, and RETF returns to CPL3 (SDM Vol. 3A
+    5.8.3, 5.8.5, 5.8.6)."""
+    g = guest("long64", CALL_GATE, user_pages=True)
+    g.set_gdt_entry(0x60, D.gate(g.labels["gate_target"], L.SEL_CODE64, D.CALL_GATE, dpl=3, bits=64))
+    assert _sync(g, "CS in the gate target") == L.SEL_CODE64
+    ret = g.labels["after_call"]
+    assert _sync(g, "pushed return RIP") == ret
+    assert _sync(g, "pushed CS") == L.SEL_USER_CODE64 | 3
+    assert _sync(g, "CS after RETF") == L.SEL_USER_CODE64 | 3
+    g.run_to_done()

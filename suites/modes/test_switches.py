@@ -1,0 +1,104 @@
+"""Guest-driven CPU mode switches, checked after each step against the SDM and against what
+KVM_GET_SREGS reports (SDM Vol. 3A 10.8.5 IA-32e mode, 10.9 protected mode, 10.9.2 back to
+real mode, 2.5 control registers; api.rst 4.13)."""
+
+from kvmtest.guest import Sync
+from kvmtest.guest.modes import CR0_PE, CR0_PG, CR4_PAE, EFER_LMA, EFER_LME
+
+
+def _stage(g, name, *, cr0_set=0, cr0_clear=0, efer_set=0, efer_clear=0, cs_l=None, cs_db=None, cs_sel=None):
+    """Run to the guest's next GUEST_SYNC (its own CR0) and compare with KVM_GET_SREGS."""
+    event = g.run()
+    assert isinstance(event, Sync), f"{name}: expected GUEST_SYNC(CR0), got {event}"
+    s = g.vcpu.get_sregs()
+    problems = []
+    if event.value & 0xFFFFFFFF != s.cr0 & 0xFFFFFFFF:
+        problems.append(f"guest reads CR0 {event.value:#x}, KVM_GET_SREGS says {s.cr0:#x}")
+    if s.cr0 & cr0_set != cr0_set or s.cr0 & cr0_clear:
+        problems.append(f"CR0 {s.cr0:#x}: expected bits {cr0_set:#x} set and {cr0_clear:#x} clear")
+    if s.efer & efer_set != efer_set or s.efer & efer_clear:
+        problems.append(f"EFER {s.efer:#x}: expected bits {efer_set:#x} set and {efer_clear:#x} clear")
+    for what, want, got in (("CS.L", cs_l, s.cs.l), ("CS.D", cs_db, s.cs.db), ("CS", cs_sel, s.cs.selector)):
+        if want is not None and want != got:
+            problems.append(f"{what} {got:#x}, expected {want:#x}")
+    assert not problems, f"after {name}: " + "; ".join(problems)
+    return s
+
+
+def test_reset_to_protected_to_long_mode(guest):
+    """From the reset state the guest sets CR0.PE and far-jumps to a 32-bit segment
+    (protected mode, CS.D=1), then CR4.PAE, EFER.LME and CR0.PG and far-jumps to a 64-bit
+    segment: EFER.LMA is set by the processor and CS.L=1 (SDM Vol. 3A 10.9.1, 10.8.5)."""
+    g = guest("reset", '.include "enter_long.S"\nlong_mode:\nmov rax, cr0\nGUEST_SYNC rax\nGUEST_DONE')
+    _stage(g, "entering protected mode", cr0_set=CR0_PE, cr0_clear=CR0_PG, cs_db=1, cs_l=0, cs_sel=0x18)
+    s = _stage(g, "entering IA-32e mode", cr0_set=CR0_PE | CR0_PG, efer_set=EFER_LME | EFER_LMA, cs_l=1,
+               cs_sel=0x08)
+    assert s.cr4 & CR4_PAE, f"CR4 {s.cr4:#x} without PAE in IA-32e mode"
+    g.run_to_done()
+
+
+LONG_TO_COMPAT = """
+    mov rax, cr0
+    GUEST_SYNC rax
+    FARJMP SEL_CODE32, compat
+.code32
+compat:
+    mov eax, cr0
+    GUEST_SYNC eax
+    FARJMP SEL_CODE64, back64
+.code64
+back64:
+    mov rax, cr0
+    GUEST_SYNC rax
+    GUEST_DONE
+"""
+
+
+def test_long_mode_to_compatibility_mode_and_back(guest):
+    """A far jump to a code segment with L=0, D=1 enters compatibility mode, one with L=1 returns
+    to 64-bit mode; EFER.LMA stays set throughout (SDM Vol. 3A 5.2.1, 10.8.5)."""
+    g = guest("long64", LONG_TO_COMPAT)
+    _stage(g, "start in 64-bit mode", efer_set=EFER_LMA, cs_l=1)
+    _stage(g, "far jump to a 32-bit segment", efer_set=EFER_LMA, cs_l=0, cs_db=1, cs_sel=0x18)
+    _stage(g, "far jump back to the 64-bit segment", efer_set=EFER_LMA, cs_l=1, cs_sel=0x08)
+    g.run_to_done()
+
+
+LONG_DOWN_TO_REAL = """
+    FARJMP SEL_CODE32, compat
+.code32
+compat:
+    mov eax, cr0
+    and eax, 0x7fffffff             # CR0.PG=0 in compatibility mode leaves IA-32e mode
+    mov cr0, eax
+    mov eax, cr0
+    GUEST_SYNC eax
+    FARJMP SEL_CODE16, pm16
+.code16
+pm16:
+    mov ax, SEL_DATA16
+    mov ds, ax
+    mov ss, ax
+    mov eax, cr0
+    and eax, 0xfffffffe             # CR0.PE=0: back to real mode
+    mov cr0, eax
+    FARJMP 0, real
+real:
+    xor ax, ax
+    mov ds, ax
+    mov ss, ax
+    mov eax, cr0
+    GUEST_SYNC eax
+    GUEST_DONE
+"""
+
+
+def test_long_mode_down_to_real_mode(guest):
+    """The way down: clearing CR0.PG in compatibility mode deactivates IA-32e mode (EFER.LMA
+    clears, SDM Vol. 3A 10.8.5.4), and clearing CR0.PE from a 16-bit segment returns to real
+    mode (SDM Vol. 3A 10.9.2)."""
+    g = guest("long64", LONG_DOWN_TO_REAL)
+    _stage(g, "clearing CR0.PG in compatibility mode", cr0_set=CR0_PE, cr0_clear=CR0_PG, efer_clear=EFER_LMA,
+           cs_l=0, cs_db=1)
+    _stage(g, "clearing CR0.PE", cr0_clear=CR0_PE | CR0_PG, cs_sel=0)
+    g.run_to_done()
