@@ -38,7 +38,8 @@ def cmd_info(args) -> int:
     print(f"  cpu:      {cpu['vendor']} {cpu['model_name']} family {cpu['family']} model {cpu['model']} "
           f"stepping {cpu['stepping']}; flags: {flags}")
     print(f"  modules:  {', '.join(fp['modules']) or 'none'}")
-    print(f"  mmu:      {fp['mmu']['mode']} ({fp['mmu']['how']})")
+    print(f"  mmu:      {fp['mmu']['mode']} ({fp['mmu']['how']}); behaviour: "
+          f"{fp['mmu'].get('probe_behaviour', '-')} ({fp['mmu'].get('probe_evidence', 'not probed')})")
     if fp.get("kvm"):
         kvm = fp["kvm"]
         on = sorted(k for k, v in kvm["capabilities"].items() if v)

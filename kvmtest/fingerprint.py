@@ -118,8 +118,10 @@ def collect(device: str = "/dev/kvm") -> dict:
     }
     try:
         from .kvm import Kvm
+        from .mmu import probe
 
         with Kvm(device) as kvm:
+            fp["mmu"].update({f"probe_{k}": v for k, v in probe(kvm).items()})
             cpuid = kvm.supported_cpuid()
             digest = hashlib.sha256()
             for e in sorted(cpuid, key=lambda e: (e.function, e.index)):

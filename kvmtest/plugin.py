@@ -198,6 +198,8 @@ def pytest_collection_modifyitems(config, items):
         mode = getattr(item, "callspec", None) and item.callspec.params.get("mode")
         if mode:
             item.user_properties.append(("cpu_mode", mode))
+        if "/paging/" in item.nodeid:
+            item.user_properties.append(("mmu_mode", f"{fp['mmu']['mode']} (probe: {fp['mmu'].get('probe_behaviour', '-')})"))
 
 
 def pytest_runtest_setup(item):

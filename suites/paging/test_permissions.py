@@ -1,0 +1,148 @@
+"""The page-permission matrix (SDM Vol. 3A 4.6 access rights, 4.7 #PF error code, 4.8
+accessed/dirty flags), in the model of kvm-unit-tests' access test: present, writable, user,
+NX and reserved bits at the leaf or at the entry above it, times read/write/fetch, CPL0 and
+CPL3, CR0.WP, CR4.SMEP and CR4.SMAP, for every page size of every paging mode. The expected
+outcome comes from kvmtest.paging_model, the SDM's rules as code.
+"""
+
+import itertools
+from dataclasses import dataclass
+
+import pytest
+
+from kvmtest.cpuid import max_phys_addr
+from kvmtest.guest import get_mode
+from kvmtest.guest.modes import CR0_WP, CR4_SMAP, CR4_SMEP
+from kvmtest.guest.paging import A, D, GiB1, KiB4, MiB2, MiB4, NX, P, RW, US, describe_flags
+from kvmtest.paging_model import Context, Walk, describe_pfec, page_fault
+
+VA = 0x80010000   # the address every case accesses
+PA = 0x10000      # layout.DATA: where VA lands whatever the page size
+SIZES = {KiB4: "4k", MiB2: "2m", MiB4: "4m", GiB1: "1g"}
+FLAG_SETS = [(), ("ro",), ("sup",), ("nx",), ("ro", "sup"), ("ro", "nx"), ("sup", "nx"), ("ro", "sup", "nx"),
+             ("np",), ("rsvd",)]
+ACCESSES = [("read", True), ("write", True), ("write", False), ("fetch", True)]  # (access, CR0.WP)
+SOURCE = {
+    "read": "mov eax, dword ptr [{b}]",
+    "write": "mov dword ptr [{b}], 0x5a5a5a5a",
+    "fetch": "call {b}",
+}
+
+
+@dataclass(frozen=True)
+class Case:
+    mode: str
+    size: int
+    level: str      # "leaf" or "upper" (the entry that points to the leaf's table)
+    flags: tuple
+    access: str
+    wp: bool
+    feature: str    # "-", "smep" or "smap"
+
+    @property
+    def id(self):
+        return (f"{self.mode}-{SIZES[self.size]}-{self.level}-{'+'.join(self.flags) or 'rw'}-{self.access}"
+                f"-wp{int(self.wp)}-{self.feature}")
+
+
+def _cases():
+    for mode in ("long64", "long64-cpl3", "pae", "pae-cpl3", "paging32", "paging32-cpl3"):
+        m = get_mode(mode)
+        for size, level, flags, (access, wp), feature in itertools.product(
+                m.page_sizes, ("leaf", "upper"), FLAG_SETS, ACCESSES, ("-", "smep", "smap")):
+            if m.paging == "32" and ("nx" in flags or "rsvd" in flags):
+                continue  # 32-bit paging has no NX bit and no reserved bits in these entries
+            if m.user and (not wp or feature != "-"):
+                continue  # CR0.WP, SMEP and SMAP only change supervisor accesses
+            if feature == "smep" and access != "fetch" or feature == "smap" and access == "fetch":
+                continue  # SMEP is about fetches, SMAP about data accesses
+            if _is_pdpte(m.paging, size, level) and any(f in flags for f in ("ro", "sup", "nx")):
+                continue  # PAE PDPTEs have no R/W, U/S or NX bits (SDM Vol. 3A Table 4-8)
+            yield Case(mode, size, level, flags, access, wp, feature)
+
+
+def _is_pdpte(paging, size, level):
+    """Whether the case's entry is a PAE PDPTE (upper entry of a 2 MiB page)."""
+    return paging == "pae" and size == MiB2 and level == "upper"
+
+
+CASES = list(_cases())
+
+
+def _entry_flags(flags, rsvd_bit, pdpte=False):
+    value = P if pdpte else P | RW | US
+    if "np" in flags:
+        value &= ~P
+    if "ro" in flags:
+        value &= ~RW
+    if "sup" in flags:
+        value &= ~US
+    if "nx" in flags:
+        value |= NX
+    if "rsvd" in flags:
+        value |= 1 << rsvd_bit
+    return value
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_access(guest, kvm, case):
+    """One access through a page whose leaf or upper entry carries the case's flags faults
+    exactly when SDM Vol. 3A 4.6 says, with the 4.7 error code and CR2; an access that succeeds
+    sets A at every level walked and D on the leaf only for a write (4.8)."""
+    mode = get_mode(case.mode)
+    if case.size == GiB1 and not kvm.has_feature("pdpe1gb"):
+        pytest.skip("1 GiB pages need CPUID.80000001H:EDX[26] (pdpe1gb), which KVM does not report")
+    if case.feature != "-" and not kvm.has_feature(case.feature):
+        pytest.skip(f"CR4.{case.feature.upper()} needs the {case.feature} CPUID bit, which KVM does not report")
+    maxphy = max_phys_addr(kvm.cached_supported_cpuid())
+    if "rsvd" in case.flags and maxphy >= 52:
+        pytest.skip("MAXPHYADDR is 52: no reserved address bits to set")
+    b = "rbx" if mode.code_bits == 64 else "ebx"
+    leaf_fault = _expected(case, mode)
+    access = SOURCE[case.access].format(b=b)
+    body = f"GUEST_ASSERT_RAISES PF({leaf_fault:#x}), fault: {access}" if leaf_fault is not None else access
+    g = guest(case.mode, f"mov {b}, {VA:#x}\n{body}\nGUEST_DONE", page_size=MiB2 if mode.paging != "32" else MiB4)
+    g.vm.write(PA, b"\xc3")  # RET, for fetches
+    pt = g.page_tables
+    leaf = pt.leaf_level(case.size)
+    target = PA & ~(case.size - 1)
+    pt.map(VA & ~(case.size - 1), target, case.size, P | RW | US)
+    level = leaf if case.level == "leaf" else leaf - 1
+    entry = pt.read_entry(VA, level)
+    pdpte = _is_pdpte(mode.paging, case.size, case.level)
+    pt.write_entry(VA, level, (entry & ~(P | RW | US)) & ~NX | _entry_flags(case.flags, maxphy, pdpte))
+    sregs = g.vcpu.get_sregs()
+    sregs.cr0 = sregs.cr0 | CR0_WP if case.wp else sregs.cr0 & ~CR0_WP
+    sregs.cr4 |= {"-": 0, "smep": CR4_SMEP, "smap": CR4_SMAP}[case.feature]
+    g.vcpu.set_sregs(sregs)
+    g.run_to_done()
+    walk = pt.walk(VA)
+    if leaf_fault is not None:
+        cr2 = g.exception_record()["cr2"]
+        assert cr2 == VA, f"#PF({describe_pfec(leaf_fault)}): CR2 {cr2:#x}, expected {VA:#x}"
+        return
+    problems = [f"{name} A clear ({describe_flags(value)})" for name, _, value in walk if not value & A]
+    leaf_value = walk[-1][2]
+    if bool(leaf_value & D) != (case.access == "write"):
+        problems.append(f"leaf D={int(bool(leaf_value & D))} after a {case.access} ({describe_flags(leaf_value)})")
+    assert not problems, "after a successful access: " + "; ".join(problems)
+
+
+def _expected(case, mode):
+    leaf = {KiB4: mode.paging and {"32": 1, "pae": 2, "4level": 3, "5level": 4}[mode.paging],
+            MiB2: {"pae": 1, "4level": 2, "5level": 3}.get(mode.paging),
+            MiB4: 0, GiB1: {"4level": 1, "5level": 2}.get(mode.paging)}[case.size]
+    levels = leaf + 1
+    at = leaf if case.level == "leaf" else leaf - 1
+    flags = _entry_flags(case.flags, 51)
+
+    def vec(bit, default, set_means):
+        v = [default] * levels
+        v[at] = bool(flags & bit) if set_means else not (flags & bit)
+        return tuple(v)
+
+    walk = Walk(vec(P, True, True), vec(RW, True, True), vec(US, True, True), vec(NX, False, True),
+                tuple(("rsvd" in case.flags) and i == at for i in range(levels)))
+    ctx = Context(case.access, mode.cpl, wp=case.wp, nxe=mode.paging != "32", smep=case.feature == "smep",
+                  smap=case.feature == "smap", paging32=mode.paging == "32")
+    return page_fault(walk, ctx)

@@ -1,0 +1,123 @@
+"""TLB maintenance and coherence as the guest sees it (SDM Vol. 3A 4.10.4 invalidation; the
+shadow-paging write-protect case behind CVE-2021-38198)."""
+
+import pytest
+
+from kvmtest.guest.paging import G, KiB4, MiB2, P, RW, US
+
+VA = 0x80010000
+PAGE_A, PAGE_B = 0x10000, 0x11000
+MODES = ["long64", "long64-cpl3", "pae", "paging32"]
+
+
+def _map(g, va, pa, flags=P | RW | US):
+    return g.page_tables.map(va, pa, KiB4, flags)
+
+
+def _pte_write(mode, new_pte_value):
+    """Guest code that rewrites the PTE for VA (address in rdi/edi) to point at PAGE_B."""
+    if mode.startswith("long64") or mode.startswith("pae"):
+        return f"mov dword ptr [{{di}}], {new_pte_value & 0xFFFFFFFF:#x}\nmov dword ptr [{{di}} + 4], 0"
+    return f"mov dword ptr [{{di}}], {new_pte_value:#x}"
+
+
+def _regs(mode):
+    return ("rbx", "rdi") if mode.startswith("long64") else ("ebx", "edi")
+
+
+@pytest.mark.modes("long64", "pae", "paging32")
+@pytest.mark.parametrize("flush", ["invlpg", "cr3"])
+def test_changed_pte_is_used_after_invlpg_or_cr3_write(guest, mode, flush):
+    """After the guest repoints a PTE and invalidates the translation (INVLPG, or a MOV to CR3
+    for a non-global page), the next access uses the new mapping (SDM Vol. 3A 4.10.4.1)."""
+    b, di = _regs(mode)
+    flush_code = f"invlpg [{b}]" if flush == "invlpg" else ("mov rax, cr3\nmov cr3, rax" if b == "rbx"
+                                                            else "mov eax, cr3\nmov cr3, eax")
+    g = guest(mode, f"""
+        mov {b}, {VA:#x}
+        mov eax, dword ptr [{b}]
+        GUEST_SYNC eax
+        {_pte_write(mode, PAGE_B | P | RW | US).format(di=di)}
+        {flush_code}
+        mov eax, dword ptr [{b}]
+        GUEST_SYNC eax
+        GUEST_DONE""", page_size=MiB2 if mode != "paging32" else 0x400000)
+    pte = _map(g, VA, PAGE_A)
+    g.vm.write_u32(PAGE_A, 0xAAAA0001)
+    g.vm.write_u32(PAGE_B, 0xBBBB0002)
+    regs = g.vcpu.get_regs()
+    regs.rdi = pte
+    g.vcpu.set_regs(regs)
+    assert g.run_to_done() == [0xAAAA0001, 0xBBBB0002], "the access after the flush did not use the new PTE"
+
+
+@pytest.mark.requires_cpu("pge")
+def test_toggling_cr4_pge_flushes_global_translations(guest):
+    """Clearing CR4.PGE invalidates all TLB entries including global ones (SDM Vol. 3A
+    4.10.4.1): a global PTE repointed before the toggle is used afterwards."""
+    g = guest("long64", f"""
+        mov rbx, {VA:#x}
+        mov eax, dword ptr [rbx]
+        {_pte_write('long64', PAGE_B | P | RW | US | G).format(di='rdi')}
+        mov rax, cr4
+        and rax, ~0x80
+        mov cr4, rax
+        or rax, 0x80
+        mov cr4, rax
+        mov eax, dword ptr [rbx]
+        GUEST_SYNC eax
+        GUEST_DONE""", page_size=MiB2)
+    pte = _map(g, VA, PAGE_A, P | RW | US | G)
+    g.vm.write_u32(PAGE_A, 0xAAAA0001)
+    g.vm.write_u32(PAGE_B, 0xBBBB0002)
+    sregs = g.vcpu.get_sregs()
+    sregs.cr4 |= 0x80
+    g.vcpu.set_sregs(sregs)
+    regs = g.vcpu.get_regs()
+    regs.rdi = pte
+    g.vcpu.set_regs(regs)
+    assert g.run_to_done() == [0xBBBB0002]
+
+
+@pytest.mark.modes(*MODES)
+def test_read_only_alias_of_a_writable_page_faults(guest, mode):
+    """One physical page mapped writable at VA and read-only at VA+0x1000: after writing through
+    the writable alias, a write through the read-only alias still raises #PF(P|W) with CR2 = the
+    alias (SDM Vol. 3A 4.6; the shadow-paging write-protect inheritance bug, CVE-2021-38198, LTP
+    kvm_pagefault01)."""
+    b = _regs(mode)[0]
+    user = 4 if mode.endswith("cpl3") else 0
+    g = guest(mode, f"""
+        mov {b}, {VA:#x}
+        mov dword ptr [{b}], 1
+        GUEST_ASSERT_RAISES PF({0x3 | user:#x}), mov dword ptr [{b} + 0x1000], 2
+        GUEST_DONE""", page_size=MiB2 if mode not in ("paging32",) else 0x400000)
+    _map(g, VA, PAGE_A, P | RW | US)
+    _map(g, VA + 0x1000, PAGE_A, P | US)
+    g.run_to_done()
+    assert g.exception_record()["cr2"] == VA + 0x1000
+    assert g.vm.read_u32(PAGE_A) == 1, "the write through the read-only alias changed memory"
+
+
+@pytest.mark.modes("long64", "long64-cpl3")
+def test_page_table_page_written_as_data_then_used(guest, mode):
+    """A page-table page the guest also writes as ordinary data (through another mapping)
+    takes effect as paging structure once invalidated (SDM Vol. 3A 4.10.4): the shadow MMU
+    must notice writes to guest page tables."""
+    g = guest(mode, f"""
+        mov rbx, {VA:#x}
+        mov eax, dword ptr [rbx]
+        GUEST_SYNC eax
+        {_pte_write('long64', PAGE_B | P | RW | US).format(di='rdi')}
+        GUEST_DONE""", page_size=MiB2)
+    pte = _map(g, VA, PAGE_A)
+    g.vm.write_u32(PAGE_A, 0xAAAA0001)
+    g.vm.write_u32(PAGE_B, 0xBBBB0002)
+    regs = g.vcpu.get_regs()
+    regs.rdi = pte
+    g.vcpu.set_regs(regs)
+    assert g.run().value == 0xAAAA0001
+    g.run_to_done()
+    assert g.page_tables.read_entry(VA, 3) & ~0xFFF == PAGE_B, "the guest's PTE write did not land in memory"
+    tr = g.vcpu.translate(VA)
+    assert tr.valid and tr.physical_address == PAGE_B, f"KVM_TRANSLATE after the guest's PTE write: {tr}"

@@ -1,0 +1,47 @@
+"""The paging oracle against cases spelled out in SDM Vol. 3A 4.6 and 4.7."""
+
+import pytest
+
+from kvmtest.paging_model import (PFEC_I, PFEC_P, PFEC_RSVD, PFEC_U, PFEC_W, Context, Walk, describe_pfec,
+                                  page_fault)
+
+
+def walk(levels=4, p=True, rw=True, us=True, nx=False, rsvd=False, at=-1):
+    """All levels permissive except the one at `at` (default: the leaf)."""
+    def vec(value, default):
+        v = [default] * levels
+        v[at] = value
+        return tuple(v)
+    return Walk(vec(p, True), vec(rw, True), vec(us, True), vec(nx, False), vec(rsvd, False))
+
+
+@pytest.mark.parametrize("w,ctx,expected", [
+    (walk(), Context("read", 0), None),
+    (walk(p=False), Context("read", 0), 0),
+    (walk(p=False), Context("write", 3), PFEC_W | PFEC_U),
+    (walk(p=False, at=0), Context("fetch", 0), PFEC_I),
+    (walk(rw=False), Context("write", 0, wp=True), PFEC_P | PFEC_W),
+    (walk(rw=False), Context("write", 0, wp=False), None),
+    (walk(rw=False), Context("write", 3, wp=False), PFEC_P | PFEC_W | PFEC_U),
+    (walk(us=False), Context("read", 3), PFEC_P | PFEC_U),
+    (walk(us=False, at=1), Context("read", 3), PFEC_P | PFEC_U),
+    (walk(nx=True), Context("fetch", 0), PFEC_P | PFEC_I),
+    (walk(nx=True), Context("fetch", 0, nxe=False), None),
+    (walk(nx=True), Context("read", 3), None),
+    (walk(), Context("fetch", 0, smep=True), PFEC_P | PFEC_I),
+    (walk(us=False), Context("fetch", 0, smep=True), None),
+    (walk(), Context("read", 0, smap=True), PFEC_P),
+    (walk(), Context("read", 0, smap=True, ac=True), None),
+    (walk(rsvd=True), Context("read", 0), PFEC_P | PFEC_RSVD),
+    (walk(levels=2), Context("fetch", 0, paging32=True), None),
+    (walk(levels=2, p=False), Context("fetch", 0, paging32=True), 0),
+])
+def test_sdm_cases(w, ctx, expected):
+    got = page_fault(w, ctx)
+    assert got == expected, f"{ctx}: expected {expected if expected is None else describe_pfec(expected)}, " \
+                            f"got {got if got is None else describe_pfec(got)}"
+
+
+def test_pfec_names():
+    assert describe_pfec(PFEC_P | PFEC_W | PFEC_U) == "P|W|U"
+    assert describe_pfec(0) == "0"
