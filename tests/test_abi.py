@@ -40,6 +40,7 @@ DOCUMENTED = {
     "KVM_CREATE_GUEST_MEMFD": IOWR(0xAE, 0xD4, 64),
     "KVM_EXIT_MEMORY_FAULT": 39,
     "kvm_run.exit.memory_fault.gpa": 40,
+    "KVM_MEM_GUEST_MEMFD": 4,
 }
 
 
@@ -80,8 +81,13 @@ def _python_facts():
             facts[path] = off
     for d in numbers.IOCTLS.values():
         facts[d.name] = d.request
-    for table in (abi.EXIT_REASONS, abi.CAPABILITIES):
+    for table in (abi.EXIT_REASONS, abi.CAPABILITIES, abi.MP_STATES, abi.INTERNAL_ERROR_SUBERRORS,
+                  abi.SYSTEM_EVENTS, abi.MSR_EXIT_REASONS):
         facts.update(table)
+    for name in dir(abi.constants):
+        if name.startswith(("KVM_GUESTDBG_", "KVM_MEM_", "KVM_SYNC_X86_", "KVM_VCPUEVENT_VALID_", "KVM_MSR_FILTER_",
+                            "KVM_DIRTY_LOG_", "KVM_IRQCHIP_", "KVM_EXIT_IO_")):
+            facts[name] = getattr(abi.constants, name)
     return facts
 
 

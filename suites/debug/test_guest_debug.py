@@ -1,0 +1,106 @@
+"""KVM_SET_GUEST_DEBUG: software breakpoints, hardware execute and data breakpoints and
+single-stepping, reported as KVM_EXIT_DEBUG (api.rst 4.38 KVM_SET_GUEST_DEBUG, 5 KVM_EXIT_DEBUG;
+DR6/DR7 layout SDM Vol. 3A 18.2)."""
+
+import pytest
+
+from kvmtest.abi import constants as C
+from kvmtest.exits import DebugExit
+from kvmtest.guest.modes import MODES
+
+ALL = [m for m in MODES if m not in ("reset", "long64-la57")]
+DR6_FIXED = 0xFFFF0FF0          # DR6 bits that read as 1 (SDM Vol. 3A 18.2.3)
+DR6_BS = 1 << 14
+ENABLE = C.KVM_GUESTDBG_ENABLE
+
+pytestmark = pytest.mark.requires_cap("KVM_CAP_SET_GUEST_DEBUG")
+
+
+def _r(mode):
+    return "rbx" if MODES[mode].code_bits == 64 else "ebx"
+
+
+@pytest.mark.modes(*ALL)
+def test_software_breakpoint_exits_with_bp_at_the_int3(guest, mode):
+    """With KVM_GUESTDBG_USE_SW_BP, INT3 exits to user space as KVM_EXIT_DEBUG, exception 3
+    (#BP), pc = the INT3's address (api.rst 4.38; selftests debug_regs)."""
+    g = guest(mode, "nop\nbp: int3\nGUEST_DONE")
+    g.vcpu.set_guest_debug(ENABLE | C.KVM_GUESTDBG_USE_SW_BP)
+    g.expect_exit(DebugExit, exception=3, pc=g.labels["bp"])
+
+
+@pytest.mark.modes(*ALL)
+@pytest.mark.parametrize("dr", [0, 1, 2, 3])
+def test_hardware_execute_breakpoint(guest, mode, dr):
+    """An execute breakpoint in DRn (DR7 Ln=1, R/Wn=00, LENn=00) exits before the instruction
+    as KVM_EXIT_DEBUG exception 1 (#DB), pc = the address, DR6 = 0xffff0ff0 | Bn
+    (SDM Vol. 3A 18.2.4, 18.3.1.1; api.rst 4.38 KVM_GUESTDBG_USE_HW_BP)."""
+    g = guest(mode, "nop\nnop\ntarget: nop\nGUEST_DONE")
+    regs = [0] * 8
+    regs[dr] = g.labels["target"]
+    regs[7] = 1 << (2 * dr)
+    g.vcpu.set_guest_debug(ENABLE | C.KVM_GUESTDBG_USE_HW_BP, regs)
+    g.expect_exit(DebugExit, exception=1, pc=g.labels["target"], dr6=DR6_FIXED | (1 << dr))
+
+
+@pytest.mark.modes(*[m for m in ALL if MODES[m].code_bits != 16])
+@pytest.mark.parametrize("dr", [0, 3])
+def test_hardware_data_write_breakpoint(guest, mode, dr):
+    """A data breakpoint (R/Wn=01 write, LENn=11 four bytes) traps after the store: exception 1,
+    DR6 Bn set, pc = the instruction after the store (SDM Vol. 3A 18.2.4, 18.3.1.2)."""
+    b = _r(mode)
+    g = guest(mode, f"mov {b}, 0x600\nstore: mov dword ptr [{b}], 1\nafter: nop\nGUEST_DONE")
+    regs = [0] * 8
+    regs[dr] = 0x600
+    regs[7] = (1 << (2 * dr)) | (0b01 << (16 + 4 * dr)) | (0b11 << (18 + 4 * dr))
+    g.vcpu.set_guest_debug(ENABLE | C.KVM_GUESTDBG_USE_HW_BP, regs)
+    exit_ = g.expect_exit(DebugExit, exception=1, pc=g.labels["after"])
+    assert exit_.dr6 & 0xF == 1 << dr, f"DR6 {exit_.dr6:#x}: expected B{dr} only"
+    assert g.vm.read_u32(0x600) == 1, "the store did not complete before the trap"
+
+
+@pytest.mark.modes(*ALL)
+def test_single_step_exits_once_per_instruction(guest, mode):
+    """With KVM_GUESTDBG_SINGLESTEP every instruction ends in KVM_EXIT_DEBUG exception 1 with
+    DR6.BS set, pc = the next instruction (api.rst 4.38; SDM Vol. 3A 18.3.1.4; kvm-ioctls
+    test_run_code in real mode)."""
+    g = guest(mode, "i0: mov eax, 1\ni1: add eax, 2\ni2: xor ecx, ecx\ni3: nop\nGUEST_DONE")
+    g.vcpu.set_guest_debug(ENABLE | C.KVM_GUESTDBG_SINGLESTEP)
+    pcs = []
+    for _ in range(3):
+        exit_ = g.expect_exit(DebugExit, exception=1)
+        assert exit_.dr6 & DR6_BS, f"DR6 {exit_.dr6:#x} without BS after a single step"
+        pcs.append(exit_.pc)
+    assert pcs == [g.labels["i1"], g.labels["i2"], g.labels["i3"]], [hex(p) for p in pcs]
+
+
+@pytest.mark.modes("real", "pm32", "long64", "compat32")
+def test_guest_own_debug_registers_raise_db_in_the_guest(guest, mode):
+    """Without KVM_SET_GUEST_DEBUG the guest owns DR0-DR7: an execute breakpoint it sets itself
+    raises #DB in the guest with DR6.B0 set (SDM Vol. 3A 18.3.1.1), not a KVM_EXIT_DEBUG."""
+    a = "rax" if MODES[mode].code_bits == 64 else "eax"
+    g = guest(mode, f"""
+        mov {a}, target
+        mov dr0, {a}
+        mov {a}, 1
+        mov dr7, {a}
+        GUEST_ASSERT_RAISES DB, target: nop
+        mov {a}, dr6
+        GUEST_SYNC {a}
+        GUEST_DONE""")
+    (dr6,) = g.run_to_done()
+    assert dr6 & 0xF == 1, f"DR6 {dr6:#x}: expected B0"
+
+
+@pytest.mark.modes("pm32", "long64", "compat32")
+def test_dr7_gd_traps_debug_register_access(guest, mode):
+    """With DR7.GD set, a MOV from a debug register raises #DB with DR6.BD (bit 13) and GD is
+    cleared on entry to the handler (SDM Vol. 3A 18.2.4, 18.3.1.3)."""
+    a = "rax" if MODES[mode].code_bits == 64 else "eax"
+    g = guest(mode, f"GUEST_ASSERT_RAISES DB, mov {a}, dr0\nmov {a}, dr6\nGUEST_SYNC {a}\nmov {a}, dr7\nGUEST_SYNC {a}\nGUEST_DONE")
+    dbg = g.vcpu.get_debugregs()
+    dbg.dr7 = 0x400 | (1 << 13)
+    g.vcpu.set_debugregs(dbg)
+    dr6, dr7 = g.run_to_done()
+    assert dr6 & (1 << 13), f"DR6 {dr6:#x} without BD"
+    assert not dr7 & (1 << 13), f"DR7 {dr7:#x}: GD not cleared by the #DB"
