@@ -150,6 +150,10 @@ class Vcpu(FdObject):
         self._deadline = time.monotonic() + timeout
         try:
             err = _ioctl.run_vcpu(fd)
+            # An AP waiting for INIT/SIPI (KVM_MP_STATE_UNINITIALIZED) comes back with EAGAIN
+            # once an event arrives; KVM expects user space to simply enter again.
+            while err == errno.EAGAIN and not self._timed_out:
+                err = _ioctl.run_vcpu(fd)
         finally:
             self._deadline = None
             self._run_thread = None

@@ -70,6 +70,7 @@ class Vm(FdObject):
         self.kvm = kvm
         self.memslots: dict[int, Memslot] = {}
         self.vcpus: list = []
+        self.irqchip = False
         self._extra_mappings: list[HostMapping] = []
 
     # --- capabilities --------------------------------------------------------------------
@@ -249,6 +250,7 @@ class Vm(FdObject):
     def create_irqchip(self) -> None:
         """KVM_CREATE_IRQCHIP (api.rst 4.24): in-kernel PIC, IOAPIC and local APICs."""
         self.ioctl("KVM_CREATE_IRQCHIP")
+        self.irqchip = True
 
     def create_pit2(self, flags: int = 0) -> None:
         self.ioctl("KVM_CREATE_PIT2", S.kvm_pit_config(flags=flags), args=f"flags={flags:#x}")

@@ -63,7 +63,7 @@ class Guest:
     def __init__(self, kvm, mode, source: str, *, page_size: int = KiB4, timeout: float | None = None,
                  symbols: dict[str, int] | None = None, name: str = "guest", mem_size: int = L.MEM_SIZE,
                  max_exits: int = DEFAULT_MAX_EXITS, vm=None, identity_size: int = L.IDENTITY_SIZE,
-                 user_pages: bool | None = None):
+                 user_pages: bool | None = None, irqchip: bool = False):
         self.kvm = kvm
         self.mode = get_mode(mode)
         self.name = name
@@ -77,6 +77,8 @@ class Guest:
         self._owns_vm = vm is None
         self.vm = vm or kvm.create_vm()
         try:
+            if irqchip and not self.vm.irqchip:
+                self.vm.create_irqchip()  # before any vCPU, so they get local APICs (api.rst 4.24)
             self._build(source, symbols or {}, mem_size, timeout)
         except BaseException:
             self.close()
@@ -226,37 +228,39 @@ class Guest:
 
     # --- running -------------------------------------------------------------------------------
 
-    def run(self, timeout: float | None = None):
+    def run(self, timeout: float | None = None, vcpu=None):
         """Run until the next event the test should see: a Sync, Done, or any non-protocol Exit.
 
         Prints, passing assertions and passing exception checks are handled here; a failed
-        one, or an unexpected exception in the guest, raises GuestFailure.
+        one, or an unexpected exception in the guest, raises GuestFailure. `vcpu` picks one
+        of the guest's vCPUs (default: the first).
         """
+        vcpu = vcpu or self.vcpu
         for _ in range(self.max_exits):
             try:
-                exit_ = self.vcpu.run(timeout)
+                exit_ = vcpu.run(timeout)
             except GuestTimeout as e:
                 raise GuestTimeout(f"{self.name} ({self.mode.name}): {e}\n{self._trace()}") from None
             port = _protocol_port(exit_)
             if port is not None:
-                event = self._protocol(port)
+                event = self._protocol(port, vcpu)
                 if event is not None:
                     return event
                 continue
             return exit_
         raise GuestFailure(f"{self.name} ({self.mode.name}): more than {self.max_exits} exits without an event")
 
-    def run_to_done(self, timeout: float | None = None) -> list[int]:
+    def run_to_done(self, timeout: float | None = None, vcpu=None) -> list[int]:
         """Run to GUEST_DONE; returns the GUEST_SYNC values seen. Any other exit fails the test."""
         values = []
         while True:
-            event = self.run(timeout)
+            event = self.run(timeout, vcpu)
             if isinstance(event, P.Done):
                 return values
             if isinstance(event, P.Sync):
                 values.append(event.value)
                 continue
-            raise self.failure(f"expected GUEST_DONE, got {event}")
+            raise self.failure(f"expected GUEST_DONE, got {event}", vcpu=vcpu)
 
     def expect_exit(self, exit_type, timeout: float | None = None, **fields) -> Exit:
         """Run to the next event and assert it is `exit_type` with the given field values."""
@@ -269,20 +273,23 @@ class Guest:
             raise self.failure(f"{event}: {detail}")
         return event
 
-    def _protocol(self, port: int):
-        regs = self.vcpu.get_regs()
+    def _protocol(self, port: int, vcpu=None):
+        vcpu = vcpu or self.vcpu
+        regs = vcpu.get_regs()
         if port == P.PORT_EXCEPTION:
             raise self.failure(
                 f"unexpected {vector_name(regs.rbx & 0xFF)} (vector {regs.rbx & 0xFF}) in the guest: "
                 f"error code {regs.rcx:#x}, RIP {regs.rdx:#x}, CR2 {regs.rsi:#x}", regs)
         site = self._site_at.get(regs.rip)
+        if site is None:  # code running with a nonzero CS base (an AP started by SIPI, say)
+            site = self._site_at.get(regs.rip + vcpu.get_sregs().cs.base)
         if site is None or site.port != port:
             raise self.failure(f"protocol access for port {port:#x} at RIP {regs.rip:#x} matches no GUEST_* site", regs)
-        _ioctl.note(self.vcpu.name, "guest", site.kind, site.origin)
+        _ioctl.note(vcpu.name, "guest", site.kind, site.origin)
         if site.kind == "done":
             return P.Done(site)
         if site.kind == "sync":
-            value = self._eval(site, site.operands[0], regs)
+            value = self._eval(site, site.operands[0], regs, vcpu)
             self.syncs.append(value)
             return P.Sync(value, site)
         if site.kind == "print":
@@ -291,7 +298,7 @@ class Guest:
         if site.kind == "fail":
             raise self.failure(f"GUEST_FAIL at {site.origin}: {site.operands[0]}", regs)
         if site.kind == "assert_eq":
-            a, b = (self._eval(site, op, regs) for op in site.operands)
+            a, b = (self._eval(site, op, regs, vcpu) for op in site.operands)
             if a != b:
                 raise self.failure(f"guest assertion failed at {site.origin}: `{site.text}`: "
                                    f"{site.operands[0]} = {_fmt(a)}, expected {site.operands[1]} = {_fmt(b)}", regs)
@@ -319,9 +326,10 @@ class Guest:
                                    f"got {error_code:#x} (`{site.text}`)", regs)
         return None
 
-    def _eval(self, site, operand, regs):
+    def _eval(self, site, operand, regs, vcpu=None):
+        vcpu = vcpu or self.vcpu
         try:
-            sregs = self.vcpu.get_sregs() if not P.is_register(operand) or operand.lower() in \
+            sregs = vcpu.get_sregs() if not P.is_register(operand) or operand.lower() in \
                 ("cr0", "cr2", "cr3", "cr4", "cr8", "efer", "apic_base", "cs", "ds", "es", "fs", "gs", "ss",
                  "tr", "ldt") else None
             return P.evaluate(operand, regs, sregs, self.symbols)
@@ -335,10 +343,11 @@ class Guest:
         return {"vector": self.vm.read_u64(L.EXC_VECTOR), "error_code": self.vm.read_u64(L.EXC_ERROR_CODE),
                 "rip": self.vm.read_u64(L.EXC_RIP), "cr2": self.vm.read_u64(L.EXC_CR2)}
 
-    def state(self) -> str:
+    def state(self, vcpu=None) -> str:
         """Mode, registers and segment state, for failure reports."""
+        vcpu = vcpu or self.vcpu
         try:
-            regs, sregs = self.vcpu.get_regs(), self.vcpu.get_sregs()
+            regs, sregs = vcpu.get_regs(), vcpu.get_sregs()
         except KvmtestError as e:
             return f"(vCPU state unreadable: {e})"
         return describe_state(self.mode.name, regs, sregs)
@@ -346,8 +355,57 @@ class Guest:
     def _trace(self) -> str:
         return "recent ioctls and exits:\n  " + "\n  ".join(_ioctl.recent(12))
 
-    def failure(self, message: str, regs=None) -> GuestFailure:
-        return GuestFailure(f"{self.name} ({self.mode.name}): {message}\n{self.state()}\n{self._trace()}")
+    def failure(self, message: str, regs=None, vcpu=None) -> GuestFailure:
+        return GuestFailure(f"{self.name} ({self.mode.name}): {message}\n{self.state(vcpu)}\n{self._trace()}")
+
+    # --- more vCPUs, migration ------------------------------------------------------------------
+
+    def add_vcpu(self, entry: int | str, *, mode=None, stack: int | None = None):
+        """Another vCPU in the same VM, starting at `entry` in `mode` (default: the guest's), with
+        its own stack. Modes must share the guest's tables: same IDT format (e.g. long64,
+        compat32 and their CPL3 variants together)."""
+        from ..cpuid import has_feature
+
+        m = get_mode(mode) if mode else self.mode
+        if m.handler_bits != self.mode.handler_bits or m.paging != self.mode.paging:
+            raise KvmtestError(f"{self.name}: a {m.name} vCPU cannot share the tables of a {self.mode.name} guest")
+        vcpu = self.vm.create_vcpu(len(self.vm.vcpus))
+        vcpu.timeout = self.vcpu.timeout
+        vcpu.set_cpuid(self.kvm.cached_supported_cpuid())
+        cr3 = self.page_tables.cr3 if self.page_tables else 0
+        want = mode_sregs(m, vcpu.get_sregs(), cr3, has_feature(self.kvm.cached_supported_cpuid(), "nx"))
+        vcpu.set_sregs(want)
+        self._check_mode_entered(want, vcpu.get_sregs())
+        regs = vcpu.get_regs()
+        regs.rip = self._address(entry)
+        regs.rsp = stack if stack is not None else initial_stack(m) - 0x400 * len(self.vm.vcpus)
+        regs.rflags = initial_rflags(m)
+        vcpu.set_regs(regs)
+        return vcpu
+
+    def migrate(self) -> None:
+        """Move the guest to a fresh VM: copy the memory, save the vCPU's complete state and
+        restore it into a new vCPU (kvmtest.state), then close the old VM."""
+        from .. import state as st
+
+        if len(self.vm.vcpus) != 1:
+            raise KvmtestError(f"{self.name}: migrate() handles one vCPU, the guest has {len(self.vm.vcpus)}")
+        saved = st.save(self.vcpu)
+        new_vm = self.kvm.create_vm()
+        try:
+            st.copy_memory(self.vm, new_vm)
+            vcpu = new_vm.create_vcpu(self.vcpu.id)
+            vcpu.timeout = self.vcpu.timeout
+            st.restore(vcpu, saved)
+        except BaseException:
+            new_vm.close()
+            raise
+        old, self.vm, self.vcpu = self.vm, new_vm, vcpu
+        if self.page_tables:
+            self.page_tables.vm = self.page_tables.alloc.vm = new_vm
+        if self._owns_vm:
+            old.close()
+        self._owns_vm = True
 
     def close(self):
         if self._owns_vm and self.vm is not None:
