@@ -165,7 +165,8 @@ class kvm_vcpu_events(_Struct):
 
 
 class kvm_lapic_state(_Struct):
-    _fields_ = [("regs", c_char * 1024)]
+    # char regs[1024] in the header; bytes here, since a ctypes char array stops at the first NUL.
+    _fields_ = [("regs", u8 * 1024)]
 
 
 class kvm_mp_state(_Struct):

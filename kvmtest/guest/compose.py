@@ -171,7 +171,15 @@ class Composer:
         except P.OperandError as e:
             raise AssemblyError(f"{st.origin}: {e}") from None
         resume = self._label("resume")
-        lines = self._expect(resume) + [insn, f"{resume}:"]
+        inner = _MACRO.match(insn)
+        if inner:  # e.g. GUEST_ASSERT_RAISES UD, GUEST_SYNC 1: the host injects at the sync
+            handler = getattr(self, f"_m_{inner.group(1).lower()}", None)
+            if handler is None:
+                raise AssemblyError(f"{st.origin}: unknown macro {inner.group(1)}")
+            body = handler(Statement(insn, st.origin), _split_operands(inner.group(2)))
+        else:
+            body = [insn]
+        lines = self._expect(resume) + body + [f"{resume}:"]
         return lines + self._site(st, "check_exception", P.PORT_CHECK_EXCEPTION, (vector, m.group(2)))
 
     def _expect(self, resume: str) -> list[str]:

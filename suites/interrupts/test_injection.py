@@ -1,0 +1,120 @@
+"""Interrupt and event injection with the user-space irqchip: KVM_INTERRUPT and the interrupt
+window, KVM_NMI, exceptions through KVM_SET_VCPU_EVENTS (api.rst 4.16, 4.64, 4.32, 5
+request_interrupt_window / ready_for_interrupt_injection)."""
+
+import errno
+
+import pytest
+
+from kvmtest.abi.constants import errno_name
+from kvmtest.exits import IrqWindowOpenExit
+from kvmtest.guest.modes import MODES, RFLAGS_IF
+
+MODES_TESTED = ["real", "pm32", "long64", "compat32", "long64-cpl3", "compat32-cpl3", "pm32-cpl3"]
+
+SPIN_WITH_HANDLER = """
+spin:
+    nop
+    jmp spin
+handler:
+GUEST_AT_CPL 0
+    GUEST_SYNC 0x40
+    GUEST_DONE
+"""
+
+
+def _with_if(g):
+    regs = g.vcpu.get_regs()
+    regs.rflags |= RFLAGS_IF
+    g.vcpu.set_regs(regs)
+
+
+@pytest.mark.modes(*MODES_TESTED)
+def test_interrupt_window_then_kvm_interrupt_reaches_the_handler(guest, mode):
+    """With request_interrupt_window set, KVM exits with KVM_EXIT_IRQ_WINDOW_OPEN once the guest
+    can take an interrupt (ready_for_interrupt_injection=1, if_flag=1); a vector queued then
+    with KVM_INTERRUPT is delivered through the IDT (api.rst 4.16, 5)."""
+    g = guest(mode, SPIN_WITH_HANDLER)
+    g.set_idt_gate(0x40, "handler")
+    _with_if(g)
+    g.vcpu.kvm_run.request_interrupt_window = 1
+    g.expect_exit(IrqWindowOpenExit)
+    run = g.vcpu.kvm_run
+    assert (run.ready_for_interrupt_injection, run.if_flag) == (1, 1), \
+        f"ready_for_interrupt_injection={run.ready_for_interrupt_injection} if_flag={run.if_flag}"
+    run.request_interrupt_window = 0
+    g.vcpu.interrupt(0x40)
+    assert g.run().value == 0x40
+    g.run_to_done()
+
+
+def test_second_kvm_interrupt_before_delivery_is_eexist(guest):
+    """KVM_INTERRUPT returns -EEXIST "if an interrupt is already enqueued" (api.rst 4.16)."""
+    g = guest("long64", SPIN_WITH_HANDLER)
+    g.vcpu.interrupt(0x40)
+    err = g.vcpu.try_ioctl("KVM_INTERRUPT", __import__("kvmtest").abi.structs.kvm_interrupt(0x41))
+    assert err == errno.EEXIST, f"second KVM_INTERRUPT: expected EEXIST, got {errno_name(err)}"
+
+
+def test_kvm_interrupt_with_an_in_kernel_irqchip_is_enxio(guest):
+    """KVM_INTERRUPT returns -ENXIO "if the PIC is in the kernel" (api.rst 4.16)."""
+    g = guest("long64", "GUEST_DONE", irqchip=True)
+    from kvmtest.abi.structs import kvm_interrupt
+
+    err = g.vcpu.try_ioctl("KVM_INTERRUPT", kvm_interrupt(0x40))
+    assert err == errno.ENXIO, f"KVM_INTERRUPT with KVM_CREATE_IRQCHIP: expected ENXIO, got {errno_name(err)}"
+
+
+def test_invalid_vector_is_einval(vm):
+    """KVM_INTERRUPT returns -EINVAL when "the irq number is invalid" (api.rst 4.16): 256."""
+    from kvmtest.abi.structs import kvm_interrupt
+
+    vcpu = vm.create_vcpu()
+    err = vcpu.try_ioctl("KVM_INTERRUPT", kvm_interrupt(256))
+    assert err == errno.EINVAL, f"KVM_INTERRUPT irq=256: expected EINVAL, got {errno_name(err)}"
+
+
+NMI_GUEST = """
+    GUEST_SYNC 1
+spin:
+    nop
+    jmp spin
+nmi_handler:
+GUEST_AT_CPL 0
+    GUEST_SYNC 2
+    GUEST_DONE
+"""
+
+
+@pytest.mark.requires_cap("KVM_CAP_USER_NMI")
+@pytest.mark.modes("real", "pm32", "long64", "compat32", "long64-cpl3")
+def test_kvm_nmi_runs_the_nmi_handler(guest, mode):
+    """KVM_NMI queues an NMI (api.rst 4.64) that the guest takes through IDT vector 2, whatever
+    EFLAGS.IF says (SDM Vol. 3A 6.7.1)."""
+    g = guest(mode, NMI_GUEST)
+    g.set_idt_gate(2, "nmi_handler")
+    assert g.run().value == 1
+    g.vcpu.nmi()
+    assert g.run().value == 2
+    g.run_to_done()
+
+
+@pytest.mark.requires_cap("KVM_CAP_VCPU_EVENTS")
+@pytest.mark.modes("real", "pm32", "long64", "compat32", "long64-cpl3", "compat32-cpl3")
+@pytest.mark.parametrize("vector,error_code", [(6, None), (13, 0x1234)], ids=["UD", "GP"])
+def test_exception_injected_with_set_vcpu_events(guest, mode, vector, error_code):
+    """An exception made pending with KVM_SET_VCPU_EVENTS (exception.injected, nr,
+    has_error_code, error_code) is delivered to the guest on the next KVM_RUN with that vector
+    and error code (api.rst 4.32)."""
+    if error_code is not None and not MODES[mode].protected:
+        pytest.skip("real mode exceptions carry no error code")
+    spec = f"{vector}({error_code:#x})" if error_code is not None else str(vector)
+    g = guest(mode, f"GUEST_ASSERT_RAISES {spec}, GUEST_SYNC 1\nGUEST_DONE")
+    assert g.run().value == 1
+    ev = g.vcpu.get_events()
+    ev.exception.injected, ev.exception.nr = 1, vector
+    ev.exception.has_error_code = int(error_code is not None)
+    ev.exception.error_code = error_code or 0
+    ev.flags = 0
+    g.vcpu.set_events(ev)
+    g.run_to_done()

@@ -1,0 +1,157 @@
+"""The in-kernel local APIC: IDs in xAPIC and x2APIC format, the timer (one-shot, periodic,
+TSC-deadline) and IPIs between vCPUs (api.rst 4.57/4.58 KVM_GET/SET_LAPIC, 7 KVM_CAP_X2APIC_API;
+SDM Vol. 3A 11.4.6, 11.5.4, 11.6, 11.12)."""
+
+import struct
+import threading
+
+import pytest
+
+from kvmtest.guest.paging import PCD, KiB4, P, RW
+
+pytestmark = pytest.mark.requires_cap("KVM_CAP_IRQCHIP")
+APIC = 0xFEE00000
+MSR_APIC_BASE = 0x1B
+
+
+def _apic_guest(guest, source, **kw):
+    g = guest("long64", f"mov rbx, {APIC:#x}\n" + source, irqchip=True, **kw)
+    g.page_tables.map(APIC, APIC, KiB4, P | RW | PCD)
+    return g
+
+
+def test_every_vcpu_leaves_reset_in_xapic_mode_with_its_id(vm):
+    """Each vCPU starts with the APIC enabled in xAPIC mode at 0xFEE00000 (BSP flag on vCPU 0
+    only) and APIC ID = vCPU id in bits 31:24 (SDM Vol. 3A 11.4.4, 11.4.6; selftests
+    xapic_state_test)."""
+    vm.create_irqchip()
+    for i in range(4):
+        vcpu = vm.create_vcpu(i)
+        base = vcpu.get_msr(MSR_APIC_BASE)
+        want = APIC | (1 << 11) | (1 << 8 if i == 0 else 0)
+        assert base == want, f"vCPU {i} IA32_APIC_BASE {base:#x}, expected {want:#x}"
+        (apic_id,) = struct.unpack_from("<I", bytes(vcpu.get_lapic().regs), 0x20)
+        assert apic_id == i << 24, f"vCPU {i} xAPIC ID register {apic_id:#x}, expected {i << 24:#x}"
+
+
+@pytest.mark.requires_cap("KVM_CAP_X2APIC_API")
+@pytest.mark.requires_cpu("x2apic")
+def test_x2apic_id_format_after_enabling_x2apic(vm):
+    """With KVM_X2APIC_API_USE_32BIT_IDS, KVM_GET_LAPIC's ID register follows the APIC mode:
+    after IA32_APIC_BASE gets EXTD (x2APIC) it holds the plain 32-bit ID (api.rst 4.57)."""
+    vm.enable_cap("KVM_CAP_X2APIC_API", 1)  # KVM_X2APIC_API_USE_32BIT_IDS
+    vm.create_irqchip()
+    vcpu = vm.create_vcpu(3)
+    vcpu.set_cpuid(vm.kvm.cached_supported_cpuid())
+    vcpu.set_msr(MSR_APIC_BASE, APIC | (1 << 11) | (1 << 10))
+    (apic_id,) = struct.unpack_from("<I", bytes(vcpu.get_lapic().regs), 0x20)
+    assert apic_id == 3, f"x2APIC ID register {apic_id:#x}, expected 3"
+
+
+def test_guest_reads_its_apic_id(guest):
+    """The guest's own read of the xAPIC ID register (0xFEE00020) gives its vCPU id in bits
+    31:24 (SDM Vol. 3A 11.4.6)."""
+    g = _apic_guest(guest, "mov eax, dword ptr [rbx + 0x20]\nshr eax, 24\nGUEST_SYNC eax\nGUEST_DONE")
+    assert g.run_to_done() == [0]
+
+
+TIMER = """
+    mov dword ptr [rbx + 0xF0], 0x1FF           # SVR: software enable
+    mov dword ptr [rbx + 0x3E0], 0xB            # divide by 1
+    mov dword ptr [rbx + 0x320], {lvt:#x}       # LVT timer
+    {arm}
+    sti
+wait:
+    hlt
+    jmp wait
+timer:
+    mov eax, dword ptr [rbx + 0x390]            # current count
+    GUEST_SYNC rax
+    mov dword ptr [rbx + 0xB0], 0               # EOI
+    inc r12
+    cmp r12, {count}
+    jb wait_again
+    GUEST_DONE
+wait_again:
+    iretq
+"""
+
+
+def test_one_shot_timer_fires_once_and_stops_at_zero(guest):
+    """A one-shot LAPIC timer delivers its vector once; afterwards the current count is 0 and is
+    not reloaded (SDM Vol. 3A 11.5.4; kvm-unit-tests apic.c)."""
+    g = _apic_guest(guest, TIMER.format(lvt=0x30, arm="mov dword ptr [rbx + 0x380], 100000", count=1))
+    g.set_idt_gate(0x30, "timer")
+    assert g.run_to_done() == [0], "the one-shot timer's current count after it fired"
+
+
+def test_periodic_timer_fires_repeatedly(guest):
+    """A periodic LAPIC timer (LVT bit 17) delivers its vector again after each period: three
+    interrupts arrive, one after another (SDM Vol. 3A 11.5.4)."""
+    g = _apic_guest(guest, TIMER.format(lvt=0x20030, arm="mov dword ptr [rbx + 0x380], 200000", count=3))
+    g.set_idt_gate(0x30, "timer")
+    assert len(g.run_to_done()) == 3
+
+
+@pytest.mark.requires_cpu("tsc_deadline")
+def test_tsc_deadline_timer_fires_and_clears_the_msr(guest):
+    """In TSC-deadline mode (LVT timer bits 18:17 = 10b) writing IA32_TSC_DEADLINE arms the timer;
+    it fires once the TSC passes the deadline and the MSR reads 0 afterwards (SDM Vol. 3A
+    11.5.4.1)."""
+    arm = "rdtsc\nshl rdx, 32\nor rax, rdx\nadd rax, 200000\nmov rdx, rax\nshr rdx, 32\nmov ecx, 0x6e0\nwrmsr"
+    src = TIMER.format(lvt=0x40030, arm=arm, count=1).replace(
+        "    GUEST_DONE\n", "    mov ecx, 0x6e0\n    rdmsr\n    GUEST_SYNC rax\n    GUEST_DONE\n", 1)
+    g = _apic_guest(guest, src)
+    g.set_idt_gate(0x30, "timer")
+    leaf1 = [e for e in g.vcpu.get_cpuid() if e.function == 1][0]
+    assert leaf1.ecx & (1 << 24), "CPUID.1:ECX.TSC_DEADLINE not set for the vCPU"
+    values = g.run_to_done()
+    assert values[-1] == 0, f"IA32_TSC_DEADLINE after the interrupt: {values[-1]:#x}, expected 0"
+
+
+IPI = """
+    mov dword ptr [rbx + 0xF0], 0x1FF
+    GUEST_SYNC 1
+    mov dword ptr [rbx + 0x310], 0x01000000     # destination APIC ID 1
+    mov dword ptr [rbx + 0x300], 0x00004040     # fixed, vector 0x40, assert
+    GUEST_DONE
+ap:
+    mov rbx, 0xFEE00000
+    mov dword ptr [rbx + 0xF0], 0x1FF
+    GUEST_SYNC 2
+    sti
+ap_wait:
+    hlt
+    jmp ap_wait
+ap_ipi:
+    GUEST_SYNC 0x40
+    GUEST_DONE
+"""
+
+
+def test_fixed_ipi_between_vcpus(guest):
+    """A fixed IPI written to the ICR by vCPU 0 reaches vCPU 1's handler for that vector
+    (SDM Vol. 3A 11.6.1; kvm-unit-tests apic.c, selftests xapic_ipi_test)."""
+    from kvmtest.abi import constants as C
+
+    g = _apic_guest(guest, IPI)
+    g.set_idt_gate(0x40, "ap_ipi")
+    ap = g.add_vcpu("ap")
+    ap.set_mp_state(C.KVM_MP_STATE_RUNNABLE)
+    assert g.run(vcpu=ap).value == 2
+    result = {}
+
+    def ap_body():
+        try:
+            result["syncs"] = g.run_to_done(timeout=20, vcpu=ap)
+        except Exception as e:
+            result["error"] = e
+
+    t = threading.Thread(target=ap_body)
+    t.start()
+    assert g.run().value == 1
+    g.run_to_done()
+    t.join(30)
+    assert not t.is_alive(), "vCPU 1 never took the IPI"
+    assert "error" not in result, result.get("error")
+    assert result["syncs"] == [0x40]
