@@ -1,0 +1,43 @@
+"""KVM_EXIT_HYPERCALL for hypercalls user space asked for (KVM_CAP_EXIT_HYPERCALL;
+api.rst 5 KVM_EXIT_HYPERCALL, 7 KVM_CAP_EXIT_HYPERCALL; Documentation/virt/kvm/x86/hypercalls.rst
+KVM_HC_MAP_GPA_RANGE)."""
+
+import pytest
+
+from kvmtest.exits import HypercallExit
+
+KVM_HC_MAP_GPA_RANGE = 12
+
+
+def _hypercall_insn(kvm):
+    """VMMCALL on AMD, VMCALL on Intel (hypercalls.rst: the vendor's instruction)."""
+    leaf0 = next(e for e in kvm.cached_supported_cpuid() if e.function == 0)
+    vendor = b"".join(r.to_bytes(4, "little") for r in (leaf0.ebx, leaf0.edx, leaf0.ecx))
+    return "vmmcall" if vendor in (b"AuthenticAMD", b"HygonGenuine") else "vmcall"
+
+
+@pytest.mark.modes("long64", "compat32")
+@pytest.mark.guest_timeout(2)  # a host that never completes the hypercall fails in 2 s
+def test_unknown_hypercall_returns_enosys(kvm, guest, mode):
+    """A hypercall number KVM does not implement returns -KVM_ENOSYS (-1000) in RAX and the guest
+    continues after the instruction (hypercalls.rst; kvm-unit-tests hypercall.c)."""
+    g = guest(mode, f"mov eax, 0x7fff\n{_hypercall_insn(kvm)}\nGUEST_SYNC eax\nGUEST_DONE")
+    assert g.run_to_done() == [(-1000) & 0xFFFFFFFF]
+
+
+@pytest.mark.requires_cap("KVM_CAP_EXIT_HYPERCALL")
+@pytest.mark.modes("long64")
+@pytest.mark.guest_timeout(2)
+def test_map_gpa_range_exits_with_its_arguments(kvm, guest, mode):
+    """With bit KVM_HC_MAP_GPA_RANGE enabled in KVM_CAP_EXIT_HYPERCALL, the hypercall exits as
+    KVM_EXIT_HYPERCALL with nr 12 and args gpa, npages, attributes; the ret the host writes is
+    the guest's RAX (api.rst 5)."""
+    if not kvm.check_extension("KVM_CAP_EXIT_HYPERCALL") & (1 << KVM_HC_MAP_GPA_RANGE):
+        pytest.skip("KVM_CAP_EXIT_HYPERCALL does not offer KVM_HC_MAP_GPA_RANGE")
+    g = guest(mode, f"mov eax, {KVM_HC_MAP_GPA_RANGE}\nmov rbx, 0x100000\nmov ecx, 2\nxor edx, edx\n"
+                    f"{_hypercall_insn(kvm)}\nGUEST_SYNC rax\nGUEST_DONE")
+    g.vm.enable_cap("KVM_CAP_EXIT_HYPERCALL", 1 << KVM_HC_MAP_GPA_RANGE)
+    exit_ = g.expect_exit(HypercallExit, nr=KVM_HC_MAP_GPA_RANGE)
+    assert exit_.args[:3] == (0x100000, 2, 0), f"hypercall args {[hex(a) for a in exit_.args[:3]]}"
+    exit_.respond(0)
+    assert g.run_to_done() == [0]
