@@ -18,10 +18,10 @@ def _safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "unknown"
 
 
-def junit_path(report_dir: str, fp: dict) -> Path:
-    """reports/kvmtest-<host>-<kernel>-<time>.xml"""
+def report_stem(report_dir: str, fp: dict) -> Path:
+    """reports/kvmtest-<host>-<kernel>-<time> (+ .xml, .ktap, .html)"""
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path(report_dir) / f"kvmtest-{_safe(fp['host'])}-{_safe(fp['kernel']['release'])}-{stamp}.xml"
+    return Path(report_dir) / f"kvmtest-{_safe(fp['host'])}-{_safe(fp['kernel']['release'])}-{stamp}"
 
 
 def cmd_info(args) -> int:
@@ -58,27 +58,125 @@ def _default_suites() -> str:
     raise SystemExit("kvmtest run: no suites/ directory found (run from a kvmtest checkout or name the tests)")
 
 
-def pytest_args(args, extra: list[str], fp: dict) -> tuple[list[str], Path]:
-    junit = Path(args.junit) if args.junit else junit_path(args.report_dir, fp)
+def pytest_args(args, extra: list[str], fp: dict) -> tuple[list[str], dict]:
+    stem = report_stem(args.report_dir, fp)
+    paths = {"junit": Path(args.junit or f"{stem}.xml"), "ktap": Path(args.ktap or f"{stem}.ktap"),
+             "html": Path(args.html or f"{stem}.html")}
     targets = [a for a in extra if not a.startswith("-")]
     out = [] if targets else [_default_suites()]
-    out += ["-v", "-rfEX", f"--kvm-junit={junit}", f"--kvm-report-dir={args.report_dir}",
-            f"--kvm-device={args.device}"]
+    out += ["-v", "-rfEX", f"--kvm-junit={paths['junit']}", f"--kvm-ktap={paths['ktap']}",
+            f"--kvm-html={paths['html']}", f"--kvm-report-dir={args.report_dir}", f"--kvm-device={args.device}"]
+    if args.baseline:
+        out.append(f"--kvm-baseline={','.join(args.baseline)}")
     if args.jobs != "0" and importlib.util.find_spec("xdist") is not None:
         out += ["-n", args.jobs]
-    return out + extra, junit
+    return out + extra, paths
+
+
+BISECT_GOOD, BISECT_BAD, BISECT_SKIP = 0, 1, 125
+
+
+def bisect_code(pytest_code: int, junit: Path) -> int:
+    """git bisect run's contract: 0 good, 1 bad, 125 untestable; never >= 128 (that aborts the bisect)."""
+    from .reports.results import RAN, ReportError, read_junit
+
+    if pytest_code in (2, 3, 4, 5):  # interrupted, internal error, usage error, no tests collected
+        return BISECT_SKIP
+    try:
+        results = read_junit(junit)
+    except ReportError:
+        return BISECT_SKIP
+    if not any(r.status in RAN for r in results):
+        return BISECT_SKIP  # everything skipped, e.g. no /dev/kvm
+    return BISECT_BAD if pytest_code == 1 else BISECT_GOOD
 
 
 def cmd_run(args, extra) -> int:
     import pytest
 
     fp = fpmod.collect(args.device)
-    argv, junit = pytest_args(args, extra, fp)
+    try:
+        argv, paths = pytest_args(args, extra, fp)
+    except SystemExit as e:
+        if args.bisect:
+            print(e, file=sys.stderr)
+            return BISECT_SKIP
+        raise
     print(f"kvmtest run: {fpmod.short(fp)}")
     print(f"kvmtest run: pytest {' '.join(argv)}", flush=True)
-    code = int(pytest.main(argv))
-    print(f"kvmtest run: JUnit report {junit}")
-    return code
+    try:
+        code = int(pytest.main(argv))
+    except Exception as e:  # an internal error must not look like a bad kernel to git bisect
+        if not args.bisect:
+            raise
+        print(f"kvmtest run: internal error: {e}", file=sys.stderr)
+        return BISECT_SKIP
+    for kind, path in paths.items():
+        if path.exists():
+            print(f"kvmtest run: {kind} report {path}")
+    return bisect_code(code, paths["junit"]) if args.bisect else code
+
+
+def cmd_compare(args) -> int:
+    from .reports.compare import compare
+    from .reports.results import ReportError, read_any
+
+    try:
+        result = compare(read_any(args.base), read_any(args.new))
+    except ReportError as e:
+        print(f"kvmtest compare: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        json.dump(result.as_dict(), sys.stdout, indent=2)
+        print()
+    else:
+        print(result.text())
+    return 1 if result.regressed else 0
+
+
+def cmd_merge(args) -> int:
+    """Several JUnit files into one, one <testsuite> per host."""
+    from collections import defaultdict
+
+    from .reports import junit
+    from .reports.results import ReportError, read_junit
+    import xml.etree.ElementTree as ET
+
+    by_host, props = defaultdict(list), {}
+    try:
+        for path in args.inputs:
+            for r in read_junit(path):
+                by_host[r.host or "unknown host"].append(r)
+            root = ET.parse(path).getroot()
+            for suite in ([root] if root.tag == "testsuite" else root.findall("testsuite")):
+                p = {e.get("name"): e.get("value") for e in suite.findall("properties/property")}
+                host = p.get("kvmtest.host") or suite.get("hostname") or "unknown host"
+                kernel = p.get("kvmtest.kernel.release")
+                props.setdefault(f"{host} ({kernel})" if kernel else host, p)
+    except (ReportError, ET.ParseError) as e:
+        print(f"kvmtest merge: {e}", file=sys.stderr)
+        return 2
+    suites = [junit.suite_from_results(rs, f"kvmtest@{host}", host.split(" ")[0], props.get(host, {}))
+              for host, rs in sorted(by_host.items())]
+    junit.write(args.output, suites)
+    print(f"kvmtest merge: {sum(len(r) for r in by_host.values())} results from {len(args.inputs)} files, "
+          f"{len(suites)} host(s) -> {args.output}")
+    return 0
+
+
+def cmd_import_tap(args) -> int:
+    """KTAP (kernel KVM selftests) or TAP 13 (kvm-unit-tests) output -> JUnit."""
+    from .reports import junit
+    from .reports.results import read_tap
+
+    text = sys.stdin.read() if args.input == "-" else Path(args.input).read_text()
+    results = read_tap(text, args.input, args.suite)
+    if not results:
+        print(f"kvmtest import-tap: no TAP/KTAP result lines in {args.input}", file=sys.stderr)
+        return 2
+    junit.write(args.output, [junit.suite_from_results(results, args.suite, args.host, {"source": args.input})])
+    print(f"kvmtest import-tap: {len(results)} results -> {args.output}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -91,19 +189,45 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--report-dir", default=os.environ.get("KVMTEST_REPORT_DIR", "reports"))
     run.add_argument("--junit", default="", help="JUnit path (default: reports/kvmtest-<host>-<kernel>-<time>.xml)")
     run.add_argument("--device", default=os.environ.get("KVMTEST_DEVICE", "/dev/kvm"))
+    run.add_argument("--ktap", default="", help="KTAP path (default: reports/kvmtest-<host>-<kernel>-<time>.ktap)")
+    run.add_argument("--html", default="", help="HTML path (default: reports/kvmtest-<host>-<kernel>-<time>.html)")
+    run.add_argument("--baseline", action="append", default=[], help="JUnit file/dir to compare with in the HTML")
+    run.add_argument("--bisect", action="store_true",
+                     help="git-bisect exit codes: 0 pass/xfail, 1 real failure, 125 nothing could be tested")
     run.add_argument("-j", "--jobs", default="auto", help="pytest-xdist workers ('auto', a number, or 0 for none)")
+    cmp_ = sub.add_parser("compare", help="compare two runs (JUnit files or directories); exit 1 on regressions")
+    cmp_.add_argument("base", nargs="+", help="baseline JUnit file(s) or directories; end with --")
+    cmp_.add_argument("--new", nargs="+", required=True, help="the new run's JUnit file(s) or directories")
+    cmp_.add_argument("--json", action="store_true")
+    merge = sub.add_parser("merge", help="merge JUnit files into one, one suite per host")
+    merge.add_argument("inputs", nargs="+")
+    merge.add_argument("-o", "--output", required=True)
+    imp = sub.add_parser("import-tap", help="convert KTAP/TAP output (kselftest, kvm-unit-tests) to JUnit")
+    imp.add_argument("input", help="a file, or - for standard input")
+    imp.add_argument("-o", "--output", required=True)
+    imp.add_argument("--suite", default="tap", help="suite name for results outside any subtest")
+    imp.add_argument("--host", default="", help="host name to record")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
-    if args.command == "info":
-        if extra:
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
-        return cmd_info(args)
-    return cmd_run(args, extra)
+    if argv[:1] == ["compare"] and "--new" not in argv:
+        positional = [a for a in argv[1:] if not a.startswith("-")]
+        if len(positional) == 2:  # the short form: kvmtest compare BASE NEW [--json]
+            flags = [a for a in argv[1:] if a.startswith("-")]
+            argv = ["compare", positional[0], "--new", positional[1], *flags]
+    bisect = "--bisect" in argv and argv[:1] == ["run"]
+    try:
+        args, extra = parser.parse_known_args(argv)
+    except SystemExit as e:
+        return BISECT_SKIP if bisect and e.code not in (0, None) else (e.code or 0)
+    if args.command == "run":
+        return cmd_run(args, extra)
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return {"info": cmd_info, "compare": cmd_compare, "merge": cmd_merge, "import-tap": cmd_import_tap}[args.command](args)
 
 
 if __name__ == "__main__":

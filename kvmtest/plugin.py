@@ -52,6 +52,10 @@ OPTIONS = [
     Option("kvm_report_dir", "directory for reports (JUnit, KTAP, HTML)", "reports", env="KVMTEST_REPORT_DIR"),
     Option("kvm_junit", "write kvmtest's JUnit file (fingerprint included) to this path", "",
            env="KVMTEST_JUNIT"),
+    Option("kvm_ktap", "write a KTAP v1 report to this path", "", env="KVMTEST_KTAP"),
+    Option("kvm_html", "write a self-contained HTML report to this path", "", env="KVMTEST_HTML"),
+    Option("kvm_baseline", "JUnit files or directories to compare with in the HTML report (comma-separated)", "",
+           env="KVMTEST_BASELINE"),
     Option("kvm_known_issues", "known-issue TOML files (comma-separated); default: the ones shipped with kvmtest",
            "", "paths", env="KVMTEST_KNOWN_ISSUES"),
     Option("kvm_no_known_issues", "do not apply known-issue files (every deviation fails)", False, "bool",
@@ -152,11 +156,13 @@ def pytest_configure(config):
     except ki.KnownIssueError as e:
         raise pytest.UsageError(str(e)) from None
     config.stash[FINGERPRINT_KEY] = fpmod.collect(s["kvm_device"])
-    if s["kvm_junit"] and not hasattr(config, "workerinput"):
-        from .reports.junit import JunitReporter
+    if (s["kvm_junit"] or s["kvm_ktap"] or s["kvm_html"]) and not hasattr(config, "workerinput"):
+        from .reports.recorder import RunRecorder
 
-        config.pluginmanager.register(JunitReporter(config, s["kvm_junit"], config.stash[FINGERPRINT_KEY]),
-                                      "kvmtest-junit")
+        baseline = [p.strip() for p in s["kvm_baseline"].split(",") if p.strip()]
+        config.pluginmanager.register(RunRecorder(config, config.stash[FINGERPRINT_KEY], junit_path=s["kvm_junit"],
+                                                  ktap_path=s["kvm_ktap"], html_path=s["kvm_html"],
+                                                  baseline=baseline), "kvmtest-reports")
 
 
 def pytest_report_header(config):
@@ -195,7 +201,8 @@ def pytest_collection_modifyitems(config, items):
             for key in ("commit", "cve"):
                 if reg.kwargs.get(key):
                     item.user_properties.append((f"regression_{key}", reg.kwargs[key]))
-        mode = getattr(item, "callspec", None) and item.callspec.params.get("mode")
+        params = item.callspec.params if hasattr(item, "callspec") else {}
+        mode = params.get("mode") or getattr(params.get("case"), "mode", None)
         if mode:
             item.user_properties.append(("cpu_mode", mode))
         if "/paging/" in item.nodeid:
@@ -298,12 +305,29 @@ def guest(kvm, guest_timeout, request):
         g.close()
 
 
+_kernel_log = None
+
+
+def _kmsg():
+    global _kernel_log
+    if _kernel_log is None:
+        from .reports.kmsg import KernelLog
+
+        _kernel_log = KernelLog()
+    return _kernel_log
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item, call):
+    """Failure diagnostics: the last ioctls and exits, and the kernel's KVM log lines of the test."""
     report = yield
-    if report.when == "call" and report.failed:
-        report.sections.append(("kvmtest trace", "\n".join(_ioctl.recent(30))))
     if report.when == "setup":
         _ioctl.clear_trace()
+        _kmsg().mark()
+    if report.when == "call" and report.failed:
+        report.sections.append(("kvmtest trace", "\n".join(_ioctl.recent(30))))
+        lines = _kmsg().new_lines()
+        if lines:
+            report.sections.append(("kernel log (KVM)", "\n".join(lines[-50:])))
     return report
 

@@ -8,6 +8,7 @@ and in each testcase's system-out, xfail and skip reasons as text.
 import datetime
 import os
 import socket
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from junit_xml import TestCase, TestSuite, to_xml_report_string
@@ -101,22 +102,39 @@ def write(path: str | Path, suites: list[TestSuite]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + f".{os.getpid()}.tmp")
-    tmp.write_text(to_xml_report_string(suites, prettyprint=True, encoding="utf-8"))
+    # junit-xml's own prettyprint goes through xml.dom.minidom without importing it; indent with
+    # ElementTree instead.
+    root = ET.fromstring(to_xml_report_string(suites, prettyprint=False, encoding="utf-8"))
+    ET.indent(root)
+    tmp.write_bytes(ET.tostring(root, encoding="utf-8", xml_declaration=True))
     os.replace(tmp, path)
 
 
-class JunitReporter:
-    """pytest plugin object: collects phase reports on the controller, writes at the end."""
+def to_results(outcomes: dict, host: str = "") -> list:
+    """The recorded outcomes as reports.results.Result records (for KTAP, HTML, comparison)."""
+    from .results import Result
 
-    def __init__(self, config, path, fp):
-        self.config, self.path, self.fp = config, path, fp
-        self.outcomes: dict[str, Outcome] = {}
+    results = []
+    for nodeid in sorted(outcomes):
+        o = outcomes[nodeid]
+        classname, name = split_nodeid(nodeid)
+        results.append(Result(classname, name, o.status, o.message, o.details, o.duration, host, "",
+                              tuple(o.properties)))
+    return results
 
-    def pytest_runtest_logreport(self, report):
-        record(self.outcomes, report)
 
-    def pytest_sessionfinish(self, session):
-        write(self.path, [build_suite(self.outcomes, self.fp)])
-
-    def pytest_terminal_summary(self, terminalreporter):
-        terminalreporter.write_sep("-", f"kvmtest JUnit: {self.path}")
+def suite_from_results(results, name: str, hostname: str, properties: dict) -> TestSuite:
+    """A junit-xml TestSuite from Result records (kvmtest merge, kvmtest import-tap)."""
+    cases = []
+    for r in results:
+        tc = TestCase(r.name, classname=r.classname, elapsed_sec=r.time, status=r.status,
+                      stdout="\n".join(f"{k}: {v}" for k, v in r.properties) or None)
+        body = f"{r.message}\n\n{r.details}".strip()
+        if r.status in ("failed", "xpassed"):
+            tc.add_failure_info(message=r.message or r.status, output=body or r.status)
+        elif r.status == "error":
+            tc.add_error_info(message=r.message or "error", output=body or "error")
+        elif r.status in ("skipped", "xfailed"):
+            tc.add_skipped_info(message=r.message or r.status, output=body or r.status)
+        cases.append(tc)
+    return TestSuite(name, cases, hostname=hostname or None, properties=properties or None)
