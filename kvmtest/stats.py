@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from .abi import constants as C
 from .abi.structs import kvm_stats_desc, kvm_stats_header
+from .fdobject import FdObject
 
 
 @dataclass(frozen=True)
@@ -34,11 +35,11 @@ class StatDescriptor:
         return (self.flags & C.KVM_STATS_BASE_MASK) >> C.KVM_STATS_BASE_SHIFT
 
 
-class Stats:
+class Stats(FdObject):
     """A stats fd. Owns the fd; `read()` returns {name: value or list of values}."""
 
     def __init__(self, fd: int, name: str):
-        self.fd, self.name = fd, name
+        super().__init__(fd, name)
         raw = os.pread(fd, ctypes.sizeof(kvm_stats_header), 0)
         self.header = kvm_stats_header.from_buffer_copy(raw)
         h = self.header
@@ -70,20 +71,3 @@ class Stats:
         raw = os.pread(self.fd, 8 * d.size, self.header.data_offset + d.offset)
         items = struct.unpack(f"<{d.size}Q", raw)
         return items[0] if d.size == 1 else list(items)
-
-    def close(self) -> None:
-        if self.fd is not None:
-            fd, self.fd = self.fd, None
-            os.close(fd)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:
-            pass

@@ -360,6 +360,12 @@ class Guest:
 
     # --- more vCPUs, migration ------------------------------------------------------------------
 
+    def in_thread(self, vcpu=None, *, until_done: bool = True, timeout: float | None = None) -> "VcpuThread":
+        """Run a vCPU on its own thread (run_to_done, or a single run() when until_done is False);
+        `.join()` returns what it returned or raises what it raised."""
+        target = self.run_to_done if until_done else self.run
+        return VcpuThread(lambda: target(timeout, vcpu))
+
     def add_vcpu(self, entry: int | str, *, mode=None, stack: int | None = None):
         """Another vCPU in the same VM, starting at `entry` in `mode` (default: the guest's), with
         its own stack. Modes must share the guest's tables: same IDT format (e.g. long64,
@@ -416,6 +422,35 @@ class Guest:
 
     def __exit__(self, *exc):
         self.close()
+
+
+class VcpuThread:
+    """A vCPU's run loop on a thread; join() hands back its result or re-raises its error."""
+
+    def __init__(self, body):
+        import threading
+
+        self._result, self._error = None, None
+
+        def run():
+            try:
+                self._result = body()
+            except BaseException as e:  # re-raised in the joining thread
+                self._error = e
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+
+    def alive(self) -> bool:
+        return self.thread.is_alive()
+
+    def join(self, timeout: float = 60):
+        self.thread.join(timeout)
+        if self.thread.is_alive():
+            raise GuestTimeout(f"vCPU thread still running after {timeout:g}s")
+        if self._error is not None:
+            raise self._error
+        return self._result
 
 
 def _protocol_port(exit_) -> int | None:

@@ -3,7 +3,6 @@ TSC-deadline) and IPIs between vCPUs (api.rst 4.57/4.58 KVM_GET/SET_LAPIC, 7 KVM
 SDM Vol. 3A 11.4.6, 11.5.4, 11.6, 11.12)."""
 
 import struct
-import threading
 
 import pytest
 
@@ -139,19 +138,7 @@ def test_fixed_ipi_between_vcpus(guest):
     ap = g.add_vcpu("ap")
     ap.set_mp_state(C.KVM_MP_STATE_RUNNABLE)
     assert g.run(vcpu=ap).value == 2
-    result = {}
-
-    def ap_body():
-        try:
-            result["syncs"] = g.run_to_done(timeout=20, vcpu=ap)
-        except Exception as e:
-            result["error"] = e
-
-    t = threading.Thread(target=ap_body)
-    t.start()
+    ap_thread = g.in_thread(ap, timeout=20)
     assert g.run().value == 1
     g.run_to_done()
-    t.join(30)
-    assert not t.is_alive(), "vCPU 1 never took the IPI"
-    assert "error" not in result, result.get("error")
-    assert result["syncs"] == [0x40]
+    assert ap_thread.join(30) == [0x40], "vCPU 1 did not take the IPI"

@@ -1,7 +1,6 @@
 """Memslots changed while a vCPU runs in them (api.rst 4.35; selftests set_memory_region_test,
 memslot_modification_stress_test)."""
 
-import threading
 import time
 
 from kvmtest.exits import MmioExit
@@ -21,32 +20,16 @@ spin:
 """
 
 
-def _run_in_thread(g):
-    result = {}
-
-    def body():
-        try:
-            result["event"] = g.run(timeout=20)
-        except Exception as e:  # reported by the test thread
-            result["error"] = e
-
-    t = threading.Thread(target=body)
-    t.start()
-    return t, result
-
-
 def test_deleting_a_slot_under_a_running_vcpu(guest):
     """A vCPU spinning on a qword in a slot that is deleted sees either the old value or an
     MMIO exit for that qword, never other data (selftests test_delete_memory_region)."""
     g = guest("long64", SPIN)
     slot = g.vm.add_memory(TARGET, 0x1000)
     g.vm.write_u64(TARGET, PATTERN)
-    t, result = _run_in_thread(g)
+    thread = g.in_thread(until_done=False, timeout=20)
     time.sleep(0.05)
     g.vm.delete_memslot(slot.slot)
-    t.join(30)
-    assert not t.is_alive() and "error" not in result, result.get("error")
-    event = result["event"]
+    event = thread.join(30)
     assert isinstance(event, MmioExit) and event.phys_addr == TARGET and event.len == 8, \
         f"expected KVM_EXIT_MMIO read of 8 bytes at {TARGET:#x} after the delete, got {event}"
 
@@ -57,12 +40,11 @@ def test_moving_a_slot_under_a_running_vcpu(guest):
     g = guest("long64", SPIN)
     slot = g.vm.add_memory(TARGET, 0x1000)
     g.vm.write_u64(TARGET, PATTERN)
-    t, result = _run_in_thread(g)
+    thread = g.in_thread(until_done=False, timeout=20)
     time.sleep(0.05)
     g.vm.move_memslot(slot.slot, TARGET + 0x100000)
-    t.join(30)
-    assert not t.is_alive() and "error" not in result, result.get("error")
-    assert isinstance(result["event"], MmioExit) and result["event"].phys_addr == TARGET, result["event"]
+    event = thread.join(30)
+    assert isinstance(event, MmioExit) and event.phys_addr == TARGET, event
 
 
 def test_repeated_add_and_delete_beside_a_running_vcpu(guest):
@@ -71,12 +53,12 @@ def test_repeated_add_and_delete_beside_a_running_vcpu(guest):
     g = guest("long64", SPIN)
     slot = g.vm.add_memory(TARGET, 0x1000)
     g.vm.write_u64(TARGET, PATTERN)
-    t, result = _run_in_thread(g)
+    thread = g.in_thread(until_done=False, timeout=20)
     for _ in range(200):
         extra = g.vm.add_memory(0x10000000, 0x1000)
         g.vm.delete_memslot(extra.slot)
-    assert t.is_alive(), f"the vCPU stopped while an unrelated slot changed: {result}"
+    assert thread.alive(), "the vCPU stopped while an unrelated slot changed"
     g.vm.write_u64(TARGET, 0x77)
-    t.join(30)
-    assert result.get("event") is not None and getattr(result["event"], "value", None) == 0x77, result
+    event = thread.join(30)
+    assert getattr(event, "value", None) == 0x77, f"expected GUEST_SYNC(0x77), got {event}"
     del slot

@@ -20,14 +20,7 @@ def _sync(g, what):
 
 
 IRETQ_TO_USER = """
-    push SEL_USER_DATA | 3
-    push USER_STACK_TOP
-    push 0x2
-    push SEL_USER_CODE64 | 3
-    push rax
-    mov rax, user
-    mov qword ptr [rsp], rax
-    iretq
+.include "iretq_to_user.S"
 user:
 GUEST_AT_CPL 3
     GUEST_SYNC cs
@@ -144,14 +137,7 @@ def test_sysexit_to_cpl3_and_sysenter_back(guest, mode):
 
 
 CALL_GATE = """
-    push SEL_USER_DATA | 3
-    push USER_STACK_TOP
-    push 0x2
-    push SEL_USER_CODE64 | 3
-    push rax
-    mov rax, user
-    mov qword ptr [rsp], rax
-    iretq
+.include "iretq_to_user.S"
 user:
 GUEST_AT_CPL 3
     FARCALL 0x63, 0

@@ -21,6 +21,13 @@ def _pte_write(mode, new_pte_value):
     return f"mov dword ptr [{{di}}], {new_pte_value:#x}"
 
 
+def _point_rdi_at(g, pte):
+    """The guest rewrites the PTE whose address the host hands it in RDI."""
+    regs = g.vcpu.get_regs()
+    regs.rdi = pte
+    g.vcpu.set_regs(regs)
+
+
 def _regs(mode):
     return ("rbx", "rdi") if mode.startswith("long64") else ("ebx", "edi")
 
@@ -45,9 +52,7 @@ def test_changed_pte_is_used_after_invlpg_or_cr3_write(guest, mode, flush):
     pte = _map(g, VA, PAGE_A)
     g.vm.write_u32(PAGE_A, 0xAAAA0001)
     g.vm.write_u32(PAGE_B, 0xBBBB0002)
-    regs = g.vcpu.get_regs()
-    regs.rdi = pte
-    g.vcpu.set_regs(regs)
+    _point_rdi_at(g, pte)
     assert g.run_to_done() == [0xAAAA0001, 0xBBBB0002], "the access after the flush did not use the new PTE"
 
 
@@ -73,9 +78,7 @@ def test_toggling_cr4_pge_flushes_global_translations(guest):
     sregs = g.vcpu.get_sregs()
     sregs.cr4 |= 0x80
     g.vcpu.set_sregs(sregs)
-    regs = g.vcpu.get_regs()
-    regs.rdi = pte
-    g.vcpu.set_regs(regs)
+    _point_rdi_at(g, pte)
     assert g.run_to_done() == [0xBBBB0002]
 
 
@@ -113,9 +116,7 @@ def test_page_table_page_written_as_data_then_used(guest, mode):
     pte = _map(g, VA, PAGE_A)
     g.vm.write_u32(PAGE_A, 0xAAAA0001)
     g.vm.write_u32(PAGE_B, 0xBBBB0002)
-    regs = g.vcpu.get_regs()
-    regs.rdi = pte
-    g.vcpu.set_regs(regs)
+    _point_rdi_at(g, pte)
     assert g.run().value == 0xAAAA0001
     g.run_to_done()
     assert g.page_tables.read_entry(VA, 3) & ~0xFFF == PAGE_B, "the guest's PTE write did not land in memory"

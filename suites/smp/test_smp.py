@@ -2,8 +2,6 @@
 bring-up with INIT and SIPI through the in-kernel local APIC (SDM Vol. 3A 8.1.2.2 locked
 operations, 8.4.4 MP initialization, 11.6 ICR; api.rst 4.7, 4.24, 4.38 MP state)."""
 
-import threading
-
 import pytest
 
 from kvmtest.abi import constants as C
@@ -39,29 +37,13 @@ compat:
 """
 
 
-def _run_all(g, vcpus):
-    errors, threads = [], []
-    for v in vcpus:
-        def body(v=v):
-            try:
-                g.run_to_done(timeout=60, vcpu=v)
-            except Exception as e:
-                errors.append(e)
-        threads.append(threading.Thread(target=body))
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    assert not any(t.is_alive() for t in threads), "a vCPU thread did not finish"
-    assert not errors, errors[0]
-
-
 def test_locked_increments_from_vcpus_in_different_modes_add_up(guest):
     """Three vCPUs — 64-bit CPL0, compatibility mode and 64-bit CPL3 — each LOCK INC a shared
     counter; the total is exactly the sum of their increments (SDM Vol. 3A 8.1.2.2)."""
     g = guest("long64", MIXED, user_pages=True)
     vcpus = [g.vcpu, g.add_vcpu("compat", mode="compat32"), g.add_vcpu("user64", mode="long64-cpl3")]
-    _run_all(g, vcpus)
+    for thread in [g.in_thread(v, timeout=60) for v in vcpus]:
+        thread.join(120)
     total = g.vm.read_u64(COUNTER)
     assert total == 3 * ITERATIONS, f"counter {total}, expected {3 * ITERATIONS} (lost or duplicated increments)"
 
@@ -93,18 +75,7 @@ def test_ap_starts_at_the_sipi_vector(guest):
     ap = g.vm.create_vcpu(1)
     ap.set_cpuid(g.kvm.cached_supported_cpuid())
     assert ap.get_mp_state() == C.KVM_MP_STATE_UNINITIALIZED, C.MP_STATE_NAMES.name(ap.get_mp_state())
-    result = {}
-
-    def ap_body():
-        try:
-            result["syncs"] = g.run_to_done(timeout=20, vcpu=ap)
-        except Exception as e:
-            result["error"] = e
-
-    t = threading.Thread(target=ap_body)
-    t.start()
+    ap_thread = g.in_thread(ap, timeout=20)
     g.run_to_done()
-    t.join(30)
-    assert not t.is_alive(), "the AP never ran after INIT/SIPI"
-    assert "error" not in result, result.get("error")
-    assert result.get("syncs") == [0x0900], f"AP code segment {result.get('syncs')}, expected [0x900]"
+    syncs = ap_thread.join(30)
+    assert syncs == [0x0900], f"AP code segment {syncs}, expected [0x900]"
