@@ -371,7 +371,7 @@ def assemble_sections(sections: list[Section], symbols: dict[str, int] | None = 
 
 def _check_overlaps(result: list[Assembled]) -> None:
     spans = sorted((a.base, a.end, a.name) for a in result if a.code)
-    for (b1, e1, n1), (b2, e2, n2) in zip(spans, spans[1:]):
+    for (b1, e1, n1), (b2, _, n2) in zip(spans, spans[1:]):
         if b2 < e1:
             raise AssemblyError(f"section {n1} ({b1:#x}-{e1:#x}) overlaps section {n2} at {b2:#x}")
 

@@ -27,7 +27,7 @@ class _Struct(Structure):
 
     def __repr__(self):
         parts = []
-        for name, ctype, *_ in self._fields_:
+        for name, *_ in self._fields_:
             if name.startswith(("pad", "reserved")):
                 continue
             value = getattr(self, name)

@@ -10,7 +10,7 @@ from kvmtest.exits import IoExit, MmioExit
 from kvmtest.guest.layout import MMIO_BASE
 from kvmtest.guest.modes import MODES
 
-EXITS = {"out": ("out 0x10, al", IoExit), "mmio": (f"mov byte ptr [{{di}}], al", MmioExit)}
+EXITS = {"out": ("out 0x10, al", IoExit), "mmio": ("mov byte ptr [{di}], al", MmioExit)}
 
 
 @pytest.mark.modes(*ALL)
