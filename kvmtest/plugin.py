@@ -19,7 +19,7 @@ from .cpuid import FEATURES
 from .abi.constants import CAPABILITY_NAMES
 from .errors import DeviceError
 from .guest import ALL_MODES, CPL0_MODES, MODES, Guest, get_mode
-from .guest.paging import KiB4
+from .guest.paging import GiB1, KiB4
 from .kvm import DEFAULT_DEVICE, Kvm, cap_number
 from .vcpu import DEFAULT_RUN_TIMEOUT, install_kick_handler
 
@@ -291,6 +291,8 @@ def guest(kvm, guest_timeout, request):
 
     def make(mode, source, *, page_size=KiB4, **kw):
         m = get_mode(mode)
+        if page_size == GiB1 and not kvm.has_feature("pdpe1gb"):
+            pytest.skip(f"1 GiB pages need CPU feature {FEATURES['pdpe1gb']}, which KVM_GET_SUPPORTED_CPUID does not report")
         if m.requires and not kvm.has_feature(m.requires):
             pytest.skip(f"mode {m.name} needs CPU feature {FEATURES[m.requires]}, "
                         "which KVM_GET_SUPPORTED_CPUID does not report")

@@ -22,7 +22,7 @@ from . import layout as L
 from . import protocol as P
 from .compose import Composer, guests_dir
 from .modes import gdt_entries, get_mode, initial_rflags, initial_stack, mode_sregs
-from .paging import KiB4, P as PTE_P, RW as PTE_RW, US as PTE_US, PageTables
+from .paging import GiB1, KiB4, P as PTE_P, RW as PTE_RW, US as PTE_US, PageTables
 
 DEFAULT_MAX_EXITS = 100_000
 RESET_ROM = 0xFFFF0000  # 64 KiB at the top of 4 GiB holds the reset vector for mode "reset"
@@ -90,6 +90,9 @@ class Guest:
         mode = self.mode
         if mode.requires and not self.kvm.has_feature(mode.requires):
             raise KvmtestError(f"mode {mode.name} needs CPU feature {mode.requires}, which KVM does not report")
+        if self.page_size == GiB1 and not self.kvm.has_feature("pdpe1gb"):
+            raise KvmtestError(f"1 GiB pages need CPU feature pdpe1gb (CPUID.80000001H:EDX[26]), "
+                               "which KVM_GET_SUPPORTED_CPUID does not report")
         if page_size_invalid(mode, self.page_size):
             raise KvmtestError(f"mode {mode.name} has no {self.page_size:#x}-byte pages "
                                f"(it has {', '.join(hex(s) for s in mode.page_sizes) or 'no paging'})")
