@@ -107,7 +107,3 @@ def test_osxsave_follows_cr4(kvm, guest):
     g.vcpu.set_sregs(sregs)
     ecx = g.run_to_done()[2]
     assert ecx >> 27 & 1, f"CPUID.1:ECX {ecx:#x} without OSXSAVE while CR4.OSXSAVE is set"
-
-
-def test_cpuid_struct_size():
-    assert ctypes.sizeof(S.kvm_cpuid_entry2) == 40

@@ -41,3 +41,35 @@ def test_map_gpa_range_exits_with_its_arguments(kvm, guest, mode):
     assert exit_.args[:3] == (0x100000, 2, 0), f"hypercall args {[hex(a) for a in exit_.args[:3]]}"
     exit_.respond(0)
     assert g.run_to_done() == [0]
+
+
+KVM_X86_QUIRK_FIX_HYPERCALL_INSN = 1 << 5
+WRONG = {"vmmcall": ("vmcall", bytes.fromhex("0f01c1")), "vmcall": ("vmmcall", bytes.fromhex("0f01d9"))}
+
+
+@pytest.mark.guest_timeout(2)
+def test_wrong_vendor_hypercall_is_patched_by_default(kvm, guest):
+    """With KVM_X86_QUIRK_FIX_HYPERCALL_INSN in force (the default), the other vendor's hypercall
+    instruction is rewritten to this vendor's and the hypercall completes (-KVM_ENOSYS for an
+    unknown number) (api.rst 7 KVM_CAP_DISABLE_QUIRKS2; selftests fix_hypercall_test)."""
+    native = _hypercall_insn(kvm)
+    wrong, _ = WRONG[native]
+    g = guest("long64", f"mov eax, 0x7fff\nhc: {wrong}\nGUEST_SYNC eax\nGUEST_DONE")
+    assert g.run_to_done() == [(-1000) & 0xFFFFFFFF]
+    assert g.vm.read(g.labels["hc"], 3) == WRONG[wrong][1], "the instruction was not patched to the native one"
+
+
+@pytest.mark.requires_cap("KVM_CAP_DISABLE_QUIRKS2")
+@pytest.mark.guest_timeout(2)
+def test_wrong_vendor_hypercall_without_the_quirk_is_ud(kvm, guest):
+    """With KVM_X86_QUIRK_FIX_HYPERCALL_INSN disabled, the other vendor's hypercall instruction
+    raises #UD and guest memory is left as it was (api.rst 7 KVM_CAP_DISABLE_QUIRKS2;
+    selftests fix_hypercall_test)."""
+    if not kvm.check_extension("KVM_CAP_DISABLE_QUIRKS2") & KVM_X86_QUIRK_FIX_HYPERCALL_INSN:
+        pytest.skip("KVM_X86_QUIRK_FIX_HYPERCALL_INSN cannot be disabled here")
+    native = _hypercall_insn(kvm)
+    wrong, wrong_bytes = WRONG[native]
+    g = guest("long64", f"mov eax, 0x7fff\nGUEST_ASSERT_RAISES UD, hc: {wrong}\nGUEST_DONE")
+    g.vm.enable_cap("KVM_CAP_DISABLE_QUIRKS2", KVM_X86_QUIRK_FIX_HYPERCALL_INSN)
+    g.run_to_done()
+    assert g.vm.read(g.labels["hc"], 3) == wrong_bytes, "guest memory changed although the quirk is off"

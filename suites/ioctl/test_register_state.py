@@ -244,7 +244,3 @@ def test_translate_with_paging_off_is_identity(vm):
     vcpu = vm.create_vcpu()
     tr = vcpu.translate(0x10000)
     assert tr.valid == 1 and tr.physical_address == 0x10000, f"{tr}"
-
-
-def test_interrupt_vector_ioctl_struct_size():
-    assert ctypes.sizeof(S.kvm_interrupt) == 4
