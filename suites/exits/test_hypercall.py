@@ -17,7 +17,7 @@ def _hypercall_insn(kvm):
 
 
 @pytest.mark.modes("long64", "compat32")
-@pytest.mark.guest_timeout(2)  # a host that never completes the hypercall fails in 2 s
+@pytest.mark.guest_timeout(1)  # a host that never completes the hypercall fails in 1 s
 def test_unknown_hypercall_returns_enosys(kvm, guest, mode):
     """A hypercall number KVM does not implement returns -KVM_ENOSYS (-1000) in RAX and the guest
     continues after the instruction (hypercalls.rst; kvm-unit-tests hypercall.c)."""
@@ -27,7 +27,7 @@ def test_unknown_hypercall_returns_enosys(kvm, guest, mode):
 
 @pytest.mark.requires_cap("KVM_CAP_EXIT_HYPERCALL")
 @pytest.mark.modes("long64")
-@pytest.mark.guest_timeout(2)
+@pytest.mark.guest_timeout(1)
 def test_map_gpa_range_exits_with_its_arguments(kvm, guest, mode):
     """With bit KVM_HC_MAP_GPA_RANGE enabled in KVM_CAP_EXIT_HYPERCALL, the hypercall exits as
     KVM_EXIT_HYPERCALL with nr 12 and args gpa, npages, attributes; the ret the host writes is
@@ -47,7 +47,7 @@ KVM_X86_QUIRK_FIX_HYPERCALL_INSN = 1 << 5
 WRONG = {"vmmcall": ("vmcall", bytes.fromhex("0f01c1")), "vmcall": ("vmmcall", bytes.fromhex("0f01d9"))}
 
 
-@pytest.mark.guest_timeout(2)
+@pytest.mark.guest_timeout(1)
 def test_wrong_vendor_hypercall_is_patched_by_default(kvm, guest):
     """With KVM_X86_QUIRK_FIX_HYPERCALL_INSN in force (the default), the other vendor's hypercall
     instruction is rewritten to this vendor's and the hypercall completes (-KVM_ENOSYS for an
@@ -60,7 +60,7 @@ def test_wrong_vendor_hypercall_is_patched_by_default(kvm, guest):
 
 
 @pytest.mark.requires_cap("KVM_CAP_DISABLE_QUIRKS2")
-@pytest.mark.guest_timeout(2)
+@pytest.mark.guest_timeout(1)
 def test_wrong_vendor_hypercall_without_the_quirk_is_ud(kvm, guest):
     """With KVM_X86_QUIRK_FIX_HYPERCALL_INSN disabled, the other vendor's hypercall instruction
     raises #UD and guest memory is left as it was (api.rst 7 KVM_CAP_DISABLE_QUIRKS2;

@@ -1,0 +1,66 @@
+"""The in-kernel IOAPIC: edge and level-triggered GSIs through KVM_IRQ_LINE_STATUS, and a level
+interrupt delivered again after EOI while the line stays asserted (api.rst 4.24/4.25;
+82093AA IOAPIC datasheet redirection table; SDM Vol. 3A 11.8.5 EOI)."""
+
+import pytest
+
+from kvmtest.guest.paging import PCD, KiB4, P, RW
+
+pytestmark = pytest.mark.requires_cap("KVM_CAP_IRQCHIP")
+APIC, IOAPIC = 0xFEE00000, 0xFEC00000
+
+GUEST = """
+    mov rbx, 0xFEE00000
+    mov dword ptr [rbx + 0xF0], 0x1FF           # LAPIC software enable
+    mov rsi, 0xFEC00000
+    mov dword ptr [rsi], {index_low:#x}         # IOREGSEL: redirection entry, low dword
+    mov dword ptr [rsi + 0x10], {low:#x}        # IOWIN: vector, fixed, physical, trigger
+    mov dword ptr [rsi], {index_high:#x}
+    mov dword ptr [rsi + 0x10], 0               # destination APIC ID 0
+    xor r12, r12
+    GUEST_SYNC 0
+    sti
+wait:
+    hlt
+    jmp wait
+handler:
+    inc r12
+    GUEST_SYNC r12
+    mov dword ptr [rbx + 0xB0], 0               # EOI
+    cmp r12, {count}
+    jb back
+    GUEST_DONE
+back:
+    iretq
+"""
+
+
+def _guest(guest, pin, level, count):
+    low = 0x50 | (1 << 15 if level else 0)
+    g = guest("long64", GUEST.format(index_low=0x10 + 2 * pin, index_high=0x11 + 2 * pin, low=low, count=count),
+              irqchip=True)
+    for page in (APIC, IOAPIC):
+        g.page_tables.map(page, page, KiB4, P | RW | PCD)
+    g.set_idt_gate(0x50, "handler")
+    assert g.run().value == 0
+    return g
+
+
+def test_edge_gsi_is_delivered_once(guest):
+    """An edge-triggered IOAPIC pin (GSI 16, IOAPIC only) raised and lowered with
+    KVM_IRQ_LINE_STATUS delivers its vector once (api.rst 4.24: GSIs 16-23 go to the IOAPIC)."""
+    g = _guest(guest, 16, level=False, count=1)
+    g.vm.irq_line(16, 1)
+    g.vm.irq_line(16, 0)
+    assert g.run_to_done() == [1]
+
+
+def test_level_gsi_is_delivered_again_while_asserted(guest):
+    """A level-triggered pin still asserted at EOI is delivered again; once the line is
+    lowered it stops (82093AA remote IRR; kvm-unit-tests ioapic.c level retrigger)."""
+    g = _guest(guest, 17, level=True, count=2)
+    g.vm.irq_line(17, 1)
+    assert g.run().value == 1
+    assert g.run().value == 2, "the level interrupt was not delivered again after EOI"
+    g.vm.irq_line(17, 0)
+    g.run_to_done()
