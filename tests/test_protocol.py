@@ -89,7 +89,13 @@ def test_farjmp_encodings():
 def test_code_directive_changes_macro_bits():
     c = Composer(16)
     statements = c.expand(".code64\nGUEST_ASSERT_RAISES UD, ud2", "g.S")
-    assert any("qword ptr [rax]" in st.text for st in statements)
+    assert any("0x48, 0xc7, 0x04, 0x25" in st.text for st in statements)
+
+
+def test_64bit_arming_touches_no_register_or_stack():
+    _, code = _assemble("GUEST_ASSERT_RAISES UD, ud2")
+    # 48 c7 04 25 <EXC_RESUME> <resume>: MOV QWORD [abs32], imm32
+    assert code.code[:8] == bytes.fromhex("48c70425") + L.EXC_RESUME.to_bytes(4, "little")
 
 
 def _regs(**values):

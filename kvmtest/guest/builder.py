@@ -189,7 +189,7 @@ class Guest:
     # --- test-specific tables ------------------------------------------------------------------
 
     def set_idt_gate(self, vector: int, target: int | str, *, dpl: int = 0, gate_type: int = D.INT_GATE,
-                     selector: int | None = None) -> None:
+                     selector: int | None = None, ist: int = 0) -> None:
         """Point IDT entry `vector` at `target` (an address or a label of the guest source)."""
         if not self.mode.protected:
             self.vm.write(L.IVT + 4 * vector, D.ivt_entry(0, self._address(target)))
@@ -199,7 +199,7 @@ class Guest:
             gate_type -= 8  # the 16-bit gate types
         default = {64: L.SEL_CODE64, 32: L.SEL_CODE32, 16: L.SEL_CODE16}[bits]
         raw = D.gate(self._address(target), default if selector is None else selector, gate_type, dpl,
-                     bits=64 if bits == 64 else 32)
+                     bits=64 if bits == 64 else 32, ist=ist)
         self.vm.write(L.IDT + vector * len(raw), raw)
 
     def set_gdt_entry(self, selector: int, raw: bytes) -> None:

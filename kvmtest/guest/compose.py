@@ -185,8 +185,10 @@ class Composer:
     def _expect(self, resume: str) -> list[str]:
         """Arm the exception handlers to resume at `resume` (see guests/handlers*.S)."""
         if self.bits == 64:
-            return ["push rax", f"mov rax, {L.EXC_INFO:#x}", f"mov qword ptr [rax], {resume}",
-                    "mov qword ptr [rax + 8], 0xff", "pop rax"]
+            # MOV QWORD [disp32], imm32 (REX.W C7 /0, SIB with no base) spelled out: no register or
+            # stack is touched, so the armed instruction may run with a broken stack.
+            return [".byte 0x48, 0xc7, 0x04, 0x25", f".long {L.EXC_RESUME:#x}", f".long {resume}",
+                    ".byte 0x48, 0xc7, 0x04, 0x25", f".long {L.EXC_VECTOR:#x}", ".long 0xff"]
         width = "dword" if self.bits == 32 else "word"
         return [f"mov {width} ptr [{L.EXC_RESUME:#x}], {resume}", f"mov {width} ptr [{L.EXC_VECTOR:#x}], 0xff"]
 

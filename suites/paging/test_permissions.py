@@ -88,7 +88,9 @@ def _entry_flags(flags, rsvd_bit, pdpte=False):
 def test_access(guest, kvm, case):
     """One access through a page whose leaf or upper entry carries the case's flags faults
     exactly when SDM Vol. 3A 4.6 says, with the 4.7 error code and CR2; an access that succeeds
-    sets A at every level walked and D on the leaf only for a write (4.8)."""
+    sets A at every level walked and D on the leaf only for a write (4.8). KVM_TRANSLATE agrees
+    with the tables first: valid with the right address unless an entry is not present or has
+    a reserved bit set (api.rst 4.15)."""
     mode = get_mode(case.mode)
     if case.size == GiB1 and not kvm.has_feature("pdpe1gb"):
         pytest.skip("1 GiB pages need CPUID.80000001H:EDX[26] (pdpe1gb), which KVM does not report")
@@ -111,6 +113,11 @@ def test_access(guest, kvm, case):
     entry = pt.read_entry(VA, level)
     pdpte = _is_pdpte(mode.paging, case.size, case.level)
     pt.write_entry(VA, level, (entry & ~(P | RW | US)) & ~NX | _entry_flags(case.flags, maxphy, pdpte))
+    tr = g.vcpu.translate(VA)
+    reachable = "np" not in case.flags and "rsvd" not in case.flags
+    assert (tr.valid, tr.physical_address if tr.valid else None) == (int(reachable), PA if reachable else None), \
+        f"KVM_TRANSLATE({VA:#x}) = {tr}; the guest's tables {'map it to ' + hex(PA) if reachable else 'do not map it'} " \
+        "(api.rst 4.15)"
     sregs = g.vcpu.get_sregs()
     sregs.cr0 = sregs.cr0 | CR0_WP if case.wp else sregs.cr0 & ~CR0_WP
     sregs.cr4 |= {"-": 0, "smep": CR4_SMEP, "smap": CR4_SMAP}[case.feature]

@@ -1,0 +1,42 @@
+"""Page faults that happen while the processor delivers another event (SDM Vol. 3A 6.15
+Interrupt 8 and 14: a #PF during delivery is reported as #PF; a second fault while delivering
+that one is a #DF; a fault while delivering #DF shuts the processor down)."""
+
+import struct
+
+from kvmtest.exits import ShutdownExit
+from kvmtest.guest import layout as L
+from kvmtest.guest.paging import P
+
+IST_STACK_TOP = 0x1F000  # a page of DATA serves as the #PF handler's IST stack
+
+
+def _unmap_kernel_stack(g):
+    page = L.KERNEL_STACK_TOP - 0x1000
+    entry = g.page_tables.read_entry(page, 3)
+    g.page_tables.write_entry(page, 3, entry & ~P)
+    return page
+
+
+def test_pf_while_delivering_ud_is_reported_as_pf_with_the_stack_address(guest):
+    """#UD delivery pushes onto a stack page that is not present: the processor reports #PF
+    (error code W, not P, supervisor) with CR2 in that page, not #UD. The #PF handler runs on
+    an IST stack so it can be delivered (SDM Vol. 3A 6.14.5 IST, 6.15 Interrupt 14)."""
+    g = guest("long64", "GUEST_ASSERT_RAISES PF(2), ud2\nGUEST_DONE")
+    tss = bytearray(g.vm.read(L.TSS, L.TSS_SIZE))
+    struct.pack_into("<Q", tss, 36, IST_STACK_TOP)  # IST1
+    g.vm.write(L.TSS, bytes(tss))
+    g.set_idt_gate(14, "kt_stub_14", ist=1)
+    page = _unmap_kernel_stack(g)
+    g.run_to_done()
+    cr2 = g.exception_record()["cr2"]
+    assert page <= cr2 < page + 0x1000, f"CR2 {cr2:#x}: expected an address in the missing stack page {page:#x}"
+
+
+def test_faults_with_no_stack_at_all_end_in_shutdown(guest):
+    """When neither the #UD, nor the #PF it turns into, nor the resulting #DF can be pushed,
+    the vCPU shuts down and KVM_RUN exits with KVM_EXIT_SHUTDOWN (SDM Vol. 3A 6.15 Interrupt 8;
+    api.rst 5 KVM_EXIT_SHUTDOWN)."""
+    g = guest("long64", "ud2\nGUEST_DONE")
+    _unmap_kernel_stack(g)
+    g.expect_exit(ShutdownExit)
