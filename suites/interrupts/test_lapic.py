@@ -142,3 +142,40 @@ def test_fixed_ipi_between_vcpus(guest):
     assert g.run().value == 1
     g.run_to_done()
     assert ap_thread.join(30) == [0x40], "vCPU 1 did not take the IPI"
+
+
+TO_X2APIC_THEN = """
+    mov ecx, 0x1b
+    rdmsr
+    or eax, 0xc00                   # EN | EXTD: xAPIC -> x2APIC is a valid transition
+    wrmsr
+    GUEST_SYNC eax
+    and eax, ~0x400                 # x2APIC -> xAPIC directly: invalid
+    GUEST_ASSERT_RAISES GP(0), wrmsr
+    GUEST_DONE
+"""
+
+
+@pytest.mark.requires_cpu("x2apic")
+def test_apic_mode_transitions(guest):
+    """xAPIC -> x2APIC by setting IA32_APIC_BASE.EXTD is allowed; x2APIC -> xAPIC without going
+    through disabled raises #GP(0) (SDM Vol. 3A 11.12.5, Figure 11-27; kvm-unit-tests apic.c)."""
+    g = guest("long64", TO_X2APIC_THEN, irqchip=True)
+    assert g.run().value & 0xC00 == 0xC00
+    g.run_to_done()
+    assert g.vcpu.get_msr(MSR_APIC_BASE) & 0xC00 == 0xC00, "the refused transition changed IA32_APIC_BASE"
+
+
+def test_enabling_x2apic_without_the_cpuid_bit_is_gp(guest):
+    """Setting IA32_APIC_BASE.EXTD when CPUID.1:ECX.x2APIC is clear raises #GP(0) (SDM Vol. 3A
+    11.12.1; kvm-unit-tests apic.c test_enable_x2apic)."""
+    from kvmtest.abi import structs as S
+
+    g = guest("long64", "mov ecx, 0x1b\nrdmsr\nor eax, 0xc00\nGUEST_ASSERT_RAISES GP(0), wrmsr\nGUEST_DONE",
+              irqchip=True)
+    table = [S.kvm_cpuid_entry2.from_buffer_copy(bytes(e)) for e in g.kvm.cached_supported_cpuid()]
+    for e in table:
+        if e.function == 1:
+            e.ecx &= ~(1 << 21)
+    g.vcpu.set_cpuid(table)
+    g.run_to_done()
