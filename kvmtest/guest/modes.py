@@ -74,6 +74,20 @@ ALL_MODES = [n for n in MODES if n != "reset"]
 CPL0_MODES = [n for n in ALL_MODES if not MODES[n].user]
 
 
+# Modes whose code addresses any guest physical address below 4 GiB through flat segments
+# (identity-mapped in the paged ones): real mode and pm16 stop at 64 KiB segments.
+FLAT_MODES = [n for n in ALL_MODES if MODES[n].code_bits != 16 and not MODES[n].requires]
+# Every mode a guest can start in on any x86-64 host (LA57 needs a CPU feature).
+COMMON_MODES = [n for n in ALL_MODES if not MODES[n].requires]
+
+
+def regs_for(mode: "str | CpuMode") -> dict[str, str]:
+    """Register names at the mode's natural width: rax.. in 64-bit code, eax.. otherwise
+    (16-bit code uses the 32-bit names with an operand-size prefix)."""
+    prefix = "r" if get_mode(mode).code_bits == 64 else "e"
+    return {r: prefix + r for r in ("ax", "bx", "cx", "dx", "si", "di", "sp", "bp")}
+
+
 def get_mode(name: str | CpuMode) -> CpuMode:
     if isinstance(name, CpuMode):
         return name

@@ -3,7 +3,8 @@ of 1, 2 and 4 bytes, immediate and DX ports, in every CPU mode, and string I/O."
 
 import pytest
 
-from conftest import ALL, regs_for
+from kvmtest.guest.modes import COMMON_MODES as ALL
+from kvmtest.guest.modes import regs_for
 from kvmtest.abi.constants import KVM_EXIT_IO_IN, KVM_EXIT_IO_OUT
 from kvmtest.exits import IoExit
 

@@ -3,7 +3,7 @@ memory (api.rst 5, KVM_EXIT_MMIO; SDM Vol. 2 for each instruction's semantics)."
 
 import pytest
 
-from conftest import regs_for
+from kvmtest.guest.modes import regs_for
 from kvmtest.exits import MmioExit
 from kvmtest.guest.layout import MMIO_BASE
 
@@ -79,3 +79,40 @@ def test_access_straddling_ram_and_mmio(guest, mode):
         exit_.data == bytes([0xCC, 0xDD]), f"expected an MMIO write of cc dd at 0x200000, got {exit_}"
     g.run_to_done()
     assert g.vm.read(0x200000 - 2, 2) == bytes([0xAA, 0xBB])
+
+
+# Instructions whose memory operand is MMIO, with the value the host supplies for the read, and
+# the register result the SDM gives (then synced back by the guest).
+READ_OPS = {
+    "cmp-sets-zf": ("mov ecx, 0x1234\ncmp dword ptr [{bx}], ecx\nsetz al\nmovzx eax, al", 0x1234, 1),
+    "bsf": ("bsf eax, dword ptr [{bx}]", 0x00F00000, 20),
+    "bsr": ("bsr eax, dword ptr [{bx}]", 0x00F00000, 23),
+    "imul": ("mov eax, 7\nimul eax, dword ptr [{bx}]", 6, 42),
+    "bt-sets-cf": ("bt dword ptr [{bx}], 3\nsetc al\nmovzx eax, al", 0x8, 1),
+    "movzx-word": ("movzx eax, word ptr [{bx}]", 0xBEEF, 0xBEEF),
+}
+
+
+@pytest.mark.modes(*MODES)
+@pytest.mark.parametrize("op", sorted(READ_OPS))
+def test_instruction_reading_mmio_computes_from_the_host_value(guest, mode, op):
+    """An instruction that reads its operand from MMIO computes with exactly the value user
+    space supplied (api.rst 5 KVM_EXIT_MMIO; SDM Vol. 2 CMP, BSF, BSR, IMUL, BT, MOVZX;
+    kvm-unit-tests emulator.c)."""
+    body, value, expected = READ_OPS[op]
+    g = _guest(guest, mode, body + "\nGUEST_SYNC eax")
+    exit_ = g.run()
+    assert isinstance(exit_, MmioExit) and not exit_.is_write and exit_.phys_addr == ADDR, f"{op}: {exit_}"
+    exit_.respond(value)
+    assert g.run_to_done() == [expected], f"{op} with [mem]={value:#x}"
+
+
+@pytest.mark.modes(*MODES)
+@pytest.mark.parametrize("op,value,written", [("lock inc", 41, 42), ("lock dec", 43, 42), ("neg", 1, 0xFFFFFFFF),
+                                              ("not", 0x0F0F0F0F, 0xF0F0F0F0)], ids=["inc", "dec", "neg", "not"])
+def test_read_modify_write_on_mmio(guest, mode, op, value, written):
+    """Unary read-modify-write instructions on MMIO read once and write the SDM's result once."""
+    g = _guest(guest, mode, f"{op} dword ptr [{{bx}}]")
+    g.expect_exit(MmioExit, phys_addr=ADDR, len=4, is_write=False).respond(value)
+    g.expect_exit(MmioExit, phys_addr=ADDR, len=4, is_write=True, data=written.to_bytes(4, "little"))
+    g.run_to_done()

@@ -3,7 +3,7 @@ interrupt 8: a fault while delivering #DF shuts the processor down)."""
 
 import pytest
 
-from conftest import ALL
+from kvmtest.guest.modes import COMMON_MODES as ALL
 from kvmtest.exits import ShutdownExit
 
 # Real mode is left out: there the IVT's limit check on delivery is not specified the way
@@ -19,4 +19,21 @@ def test_fault_with_an_empty_idt_is_a_triple_fault(guest, mode):
     sregs = g.vcpu.get_sregs()
     sregs.idt.limit = 0
     g.vcpu.set_sregs(sregs)
+    g.expect_exit(ShutdownExit)
+
+
+@pytest.mark.requires_cap("KVM_CAP_X86_TRIPLE_FAULT_EVENT")
+def test_triple_fault_injected_through_vcpu_events(guest):
+    """With KVM_CAP_X86_TRIPLE_FAULT_EVENT enabled, user space can make a triple fault pending
+    with KVM_SET_VCPU_EVENTS (KVM_VCPUEVENT_VALID_TRIPLE_FAULT, triple_fault.pending); the next
+    KVM_RUN exits with KVM_EXIT_SHUTDOWN (api.rst 4.32, 7 KVM_CAP_X86_TRIPLE_FAULT_EVENT;
+    selftests triple_fault_event_test)."""
+    from kvmtest.abi.constants import KVM_VCPUEVENT_VALID_TRIPLE_FAULT
+
+    g = guest("long64", "spin: jmp spin")
+    g.vm.enable_cap("KVM_CAP_X86_TRIPLE_FAULT_EVENT", 1)
+    ev = g.vcpu.get_events()
+    ev.flags = KVM_VCPUEVENT_VALID_TRIPLE_FAULT
+    ev.triple_fault.pending = 1
+    g.vcpu.set_events(ev)
     g.expect_exit(ShutdownExit)

@@ -5,7 +5,8 @@ import struct
 
 import pytest
 
-from conftest import ALL, regs_for
+from kvmtest.guest.modes import COMMON_MODES as ALL
+from kvmtest.guest.modes import regs_for
 from kvmtest.exits import IoExit, MmioExit
 from kvmtest.guest.layout import MMIO_BASE
 from kvmtest.guest.modes import MODES

@@ -129,3 +129,18 @@ def test_coalesced_mmio_writes_wait_in_the_ring(guest):
     entries = [ENTRY.unpack(ctypes.string_at(ring + 8 + i * ENTRY.size, ENTRY.size)) for i in range(first, last)]
     got = [(addr, length, int.from_bytes(data[:length], "little")) for addr, length, _, data in entries]
     assert got == [(MMIO_BASE + 0x100 + 4 * i, 4, 0x1000 + i) for i in range(5)], f"ring entries {got}"
+
+
+@pytest.mark.requires_cap("KVM_CAP_COALESCED_PIO")
+def test_coalesced_pio_writes_wait_in_the_ring(guest):
+    """With a coalesced zone for a port range (kvm_coalesced_mmio_zone.pio = 1), OUTs to it do not
+    exit and appear in the ring with their port, size and data (api.rst KVM_REGISTER_COALESCED_MMIO,
+    KVM_CAP_COALESCED_PIO)."""
+    g = guest("long64", "mov al, 0x11\nout 0x70, al\nmov al, 0x22\nout 0x70, al\nout 0x10, al\nGUEST_DONE")
+    page = g.vm.check_extension("KVM_CAP_COALESCED_MMIO")
+    g.vm.ioctl("KVM_REGISTER_COALESCED_MMIO", S.kvm_coalesced_mmio_zone(addr=0x70, size=2, pio=1))
+    g.expect_exit(IoExit, port=0x10)
+    ring = g.vcpu.run_addr + page * 0x1000
+    first, last = struct.unpack("<II", ctypes.string_at(ring, 8))
+    entries = [ENTRY.unpack(ctypes.string_at(ring + 8 + i * ENTRY.size, ENTRY.size)) for i in range(first, last)]
+    assert [(a, n, pio, d[0]) for a, n, pio, d in entries] == [(0x70, 1, 1, 0x11), (0x70, 1, 1, 0x22)], entries

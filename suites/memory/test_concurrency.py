@@ -62,3 +62,18 @@ def test_repeated_add_and_delete_beside_a_running_vcpu(guest):
     event = thread.join(30)
     assert getattr(event, "value", None) == 0x77, f"expected GUEST_SYNC(0x77), got {event}"
     del slot
+
+
+def test_deleting_the_slot_the_vcpu_runs_from(guest):
+    """Deleting the slot that holds the running guest's code and page tables leaves it nothing
+    to fetch: KVM_RUN ends with KVM_EXIT_SHUTDOWN or KVM_EXIT_INTERNAL_ERROR, never a hang or a
+    host error (selftests test_delete_memory_region)."""
+    from kvmtest.exits import InternalErrorExit, ShutdownExit
+
+    g = guest("long64", "spin: jmp spin")
+    thread = g.in_thread(until_done=False, timeout=20)
+    time.sleep(0.05)
+    g.vm.delete_memslot(0)
+    event = thread.join(30)
+    assert isinstance(event, (ShutdownExit, InternalErrorExit)), \
+        f"expected KVM_EXIT_SHUTDOWN or KVM_EXIT_INTERNAL_ERROR after deleting slot 0, got {event}"

@@ -3,7 +3,7 @@ the slot's memory is the user memory at userspace_addr)."""
 
 import pytest
 
-from conftest import FLAT_MODES, ptr_reg
+from kvmtest.guest.modes import FLAT_MODES, regs_for
 
 EDGE = 0x200000  # end of slot 0, start of the slot the test adds
 
@@ -12,7 +12,7 @@ EDGE = 0x200000  # end of slot 0, start of the slot the test adds
 def test_host_writes_at_slot_edges_reach_the_guest(guest, mode):
     """Bytes the host writes at the last dword of one slot, the first dword of the next, and a
     dword straddling the two are what guest loads return."""
-    r = ptr_reg(mode)
+    r = regs_for(mode)['bx']
     g = guest(mode, f"""
         mov {r}, {EDGE - 4:#x}
         mov eax, dword ptr [{r}]
@@ -31,7 +31,7 @@ def test_host_writes_at_slot_edges_reach_the_guest(guest, mode):
 def test_guest_writes_across_slots_reach_the_host(guest, mode):
     """A dword the guest stores across the boundary of two slots lands half in each host
     mapping; stores at both edges land exactly there and nowhere else."""
-    r = ptr_reg(mode)
+    r = regs_for(mode)['bx']
     g = guest(mode, f"""
         mov {r}, {EDGE - 2:#x}
         mov dword ptr [{r}], 0xA1B2C3D4

@@ -2,7 +2,7 @@
 
 import pytest
 
-from conftest import ptr_reg
+from kvmtest.guest.modes import regs_for
 from kvmtest.exits import MmioExit
 from kvmtest.guest.layout import MMIO_BASE
 
@@ -24,7 +24,7 @@ def test_store_exits_with_address_length_and_data(guest, mode, size):
     """A store of `size` bytes to an address no slot backs exits with KVM_EXIT_MMIO,
     is_write=1, the address, len=size and the stored bytes (api.rst 5)."""
     width, reg = SIZES[size]
-    r = ptr_reg(mode)
+    r = regs_for(mode)['bx']
     value = 0x8877665544332211 & ((1 << (8 * size)) - 1)
     load = f"mov rax, {value:#x}" if size == 8 else f"mov {reg}, {value:#x}"
     g = guest(mode, f"mov {r}, {MMIO_BASE + 0x18:#x}\n{load}\nmov {width} ptr [{r}], {reg}\nGUEST_DONE")
@@ -38,7 +38,7 @@ def test_load_returns_exactly_what_the_host_supplied(guest, mode, size):
     """A load from unbacked memory exits with KVM_EXIT_MMIO, is_write=0, the address and len;
     the data the host puts in mmio.data is what the guest's register receives (api.rst 5)."""
     width, reg = SIZES[size]
-    r = ptr_reg(mode)
+    r = regs_for(mode)['bx']
     dest = "rax" if size == 8 else "eax"
     clear = "xor eax, eax" if size < 8 else "xor rax, rax"
     g = guest(mode, f"mov {r}, {MMIO_BASE + 0x20:#x}\n{clear}\nmov {reg}, {width} ptr [{r}]\nGUEST_SYNC {dest}\nGUEST_DONE")

@@ -2,7 +2,7 @@
 
 import pytest
 
-from conftest import FLAT_MODES, ptr_reg
+from kvmtest.guest.modes import FLAT_MODES, regs_for
 from kvmtest.abi.constants import KVM_MEM_READONLY
 from kvmtest.exits import MmioExit
 
@@ -15,7 +15,7 @@ def test_reads_work_and_writes_exit_as_mmio(guest, mode):
     """Reads of a read-only slot return its memory; "writes to this memory will be posted to
     userspace as KVM_EXIT_MMIO exits" (api.rst 4.35) with the exact address, length and data,
     and the memory is unchanged."""
-    r = ptr_reg(mode)
+    r = regs_for(mode)['bx']
     g = guest(mode, f"""
         mov {r}, {RO + 0x10:#x}
         mov eax, dword ptr [{r}]
