@@ -11,4 +11,5 @@ def _plugin_autoloaded() -> bool:
     return any(ep.name == "kvmtest" for ep in entry_points(group="pytest11"))
 
 
-pytest_plugins = [] if _plugin_autoloaded() else ["kvmtest.plugin"]
+# pytester drives pytest in kvmtest's own tests and in the suites that check reporting.
+pytest_plugins = ["pytester"] + ([] if _plugin_autoloaded() else ["kvmtest.plugin"])

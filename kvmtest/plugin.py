@@ -67,6 +67,7 @@ OPTIONS = [
 FINGERPRINT_KEY = pytest.StashKey[dict]()
 SETTINGS_KEY = pytest.StashKey[dict]()
 ISSUES_KEY = pytest.StashKey[list]()
+GUESTS_KEY = pytest.StashKey[list]()  # the guests a test made, for its failure report
 
 
 class OptionError(pytest.UsageError):
@@ -288,6 +289,7 @@ def guest(kvm, guest_timeout, request):
     A mode that needs a CPU feature KVM does not report skips the test, naming the feature.
     """
     made = []
+    request.node.stash[GUESTS_KEY] = made
 
     def make(mode, source, *, page_size=KiB4, **kw):
         m = get_mode(mode)
@@ -327,6 +329,10 @@ def pytest_runtest_makereport(item, call):
         _ioctl.clear_trace()
         _kmsg().mark()
     if report.when == "call" and report.failed:
+        for g in item.stash.get(GUESTS_KEY, []):
+            if g.vm is not None and not g.vm.closed:
+                states = [g.state(v) for v in g.vm.vcpus if not v.closed]
+                report.sections.append((f"guest {g.name} ({g.mode.name})", "\n".join(states)))
         report.sections.append(("kvmtest trace", "\n".join(_ioctl.recent(30))))
         lines = _kmsg().new_lines()
         if lines:

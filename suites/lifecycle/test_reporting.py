@@ -1,0 +1,38 @@
+"""What a failing check tells its reader, on a real KVM host: the guest's state, the last ioctls
+and exits, and markers that skip with the missing capability named."""
+
+import pytest
+
+
+@pytest.fixture
+def inner(pytester, monkeypatch):
+    for var in ("KVMTEST_GUEST_TIMEOUT", "KVMTEST_DEVICE", "KVMTEST_KNOWN_ISSUES", "KVMTEST_MODES"):
+        monkeypatch.delenv(var, raising=False)
+    return pytester
+
+
+def test_failure_report_carries_guest_state_and_trace(kvm, inner):
+    """A failing test's report has a section per guest with mode and registers, and the trace of
+    recent ioctls and exits."""
+    inner.makepyfile("""
+        def test_g(guest):
+            g = guest("long64", "mov rax, 0x1234\\nout 0x10, al\\nGUEST_DONE")
+            g.run()
+            assert False, "deliberate"
+    """)
+    result = inner.runpytest("-rf", "-p", "no:cacheprovider")
+    result.stdout.fnmatch_lines(["*guest test_g (long64)*", "*guest state (mode long64*rax=0x1234*",
+                                 "*kvmtest trace*", "*KVM_EXIT_IO(out port=0x10*"])
+
+
+def test_requires_cap_skips_naming_the_value(kvm, inner):
+    """requires_cap skips with the capability, the minimum and what KVM_CHECK_EXTENSION said."""
+    inner.makepyfile("""
+        import pytest
+        @pytest.mark.requires_cap("KVM_CAP_NR_VCPUS", 1 << 40)
+        def test_c():
+            pass
+    """)
+    result = inner.runpytest("-rs", "-p", "no:cacheprovider")
+    result.assert_outcomes(skipped=1)
+    result.stdout.fnmatch_lines(["*needs KVM_CAP_NR_VCPUS >= 1099511627776; KVM_CHECK_EXTENSION reports*"])
