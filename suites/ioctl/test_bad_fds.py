@@ -1,7 +1,6 @@
 """ioctls on closed fds, on the wrong kind of fd, and with malformed arguments."""
 
 import errno
-import os
 
 import pytest
 
@@ -10,24 +9,36 @@ from kvmtest.abi.constants import errno_name
 from kvmtest.ioctl import try_ioctl
 
 
-def _closed_fd() -> int:
-    r, w = os.pipe()
-    os.close(r)
-    os.close(w)
-    return r
+def _closed_fd(kvm, kind: str) -> int:
+    """The number of a system, VM or vCPU fd that has just been closed."""
+    from kvmtest import Kvm
+
+    if kind == "system":
+        obj = Kvm(kvm.path)
+    elif kind == "vm":
+        obj = kvm.create_vm()
+    else:
+        vm = kvm.create_vm()
+        obj = vm.create_vcpu()
+        fd = obj.fd
+        vm.close()
+        return fd
+    fd = obj.fd
+    obj.close()
+    return fd
 
 
-@pytest.mark.parametrize("request_name,arg", [
-    ("KVM_GET_API_VERSION", None), ("KVM_CREATE_VM", 0),           # system
-    ("KVM_CREATE_VCPU", 0), ("KVM_CHECK_EXTENSION", 3),           # VM
-    ("KVM_RUN", None), ("KVM_GET_REGS", "regs"),                   # vCPU
+@pytest.mark.parametrize("kind,request_name,arg", [
+    ("system", "KVM_GET_API_VERSION", None), ("system", "KVM_CREATE_VM", 0),
+    ("vm", "KVM_CREATE_VCPU", 0), ("vm", "KVM_CHECK_EXTENSION", 3),
+    ("vcpu", "KVM_RUN", None), ("vcpu", "KVM_GET_REGS", "regs"),
 ])
-def test_ioctl_on_a_closed_fd_is_ebadf(request_name, arg):
-    """Any ioctl on a file descriptor that is not open fails with EBADF (ioctl(2); the
+def test_ioctl_on_a_closed_fd_is_ebadf(kvm, kind, request_name, arg):
+    """Any ioctl on a KVM file descriptor that has been closed fails with EBADF (ioctl(2); the
     kvm-ioctls and selftests contract for system, VM and vCPU ioctls)."""
     arg = S.kvm_regs() if arg == "regs" else arg
-    _, err = try_ioctl(_closed_fd(), request_name, arg, obj="closed fd")
-    assert err == errno.EBADF, f"{request_name} on a closed fd: expected EBADF, got {errno_name(err)}"
+    _, err = try_ioctl(_closed_fd(kvm, kind), request_name, arg, obj=f"closed {kind} fd")
+    assert err == errno.EBADF, f"{request_name} on a closed {kind} fd: expected EBADF, got {errno_name(err)}"
 
 
 def test_vm_ioctl_on_the_system_fd_is_einval(kvm):
