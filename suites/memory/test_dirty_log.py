@@ -120,3 +120,43 @@ def test_clear_dirty_log_to_the_slot_end_may_be_unaligned(guest):
     g.vm.clear_dirty_log(slot.slot, 64, 16)
     g.vm.clear_dirty_log(slot.slot, 0, 64)
     assert g.vm.get_dirty_log(slot.slot) == set()
+
+
+CONCURRENT_WRITER = f"""
+    mov rsi, 0x600                      # the host's iteration number
+again:
+    mov rbx, {LOGGED:#x}
+    mov ecx, 32
+1:  mov rax, qword ptr [rsi]
+    mov qword ptr [rbx], rax
+    add rbx, 0x1000
+    dec ecx
+    jnz 1b
+    cmp qword ptr [rsi], 0
+    jne again
+    GUEST_DONE
+"""
+
+
+def test_dirty_log_with_a_writer_running_concurrently(guest):
+    """While a vCPU keeps writing the current iteration number to every page of a logged slot,
+    each KVM_GET_DIRTY_LOG reports pages whose contents are this or the previous iteration,
+    never an older value, and a page written after a collection is reported by the next one
+    (selftests dirty_log_test vm_dirty_log_verify)."""
+    import time
+
+    g = guest("long64", CONCURRENT_WRITER, identity_size=LOGGED + 0x20000)
+    slot = g.vm.add_memory(LOGGED, 0x20000, flags=KVM_MEM_LOG_DIRTY_PAGES)
+    g.vm.write_u64(0x600, 1)
+    thread = g.in_thread(timeout=30)
+    for iteration in range(2, 8):
+        time.sleep(0.03)
+        g.vm.write_u64(0x600, iteration)
+        time.sleep(0.03)
+        dirty = g.vm.get_dirty_log(slot.slot)
+        assert dirty == set(range(32)), f"round {iteration}: dirty pages {sorted(dirty)}, the guest writes all 32"
+        stale = {p: v for p in dirty if (v := g.vm.read_u64(LOGGED + p * 0x1000)) not in (iteration - 1, iteration)}
+        assert not stale, f"round {iteration}: dirty pages holding other values than {iteration - 1}/{iteration}: {stale}"
+    g.vm.write_u64(0x600, 0)
+    thread.join(30)
+    assert g.vm.get_dirty_log(slot.slot), "the writes after the last collection were not reported"

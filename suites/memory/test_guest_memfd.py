@@ -87,3 +87,32 @@ def test_each_guest_memfd_is_its_own_file(gmem_vm, gmem):
         assert os.fstat(gmem).st_size == 4 * PAGE
     finally:
         os.close(other)
+
+
+@pytest.mark.requires_cap("KVM_CAP_USER_MEMORY2")
+def test_guest_memfd_slot_shares_bytes_between_guest_and_host(kvm, guest):
+    """A slot bound to a guest_memfd (KVM_MEM_GUEST_MEMFD, api.rst 4.141) in a VM without private
+    memory is accessed through its userspace_addr: a byte the host writes there the guest reads,
+    and a byte the guest writes the host sees (selftests guest_memfd_test test_guest_memfd_guest)."""
+    from kvmtest.abi.constants import KVM_MEM_GUEST_MEMFD
+    from kvmtest.memory import HostMapping
+
+    g = guest("long64", "mov rbx, 0x300000\nmovzx eax, byte ptr [rbx]\nGUEST_SYNC eax\n"
+                        "mov byte ptr [rbx + 1], 0xff\nGUEST_DONE")
+    if not g.vm.check_extension("KVM_CAP_GUEST_MEMFD"):
+        pytest.skip("needs KVM_CAP_GUEST_MEMFD on the VM")
+    fd, err = _create(g.vm, 0x10000)
+    assert not err, errno_name(err)
+    backing = HostMapping(0x10000, shared=True)
+    try:
+        err = g.vm.try_set_user_memory_region2(3, KVM_MEM_GUEST_MEMFD, 0x300000, 0x10000, backing.addr,
+                                               guest_memfd=fd, guest_memfd_offset=0)
+        assert err == 0, f"KVM_SET_USER_MEMORY_REGION2 with KVM_MEM_GUEST_MEMFD: {errno_name(err)}"
+        backing.write(0, b"\xaa")
+        assert g.run_to_done() == [0xAA]
+        assert backing.read(1, 1) == b"\xff", "the guest's store did not reach the host mapping"
+        g.vm.try_set_user_memory_region2(3, KVM_MEM_GUEST_MEMFD, 0x300000, 0, backing.addr, guest_memfd=fd)
+    finally:
+        g.close()
+        backing.close()
+        os.close(fd)
