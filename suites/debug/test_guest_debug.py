@@ -104,3 +104,24 @@ def test_dr7_gd_traps_debug_register_access(guest, mode):
     dr6, dr7 = g.run_to_done()
     assert dr6 & (1 << 13), f"DR6 {dr6:#x} without BD"
     assert not dr7 & (1 << 13), f"DR7 {dr7:#x}: GD not cleared by the #DB"
+
+
+@pytest.mark.modes("real", "long64", "compat32", "long64-cpl3")
+def test_icebp_raises_db_as_a_trap(guest, mode):
+    """ICEBP (INT1, opcode F1) raises #DB as a trap: saved RIP after the instruction
+    (SDM Vol. 3A 18.3.1.5; Vol. 2A INT1)."""
+    g = guest(mode, "GUEST_ASSERT_RAISES DB, icebp: .byte 0xf1\nGUEST_DONE")
+    g.run_to_done()
+    rip = g.exception_record()["rip"]
+    assert rip == g.labels["icebp"] + 1, f"saved RIP {rip:#x}, expected {g.labels['icebp'] + 1:#x} (after ICEBP)"
+
+
+@pytest.mark.modes("long64", "compat32")
+def test_dr4_is_dr6_unless_cr4_de(guest, mode):
+    """With CR4.DE clear, DR4 and DR5 alias DR6 and DR7; with CR4.DE set, using them raises #UD
+    (SDM Vol. 3A 18.2.2)."""
+    a = "rax" if MODES[mode].code_bits == 64 else "eax"
+    g = guest(mode, f"mov {a}, dr6\nmov {'rbx' if a == 'rax' else 'ebx'}, dr4\nGUEST_ASSERT_EQ {a}, "
+                    f"{'rbx' if a == 'rax' else 'ebx'}\nmov {a}, cr4\nor {a}, 8\nmov cr4, {a}\n"
+                    f"GUEST_ASSERT_RAISES UD, mov {a}, dr4\nGUEST_DONE")
+    g.run_to_done()
