@@ -18,6 +18,7 @@ from kvmtest.abi.ioctl_codes import IOW, IOWR, ioc_size
 
 # ctypes paths that C spells differently (anonymous unions in the kernel's structures).
 C_PATH = {
+    "kvm_irq_routing_entry.u.msi.devid": "u.msi.devid",
     "kvm_run.exit.hypercall.flags": "hypercall.longmode",  # union { __u32 longmode; __u64 flags; }
     "kvm_run.exit.": "",
     "kvm_run.exit": "hw",  # the union itself starts where its first member does
@@ -86,7 +87,8 @@ def _python_facts():
         facts.update(table)
     for name in dir(abi.constants):
         if name.startswith(("KVM_GUESTDBG_", "KVM_MEM_", "KVM_SYNC_X86_", "KVM_VCPUEVENT_VALID_", "KVM_MSR_FILTER_",
-                            "KVM_DIRTY_LOG_", "KVM_IRQCHIP_", "KVM_EXIT_IO_")):
+                            "KVM_DIRTY_LOG_", "KVM_IRQCHIP_", "KVM_EXIT_IO_", "KVM_IRQ_ROUTING_",
+                            "KVM_IRQFD_FLAG_")):
             facts[name] = getattr(abi.constants, name)
     return facts
 

@@ -306,6 +306,33 @@ class kvm_irq_level(_Struct):
         return s32(self.irq).value
 
 
+class kvm_irq_routing_irqchip(_Struct):
+    _fields_ = [("irqchip", u32), ("pin", u32)]
+
+
+class kvm_irq_routing_msi(_Struct):
+    _fields_ = [("address_lo", u32), ("address_hi", u32), ("data", u32), ("devid", u32)]
+
+
+class _irq_routing_u(Union):
+    _fields_ = [("irqchip", kvm_irq_routing_irqchip), ("msi", kvm_irq_routing_msi), ("pad", u32 * 8)]
+
+
+class kvm_irq_routing_entry(_Struct):
+    _fields_ = [("gsi", u32), ("type", u32), ("flags", u32), ("pad", u32), ("u", _irq_routing_u)]
+
+
+class kvm_irq_routing(_Struct):
+    """Header only; `entries` follow (see irq_routing_type)."""
+
+    _fields_ = [("nr", u32), ("flags", u32)]
+
+
+def irq_routing_type(n: int):
+    return type(f"kvm_irq_routing_{n}", (_Struct,),
+                {"_fields_": kvm_irq_routing._fields_ + [("entries", kvm_irq_routing_entry * n)]})
+
+
 class kvm_irqchip(_Struct):
     _fields_ = [("chip_id", u32), ("pad", u32), ("chip", u8 * 512)]
 
@@ -482,7 +509,8 @@ ABI_STRUCTS = [
     kvm_cpuid_entry2, kvm_cpuid2, kvm_msr_entry, kvm_msrs, kvm_msr_list, kvm_msr_filter_range,
     kvm_msr_filter, kvm_userspace_memory_region, kvm_userspace_memory_region2, kvm_dirty_log,
     kvm_clear_dirty_log, kvm_create_guest_memfd, kvm_coalesced_mmio_zone, kvm_translation,
-    kvm_interrupt, kvm_irq_level, kvm_irqchip, kvm_pit_config, kvm_msi, kvm_irqfd,
+    kvm_interrupt, kvm_irq_level, kvm_irq_routing_irqchip, kvm_irq_routing_msi, kvm_irq_routing_entry,
+    kvm_irq_routing, kvm_irqchip, kvm_pit_config, kvm_msi, kvm_irqfd,
     kvm_ioeventfd, kvm_enable_cap, kvm_guest_debug_arch, kvm_guest_debug, kvm_signal_mask,
     kvm_stats_header, kvm_stats_desc, kvm_debug_exit_arch, kvm_run,
 ]

@@ -64,3 +64,58 @@ def test_level_gsi_is_delivered_again_while_asserted(guest):
     assert g.run().value == 2, "the level interrupt was not delivered again after EOI"
     g.vm.irq_line(17, 0)
     g.run_to_done()
+
+
+@pytest.mark.requires_cap("KVM_CAP_IRQFD")
+def test_irqfd_raises_its_gsi(guest):
+    """Writing an eventfd registered with KVM_IRQFD for GSI 18 raises that GSI (an edge) in the
+    in-kernel IOAPIC (api.rst KVM_IRQFD); after KVM_IRQFD_FLAG_DEASSIGN the eventfd is detached."""
+    import os
+
+    from kvmtest.abi import constants as C
+    from kvmtest.abi import structs as S
+
+    g = _guest(guest, 18, level=False, count=1)
+    efd = os.eventfd(0)
+    try:
+        g.vm.ioctl("KVM_IRQFD", S.kvm_irqfd(fd=efd, gsi=18), args="gsi=18")
+        os.eventfd_write(efd, 1)
+        assert g.run_to_done() == [1]
+        g.vm.ioctl("KVM_IRQFD", S.kvm_irqfd(fd=efd, gsi=18, flags=C.KVM_IRQFD_FLAG_DEASSIGN), args="deassign")
+    finally:
+        os.close(efd)
+
+
+@pytest.mark.requires_cap("KVM_CAP_IRQ_ROUTING")
+def test_gsi_routing_sends_a_new_gsi_to_an_ioapic_pin(guest):
+    """KVM_SET_GSI_ROUTING replaces the routing table (api.rst 4.52): with GSI 40 routed to IOAPIC
+    pin 19, KVM_IRQ_LINE_STATUS on GSI 40 delivers pin 19's vector. (The table keeps GSIs 0-23 on
+    their default pins so the rest of the irqchip works as before.)"""
+    from kvmtest.abi import constants as C
+    from kvmtest.abi import structs as S
+
+    g = _guest(guest, 19, level=False, count=1)
+    entries = [(gsi, C.KVM_IRQCHIP_IOAPIC, gsi) for gsi in range(24)] + [(40, C.KVM_IRQCHIP_IOAPIC, 19)]
+    table = S.irq_routing_type(len(entries))(nr=len(entries))
+    for e, (gsi, chip, pin) in zip(table.entries, entries):
+        e.gsi, e.type = gsi, C.KVM_IRQ_ROUTING_IRQCHIP
+        e.u.irqchip.irqchip, e.u.irqchip.pin = chip, pin
+    g.vm.ioctl("KVM_SET_GSI_ROUTING", table, args=f"nr={len(entries)}")
+    g.vm.irq_line(40, 1)
+    g.vm.irq_line(40, 0)
+    assert g.run_to_done() == [1]
+
+
+@pytest.mark.requires_cap("KVM_CAP_PIT2")
+def test_pit2_is_created_once(vm):
+    """KVM_CREATE_PIT2 after KVM_CREATE_IRQCHIP creates the in-kernel PIT; a second one is
+    refused with EEXIST (api.rst KVM_CREATE_PIT2; kvm-ioctls test_pit2)."""
+    import errno
+
+    from kvmtest.abi import structs as S
+    from kvmtest.abi.constants import errno_name
+
+    vm.create_irqchip()
+    vm.create_pit2()
+    err = vm.try_ioctl("KVM_CREATE_PIT2", S.kvm_pit_config())
+    assert err == errno.EEXIST, f"second KVM_CREATE_PIT2: expected EEXIST, got {errno_name(err)}"
