@@ -167,3 +167,41 @@ def test_call_gate_from_cpl3_to_cpl0_and_back(guest):
     assert _sync(g, "pushed CS") == L.SEL_USER_CODE64 | 3
     assert _sync(g, "CS after RETF") == L.SEL_USER_CODE64 | 3
     g.run_to_done()
+
+
+SYSCALL_TF = """
+    mov rcx, user
+    mov r11, 0x2
+    .byte 0x48, 0x0f, 0x07          # SYSRETQ
+user:
+GUEST_AT_CPL 3
+    pushfq
+    or qword ptr [rsp], 0x100       # RFLAGS.TF
+    popfq
+    syscall
+syscall_entry:
+    nop
+db_handler:
+GUEST_AT_CPL 0
+    mov rax, qword ptr [rsp + 8]    # saved CS of the single-step trap
+    GUEST_SYNC rax
+    mov rax, qword ptr [rsp]        # saved RIP
+    GUEST_SYNC rax
+    GUEST_DONE
+"""
+
+
+def test_syscall_with_tf_traps_in_the_kernel(guest):
+    """With RFLAGS.TF set and not masked by IA32_FMASK, SYSCALL completes and the single-step
+    trap is taken after it, in the kernel's code segment at the LSTAR target (SDM Vol. 2B
+    SYSCALL, Vol. 3A 18.3.1.4; kvm-unit-tests syscall.c)."""
+    g = guest("long64", SYSCALL_TF, user_pages=True)
+    sregs = g.vcpu.get_sregs()
+    sregs.efer |= EFER_SCE
+    g.vcpu.set_sregs(sregs)
+    g.vcpu.set_msrs({STAR: (L.SEL_USER_CODE32 << 48) | (L.SEL_CODE64 << 32), LSTAR: g.labels["syscall_entry"],
+                     SFMASK: 0})
+    g.set_idt_gate(1, "db_handler")
+    cs, rip = g.run_to_done()
+    assert (cs, rip) == (L.SEL_CODE64, g.labels["syscall_entry"]), \
+        f"#DB after SYSCALL with TF: saved CS {cs:#x} RIP {rip:#x}, expected CS 0x8 RIP {g.labels['syscall_entry']:#x}"
