@@ -125,3 +125,27 @@ def test_dr4_is_dr6_unless_cr4_de(guest, mode):
                     f"{'rbx' if a == 'rax' else 'ebx'}\nmov {a}, cr4\nor {a}, 8\nmov cr4, {a}\n"
                     f"GUEST_ASSERT_RAISES UD, mov {a}, dr4\nGUEST_DONE")
     g.run_to_done()
+
+
+@pytest.mark.requires_cap("KVM_CAP_SET_GUEST_DEBUG2")
+@pytest.mark.modes("real", "long64", "compat32")
+def test_single_step_with_blockirq_holds_back_a_pending_interrupt(kvm, guest, mode):
+    """With KVM_GUESTDBG_SINGLESTEP | KVM_GUESTDBG_BLOCKIRQ, a queued interrupt is not delivered
+    while stepping: each step lands on the next instruction of the interrupted code; once
+    debugging is off the interrupt arrives (api.rst 4.38; selftests debug_regs)."""
+    from kvmtest.guest.modes import RFLAGS_IF
+
+    if not kvm.check_extension("KVM_CAP_SET_GUEST_DEBUG2") & C.KVM_GUESTDBG_BLOCKIRQ:
+        pytest.skip("KVM_CAP_SET_GUEST_DEBUG2 does not offer KVM_GUESTDBG_BLOCKIRQ")
+    g = guest(mode, "i0: nop\ni1: nop\ni2: nop\ni3: nop\nGUEST_DONE\nhandler:\nGUEST_SYNC 0x40\nGUEST_DONE")
+    g.set_idt_gate(0x40, "handler")
+    regs = g.vcpu.get_regs()
+    regs.rflags |= RFLAGS_IF
+    g.vcpu.set_regs(regs)
+    g.vcpu.interrupt(0x40)
+    g.vcpu.set_guest_debug(ENABLE | C.KVM_GUESTDBG_SINGLESTEP | C.KVM_GUESTDBG_BLOCKIRQ)
+    pcs = [g.expect_exit(DebugExit, exception=1).pc for _ in range(3)]
+    assert pcs == [g.labels["i1"], g.labels["i2"], g.labels["i3"]], \
+        f"steps went to {[hex(p) for p in pcs]}: the interrupt was delivered while BLOCKIRQ was set"
+    g.vcpu.set_guest_debug(0)
+    assert g.run().value == 0x40

@@ -119,3 +119,55 @@ def test_pit2_is_created_once(vm):
     vm.create_pit2()
     err = vm.try_ioctl("KVM_CREATE_PIT2", S.kvm_pit_config())
     assert err == errno.EEXIST, f"second KVM_CREATE_PIT2: expected EEXIST, got {errno_name(err)}"
+
+
+LOGICAL = """
+start:
+    mov rbx, 0xFEE00000
+    mov dword ptr [rbx + 0xF0], 0x1FF           # SVR: software enable
+    mov dword ptr [rbx + 0xE0], 0xFFFFFFFF      # DFR: flat model
+    mov ecx, dword ptr [rbx + 0x20]
+    shr ecx, 24                                 # this vCPU's APIC ID
+    mov eax, 1
+    shl eax, cl
+    shl eax, 24
+    mov dword ptr [rbx + 0xD0], eax             # LDR: one bit per vCPU
+    mov rsi, 0xFEC00000
+    mov dword ptr [rsi], 0x38                   # pin 20, low dword
+    mov dword ptr [rsi + 0x10], 0x851           # vector 0x51, fixed, logical destination
+    mov dword ptr [rsi], 0x39
+    mov dword ptr [rsi + 0x10], 0x0F000000      # logical destination mask: APICs 0-3
+    GUEST_SYNC 1
+    sti
+wait:
+    hlt
+    jmp wait
+handler:
+    mov eax, dword ptr [rbx + 0x20]
+    shr eax, 24
+    GUEST_SYNC rax
+    mov dword ptr [rbx + 0xB0], 0
+    GUEST_DONE
+"""
+
+
+def test_logical_destination_reaches_every_vcpu_in_the_mask(guest):
+    """An IOAPIC entry in logical destination mode with mask 0x0F delivers its fixed interrupt to
+    every vCPU whose flat-model LDR bit is in the mask — four vCPUs here (82093AA; SDM Vol. 3A
+    11.6.2.2; kvm-unit-tests ioapic.c with smp=4)."""
+    from kvmtest.abi import constants as C
+
+    g = guest("long64", LOGICAL, irqchip=True)
+    for page in (APIC, IOAPIC):
+        g.page_tables.map(page, page, KiB4, P | RW | PCD)
+    g.set_idt_gate(0x51, "handler")
+    vcpus = [g.vcpu] + [g.add_vcpu("start") for _ in range(3)]
+    for v in vcpus[1:]:
+        v.set_mp_state(C.KVM_MP_STATE_RUNNABLE)
+    for v in vcpus:
+        assert g.run(vcpu=v).value == 1
+    threads = [g.in_thread(v, timeout=20) for v in vcpus]
+    g.vm.irq_line(20, 1)
+    g.vm.irq_line(20, 0)
+    got = sorted(t.join(30)[0] for t in threads)
+    assert got == [0, 1, 2, 3], f"APIC IDs that took the interrupt: {got}"

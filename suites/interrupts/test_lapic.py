@@ -239,3 +239,53 @@ def test_ipi_to_all_excluding_self_reaches_every_other_vcpu(guest):
     g.run_to_done()
     got = sorted(t.join(30)[0] for t in threads)
     assert got == [1, 2], f"APIC IDs that took the broadcast: {got}, expected [1, 2]"
+
+
+FROM_DISABLED = """
+    mov ecx, 0x1b
+    rdmsr
+    and eax, ~0xc00                 # EN=0, EXTD=0: disabled
+    wrmsr
+    or eax, 0x400                   # EXTD alone (EN=0) is an invalid state
+    GUEST_ASSERT_RAISES GP(0), wrmsr
+    and eax, ~0x400
+    or eax, 0x800                   # disabled -> xAPIC is valid
+    wrmsr
+    rdmsr
+    GUEST_SYNC eax
+    GUEST_DONE
+"""
+
+
+@pytest.mark.requires_cpu("x2apic")
+def test_disabled_apic_transitions(guest):
+    """From xAPIC the APIC can be disabled (EN=0); EXTD without EN is invalid and raises #GP(0);
+    disabled -> xAPIC is valid (SDM Vol. 3A 11.12.5, Figure 11-27)."""
+    g = guest("long64", FROM_DISABLED, irqchip=True)
+    (base,) = g.run_to_done()
+    assert base & 0xC00 == 0x800, f"IA32_APIC_BASE {base:#x} after disabled -> xAPIC"
+
+
+@pytest.mark.requires_cpu("x2apic")
+def test_x2apic_icr_reads_back_as_one_64bit_msr(guest):
+    """In x2APIC mode the ICR is MSR 0x830, written and read as one 64-bit value with the
+    destination in bits 63:32 (SDM Vol. 3A 11.12.9; selftests xapic_state_test test_icr)."""
+    g = guest("long64", """
+        mov ecx, 0x1b
+        rdmsr
+        or eax, 0xc00
+        wrmsr
+        mov ecx, 0x80f
+        mov eax, 0x1ff
+        xor edx, edx
+        wrmsr                           # SVR: software enable
+        mov ecx, 0x830
+        mov eax, 0x4042
+        mov edx, 0x55
+        wrmsr
+        rdmsr
+        and eax, ~0x1000
+        GUEST_SYNC eax
+        GUEST_SYNC edx
+        GUEST_DONE""", irqchip=True)
+    assert g.run_to_done() == [0x4042, 0x55]
