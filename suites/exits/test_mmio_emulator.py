@@ -116,3 +116,38 @@ def test_read_modify_write_on_mmio(guest, mode, op, value, written):
     g.expect_exit(MmioExit, phys_addr=ADDR, len=4, is_write=False).respond(value)
     g.expect_exit(MmioExit, phys_addr=ADDR, len=4, is_write=True, data=written.to_bytes(4, "little"))
     g.run_to_done()
+
+
+@pytest.mark.modes("long64", "compat32", "pm32")
+def test_lidt_from_mmio_loads_what_the_host_supplied(guest, mode):
+    """LIDT with its 6/10-byte operand in MMIO loads IDTR from the bytes user space supplies
+    (SDM Vol. 2A LGDT/LIDT; kvm-unit-tests emulator.c descriptor-table loads from MMIO)."""
+    wide = mode == "long64"
+    size = 10 if wide else 6
+    g = _guest(guest, mode, "sidt [{si}]\nlidt [{bx}]\nGUEST_SYNC 1\nlidt [{si}]")
+    regs = g.vcpu.get_regs()
+    regs.rsi = 0x600
+    g.vcpu.set_regs(regs)
+    want_limit, want_base = 0x0123, 0x00ABC000
+    supplied = want_limit.to_bytes(2, "little") + want_base.to_bytes(size - 2, "little")
+    got = b""
+    while len(got) < size:
+        exit_ = g.run()
+        assert isinstance(exit_, MmioExit) and not exit_.is_write and exit_.phys_addr == ADDR + len(got), \
+            f"{exit_}: expected a read of the operand's next bytes at {ADDR + len(got):#x} ({len(got)} of {size} supplied)"
+        exit_.respond(supplied[len(got): len(got) + exit_.len])
+        got += supplied[len(got): len(got) + exit_.len]
+    assert g.run().value == 1
+    idt = g.vcpu.get_sregs().idt
+    assert (idt.limit, idt.base) == (want_limit, want_base), f"IDTR after LIDT from MMIO: {idt}"
+    g.run_to_done()
+
+
+@pytest.mark.modes("long64", "compat32", "pm32")
+def test_cmps_against_mmio(guest, mode):
+    """CMPSD compares [RSI] (RAM) with [RDI] (MMIO) using the value user space supplies, and sets
+    ZF accordingly (SDM Vol. 2A CMPS)."""
+    g = _guest(guest, mode, "cld\nmov {si}, 0x600\nmov {di}, {bx}\n.byte 0xa7\nsetz al\nmovzx eax, al\nGUEST_SYNC eax")
+    g.vm.write(0x600, (0x13572468).to_bytes(4, "little"))
+    g.expect_exit(MmioExit, phys_addr=ADDR, len=4, is_write=False).respond(0x13572468)
+    assert g.run_to_done() == [1]

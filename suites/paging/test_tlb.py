@@ -122,3 +122,23 @@ def test_page_table_page_written_as_data_then_used(guest, mode):
     assert g.page_tables.read_entry(VA, 3) & ~0xFFF == PAGE_B, "the guest's PTE write did not land in memory"
     tr = g.vcpu.translate(VA)
     assert tr.valid and tr.physical_address == PAGE_B, f"KVM_TRANSLATE after the guest's PTE write: {tr}"
+
+
+def test_guest_toggling_cr0_wp_changes_supervisor_writes(guest):
+    """A supervisor write to a read-only page faults with CR0.WP=1 and succeeds after the guest
+    clears WP itself, then faults again once WP is set back (SDM Vol. 3A 4.6.1; kvm-unit-tests
+    access.c check_toggle_cr0_wp)."""
+    g = guest("long64", f"""
+        mov rbx, {VA:#x}
+        GUEST_ASSERT_RAISES PF(3), mov dword ptr [rbx], 1
+        mov rax, cr0
+        and rax, ~0x10000
+        mov cr0, rax
+        mov dword ptr [rbx], 2
+        or rax, 0x10000
+        mov cr0, rax
+        GUEST_ASSERT_RAISES PF(3), mov dword ptr [rbx], 3
+        GUEST_DONE""", page_size=MiB2)
+    _map(g, VA, PAGE_A, P | US)
+    g.run_to_done()
+    assert g.vm.read_u32(PAGE_A) == 2, f"page holds {g.vm.read_u32(PAGE_A)}, expected the WP=0 write (2)"
