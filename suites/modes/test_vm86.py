@@ -1,0 +1,29 @@
+"""Virtual-8086 mode entered through KVM_SET_REGS (RFLAGS.VM) from 32-bit protected mode
+(SDM Vol. 3A 20.2 virtual-8086 mode; api.rst 4.12 KVM_SET_REGS; syzkaller's vm86 setups)."""
+
+from kvmtest.abi.structs import kvm_segment
+from kvmtest.exits import IoExit
+
+RFLAGS_VM = 1 << 17
+CODE_SEG = 0x800      # CS:IP = 0800:0000 -> linear 0x8000, where the guest's code is
+
+
+def test_vm86_segment_loads_use_real_mode_addressing(guest):
+    """In virtual-8086 mode a segment register load sets base = selector * 16 with no descriptor
+    lookup: DS = 0x900 makes [0] linear 0x9000 (SDM Vol. 3A 20.2.1); KVM_GET_REGS shows RFLAGS.VM
+    while the guest runs there."""
+    g = guest("pm32", "mov ax, 0x900\nmov ds, ax\nmov al, byte ptr [0]\nout 0x10, al\nhlt")
+    g.vm.write(0x9000, b"\x5a")
+    sregs = g.vcpu.get_sregs()
+    for name in ("cs", "ds", "es", "fs", "gs", "ss"):
+        setattr(sregs, name, kvm_segment(base=CODE_SEG << 4, limit=0xFFFF, selector=CODE_SEG,
+                                         type=0xB if name == "cs" else 0x3, present=1, dpl=3, s=1))
+    g.vcpu.set_sregs(sregs)
+    regs = g.vcpu.get_regs()
+    regs.rip, regs.rsp, regs.rflags = 0, 0x7000 - (CODE_SEG << 4) + 0x1000, 0x2 | 0x3000 | RFLAGS_VM
+    g.vcpu.set_regs(regs)
+    assert g.vcpu.get_regs().rflags & RFLAGS_VM, \
+        f"KVM_SET_REGS rflags={regs.rflags:#x} read back as {g.vcpu.get_regs().rflags:#x}: RFLAGS.VM dropped"
+    exit_ = g.expect_exit(IoExit, port=0x10)
+    assert exit_.data == b"\x5a", f"read through DS=0x900 gave {exit_.data.hex()}, expected 5a from linear 0x9000"
+    assert g.vcpu.get_regs().rflags & RFLAGS_VM, "RFLAGS.VM clear at the exit"
