@@ -171,3 +171,47 @@ def test_logical_destination_reaches_every_vcpu_in_the_mask(guest):
     g.vm.irq_line(20, 0)
     got = sorted(t.join(30)[0] for t in threads)
     assert got == [0, 1, 2, 3], f"APIC IDs that took the interrupt: {got}"
+
+
+def test_masked_level_pin_delivers_once_unmasked(guest):
+    """A level interrupt on a masked redirection entry is held back; when the guest unmasks the
+    entry while the line is still asserted, it is delivered (82093AA mask bit 16; kvm-unit-tests
+    ioapic.c masking)."""
+    g = guest("long64", """
+        mov rbx, 0xFEE00000
+        mov dword ptr [rbx + 0xF0], 0x1FF
+        mov rsi, 0xFEC00000
+        mov dword ptr [rsi], 0x3A                   # pin 21 (GSIs below 16 also reach the PIC)
+        mov dword ptr [rsi + 0x10], 0x18052         # vector 0x52, level, masked
+        mov dword ptr [rsi], 0x3B
+        mov dword ptr [rsi + 0x10], 0
+        sti
+        GUEST_SYNC 1
+        nop
+        GUEST_SYNC 2
+        mov dword ptr [rsi], 0x3A
+        mov dword ptr [rsi + 0x10], 0x8052          # unmask
+    wait:
+        hlt
+        jmp wait
+    handler:
+        GUEST_SYNC 0x52
+        GUEST_DONE""", irqchip=True)
+    for page in (APIC, IOAPIC):
+        g.page_tables.map(page, page, KiB4, P | RW | PCD)
+    g.set_idt_gate(0x52, "handler")
+    assert g.run().value == 1
+    g.vm.irq_line(21, 1)
+    assert g.run().value == 2, "the masked pin's interrupt was delivered"
+    assert g.run().value == 0x52
+    g.vm.irq_line(21, 0)
+    g.run_to_done()
+
+
+def test_ioapic_version_register(guest):
+    """IOAPIC register 1 reports the version and the highest redirection entry: KVM's IOAPIC has
+    24 pins, so bits 23:16 hold 23 (82093AA IOAPICVER)."""
+    g = guest("long64", "mov rsi, 0xFEC00000\nmov dword ptr [rsi], 1\nmov eax, dword ptr [rsi + 0x10]\n"
+                        "shr eax, 16\nand eax, 0xff\nGUEST_SYNC eax\nGUEST_DONE", irqchip=True)
+    g.page_tables.map(IOAPIC, IOAPIC, KiB4, P | RW | PCD)
+    assert g.run_to_done() == [23]

@@ -40,3 +40,30 @@ def test_faults_with_no_stack_at_all_end_in_shutdown(guest):
     g = guest("long64", "ud2\nGUEST_DONE")
     _unmap_kernel_stack(g)
     g.expect_exit(ShutdownExit)
+
+
+def test_address_bits_above_a_smaller_guest_maxphyaddr_are_reserved(kvm, guest):
+    """With the guest's CPUID.80000008H:EAX[7:0] (MAXPHYADDR) set to 36, a PTE with physical
+    address bit 40 set has a reserved bit: the access raises #PF with P and RSVD, CR2 = the
+    address (SDM Vol. 3A 4.1.4, 4.7; KVM_CAP_SMALLER_MAXPHYADDR; selftests
+    smaller_maxphyaddr_emulation_test)."""
+    import pytest
+
+    from kvmtest.abi import structs as S
+    from kvmtest.cpuid import find_entry, max_phys_addr
+    from kvmtest.guest.paging import KiB4, MiB2, P as PTE_P, RW
+
+    if not kvm.check_extension("KVM_CAP_SMALLER_MAXPHYADDR"):
+        pytest.skip("needs KVM_CAP_SMALLER_MAXPHYADDR")
+    if max_phys_addr(kvm.cached_supported_cpuid()) <= 40:
+        pytest.skip("the host's MAXPHYADDR is not above 40")
+    va = 0x80010000
+    g = guest("long64", f"mov rbx, {va:#x}\nGUEST_ASSERT_RAISES PF(9), mov eax, dword ptr [rbx]\nGUEST_DONE",
+              page_size=MiB2)
+    table = [S.kvm_cpuid_entry2.from_buffer_copy(bytes(e)) for e in kvm.cached_supported_cpuid()]
+    leaf = find_entry(table, 0x80000008)
+    leaf.eax = (leaf.eax & ~0xFF) | 36
+    g.vcpu.set_cpuid(table)
+    g.page_tables.map(va, 0x10000 | (1 << 40), KiB4, PTE_P | RW)
+    g.run_to_done()
+    assert g.exception_record()["cr2"] == va
