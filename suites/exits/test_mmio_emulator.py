@@ -151,3 +151,31 @@ def test_cmps_against_mmio(guest, mode):
     g.vm.write(0x600, (0x13572468).to_bytes(4, "little"))
     g.expect_exit(MmioExit, phys_addr=ADDR, len=4, is_write=False).respond(0x13572468)
     assert g.run_to_done() == [1]
+
+
+@pytest.mark.modes(*MODES)
+def test_smsw_to_mmio_stores_the_low_word_of_cr0(guest, mode):
+    """SMSW m16 stores bits 15:0 of CR0 as a 2-byte write, whatever the operand size (SDM
+    Vol. 2B SMSW; allowed at CPL3 unless CR4.UMIP)."""
+    g = _guest(guest, mode, "smsw word ptr [{bx}]")
+    exit_ = g.run()
+    cr0 = g.vcpu.get_sregs().cr0
+    expected = (cr0 & 0xFFFF).to_bytes(2, "little")
+    assert isinstance(exit_, MmioExit) and exit_.is_write and exit_.phys_addr == ADDR and \
+        exit_.data == expected, \
+        f"SMSW to MMIO: expected a 2-byte KVM_EXIT_MMIO write of CR0[15:0] {expected.hex()} " \
+        f"(KVM_GET_SREGS cr0={cr0:#x}) at {ADDR:#x}, got {exit_}"
+    g.run_to_done()
+
+
+@pytest.mark.modes("pm32", "long64", "compat32")
+@pytest.mark.parametrize("msw", [0x000B, 0x0000], ids=["pe-mp-ts", "zero-keeps-pe"])
+def test_lmsw_from_mmio_loads_the_low_cr0_bits(guest, mode, msw):
+    """LMSW m16 reads two bytes and loads CR0.PE/MP/EM/TS from them; it cannot clear PE (SDM
+    Vol. 2A LMSW), so other CR0 bits and PE=1 survive."""
+    g = _guest(guest, mode, "mov {cx}, cr0\nlmsw word ptr [{bx}]\nmov {ax}, cr0\nGUEST_SYNC {cx}\nGUEST_SYNC {ax}")
+    g.expect_exit(MmioExit, phys_addr=ADDR, len=2, is_write=False).respond(msw)
+    before, after = g.run_to_done()
+    expected = (before & ~0xE) | (msw & 0xE) | 1
+    assert after == expected, \
+        f"CR0 after LMSW of {msw:#06x} from MMIO: expected {expected:#x} (was {before:#x}), got {after:#x}"

@@ -8,32 +8,42 @@ from kvmtest.abi import constants as C
 from kvmtest.guest.paging import PCD, KiB4, P, RW
 
 COUNTER = 0x600
-ITERATIONS = 3000
+ITERATIONS = 30000
 
-MIXED = f"""
-    mov rbx, {COUNTER:#x}
+ARRIVED = 0x6C0
+
+
+def _barrier(bits: int, vcpus: int) -> str:
+    """Count this vCPU in and wait for all `vcpus`, so that the loops after it really overlap."""
+    b = "rbx" if bits == 64 else "ebx"
+    return f"""
+    mov {b}, {ARRIVED:#x}
+    lock inc dword ptr [{b}]
+3:  cmp dword ptr [{b}], {vcpus}
+    jne 3b
+"""
+
+
+def _locked_increments(bits: int) -> str:
+    b, width = ("rbx", "qword") if bits == 64 else ("ebx", "dword")
+    return f"""{_barrier(bits, 3)}
+    mov {b}, {COUNTER:#x}
     mov ecx, {ITERATIONS}
-1:  lock inc qword ptr [rbx]
+1:  lock inc {width} ptr [{b}]
     dec ecx
     jnz 1b
     GUEST_DONE
+"""
+
+
+MIXED = f"""{_locked_increments(64)}
 user64:
 GUEST_AT_CPL 3
-    mov rbx, {COUNTER:#x}
-    mov ecx, {ITERATIONS}
-1:  lock inc qword ptr [rbx]
-    dec ecx
-    jnz 1b
-    GUEST_DONE
+{_locked_increments(64)}
 GUEST_AT_CPL 0
 .code32
 compat:
-    mov ebx, {COUNTER:#x}
-    mov ecx, {ITERATIONS}
-1:  lock inc dword ptr [ebx]
-    dec ecx
-    jnz 1b
-    GUEST_DONE
+{_locked_increments(32)}
 """
 
 
@@ -79,3 +89,106 @@ def test_ap_starts_at_the_sipi_vector(guest):
     g.run_to_done()
     syncs = ap_thread.join(30)
     assert syncs == [0x0900], f"AP code segment {syncs}, expected [0x900]"
+
+
+LOCK, SHARED = 0x640, 0x680
+LOCKED_ROUNDS = 3000
+
+
+def _spinlock_loop(bits: int, vcpus: int) -> str:
+    """Wait at a start barrier until all `vcpus` arrived (so the loops really overlap), then take
+    an XCHG spinlock, do a deliberately non-atomic load/increment/store of the shared counter
+    and release with a plain store; LOCKED_ROUNDS times."""
+    b = "rbx" if bits == 64 else "ebx"
+    return f"""{_barrier(bits, vcpus)}
+    mov {b}, {LOCK:#x}
+    mov ecx, {LOCKED_ROUNDS}
+1:  mov eax, 1
+    xchg dword ptr [{b}], eax
+    test eax, eax
+    jz 2f
+    pause
+    jmp 1b
+2:  mov edx, dword ptr [{b} + {SHARED - LOCK:#x}]
+    inc edx
+    mov dword ptr [{b} + {SHARED - LOCK:#x}], edx
+    mov dword ptr [{b}], 0
+    dec ecx
+    jnz 1b
+    GUEST_DONE
+"""
+
+
+SPINLOCK_GROUPS = {
+    # first mode is the guest's own; the others join it as further vCPUs
+    "long64-compat32-long64cpl3": ("long64", [("compat32", 32, 0), ("long64-cpl3", 64, 3)]),
+    "pm32-pm32cpl3": ("pm32", [("pm32-cpl3", 32, 3)]),
+}
+
+
+@pytest.mark.parametrize("group", sorted(SPINLOCK_GROUPS))
+def test_xchg_spinlock_serialises_a_non_atomic_update(guest, group):
+    """XCHG with a memory operand is locked whether or not LOCK is given (SDM Vol. 2B XCHG;
+    Vol. 3A 8.1.2.1), so a spinlock built on it lets vCPUs in different modes do a plain
+    load/increment/store of a shared counter without losing an update; the counter ends at
+    the exact total."""
+    first, others = SPINLOCK_GROUPS[group]
+    vcpus = 1 + len(others)
+    code = _spinlock_loop(64 if first == "long64" else 32, vcpus)
+    for i, (mode, bits, cpl) in enumerate(others):
+        code += f".code{bits}\njoiner{i}:\nGUEST_AT_CPL {cpl}\n{_spinlock_loop(bits, vcpus)}GUEST_AT_CPL 0\n"
+    g = guest(first, code, user_pages=True)
+    joiners = [g.add_vcpu(f"joiner{i}", mode=mode) for i, (mode, _, _) in enumerate(others)]
+    for thread in [g.in_thread(v, timeout=60) for v in [g.vcpu] + joiners]:
+        thread.join(120)
+    total = int.from_bytes(g.vm.read(SHARED, 4), "little")
+    expected = vcpus * LOCKED_ROUNDS
+    assert total == expected, f"counter {total}, expected {expected}: the XCHG lock let updates overlap"
+    assert int.from_bytes(g.vm.read(LOCK, 4), "little") == 0, "lock left held after every vCPU finished"
+
+
+FLAG, DATA, MISMATCHES = 0x700, 0x708, 0x710
+MESSAGES = 3000
+
+MESSAGE_PASSING = f"""
+    mov rbx, {FLAG:#x}
+    mov ecx, 1
+1:  cmp dword ptr [rbx], 0          # wait for the consumer to take the last message
+    jne 1b
+    mov dword ptr [rbx + 8], ecx    # data first ...
+    mov dword ptr [rbx], 1          # ... then the flag
+    inc ecx
+    cmp ecx, {MESSAGES + 1}
+    jne 1b
+    GUEST_DONE
+.code32
+consumer:
+GUEST_AT_CPL 3
+    mov ebx, {FLAG:#x}
+    mov ecx, 1
+1:  cmp dword ptr [ebx], 1          # flag seen ...
+    jne 1b
+    mov eax, dword ptr [ebx + 8]    # ... so the data written before it must be seen too
+    cmp eax, ecx
+    je 2f
+    inc dword ptr [ebx + 16]
+2:  mov dword ptr [ebx], 0
+    inc ecx
+    cmp ecx, {MESSAGES + 1}
+    jne 1b
+    GUEST_DONE
+GUEST_AT_CPL 0
+"""
+
+
+def test_stores_are_seen_in_program_order_by_another_vcpu(guest):
+    """Stores are not reordered with other stores and loads not with other loads (SDM Vol. 3A
+    8.2.3.2): a 64-bit CPL0 producer writes a message then a flag, a compatibility-mode CPL3
+    consumer that sees the flag always reads that message, never an older one."""
+    g = guest("long64", MESSAGE_PASSING, user_pages=True)
+    consumer = g.add_vcpu("consumer", mode="compat32-cpl3")
+    threads = [g.in_thread(v, timeout=60) for v in (g.vcpu, consumer)]
+    for thread in threads:
+        thread.join(120)
+    stale = int.from_bytes(g.vm.read(MISMATCHES, 4), "little")
+    assert stale == 0, f"{stale} of {MESSAGES} messages read stale data after their flag was seen"
