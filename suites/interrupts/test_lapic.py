@@ -108,12 +108,8 @@ def test_tsc_deadline_timer_fires_and_clears_the_msr(guest):
     assert values[-1] == 0, f"IA32_TSC_DEADLINE after the interrupt: {values[-1]:#x}, expected 0"
 
 
-IPI = """
-    mov dword ptr [rbx + 0xF0], 0x1FF
-    GUEST_SYNC 1
-    mov dword ptr [rbx + 0x310], 0x01000000     # destination APIC ID 1
-    mov dword ptr [rbx + 0x300], 0x00004040     # fixed, vector 0x40, assert
-    GUEST_DONE
+# An AP's side: enable its APIC, report in, then wait for the IPI with interrupts on.
+AP_WAITS = """
 ap:
     mov rbx, 0xFEE00000
     mov dword ptr [rbx + 0xF0], 0x1FF
@@ -122,6 +118,15 @@ ap:
 ap_wait:
     hlt
     jmp ap_wait
+"""
+
+IPI = """
+    mov dword ptr [rbx + 0xF0], 0x1FF
+    GUEST_SYNC 1
+    mov dword ptr [rbx + 0x310], 0x01000000     # destination APIC ID 1
+    mov dword ptr [rbx + 0x300], 0x00004040     # fixed, vector 0x40, assert
+    GUEST_DONE
+""" + AP_WAITS + """
 ap_ipi:
     GUEST_SYNC 0x40
     GUEST_DONE
@@ -206,14 +211,7 @@ BROADCAST = """
     GUEST_SYNC 1
     mov dword ptr [rbx + 0x300], 0x000C4040     # fixed, vector 0x40, all excluding self
     GUEST_DONE
-ap:
-    mov rbx, 0xFEE00000
-    mov dword ptr [rbx + 0xF0], 0x1FF
-    GUEST_SYNC 2
-    sti
-ap_wait:
-    hlt
-    jmp ap_wait
+""" + AP_WAITS + """
 ap_ipi:
     mov eax, dword ptr [rbx + 0x20]
     shr eax, 24

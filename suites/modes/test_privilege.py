@@ -83,16 +83,22 @@ GUEST_AT_CPL 0
 """
 
 
-def test_sysret_to_cpl3_and_syscall_back(guest):
-    """SYSRET (64-bit) loads CS = STAR[63:48]+16 | 3 and SS = STAR[63:48]+8 | 3 and jumps to RCX;
-    SYSCALL loads CS = STAR[47:32], SS = STAR[47:32]+8, RIP = LSTAR and saves the return RIP in
-    RCX (SDM Vol. 2B SYSCALL, SYSRET)."""
-    g = guest("long64", SYSCALL_SYSRET, user_pages=True)
+def _enable_syscall(g) -> None:
+    """EFER.SCE on; STAR's SYSRET base is the 32-bit user code selector (so +16 is 64-bit user
+    code), its SYSCALL base the kernel's 64-bit code; LSTAR at `syscall_entry`; nothing masked."""
     sregs = g.vcpu.get_sregs()
     sregs.efer |= EFER_SCE
     g.vcpu.set_sregs(sregs)
     g.vcpu.set_msrs({STAR: (L.SEL_USER_CODE32 << 48) | (L.SEL_CODE64 << 32), LSTAR: g.labels["syscall_entry"],
                      SFMASK: 0})
+
+
+def test_sysret_to_cpl3_and_syscall_back(guest):
+    """SYSRET (64-bit) loads CS = STAR[63:48]+16 | 3 and SS = STAR[63:48]+8 | 3 and jumps to RCX;
+    SYSCALL loads CS = STAR[47:32], SS = STAR[47:32]+8, RIP = LSTAR and saves the return RIP in
+    RCX (SDM Vol. 2B SYSCALL, SYSRET)."""
+    g = guest("long64", SYSCALL_SYSRET, user_pages=True)
+    _enable_syscall(g)
     assert _sync(g, "CS after SYSRET") == L.SEL_USER_CODE64 | 3
     assert _sync(g, "SS after SYSRET") == L.SEL_USER_DATA | 3
     assert _sync(g, "CS the guest reads after SYSCALL") == L.SEL_CODE64
@@ -196,11 +202,7 @@ def test_syscall_with_tf_traps_in_the_kernel(guest):
     trap is taken after it, in the kernel's code segment at the LSTAR target (SDM Vol. 2B
     SYSCALL, Vol. 3A 18.3.1.4; kvm-unit-tests syscall.c)."""
     g = guest("long64", SYSCALL_TF, user_pages=True)
-    sregs = g.vcpu.get_sregs()
-    sregs.efer |= EFER_SCE
-    g.vcpu.set_sregs(sregs)
-    g.vcpu.set_msrs({STAR: (L.SEL_USER_CODE32 << 48) | (L.SEL_CODE64 << 32), LSTAR: g.labels["syscall_entry"],
-                     SFMASK: 0})
+    _enable_syscall(g)
     g.set_idt_gate(1, "db_handler")
     cs, rip = g.run_to_done()
     assert (cs, rip) == (L.SEL_CODE64, g.labels["syscall_entry"]), \
