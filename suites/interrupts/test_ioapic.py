@@ -9,7 +9,7 @@ from kvmtest.guest.paging import PCD, KiB4, P, RW
 pytestmark = pytest.mark.requires_cap("KVM_CAP_IRQCHIP")
 APIC, IOAPIC = 0xFEE00000, 0xFEC00000
 
-GUEST = """
+SETUP = """
     mov rbx, 0xFEE00000
     mov dword ptr [rbx + 0xF0], 0x1FF           # LAPIC software enable
     mov rsi, 0xFEC00000
@@ -23,6 +23,9 @@ GUEST = """
 wait:
     hlt
     jmp wait
+"""
+
+COUNTING_HANDLER = """
 handler:
     inc r12
     GUEST_SYNC r12
@@ -35,10 +38,10 @@ back:
 """
 
 
-def _guest(guest, pin, level, count):
+def _guest(guest, pin, level, count, handler=COUNTING_HANDLER):
     low = 0x50 | (1 << 15 if level else 0)
-    g = guest("long64", GUEST.format(index_low=0x10 + 2 * pin, index_high=0x11 + 2 * pin, low=low, count=count),
-              irqchip=True)
+    g = guest("long64", (SETUP + handler).format(index_low=0x10 + 2 * pin, index_high=0x11 + 2 * pin, low=low,
+                                                 count=count), irqchip=True)
     for page in (APIC, IOAPIC):
         g.page_tables.map(page, page, KiB4, P | RW | PCD)
     g.set_idt_gate(0x50, "handler")
@@ -64,6 +67,32 @@ def test_level_gsi_is_delivered_again_while_asserted(guest):
     assert g.run().value == 2, "the level interrupt was not delivered again after EOI"
     g.vm.irq_line(17, 0)
     g.run_to_done()
+
+
+# Vector 0x50 is bit 16 of the third 32-bit word of TMR (0x180 + 0x20).
+TMR_HANDLER = """
+handler:
+    mov eax, dword ptr [rbx + 0x1A0]
+    GUEST_SYNC rax                              # TMR[95:64] while in service
+    mov dword ptr [rbx + 0xB0], 0               # EOI
+    GUEST_DONE
+"""
+
+
+@pytest.mark.parametrize("level", [True, False], ids=["level", "edge"])
+def test_tmr_records_the_trigger_mode(guest, level):
+    """When the local APIC accepts an interrupt from the IOAPIC it sets the vector's TMR bit if
+    the redirection entry is level-triggered and clears it if edge-triggered (SDM Vol. 3A
+    11.8.4; 82093AA redirection entry bit 15)."""
+    g = _guest(guest, 20, level=level, count=1, handler=TMR_HANDLER)
+    g.vm.irq_line(20, 1)
+    if not level:
+        g.vm.irq_line(20, 0)
+    bit = 1 << (0x50 % 32)
+    (tmr,) = g.run_to_done()
+    assert tmr & bit == (bit if level else 0), \
+        f"TMR bit for vector 0x50 ({'level' if level else 'edge'}): expected {int(level)}, TMR[95:64]={tmr:#x}"
+    g.vm.irq_line(20, 0)
 
 
 @pytest.mark.requires_cap("KVM_CAP_IRQFD")

@@ -287,3 +287,90 @@ def test_x2apic_icr_reads_back_as_one_64bit_msr(guest):
         GUEST_SYNC edx
         GUEST_DONE""", irqchip=True)
     assert g.run_to_done() == [0x4042, 0x55]
+
+
+# (instruction, MSR, value written) -> each must raise #GP(0) in x2APIC mode
+X2APIC_GP = {
+    "rdmsr-eoi-write-only": ("rdmsr", 0x80B, 0),
+    "rdmsr-self-ipi-write-only": ("rdmsr", 0x83F, 0),
+    "wrmsr-id-read-only": ("wrmsr", 0x802, 0),
+    "wrmsr-version-read-only": ("wrmsr", 0x803, 0),
+    "wrmsr-ppr-read-only": ("wrmsr", 0x80A, 0),
+    "wrmsr-isr-read-only": ("wrmsr", 0x810, 0),
+    "wrmsr-current-count-read-only": ("wrmsr", 0x839, 0),
+    "rdmsr-dfr-absent": ("rdmsr", 0x80E, 0),
+    "rdmsr-icr2-absent": ("rdmsr", 0x831, 0),
+    "wrmsr-eoi-non-zero": ("wrmsr", 0x80B, 1),
+    "wrmsr-esr-non-zero": ("wrmsr", 0x828, 1),
+    "wrmsr-self-ipi-reserved-bits": ("wrmsr", 0x83F, 0x140),
+}
+
+
+@pytest.mark.requires_cpu("x2apic")
+@pytest.mark.parametrize("case", sorted(X2APIC_GP))
+def test_x2apic_msr_access_rules(guest, case):
+    """In x2APIC mode RDMSR of a write-only register (EOI, SELF IPI), WRMSR of a read-only one
+    (ID, version, PPR, ISR, current count), any access to a register x2APIC does not have (DFR,
+    ICR high half at 0x831), a non-zero write to EOI or ESR and a write to SELF IPI's reserved
+    bits 31:8 raise #GP(0) (SDM Vol. 3A 11.12.1.2 Table 11-6, 11.12.1.3, 11.12.11)."""
+    insn, msr, value = X2APIC_GP[case]
+    g = guest("long64", f"""
+        mov ecx, 0x1b
+        rdmsr
+        or eax, 0xc00
+        wrmsr
+        mov ecx, 0x80f
+        mov eax, 0x1ff
+        xor edx, edx
+        wrmsr                           # SVR: software enable
+        mov ecx, {msr:#x}
+        mov eax, {value:#x}
+        xor edx, edx
+        GUEST_ASSERT_RAISES GP(0), {insn}
+        GUEST_DONE""", irqchip=True)
+    g.run_to_done()
+
+
+IN_SERVICE = """
+    mov dword ptr [rbx + 0xF0], 0x1FF
+    sti
+    mov dword ptr [rbx + 0x300], 0x00044050     # self IPI, fixed, vector 0x50 (priority class 5)
+1:  hlt
+    jmp 1b
+high:
+    mov eax, dword ptr [rbx + 0x120]
+    GUEST_SYNC rax                              # ISR[95:64]: bit 16 is vector 0x50
+    mov eax, dword ptr [rbx + 0xA0]
+    GUEST_SYNC rax                              # PPR
+    mov dword ptr [rbx + 0x300], 0x00044040     # self IPI, vector 0x40 (class 4): must wait
+    sti
+    nop
+    nop
+    GUEST_SYNC 0x1                              # still in the 0x50 handler (re-entry is a
+    nop                                         # delivery point: 0x40 must not come here)
+    cli
+    mov dword ptr [rbx + 0xB0], 0               # EOI for 0x50
+    GUEST_SYNC 0x2
+    sti                                         # now 0x40 is deliverable
+    nop
+    nop
+    GUEST_FAIL "vector 0x40 was not delivered after the EOI of 0x50"
+low:
+    GUEST_SYNC 0x40
+    mov dword ptr [rbx + 0xB0], 0
+    GUEST_DONE
+"""
+
+
+def test_in_service_vector_sets_isr_ppr_and_holds_lower_classes(guest):
+    """While the handler of vector 0x50 runs, its ISR bit is set and PPR[7:4] is its priority
+    class 5; an interrupt of a lower class (vector 0x40) requested meanwhile is held even with
+    IF=1 and is delivered only after the EOI (SDM Vol. 3A 11.8.3.1, 11.8.4, 11.8.5)."""
+    g = _apic_guest(guest, IN_SERVICE)
+    g.set_idt_gate(0x50, "high")
+    g.set_idt_gate(0x40, "low")
+    isr, ppr, *order = g.run_to_done()
+    assert isr & (1 << 16), f"ISR bit for in-service vector 0x50 clear: ISR[95:64]={isr:#x}"
+    assert ppr & 0xF0 == 0x50, f"PPR while vector 0x50 is in service: expected class 0x50, got {ppr:#x}"
+    assert order == [0x1, 0x2, 0x40], \
+        f"order of events {[hex(v) for v in order]}, expected the 0x40 handler only after the EOI of 0x50"
