@@ -214,6 +214,17 @@ class SystemEventExit(Exit):
 
 
 @dataclass(frozen=True)
+class IoapicEoiExit(Exit):
+    """KVM_EXIT_IOAPIC_EOI: with a split irqchip, the guest EOI'd a level-triggered vector that
+    a reserved IOAPIC route delivered (api.rst 5, 7.8)."""
+
+    vector: int = 0
+
+    def __str__(self):
+        return f"KVM_EXIT_IOAPIC_EOI(vector={self.vector:#x})"
+
+
+@dataclass(frozen=True)
 class MemoryFaultExit(Exit):
     flags: int = 0
     gpa: int = 0
@@ -266,6 +277,8 @@ def parse_exit(run: kvm_run, view: memoryview | None = None) -> Exit:
         return InternalErrorExit(reason, run, i.suberror, i.ndata, tuple(i.data[: min(i.ndata, 16)]))
     if reason == C.KVM_EXIT_FAIL_ENTRY:
         return FailEntryExit(reason, run, e.fail_entry.hardware_entry_failure_reason, e.fail_entry.cpu)
+    if reason == C.KVM_EXIT_IOAPIC_EOI:
+        return IoapicEoiExit(reason, run, e.eoi.vector)
     if reason == C.KVM_EXIT_EXCEPTION:
         return ExceptionExit(reason, run, e.ex.exception, e.ex.error_code)
     if reason == C.KVM_EXIT_HYPERCALL:

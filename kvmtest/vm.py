@@ -252,6 +252,32 @@ class Vm(FdObject):
         self.ioctl("KVM_CREATE_IRQCHIP")
         self.irqchip = True
 
+    def enable_split_irqchip(self, ioapic_routes: int = 24) -> None:
+        """KVM_ENABLE_CAP(KVM_CAP_SPLIT_IRQCHIP) (api.rst 7.8): local APICs in the kernel, PIC and
+        IOAPIC left to user space; the first `ioapic_routes` GSI routes (MSI) stand for the user
+        IOAPIC's pins and report their level-triggered EOIs as KVM_EXIT_IOAPIC_EOI."""
+        self.enable_cap("KVM_CAP_SPLIT_IRQCHIP", ioapic_routes)
+        self.irqchip = True
+
+    def set_gsi_routing(self, entries: "list[S.kvm_irq_routing_entry]") -> None:
+        """KVM_SET_GSI_ROUTING (api.rst 4.52): replace the whole routing table."""
+        table = S.irq_routing_type(len(entries))(nr=len(entries))
+        for i, entry in enumerate(entries):
+            table.entries[i] = entry
+        self.ioctl("KVM_SET_GSI_ROUTING", table, args=f"nr={len(entries)}")
+
+    @staticmethod
+    def msi_route(gsi: int, address: int, data: int) -> S.kvm_irq_routing_entry:
+        e = S.kvm_irq_routing_entry(gsi=gsi, type=C.KVM_IRQ_ROUTING_MSI)
+        e.u.msi.address_lo, e.u.msi.address_hi, e.u.msi.data = address & 0xFFFFFFFF, address >> 32, data
+        return e
+
+    @staticmethod
+    def irqchip_route(gsi: int, chip: int, pin: int) -> S.kvm_irq_routing_entry:
+        e = S.kvm_irq_routing_entry(gsi=gsi, type=C.KVM_IRQ_ROUTING_IRQCHIP)
+        e.u.irqchip.irqchip, e.u.irqchip.pin = chip, pin
+        return e
+
     def create_pit2(self, flags: int = 0) -> None:
         self.ioctl("KVM_CREATE_PIT2", S.kvm_pit_config(flags=flags), args=f"flags={flags:#x}")
 

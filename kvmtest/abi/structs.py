@@ -453,6 +453,10 @@ class _memory_fault(_Struct):
     _fields_ = [("flags", u64), ("gpa", u64), ("size", u64)]
 
 
+class _eoi(_Struct):
+    _fields_ = [("vector", u8)]
+
+
 class _notify(_Struct):
     _fields_ = [("flags", u32)]
 
@@ -469,6 +473,7 @@ class _kvm_run_exit(Union):
         ("tpr_access", _tpr_access),
         ("internal", _internal),
         ("emulation_failure", _emulation_failure),
+        ("eoi", _eoi),
         ("system_event", _system_event),
         ("msr", _msr),
         ("memory_fault", _memory_fault),

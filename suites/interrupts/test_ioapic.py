@@ -121,15 +121,11 @@ def test_gsi_routing_sends_a_new_gsi_to_an_ioapic_pin(guest):
     pin 19, KVM_IRQ_LINE_STATUS on GSI 40 delivers pin 19's vector. (The table keeps GSIs 0-23 on
     their default pins so the rest of the irqchip works as before.)"""
     from kvmtest.abi import constants as C
-    from kvmtest.abi import structs as S
 
     g = _guest(guest, 19, level=False, count=1)
-    entries = [(gsi, C.KVM_IRQCHIP_IOAPIC, gsi) for gsi in range(24)] + [(40, C.KVM_IRQCHIP_IOAPIC, 19)]
-    table = S.irq_routing_type(len(entries))(nr=len(entries))
-    for e, (gsi, chip, pin) in zip(table.entries, entries):
-        e.gsi, e.type = gsi, C.KVM_IRQ_ROUTING_IRQCHIP
-        e.u.irqchip.irqchip, e.u.irqchip.pin = chip, pin
-    g.vm.ioctl("KVM_SET_GSI_ROUTING", table, args=f"nr={len(entries)}")
+    route = g.vm.irqchip_route
+    g.vm.set_gsi_routing([route(gsi, C.KVM_IRQCHIP_IOAPIC, gsi) for gsi in range(24)]
+                         + [route(40, C.KVM_IRQCHIP_IOAPIC, 19)])
     g.vm.irq_line(40, 1)
     g.vm.irq_line(40, 0)
     assert g.run_to_done() == [1]
