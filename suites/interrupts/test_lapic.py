@@ -374,3 +374,57 @@ def test_in_service_vector_sets_isr_ppr_and_holds_lower_classes(guest):
     assert ppr & 0xF0 == 0x50, f"PPR while vector 0x50 is in service: expected class 0x50, got {ppr:#x}"
     assert order == [0x1, 0x2, 0x40], \
         f"order of events {[hex(v) for v in order]}, expected the 0x40 handler only after the EOI of 0x50"
+
+
+LOGICAL_FLAT = """
+    mov dword ptr [rbx + 0xF0], 0x1FF
+    GUEST_SYNC 1
+    mov dword ptr [rbx + 0x310], 0x0A000000     # logical destination: LDR bits 1 and 3
+    mov dword ptr [rbx + 0x300], 0x00004840     # fixed, logical, vector 0x40, assert
+    mov dword ptr [rbx + 0x310], 0x02000000     # then physical APIC ID 2 ...
+    mov dword ptr [rbx + 0x300], 0x00004030     # ... vector 0x30, so the left-out AP wakes too
+    GUEST_DONE
+ap:
+    mov rbx, 0xFEE00000
+    mov eax, dword ptr [rbx + 0x20]
+    shr eax, 24
+    mov ecx, eax
+    mov eax, 1
+    shl eax, cl
+    shl eax, 24
+    mov dword ptr [rbx + 0xD0], eax             # LDR: logical ID bit = APIC ID (flat model)
+    mov dword ptr [rbx + 0xE0], 0xFFFFFFFF      # DFR: flat
+    mov dword ptr [rbx + 0xF0], 0x1FF
+    GUEST_SYNC 2
+    sti
+1:  hlt
+    jmp 1b
+ap_logical:
+    GUEST_SYNC 0x40
+    GUEST_DONE
+ap_other:
+    GUEST_SYNC 0x30
+    GUEST_DONE
+"""
+
+
+def test_logical_flat_ipi_reaches_exactly_the_vcpus_in_the_mask(guest):
+    """In the flat logical model (DFR[31:28]=1111b) an IPI in logical destination mode goes to
+    every local APIC whose LDR[31:24] shares a bit with the ICR destination field: mask 1010b
+    reaches the APs with logical IDs 1 and 3, not the one with 2 (SDM Vol. 3A 11.6.2.2;
+    kvm-unit-tests apic.c logical flat IPI)."""
+    from kvmtest.abi import constants as C
+
+    g = _apic_guest(guest, LOGICAL_FLAT)
+    g.set_idt_gate(0x40, "ap_logical")
+    g.set_idt_gate(0x30, "ap_other")
+    aps = [g.add_vcpu("ap") for _ in range(3)]
+    for ap in aps:
+        ap.set_mp_state(C.KVM_MP_STATE_RUNNABLE)
+        assert g.run(vcpu=ap).value == 2
+    threads = [g.in_thread(ap, timeout=20) for ap in aps]
+    assert g.run().value == 1
+    g.run_to_done()
+    got = {ap.id: t.join(30) for ap, t in zip(aps, threads)}
+    assert got == {1: [0x40], 2: [0x30], 3: [0x40]}, \
+        f"vectors each AP took first (APIC ID -> vectors): {got}; expected 0x40 for IDs 1 and 3 only"
