@@ -225,6 +225,12 @@ class IoapicEoiExit(Exit):
 
 
 @dataclass(frozen=True)
+class DirtyRingFullExit(Exit):
+    """KVM_EXIT_DIRTY_RING_FULL: the vCPU's dirty ring reached its soft limit; harvest it and
+    call KVM_RESET_DIRTY_RINGS before running again (api.rst 8.29)."""
+
+
+@dataclass(frozen=True)
 class MemoryFaultExit(Exit):
     flags: int = 0
     gpa: int = 0
@@ -277,6 +283,8 @@ def parse_exit(run: kvm_run, view: memoryview | None = None) -> Exit:
         return InternalErrorExit(reason, run, i.suberror, i.ndata, tuple(i.data[: min(i.ndata, 16)]))
     if reason == C.KVM_EXIT_FAIL_ENTRY:
         return FailEntryExit(reason, run, e.fail_entry.hardware_entry_failure_reason, e.fail_entry.cpu)
+    if reason == C.KVM_EXIT_DIRTY_RING_FULL:
+        return DirtyRingFullExit(reason, run)
     if reason == C.KVM_EXIT_IOAPIC_EOI:
         return IoapicEoiExit(reason, run, e.eoi.vector)
     if reason == C.KVM_EXIT_EXCEPTION:

@@ -113,10 +113,21 @@ class Vcpu(FdObject):
         self._timed_out = False
         self.exits = 0
         self._view = memoryview((ctypes.c_char * self._mmap_size).from_address(self.run_addr)).cast("B")
+        self.dirty_ring = None
+        if vm.dirty_ring_size:
+            from .dirty_ring import DirtyRing
+
+            try:
+                self.dirty_ring = DirtyRing(self, vm.dirty_ring_size)
+            except OSError:
+                self.close()
+                raise
         install_kick_handler()
         _watchdog.watch(self)
 
     def _release(self) -> None:
+        if getattr(self, "dirty_ring", None) is not None:
+            self.dirty_ring.close()
         if self.run_addr is not None:
             addr, self.run_addr = self.run_addr, None
             self.kvm_run = None

@@ -71,6 +71,7 @@ class Vm(FdObject):
         self.memslots: dict[int, Memslot] = {}
         self.vcpus: list = []
         self.irqchip = False
+        self.dirty_ring_size = 0
         self._extra_mappings: list[HostMapping] = []
 
     # --- capabilities --------------------------------------------------------------------
@@ -251,6 +252,17 @@ class Vm(FdObject):
         """KVM_CREATE_IRQCHIP (api.rst 4.24): in-kernel PIC, IOAPIC and local APICs."""
         self.ioctl("KVM_CREATE_IRQCHIP")
         self.irqchip = True
+
+    def enable_dirty_ring(self, size_bytes: int) -> None:
+        """KVM_ENABLE_CAP(KVM_CAP_DIRTY_LOG_RING, size) (api.rst 8.29): one ring of `size_bytes`
+        per vCPU; allowed only before the first vCPU. Each later vCPU maps its ring
+        (Vcpu.dirty_ring)."""
+        self.enable_cap("KVM_CAP_DIRTY_LOG_RING", size_bytes)
+        self.dirty_ring_size = size_bytes
+
+    def reset_dirty_rings(self) -> int:
+        """KVM_RESET_DIRTY_RINGS (api.rst 8.29): re-protect every collected entry; returns how many."""
+        return self.ioctl("KVM_RESET_DIRTY_RINGS")
 
     def enable_split_irqchip(self, ioapic_routes: int = 24) -> None:
         """KVM_ENABLE_CAP(KVM_CAP_SPLIT_IRQCHIP) (api.rst 7.8): local APICs in the kernel, PIC and

@@ -87,7 +87,7 @@ def _python_facts():
         facts.update(table)
     for name in dir(abi.constants):
         if name.startswith(("KVM_GUESTDBG_", "KVM_MEM_", "KVM_SYNC_X86_", "KVM_VCPUEVENT_VALID_", "KVM_MSR_FILTER_",
-                            "KVM_DIRTY_LOG_", "KVM_IRQCHIP_", "KVM_EXIT_IO_", "KVM_IRQ_ROUTING_",
+                            "KVM_DIRTY_LOG_", "KVM_DIRTY_GFN_", "KVM_IRQCHIP_", "KVM_EXIT_IO_", "KVM_IRQ_ROUTING_",
                             "KVM_IRQFD_FLAG_")):
             facts[name] = getattr(abi.constants, name)
     return facts

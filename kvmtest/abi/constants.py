@@ -131,6 +131,12 @@ KVM_MEM_GUEST_MEMFD = 1 << 2
 KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE = 1 << 0
 KVM_DIRTY_LOG_INITIALLY_SET = 1 << 1
 
+# Dirty ring (KVM_CAP_DIRTY_LOG_RING): where a vCPU's ring is mapped, in pages of its fd
+# (x86 <asm/kvm.h>), and the entry flags' two states.
+KVM_DIRTY_LOG_PAGE_OFFSET = 64
+KVM_DIRTY_GFN_F_DIRTY = 1 << 0
+KVM_DIRTY_GFN_F_RESET = 1 << 1
+
 # kvm_guest_debug.control
 KVM_GUESTDBG_ENABLE = 0x00000001
 KVM_GUESTDBG_SINGLESTEP = 0x00000002

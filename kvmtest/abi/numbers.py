@@ -63,6 +63,7 @@ _def("KVM_CREATE_PIT2", IOW(KVMIO, 0x77, s.kvm_pit_config), "vm", "KVM_CAP_PIT2"
 _def("KVM_SET_BOOT_CPU_ID", IO(KVMIO, 0x78), "vm", "KVM_CAP_SET_BOOT_CPU_ID")
 _def("KVM_IOEVENTFD", IOW(KVMIO, 0x79, s.kvm_ioeventfd), "vm", "KVM_CAP_IOEVENTFD")
 _def("KVM_SIGNAL_MSI", IOW(KVMIO, 0xA5, s.kvm_msi), "vm", "KVM_CAP_SIGNAL_MSI")
+_def("KVM_RESET_DIRTY_RINGS", IO(KVMIO, 0xC7), "vm", "KVM_CAP_DIRTY_LOG_RING")
 _def("KVM_CLEAR_DIRTY_LOG", IOWR(KVMIO, 0xC0, s.kvm_clear_dirty_log), "vm", "KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2")
 _def("KVM_X86_SET_MSR_FILTER", IOW(KVMIO, 0xC6, s.kvm_msr_filter), "vm", "KVM_CAP_X86_MSR_FILTER")
 _def("KVM_GET_STATS_FD", IO(KVMIO, 0xCE), "vm", "KVM_CAP_BINARY_STATS_FD")  # also on vCPU fds

@@ -306,6 +306,13 @@ class kvm_irq_level(_Struct):
         return s32(self.irq).value
 
 
+class kvm_dirty_gfn(_Struct):
+    """One dirty-ring entry (api.rst 8.29): flags (KVM_DIRTY_GFN_F_*), slot (as_id << 16 | id),
+    and the page index relative to the slot's base."""
+
+    _fields_ = [("flags", u32), ("slot", u32), ("offset", u64)]
+
+
 class kvm_irq_routing_irqchip(_Struct):
     _fields_ = [("irqchip", u32), ("pin", u32)]
 
@@ -513,7 +520,7 @@ ABI_STRUCTS = [
     kvm_xcrs, kvm_debugregs, kvm_vcpu_events, kvm_lapic_state, kvm_mp_state, kvm_sync_regs,
     kvm_cpuid_entry2, kvm_cpuid2, kvm_msr_entry, kvm_msrs, kvm_msr_list, kvm_msr_filter_range,
     kvm_msr_filter, kvm_userspace_memory_region, kvm_userspace_memory_region2, kvm_dirty_log,
-    kvm_clear_dirty_log, kvm_create_guest_memfd, kvm_coalesced_mmio_zone, kvm_translation,
+    kvm_clear_dirty_log, kvm_dirty_gfn, kvm_create_guest_memfd, kvm_coalesced_mmio_zone, kvm_translation,
     kvm_interrupt, kvm_irq_level, kvm_irq_routing_irqchip, kvm_irq_routing_msi, kvm_irq_routing_entry,
     kvm_irq_routing, kvm_irqchip, kvm_pit_config, kvm_msi, kvm_irqfd,
     kvm_ioeventfd, kvm_enable_cap, kvm_guest_debug_arch, kvm_guest_debug, kvm_signal_mask,
