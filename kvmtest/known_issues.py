@@ -3,7 +3,10 @@
 Each [[issue]] names test-id globs, a host predicate over the fingerprint, the reason and
 the evidence: what the KVM documentation or the SDM/APM says, what the host did, and how
 it was proved to be the host and not kvmtest. A fixed host makes the test XPASS, which
-fails the run (strict) until the entry is removed.
+fails the run (strict) until the entry is removed. An entry marked `intermittent = true`
+is for a deviation the host shows only on some runs (a race inside the host): its tests
+become non-strict xfails, so a run without the deviation passes, and the evidence must say
+how often it was seen.
 
     [[issue]]
     id = "pvm-legacy-paging"
@@ -30,7 +33,7 @@ from pathlib import Path
 from .errors import KvmtestError
 
 BUILTIN_DIR = Path(__file__).parent / "known_issues"
-_ISSUE_KEYS = {"id", "tests", "reason", "host", "evidence", "url", "commit"}
+_ISSUE_KEYS = {"id", "tests", "reason", "host", "evidence", "url", "commit", "intermittent"}
 _HOST_KEYS = {"module", "vendor", "kernel_min", "kernel_max", "params", "mmu", "backend"}
 _EVIDENCE_KEYS = {"contract", "observed", "proof"}
 
@@ -49,6 +52,7 @@ class KnownIssue:
     source: str
     url: str | None = None
     commit: str | None = None
+    intermittent: bool = False
     _patterns: tuple = field(default=(), compare=False, repr=False)
 
     def matches_test(self, nodeid: str) -> bool:
@@ -58,7 +62,8 @@ class KnownIssue:
         return host_matches(self.host, fp)
 
     def xfail_reason(self) -> str:
-        return f"known issue {self.id}: {self.reason} [{self.source}]"
+        seen = " (intermittent: seen on some runs only)" if self.intermittent else ""
+        return f"known issue {self.id}: {self.reason}{seen} [{self.source}]"
 
 
 def glob_to_regex(pattern: str) -> re.Pattern:
@@ -150,8 +155,11 @@ def _validate(entry: dict, where: str, source: str) -> KnownIssue:
             raise KnownIssueError(f"{where}: 'evidence.{key}' must say {_EVIDENCE_HELP[key]}")
     if set(evidence) - _EVIDENCE_KEYS:
         raise KnownIssueError(f"{where}: unknown evidence key(s) {sorted(set(evidence) - _EVIDENCE_KEYS)}")
+    intermittent = entry.get("intermittent", False)
+    if not isinstance(intermittent, bool):
+        raise KnownIssueError(f"{where}: 'intermittent' must be true or false")
     return KnownIssue(entry["id"], tuple(tests), entry["reason"], host, evidence, source,
-                      entry.get("url"), entry.get("commit"), tuple(glob_to_regex(t) for t in tests))
+                      entry.get("url"), entry.get("commit"), intermittent, tuple(glob_to_regex(t) for t in tests))
 
 
 _EVIDENCE_HELP = {

@@ -194,7 +194,7 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         for issue in issues:
             if issue.matches_test(item.nodeid):
-                item.add_marker(pytest.mark.xfail(strict=True, reason=issue.xfail_reason()))
+                item.add_marker(pytest.mark.xfail(strict=not issue.intermittent, reason=issue.xfail_reason()))
                 item.user_properties.append(("known_issue", issue.id))
                 break
         reg = item.get_closest_marker("regression")

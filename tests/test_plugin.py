@@ -131,6 +131,23 @@ def test_known_issue_makes_a_strict_xfail(run):
     result.stdout.fnmatch_lines(["*known issue demo: demo deviation*"])
 
 
+def test_intermittent_known_issue_is_a_non_strict_xfail(run):
+    run.makepyfile(test_demo="def test_bad():\n    assert False\n\ndef test_good():\n    pass\n")
+    issues = run.makefile(".toml", known=_issue(["test_demo.py::test_bad", "test_demo.py::test_good"],
+                                                extra="intermittent = true"))
+    result = run.runpytest(f"--kvm-known-issues={issues}", "-rxX")
+    result.assert_outcomes(xfailed=1, xpassed=1)  # a run where the host behaved passes
+    result.stdout.fnmatch_lines(["*known issue demo: demo deviation (intermittent*"])
+
+
+def test_intermittent_must_be_a_boolean(run):
+    run.makepyfile("def test_x():\n    pass\n")
+    issues = run.makefile(".toml", known=_issue(["test_x"], extra='intermittent = "sometimes"'))
+    result = run.runpytest(f"--kvm-known-issues={issues}")
+    assert result.ret != 0
+    result.stderr.fnmatch_lines(["*'intermittent' must be true or false*"])
+
+
 def test_known_issue_for_another_host_does_not_apply(run):
     run.makepyfile(test_demo="def test_bad():\n    assert False\n")
     issues = run.makefile(".toml", known=_issue(["test_demo.py::*"], host='module = "kvm_nonexistent"'))
