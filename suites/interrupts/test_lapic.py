@@ -206,6 +206,21 @@ def test_icr_reads_back_what_was_written_in_xapic_mode(guest):
     assert g.run_to_done() == expected
 
 
+def _bsp_signals_waiting_aps(g, count: int) -> dict[int, list[int]]:
+    """Add `count` APs at `ap`, let each report in (GUEST_SYNC 2) and wait on its own thread,
+    then run the BSP (GUEST_SYNC 1, its IPIs, GUEST_DONE); returns each AP's later syncs by id."""
+    from kvmtest.abi import constants as C
+
+    aps = [g.add_vcpu("ap") for _ in range(count)]
+    for ap in aps:
+        ap.set_mp_state(C.KVM_MP_STATE_RUNNABLE)
+        assert g.run(vcpu=ap).value == 2, f"AP {ap.id} did not report in"
+    threads = [g.in_thread(ap, timeout=20) for ap in aps]
+    assert g.run().value == 1
+    g.run_to_done()
+    return {ap.id: t.join(30) for ap, t in zip(aps, threads)}
+
+
 BROADCAST = """
     mov dword ptr [rbx + 0xF0], 0x1FF
     GUEST_SYNC 1
@@ -224,18 +239,9 @@ def test_ipi_to_all_excluding_self_reaches_every_other_vcpu(guest):
     """An ICR write with destination shorthand "all excluding self" delivers the vector to every
     other vCPU, each seeing its own APIC ID in its handler (SDM Vol. 3A 11.6.1; kvm-unit-tests
     smptest with smp=3)."""
-    from kvmtest.abi import constants as C
-
     g = _apic_guest(guest, BROADCAST)
     g.set_idt_gate(0x40, "ap_ipi")
-    aps = [g.add_vcpu("ap") for _ in range(2)]
-    for ap in aps:
-        ap.set_mp_state(C.KVM_MP_STATE_RUNNABLE)
-        assert g.run(vcpu=ap).value == 2
-    threads = [g.in_thread(ap, timeout=20) for ap in aps]
-    assert g.run().value == 1
-    g.run_to_done()
-    got = sorted(t.join(30)[0] for t in threads)
+    got = sorted(syncs[0] for syncs in _bsp_signals_waiting_aps(g, 2).values())
     assert got == [1, 2], f"APIC IDs that took the broadcast: {got}, expected [1, 2]"
 
 
@@ -264,11 +270,8 @@ def test_disabled_apic_transitions(guest):
     assert base & 0xC00 == 0x800, f"IA32_APIC_BASE {base:#x} after disabled -> xAPIC"
 
 
-@pytest.mark.requires_cpu("x2apic")
-def test_x2apic_icr_reads_back_as_one_64bit_msr(guest):
-    """In x2APIC mode the ICR is MSR 0x830, written and read as one 64-bit value with the
-    destination in bits 63:32 (SDM Vol. 3A 11.12.9; selftests xapic_state_test test_icr)."""
-    g = guest("long64", """
+# Switch the APIC to x2APIC mode (IA32_APIC_BASE EN|EXTD) and software-enable it through the SVR MSR.
+TO_X2APIC_ENABLED = """
         mov ecx, 0x1b
         rdmsr
         or eax, 0xc00
@@ -276,7 +279,15 @@ def test_x2apic_icr_reads_back_as_one_64bit_msr(guest):
         mov ecx, 0x80f
         mov eax, 0x1ff
         xor edx, edx
-        wrmsr                           # SVR: software enable
+        wrmsr
+"""
+
+
+@pytest.mark.requires_cpu("x2apic")
+def test_x2apic_icr_reads_back_as_one_64bit_msr(guest):
+    """In x2APIC mode the ICR is MSR 0x830, written and read as one 64-bit value with the
+    destination in bits 63:32 (SDM Vol. 3A 11.12.9; selftests xapic_state_test test_icr)."""
+    g = guest("long64", TO_X2APIC_ENABLED + """
         mov ecx, 0x830
         mov eax, 0x4042
         mov edx, 0x55
@@ -314,15 +325,7 @@ def test_x2apic_msr_access_rules(guest, case):
     ICR high half at 0x831), a non-zero write to EOI or ESR and a write to SELF IPI's reserved
     bits 31:8 raise #GP(0) (SDM Vol. 3A 11.12.1.2 Table 11-6, 11.12.1.3, 11.12.11)."""
     insn, msr, value = X2APIC_GP[case]
-    g = guest("long64", f"""
-        mov ecx, 0x1b
-        rdmsr
-        or eax, 0xc00
-        wrmsr
-        mov ecx, 0x80f
-        mov eax, 0x1ff
-        xor edx, edx
-        wrmsr                           # SVR: software enable
+    g = guest("long64", TO_X2APIC_ENABLED + f"""
         mov ecx, {msr:#x}
         mov eax, {value:#x}
         xor edx, edx
@@ -413,18 +416,9 @@ def test_logical_flat_ipi_reaches_exactly_the_vcpus_in_the_mask(guest):
     every local APIC whose LDR[31:24] shares a bit with the ICR destination field: mask 1010b
     reaches the APs with logical IDs 1 and 3, not the one with 2 (SDM Vol. 3A 11.6.2.2;
     kvm-unit-tests apic.c logical flat IPI)."""
-    from kvmtest.abi import constants as C
-
     g = _apic_guest(guest, LOGICAL_FLAT)
     g.set_idt_gate(0x40, "ap_logical")
     g.set_idt_gate(0x30, "ap_other")
-    aps = [g.add_vcpu("ap") for _ in range(3)]
-    for ap in aps:
-        ap.set_mp_state(C.KVM_MP_STATE_RUNNABLE)
-        assert g.run(vcpu=ap).value == 2
-    threads = [g.in_thread(ap, timeout=20) for ap in aps]
-    assert g.run().value == 1
-    g.run_to_done()
-    got = {ap.id: t.join(30) for ap, t in zip(aps, threads)}
+    got = _bsp_signals_waiting_aps(g, 3)
     assert got == {1: [0x40], 2: [0x30], 3: [0x40]}, \
         f"vectors each AP took first (APIC ID -> vectors): {got}; expected 0x40 for IDs 1 and 3 only"
