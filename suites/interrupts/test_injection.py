@@ -118,3 +118,45 @@ def test_exception_injected_with_set_vcpu_events(guest, mode, vector, error_code
     ev.flags = 0
     g.vcpu.set_events(ev)
     g.run_to_done()
+
+
+STI_SHADOW = """
+    mov {bx}, 0x500
+    cli
+    GUEST_SYNC 1
+    sti
+    mov byte ptr [{bx}], 1      # the instruction in STI's shadow
+    mov byte ptr [{bx}], 2
+spin_after_sti:
+    nop
+    jmp spin_after_sti
+handler:
+    movzx eax, byte ptr [{bx}]
+    GUEST_SYNC eax
+    GUEST_DONE
+"""
+
+
+@pytest.mark.modes("real", "pm32", "long64", "compat32")
+def test_interrupt_window_opens_only_after_the_instruction_following_sti(guest, mode):
+    """STI sets IF but external interrupts are recognised only after the next instruction
+    completes (SDM Vol. 2B STI, the "interrupt shadow"), so the interrupt window requested
+    while IF=0 opens no earlier than after that instruction: at KVM_EXIT_IRQ_WINDOW_OPEN, and
+    in the handler of the vector then queued, the shadowed store has happened (api.rst 5
+    request_interrupt_window, 4.16 KVM_INTERRUPT)."""
+    from kvmtest.guest.modes import regs_for
+
+    g = guest(mode, STI_SHADOW.format(**regs_for(mode)))
+    g.set_idt_gate(0x40, "handler")
+    assert g.run().value == 1
+    run = g.vcpu.kvm_run
+    run.request_interrupt_window = 1
+    g.expect_exit(IrqWindowOpenExit)
+    run.request_interrupt_window = 0
+    at_window = g.vm.read(0x500, 1)[0]
+    assert at_window >= 1, \
+        f"KVM_EXIT_IRQ_WINDOW_OPEN at rip={g.vcpu.get_regs().rip:#x} before the instruction after STI ran " \
+        f"(byte at 0x500 = {at_window}, expected 1 or 2)"
+    g.vcpu.interrupt(0x40)
+    (in_handler,) = g.run_to_done()
+    assert in_handler >= 1, f"vector 0x40 delivered inside STI's shadow: byte at 0x500 = {in_handler} in the handler"
