@@ -30,10 +30,12 @@ class DirtyRing:
         self.entries = (S.kvm_dirty_gfn * self.count).from_address(self._addr)
         self.fetch_index = 0  # free-running, like KVM's own indices
 
-    def harvest(self, limit: int | None = None) -> list[tuple[int, int]]:
-        """Collect dirty entries from the fetch index until one is not DIRTY (or `limit`)."""
+    def harvest(self) -> list[tuple[int, int]]:
+        """Collect dirty entries from the fetch index until one is not DIRTY."""
+        if self.entries is None:
+            raise KvmtestError(f"{self.vcpu.name}: the dirty ring was unmapped when its vCPU closed")
         got = []
-        while limit is None or len(got) < limit:
+        while True:
             entry = self.entries[self.fetch_index % self.count]
             if not entry.flags & C.KVM_DIRTY_GFN_F_DIRTY:
                 break

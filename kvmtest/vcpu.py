@@ -18,7 +18,7 @@ from . import libc
 from .abi import constants as C
 from .abi import structs as S
 from .abi.constants import errno_name
-from .errors import GuestTimeout, KvmError
+from .errors import GuestTimeout, KvmError, KvmtestError
 from .exits import IntrExit, parse_exit
 from .fdobject import FdObject
 
@@ -113,12 +113,12 @@ class Vcpu(FdObject):
         self._timed_out = False
         self.exits = 0
         self._view = memoryview((ctypes.c_char * self._mmap_size).from_address(self.run_addr)).cast("B")
-        self.dirty_ring = None
+        self._dirty_ring = None
         if vm.dirty_ring_size:
             from .dirty_ring import DirtyRing
 
             try:
-                self.dirty_ring = DirtyRing(self, vm.dirty_ring_size)
+                self._dirty_ring = DirtyRing(self, vm.dirty_ring_size)
             except OSError:
                 self.close()
                 raise
@@ -126,13 +126,21 @@ class Vcpu(FdObject):
         _watchdog.watch(self)
 
     def _release(self) -> None:
-        if getattr(self, "dirty_ring", None) is not None:
-            self.dirty_ring.close()
+        if getattr(self, "_dirty_ring", None) is not None:
+            self._dirty_ring.close()
         if self.run_addr is not None:
             addr, self.run_addr = self.run_addr, None
             self.kvm_run = None
             self._view.release()
             libc.munmap(addr, self._mmap_size)
+
+    @property
+    def dirty_ring(self):
+        """This vCPU's dirty ring (kvmtest.dirty_ring.DirtyRing)."""
+        if self._dirty_ring is None:
+            raise KvmtestError(f"{self.name}: no dirty ring; call Vm.enable_dirty_ring(size) before the "
+                               "VM's first vCPU is created (api.rst 8.29)")
+        return self._dirty_ring
 
     # --- running ---------------------------------------------------------------------------
 

@@ -36,3 +36,13 @@ def test_requires_cap_skips_naming_the_value(kvm, inner):
     result = inner.runpytest("-rs", "-p", "no:cacheprovider")
     result.assert_outcomes(skipped=1)
     result.stdout.fnmatch_lines(["*needs KVM_CAP_NR_VCPUS >= 1099511627776; KVM_CHECK_EXTENSION reports*"])
+
+
+def test_dirty_ring_without_enabling_it_is_one_clear_error(vm):
+    """Asking a vCPU for its dirty ring when the VM never enabled one names the fix instead of
+    failing on None (kvmtest's own contract, not KVM's)."""
+    from kvmtest.errors import KvmtestError
+
+    vcpu = vm.create_vcpu()
+    with pytest.raises(KvmtestError, match=r"enable_dirty_ring\(size\) before the VM's first vCPU"):
+        vcpu.dirty_ring
