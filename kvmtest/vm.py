@@ -253,6 +253,20 @@ class Vm(FdObject):
         self.ioctl("KVM_CREATE_IRQCHIP")
         self.irqchip = True
 
+    def get_irqchip(self, chip_id: int) -> S.kvm_irqchip:
+        """KVM_GET_IRQCHIP (api.rst 4.26): the state of one in-kernel chip (KVM_IRQCHIP_*)."""
+        chip = S.kvm_irqchip(chip_id=chip_id)
+        self.ioctl("KVM_GET_IRQCHIP", chip, args=f"chip={C.IRQCHIP_NAMES.name(chip_id)}")
+        return chip
+
+    def try_get_irqchip(self, chip_id: int) -> int:
+        return self.try_ioctl("KVM_GET_IRQCHIP", S.kvm_irqchip(chip_id=chip_id),
+                              args=f"chip={C.IRQCHIP_NAMES.name(chip_id)}")
+
+    def set_irqchip(self, chip: S.kvm_irqchip) -> None:
+        """KVM_SET_IRQCHIP (api.rst 4.27)."""
+        self.ioctl("KVM_SET_IRQCHIP", chip, args=f"chip={C.IRQCHIP_NAMES.name(chip.chip_id)}")
+
     def enable_dirty_ring(self, size_bytes: int) -> None:
         """KVM_ENABLE_CAP(KVM_CAP_DIRTY_LOG_RING, size) (api.rst 8.29): one ring of `size_bytes`
         per vCPU; allowed only before the first vCPU. Each later vCPU maps its ring

@@ -4,7 +4,6 @@
 import pytest
 
 from kvmtest.abi import constants as C
-from kvmtest.abi import structs as S
 
 pytestmark = pytest.mark.requires_cap("KVM_CAP_IRQCHIP")
 
@@ -50,13 +49,11 @@ def test_get_and_set_irqchip_round_trip(vm):
     """KVM_SET_IRQCHIP then KVM_GET_IRQCHIP of the master PIC returns the state written
     (api.rst 4.26, 4.27): the interrupt mask register."""
     vm.create_irqchip()
-    chip = S.kvm_irqchip(chip_id=C.KVM_IRQCHIP_PIC_MASTER)
-    vm.ioctl("KVM_GET_IRQCHIP", chip)
+    chip = vm.get_irqchip(C.KVM_IRQCHIP_PIC_MASTER)
     # struct kvm_pic_state: last_irr, irr, imr, ... (arch/x86/include/uapi/asm/kvm.h)
     chip.chip[2] = 0xA5
-    vm.ioctl("KVM_SET_IRQCHIP", chip)
-    back = S.kvm_irqchip(chip_id=C.KVM_IRQCHIP_PIC_MASTER)
-    vm.ioctl("KVM_GET_IRQCHIP", back)
+    vm.set_irqchip(chip)
+    back = vm.get_irqchip(C.KVM_IRQCHIP_PIC_MASTER)
     assert back.chip[2] == 0xA5, f"PIC master IMR read back {back.chip[2]:#x}"
 
 

@@ -5,7 +5,6 @@ as reserved MSI routes whose level-triggered EOIs exit with KVM_EXIT_IOAPIC_EOI 
 import pytest
 
 from kvmtest.abi import constants as C
-from kvmtest.abi import structs as S
 from kvmtest.exits import IoapicEoiExit
 from kvmtest.guest.paging import PCD, KiB4, P, RW
 
@@ -37,7 +36,7 @@ def test_split_irqchip_gives_vcpus_a_local_apic_and_no_pic(vm):
     vcpu = vm.create_vcpu(2)
     apic_id = int.from_bytes(bytes(vcpu.get_lapic().regs[0x20:0x24]), "little") >> 24
     assert apic_id == 2, f"KVM_GET_LAPIC ID register: APIC ID {apic_id}, expected the vCPU id 2"
-    err = vm.try_ioctl("KVM_GET_IRQCHIP", S.kvm_irqchip(chip_id=C.KVM_IRQCHIP_PIC_MASTER), args="chip=PIC master")
+    err = vm.try_get_irqchip(C.KVM_IRQCHIP_PIC_MASTER)
     assert err != 0, "KVM_GET_IRQCHIP(PIC master) succeeded with a split irqchip, which has no in-kernel PIC"
 
 
