@@ -315,6 +315,9 @@ class Vcpu(FdObject):
         """KVM_INTERRUPT (api.rst 4.16): queue an external interrupt (user-space irqchip only)."""
         self.ioctl("KVM_INTERRUPT", S.kvm_interrupt(vector), args=f"irq={vector}")
 
+    def try_interrupt(self, vector: int) -> int:
+        return self.try_ioctl("KVM_INTERRUPT", S.kvm_interrupt(vector), args=f"irq={vector}")
+
     def nmi(self) -> None:
         self.ioctl("KVM_NMI")
 

@@ -52,25 +52,21 @@ def test_second_kvm_interrupt_before_delivery_is_eexist(guest):
     """KVM_INTERRUPT returns -EEXIST "if an interrupt is already enqueued" (api.rst 4.16)."""
     g = guest("long64", SPIN_WITH_HANDLER)
     g.vcpu.interrupt(0x40)
-    err = g.vcpu.try_ioctl("KVM_INTERRUPT", __import__("kvmtest").abi.structs.kvm_interrupt(0x41))
+    err = g.vcpu.try_interrupt(0x41)
     assert err == errno.EEXIST, f"second KVM_INTERRUPT: expected EEXIST, got {errno_name(err)}"
 
 
 def test_kvm_interrupt_with_an_in_kernel_irqchip_is_enxio(guest):
     """KVM_INTERRUPT returns -ENXIO "if the PIC is in the kernel" (api.rst 4.16)."""
     g = guest("long64", "GUEST_DONE", irqchip=True)
-    from kvmtest.abi.structs import kvm_interrupt
-
-    err = g.vcpu.try_ioctl("KVM_INTERRUPT", kvm_interrupt(0x40))
+    err = g.vcpu.try_interrupt(0x40)
     assert err == errno.ENXIO, f"KVM_INTERRUPT with KVM_CREATE_IRQCHIP: expected ENXIO, got {errno_name(err)}"
 
 
 def test_invalid_vector_is_einval(vm):
     """KVM_INTERRUPT returns -EINVAL when "the irq number is invalid" (api.rst 4.16): 256."""
-    from kvmtest.abi.structs import kvm_interrupt
-
     vcpu = vm.create_vcpu()
-    err = vcpu.try_ioctl("KVM_INTERRUPT", kvm_interrupt(256))
+    err = vcpu.try_interrupt(256)
     assert err == errno.EINVAL, f"KVM_INTERRUPT irq=256: expected EINVAL, got {errno_name(err)}"
 
 
