@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import pytest
 
 from kvmtest.cpuid import max_phys_addr
+from kvmtest.fingerprint import kvm_modules
 from kvmtest.guest import get_mode
 from kvmtest.guest.modes import CR0_WP, CR4_SMAP, CR4_SMEP
 from kvmtest.guest.paging import A, D, GiB1, KiB4, MiB2, MiB4, NX, P, RW, US, describe_flags
@@ -91,6 +92,36 @@ def test_access(guest, kvm, case):
     sets A at every level walked and D on the leaf only for a write (4.8). KVM_TRANSLATE agrees
     with the tables first: valid with the right address unless an entry is not present or has
     a reserved bit set (api.rst 4.15)."""
+    _check(guest, kvm, case)
+
+
+# KVM's forced-emulation prefix: ud2 then "kvm". With the kvm module parameter
+# force_emulation_prefix set, KVM skips it and runs the next instruction in its emulator.
+FEP = ".byte 0x0f, 0x0b, 0x6b, 0x76, 0x6d; "
+FEP_CASES = [c for c in CASES if c.access != "fetch"]  # the emulated CALL's target is fetched natively
+
+
+def _forced_emulation_enabled():
+    value = kvm_modules().get("kvm", {}).get("force_emulation_prefix", "0")
+    return value.lstrip("-").isdigit() and int(value) & 1
+
+
+# Without the parameter the ud2 is a real #UD: one skipped entry says so, instead of ~900.
+FEP_PARAMS = [pytest.param(c, id=c.id) for c in FEP_CASES] if _forced_emulation_enabled() else \
+    [pytest.param(None, id="all", marks=pytest.mark.skip(
+        reason="the forced-emulation prefix needs the kvm module parameter force_emulation_prefix=1"))]
+
+
+@pytest.mark.parametrize("case", FEP_PARAMS)
+def test_access_through_the_emulator(guest, kvm, case):
+    """The same reads and writes, each forced through KVM's instruction emulator with the
+    forced-emulation prefix: the emulator's own page walk must give the outcome, error code,
+    CR2 and A/D updates SDM Vol. 3A 4.6-4.8 give (kvm-unit-tests access_fep). Needs the kvm
+    module parameter force_emulation_prefix."""
+    _check(guest, kvm, case, prefix=FEP)
+
+
+def _check(guest, kvm, case, prefix=""):
     mode = get_mode(case.mode)
     if case.size == GiB1 and not kvm.has_feature("pdpe1gb"):
         pytest.skip("1 GiB pages need CPUID.80000001H:EDX[26] (pdpe1gb), which KVM does not report")
@@ -101,7 +132,7 @@ def test_access(guest, kvm, case):
         pytest.skip("MAXPHYADDR is 52: no reserved address bits to set")
     b = "rbx" if mode.code_bits == 64 else "ebx"
     leaf_fault = _expected(case, mode)
-    access = SOURCE[case.access].format(b=b)
+    access = prefix + SOURCE[case.access].format(b=b)
     body = f"GUEST_ASSERT_RAISES PF({leaf_fault:#x}), fault: {access}" if leaf_fault is not None else access
     g = guest(case.mode, f"mov {b}, {VA:#x}\n{body}\nGUEST_DONE", page_size=MiB2 if mode.paging != "32" else MiB4)
     g.vm.write(PA, b"\xc3")  # RET, for fetches
