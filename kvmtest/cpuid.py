@@ -28,7 +28,7 @@ FEATURES = {f.name: f for f in [
     Feature("fsgsbase", 7, 0, "ebx", 0), Feature("tsc_adjust", 7, 0, "ebx", 1), Feature("smep", 7, 0, "ebx", 7),
     Feature("invpcid", 7, 0, "ebx", 10), Feature("smap", 7, 0, "ebx", 20), Feature("umip", 7, 0, "ecx", 2),
     Feature("pku", 7, 0, "ecx", 3), Feature("ospke", 7, 0, "ecx", 4), Feature("la57", 7, 0, "ecx", 16),
-    Feature("rdpid", 7, 0, "ecx", 22),
+    Feature("rdpid", 7, 0, "ecx", 22), Feature("bus_lock_detect", 7, 0, "ecx", 24),
     Feature("syscall", 0x80000001, 0, "edx", 11), Feature("nx", 0x80000001, 0, "edx", 20),
     Feature("pdpe1gb", 0x80000001, 0, "edx", 26), Feature("rdtscp", 0x80000001, 0, "edx", 27),
     Feature("lm", 0x80000001, 0, "edx", 29), Feature("svm", 0x80000001, 0, "ecx", 2),

@@ -1,0 +1,236 @@
+"""The guest's own #DB semantics, with no KVM_SET_GUEST_DEBUG: what DR6 holds after a debug
+exception (SDM Vol. 3A 18.2.3) and how MOV SS holds back single-step traps and data
+breakpoints for one instruction (SDM Vol. 3A 6.8.3; Vol. 2B MOV "Loading the SS register")."""
+
+import pytest
+
+from kvmtest.guest import layout as L
+from kvmtest.guest.modes import MODES
+
+DR6_BS, DR6_B0 = 1 << 14, 1 << 0
+DR6_CLEAR = 0xFFFF0FF0        # DR6 with no status bit set (bits that read as 1, SDM 18.2.3)
+LOG = L.DATA + 0x800          # the #DB handler's record: count, then (RIP, DR6) per exception
+LOG_SLOTS = 8
+
+
+def _regs(mode):
+    """(accumulator, scratch, stack pointer, word size) of the mode's handler code."""
+    return ("rax", "rbx", "rsp", 8) if MODES[mode].code_bits == 64 else ("eax", "ebx", "esp", 4)
+
+
+def _db_logger(mode, stop_label):
+    """A #DB handler that logs RIP and DR6 of each exception into LOG, resets DR6, sets the
+    saved RF (so an instruction breakpoint, a fault, does not hit again on return: SDM 18.3.1.1)
+    and clears the saved TF once the exception for `stop_label` came (single-stepping ends)."""
+    a, b, sp, w = _regs(mode)
+    ret = "iretq" if w == 8 else "iretd"
+    ptr = "qword" if w == 8 else "dword"
+    return f"""
+db_logger:
+        push {a}
+        push {b}
+        mov {b}, {LOG:#x}
+        mov eax, dword ptr [{b}]
+        cmp eax, {LOG_SLOTS}
+        jae db_logger_full
+        inc dword ptr [{b}]
+        shl eax, 4
+        add {a}, {b}
+        mov {b}, {ptr} ptr [{sp} + {2 * w}]
+        mov {ptr} ptr [{a} + 16], {b}
+        mov {b}, dr6
+        mov {ptr} ptr [{a} + 24], {b}
+db_logger_full:
+        mov {b}, {DR6_CLEAR:#x}
+        mov dr6, {b}
+        or {ptr} ptr [{sp} + {4 * w}], 0x10000
+        mov {b}, {stop_label}
+        cmp {ptr} ptr [{sp} + {2 * w}], {b}
+        jne db_logger_out
+        and {ptr} ptr [{sp} + {4 * w}], ~0x100
+db_logger_out:
+        pop {b}
+        pop {a}
+        {ret}
+"""
+
+
+def _log(g):
+    count = g.vm.read_u32(LOG)
+    return [(g.vm.read_u64(LOG + 16 + 16 * i), g.vm.read_u64(LOG + 24 + 16 * i))
+            for i in range(min(count, LOG_SLOTS))]
+
+
+def _fmt_log(g, log):
+    names = {v: k for k, v in g.labels.items()}
+    return ", ".join(f"RIP {names.get(rip, hex(rip))} DR6 {dr6:#x}" for rip, dr6 in log) or "no #DB"
+
+
+@pytest.mark.modes("real", "pm32", "long64", "compat32")
+def test_dr6_bs_survives_a_breakpoint_exception(guest, mode):
+    """DR6.BS set beforehand stays set when an execute breakpoint raises #DB: the processor
+    sets B0 and never clears DR6 bits other than B0-B3 (SDM Vol. 3A 18.2.3 "Certain debug
+    exceptions may clear bits 0-3. The remaining contents of the DR6 register are never cleared
+    by the processor"; kvm-unit-tests debug.c)."""
+    a = "rax" if MODES[mode].code_bits == 64 else "eax"
+    g = guest(mode, f"""
+        mov {a}, {DR6_CLEAR | DR6_BS:#x}
+        mov dr6, {a}
+        mov {a}, target
+        mov dr0, {a}
+        mov {a}, 1
+        mov dr7, {a}
+        GUEST_ASSERT_RAISES DB, target: nop
+        mov {a}, dr6
+        GUEST_SYNC {a}
+        GUEST_DONE""")
+    (dr6,) = g.run_to_done()
+    assert dr6 & (DR6_BS | 0xF) == DR6_BS | DR6_B0, \
+        f"DR6 after the DR0 #DB: {dr6:#x}; expected BS kept and B0 set (BS|B0 = {DR6_BS | DR6_B0:#x} in bits 14, 3:0)"
+
+
+SS_MODES = ("long64", "long64-cpl3", "pm32")
+DR7_L0 = 0x401                # L0, and bit 10 which reads as 1 (SDM Vol. 3A 18.2.4)
+RW_EXECUTE, RW_WRITE, RW_READ_WRITE = 0, 1, 3
+LEN_2 = 1
+
+
+def _arm_dr0(g, address, rw, length=0):
+    """Point the guest's own DR0 at `address` through KVM_SET_DEBUGREGS (api.rst 4.65),
+    which works whatever CPL the guest code starts at; checks the registers read back."""
+    dbg = g.vcpu.get_debugregs()
+    dbg.db[0] = address
+    dbg.dr7 = DR7_L0 | rw << 16 | length << 18
+    g.vcpu.set_debugregs(dbg)
+    back = g.vcpu.get_debugregs()
+    assert (back.db[0], back.dr7) == (address, dbg.dr7), \
+        f"KVM_GET_DEBUGREGS after KVM_SET_DEBUGREGS: DR0 {back.db[0]:#x} DR7 {back.dr7:#x}, " \
+        f"expected {address:#x} {dbg.dr7:#x}"
+
+
+def _logging_guest(guest, mode, body, stop_label="after"):
+    g = guest(mode, f"""
+        {body}
+        GUEST_DONE
+        {_db_logger(mode, stop_label)}""")
+    g.vm.write(LOG, bytes(16 + 16 * LOG_SLOTS))
+    g.set_idt_gate(1, "db_logger")
+    return g
+
+
+@pytest.mark.modes(*SS_MODES)
+def test_own_execute_breakpoint_faults_before_the_instruction(guest, mode):
+    """An execute breakpoint in the guest's own DR0 raises #DB as a fault: saved RIP is the
+    breakpoint address, DR6.B0 is set, and with RF set in the saved flags the instruction then
+    runs once (SDM Vol. 3A 18.3.1.1). At CPL3 too: DR7.L0 is not limited to CPL0 code."""
+    b = _regs(mode)[1]
+    g = _logging_guest(guest, mode, f"""
+        mov {b}, 1
+        target: add {b}, 1
+        after: nop
+        GUEST_SYNC {b}""")
+    _arm_dr0(g, g.labels["target"], RW_EXECUTE)
+    assert g.run_to_done() == [2], "the instruction at the breakpoint did not run exactly once"
+    log = _log(g)
+    assert [(rip, dr6 & 0xF) for rip, dr6 in log] == [(g.labels["target"], DR6_B0)], \
+        f"execute-breakpoint #DBs: {_fmt_log(g, log)}; expected one at RIP target with DR6.B0"
+
+
+@pytest.mark.modes(*SS_MODES)
+@pytest.mark.parametrize("access,rw", [("write", RW_WRITE), ("write", RW_READ_WRITE), ("read", RW_READ_WRITE)])
+def test_own_data_breakpoint_traps_after_the_access(guest, mode, access, rw):
+    """A data breakpoint in the guest's own DR0 raises #DB as a trap once the access is done:
+    saved RIP after the accessing instruction, DR6.B0 set; R/W0 = 01 matches writes only and
+    11 reads and writes (SDM Vol. 3A 18.2.4, 18.3.1.2)."""
+    b = _regs(mode)[1]
+    insn = "mov word ptr [{b}], ax" if access == "write" else "mov ax, word ptr [{b}]"
+    g = _logging_guest(guest, mode, f"""
+        mov {b}, {L.DATA:#x}
+        {insn.format(b=b)}
+        after: nop""")
+    _arm_dr0(g, L.DATA, rw, LEN_2)
+    g.run_to_done()
+    log = _log(g)
+    assert [(rip, dr6 & 0xF) for rip, dr6 in log] == [(g.labels["after"], DR6_B0)], \
+        f"data-breakpoint #DBs after a {access} (R/W0={rw:02b}): {_fmt_log(g, log)}; expected one at RIP after " \
+        "with DR6.B0"
+
+
+@pytest.mark.modes(*SS_MODES)
+def test_mov_ss_holds_a_single_step_trap_for_one_instruction(guest, mode):
+    """With EFLAGS.TF set, the single-step trap for MOV SS is held back until the instruction
+    after it has run: #DB comes with the saved RIP after that next instruction and DR6.BS, and
+    no #DB points at the instruction following MOV SS (SDM Vol. 3A 6.8.3; Vol. 2B MOV)."""
+    w = _regs(mode)[3]
+    flags = "pushfq" if w == 8 else "pushfd"
+    popf = "popfq" if w == 8 else "popfd"
+    g = guest(mode, f"""
+        {flags}
+        or dword ptr [{_regs(mode)[2]}], 0x100
+        {popf}
+        step1: nop
+        step2: mov ax, ss
+        step3: mov ss, ax
+        shadowed: nop
+        after_shadow: nop
+        GUEST_DONE
+        {_db_logger(mode, 'after_shadow')}""")
+    g.vm.write(LOG, bytes(16 + 16 * LOG_SLOTS))
+    g.set_idt_gate(1, "db_logger")
+    g.run_to_done()
+    log = _log(g)
+    rips = [rip for rip, _ in log]
+    want = [g.labels[n] for n in ("step2", "step3", "after_shadow")]
+    assert rips == want, f"single-step #DBs: {_fmt_log(g, log)}; expected RIP step2, step3, after_shadow " \
+                         "(none at `shadowed`, the instruction after MOV SS)"
+    bad = [f"{dr6:#x}" for _, dr6 in log if not dr6 & DR6_BS]
+    assert not bad, f"single-step #DB without DR6.BS: {bad}"
+
+
+@pytest.mark.modes(*SS_MODES)
+def test_mov_ss_holds_a_data_breakpoint_for_one_instruction(guest, mode):
+    """A data breakpoint on the memory that MOV SS reads is held back until the next
+    instruction has run: one #DB, saved RIP after that instruction, DR6.B0 set (SDM Vol. 3A
+    6.8.3: MOV SS inhibits data breakpoints for one instruction). The guest owns DR0/DR7,
+    set through KVM_SET_DEBUGREGS so CPL3 code is covered too."""
+    selector = L.DATA + 0x700
+    b = _regs(mode)[1]
+    g = _logging_guest(guest, mode, f"""
+        mov {b}, {selector:#x}
+        mov ss, word ptr [{b}]
+        shadowed: nop
+        after: nop""")
+    g.vm.write(selector, g.vcpu.get_sregs().ss.selector.to_bytes(2, "little"))  # reload the same SS
+    _arm_dr0(g, selector, RW_READ_WRITE, LEN_2)
+    g.run_to_done()
+    log = _log(g)
+    assert [(rip, dr6 & 0xF) for rip, dr6 in log] == [(g.labels["after"], DR6_B0)], \
+        f"data-breakpoint #DBs: {_fmt_log(g, log)}; expected one at RIP after with DR6.B0 (held over `shadowed`)"
+
+
+MSR_IA32_DEBUGCTL = 0x1D9
+DEBUGCTL_BLD = 1 << 2
+DR6_BLD = 1 << 11
+
+
+@pytest.mark.requires_cpu("bus_lock_detect")
+@pytest.mark.modes("long64", "long64-cpl3")
+def test_bus_lock_raises_db_after_the_locked_instruction(guest, mode):
+    """With IA32_DEBUGCTL.BLD set, a locked access that splits a cache line (a bus lock) raises
+    #DB as a trap after the instruction and clears DR6.BLD, which is active low (SDM Vol. 3A
+    18.3.1.6 bus-lock detection; kvm-unit-tests debug.c). DEBUGCTL is set through
+    KVM_SET_MSRS so the check runs at CPL3 too."""
+    split = L.DATA + 0x3E     # 4 bytes across the 64-byte line boundary at DATA + 0x40
+    g = guest(mode, f"""
+        mov rbx, {split:#x}
+        GUEST_ASSERT_RAISES DB, locked: lock add dword ptr [rbx], 1  # f0 83 03 01: 4 bytes
+        GUEST_DONE""")
+    accepted = g.vcpu.set_msrs({MSR_IA32_DEBUGCTL: DEBUGCTL_BLD})
+    assert accepted == 1, "KVM_SET_MSRS refused IA32_DEBUGCTL.BLD although CPUID offers bus-lock detection"
+    g.run_to_done()
+    rec = g.exception_record()
+    assert rec["rip"] == g.labels["locked"] + 4, \
+        f"bus-lock #DB saved RIP {rec['rip']:#x}, expected {g.labels['locked'] + 4:#x} (after the LOCK ADD)"
+    dr6 = g.vcpu.get_debugregs().dr6
+    assert not dr6 & DR6_BLD, f"DR6 {dr6:#x}: BLD (bit 11) still 1; a bus-lock #DB clears it"
+    assert g.vm.read_u32(split) == 1, "the locked add did not complete before the trap"
