@@ -265,6 +265,13 @@ class Guest:
                 continue
             raise self.failure(f"expected GUEST_DONE, got {event}", vcpu=vcpu)
 
+    def expect_sync(self, timeout: float | None = None, vcpu=None) -> int:
+        """Run to the next event, which must be a GUEST_SYNC; returns its value."""
+        event = self.run(timeout, vcpu)
+        if not isinstance(event, P.Sync):
+            raise self.failure(f"expected GUEST_SYNC, got {event}", vcpu=vcpu)
+        return event.value
+
     def expect_exit(self, exit_type, timeout: float | None = None, **fields) -> Exit:
         """Run to the next event and assert it is `exit_type` with the given field values."""
         event = self.run(timeout)

@@ -148,4 +148,4 @@ def test_single_step_with_blockirq_holds_back_a_pending_interrupt(kvm, guest, mo
     assert pcs == [g.labels["i1"], g.labels["i2"], g.labels["i3"]], \
         f"steps went to {[hex(p) for p in pcs]}: the interrupt was delivered while BLOCKIRQ was set"
     g.vcpu.set_guest_debug(0)
-    assert g.run().value == 0x40
+    assert g.expect_sync() == 0x40

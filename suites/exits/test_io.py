@@ -37,9 +37,9 @@ def test_out_and_in_with_immediate_and_dx_ports(guest, mode, size):
     g.expect_exit(IoExit, port=0x3F8, size=size, count=1, direction=KVM_EXIT_IO_OUT, data=data)
     reply = [0xA1B2C3D4 & ((1 << 8 * size) - 1), 0x55667788 & ((1 << 8 * size) - 1)]
     g.expect_exit(IoExit, port=0x41, size=size, count=1, direction=KVM_EXIT_IO_IN).respond(reply[0])
-    assert g.run().value == reply[0], f"IN imm8 ({size} bytes): guest got another value than the host supplied"
+    assert g.expect_sync() == reply[0], f"IN imm8 ({size} bytes): guest got another value than the host supplied"
     g.expect_exit(IoExit, port=0x2F8, size=size, count=1, direction=KVM_EXIT_IO_IN).respond(reply[1])
-    assert g.run().value == reply[1]
+    assert g.expect_sync() == reply[1]
     g.run_to_done()
 
 

@@ -137,7 +137,7 @@ def test_lidt_from_mmio_loads_what_the_host_supplied(guest, mode):
             f"{exit_}: expected a read of the operand's next bytes at {ADDR + len(got):#x} ({len(got)} of {size} supplied)"
         exit_.respond(supplied[len(got): len(got) + exit_.len])
         got += supplied[len(got): len(got) + exit_.len]
-    assert g.run().value == 1
+    assert g.expect_sync() == 1
     idt = g.vcpu.get_sregs().idt
     assert (idt.limit, idt.base) == (want_limit, want_base), f"IDTR after LIDT from MMIO: {idt}"
     g.run_to_done()

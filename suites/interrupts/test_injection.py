@@ -44,7 +44,7 @@ def test_interrupt_window_then_kvm_interrupt_reaches_the_handler(guest, mode):
         f"ready_for_interrupt_injection={run.ready_for_interrupt_injection} if_flag={run.if_flag}"
     run.request_interrupt_window = 0
     g.vcpu.interrupt(0x40)
-    assert g.run().value == 0x40
+    assert g.expect_sync() == 0x40
     g.run_to_done()
 
 
@@ -89,9 +89,9 @@ def test_kvm_nmi_runs_the_nmi_handler(guest, mode):
     EFLAGS.IF says (SDM Vol. 3A 6.7.1)."""
     g = guest(mode, NMI_GUEST)
     g.set_idt_gate(2, "nmi_handler")
-    assert g.run().value == 1
+    assert g.expect_sync() == 1
     g.vcpu.nmi()
-    assert g.run().value == 2
+    assert g.expect_sync() == 2
     g.run_to_done()
 
 
@@ -106,7 +106,7 @@ def test_exception_injected_with_set_vcpu_events(guest, mode, vector, error_code
         pytest.skip("real mode exceptions carry no error code")
     spec = f"{vector}({error_code:#x})" if error_code is not None else str(vector)
     g = guest(mode, f"GUEST_ASSERT_RAISES {spec}, GUEST_SYNC 1\nGUEST_DONE")
-    assert g.run().value == 1
+    assert g.expect_sync() == 1
     ev = g.vcpu.get_events()
     ev.exception.injected, ev.exception.nr = 1, vector
     ev.exception.has_error_code = int(error_code is not None)
@@ -144,7 +144,7 @@ def test_interrupt_window_opens_only_after_the_instruction_following_sti(guest, 
 
     g = guest(mode, STI_SHADOW.format(**regs_for(mode)))
     g.set_idt_gate(0x40, "handler")
-    assert g.run().value == 1
+    assert g.expect_sync() == 1
     run = g.vcpu.kvm_run
     run.request_interrupt_window = 1
     g.expect_exit(IrqWindowOpenExit)

@@ -45,7 +45,7 @@ def _guest(guest, pin, level, count, handler=COUNTING_HANDLER):
     for page in (APIC, IOAPIC):
         g.page_tables.map(page, page, KiB4, P | RW | PCD)
     g.set_idt_gate(0x50, "handler")
-    assert g.run().value == 0
+    assert g.expect_sync() == 0
     return g
 
 
@@ -63,8 +63,8 @@ def test_level_gsi_is_delivered_again_while_asserted(guest):
     lowered it stops (82093AA remote IRR; kvm-unit-tests ioapic.c level retrigger)."""
     g = _guest(guest, 17, level=True, count=2)
     g.vm.irq_line(17, 1)
-    assert g.run().value == 1
-    assert g.run().value == 2, "the level interrupt was not delivered again after EOI"
+    assert g.expect_sync() == 1
+    assert g.expect_sync() == 2, "the level interrupt was not delivered again after EOI"
     g.vm.irq_line(17, 0)
     g.run_to_done()
 
@@ -190,7 +190,7 @@ def test_logical_destination_reaches_every_vcpu_in_the_mask(guest):
     for v in vcpus[1:]:
         v.set_mp_state(C.KVM_MP_STATE_RUNNABLE)
     for v in vcpus:
-        assert g.run(vcpu=v).value == 1
+        assert g.expect_sync(vcpu=v) == 1
     threads = [g.in_thread(v, timeout=20) for v in vcpus]
     g.vm.irq_line(20, 1)
     g.vm.irq_line(20, 0)
@@ -225,10 +225,10 @@ def test_masked_level_pin_delivers_once_unmasked(guest):
     for page in (APIC, IOAPIC):
         g.page_tables.map(page, page, KiB4, P | RW | PCD)
     g.set_idt_gate(0x52, "handler")
-    assert g.run().value == 1
+    assert g.expect_sync() == 1
     g.vm.irq_line(21, 1)
-    assert g.run().value == 2, "the masked pin's interrupt was delivered"
-    assert g.run().value == 0x52
+    assert g.expect_sync() == 2, "the masked pin's interrupt was delivered"
+    assert g.expect_sync() == 0x52
     g.vm.irq_line(21, 0)
     g.run_to_done()
 

@@ -38,10 +38,10 @@ def test_pic_irq_reaches_the_guest(guest, mode):
     vector ICW2+1 to a guest waiting in HLT."""
     g = guest(mode, PIC_GUEST, irqchip=True)
     g.set_idt_gate(0x21, "irq1")
-    assert g.run().value == 1
+    assert g.expect_sync() == 1
     g.vm.irq_line(1, 1)
     g.vm.irq_line(1, 0)
-    assert g.run().value == 0x21
+    assert g.expect_sync() == 0x21
     g.run_to_done()
 
 

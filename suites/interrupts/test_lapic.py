@@ -142,9 +142,9 @@ def test_fixed_ipi_between_vcpus(guest):
     g.set_idt_gate(0x40, "ap_ipi")
     ap = g.add_vcpu("ap")
     ap.set_mp_state(C.KVM_MP_STATE_RUNNABLE)
-    assert g.run(vcpu=ap).value == 2
+    assert g.expect_sync(vcpu=ap) == 2
     ap_thread = g.in_thread(ap, timeout=20)
-    assert g.run().value == 1
+    assert g.expect_sync() == 1
     g.run_to_done()
     assert ap_thread.join(30) == [0x40], "vCPU 1 did not take the IPI"
 
@@ -166,7 +166,7 @@ def test_apic_mode_transitions(guest):
     """xAPIC -> x2APIC by setting IA32_APIC_BASE.EXTD is allowed; x2APIC -> xAPIC without going
     through disabled raises #GP(0) (SDM Vol. 3A 11.12.5, Figure 11-27; kvm-unit-tests apic.c)."""
     g = guest("long64", TO_X2APIC_THEN, irqchip=True)
-    assert g.run().value & 0xC00 == 0xC00
+    assert g.expect_sync() & 0xC00 == 0xC00
     g.run_to_done()
     assert g.vcpu.get_msr(MSR_APIC_BASE) & 0xC00 == 0xC00, "the refused transition changed IA32_APIC_BASE"
 
@@ -214,9 +214,9 @@ def _bsp_signals_waiting_aps(g, count: int) -> dict[int, list[int]]:
     aps = [g.add_vcpu("ap") for _ in range(count)]
     for ap in aps:
         ap.set_mp_state(C.KVM_MP_STATE_RUNNABLE)
-        assert g.run(vcpu=ap).value == 2, f"AP {ap.id} did not report in"
+        assert g.expect_sync(vcpu=ap) == 2, f"AP {ap.id} did not report in"
     threads = [g.in_thread(ap, timeout=20) for ap in aps]
-    assert g.run().value == 1
+    assert g.expect_sync() == 1
     g.run_to_done()
     return {ap.id: t.join(30) for ap, t in zip(aps, threads)}
 

@@ -68,9 +68,9 @@ def test_reserved_ioapic_route_eoi_exits_to_user_space(guest, vm, level):
     g.set_idt_gate(VECTOR, "handler")
     data = VECTOR | (1 << 15 | 1 << 14 if level else 0)  # level + assert, or edge
     vm.set_gsi_routing([vm.msi_route(5, APIC, data)])
-    assert g.run().value == 0
+    assert g.expect_sync() == 0
     vm.irq_line(5, 1)
-    assert g.run().value == VECTOR, f"vector {VECTOR:#x} not delivered through the MSI route of GSI 5"
+    assert g.expect_sync() == VECTOR, f"vector {VECTOR:#x} not delivered through the MSI route of GSI 5"
     before_eoi = g.run()
     assert getattr(before_eoi, "value", None) == 0xE0E, \
         f"expected the handler's GUEST_SYNC 0xe0e before its EOI write, got {before_eoi}"

@@ -99,7 +99,7 @@ def test_pio_ioeventfd_and_unregistering(guest):
     efd = os.eventfd(0, os.EFD_NONBLOCK)
     try:
         g.vm.ioctl("KVM_IOEVENTFD", _ioeventfd(0x70, 1, efd, KVM_IOEVENTFD_FLAG_PIO))
-        assert g.run().value == 1
+        assert g.expect_sync() == 1
         assert os.eventfd_read(efd) == 1
         g.vm.ioctl("KVM_IOEVENTFD", _ioeventfd(0x70, 1, efd, KVM_IOEVENTFD_FLAG_PIO | KVM_IOEVENTFD_FLAG_DEASSIGN))
         g.expect_exit(IoExit, port=0x70)

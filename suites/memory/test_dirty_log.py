@@ -60,7 +60,7 @@ def test_logging_switched_on_for_a_live_slot(guest):
     g = guest("long64", _writer([1]).replace("GUEST_DONE", "GUEST_SYNC 0\n" + _writer([5])),
               identity_size=LOGGED + 0x10000)
     slot = g.vm.add_memory(LOGGED, 0x10000)
-    assert g.run().value == 0
+    assert g.expect_sync() == 0
     g.vm.set_memslot_flags(slot.slot, KVM_MEM_LOG_DIRTY_PAGES)
     g.run_to_done()
     assert g.vm.get_dirty_log(slot.slot) == {5}
@@ -82,7 +82,7 @@ def test_manual_protect_get_does_not_clear(manual):
     bitmap (api.rst 4.8); KVM_CLEAR_DIRTY_LOG does, and a page written again is reported again
     (api.rst 4.117)."""
     g, slot = manual
-    assert g.run().value == 1
+    assert g.expect_sync() == 1
     assert g.vm.get_dirty_log(slot.slot) == {2, 4}
     assert g.vm.get_dirty_log(slot.slot) == {2, 4}, "KVM_GET_DIRTY_LOG cleared bits under manual protect"
     g.vm.clear_dirty_log(slot.slot, 0, 64, {2, 4})

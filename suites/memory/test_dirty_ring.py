@@ -64,7 +64,7 @@ def test_reset_rearms_the_collected_pages(guest, vm, mode):
     source = "\n".join([_store(4), "GUEST_SYNC 1", _store(4, 2), "GUEST_DONE"])
     g, slot = _ring_guest(guest, vm, source, mode=mode)
     ring = g.vcpu.dirty_ring
-    assert g.run().value == 1
+    assert g.expect_sync() == 1
     first = ring.harvest()
     assert set(first) == {(slot, 4)}, f"entries after the first write: {first}, expected page 4 of slot {slot}"
     vm.reset_dirty_rings()

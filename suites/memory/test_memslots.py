@@ -144,5 +144,5 @@ def test_moved_slot_is_seen_at_its_new_address(guest):
     slot = g.vm.add_memory(0x300000, 0x1000)
     g.vm.write_u64(0x300000, 0x0102030405060708)
     g.vm.move_memslot(slot.slot, 0x301000)
-    assert g.run().value == 0x0102030405060708
+    assert g.expect_sync() == 0x0102030405060708
     g.expect_exit(MmioExit, phys_addr=0x300000, len=8)

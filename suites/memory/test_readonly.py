@@ -25,7 +25,7 @@ def test_reads_work_and_writes_exit_as_mmio(guest, mode):
         GUEST_DONE""")
     slot = g.vm.add_memory(RO, 0x1000, flags=KVM_MEM_READONLY)
     slot.mapping.write(0x10, (0x12345678).to_bytes(4, "little"))
-    assert g.run().value == 0x12345678
+    assert g.expect_sync() == 0x12345678
     g.expect_exit(MmioExit, phys_addr=RO + 0x10, len=4, is_write=True, data=bytes.fromhex("dec0edfe"))
     g.expect_exit(MmioExit, phys_addr=RO + 0x16, len=2, is_write=True, data=bytes.fromhex("efbe"))
     g.run_to_done()

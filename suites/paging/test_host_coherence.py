@@ -29,9 +29,9 @@ def test_host_write_after_guest_read(guest, mode):
     """A host write to guest memory between two guest reads is seen by the second read."""
     g = guest(mode, _src(mode), page_size=MiB2 if mode != "pm32" else 0x1000)
     g.vm.write_u64(TARGET, 0x1111)
-    assert g.run().value == 0x1111
+    assert g.expect_sync() == 0x1111
     g.vm.write_u64(TARGET, 0x2222)
-    assert g.run().value == 0x2222
+    assert g.expect_sync() == 0x2222
     g.run_to_done()
 
 
@@ -42,9 +42,9 @@ def test_madvise_dontneed_of_the_backing_reads_as_zero(guest, mode):
     next read sees the fresh zero page, not the old contents (api.rst 4.35)."""
     g = guest(mode, _src(mode), page_size=MiB2 if mode != "pm32" else 0x1000)
     g.vm.write_u64(TARGET, 0x1111)
-    assert g.run().value == 0x1111
+    assert g.expect_sync() == 0x1111
     g.vm.slot_for(TARGET).mapping.discard(TARGET & ~0xFFF, 0x1000)
-    assert g.run().value == 0
+    assert g.expect_sync() == 0
     g.run_to_done()
 
 
@@ -55,9 +55,9 @@ def test_slot_replaced_under_a_touched_page(guest, mode):
     g = guest(mode, _src(mode).replace(f"{TARGET:#x}", "0x300000"), page_size=MiB2 if mode != "pm32" else 0x1000)
     slot = g.vm.add_memory(0x300000, 0x1000)
     g.vm.write_u64(0x300000, 0x1111)
-    assert g.run().value == 0x1111
+    assert g.expect_sync() == 0x1111
     g.vm.delete_memslot(slot.slot)
     g.vm.add_memory(0x300000, 0x1000)
     g.vm.write_u64(0x300000, 0x3333)
-    assert g.run().value == 0x3333
+    assert g.expect_sync() == 0x3333
     g.run_to_done()

@@ -54,7 +54,7 @@ def test_shared_table_keeps_each_paths_write_permission(guest, mode, level):
     shared_table = pt.read_entry(VA, LEVEL[level]) & ~0xFFF & ((1 << 52) - 1)
     pt.write_entry(alias, LEVEL[level], int.from_bytes(encode_entry(pt.fmt, shared_table, P | US), "little"))
     g.vm.write_u32(PAGE_A, 0xAAAA0001)
-    first = g.run().value
+    first = g.expect_sync()
     assert first == 0xAAAA0001, f"read through the read-only path: {first:#x}, expected PAGE_A's 0xaaaa0001"
     g.run_to_done()
     cr2 = g.exception_record()["cr2"]

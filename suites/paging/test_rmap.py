@@ -30,6 +30,6 @@ def test_a_page_mapped_a_thousand_times(guest):
     for i in range(ALIASES):
         g.page_tables.map(BASE + i * 0x1000, PAGE, KiB4, P | RW)
     g.vm.write_u64(PAGE, 3)
-    assert g.run().value == 3 * ALIASES
+    assert g.expect_sync() == 3 * ALIASES
     g.run_to_done()
     assert g.vm.read_u64(PAGE) == 0x77

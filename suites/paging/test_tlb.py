@@ -117,7 +117,7 @@ def test_page_table_page_written_as_data_then_used(guest, mode):
     g.vm.write_u32(PAGE_A, 0xAAAA0001)
     g.vm.write_u32(PAGE_B, 0xBBBB0002)
     _point_rdi_at(g, pte)
-    assert g.run().value == 0xAAAA0001
+    assert g.expect_sync() == 0xAAAA0001
     g.run_to_done()
     assert g.page_tables.read_entry(VA, 3) & ~0xFFF == PAGE_B, "the guest's PTE write did not land in memory"
     tr = g.vcpu.translate(VA)

@@ -40,7 +40,7 @@ def test_guest_continues_after_restore_into_a_new_vm(guest, mode):
     """Registers, memory, segment state and mode survive save -> new VM -> restore: the guest's
     own checks after the restore pass and it reaches GUEST_DONE."""
     g = guest(mode, _checks(mode))
-    assert g.run().value == 1
+    assert g.expect_sync() == 1
     before = g.vcpu.get_sregs()
     g.migrate()
     after = g.vcpu.get_sregs()
@@ -63,7 +63,7 @@ def test_msrs_survive_save_and_restore(guest, mode):
         rdmsr
         GUEST_SYNC eax
         GUEST_DONE""")
-    assert g.run().value == 1
+    assert g.expect_sync() == 1
     g.migrate()
     assert g.run_to_done() == [0x5A5A5000]
 
@@ -78,7 +78,7 @@ def test_xmm_registers_survive_save_and_restore(guest):
         movq rax, xmm3
         GUEST_SYNC rax
         GUEST_DONE""")
-    assert g.run().value == 1
+    assert g.expect_sync() == 1
     g.migrate()
     assert g.run_to_done() == [0x0123456789ABCDEF]
 
