@@ -3,10 +3,16 @@ taskswitch.c). KVM carries them out in software, so every field counts."""
 
 import struct
 
+import pytest
+
+from kvmtest.exits import HltExit
 from kvmtest.guest import descriptors as D
 from kvmtest.guest import layout as L
 
 TSS_B, SEL_TSS_B = 0x3100, 0x60
+TASK_B_STACK = 0x6800
+EFLAGS_NT, EFLAGS_IF = 1 << 14, 1 << 9
+TSS_LINK, TSS_EIP, TSS_EFLAGS = 0x00, 0x20, 0x24
 
 SOURCE = """
     FARJMP 0x60, 0
@@ -50,3 +56,127 @@ def test_far_jump_to_a_tss_switches_tasks(guest):
     assert (new_type, old_type) == (D.TSS_BUSY, D.TSS_AVAILABLE), \
         f"TSS types after JMP: new {new_type:#x} (want busy 0xb), old {old_type:#x} (want available 0x9)"
     assert not g.vcpu.get_regs().rflags & (1 << 14), "EFLAGS.NT set after a JMP task switch"
+
+
+def _tss_field(g, base, offset):
+    return struct.unpack_from("<I", g.vm.read(base, 0x68), offset)[0]
+
+
+def _tss_types(g):
+    """(old task's TSS type, new task's TSS type) as the GDT holds them now."""
+    return tuple(D.Descriptor.decode(g.vm.read(L.GDT + sel, 8)).type for sel in (L.SEL_TSS, SEL_TSS_B))
+
+
+def _nested_task_b(g):
+    g.set_gdt_entry(SEL_TSS_B, D.tss(TSS_B, 0x67, busy=False).encode())
+    g.vm.write(TSS_B, _tss32(g.labels["task_b"], TASK_B_STACK))
+
+
+def _check_nested_entry(g, tr, eflags, old_eip):
+    """What SDM Vol. 3A 7.3 / Table 7-2 and 7.4 give a nested task switch (CALL, or an
+    interrupt or exception through a task gate): TR = the new TSS, NT set in the new task,
+    the new TSS's previous-task link = the old TR, both TSS busy, the old task's EIP saved."""
+    assert tr == SEL_TSS_B, f"TR in the new task: {tr:#x}, expected {SEL_TSS_B:#x}"
+    assert eflags & EFLAGS_NT, f"EFLAGS {eflags:#x} in the new task: NT clear, a nested switch sets it"
+    link = _tss_field(g, TSS_B, TSS_LINK) & 0xFFFF
+    assert link == L.SEL_TSS, f"new TSS previous-task link {link:#x}, expected the old TR {L.SEL_TSS:#x}"
+    assert _tss_types(g) == (D.TSS_BUSY, D.TSS_BUSY), \
+        f"TSS types (old, new) {_tss_types(g)}: both must stay busy (0xb) while nested"
+    saved = _tss_field(g, L.TSS, TSS_EIP)
+    assert saved == old_eip, f"old TSS EIP {saved:#x}, expected {old_eip:#x}"
+
+
+def test_far_call_to_a_tss_nests_and_iret_returns(guest):
+    """CALL FAR to an available TSS switches tasks as a nested task: NT set, the previous-task
+    link holds the old TR, the old TSS stays busy, the old EIP (after the CALL) is saved. IRET
+    with NT set then returns to the old task after the CALL, with TR back, NT clear and the
+    nested TSS available again (SDM Vol. 3A 7.3, 7.4, Table 7-2; kvm-unit-tests taskswitch.c)."""
+    g = guest("pm32", """
+        FARCALL 0x60, 0
+    after_call:
+        pushfd
+        pop eax
+        GUEST_SYNC tr
+        GUEST_SYNC eax
+        GUEST_DONE
+    task_b:
+        pushfd
+        pop eax
+        GUEST_SYNC tr
+        GUEST_SYNC eax
+        iretd
+        GUEST_FAIL "IRET with NT set did not return to the calling task"
+    """)
+    _nested_task_b(g)
+    tr, eflags = g.expect_sync(), g.expect_sync()
+    _check_nested_entry(g, tr, eflags, g.labels["after_call"])
+    back_tr, back_eflags = g.run_to_done()
+    assert back_tr == L.SEL_TSS, f"TR after IRET: {back_tr:#x}, expected the calling task's {L.SEL_TSS:#x}"
+    assert not back_eflags & EFLAGS_NT, f"EFLAGS {back_eflags:#x} after IRET: NT set in the calling task"
+    assert _tss_types(g) == (D.TSS_BUSY, D.TSS_AVAILABLE), \
+        f"TSS types (old, new) after IRET {_tss_types(g)}: expected (busy 0xb, available 0x9)"
+
+
+TASK_B_REPORTS = """
+    task_b:
+        pushfd
+        pop eax
+        GUEST_SYNC tr
+        GUEST_SYNC eax
+        GUEST_SYNC esp
+        mov ebx, dword ptr [esp]
+        GUEST_SYNC ebx
+        GUEST_DONE
+"""
+
+EXCEPTIONS = {
+    # vector, faulting code, error code pushed on the new task's stack (None: none)
+    "de": (0, "xor edx, edx\n    xor ecx, ecx\n    mov eax, 1\n    fault: div ecx", None),
+    "ud": (6, "fault: ud2", None),
+    "gp": (13, "mov ax, 0x1230\n    fault: mov ds, ax", 0x1230),
+}
+
+
+@pytest.mark.parametrize("name", EXCEPTIONS)
+def test_exception_through_a_task_gate_switches_tasks(guest, name):
+    """An exception whose IDT entry is a task gate switches to the gate's task as a nested
+    task; the old task's saved EIP is the faulting instruction, and an error code is pushed on
+    the new task's stack (SDM Vol. 3A 6.11 task gates, 6.12.2 "Interrupt Tasks", 7.3)."""
+    vector, code, error_code = EXCEPTIONS[name]
+    g = guest("pm32", f"""
+    {code}
+        GUEST_FAIL "the exception did not switch tasks"
+    {TASK_B_REPORTS}""")
+    _nested_task_b(g)
+    g.set_idt_gate(vector, 0, gate_type=D.TASK_GATE, selector=SEL_TSS_B)
+    tr, eflags, esp, top = g.run_to_done()
+    _check_nested_entry(g, tr, eflags, g.labels["fault"])
+    if error_code is None:
+        assert esp == TASK_B_STACK, f"ESP in the handler task {esp:#x}, expected {TASK_B_STACK:#x} (no error code)"
+    else:
+        assert (esp, top) == (TASK_B_STACK - 4, error_code), \
+            f"handler task stack: ESP {esp:#x} holding {top:#x}, expected the error code {error_code:#x} " \
+            f"at {TASK_B_STACK - 4:#x}"
+
+
+@pytest.mark.parametrize("source", ["int", "external", "nmi"])
+def test_interrupt_through_a_task_gate_switches_tasks(guest, source):
+    """INT n, an external interrupt (KVM_INTERRUPT) and an NMI (KVM_NMI) whose IDT entry is a
+    task gate switch to the gate's task as a nested task, the old task's saved EIP pointing
+    after the interrupted instruction and no error code pushed (SDM Vol. 3A 6.12.2, 7.3;
+    api.rst 4.16 KVM_INTERRUPT, 4.63 KVM_NMI)."""
+    vector = {"int": 0x40, "external": 0x40, "nmi": 2}[source]
+    trigger = "int 0x40" if source == "int" else "sti\n    hlt"
+    g = guest("pm32", f"""
+        {trigger}
+    resumed:
+        GUEST_FAIL "the interrupt did not switch tasks"
+    {TASK_B_REPORTS}""")
+    _nested_task_b(g)
+    g.set_idt_gate(vector, 0, gate_type=D.TASK_GATE, selector=SEL_TSS_B)
+    if source != "int":
+        g.expect_exit(HltExit)
+        g.vcpu.interrupt(vector) if source == "external" else g.vcpu.nmi()
+    tr, eflags, esp, _ = g.run_to_done()
+    _check_nested_entry(g, tr, eflags, g.labels["resumed"])
+    assert esp == TASK_B_STACK, f"ESP in the handler task {esp:#x}, expected {TASK_B_STACK:#x} (no error code)"
