@@ -73,3 +73,30 @@ def test_wrong_vendor_hypercall_without_the_quirk_is_ud(kvm, guest):
     g.vm.enable_cap("KVM_CAP_DISABLE_QUIRKS2", KVM_X86_QUIRK_FIX_HYPERCALL_INSN)
     g.run_to_done()
     assert g.vm.read(g.labels["hc"], 3) == wrong_bytes, "guest memory changed although the quirk is off"
+
+
+KVM_HC_SCHED_YIELD = 11     # needs KVM_FEATURE_PV_SCHED_YIELD (hypercalls.rst 8)
+
+
+@pytest.mark.requires_cap("KVM_CAP_ENFORCE_PV_FEATURE_CPUID")
+@pytest.mark.guest_timeout(1)
+def test_pv_hypercall_without_its_feature_bit_is_enosys_when_enforced(kvm, guest):
+    """With KVM_CAP_ENFORCE_PV_FEATURE_CPUID enabled and no feature bits in the KVM leaf
+    (0x40000001 EAX = 0), KVM_HC_SCHED_YIELD, whose feature bit is then absent, returns
+    -KVM_ENOSYS (-1000) in RAX and the guest continues (api.rst 7
+    KVM_CAP_ENFORCE_PV_FEATURE_CPUID; hypercalls.rst; selftests kvm_pv_test). The PV MSR half
+    is suites/cpu/test_msrs.py::test_pv_msr_without_its_feature_bit_is_gp_when_enforced."""
+    from kvmtest.abi import structs as S
+
+    g = guest("long64", f"mov eax, {KVM_HC_SCHED_YIELD}\nxor ebx, ebx\n{_hypercall_insn(kvm)}\n"
+                        "GUEST_SYNC rax\nGUEST_DONE")
+    table = [S.kvm_cpuid_entry2.from_buffer_copy(bytes(e)) for e in kvm.cached_supported_cpuid()]
+    leaf = next((e for e in table if e.function == 0x40000001), None)
+    if leaf is None:
+        pytest.skip("KVM_GET_SUPPORTED_CPUID has no KVM feature leaf 0x40000001")
+    leaf.eax = 0
+    g.vcpu.set_cpuid(table)
+    g.vcpu.enable_cap("KVM_CAP_ENFORCE_PV_FEATURE_CPUID", 1)
+    (rax,) = g.run_to_done()
+    assert rax == (-1000) & (2**64 - 1), f"KVM_HC_SCHED_YIELD without its feature bit returned {rax:#x}, " \
+                                         "expected -KVM_ENOSYS (-1000)"
