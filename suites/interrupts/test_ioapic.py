@@ -69,6 +69,40 @@ def test_level_gsi_is_delivered_again_while_asserted(guest):
     g.run_to_done()
 
 
+
+INTERRUPTIBLE_HANDLER = """
+handler:
+    inc r12
+    sti                                         # interrupts on, still in service (no EOI yet)
+    nop
+    GUEST_SYNC r12                              # an exit and re-entry with IF=1: injection point
+    nop
+    nop
+    GUEST_SYNC r12
+    cli
+    mov dword ptr [rbx + 0xB0], 0               # EOI
+    sti
+    nop
+    nop
+    GUEST_SYNC r12
+    GUEST_DONE
+"""
+
+
+def test_level_gsi_is_not_delivered_again_before_eoi(guest):
+    """While a level-triggered interrupt is in service, its asserted line delivers nothing
+    more even with EFLAGS.IF set, because remote IRR stays set until the EOI (82093AA
+    redirection table) and the in-service vector holds its priority class (SDM Vol. 3A
+    11.8.3.1); after the line is lowered, the EOI brings no second delivery either."""
+    g = _guest(guest, 18, level=True, count=0, handler=INTERRUPTIBLE_HANDLER)
+    g.vm.irq_line(18, 1)
+    for _ in range(2):
+        count = g.expect_sync()
+        assert count == 1, f"handler entered {count} times before its EOI with the level line asserted, " \
+                           "expected once (remote IRR and ISR hold the vector)"
+    g.vm.irq_line(18, 0)
+    assert g.run_to_done() == [1], "the lowered level line was delivered again after the EOI"
+
 # Vector 0x50 is bit 16 of the third 32-bit word of TMR (0x180 + 0x20).
 TMR_HANDLER = """
 handler:
