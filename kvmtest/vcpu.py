@@ -22,6 +22,8 @@ from .errors import GuestTimeout, KvmError, KvmtestError
 from .exits import IntrExit, parse_exit
 from .fdobject import FdObject
 
+KVM_CPUID_FEATURES = 0x40000001  # Documentation/virt/kvm/x86/cpuid.rst
+
 DEFAULT_RUN_TIMEOUT = 10.0  # seconds for one KVM_RUN; override per call or KVMTEST_GUEST_TIMEOUT
 SIG_KICK = signal.SIGRTMIN + 3
 _kick_installed = False
@@ -133,6 +135,27 @@ class Vcpu(FdObject):
             self.kvm_run = None
             self._view.release()
             libc.munmap(addr, self._mmap_size)
+
+    def drain_coalesced_ring(self) -> "list[S.kvm_coalesced_mmio]":
+        """Take every write queued in the coalesced MMIO/PIO ring (api.rst 4.116: the ring
+        sits at page KVM_CAP_COALESCED_MMIO of the vCPU mapping) and mark them consumed."""
+        page = self.vm.check_extension("KVM_CAP_COALESCED_MMIO")
+        if not page:
+            raise KvmtestError(f"{self.name}: KVM_CAP_COALESCED_MMIO is 0, there is no coalesced ring")
+        base = self.run_addr + page * libc.PAGE_SIZE
+        ring = S.kvm_coalesced_mmio_ring.from_address(base)
+        size = (libc.PAGE_SIZE - ctypes.sizeof(ring)) // ctypes.sizeof(S.kvm_coalesced_mmio)
+        first, last = ring.first, ring.last
+        if first >= size or last >= size:
+            raise KvmtestError(f"{self.name}: coalesced ring indices first={first} last={last} outside its "
+                               f"{size} entries")
+        out = []
+        while first != last:  # at most size - 1 entries: KVM keeps one slot free
+            entry = base + ctypes.sizeof(ring) + first * ctypes.sizeof(S.kvm_coalesced_mmio)
+            out.append(S.kvm_coalesced_mmio.from_buffer_copy(ctypes.string_at(entry, ctypes.sizeof(S.kvm_coalesced_mmio))))
+            first = (first + 1) % size
+        ring.first = first
+        return out
 
     @property
     def dirty_ring(self):
@@ -301,6 +324,19 @@ class Vcpu(FdObject):
 
     def try_set_cpuid(self, entries) -> int:
         return self.try_ioctl("KVM_SET_CPUID2", cpuid2_struct(entries), args=f"nent={len(entries)}")
+
+    def enforce_pv_features(self, features: int) -> None:
+        """Give the vCPU KVM's supported CPUID with only `features` in the KVM feature leaf
+        (0x40000001 EAX) and enable KVM_CAP_ENFORCE_PV_FEATURE_CPUID, so paravirtual MSRs and
+        hypercalls outside `features` are refused (api.rst 7 KVM_CAP_ENFORCE_PV_FEATURE_CPUID)."""
+        table = [S.kvm_cpuid_entry2.from_buffer_copy(bytes(e)) for e in self.vm.kvm.cached_supported_cpuid()]
+        leaf = next((e for e in table if e.function == KVM_CPUID_FEATURES), None)
+        if leaf is None:
+            raise KvmtestError(f"{self.name}: KVM_GET_SUPPORTED_CPUID has no KVM feature leaf "
+                               f"{KVM_CPUID_FEATURES:#x} to restrict")
+        leaf.eax = features
+        self.set_cpuid(table)
+        self.enable_cap("KVM_CAP_ENFORCE_PV_FEATURE_CPUID", 1)
 
     def get_cpuid(self, nent: int = 256):
         """KVM_GET_CPUID2 (api.rst 4.20)."""

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from .abi import constants as C
 from .abi import structs as S
-from .errors import GuestMemoryError
+from .errors import GuestMemoryError, KvmtestError
 from .fdobject import FdObject
 from .kvm import cap_number
 from .libc import PAGE_SIZE
@@ -312,6 +312,72 @@ class Vm(FdObject):
         lvl = S.kvm_irq_level(irq=irq, level=level)
         self.ioctl("KVM_IRQ_LINE_STATUS", lvl, args=f"irq={irq} level={level}")
         return lvl.status
+
+    # --- eventfds, coalesced MMIO, MSR filter (api.rst 4.75, 4.59, 4.116, 4.97) -----------------
+
+    def assign_irqfd(self, efd, gsi: int, *, resample=None) -> None:
+        """KVM_IRQFD: signalling `efd` raises `gsi`; with `resample` (an EventFd) the GSI is
+        level-triggered and KVM signals `resample` at its EOI (KVM_IRQFD_FLAG_RESAMPLE)."""
+        arg = S.kvm_irqfd(fd=efd.fd, gsi=gsi)
+        if resample is not None:
+            arg.flags, arg.resamplefd = C.KVM_IRQFD_FLAG_RESAMPLE, resample.fd
+        self.ioctl("KVM_IRQFD", arg, args=f"gsi={gsi}{' resample' if resample is not None else ''}")
+
+    def deassign_irqfd(self, efd, gsi: int) -> None:
+        self.ioctl("KVM_IRQFD", S.kvm_irqfd(fd=efd.fd, gsi=gsi, flags=C.KVM_IRQFD_FLAG_DEASSIGN),
+                   args=f"gsi={gsi} deassign")
+
+    @staticmethod
+    def _ioeventfd(efd, addr, length, pio, datamatch, deassign):
+        flags = (C.KVM_IOEVENTFD_FLAG_PIO if pio else 0) | (C.KVM_IOEVENTFD_FLAG_DEASSIGN if deassign else 0) \
+            | (C.KVM_IOEVENTFD_FLAG_DATAMATCH if datamatch is not None else 0)
+        arg = S.kvm_ioeventfd(datamatch=datamatch or 0, addr=addr, len=length, fd=efd.fd, flags=flags)
+        text = f"{'port' if pio else 'gpa'}={addr:#x} len={length}" + \
+            (f" datamatch={datamatch:#x}" if datamatch is not None else "") + (" deassign" if deassign else "")
+        return arg, text
+
+    def assign_ioeventfd(self, efd, addr: int, length: int, *, pio: bool = False, datamatch: int | None = None) -> None:
+        """KVM_IOEVENTFD: a guest write of `length` bytes to `addr` (a port with pio) signals
+        `efd` instead of exiting; with `datamatch` only writes of that value do."""
+        arg, text = self._ioeventfd(efd, addr, length, pio, datamatch, False)
+        self.ioctl("KVM_IOEVENTFD", arg, args=text)
+
+    def try_deassign_ioeventfd(self, efd, addr: int, length: int, *, pio: bool = False,
+                               datamatch: int | None = None) -> int:
+        """KVM_IOEVENTFD with KVM_IOEVENTFD_FLAG_DEASSIGN; returns the errno (0 on success)."""
+        arg, text = self._ioeventfd(efd, addr, length, pio, datamatch, True)
+        return self.try_ioctl("KVM_IOEVENTFD", arg, args=text)
+
+    def deassign_ioeventfd(self, efd, addr: int, length: int, *, pio: bool = False,
+                           datamatch: int | None = None) -> None:
+        arg, text = self._ioeventfd(efd, addr, length, pio, datamatch, True)
+        self.ioctl("KVM_IOEVENTFD", arg, args=text)
+
+    def register_coalesced_mmio(self, addr: int, size: int, *, pio: bool = False) -> None:
+        """KVM_REGISTER_COALESCED_MMIO: writes to the zone (ports with pio) are queued in the
+        ring (Vcpu.coalesced_ring) instead of exiting."""
+        self.ioctl("KVM_REGISTER_COALESCED_MMIO", S.kvm_coalesced_mmio_zone(addr=addr, size=size, pio=int(pio)),
+                   args=f"{'port' if pio else 'gpa'}={addr:#x} size={size:#x}")
+
+    def unregister_coalesced_mmio(self, addr: int, size: int, *, pio: bool = False) -> None:
+        self.ioctl("KVM_UNREGISTER_COALESCED_MMIO", S.kvm_coalesced_mmio_zone(addr=addr, size=size, pio=int(pio)),
+                   args=f"{'port' if pio else 'gpa'}={addr:#x} size={size:#x}")
+
+    def set_msr_filter(self, ranges: "list[tuple[int, int, list[bool]]]", *, default_deny: bool = False) -> None:
+        """KVM_X86_SET_MSR_FILTER with `ranges` of (KVM_MSR_FILTER_READ/WRITE flags, first MSR,
+        allowed: one bool per MSR from the first); MSRs outside every range follow the default."""
+        filt = S.kvm_msr_filter(flags=C.KVM_MSR_FILTER_DEFAULT_DENY if default_deny else C.KVM_MSR_FILTER_DEFAULT_ALLOW)
+        if len(ranges) > len(filt.ranges):
+            raise KvmtestError(f"KVM_X86_SET_MSR_FILTER takes at most {len(filt.ranges)} ranges, got {len(ranges)}")
+        bitmaps = []  # kept alive until KVM has copied them
+        for r, (flags, base, allowed) in zip(filt.ranges, ranges):
+            buf = (ctypes.c_uint8 * max(1, (len(allowed) + 7) // 8))()
+            for i, ok in enumerate(allowed):
+                buf[i // 8] |= int(bool(ok)) << (i % 8)
+            bitmaps.append(buf)
+            r.flags, r.base, r.nmsrs, r.bitmap = flags, base, len(allowed), ctypes.addressof(buf)
+        self.ioctl("KVM_X86_SET_MSR_FILTER", filt, args=" ".join(
+            f"[flags={flags:#x} {base:#x}+{len(allowed)}]" for flags, base, allowed in ranges))
 
     def set_tss_addr(self, addr: int) -> None:
         self.ioctl("KVM_SET_TSS_ADDR", addr, args=f"addr={addr:#x}")

@@ -279,6 +279,16 @@ class kvm_coalesced_mmio_zone(_Struct):
     _fields_ = [("addr", u64), ("size", u32), ("pio", u32)]
 
 
+class kvm_coalesced_mmio(_Struct):
+    """One queued write; `pio` shares its union with `pad`."""
+    _fields_ = [("phys_addr", u64), ("len", u32), ("pio", u32), ("data", u8 * 8)]
+
+
+class kvm_coalesced_mmio_ring(_Struct):
+    """Head of the ring page; kvm_coalesced_mmio entries follow at offset 8 (flexible array)."""
+    _fields_ = [("first", u32), ("last", u32)]
+
+
 class kvm_translation(_Struct):
     _fields_ = [
         ("linear_address", u64),
@@ -520,7 +530,8 @@ ABI_STRUCTS = [
     kvm_xcrs, kvm_debugregs, kvm_vcpu_events, kvm_lapic_state, kvm_mp_state, kvm_sync_regs,
     kvm_cpuid_entry2, kvm_cpuid2, kvm_msr_entry, kvm_msrs, kvm_msr_list, kvm_msr_filter_range,
     kvm_msr_filter, kvm_userspace_memory_region, kvm_userspace_memory_region2, kvm_dirty_log,
-    kvm_clear_dirty_log, kvm_dirty_gfn, kvm_create_guest_memfd, kvm_coalesced_mmio_zone, kvm_translation,
+    kvm_clear_dirty_log, kvm_dirty_gfn, kvm_create_guest_memfd, kvm_coalesced_mmio_zone, kvm_coalesced_mmio,
+    kvm_coalesced_mmio_ring, kvm_translation,
     kvm_interrupt, kvm_irq_level, kvm_irq_routing_irqchip, kvm_irq_routing_msi, kvm_irq_routing_entry,
     kvm_irq_routing, kvm_irqchip, kvm_pit_config, kvm_msi, kvm_irqfd,
     kvm_ioeventfd, kvm_enable_cap, kvm_guest_debug_arch, kvm_guest_debug, kvm_signal_mask,

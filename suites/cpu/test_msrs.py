@@ -3,7 +3,9 @@ SDM Vol. 4 for the MSRs, Vol. 2B RDMSR/WRMSR for #GP)."""
 
 import pytest
 
+from kvmtest.cpuid import find_entry
 from kvmtest.guest.modes import MODES
+from kvmtest.vcpu import KVM_CPUID_FEATURES
 
 ROUND_TRIP = {
     0x174: 0x10,                       # IA32_SYSENTER_CS
@@ -127,14 +129,8 @@ def test_pv_msr_without_its_feature_bit_is_gp_when_enforced(guest):
     """With KVM_CAP_ENFORCE_PV_FEATURE_CPUID enabled and no feature bits in the KVM leaf
     (0x40000001 EAX = 0), writing a paravirtual MSR such as MSR_KVM_SYSTEM_TIME_NEW raises #GP
     (api.rst 7 KVM_CAP_ENFORCE_PV_FEATURE_CPUID; selftests kvm_pv_test)."""
-    from kvmtest.abi import structs as S
-
     g = guest("long64", "mov ecx, 0x4b564d01\nxor eax, eax\nxor edx, edx\nGUEST_ASSERT_RAISES GP(0), wrmsr\nGUEST_DONE")
-    table = [S.kvm_cpuid_entry2.from_buffer_copy(bytes(e)) for e in g.kvm.cached_supported_cpuid()]
-    leaf = next((e for e in table if e.function == 0x40000001), None)
-    if leaf is None:
+    if find_entry(g.kvm.cached_supported_cpuid(), KVM_CPUID_FEATURES) is None:
         pytest.skip("KVM_GET_SUPPORTED_CPUID has no KVM feature leaf 0x40000001")
-    leaf.eax = 0
-    g.vcpu.set_cpuid(table)
-    g.vcpu.enable_cap("KVM_CAP_ENFORCE_PV_FEATURE_CPUID", 1)
+    g.vcpu.enforce_pv_features(0)
     g.run_to_done()

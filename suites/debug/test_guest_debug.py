@@ -74,24 +74,6 @@ def test_single_step_exits_once_per_instruction(guest, mode):
     assert pcs == [g.labels["i1"], g.labels["i2"], g.labels["i3"]], [hex(p) for p in pcs]
 
 
-@pytest.mark.modes("real", "pm32", "long64", "compat32")
-def test_guest_own_debug_registers_raise_db_in_the_guest(guest, mode):
-    """Without KVM_SET_GUEST_DEBUG the guest owns DR0-DR7: an execute breakpoint it sets itself
-    raises #DB in the guest with DR6.B0 set (SDM Vol. 3A 18.3.1.1), not a KVM_EXIT_DEBUG."""
-    a = "rax" if MODES[mode].code_bits == 64 else "eax"
-    g = guest(mode, f"""
-        mov {a}, target
-        mov dr0, {a}
-        mov {a}, 1
-        mov dr7, {a}
-        GUEST_ASSERT_RAISES DB, target: nop
-        mov {a}, dr6
-        GUEST_SYNC {a}
-        GUEST_DONE""")
-    (dr6,) = g.run_to_done()
-    assert dr6 & 0xF == 1, f"DR6 {dr6:#x}: expected B0"
-
-
 @pytest.mark.modes("pm32", "long64", "compat32")
 def test_dr7_gd_traps_debug_register_access(guest, mode):
     """With DR7.GD set, a MOV from a debug register raises #DB with DR6.BD (bit 13) and GD is

@@ -4,7 +4,9 @@ KVM_HC_MAP_GPA_RANGE)."""
 
 import pytest
 
+from kvmtest.cpuid import find_entry
 from kvmtest.exits import HypercallExit
+from kvmtest.vcpu import KVM_CPUID_FEATURES
 
 KVM_HC_MAP_GPA_RANGE = 12
 
@@ -86,17 +88,11 @@ def test_pv_hypercall_without_its_feature_bit_is_enosys_when_enforced(kvm, guest
     -KVM_ENOSYS (-1000) in RAX and the guest continues (api.rst 7
     KVM_CAP_ENFORCE_PV_FEATURE_CPUID; hypercalls.rst; selftests kvm_pv_test). The PV MSR half
     is suites/cpu/test_msrs.py::test_pv_msr_without_its_feature_bit_is_gp_when_enforced."""
-    from kvmtest.abi import structs as S
-
+    if find_entry(kvm.cached_supported_cpuid(), KVM_CPUID_FEATURES) is None:
+        pytest.skip("KVM_GET_SUPPORTED_CPUID has no KVM feature leaf 0x40000001")
     g = guest("long64", f"mov eax, {KVM_HC_SCHED_YIELD}\nxor ebx, ebx\n{_hypercall_insn(kvm)}\n"
                         "GUEST_SYNC rax\nGUEST_DONE")
-    table = [S.kvm_cpuid_entry2.from_buffer_copy(bytes(e)) for e in kvm.cached_supported_cpuid()]
-    leaf = next((e for e in table if e.function == 0x40000001), None)
-    if leaf is None:
-        pytest.skip("KVM_GET_SUPPORTED_CPUID has no KVM feature leaf 0x40000001")
-    leaf.eax = 0
-    g.vcpu.set_cpuid(table)
-    g.vcpu.enable_cap("KVM_CAP_ENFORCE_PV_FEATURE_CPUID", 1)
+    g.vcpu.enforce_pv_features(0)
     (rax,) = g.run_to_done()
     assert rax == (-1000) & (2**64 - 1), f"KVM_HC_SCHED_YIELD without its feature bit returned {rax:#x}, " \
                                          "expected -KVM_ENOSYS (-1000)"

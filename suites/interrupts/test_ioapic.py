@@ -2,8 +2,11 @@
 interrupt delivered again after EOI while the line stays asserted (api.rst 4.24/4.25;
 82093AA IOAPIC datasheet redirection table; SDM Vol. 3A 11.8.5 EOI)."""
 
+import time
+
 import pytest
 
+from kvmtest.eventfd import EventFd
 from kvmtest.guest.paging import PCD, KiB4, P, RW
 
 pytestmark = pytest.mark.requires_cap("KVM_CAP_IRQCHIP")
@@ -129,24 +132,67 @@ def test_tmr_records_the_trigger_mode(guest, level):
     g.vm.irq_line(20, 0)
 
 
+IRQFD_HANDLER = """
+handler:
+    inc r12
+    GUEST_SYNC r12
+    mov dword ptr [rbx + 0xB0], 0               # EOI
+    sti
+    GUEST_SYNC 0x77                             # the host writes the deassigned irqfd here
+    nop
+    GUEST_SYNC 0x78                             # a delivery at the re-entry would come first
+    GUEST_DONE
+"""
+
+
 @pytest.mark.requires_cap("KVM_CAP_IRQFD")
 def test_irqfd_raises_its_gsi(guest):
     """Writing an eventfd registered with KVM_IRQFD for GSI 18 raises that GSI (an edge) in the
-    in-kernel IOAPIC (api.rst KVM_IRQFD); after KVM_IRQFD_FLAG_DEASSIGN the eventfd is detached."""
-    import os
+    in-kernel IOAPIC (api.rst KVM_IRQFD); after KVM_IRQFD_FLAG_DEASSIGN the eventfd is detached
+    and a write no longer interrupts the guest, which is running with IF=1."""
+    g = _guest(guest, 18, level=False, count=0, handler=IRQFD_HANDLER)
+    with EventFd() as efd:
+        g.vm.assign_irqfd(efd, 18)
+        efd.signal()
+        assert g.expect_sync() == 1, "the irqfd write did not deliver GSI 18's vector"
+        assert g.expect_sync() == 0x77
+        g.vm.deassign_irqfd(efd, 18)
+        efd.signal()
+        time.sleep(0.05)  # an injection still wired up would be pending by the next entry
+        assert g.run_to_done() == [0x78], "a write to the deassigned irqfd still interrupted the guest"
 
-    from kvmtest.abi import constants as C
-    from kvmtest.abi import structs as S
 
-    g = _guest(guest, 18, level=False, count=1)
-    efd = os.eventfd(0)
-    try:
-        g.vm.ioctl("KVM_IRQFD", S.kvm_irqfd(fd=efd, gsi=18), args="gsi=18")
-        os.eventfd_write(efd, 1)
-        assert g.run_to_done() == [1]
-        g.vm.ioctl("KVM_IRQFD", S.kvm_irqfd(fd=efd, gsi=18, flags=C.KVM_IRQFD_FLAG_DEASSIGN), args="deassign")
-    finally:
-        os.close(efd)
+RESAMPLE_HANDLER = """
+handler:
+    inc r12
+    GUEST_SYNC r12                              # in service, before EOI
+    mov dword ptr [rbx + 0xB0], 0               # EOI: KVM lowers the line, signals resample
+    GUEST_SYNC r12
+    sti
+    nop
+    GUEST_SYNC r12                              # re-entry with IF=1: a line still up would nest here
+    nop
+    GUEST_SYNC r12
+    GUEST_DONE
+"""
+
+
+@pytest.mark.requires_cap("KVM_CAP_IRQFD_RESAMPLE")
+def test_resample_irqfd_is_level_and_signals_at_eoi(guest):
+    """An irqfd with KVM_IRQFD_FLAG_RESAMPLE drives its GSI as a level: one write asserts it,
+    and at the guest's EOI KVM lowers the line and signals the resample eventfd, so the vector
+    is delivered once and the resample comes after the EOI, not before (api.rst KVM_IRQFD,
+    KVM_CAP_IRQFD_RESAMPLE)."""
+    g = _guest(guest, 19, level=True, count=0, handler=RESAMPLE_HANDLER)
+    with EventFd("irqfd") as efd, EventFd("resample") as resample:
+        g.vm.assign_irqfd(efd, 19, resample=resample)
+        assert resample.count() == 0, "the resample eventfd was signalled before the irqfd was"
+        efd.signal()
+        assert g.expect_sync() == 1
+        assert resample.count() == 0, "the resample eventfd was signalled before the guest's EOI"
+        assert g.expect_sync() == 1
+        assert resample.count() == 1, "the guest's EOI did not signal the resample eventfd"
+        assert g.run_to_done() == [1, 1], "the vector was delivered again after the EOI: the line stayed up"
 
 
 @pytest.mark.requires_cap("KVM_CAP_IRQ_ROUTING")

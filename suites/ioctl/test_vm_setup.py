@@ -3,14 +3,13 @@ KVM_GET_CPUID2 and KVM_TRANSLATE edge cases."""
 
 import ctypes
 import errno
-import os
-import struct
 
 import pytest
 
 from kvmtest.abi import structs as S
 from kvmtest.abi.constants import errno_name
-from kvmtest.exits import IoExit
+from kvmtest.eventfd import EventFd
+from kvmtest.exits import IoExit, MmioExit
 from kvmtest.guest.layout import MMIO_BASE
 
 
@@ -62,13 +61,6 @@ def test_get_cpuid2_with_too_few_entries_is_e2big_and_keeps_nent(vm):
     assert len(vcpu.get_cpuid()) == len(vm.kvm.cached_supported_cpuid())
 
 
-KVM_IOEVENTFD_FLAG_DATAMATCH, KVM_IOEVENTFD_FLAG_PIO, KVM_IOEVENTFD_FLAG_DEASSIGN = 1, 2, 4
-
-
-def _ioeventfd(addr, length, fd, flags=0, datamatch=0):
-    return S.kvm_ioeventfd(datamatch=datamatch, addr=addr, len=length, fd=fd, flags=flags)
-
-
 @pytest.mark.requires_cap("KVM_CAP_IOEVENTFD")
 @pytest.mark.parametrize("length", [1, 2, 4, 8])
 def test_mmio_ioeventfd_with_datamatch_signals_instead_of_exiting(guest, length):
@@ -78,16 +70,13 @@ def test_mmio_ioeventfd_with_datamatch_signals_instead_of_exiting(guest, length)
     width = {1: "byte", 2: "word", 4: "dword", 8: "qword"}[length]
     g = guest("long64", f"mov rbx, {MMIO_BASE:#x}\nmov rax, 0x42\nmov {width} ptr [rbx], {reg}\n"
                         f"mov rax, 0x43\nmov {width} ptr [rbx], {reg}\nGUEST_DONE")
-    efd = os.eventfd(0, os.EFD_NONBLOCK)
-    try:
-        g.vm.ioctl("KVM_IOEVENTFD", _ioeventfd(MMIO_BASE, length, efd, KVM_IOEVENTFD_FLAG_DATAMATCH, 0x42))
+    with EventFd() as efd:
+        g.vm.assign_ioeventfd(efd, MMIO_BASE, length, datamatch=0x42)
         exit_ = g.run()
         assert getattr(exit_, "phys_addr", None) == MMIO_BASE and exit_.value == 0x43, \
             f"expected only the non-matching write (0x43) to exit, got {exit_}"
-        assert os.eventfd_read(efd) == 1, "the matching write did not signal the eventfd"
+        assert efd.count() == 1, "the matching write did not signal the eventfd"
         g.run_to_done()
-    finally:
-        os.close(efd)
 
 
 @pytest.mark.requires_cap("KVM_CAP_IOEVENTFD")
@@ -96,39 +85,33 @@ def test_pio_ioeventfd_and_unregistering(guest):
     OUT exits again, and deassigning one never registered fails (kvm-ioctls
     test_unregister_ioevent)."""
     g = guest("long64", "out 0x70, al\nGUEST_SYNC 1\nout 0x70, al\nGUEST_DONE")
-    efd = os.eventfd(0, os.EFD_NONBLOCK)
-    try:
-        g.vm.ioctl("KVM_IOEVENTFD", _ioeventfd(0x70, 1, efd, KVM_IOEVENTFD_FLAG_PIO))
+    with EventFd() as efd:
+        g.vm.assign_ioeventfd(efd, 0x70, 1, pio=True)
         assert g.expect_sync() == 1
-        assert os.eventfd_read(efd) == 1
-        g.vm.ioctl("KVM_IOEVENTFD", _ioeventfd(0x70, 1, efd, KVM_IOEVENTFD_FLAG_PIO | KVM_IOEVENTFD_FLAG_DEASSIGN))
+        assert efd.count() == 1, "the OUT did not signal the eventfd"
+        g.vm.deassign_ioeventfd(efd, 0x70, 1, pio=True)
         g.expect_exit(IoExit, port=0x70)
-        err = g.vm.try_ioctl("KVM_IOEVENTFD", _ioeventfd(0x71, 1, efd, KVM_IOEVENTFD_FLAG_PIO | KVM_IOEVENTFD_FLAG_DEASSIGN))
+        err = g.vm.try_deassign_ioeventfd(efd, 0x71, 1, pio=True)
         assert err != 0, "deassigning an ioeventfd that was never registered succeeded"
-    finally:
-        os.close(efd)
-
-
-COALESCED_RING_PAGE = 1  # KVM_COALESCED_MMIO_PAGE_OFFSET on x86
-ENTRY = struct.Struct("<QII8s")  # phys_addr, len, pad/pio, data[8]
 
 
 @pytest.mark.requires_cap("KVM_CAP_COALESCED_MMIO")
 def test_coalesced_mmio_writes_wait_in_the_ring(guest):
     """Writes to a coalesced MMIO zone do not exit; they are appended to the ring in the vCPU
     mapping at page KVM_CAP_COALESCED_MMIO (api.rst KVM_REGISTER_COALESCED_MMIO) with address,
-    length and data, and appear there by the next exit."""
+    length and data, and appear there by the next exit. After KVM_UNREGISTER_COALESCED_MMIO
+    the same write exits again."""
     g = guest("long64", f"mov rbx, {MMIO_BASE + 0x100:#x}\n" +
               "\n".join(f"mov dword ptr [rbx + {4 * i}], {0x1000 + i}" for i in range(5)) +
-              "\nout 0x10, al\nGUEST_DONE")
-    page = g.vm.check_extension("KVM_CAP_COALESCED_MMIO")
-    g.vm.ioctl("KVM_REGISTER_COALESCED_MMIO", S.kvm_coalesced_mmio_zone(addr=MMIO_BASE, size=0x1000))
+              "\nout 0x10, al\nmov dword ptr [rbx], 0x2000\nGUEST_DONE")
+    g.vm.register_coalesced_mmio(MMIO_BASE, 0x1000)
     g.expect_exit(IoExit, port=0x10)
-    ring = g.vcpu.run_addr + page * 0x1000
-    first, last = struct.unpack("<II", ctypes.string_at(ring, 8))
-    entries = [ENTRY.unpack(ctypes.string_at(ring + 8 + i * ENTRY.size, ENTRY.size)) for i in range(first, last)]
-    got = [(addr, length, int.from_bytes(data[:length], "little")) for addr, length, _, data in entries]
-    assert got == [(MMIO_BASE + 0x100 + 4 * i, 4, 0x1000 + i) for i in range(5)], f"ring entries {got}"
+    got = [(e.phys_addr, e.len, int.from_bytes(bytes(e.data)[:e.len], "little")) for e in g.vcpu.drain_coalesced_ring()]
+    assert got == [(MMIO_BASE + 0x100 + 4 * i, 4, 0x1000 + i) for i in range(5)], \
+        f"ring entries (gpa, len, data) {[(hex(a), n, hex(d)) for a, n, d in got]}"
+    g.vm.unregister_coalesced_mmio(MMIO_BASE, 0x1000)
+    g.expect_exit(MmioExit, phys_addr=MMIO_BASE + 0x100, is_write=True)
+    assert g.vcpu.drain_coalesced_ring() == [], "a write after unregistering was queued in the ring"
 
 
 @pytest.mark.requires_cap("KVM_CAP_COALESCED_PIO")
@@ -137,10 +120,7 @@ def test_coalesced_pio_writes_wait_in_the_ring(guest):
     exit and appear in the ring with their port, size and data (api.rst KVM_REGISTER_COALESCED_MMIO,
     KVM_CAP_COALESCED_PIO)."""
     g = guest("long64", "mov al, 0x11\nout 0x70, al\nmov al, 0x22\nout 0x70, al\nout 0x10, al\nGUEST_DONE")
-    page = g.vm.check_extension("KVM_CAP_COALESCED_MMIO")
-    g.vm.ioctl("KVM_REGISTER_COALESCED_MMIO", S.kvm_coalesced_mmio_zone(addr=0x70, size=2, pio=1))
+    g.vm.register_coalesced_mmio(0x70, 2, pio=True)
     g.expect_exit(IoExit, port=0x10)
-    ring = g.vcpu.run_addr + page * 0x1000
-    first, last = struct.unpack("<II", ctypes.string_at(ring, 8))
-    entries = [ENTRY.unpack(ctypes.string_at(ring + 8 + i * ENTRY.size, ENTRY.size)) for i in range(first, last)]
-    assert [(a, n, pio, d[0]) for a, n, pio, d in entries] == [(0x70, 1, 1, 0x11), (0x70, 1, 1, 0x22)], entries
+    got = [(e.phys_addr, e.len, e.pio, e.data[0]) for e in g.vcpu.drain_coalesced_ring()]
+    assert got == [(0x70, 1, 1, 0x11), (0x70, 1, 1, 0x22)], f"ring entries (port, len, pio, data) {got}"
