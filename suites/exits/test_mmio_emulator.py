@@ -3,9 +3,11 @@ memory (api.rst 5, KVM_EXIT_MMIO; SDM Vol. 2 for each instruction's semantics)."
 
 import pytest
 
-from kvmtest.guest.modes import regs_for
 from kvmtest.exits import MmioExit
+from kvmtest.guest import Done
+from kvmtest.guest import layout as L
 from kvmtest.guest.layout import MMIO_BASE
+from kvmtest.guest.modes import CR0_EM, CR0_MP, CR4_OSFXSR, regs_for
 
 MODES = ["pm32", "long64", "compat32", "pm32-cpl3", "long64-cpl3", "compat32-cpl3"]
 ADDR = MMIO_BASE + 0x40
@@ -179,3 +181,114 @@ def test_lmsw_from_mmio_loads_the_low_cr0_bits(guest, mode, msw):
     expected = (before & ~0xE) | (msw & 0xE) | 1
     assert after == expected, \
         f"CR0 after LMSW of {msw:#06x} from MMIO: expected {expected:#x} (was {before:#x}), got {after:#x}"
+
+
+def _mmio_writes_covering(g, start, length):
+    """Run through the MMIO write exits of one access until [start, start + length) is covered;
+    returns {address: byte}. Each exit must be a contiguous write of at most 8 bytes inside the
+    range (api.rst 5: data[8], len)."""
+    seen = {}
+    for _ in range(length):  # at least one new byte per exit, so this many exits at most
+        exit_ = g.run()
+        assert isinstance(exit_, MmioExit) and exit_.is_write, \
+            f"expected MMIO writes covering {start:#x}+{length}, got {exit_} with {len(seen)} bytes seen"
+        assert 1 <= exit_.len <= 8 and start <= exit_.phys_addr and exit_.phys_addr + exit_.len <= start + length, \
+            f"MMIO write {exit_} outside {start:#x}+{length} or longer than 8 bytes"
+        for i, b in enumerate(exit_.data):
+            assert exit_.phys_addr + i not in seen, f"byte {exit_.phys_addr + i:#x} written twice"
+            seen[exit_.phys_addr + i] = b
+        if len(seen) == length:
+            return seen
+    raise AssertionError(f"{length}-byte access at {start:#x}: only {len(seen)} bytes reported")
+
+
+def _mmio_reads_covering(g, start, pattern):
+    """Answer each MMIO read exit of one access with the bytes of `pattern` at its addresses."""
+    done = set()
+    for _ in range(len(pattern)):
+        exit_ = g.run()
+        if not isinstance(exit_, MmioExit):
+            return exit_, done
+        assert not exit_.is_write and start <= exit_.phys_addr and exit_.phys_addr + exit_.len <= start + len(pattern), \
+            f"MMIO exit {exit_} is not a read inside {start:#x}+{len(pattern)}"
+        off = exit_.phys_addr - start
+        exit_.respond(int.from_bytes(pattern[off:off + exit_.len], "little"))
+        done.update(range(off, off + exit_.len))
+    return g.run(), done
+
+
+@pytest.mark.modes(*MODES)
+def test_store_straddling_two_mmio_pages(guest, mode):
+    """A dword store across a page boundary in unbacked memory reaches user space as MMIO
+    writes that together carry the four bytes at their four addresses, none longer than 8
+    bytes (api.rst 5 KVM_EXIT_MMIO; how the access is split is KVM's choice)."""
+    r = regs_for(mode)
+    start = MMIO_BASE + 0xFFE
+    g = guest(mode, f"mov {r['bx']}, {start:#x}\nmov dword ptr [{r['bx']}], 0xDDCCBBAA\nGUEST_DONE")
+    seen = _mmio_writes_covering(g, start, 4)
+    assert bytes(seen[start + i] for i in range(4)) == bytes.fromhex("aabbccdd"), \
+        f"bytes written across the page edge: {[hex(seen[start + i]) for i in range(4)]}, expected aa bb cc dd"
+    g.run_to_done()
+
+
+@pytest.mark.modes(*MODES)
+def test_load_straddling_two_mmio_pages(guest, mode):
+    """A dword load across a page boundary in unbacked memory is assembled from the data user
+    space supplies for each MMIO read exit, byte for byte at its address (api.rst 5)."""
+    r = regs_for(mode)
+    start = MMIO_BASE + 0xFFE
+    g = guest(mode, f"mov {r['bx']}, {start:#x}\nmov eax, dword ptr [{r['bx']}]\nGUEST_SYNC eax\nGUEST_DONE")
+    event, done = _mmio_reads_covering(g, start, bytes.fromhex("11223344"))
+    assert done == {0, 1, 2, 3}, f"MMIO reads covered offsets {sorted(done)} of the 4 bytes"
+    assert getattr(event, "value", None) == 0x44332211, f"the guest loaded {event}, expected 0x44332211"
+    g.run_to_done()
+
+
+SSE_MODES = ["long64", "compat32", "long64-cpl3"]
+
+
+def _enable_sse(g):
+    sregs = g.vcpu.get_sregs()
+    sregs.cr0 = (sregs.cr0 | CR0_MP) & ~CR0_EM
+    sregs.cr4 |= CR4_OSFXSR
+    g.vcpu.set_sregs(sregs)
+
+
+@pytest.mark.modes(*SSE_MODES)
+def test_16_byte_sse_store_to_mmio(guest, mode):
+    """MOVDQU of an XMM register to unbacked memory hands user space all 16 bytes, split into
+    MMIO writes of at most 8 bytes (api.rst 5: data[8]), each byte at its address (SDM Vol. 2B
+    MOVDQU)."""
+    r = regs_for(mode)
+    pattern = bytes(range(0xA0, 0xB0))
+    g = guest(mode, f"""
+        mov {r['bx']}, {L.DATA:#x}
+        movdqu xmm1, xmmword ptr [{r['bx']}]
+        mov {r['bx']}, {ADDR:#x}
+        movdqu xmmword ptr [{r['bx']}], xmm1
+        GUEST_DONE""")
+    g.vm.write(L.DATA, pattern)
+    _enable_sse(g)
+    seen = _mmio_writes_covering(g, ADDR, 16)
+    assert bytes(seen[ADDR + i] for i in range(16)) == pattern, \
+        f"16-byte MMIO store carried {bytes(seen[ADDR + i] for i in range(16)).hex()}, expected {pattern.hex()}"
+    g.run_to_done()
+
+
+@pytest.mark.modes(*SSE_MODES)
+def test_16_byte_sse_load_from_mmio(guest, mode):
+    """MOVDQU from unbacked memory into an XMM register is assembled from the data user space
+    supplies for each MMIO read exit (api.rst 5; SDM Vol. 2B MOVDQU)."""
+    r = regs_for(mode)
+    pattern = bytes(range(0x30, 0x40))
+    g = guest(mode, f"""
+        mov {r['bx']}, {ADDR:#x}
+        movdqu xmm2, xmmword ptr [{r['bx']}]
+        mov {r['bx']}, {L.DATA:#x}
+        movdqu xmmword ptr [{r['bx']}], xmm2
+        GUEST_DONE""")
+    _enable_sse(g)
+    event, done = _mmio_reads_covering(g, ADDR, pattern)
+    assert done == set(range(16)), f"MMIO reads covered offsets {sorted(done)} of the 16 bytes"
+    assert isinstance(event, Done), f"expected GUEST_DONE after the load, got {event}"
+    assert g.vm.read(L.DATA, 16) == pattern, f"XMM2 held {g.vm.read(L.DATA, 16).hex()}, expected {pattern.hex()}"

@@ -3,10 +3,14 @@ KVM_GET_SREGS reports (SDM Vol. 3A 10.8.5 IA-32e mode, 10.9 protected mode, 10.9
 real mode, 2.5 control registers; api.rst 4.13)."""
 
 from kvmtest.guest import Sync
-from kvmtest.guest.modes import CR0_PE, CR0_PG, CR4_PAE, EFER_LMA, EFER_LME
+from kvmtest.guest import layout as L
+from kvmtest.guest.modes import CR0_PE, CR0_PG, CR4_PAE, CR4_PSE, EFER_LMA, EFER_LME
+from kvmtest.guest.paging import MiB2, MiB4, P, PageTables, RW
+from kvmtest.memory import PageAllocator
 
 
-def _stage(g, name, *, cr0_set=0, cr0_clear=0, efer_set=0, efer_clear=0, cs_l=None, cs_db=None, cs_sel=None):
+def _stage(g, name, *, cr0_set=0, cr0_clear=0, efer_set=0, efer_clear=0, cs_l=None, cs_db=None, cs_sel=None,
+           cr4_set=0, cr4_clear=0):
     """Run to the guest's next GUEST_SYNC (its own CR0) and compare with KVM_GET_SREGS."""
     event = g.run()
     assert isinstance(event, Sync), f"{name}: expected GUEST_SYNC(CR0), got {event}"
@@ -16,6 +20,8 @@ def _stage(g, name, *, cr0_set=0, cr0_clear=0, efer_set=0, efer_clear=0, cs_l=No
         problems.append(f"guest reads CR0 {event.value:#x}, KVM_GET_SREGS says {s.cr0:#x}")
     if s.cr0 & cr0_set != cr0_set or s.cr0 & cr0_clear:
         problems.append(f"CR0 {s.cr0:#x}: expected bits {cr0_set:#x} set and {cr0_clear:#x} clear")
+    if s.cr4 & cr4_set != cr4_set or s.cr4 & cr4_clear:
+        problems.append(f"CR4 {s.cr4:#x}: expected bits {cr4_set:#x} set and {cr4_clear:#x} clear")
     if s.efer & efer_set != efer_set or s.efer & efer_clear:
         problems.append(f"EFER {s.efer:#x}: expected bits {efer_set:#x} set and {efer_clear:#x} clear")
     for what, want, got in (("CS.L", cs_l, s.cs.l), ("CS.D", cs_db, s.cs.db), ("CS", cs_sel, s.cs.selector)):
@@ -101,4 +107,98 @@ def test_long_mode_down_to_real_mode(guest):
     _stage(g, "clearing CR0.PG in compatibility mode", cr0_set=CR0_PE, cr0_clear=CR0_PG, efer_clear=EFER_LMA,
            cs_l=0, cs_db=1)
     _stage(g, "clearing CR0.PE", cr0_clear=CR0_PE | CR0_PG, cs_sel=0)
+    g.run_to_done()
+
+
+EVERY_STEP = """
+    cli
+    lgdt [gdtr]
+    mov eax, cr0
+    or eax, 1                       # CR0.PE, still running the real-mode CS
+    mov cr0, eax
+    FARJMP SEL_CODE16, pm16
+gdtr:
+    .word 0xfff
+    .long GDT
+pm16:
+    mov ax, SEL_DATA16
+    mov ds, ax
+    mov ss, ax
+    mov eax, cr0
+    GUEST_SYNC eax
+    FARJMP SEL_CODE32, pm32
+.code32
+pm32:
+    mov ax, SEL_DATA
+    mov ds, ax
+    mov es, ax
+    mov ss, ax
+    mov esp, KERNEL_STACK_TOP
+    mov eax, cr0
+    GUEST_SYNC eax
+    mov eax, cr4
+    or eax, 0x10                    # CR4.PSE: 4 MiB pages
+    mov cr4, eax
+    mov cr3, esi                    # 32-bit paging tables (from the host)
+    mov eax, cr0
+    or eax, 0x80000000              # CR0.PG with CR4.PAE clear: 32-bit paging
+    mov cr0, eax
+    mov eax, cr0
+    GUEST_SYNC eax
+    and eax, 0x7fffffff             # paging off to change CR4.PAE (SDM 4.1.2)
+    mov cr0, eax
+    mov eax, cr4
+    or eax, 0x20                    # CR4.PAE
+    mov cr4, eax
+    mov cr3, edi                    # PAE tables
+    mov eax, cr0
+    or eax, 0x80000000              # PAE paging
+    mov cr0, eax
+    mov eax, cr0
+    GUEST_SYNC eax
+    and eax, 0x7fffffff             # EFER.LME may only change with paging off (SDM 10.8.5)
+    mov cr0, eax
+    mov eax, KT_CR3
+    mov cr3, eax
+    mov ecx, 0xC0000080
+    rdmsr
+    or eax, 0x100                   # EFER.LME
+    wrmsr
+    mov eax, cr0
+    or eax, 0x80000000              # IA-32e mode, in compatibility mode (CS is still 32-bit)
+    mov cr0, eax
+    mov eax, cr0
+    GUEST_SYNC eax
+    FARJMP SEL_CODE64, long64
+.code64
+long64:
+    mov rax, cr0
+    GUEST_SYNC rax
+    GUEST_DONE
+"""
+
+
+def test_reset_through_every_mode_to_long_mode(guest):
+    """From the reset state the guest steps through each mode in turn: 16-bit protected mode
+    (CR0.PE, CS.D=0), 32-bit protected mode (CS.D=1), 32-bit paging (CR0.PG, CR4.PAE=0), PAE
+    paging (CR4.PAE), IA-32e compatibility mode (EFER.LME then CR0.PG: LMA=1, CS.L=0) and
+    64-bit mode (CS.L=1); after each step CR0 as the guest reads it equals KVM_GET_SREGS and
+    CR0/CR4/EFER/CS are as SDM Vol. 3A 10.9.1, 4.1.1-4.1.2 and 10.8.5 give them."""
+    g = guest("reset", EVERY_STEP)
+    alloc = PageAllocator(g.vm, L.DATA, L.DATA_END)  # [0, 4 MiB) identity-mapped, as KT_CR3 maps it
+    tables = {}
+    for fmt, size in (("32", MiB4), ("pae", MiB2)):
+        tables[fmt] = PageTables(g.vm, alloc, fmt)
+        tables[fmt].map_range(0, 0, L.IDENTITY_SIZE, size, P | RW)
+    regs = g.vcpu.get_regs()
+    regs.rsi, regs.rdi = tables["32"].cr3, tables["pae"].cr3
+    g.vcpu.set_regs(regs)
+    _stage(g, "entering 16-bit protected mode", cr0_set=CR0_PE, cr0_clear=CR0_PG, cs_sel=0x20, cs_db=0)
+    _stage(g, "far jump to a 32-bit segment", cr0_set=CR0_PE, cr0_clear=CR0_PG, cs_sel=0x18, cs_db=1)
+    _stage(g, "enabling 32-bit paging", cr0_set=CR0_PE | CR0_PG, cr4_set=CR4_PSE, cr4_clear=CR4_PAE,
+           efer_clear=EFER_LMA, cs_db=1)
+    _stage(g, "enabling PAE paging", cr0_set=CR0_PE | CR0_PG, cr4_set=CR4_PAE, efer_clear=EFER_LMA | EFER_LME)
+    _stage(g, "activating IA-32e mode", cr0_set=CR0_PE | CR0_PG, cr4_set=CR4_PAE, efer_set=EFER_LME | EFER_LMA,
+           cs_l=0, cs_db=1, cs_sel=0x18)
+    _stage(g, "far jump to a 64-bit segment", efer_set=EFER_LMA, cs_l=1, cs_sel=0x08)
     g.run_to_done()
