@@ -207,3 +207,60 @@ def test_syscall_with_tf_traps_in_the_kernel(guest):
     cs, rip = g.run_to_done()
     assert (cs, rip) == (L.SEL_CODE64, g.labels["syscall_entry"]), \
         f"#DB after SYSCALL with TF: saved CS {cs:#x} RIP {rip:#x}, expected CS 0x8 RIP {g.labels['syscall_entry']:#x}"
+
+
+EXCEPTION_TO_KERNEL = """
+    mov {a}, {sp}
+    GUEST_SYNC {a}
+    {fault}
+    GUEST_FAIL "no exception"
+kernel_entry:
+GUEST_AT_CPL 0
+    GUEST_SYNC cs
+    mov {a}, {sp}
+    GUEST_SYNC {a}
+    mov {a}, {sp}
+    add {a}, {frame_bytes}
+frame:
+    mov {b}, {word} ptr [{a}]
+    GUEST_SYNC {b}
+    sub {a}, {w}
+    cmp {a}, {sp}
+    jae frame
+    GUEST_DONE
+"""
+USER_FAULTS = {"ud": ("ud2", None), "gp": ("mov ax, 0x1230\n    fault: mov ds, ax", 0x1230)}
+
+
+@pytest.mark.modes("long64-cpl3", "pm32-cpl3")
+@pytest.mark.parametrize("fault", USER_FAULTS)
+def test_exception_at_cpl3_enters_cpl0_on_the_tss_stack(guest, mode, fault):
+    """An exception raised at CPL3 is delivered at CPL0 on the stack from TSS.RSP0/ESP0 (SS0),
+    which holds, from the top: SS and RSP of the interrupted code, RFLAGS, CS (RPL 3), the
+    faulting instruction's address and, for #GP, the error code (SDM Vol. 3A 6.12.1, 6.14.2;
+    Figures 6-4 and 6-9)."""
+    bits64 = mode.startswith("long64")
+    w, word = (8, "qword") if bits64 else (4, "dword")
+    a, b, sp = ("rax", "rbx", "rsp") if bits64 else ("eax", "ebx", "esp")
+    insn, error_code = USER_FAULTS[fault]
+    if "fault:" not in insn:
+        insn = "fault: " + insn
+    items = 5 + (error_code is not None)
+    g = guest(mode, EXCEPTION_TO_KERNEL.format(a=a, b=b, sp=sp, w=w, word=word, fault=insn,
+                                               frame_bytes=(items - 1) * w))
+    for vector in (6, 13):
+        g.set_idt_gate(vector, "kernel_entry")
+    user_sp = g.expect_sync()
+    kernel_cs = L.SEL_CODE64 if bits64 else L.SEL_CODE32
+    assert g.expect_sync() == kernel_cs, "the handler does not run on the kernel code segment (CPL0)"
+    handler_sp = g.expect_sync()
+    assert handler_sp == L.KERNEL_STACK_TOP - items * w, \
+        f"handler stack {handler_sp:#x}: expected TSS stack top {L.KERNEL_STACK_TOP:#x} - {items} pushed words"
+    ss, saved_sp, _rflags, cs, ip, *rest = g.run_to_done()
+    user_cs = L.SEL_USER_CODE64 if bits64 else L.SEL_USER_CODE32
+    want = {"SS": L.SEL_USER_DATA | 3, "RSP": user_sp, "CS": user_cs | 3, "RIP": g.labels["fault"]}
+    got = {"SS": ss & 0xFFFF, "RSP": saved_sp, "CS": cs & 0xFFFF, "RIP": ip}
+    assert got == want, f"frame on the TSS stack {({k: hex(v) for k, v in got.items()})}, " \
+                        f"expected {({k: hex(v) for k, v in want.items()})}"
+    assert rest == ([] if error_code is None else [error_code]), \
+        f"error code slot {[hex(v) for v in rest]}, expected {error_code!r}"
