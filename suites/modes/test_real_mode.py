@@ -37,3 +37,22 @@ def test_real_mode_instruction(kvm, guest, case):
     if case == "cpuid":
         leaf0 = next(e for e in kvm.cached_supported_cpuid() if e.function == 0)
         assert values == [leaf0.eax], f"CPUID.0:EAX {values}, table says {leaf0.eax:#x}"
+
+
+def test_int_beyond_the_vector_table_limit_is_gp(guest):
+    """In real mode INT n checks the vector against the IDTR limit: with the limit set to
+    0x3F (vectors 0-15), INT 0x21 raises #GP, delivered through vector 13's entry, and the
+    handler for vector 0x21 never runs (SDM Vol. 2A INT n, REAL-ADDRESS-MODE: "IF
+    ((vector_number << 2) + 3) is not within IDT limit THEN #GP")."""
+    g = guest("real", """
+        lidt [idtr]
+        GUEST_ASSERT_RAISES GP, int 0x21
+        GUEST_DONE
+    idtr:
+        .word 0x3f
+        .long 0
+    h21:
+        GUEST_FAIL "INT 0x21 went through an entry beyond the IDT limit"
+    """)
+    g.set_idt_gate(0x21, "h21")
+    g.run_to_done()
