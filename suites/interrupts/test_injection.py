@@ -6,7 +6,7 @@ import errno
 
 import pytest
 
-from kvmtest.abi.constants import errno_name
+from kvmtest.abi.constants import KVM_VCPUEVENT_VALID_NMI_PENDING, errno_name
 from kvmtest.exits import IrqWindowOpenExit
 from kvmtest.guest.modes import MODES, RFLAGS_IF
 
@@ -92,6 +92,69 @@ def test_kvm_nmi_runs_the_nmi_handler(guest, mode):
     assert g.expect_sync() == 1
     g.vcpu.nmi()
     assert g.expect_sync() == 2
+    g.run_to_done()
+
+
+@pytest.mark.requires_cap("KVM_CAP_VCPU_EVENTS")
+@pytest.mark.modes("real", "pm32", "long64", "compat32", "long64-cpl3")
+def test_nmi_made_pending_with_set_vcpu_events_is_delivered(guest, mode):
+    """KVM_SET_VCPU_EVENTS with KVM_VCPUEVENT_VALID_NMI_PENDING and nmi.pending = 1 makes an
+    NMI pending; the next KVM_RUN delivers it through IDT vector 2 (api.rst 4.32)."""
+    g = guest(mode, NMI_GUEST)
+    g.set_idt_gate(2, "nmi_handler")
+    assert g.expect_sync() == 1
+    ev = g.vcpu.get_events()
+    ev.flags = KVM_VCPUEVENT_VALID_NMI_PENDING
+    ev.nmi.pending = 1
+    g.vcpu.set_events(ev)
+    assert g.expect_sync() == 2, "the pending NMI did not run the NMI handler"
+    g.run_to_done()
+
+
+SELF_IRET = {
+    # an IRET to the next instruction at the same privilege level: its only effect is to
+    # unblock NMIs (SDM Vol. 3A 6.7.1)
+    "real": "pushf\n    push cs\n    .byte 0x68\n    .word after_iret\n    iret",
+    "64": "mov ax, ss\n    push rax\n    lea rax, [rsp + 8]\n    push rax\n    pushfq\n    mov ax, cs\n    push rax\n"
+          "    mov rax, after_iret\n    push rax\n    iretq",
+}
+MASKED_NMI_GUEST = """
+    GUEST_SYNC 1
+    nop
+    nop
+    GUEST_SYNC 3
+    {iret}
+after_iret:
+    nop
+    GUEST_SYNC 4
+    GUEST_DONE
+nmi_handler:
+GUEST_AT_CPL 0
+    GUEST_SYNC 2
+    GUEST_DONE
+"""
+
+
+@pytest.mark.requires_cap("KVM_CAP_USER_NMI")
+@pytest.mark.requires_cap("KVM_CAP_VCPU_EVENTS")
+@pytest.mark.modes("real", "long64", "long64-cpl3")
+def test_nmi_blocked_by_set_vcpu_events_waits_for_iret(guest, mode):
+    """With NMIs blocked through KVM_SET_VCPU_EVENTS (nmi.masked = 1, api.rst 4.32), an NMI
+    queued with KVM_NMI is held while the guest runs on, and delivered right after the guest's
+    next IRET, which unblocks NMIs (SDM Vol. 3A 6.7.1)."""
+    g = guest(mode, MASKED_NMI_GUEST.format(iret=SELF_IRET["real" if mode == "real" else "64"]))
+    g.set_idt_gate(2, "nmi_handler")
+    assert g.expect_sync() == 1
+    ev = g.vcpu.get_events()
+    ev.flags = 0
+    ev.nmi.masked = 1
+    g.vcpu.set_events(ev)
+    assert g.vcpu.get_events().nmi.masked == 1, "KVM_GET_VCPU_EVENTS does not show the NMI blocking just set"
+    g.vcpu.nmi()
+    first = g.expect_sync()
+    assert first == 3, f"GUEST_SYNC {first} while NMIs were blocked: expected 3 (the NMI held until IRET)"
+    second = g.expect_sync()
+    assert second == 2, f"GUEST_SYNC {second} after the IRET: expected 2, the held NMI's handler"
     g.run_to_done()
 
 
