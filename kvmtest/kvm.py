@@ -118,6 +118,17 @@ class Kvm(FdObject):
         """KVM_GET_MSR_FEATURE_INDEX_LIST (api.rst 4.3)."""
         return self._msr_list("KVM_GET_MSR_FEATURE_INDEX_LIST")
 
+    def read_feature_msrs(self, indices: list[int]) -> dict[int, int]:
+        """KVM_GET_MSRS on the system fd (api.rst 4.18, KVM_CAP_GET_MSR_FEATURES): the values of
+        feature MSRs; stops at the first index KVM does not know as one, so the dict may be
+        shorter than `indices` (the ioctl returns how many it read)."""
+        buf = S.msrs_type(len(indices))()
+        buf.nmsrs = len(indices)
+        for i, index in enumerate(indices):
+            buf.entries[i].index = index
+        n = self.ioctl("KVM_GET_MSRS", buf, args="msrs=" + ",".join(hex(i) for i in indices))
+        return {buf.entries[i].index: buf.entries[i].data for i in range(n)}
+
     def create_vm(self, vm_type: int = 0):
         """KVM_CREATE_VM (api.rst 4.2). The returned Vm owns its fd; close it or use `with`."""
         from .vm import Vm
