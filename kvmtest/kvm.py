@@ -120,8 +120,8 @@ class Kvm(FdObject):
 
     def read_feature_msrs(self, indices: list[int]) -> dict[int, int]:
         """KVM_GET_MSRS on the system fd (api.rst 4.18, KVM_CAP_GET_MSR_FEATURES): the values of
-        feature MSRs; stops at the first index KVM does not know as one, so the dict may be
-        shorter than `indices` (the ioctl returns how many it read)."""
+        feature MSRs. The ioctl returns how many it read, so the dict may be shorter than
+        `indices` when KVM stops at one it does not read."""
         buf = S.msrs_type(len(indices))()
         buf.nmsrs = len(indices)
         for i, index in enumerate(indices):

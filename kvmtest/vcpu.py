@@ -137,7 +137,7 @@ class Vcpu(FdObject):
             libc.munmap(addr, self._mmap_size)
 
     def drain_coalesced_ring(self) -> "list[S.kvm_coalesced_mmio]":
-        """Take every write queued in the coalesced MMIO/PIO ring (api.rst 4.116: the ring
+        """Take every write queued in the coalesced MMIO/PIO ring (api.rst KVM_REGISTER_COALESCED_MMIO: the ring
         sits at page KVM_CAP_COALESCED_MMIO of the vCPU mapping) and mark them consumed."""
         page = self.vm.check_extension("KVM_CAP_COALESCED_MMIO")
         if not page:

@@ -313,7 +313,7 @@ class Vm(FdObject):
         self.ioctl("KVM_IRQ_LINE_STATUS", lvl, args=f"irq={irq} level={level}")
         return lvl.status
 
-    # --- eventfds, coalesced MMIO, MSR filter (api.rst 4.75, 4.59, 4.116, 4.97) -----------------
+    # --- eventfds, coalesced MMIO, MSR filter (api.rst KVM_IRQFD, KVM_IOEVENTFD, KVM_REGISTER_COALESCED_MMIO, KVM_X86_SET_MSR_FILTER) -----------------
 
     def assign_irqfd(self, efd, gsi: int, *, resample=None) -> None:
         """KVM_IRQFD: signalling `efd` raises `gsi`; with `resample` (an EventFd) the GSI is
@@ -355,7 +355,7 @@ class Vm(FdObject):
 
     def register_coalesced_mmio(self, addr: int, size: int, *, pio: bool = False) -> None:
         """KVM_REGISTER_COALESCED_MMIO: writes to the zone (ports with pio) are queued in the
-        ring (Vcpu.coalesced_ring) instead of exiting."""
+        ring (Vcpu.drain_coalesced_ring) instead of exiting."""
         self.ioctl("KVM_REGISTER_COALESCED_MMIO", S.kvm_coalesced_mmio_zone(addr=addr, size=size, pio=int(pio)),
                    args=f"{'port' if pio else 'gpa'}={addr:#x} size={size:#x}")
 

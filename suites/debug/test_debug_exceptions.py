@@ -99,7 +99,7 @@ LEN_2 = 1
 
 
 def _arm_dr0(g, address, rw, length=0):
-    """Point the guest's own DR0 at `address` through KVM_SET_DEBUGREGS (api.rst 4.65),
+    """Point the guest's own DR0 at `address` through KVM_SET_DEBUGREGS (api.rst 4.34),
     which works whatever CPL the guest code starts at; checks the registers read back."""
     dbg = g.vcpu.get_debugregs()
     dbg.db[0] = address

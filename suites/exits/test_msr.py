@@ -50,7 +50,7 @@ def test_filtered_msr_exits_with_reason_filter(guest):
     """An MSR denied by KVM_X86_SET_MSR_FILTER exits with reason KVM_MSR_EXIT_REASON_FILTER
     although KVM knows it, and the data user space returns is what RDMSR reads; an MSR whose
     bit is set in the same range, and a write to the denied MSR when the range only covers
-    reads, are handled by KVM without an exit (api.rst 4.97 KVM_X86_SET_MSR_FILTER)."""
+    reads, are handled by KVM without an exit (api.rst KVM_X86_SET_MSR_FILTER)."""
     g = guest("long64", """
         mov ecx, 0x175                          # IA32_SYSENTER_ESP: allowed in the range
         rdmsr

@@ -164,7 +164,7 @@ def test_interrupt_through_a_task_gate_switches_tasks(guest, source):
     """INT n, an external interrupt (KVM_INTERRUPT) and an NMI (KVM_NMI) whose IDT entry is a
     task gate switch to the gate's task as a nested task, the old task's saved EIP pointing
     after the interrupted instruction and no error code pushed (SDM Vol. 3A 6.12.2, 7.3;
-    api.rst 4.16 KVM_INTERRUPT, 4.63 KVM_NMI)."""
+    api.rst 4.16 KVM_INTERRUPT, 4.64 KVM_NMI)."""
     vector = {"int": 0x40, "external": 0x40, "nmi": 2}[source]
     trigger = "int 0x40" if source == "int" else "sti\n    hlt"
     g = guest("pm32", f"""
