@@ -216,7 +216,7 @@ class SystemEventExit(Exit):
 @dataclass(frozen=True)
 class IoapicEoiExit(Exit):
     """KVM_EXIT_IOAPIC_EOI: with a split irqchip, the guest EOI'd a level-triggered vector that
-    a reserved IOAPIC route delivered (api.rst 5, 7.8)."""
+    a reserved IOAPIC route delivered (api.rst 5, KVM_CAP_SPLIT_IRQCHIP)."""
 
     vector: int = 0
 

@@ -96,7 +96,7 @@ class Kvm(FdObject):
         return has_feature(self.cached_supported_cpuid(), name)
 
     def emulated_cpuid(self) -> list[S.kvm_cpuid_entry2]:
-        """KVM_GET_EMULATED_CPUID (api.rst 4.107)."""
+        """KVM_GET_EMULATED_CPUID (api.rst KVM_GET_EMULATED_CPUID)."""
         return self._get_cpuid("KVM_GET_EMULATED_CPUID")
 
     def _msr_list(self, request: str) -> list[int]:

@@ -319,7 +319,7 @@ class Vcpu(FdObject):
                            "KVM accepted 0 of 1 MSRs")
 
     def set_cpuid(self, entries) -> None:
-        """KVM_SET_CPUID2 (api.rst 4.20)."""
+        """KVM_SET_CPUID2 (api.rst KVM_SET_CPUID2)."""
         self.ioctl("KVM_SET_CPUID2", cpuid2_struct(entries), args=f"nent={len(entries)}")
 
     def try_set_cpuid(self, entries) -> int:
@@ -339,7 +339,7 @@ class Vcpu(FdObject):
         self.enable_cap("KVM_CAP_ENFORCE_PV_FEATURE_CPUID", 1)
 
     def get_cpuid(self, nent: int = 256):
-        """KVM_GET_CPUID2 (api.rst 4.20)."""
+        """KVM_GET_CPUID2 (api.rst KVM_GET_CPUID2)."""
         buf = S.cpuid2_type(nent)()
         buf.nent = nent
         self.ioctl("KVM_GET_CPUID2", buf, args=f"nent={nent}")
@@ -358,7 +358,7 @@ class Vcpu(FdObject):
         self.ioctl("KVM_NMI")
 
     def set_guest_debug(self, control: int, debugreg=(0,) * 8) -> None:
-        """KVM_SET_GUEST_DEBUG (api.rst 4.38)."""
+        """KVM_SET_GUEST_DEBUG (api.rst 4.87)."""
         dbg = S.kvm_guest_debug(control=control)
         for i, value in enumerate(debugreg):
             dbg.arch.debugreg[i] = value

@@ -117,7 +117,7 @@ class Vm(FdObject):
         return self.try_ioctl("KVM_SET_USER_MEMORY_REGION", region, args=memslot_args(slot, flags, gpa, size))
 
     def try_set_user_memory_region2(self, slot, flags, gpa, size, hva, guest_memfd=0, guest_memfd_offset=0) -> int:
-        """KVM_SET_USER_MEMORY_REGION2 (api.rst 4.141), for negative tests."""
+        """KVM_SET_USER_MEMORY_REGION2 (api.rst KVM_SET_USER_MEMORY_REGION2), for negative tests."""
         region = S.kvm_userspace_memory_region2(slot=slot, flags=flags, guest_phys_addr=gpa, memory_size=size,
                                                 userspace_addr=hva, guest_memfd=guest_memfd,
                                                 guest_memfd_offset=guest_memfd_offset)
@@ -279,7 +279,7 @@ class Vm(FdObject):
         return self.ioctl("KVM_RESET_DIRTY_RINGS")
 
     def enable_split_irqchip(self, ioapic_routes: int = 24) -> None:
-        """KVM_ENABLE_CAP(KVM_CAP_SPLIT_IRQCHIP) (api.rst 7.8): local APICs in the kernel, PIC and
+        """KVM_ENABLE_CAP(KVM_CAP_SPLIT_IRQCHIP) (api.rst KVM_CAP_SPLIT_IRQCHIP): local APICs in the kernel, PIC and
         IOAPIC left to user space; the first `ioapic_routes` GSI routes (MSI) stand for the user
         IOAPIC's pins and report their level-triggered EOIs as KVM_EXIT_IOAPIC_EOI."""
         self.enable_cap("KVM_CAP_SPLIT_IRQCHIP", ioapic_routes)

@@ -1,4 +1,4 @@
-"""KVM_SET_CPUID2 and what the guest's CPUID instruction returns (api.rst 4.20, 4.46;
+"""KVM_SET_CPUID2 and what the guest's CPUID instruction returns (api.rst KVM_SET_CPUID2, 4.46 KVM_GET_SUPPORTED_CPUID;
 SDM Vol. 2A CPUID)."""
 
 import ctypes
@@ -39,7 +39,7 @@ def _cpuid_source(leaf, reg_prefix):
 
 @pytest.mark.modes(*ALL)
 def test_guest_cpuid_returns_the_table_set_by_the_host(kvm, guest, mode):
-    """CPUID executed by the guest returns the entries of KVM_SET_CPUID2 (api.rst 4.20:
+    """CPUID executed by the guest returns the entries of KVM_SET_CPUID2 (api.rst KVM_SET_CPUID2:
     "defines the vcpu responses to the cpuid instruction"): the brand-string leaves, rewritten
     with kvmtest's own text, and the vendor leaf 0, in every mode and at CPL3."""
     g = guest(mode, "\n".join(_cpuid_source(leaf, "e") for leaf in (0x80000002, 0x80000003, 0x80000004, 0))
@@ -62,7 +62,7 @@ DYNAMIC = {(1, 0, "edx"): 1 << 9, (1, 0, "ecx"): 1 << 27, (7, 0, "ecx"): 1 << 4,
 
 
 def test_get_cpuid2_returns_the_table_set(kvm, vm):
-    """KVM_GET_CPUID2 returns the entries KVM_SET_CPUID2 set (api.rst 4.20), apart from the
+    """KVM_GET_CPUID2 returns the entries KVM_SET_CPUID2 set (api.rst KVM_GET_CPUID2), apart from the
     bits KVM updates from vCPU state (APIC, OSXSAVE, OSPKE, XSAVE sizes)."""
     vcpu = vm.create_vcpu()
     table = kvm.cached_supported_cpuid()
@@ -84,7 +84,7 @@ def test_get_cpuid2_returns_the_table_set(kvm, vm):
 def test_set_cpuid_after_run_accepts_only_the_same_table(kvm, guest):
     """After KVM_RUN, KVM_SET_CPUID2 with the vCPU's own table (as KVM_GET_CPUID2 reports it)
     succeeds and with a changed one fails with EINVAL, leaving the table as it was (selftests
-    cpuid_test set_cpuid_after_run; api.rst 4.20)."""
+    cpuid_test set_cpuid_after_run; api.rst KVM_SET_CPUID2)."""
     g = guest("long64", "GUEST_DONE")
     g.run_to_done()
     table = g.vcpu.get_cpuid()

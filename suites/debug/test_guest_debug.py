@@ -1,5 +1,5 @@
 """KVM_SET_GUEST_DEBUG: software breakpoints, hardware execute and data breakpoints and
-single-stepping, reported as KVM_EXIT_DEBUG (api.rst 4.38 KVM_SET_GUEST_DEBUG, 5 KVM_EXIT_DEBUG;
+single-stepping, reported as KVM_EXIT_DEBUG (api.rst 4.87 KVM_SET_GUEST_DEBUG, 5 KVM_EXIT_DEBUG;
 DR6/DR7 layout SDM Vol. 3A 18.2)."""
 
 import pytest
@@ -23,7 +23,7 @@ def _r(mode):
 @pytest.mark.modes(*ALL)
 def test_software_breakpoint_exits_with_bp_at_the_int3(guest, mode):
     """With KVM_GUESTDBG_USE_SW_BP, INT3 exits to user space as KVM_EXIT_DEBUG, exception 3
-    (#BP), pc = the INT3's address (api.rst 4.38; selftests debug_regs)."""
+    (#BP), pc = the INT3's address (api.rst 4.87; selftests debug_regs)."""
     g = guest(mode, "nop\nbp: int3\nGUEST_DONE")
     g.vcpu.set_guest_debug(ENABLE | C.KVM_GUESTDBG_USE_SW_BP)
     g.expect_exit(DebugExit, exception=3, pc=g.labels["bp"])
@@ -34,7 +34,7 @@ def test_software_breakpoint_exits_with_bp_at_the_int3(guest, mode):
 def test_hardware_execute_breakpoint(guest, mode, dr):
     """An execute breakpoint in DRn (DR7 Ln=1, R/Wn=00, LENn=00) exits before the instruction
     as KVM_EXIT_DEBUG exception 1 (#DB), pc = the address, DR6 = 0xffff0ff0 | Bn
-    (SDM Vol. 3A 18.2.4, 18.3.1.1; api.rst 4.38 KVM_GUESTDBG_USE_HW_BP)."""
+    (SDM Vol. 3A 18.2.4, 18.3.1.1; api.rst 4.87 KVM_GUESTDBG_USE_HW_BP)."""
     g = guest(mode, "nop\nnop\ntarget: nop\nGUEST_DONE")
     regs = [0] * 8
     regs[dr] = g.labels["target"]
@@ -62,7 +62,7 @@ def test_hardware_data_write_breakpoint(guest, mode, dr):
 @pytest.mark.modes(*ALL)
 def test_single_step_exits_once_per_instruction(guest, mode):
     """With KVM_GUESTDBG_SINGLESTEP every instruction ends in KVM_EXIT_DEBUG exception 1 with
-    DR6.BS set, pc = the next instruction (api.rst 4.38; SDM Vol. 3A 18.3.1.4; kvm-ioctls
+    DR6.BS set, pc = the next instruction (api.rst 4.87; SDM Vol. 3A 18.3.1.4; kvm-ioctls
     test_run_code in real mode)."""
     g = guest(mode, "i0: mov eax, 1\ni1: add eax, 2\ni2: xor ecx, ecx\ni3: nop\nGUEST_DONE")
     g.vcpu.set_guest_debug(ENABLE | C.KVM_GUESTDBG_SINGLESTEP)
@@ -114,7 +114,7 @@ def test_dr4_is_dr6_unless_cr4_de(guest, mode):
 def test_single_step_with_blockirq_holds_back_a_pending_interrupt(kvm, guest, mode):
     """With KVM_GUESTDBG_SINGLESTEP | KVM_GUESTDBG_BLOCKIRQ, a queued interrupt is not delivered
     while stepping: each step lands on the next instruction of the interrupted code; once
-    debugging is off the interrupt arrives (api.rst 4.38; selftests debug_regs)."""
+    debugging is off the interrupt arrives (api.rst 4.87; selftests debug_regs)."""
     from kvmtest.guest.modes import RFLAGS_IF
 
     if not kvm.check_extension("KVM_CAP_SET_GUEST_DEBUG2") & C.KVM_GUESTDBG_BLOCKIRQ:

@@ -1,5 +1,5 @@
 """KVM_CAP_SPLIT_IRQCHIP: local APICs in the kernel, PIC and IOAPIC in user space, IOAPIC pins
-as reserved MSI routes whose level-triggered EOIs exit with KVM_EXIT_IOAPIC_EOI (api.rst 7.8,
+as reserved MSI routes whose level-triggered EOIs exit with KVM_EXIT_IOAPIC_EOI (api.rst KVM_CAP_SPLIT_IRQCHIP,
 5 KVM_EXIT_IOAPIC_EOI, 4.52 KVM_SET_GSI_ROUTING)."""
 
 import pytest
@@ -14,24 +14,24 @@ VECTOR = 0x60
 
 
 def test_split_irqchip_is_refused_once_a_vcpu_exists(vm):
-    """Enabling KVM_CAP_SPLIT_IRQCHIP fails if a vCPU has already been created (api.rst 7.8)."""
+    """Enabling KVM_CAP_SPLIT_IRQCHIP fails if a vCPU has already been created (api.rst KVM_CAP_SPLIT_IRQCHIP)."""
     vm.create_vcpu()
     err = vm.try_enable_cap("KVM_CAP_SPLIT_IRQCHIP", 24)
-    assert err != 0, "KVM_ENABLE_CAP(KVM_CAP_SPLIT_IRQCHIP) after KVM_CREATE_VCPU succeeded; api.rst 7.8 says it fails"
+    assert err != 0, "KVM_ENABLE_CAP(KVM_CAP_SPLIT_IRQCHIP) after KVM_CREATE_VCPU succeeded; api.rst KVM_CAP_SPLIT_IRQCHIP says it fails"
 
 
 def test_split_irqchip_is_refused_after_create_irqchip(vm):
     """Enabling KVM_CAP_SPLIT_IRQCHIP fails if the irqchip is already in the kernel, i.e. after
-    KVM_CREATE_IRQCHIP (api.rst 7.8)."""
+    KVM_CREATE_IRQCHIP (api.rst KVM_CAP_SPLIT_IRQCHIP)."""
     vm.create_irqchip()
     err = vm.try_enable_cap("KVM_CAP_SPLIT_IRQCHIP", 24)
-    assert err != 0, "KVM_ENABLE_CAP(KVM_CAP_SPLIT_IRQCHIP) after KVM_CREATE_IRQCHIP succeeded; api.rst 7.8 says it fails"
+    assert err != 0, "KVM_ENABLE_CAP(KVM_CAP_SPLIT_IRQCHIP) after KVM_CREATE_IRQCHIP succeeded; api.rst KVM_CAP_SPLIT_IRQCHIP says it fails"
 
 
 def test_split_irqchip_gives_vcpus_a_local_apic_and_no_pic(vm):
     """With a split irqchip each vCPU gets an in-kernel local APIC (KVM_GET_LAPIC works and the
     ID register holds the vCPU id in bits 31:24, SDM Vol. 3A 11.4.6), while the PIC and IOAPIC
-    are user space's, so KVM_GET_IRQCHIP has no chip to read (api.rst 7.8, 4.26)."""
+    are user space's, so KVM_GET_IRQCHIP has no chip to read (api.rst KVM_CAP_SPLIT_IRQCHIP, 4.26)."""
     vm.enable_split_irqchip(24)
     vcpu = vm.create_vcpu(2)
     apic_id = int.from_bytes(bytes(vcpu.get_lapic().regs[0x20:0x24]), "little") >> 24
@@ -61,7 +61,7 @@ def test_reserved_ioapic_route_eoi_exits_to_user_space(guest, vm, level):
     the vector in data[7:0] and level trigger in data[15] (SDM Vol. 3A 11.11.2). KVM_IRQ_LINE
     on it delivers the vector; the guest's EOI of a level-triggered one, and nothing before
     that EOI, exits with KVM_EXIT_IOAPIC_EOI naming the vector; an edge-triggered one does not
-    exit (api.rst 7.8: "whenever the LAPIC receives an EOI for these routes"; 5)."""
+    exit (api.rst KVM_CAP_SPLIT_IRQCHIP: "whenever the LAPIC receives an EOI for these routes"; 5)."""
     vm.enable_split_irqchip(24)
     g = guest("long64", WAIT_FOR_VECTOR, vm=vm)
     g.page_tables.map(APIC, APIC, KiB4, P | RW | PCD)

@@ -1,4 +1,4 @@
-"""guest_memfd file rules (KVM_CREATE_GUEST_MEMFD, api.rst 4.143; selftests guest_memfd_test)."""
+"""guest_memfd file rules (api.rst KVM_CREATE_GUEST_MEMFD; selftests guest_memfd_test)."""
 
 import errno
 import os
@@ -33,7 +33,7 @@ def gmem(gmem_vm):
 
 @pytest.mark.parametrize("size", [0, PAGE + 1, PAGE // 2])
 def test_size_must_be_a_positive_page_multiple(gmem_vm, size):
-    """The size of a guest_memfd must be page aligned and non-zero (api.rst 4.143): EINVAL."""
+    """The size of a guest_memfd must be page aligned and non-zero (api.rst KVM_CREATE_GUEST_MEMFD): EINVAL."""
     fd, err = _create(gmem_vm, size)
     if not err:
         os.close(fd)
@@ -41,7 +41,7 @@ def test_size_must_be_a_positive_page_multiple(gmem_vm, size):
 
 
 def test_unknown_flag_is_einval(gmem_vm):
-    """Undefined flags are refused (api.rst 4.143): EINVAL."""
+    """Undefined flags are refused (api.rst KVM_CREATE_GUEST_MEMFD): EINVAL."""
     fd, err = _create(gmem_vm, PAGE, flags=1 << 63)
     if not err:
         os.close(fd)
@@ -91,7 +91,7 @@ def test_each_guest_memfd_is_its_own_file(gmem_vm, gmem):
 
 @pytest.mark.requires_cap("KVM_CAP_USER_MEMORY2")
 def test_guest_memfd_slot_shares_bytes_between_guest_and_host(kvm, guest):
-    """A slot bound to a guest_memfd (KVM_MEM_GUEST_MEMFD, api.rst 4.141) in a VM without private
+    """A slot bound to a guest_memfd (KVM_MEM_GUEST_MEMFD, api.rst KVM_SET_USER_MEMORY_REGION2) in a VM without private
     memory is accessed through its userspace_addr: a byte the host writes there the guest reads,
     and a byte the guest writes the host sees (selftests guest_memfd_test test_guest_memfd_guest)."""
     from kvmtest.abi.constants import KVM_MEM_GUEST_MEMFD

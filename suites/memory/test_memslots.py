@@ -90,7 +90,7 @@ def test_slot_ids_up_to_the_limit_and_one_past(kvm, vm):
 @pytest.mark.requires_cap("KVM_CAP_USER_MEMORY2")
 def test_region2_adds_memory_the_guest_sees(guest):
     """KVM_SET_USER_MEMORY_REGION2 without KVM_MEM_GUEST_MEMFD behaves like the original ioctl
-    (api.rst 4.141): a slot added with it is memory the guest reads."""
+    (api.rst KVM_SET_USER_MEMORY_REGION2): a slot added with it is memory the guest reads."""
     g = guest("long64", "mov rbx, 0x300000\nmov eax, dword ptr [rbx]\nGUEST_SYNC eax\nGUEST_DONE")
     backing = HostMapping(0x1000)
     try:
@@ -104,7 +104,7 @@ def test_region2_adds_memory_the_guest_sees(guest):
 
 @pytest.mark.requires_cap("KVM_CAP_USER_MEMORY2")
 def test_region2_refuses_guest_memfd_flag_without_a_guest_memfd(vm, mapping):
-    """KVM_MEM_GUEST_MEMFD needs a valid guest_memfd file (api.rst 4.141): fd 0 (stdin) or a
+    """KVM_MEM_GUEST_MEMFD needs a valid guest_memfd file (api.rst KVM_SET_USER_MEMORY_REGION2): fd 0 (stdin) or a
     VM type without private memory is refused with EINVAL."""
     err = vm.try_set_user_memory_region2(1, C.KVM_MEM_GUEST_MEMFD, 0x100000, SLOT_SIZE, mapping.addr, guest_memfd=0)
     assert err == errno.EINVAL, f"KVM_MEM_GUEST_MEMFD with fd 0: expected EINVAL, got {errno_name(err)}"
