@@ -315,23 +315,35 @@ class Vm(FdObject):
 
     # --- eventfds, coalesced MMIO, MSR filter (api.rst KVM_IRQFD, KVM_IOEVENTFD, KVM_REGISTER_COALESCED_MMIO, KVM_X86_SET_MSR_FILTER) -----------------
 
+    @staticmethod
+    def _eventfd(obj, what: str) -> int:
+        """The fd of an EventFd (or any fd-owning object), or a plain int fd."""
+        if isinstance(obj, int) and not isinstance(obj, bool):
+            return obj
+        fd = getattr(obj, "fd", None)
+        if not isinstance(fd, int):
+            raise KvmtestError(f"{what}: expected an EventFd or an fd number, got {obj!r}")
+        return fd
+
     def assign_irqfd(self, efd, gsi: int, *, resample=None) -> None:
         """KVM_IRQFD: signalling `efd` raises `gsi`; with `resample` (an EventFd) the GSI is
         level-triggered and KVM signals `resample` at its EOI (KVM_IRQFD_FLAG_RESAMPLE)."""
-        arg = S.kvm_irqfd(fd=efd.fd, gsi=gsi)
+        arg = S.kvm_irqfd(fd=self._eventfd(efd, "KVM_IRQFD"), gsi=gsi)
         if resample is not None:
-            arg.flags, arg.resamplefd = C.KVM_IRQFD_FLAG_RESAMPLE, resample.fd
+            arg.flags, arg.resamplefd = C.KVM_IRQFD_FLAG_RESAMPLE, self._eventfd(resample, "KVM_IRQFD resample")
         self.ioctl("KVM_IRQFD", arg, args=f"gsi={gsi}{' resample' if resample is not None else ''}")
 
     def deassign_irqfd(self, efd, gsi: int) -> None:
-        self.ioctl("KVM_IRQFD", S.kvm_irqfd(fd=efd.fd, gsi=gsi, flags=C.KVM_IRQFD_FLAG_DEASSIGN),
+        self.ioctl("KVM_IRQFD", S.kvm_irqfd(fd=self._eventfd(efd, "KVM_IRQFD"), gsi=gsi,
+                                            flags=C.KVM_IRQFD_FLAG_DEASSIGN),
                    args=f"gsi={gsi} deassign")
 
-    @staticmethod
-    def _ioeventfd(efd, addr, length, pio, datamatch, deassign):
+    @classmethod
+    def _ioeventfd(cls, efd, addr, length, pio, datamatch, deassign):
         flags = (C.KVM_IOEVENTFD_FLAG_PIO if pio else 0) | (C.KVM_IOEVENTFD_FLAG_DEASSIGN if deassign else 0) \
             | (C.KVM_IOEVENTFD_FLAG_DATAMATCH if datamatch is not None else 0)
-        arg = S.kvm_ioeventfd(datamatch=datamatch or 0, addr=addr, len=length, fd=efd.fd, flags=flags)
+        arg = S.kvm_ioeventfd(datamatch=datamatch or 0, addr=addr, len=length,
+                              fd=cls._eventfd(efd, "KVM_IOEVENTFD"), flags=flags)
         text = f"{'port' if pio else 'gpa'}={addr:#x} len={length}" + \
             (f" datamatch={datamatch:#x}" if datamatch is not None else "") + (" deassign" if deassign else "")
         return arg, text

@@ -46,3 +46,14 @@ def test_dirty_ring_without_enabling_it_is_one_clear_error(vm):
     vcpu = vm.create_vcpu()
     with pytest.raises(KvmtestError, match=r"enable_dirty_ring\(size\) before the VM's first vCPU"):
         vcpu.dirty_ring
+
+
+def test_irqfd_with_something_that_is_no_fd_is_one_clear_error(vm):
+    """Passing an irqfd or ioeventfd something that is neither an EventFd nor an fd number names
+    the ioctl and what was passed, before any ioctl is issued (kvmtest's own contract)."""
+    from kvmtest.errors import KvmtestError
+
+    with pytest.raises(KvmtestError, match=r"KVM_IRQFD: expected an EventFd or an fd number, got 'x'"):
+        vm.assign_irqfd("x", 3)
+    with pytest.raises(KvmtestError, match=r"KVM_IOEVENTFD: expected an EventFd or an fd number, got None"):
+        vm.assign_ioeventfd(None, 0x70, 1, pio=True)
