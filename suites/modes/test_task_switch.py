@@ -11,8 +11,8 @@ from kvmtest.guest import layout as L
 
 TSS_B, SEL_TSS_B = 0x3100, 0x60
 TASK_B_STACK = 0x6800
-EFLAGS_NT, EFLAGS_IF = 1 << 14, 1 << 9
-TSS_LINK, TSS_EIP, TSS_EFLAGS = 0x00, 0x20, 0x24
+EFLAGS_NT = 1 << 14
+TSS_LINK, TSS_EIP = 0x00, 0x20  # 32-bit TSS fields (SDM Vol. 3A Figure 7-2)
 
 SOURCE = """
     FARJMP 0x60, 0
@@ -176,7 +176,10 @@ def test_interrupt_through_a_task_gate_switches_tasks(guest, source):
     g.set_idt_gate(vector, 0, gate_type=D.TASK_GATE, selector=SEL_TSS_B)
     if source != "int":
         g.expect_exit(HltExit)
-        g.vcpu.interrupt(vector) if source == "external" else g.vcpu.nmi()
+        if source == "external":
+            g.vcpu.interrupt(vector)
+        else:
+            g.vcpu.nmi()
     tr, eflags, esp, _ = g.run_to_done()
     _check_nested_entry(g, tr, eflags, g.labels["resumed"])
     assert esp == TASK_B_STACK, f"ESP in the handler task {esp:#x}, expected {TASK_B_STACK:#x} (no error code)"
