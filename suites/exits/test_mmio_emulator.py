@@ -244,7 +244,6 @@ def test_load_straddling_two_mmio_pages(guest, mode):
     g.run_to_done()
 
 
-SSE_MODES = ["long64", "compat32", "long64-cpl3"]
 
 
 def _enable_sse(g):
@@ -254,7 +253,7 @@ def _enable_sse(g):
     g.vcpu.set_sregs(sregs)
 
 
-@pytest.mark.modes(*SSE_MODES)
+@pytest.mark.modes(*MODES)
 def test_16_byte_sse_store_to_mmio(guest, mode):
     """MOVDQU of an XMM register to unbacked memory hands user space all 16 bytes, split into
     MMIO writes of at most 8 bytes (api.rst 5: data[8]), each byte at its address (SDM Vol. 2B
@@ -275,7 +274,7 @@ def test_16_byte_sse_store_to_mmio(guest, mode):
     g.run_to_done()
 
 
-@pytest.mark.modes(*SSE_MODES)
+@pytest.mark.modes(*MODES)
 def test_16_byte_sse_load_from_mmio(guest, mode):
     """MOVDQU from unbacked memory into an XMM register is assembled from the data user space
     supplies for each MMIO read exit (api.rst 5; SDM Vol. 2B MOVDQU)."""
