@@ -130,18 +130,22 @@ TASK_B_REPORTS = """
 """
 
 EXCEPTIONS = {
-    # vector, faulting code, error code pushed on the new task's stack (None: none)
-    "de": (0, "xor edx, edx\n    xor ecx, ecx\n    mov eax, 1\n    fault: div ecx", None),
-    "ud": (6, "fault: ud2", None),
-    "gp": (13, "mov ax, 0x1230\n    fault: mov ds, ax", 0x1230),
+    # vector, code (label `saved` = where the old task's EIP must point: the faulting
+    # instruction for faults, the next one for traps), error code on the new task's stack
+    "de": (0, "xor edx, edx\n    xor ecx, ecx\n    mov eax, 1\n    saved: div ecx", None),
+    "bp": (3, "int3\n    saved: nop", None),
+    "of": (4, "mov al, 0x7f\n    add al, 1\n    into\n    saved: nop", None),
+    "ud": (6, "saved: ud2", None),
+    "gp": (13, "mov ax, 0x1230\n    saved: mov ds, ax", 0x1230),
 }
 
 
 @pytest.mark.parametrize("name", EXCEPTIONS)
 def test_exception_through_a_task_gate_switches_tasks(guest, name):
     """An exception whose IDT entry is a task gate switches to the gate's task as a nested
-    task; the old task's saved EIP is the faulting instruction, and an error code is pushed on
-    the new task's stack (SDM Vol. 3A 6.11 task gates, 6.12.2 "Interrupt Tasks", 7.3)."""
+    task; the old task's saved EIP is the faulting instruction for a fault (#DE, #UD, #GP) and
+    the next one for a trap (#BP, #OF), and an error code is pushed on the new task's stack
+    (SDM Vol. 3A 6.5 fault/trap, 6.11 task gates, 6.12.2 "Interrupt Tasks", 7.3)."""
     vector, code, error_code = EXCEPTIONS[name]
     g = guest("pm32", f"""
     {code}
@@ -150,7 +154,7 @@ def test_exception_through_a_task_gate_switches_tasks(guest, name):
     _nested_task_b(g)
     g.set_idt_gate(vector, 0, gate_type=D.TASK_GATE, selector=SEL_TSS_B)
     tr, eflags, esp, top = g.run_to_done()
-    _check_nested_entry(g, tr, eflags, g.labels["fault"])
+    _check_nested_entry(g, tr, eflags, g.labels["saved"])
     if error_code is None:
         assert esp == TASK_B_STACK, f"ESP in the handler task {esp:#x}, expected {TASK_B_STACK:#x} (no error code)"
     else:
