@@ -3,7 +3,7 @@ shadow-paging write-protect case behind CVE-2021-38198)."""
 
 import pytest
 
-from kvmtest.guest.paging import G, KiB4, MiB2, P, RW, US
+from kvmtest.guest.paging import A, D, G, KiB4, MiB2, P, RW, US
 
 VA = 0x80010000
 PAGE_A, PAGE_B = 0x10000, 0x11000
@@ -142,3 +142,33 @@ def test_guest_toggling_cr0_wp_changes_supervisor_writes(guest):
     _map(g, VA, PAGE_A, P | US)
     g.run_to_done()
     assert g.vm.read_u32(PAGE_A) == 2, f"page holds {g.vm.read_u32(PAGE_A)}, expected the WP=0 write (2)"
+
+
+@pytest.mark.modes("long64", "long64-cpl3")
+def test_page_table_page_behind_a_read_only_mapping_faults(guest, mode):
+    """The page-table page holding VA's PTE, mapped read-only at another address: a guest write
+    to the PTE through that mapping raises #PF(P|W, U at CPL3) with CR2 = the mapped PTE address,
+    the PTE keeps its value and VA still reads PAGE_A (SDM Vol. 3A 4.6, 4.7). A shadow MMU
+    write-protects guest page tables for its own bookkeeping; the guest must see only the
+    fault its own tables call for."""
+    table_va = 0x80200000
+    user = 4 if mode.endswith("cpl3") else 0
+    g = guest(mode, f"""
+        mov rbx, {VA:#x}
+        mov eax, dword ptr [rbx]
+        GUEST_ASSERT_RAISES PF({0x3 | user:#x}), mov dword ptr [rdi], {PAGE_B | P | RW | US:#x}
+        mov eax, dword ptr [rbx]
+        GUEST_SYNC eax
+        GUEST_DONE""", page_size=MiB2)
+    pte = _map(g, VA, PAGE_A)
+    table_page = pte & ~0xFFF
+    _map(g, table_va, table_page, P | US)
+    _point_rdi_at(g, table_va + (pte & 0xFFF))
+    g.vm.write_u32(PAGE_A, 0xAAAA0001)
+    before = g.page_tables.read_entry(VA, 3)
+    assert g.run_to_done() == [0xAAAA0001], "VA no longer reads PAGE_A after the refused PTE write"
+    cr2 = g.exception_record()["cr2"]
+    assert cr2 == table_va + (pte & 0xFFF), f"#PF CR2 {cr2:#x}, expected the PTE's alias {table_va + (pte & 0xFFF):#x}"
+    after = g.page_tables.read_entry(VA, 3)
+    assert after & ~(A | D) == before & ~(A | D), \
+        f"the faulting write changed the PTE: {before:#x} -> {after:#x} (accessed/dirty aside)"
