@@ -102,7 +102,7 @@ def test_nmi_made_pending_with_set_vcpu_events_is_delivered(guest, mode):
     NMI pending; the next KVM_RUN delivers it through IDT vector 2 (api.rst 4.32)."""
     g = guest(mode, NMI_GUEST)
     g.set_idt_gate(2, "nmi_handler")
-    assert g.expect_sync() == 1
+    assert g.expect_sync() == 1, "the guest did not reach its first GUEST_SYNC"
     ev = g.vcpu.get_events()
     ev.flags = KVM_VCPUEVENT_VALID_NMI_PENDING
     ev.nmi.pending = 1
@@ -144,7 +144,7 @@ def test_nmi_blocked_by_set_vcpu_events_waits_for_iret(guest, mode):
     next IRET, which unblocks NMIs (SDM Vol. 3A 6.7.1)."""
     g = guest(mode, MASKED_NMI_GUEST.format(iret=SELF_IRET["real" if mode == "real" else "64"]))
     g.set_idt_gate(2, "nmi_handler")
-    assert g.expect_sync() == 1
+    assert g.expect_sync() == 1, "the guest did not reach its first GUEST_SYNC"
     ev = g.vcpu.get_events()
     ev.flags = 0
     ev.nmi.masked = 1

@@ -155,7 +155,7 @@ def test_irqfd_raises_its_gsi(guest):
         g.vm.assign_irqfd(efd, 18)
         efd.signal()
         assert g.expect_sync() == 1, "the irqfd write did not deliver GSI 18's vector"
-        assert g.expect_sync() == 0x77
+        assert g.expect_sync() == 0x77, "the handler did not reach the point after its EOI"
         g.vm.deassign_irqfd(efd, 18)
         efd.signal()
         time.sleep(0.05)  # an injection still wired up would be pending by the next entry
@@ -188,9 +188,9 @@ def test_resample_irqfd_is_level_and_signals_at_eoi(guest):
         g.vm.assign_irqfd(efd, 19, resample=resample)
         assert resample.count() == 0, "the resample eventfd was signalled before the irqfd was"
         efd.signal()
-        assert g.expect_sync() == 1
+        assert g.expect_sync() == 1, "the irqfd write did not deliver GSI 19's vector once"
         assert resample.count() == 0, "the resample eventfd was signalled before the guest's EOI"
-        assert g.expect_sync() == 1
+        assert g.expect_sync() == 1, "the handler did not reach the point after its EOI"
         assert resample.count() == 1, "the guest's EOI did not signal the resample eventfd"
         assert g.run_to_done() == [1, 1], "the vector was delivered again after the EOI: the line stayed up"
 
