@@ -89,6 +89,10 @@ class Kvm(FdObject):
             self._supported_cpuid = self.supported_cpuid()
         return self._supported_cpuid
 
+    def supported_cpuid_copy(self) -> list[S.kvm_cpuid_entry2]:
+        """A private copy of the cached table, for a test to edit and hand to KVM_SET_CPUID2."""
+        return [S.kvm_cpuid_entry2.from_buffer_copy(bytes(e)) for e in self.cached_supported_cpuid()]
+
     def has_feature(self, name: str) -> bool:
         """Whether KVM_GET_SUPPORTED_CPUID reports CPU feature `name` (kvmtest.cpuid.FEATURES)."""
         from .cpuid import has_feature

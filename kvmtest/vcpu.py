@@ -329,7 +329,7 @@ class Vcpu(FdObject):
         """Give the vCPU KVM's supported CPUID with only `features` in the KVM feature leaf
         (0x40000001 EAX) and enable KVM_CAP_ENFORCE_PV_FEATURE_CPUID, so paravirtual MSRs and
         hypercalls outside `features` are refused (api.rst 7 KVM_CAP_ENFORCE_PV_FEATURE_CPUID)."""
-        table = [S.kvm_cpuid_entry2.from_buffer_copy(bytes(e)) for e in self.vm.kvm.cached_supported_cpuid()]
+        table = self.vm.kvm.supported_cpuid_copy()
         leaf = next((e for e in table if e.function == KVM_CPUID_FEATURES), None)
         if leaf is None:
             raise KvmtestError(f"{self.name}: KVM_GET_SUPPORTED_CPUID has no KVM feature leaf "

@@ -16,7 +16,7 @@ BRAND = b"kvmtest brand string: cpuid is what KVM_SET_CPUID2 says!"[:48].ljust(4
 
 
 def _table_with_brand(kvm):
-    entries = [S.kvm_cpuid_entry2.from_buffer_copy(bytes(e)) for e in kvm.cached_supported_cpuid()]
+    entries = kvm.supported_cpuid_copy()
     for i, leaf in enumerate((0x80000002, 0x80000003, 0x80000004)):
         e = find_entry(entries, leaf)
         if e is None or e.function != leaf:

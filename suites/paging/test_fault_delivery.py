@@ -49,7 +49,6 @@ def test_address_bits_above_a_smaller_guest_maxphyaddr_are_reserved(kvm, guest):
     smaller_maxphyaddr_emulation_test)."""
     import pytest
 
-    from kvmtest.abi import structs as S
     from kvmtest.cpuid import find_entry, max_phys_addr
     from kvmtest.guest.paging import KiB4, MiB2, P as PTE_P, RW
 
@@ -60,7 +59,7 @@ def test_address_bits_above_a_smaller_guest_maxphyaddr_are_reserved(kvm, guest):
     va = 0x80010000
     g = guest("long64", f"mov rbx, {va:#x}\nGUEST_ASSERT_RAISES PF(9), mov eax, dword ptr [rbx]\nGUEST_DONE",
               page_size=MiB2)
-    table = [S.kvm_cpuid_entry2.from_buffer_copy(bytes(e)) for e in kvm.cached_supported_cpuid()]
+    table = kvm.supported_cpuid_copy()
     leaf = find_entry(table, 0x80000008)
     leaf.eax = (leaf.eax & ~0xFF) | 36
     g.vcpu.set_cpuid(table)
