@@ -174,7 +174,6 @@ def test_apic_mode_transitions(guest):
 def test_enabling_x2apic_without_the_cpuid_bit_is_gp(guest):
     """Setting IA32_APIC_BASE.EXTD when CPUID.1:ECX.x2APIC is clear raises #GP(0) (SDM Vol. 3A
     11.12.1; kvm-unit-tests apic.c test_enable_x2apic)."""
-
     g = guest("long64", "mov ecx, 0x1b\nrdmsr\nor eax, 0xc00\nGUEST_ASSERT_RAISES GP(0), wrmsr\nGUEST_DONE",
               irqchip=True)
     table = g.kvm.supported_cpuid_copy()
