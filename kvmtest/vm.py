@@ -381,6 +381,11 @@ class Vm(FdObject):
         filt = S.kvm_msr_filter(flags=C.KVM_MSR_FILTER_DEFAULT_DENY if default_deny else C.KVM_MSR_FILTER_DEFAULT_ALLOW)
         if len(ranges) > len(filt.ranges):
             raise KvmtestError(f"KVM_X86_SET_MSR_FILTER takes at most {len(filt.ranges)} ranges, got {len(ranges)}")
+        for i, rng in enumerate(ranges):
+            if not (isinstance(rng, tuple) and len(rng) == 3 and isinstance(rng[0], int) and isinstance(rng[1], int)
+                    and not isinstance(rng[2], (str, bytes)) and hasattr(rng[2], "__len__")):
+                raise KvmtestError(f"KVM_X86_SET_MSR_FILTER range {i}: expected (flags, first MSR, [allowed per MSR]), "
+                                   f"got {rng!r}")
         bitmaps = []  # kept alive until KVM has copied them
         for r, (flags, base, allowed) in zip(filt.ranges, ranges):
             buf = (ctypes.c_uint8 * max(1, (len(allowed) + 7) // 8))()

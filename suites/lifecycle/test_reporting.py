@@ -57,3 +57,12 @@ def test_irqfd_with_something_that_is_no_fd_is_one_clear_error(vm):
         vm.assign_irqfd("x", 3)
     with pytest.raises(KvmtestError, match=r"KVM_IOEVENTFD: expected an EventFd or an fd number, got None"):
         vm.assign_ioeventfd(None, 0x70, 1, pio=True)
+
+
+def test_msr_filter_range_of_the_wrong_shape_is_one_clear_error(vm):
+    """A KVM_X86_SET_MSR_FILTER range that is not (flags, first MSR, allowed list) is named in
+    one KvmtestError before any ioctl (kvmtest's own contract)."""
+    from kvmtest.errors import KvmtestError
+
+    with pytest.raises(KvmtestError, match=r"range 0: expected \(flags, first MSR, \[allowed per MSR\]\)"):
+        vm.set_msr_filter([(1, 0x174)])
