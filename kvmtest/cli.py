@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from . import fingerprint as fpmod
+from . import known_issue_verify
 
 REPO_SUITES = Path(__file__).resolve().parent.parent / "suites"
 
@@ -32,6 +33,7 @@ def cmd_info(args) -> int:
         return 0
     print(fpmod.short(fp))
     print(f"  kernel:   {fp['kernel']['release']} {fp['kernel']['version']}")
+    print(f"  build:    {fpmod.build_id(fp)}  (what known-issue entries record as seen)")
     print(f"  cmdline:  {fp['kernel']['cmdline']}")
     cpu = fp["cpu"]
     flags = " ".join(f for f, on in cpu["flags"].items() if on)
@@ -207,6 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("-o", "--output", required=True)
     imp.add_argument("--suite", default="tap", help="suite name for results outside any subtest")
     imp.add_argument("--host", default="", help="host name to record")
+    known_issue_verify.add_parser(sub)
     return p
 
 
@@ -227,7 +230,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_run(args, extra)
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    return {"info": cmd_info, "compare": cmd_compare, "merge": cmd_merge, "import-tap": cmd_import_tap}[args.command](args)
+    return {"info": cmd_info, "compare": cmd_compare, "merge": cmd_merge, "import-tap": cmd_import_tap,
+            "known-issues": known_issue_verify.main}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -82,6 +82,27 @@ def mmu_mode(modules: dict[str, dict[str, str]]) -> dict[str, str]:
     return {"mode": "unknown", "how": "no kvm_intel, kvm_amd or kvm_pvm module found"}
 
 
+def module_versions(sys_module: str = "/sys/module") -> dict[str, str]:
+    """srcversion (else version) of each loaded KVM module built as a module; built-in ones have neither."""
+    out = {}
+    for name in KVM_MODULES:
+        base = Path(sys_module) / name
+        value = _read(str(base / "srcversion")) or _read(str(base / "version"))
+        if value:
+            out[name] = value
+    return out
+
+
+def build_id(fp: dict) -> str:
+    """The host build a known-issue entry records it was seen on: kernel release and build line
+    (`uname -r`, `uname -v`), plus the srcversion of each KVM module loaded as a module, so a
+    rebuilt kernel or module with the same release number is still a different build."""
+    kernel = fp.get("kernel", {})
+    text = f"{kernel.get('release', '?')} {kernel.get('version', '?')}"
+    mods = fp.get("module_versions", {})
+    return text + "".join(f" {m}:{v}" for m, v in sorted(mods.items()))
+
+
 def backend(modules) -> str:
     for name in ("kvm_intel", "kvm_amd", "kvm_pvm"):
         if name in modules:
@@ -111,6 +132,7 @@ def collect(device: str = "/dev/kvm") -> dict:
                    "cmdline": _read("/proc/cmdline")},
         "cpu": cpu_info(),
         "modules": modules,
+        "module_versions": module_versions(),
         "backend": backend(modules),
         "mmu": mmu_mode(modules),
         "versions": _versions(),
@@ -163,6 +185,7 @@ def flat_properties(fp: dict) -> dict[str, str]:
             out[prefix] = value if isinstance(value, str) else json.dumps(value)
 
     walk("", {k: v for k, v in fp.items() if k != "modules"})
+    out["build"] = build_id(fp)
     for mod, params in fp.get("modules", {}).items():
         for k, v in params.items():
             out[f"module.{mod}.{k}"] = v

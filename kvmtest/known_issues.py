@@ -8,6 +8,17 @@ is for a deviation the host shows only on some runs (a race inside the host): it
 become non-strict xfails, so a run without the deviation passes, and the evidence must say
 how often it was seen.
 
+Host behaviour drifts between builds of the same kernel release, so each entry records the
+builds it was verified on (`[[issue.seen]]`, written by `kvmtest known-issues verify
+--write`). On a recorded build the xfail is strict; on a build the entry was never verified
+on it is non-strict, so a deviation that went away shows as an XPASS of that entry alone
+(named in the run's summary) instead of failing the run or hiding.
+
+A known issue covers what the host does, never a harness error: only failures raised as
+AssertionError (guest verdicts, GuestFailure), KvmError (an ioctl's errno) or GuestTimeout
+become xfails; anything else (a permission error on /dev/kvm, an AssemblyError, a TypeError)
+stays an error.
+
     [[issue]]
     id = "pvm-legacy-paging"
     tests = ["suites/smoke/test_smoke.py::test_out_then_halt[paging32*"]
@@ -23,6 +34,10 @@ how often it was seen.
     contract = "SDM Vol. 3A 4.1.1: ..."
     observed = "..."
     proof = "..."
+    [[issue.seen]]                          # one per build it was verified on
+    build = "6.18.44-fc-v669 #1 SMP PREEMPT_DYNAMIC @0"   # fingerprint.build_id()
+    date = "2026-11-30"
+    result = "3 of 3 tests failed"          # intermittent: "failed in 3 of 40 runs"
 """
 
 import re
@@ -30,10 +45,15 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import KvmtestError
+from .errors import GuestTimeout, KvmError, KvmtestError
 
 BUILTIN_DIR = Path(__file__).parent / "known_issues"
-_ISSUE_KEYS = {"id", "tests", "reason", "host", "evidence", "url", "commit", "intermittent"}
+_ISSUE_KEYS = {"id", "tests", "reason", "host", "evidence", "url", "commit", "intermittent", "seen"}
+_SEEN_KEYS = {"build", "date", "result"}
+
+# What a host deviation can raise. Anything else is kvmtest's own error or bad set-up and must
+# never be reported as an expected failure (pytest's xfail `raises=`).
+HOST_FAILURES = (AssertionError, KvmError, GuestTimeout)
 _HOST_KEYS = {"module", "vendor", "kernel_min", "kernel_max", "params", "mmu", "backend"}
 _EVIDENCE_KEYS = {"contract", "observed", "proof"}
 
@@ -53,6 +73,7 @@ class KnownIssue:
     url: str | None = None
     commit: str | None = None
     intermittent: bool = False
+    seen: tuple[dict, ...] = ()
     _patterns: tuple = field(default=(), compare=False, repr=False)
 
     def matches_test(self, nodeid: str) -> bool:
@@ -61,9 +82,20 @@ class KnownIssue:
     def matches_host(self, fp: dict) -> bool:
         return host_matches(self.host, fp)
 
-    def xfail_reason(self) -> str:
-        seen = " (intermittent: seen on some runs only)" if self.intermittent else ""
-        return f"known issue {self.id}: {self.reason}{seen} [{self.source}]"
+    def seen_on(self, build: str) -> bool:
+        """Whether this entry was verified on `build` (fingerprint.build_id)."""
+        return any(s["build"] == build for s in self.seen)
+
+    def strict_on(self, build: str) -> bool:
+        """Strict xfail only where the deviation is known to be deterministic on this very build."""
+        return not self.intermittent and self.seen_on(build)
+
+    def xfail_reason(self, build: str | None = None) -> str:
+        note = " (intermittent: seen on some runs only)" if self.intermittent else ""
+        if build is not None and not self.seen_on(build):
+            where = ", ".join(sorted({s["build"] for s in self.seen})) or "no build"
+            note += f" (not verified on this build; seen on: {where})"
+        return f"known issue {self.id}: {self.reason}{note} [{self.source}]"
 
 
 def glob_to_regex(pattern: str) -> re.Pattern:
@@ -108,6 +140,11 @@ def load(path: str | Path) -> list[KnownIssue]:
         text = path.read_text()
     except OSError as e:
         raise KnownIssueError(f"known-issue file {path}: cannot read: {e.strerror}") from None
+    return load_text(text, path)
+
+
+def load_text(text: str, path: Path) -> list[KnownIssue]:
+    """Parse and validate the text of known-issue file `path` (named in every error)."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
@@ -158,8 +195,25 @@ def _validate(entry: dict, where: str, source: str) -> KnownIssue:
     intermittent = entry.get("intermittent", False)
     if not isinstance(intermittent, bool):
         raise KnownIssueError(f"{where}: 'intermittent' must be true or false")
+    seen = _validate_seen(entry.get("seen", []), where)
     return KnownIssue(entry["id"], tuple(tests), entry["reason"], host, evidence, source,
-                      entry.get("url"), entry.get("commit"), intermittent, tuple(glob_to_regex(t) for t in tests))
+                      entry.get("url"), entry.get("commit"), intermittent, seen,
+                      tuple(glob_to_regex(t) for t in tests))
+
+
+def _validate_seen(seen, where: str) -> tuple[dict, ...]:
+    if not isinstance(seen, list) or not all(isinstance(s, dict) for s in seen):
+        raise KnownIssueError(f"{where}: 'seen' must be [[issue.seen]] tables (build, date, result)")
+    for record in seen:
+        if set(record) != _SEEN_KEYS:
+            raise KnownIssueError(f"{where}: each [[issue.seen]] needs exactly {sorted(_SEEN_KEYS)}, "
+                                  f"got {sorted(record)}")
+        bad = [k for k in sorted(_SEEN_KEYS) if not isinstance(record[k], str) or not record[k].strip()]
+        if bad:
+            raise KnownIssueError(f"{where}: [[issue.seen]] {', '.join(bad)} must be non-empty strings")
+        if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", record["date"]):
+            raise KnownIssueError(f"{where}: [[issue.seen]] date {record['date']!r} is not YYYY-MM-DD")
+    return tuple(dict(s) for s in seen)
 
 
 _EVIDENCE_HELP = {

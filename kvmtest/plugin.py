@@ -62,6 +62,9 @@ OPTIONS = [
            env="KVMTEST_NO_KNOWN_ISSUES"),
     Option("kvm_modes", "only run mode-parametrized tests in these CPU modes (comma-separated)", "", "modes",
            env="KVMTEST_MODES"),
+    Option("kvm_verify_known_issues", "run only the tests of these known-issue entries (comma-separated ids, or "
+           "'all' for every entry that applies to this host), without xfail, to re-verify them "
+           "(used by `kvmtest known-issues verify`)", "", env="KVMTEST_VERIFY_KNOWN_ISSUES"),
 ]
 
 FINGERPRINT_KEY = pytest.StashKey[dict]()
@@ -169,8 +172,11 @@ def pytest_configure(config):
 def pytest_report_header(config):
     fp = config.stash[FINGERPRINT_KEY]
     issues = config.stash[ISSUES_KEY]
-    return [f"kvmtest: {fpmod.short(fp)}", f"kvmtest: {len(issues)} known-issue entries, "
-            f"{sum(1 for i in issues if i.matches_host(fp))} apply to this host"]
+    build = fpmod.build_id(fp)
+    applying = [i for i in issues if i.matches_host(fp)]
+    return [f"kvmtest: {fpmod.short(fp)}", f"kvmtest: build {build}",
+            f"kvmtest: {len(issues)} known-issue entries, {len(applying)} apply to this host, "
+            f"{sum(1 for i in applying if i.seen_on(build))} of them verified on this build"]
 
 
 def pytest_generate_tests(metafunc):
@@ -188,13 +194,41 @@ def pytest_generate_tests(metafunc):
     metafunc.parametrize("mode", names, ids=names)
 
 
+def _verify_selection(config, issues, items):
+    """--kvm-verify-known-issues: keep only the named entries' tests, and apply none of them."""
+    wanted = settings(config)["kvm_verify_known_issues"]
+    if not wanted:
+        return issues
+    ids = {w.strip() for w in wanted.split(",") if w.strip()}
+    if ids != {"all"}:
+        unknown = ids - {i.id for i in issues}
+        if unknown:
+            raise pytest.UsageError(f"--kvm-verify-known-issues: no entry {', '.join(sorted(unknown))} applies to "
+                                    f"this host; applying: {', '.join(i.id for i in issues) or 'none'}")
+        issues = [i for i in issues if i.id in ids]
+    keep, drop = [], []
+    for item in items:
+        owner = next((i for i in issues if i.matches_test(item.nodeid)), None)
+        if owner is None:
+            drop.append(item)
+        else:
+            item.user_properties.append(("verifying_known_issue", owner.id))
+            keep.append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+    return []
+
+
 def pytest_collection_modifyitems(config, items):
     fp = config.stash[FINGERPRINT_KEY]
-    issues = [i for i in config.stash[ISSUES_KEY] if i.matches_host(fp)]
+    build = fpmod.build_id(fp)
+    issues = _verify_selection(config, [i for i in config.stash[ISSUES_KEY] if i.matches_host(fp)], items)
     for item in items:
         for issue in issues:
             if issue.matches_test(item.nodeid):
-                item.add_marker(pytest.mark.xfail(strict=not issue.intermittent, reason=issue.xfail_reason()))
+                item.add_marker(pytest.mark.xfail(strict=issue.strict_on(build), reason=issue.xfail_reason(build),
+                                                  raises=ki.HOST_FAILURES))
                 item.user_properties.append(("known_issue", issue.id))
                 break
         reg = item.get_closest_marker("regression")
@@ -208,6 +242,29 @@ def pytest_collection_modifyitems(config, items):
             item.user_properties.append(("cpu_mode", mode))
         if "/paging/" in item.nodeid:
             item.user_properties.append(("mmu_mode", f"{fp['mmu']['mode']} (probe: {fp['mmu'].get('probe_behaviour', '-')})"))
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    """Name the known-issue entries this build was never verified on, and those whose tests XPASSed."""
+    fp = config.stash[FINGERPRINT_KEY]
+    build = fpmod.build_id(fp)
+    applying = {i.id: i for i in config.stash[ISSUES_KEY] if i.matches_host(fp)}
+    xpassed = {}
+    for report in terminalreporter.stats.get("xpassed", []):
+        issue_id = dict(getattr(report, "user_properties", [])).get("known_issue")
+        if issue_id:
+            xpassed.setdefault(issue_id, []).append(report.nodeid)
+    unverified = sorted(i for i, issue in applying.items() if not issue.seen_on(build))
+    if not (xpassed or unverified):
+        return
+    terminalreporter.section("kvmtest known issues")
+    for issue_id, nodeids in sorted(xpassed.items()):
+        terminalreporter.write_line(f"XPASS of {issue_id}: the host did not deviate in {len(nodeids)} test(s), "
+                                    f"e.g. {nodeids[0]}")
+    if unverified:
+        terminalreporter.write_line(f"{len(unverified)} entries apply to this host but were never verified on its "
+                                    f"build ({build}); their xfails are not strict here: {', '.join(unverified)}")
+        terminalreporter.write_line("re-verify them on this host with: kvmtest known-issues verify --write")
 
 
 def pytest_runtest_setup(item):

@@ -123,9 +123,20 @@ def test_requires_cap_skips_naming_the_capability(run):
     result.stdout.fnmatch_lines(["*unknown capability*"])
 
 
+def this_build() -> str:
+    from kvmtest import fingerprint
+
+    return fingerprint.build_id(fingerprint.collect("/nonexistent/kvm"))
+
+
+def seen(build: str) -> str:
+    return f'[[issue.seen]]\nbuild = "{build}"\ndate = "2026-11-30"\nresult = "1 of 1 tests failed"\n'
+
+
 def test_known_issue_makes_a_strict_xfail(run):
     run.makepyfile(test_demo="def test_bad():\n    assert False\n\ndef test_good():\n    pass\n")
-    issues = run.makefile(".toml", known=_issue(["test_demo.py::test_bad", "test_demo.py::test_good"]))
+    issues = run.makefile(".toml", known=_issue(["test_demo.py::test_bad", "test_demo.py::test_good"])
+                          + seen(this_build()))
     result = run.runpytest(f"--kvm-known-issues={issues}", "-rxX")
     result.assert_outcomes(xfailed=1, failed=1)  # test_good XPASSes, which strict turns into a failure
     result.stdout.fnmatch_lines(["*known issue demo: demo deviation*"])

@@ -102,9 +102,14 @@ def test_host_tsc_write_leaves_tsc_adjust(vm):
     vcpu = vm.create_vcpu()
     vcpu.set_cpuid(vm.kvm.cached_supported_cpuid())
     before = vcpu.get_msr(0x3B)
-    vcpu.set_msr(0x10, 1 << 40)
+    # Far from any value the counter could reach by itself (a fixed 2^40 is passed by a host TSC after
+    # minutes of uptime, which made this check vacuous), and read back within 2^40 cycles of it.
+    written = vcpu.get_msr(0x10) + (1 << 52)
+    vcpu.set_msr(0x10, written)
     assert vcpu.get_msr(0x3B) == before, f"IA32_TSC_ADJUST changed from {before:#x} to {vcpu.get_msr(0x3B):#x}"
-    assert vcpu.get_msr(0x10) >= 1 << 40
+    now = vcpu.get_msr(0x10)
+    assert written <= now < written + (1 << 40), \
+        f"KVM_SET_MSRS IA32_TSC={written:#x} accepted, but KVM_GET_MSRS IA32_TSC reads {now:#x}"
 
 
 @pytest.mark.requires_cap("KVM_CAP_MSR_PLATFORM_INFO")

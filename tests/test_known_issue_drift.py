@@ -1,0 +1,124 @@
+"""Known issues against drifting hosts: strict only on the builds an entry was verified on, never
+covering a harness error, and `kvmtest known-issues verify` re-checking and recording them."""
+
+from pathlib import Path
+
+import pytest
+
+from kvmtest import known_issue_verify as kv
+from kvmtest import known_issues as ki
+from test_plugin import _issue, run, seen, this_build  # noqa: F401  (run is a fixture)
+
+BOTH = ["test_demo.py::test_bad", "test_demo.py::test_good"]
+DEMO = "def test_bad():\n    assert False\n\ndef test_good():\n    pass\n"
+
+
+def test_on_a_build_the_entry_was_never_verified_on_a_pass_is_a_visible_xpass(run):
+    run.makepyfile(test_demo=DEMO)
+    issues = run.makefile(".toml", known=_issue(BOTH) + seen("5.10.0-other #1 SMP"))
+    result = run.runpytest(f"--kvm-known-issues={issues}", "-rxX")
+    result.assert_outcomes(xfailed=1, xpassed=1)
+    result.stdout.fnmatch_lines([
+        "XPASS of demo: the host did not deviate in 1 test(s), e.g. test_demo.py::test_good",
+        "*1 entries apply to this host but were never verified on its build*: demo",
+        "*kvmtest known-issues verify --write*",
+        "*not verified on this build; seen on: 5.10.0-other #1 SMP*",
+    ])
+    assert result.ret == 0
+
+
+@pytest.mark.parametrize("body,harness_error", [
+    ("raise TypeError('a kvmtest bug')", "TypeError"),
+    ("from kvmtest.errors import AssemblyError\n    raise AssemblyError('g.S:1: bad line')", "AssemblyError"),
+    ("from kvmtest.errors import DeviceError\n    raise DeviceError('/dev/kvm: cannot open: EACCES')", "DeviceError"),
+])
+def test_a_known_issue_never_covers_a_harness_error(run, body, harness_error):
+    run.makepyfile(test_demo=f"def test_bad():\n    {body}\n")
+    issues = run.makefile(".toml", known=_issue(["test_demo.py::test_bad"]) + seen(this_build()))
+    result = run.runpytest(f"--kvm-known-issues={issues}")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines([f"*{harness_error}*"])
+
+
+@pytest.mark.parametrize("body", [
+    "assert 1 == 2, 'expected 2, observed 1'",
+    "from kvmtest.errors import KvmError\n    raise KvmError(22, 'KVM_SET_SREGS', 'vm0/vcpu0')",
+    "from kvmtest.errors import GuestTimeout\n    raise GuestTimeout('vm0/vcpu0: still running')",
+    "from kvmtest.errors import GuestFailure\n    raise GuestFailure('guest: #UD at 0x8000')",
+])
+def test_what_a_host_deviation_raises_is_covered(run, body):
+    run.makepyfile(test_demo=f"def test_bad():\n    {body}\n")
+    issues = run.makefile(".toml", known=_issue(["test_demo.py::test_bad"]) + seen(this_build()))
+    run.runpytest(f"--kvm-known-issues={issues}").assert_outcomes(xfailed=1)
+
+
+def test_an_unopenable_device_is_an_error_even_in_a_known_issue_test(run, tmp_path):
+    run.makepyfile(test_demo="def test_bad(kvm):\n    assert False\n")
+    issues = run.makefile(".toml", known=_issue(["test_demo.py::test_bad"]) + seen(this_build()))
+    result = run.runpytest(f"--kvm-known-issues={issues}", f"--kvm-device={tmp_path}")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines([f"*{tmp_path}: cannot open*"])
+
+
+def test_verify_option_runs_only_the_entries_tests_without_xfail(run):
+    run.makepyfile(test_demo=DEMO + "\ndef test_other():\n    pass\n")
+    issues = run.makefile(".toml", known=_issue(BOTH) + seen(this_build()))
+    result = run.runpytest(f"--kvm-known-issues={issues}", "--kvm-verify-known-issues=demo")
+    result.assert_outcomes(failed=1, passed=1, deselected=1)
+
+
+def test_verify_option_names_an_unknown_entry(run):
+    run.makepyfile(test_demo=DEMO)
+    issues = run.makefile(".toml", known=_issue(BOTH))
+    result = run.runpytest(f"--kvm-known-issues={issues}", "--kvm-verify-known-issues=nope")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--kvm-verify-known-issues: no entry nope applies to this host; applying: demo*"])
+
+
+@pytest.mark.parametrize("record,message", [
+    ('build = "b"\ndate = "30.11.2026"\nresult = "r"', "date '30.11.2026' is not YYYY-MM-DD"),
+    ('build = "b"\ndate = "2026-11-30"', "needs exactly ['build', 'date', 'result']"),
+    ('build = ""\ndate = "2026-11-30"\nresult = "r"', "build must be non-empty strings"),
+])
+def test_malformed_seen_record_is_named(tmp_path, record, message):
+    path = tmp_path / "k.toml"
+    path.write_text(_issue(["x"]) + "[[issue.seen]]\n" + record + "\n")
+    with pytest.raises(ki.KnownIssueError, match=message.replace("[", r"\[").replace("(", r"\(")):
+        ki.load(path)
+
+
+def _entry(intermittent=False):
+    text = _issue(["t::a", "t::b"], extra="intermittent = true" if intermittent else "")
+    return ki.load_text(text, Path("k.toml"))[0]
+
+
+def test_a_strict_entry_is_verified_only_when_every_test_that_ran_failed():
+    entry = kv.EntryResult(_entry(), runs=1, failing_runs=1, outcomes={"t::a": ["failed"], "t::b": ["skipped"]})
+    assert entry.verified and not entry.problems() and entry.result_text() == "1 of 1 tests failed (1 skipped here)"
+    drifted = kv.EntryResult(_entry(), runs=1, failing_runs=1, outcomes={"t::a": ["failed"], "t::b": ["passed"]})
+    assert not drifted.verified and drifted.problems() == ["t::b: passed (the host did not deviate)"]
+    setup_error = kv.EntryResult(_entry(), runs=1, outcomes={"t::a": ["error"], "t::b": ["failed"]})
+    assert not setup_error.verified  # an error outside the test body is not the host's deviation
+    nothing = kv.EntryResult(_entry(), runs=1, outcomes={"t::a": ["skipped"], "t::b": ["skipped"]})
+    assert not nothing.verified and "nothing to verify" in nothing.problems()[0]
+
+
+def test_an_intermittent_entry_gets_its_measured_rate():
+    entry = kv.EntryResult(_entry(True), runs=20, failing_runs=3, outcomes={"t::a": ["passed"] * 17 + ["failed"] * 3})
+    assert entry.verified and entry.result_text() == "failed in 3 of 20 runs"
+    never = kv.EntryResult(_entry(True), runs=20, failing_runs=0, outcomes={"t::a": ["passed"] * 20})
+    assert not never.verified and never.problems() == ["not reproduced in 20 runs"]
+
+
+def test_write_seen_records_and_replaces_this_build_keeping_the_file(tmp_path):
+    path = tmp_path / "k.toml"
+    original = "# header comment kept\n\n" + _issue(["t::a"]) + "\n" + _issue(["t::b"]).replace('"demo"', '"other"')
+    path.write_text(original)
+    entry = kv.EntryResult(ki.load(path)[0], runs=1, failing_runs=1, outcomes={"t::a": ["failed"]})
+    kv.write_seen(path, [entry], "6.1.0-test #1", "2026-11-30")
+    kv.write_seen(path, [entry], "6.1.0-test #1", "2026-12-01")  # same build again: replaced, not added
+    demo, other = ki.load(path)
+    assert demo.seen == ({"build": "6.1.0-test #1", "date": "2026-12-01", "result": "1 of 1 tests failed"},)
+    assert other.seen == ()
+    text = path.read_text()
+    assert text.startswith("# header comment kept\n") and "\n\n[[issue]]" in text
