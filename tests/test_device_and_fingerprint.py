@@ -69,4 +69,11 @@ def test_mmu_mode_from_module_parameters(modules, mode):
 
 def test_flat_properties_are_prefixed_strings():
     props = fp.flat_properties({"host": "h", "kernel": {"release": "6.1"}, "modules": {"kvm": {"tdp_mmu": "Y"}}})
-    assert props == {"kvmtest.host": "h", "kvmtest.kernel.release": "6.1", "kvmtest.module.kvm.tdp_mmu": "Y"}
+    assert props == {"kvmtest.host": "h", "kvmtest.kernel.release": "6.1", "kvmtest.module.kvm.tdp_mmu": "Y",
+                     "kvmtest.build": "6.1 ?"}
+
+
+def test_build_id_names_release_build_line_and_module_srcversions():
+    host = {"kernel": {"release": "6.1.0-9-amd64", "version": "#1 SMP PREEMPT_DYNAMIC Debian 6.1.27-1"},
+            "module_versions": {"kvm_amd": "ABC123", "kvm": "DEF456"}}
+    assert fp.build_id(host) == "6.1.0-9-amd64 #1 SMP PREEMPT_DYNAMIC Debian 6.1.27-1 kvm:DEF456 kvm_amd:ABC123"

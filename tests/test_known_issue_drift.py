@@ -122,3 +122,22 @@ def test_write_seen_records_and_replaces_this_build_keeping_the_file(tmp_path):
     assert other.seen == ()
     text = path.read_text()
     assert text.startswith("# header comment kept\n") and "\n\n[[issue]]" in text
+
+
+def test_a_non_strict_xpass_passes_in_every_report_and_a_strict_one_fails(run, tmp_path):
+    from kvmtest.reports.results import read_junit
+
+    run.makepyfile(test_demo=DEMO, test_strict=DEMO)
+    issues = run.makefile(".toml", known=_issue(["test_demo.py::*"]) + seen("5.10.0-other #1 SMP") + "\n"
+                          + _issue(["test_strict.py::*"]).replace('"demo"', '"strict"') + seen(this_build()))
+    junit, ktap = tmp_path / "r.xml", tmp_path / "r.ktap"
+    run.runpytest(f"--kvm-known-issues={issues}", f"--kvm-junit={junit}", f"--kvm-ktap={ktap}")
+    status = {r.id: r.status for r in read_junit(junit)}
+    assert status == {"test_demo::test_bad": "xfailed", "test_demo::test_good": "xpassed",
+                      "test_strict::test_bad": "xfailed", "test_strict::test_good": "failed"}
+    xml = junit.read_text()
+    assert xml.count("<failure") == 1 and "XPASS(strict)" in xml.split("<failure", 1)[1]
+    lines = ktap.read_text().splitlines()
+    assert "ok 2 test_demo::test_good" in [l.strip() for l in lines]
+    assert any(l.strip().startswith("# XPASS: known issue demo") for l in lines)
+    assert "not ok 2 test_strict::test_good" in [l.strip() for l in lines]

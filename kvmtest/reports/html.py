@@ -7,7 +7,7 @@ from collections import Counter, defaultdict
 
 from .results import Result
 
-COLOURS = {"failed": "#d9534f", "error": "#d9534f", "xpassed": "#d9534f", "xfailed": "#f0ad4e",
+COLOURS = {"failed": "#d9534f", "error": "#d9534f", "xpassed": "#f0ad4e", "xfailed": "#f0ad4e",
            "skipped": "#c8c8c8", "passed": "#5cb85c"}
 SEVERITY = ["failed", "error", "xpassed", "xfailed", "passed", "skipped"]
 
@@ -57,7 +57,7 @@ def render(results: list[Result], fingerprint: dict | None = None, comparison=No
             row.append(f"<td class='cell' style='background:{COLOURS[worst]}' title='{_esc(worst)}'>{_esc(label)}</td>")
         out.append("".join(row) + "</tr>")
     out.append("</table>")
-    failures = [r for r in results if r.status in ("failed", "error", "xpassed")]
+    failures = [r for r in results if r.status in ("failed", "error")]
     out.append(f"<h2>Failures ({len(failures)})</h2>")
     for r in failures:
         out.append(f"<h3>{_esc(r.id)}</h3><p>{_esc(r.status)}: {_esc(r.message)}</p><pre>{_esc(r.details)}</pre>")

@@ -1,6 +1,8 @@
 """One model of a test result, read from JUnit files (ours or anyone's) and KTAP/TAP output.
 
-Statuses: passed, failed, error, skipped, xfailed, xpassed. Each result carries the host it
+Statuses: passed, failed, error, skipped, xfailed, xpassed. `xpassed` is a non-strict XPASS (a
+known issue the host did not show on a build its entry was never verified on, or an intermittent
+one): pytest passes it, and so does every report; a strict XPASS is `failed`. Each result carries the host it
 ran on (from kvmtest's suite properties when present) and the file it came from.
 """
 
@@ -10,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 RAN = ("passed", "failed", "error", "xfailed", "xpassed")
-BAD = ("failed", "error", "xpassed")
+BAD = ("failed", "error")
 
 
 @dataclass(frozen=True)
@@ -57,8 +59,8 @@ def _status(case: ET.Element) -> tuple[str, str, str]:
             message = el.get("message") or (text.splitlines()[0] if text else "")
             if status == "skipped" and (message or "").startswith("xfail"):
                 return "xfailed", message, text
-            if status == "failed" and (message or "").startswith(("XPASS", "[XPASS")):
-                return "xpassed", message, text
+            if status == "failed" and (message or "").startswith(("XPASS", "[XPASS")) and "(strict)" not in message:
+                return "xpassed", message, text  # older kvmtest files wrote a non-strict XPASS as a failure
             return status, message or "", text
     return case.get("status") if case.get("status") in ("xfailed", "xpassed") else "passed", "", ""
 
