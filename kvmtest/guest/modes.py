@@ -165,3 +165,14 @@ def initial_rflags(mode: CpuMode) -> int:
 
 def initial_stack(mode: CpuMode) -> int:
     return L.USER_STACK_TOP if mode.user else L.KERNEL_STACK_TOP
+
+
+def with_sse_enabled(sregs: kvm_sregs) -> kvm_sregs:
+    """sregs with what the SDM requires before SSE/SSE2 instructions run: CR0.EM=0 and CR0.MP=1,
+    CR4.OSFXSR=1 and CR4.OSXMMEXCPT=1 (SDM Vol. 3A, "Initialization of the SSE/SSE2/SSE3/SSSE3
+    Extensions"; Vol. 2: every SSE instruction raises #UD while CR4.OSFXSR is 0 or CR0.EM is 1).
+    A backend that runs guest code natively under the host's own CR4 may let SSE through without
+    these; upstream KVM does not, so every guest that uses SSE must set them."""
+    sregs.cr0 = (sregs.cr0 | CR0_MP) & ~CR0_EM
+    sregs.cr4 |= CR4_OSFXSR | CR4_OSXMMEXCPT
+    return sregs

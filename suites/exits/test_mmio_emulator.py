@@ -7,7 +7,7 @@ from kvmtest.exits import MmioExit
 from kvmtest.guest import Done
 from kvmtest.guest import layout as L
 from kvmtest.guest.layout import MMIO_BASE
-from kvmtest.guest.modes import CR0_EM, CR0_MP, CR4_OSFXSR, regs_for
+from kvmtest.guest.modes import regs_for, with_sse_enabled
 
 MODES = ["pm32", "long64", "compat32", "pm32-cpl3", "long64-cpl3", "compat32-cpl3"]
 ADDR = MMIO_BASE + 0x40
@@ -247,10 +247,7 @@ def test_load_straddling_two_mmio_pages(guest, mode):
 
 
 def _enable_sse(g):
-    sregs = g.vcpu.get_sregs()
-    sregs.cr0 = (sregs.cr0 | CR0_MP) & ~CR0_EM
-    sregs.cr4 |= CR4_OSFXSR
-    g.vcpu.set_sregs(sregs)
+    g.vcpu.set_sregs(with_sse_enabled(g.vcpu.get_sregs()))
 
 
 @pytest.mark.modes(*MODES)

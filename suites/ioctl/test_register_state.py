@@ -9,7 +9,7 @@ from kvmtest.abi import constants as C
 from kvmtest.abi import structs as S
 from kvmtest.abi.constants import errno_name
 from kvmtest.guest.modes import (CR0_CD, CR0_NW, CR0_PE, CR0_PG, CR4_PAE, EFER_LMA, EFER_LME, get_mode,
-                                 mode_sregs)
+                                 mode_sregs, with_sse_enabled)
 
 GPRS = [name for name, *_ in S.kvm_regs._fields_ if name not in ("rip", "rflags")]
 SEGMENT_FIELDS = [name for name, *_ in S.kvm_segment._fields_ if name not in ("padding", "unusable")]
@@ -131,14 +131,20 @@ def test_fpu_round_trip(vm):
     assert bytes(got.xmm[15]) == bytes((240 + j) for j in range(16)), "XMM15 not as written"
 
 
-def test_fpu_reports_and_sets_mxcsr(vm):
+def test_fpu_reports_the_power_up_mxcsr(vm):
     """struct kvm_fpu carries MXCSR (api.rst 4.22): KVM_GET_FPU on a fresh vCPU reports the
-    power-up value 0x1F80 (SDM Vol. 1 10.2.3.1), the value KVM_GET_XSAVE shows at byte 24, and
-    KVM_SET_FPU's MXCSR is read back."""
+    power-up value 0x1F80 (SDM Vol. 1 10.2.3.1; Vol. 3A table "IA-32 and Intel 64 Processor States
+    Following Power-up, Reset, or INIT"), the value KVM_GET_XSAVE shows at byte 24."""
     vcpu = vm.create_vcpu()
     xsave_mxcsr = int.from_bytes(bytes(vcpu.get_xsave())[24:28], "little")
     fresh = vcpu.get_fpu().mxcsr
-    assert fresh == 0x1F80 == xsave_mxcsr, f"MXCSR: KVM_GET_FPU {fresh:#x}, KVM_GET_XSAVE {xsave_mxcsr:#x}, expected 0x1f80"
+    assert fresh == 0x1F80 == xsave_mxcsr, \
+        f"MXCSR of a fresh vCPU: KVM_GET_FPU {fresh:#x}, KVM_GET_XSAVE {xsave_mxcsr:#x}, expected 0x1f80 from both"
+
+
+def test_fpu_mxcsr_round_trip(vm):
+    """KVM_SET_FPU writes MXCSR and KVM_GET_FPU reads it back (api.rst 4.22, 4.23)."""
+    vcpu = vm.create_vcpu()
     fpu = vcpu.get_fpu()
     fpu.mxcsr = 0x1F00
     vcpu.set_fpu(fpu)
@@ -148,8 +154,9 @@ def test_fpu_reports_and_sets_mxcsr(vm):
 def test_fpu_state_set_by_the_host_is_what_the_guest_runs_with(guest):
     """KVM_SET_FPU "writes the floating point state to the vcpu" (api.rst 4.23): a guest run
     afterwards reads the FCW (FNSTCW) and XMM1 (MOVQ) the host wrote. Runs at CPL3, where these
-    instructions need no emulation on any backend."""
+    instructions need no emulation on any backend, with SSE enabled as the SDM requires."""
     g = guest("long64-cpl3", "mov rbx, DATA\nfnstcw word ptr [rbx]\nmovq rax, xmm1\nGUEST_SYNC rax\nGUEST_DONE")
+    g.vcpu.set_sregs(with_sse_enabled(g.vcpu.get_sregs()))
     g.vcpu.set_fpu(_fpu_with_pattern(g.vcpu))
     (xmm1_low,) = g.run_to_done()
     fcw = g.vm.read_u32(g.symbols["DATA"]) & 0xFFFF
@@ -177,8 +184,9 @@ def test_xsave_round_trip(vm):
 @pytest.mark.requires_cap("KVM_CAP_XSAVE")
 def test_xsave_state_set_by_the_host_is_what_the_guest_runs_with(guest):
     """State written with KVM_SET_XSAVE is the guest's (api.rst 4.43): a CPL3 guest reads
-    XMM1 as the host wrote it."""
+    XMM1 as the host wrote it (SSE enabled in CR0/CR4 as the SDM requires)."""
     g = guest("long64-cpl3", "movq rax, xmm1\nGUEST_SYNC rax\nGUEST_DONE")
+    g.vcpu.set_sregs(with_sse_enabled(g.vcpu.get_sregs()))
     raw = bytearray(bytes(g.vcpu.get_xsave()))
     raw[176:192] = bytes(range(1, 17))
     raw[512] |= 0x3
