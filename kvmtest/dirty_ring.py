@@ -11,44 +11,66 @@ from . import libc
 from .abi import constants as C
 from .abi import structs as S
 from .errors import KvmtestError
+from .mapped import GuardedView, MappingGuard
 
 PAGE_SIZE = 4096
 
 
 class DirtyRing:
     """The ring of one vCPU: `harvest()` returns the (slot, page offset) pairs pushed since the
-    last harvest, in ring order, and marks them collected."""
+    last harvest, in ring order, and marks them collected. Unmapped when its vCPU closes;
+    using it after that raises ClosedError."""
 
     def __init__(self, vcpu, size_bytes: int):
-        if size_bytes % ctypes.sizeof(S.kvm_dirty_gfn):
-            raise KvmtestError(f"dirty ring size {size_bytes} is not a whole number of kvm_dirty_gfn entries")
+        if size_bytes <= 0 or size_bytes % ctypes.sizeof(S.kvm_dirty_gfn):
+            raise KvmtestError(f"dirty ring size {size_bytes} is not a whole, positive number of kvm_dirty_gfn entries")
         self.vcpu = vcpu
         self.size_bytes = size_bytes
         self.count = size_bytes // ctypes.sizeof(S.kvm_dirty_gfn)
         self._addr = libc.mmap(size_bytes, libc.PROT_READ | libc.PROT_WRITE, libc.MAP_SHARED, vcpu.fd,
                                C.KVM_DIRTY_LOG_PAGE_OFFSET * PAGE_SIZE)
-        self.entries = (S.kvm_dirty_gfn * self.count).from_address(self._addr)
+        self._entries = (S.kvm_dirty_gfn * self.count).from_address(self._addr)
+        self._guard = MappingGuard(f"{vcpu.name}'s dirty ring")
         self.fetch_index = 0  # free-running, like KVM's own indices
 
+    @property
+    def entries(self) -> GuardedView:
+        """The ring's kvm_dirty_gfn array, as a view that refuses use after the unmap."""
+        with self._guard.lock:
+            self._guard.check(f"{self.vcpu.name} dirty ring entries")
+        return GuardedView(self._entries, self._guard, f"{self.vcpu.name} dirty ring")
+
     def harvest(self) -> list[tuple[int, int]]:
-        """Collect dirty entries from the fetch index until one is not DIRTY."""
-        if self.entries is None:
-            raise KvmtestError(f"{self.vcpu.name}: the dirty ring was unmapped when its vCPU closed")
+        """Collect dirty entries from the fetch index until one is not DIRTY.
+
+        At most one lap: KVM does not reuse an entry before KVM_RESET_DIRTY_RINGS, so a ring
+        still DIRTY after a whole lap means the ring is not what kvmtest thinks it is.
+        """
         got = []
-        while True:
-            entry = self.entries[self.fetch_index % self.count]
-            if not entry.flags & C.KVM_DIRTY_GFN_F_DIRTY:
-                break
-            got.append((entry.slot, entry.offset))
-            entry.flags = C.KVM_DIRTY_GFN_F_RESET
-            self.fetch_index += 1
+        with self._guard.lock:
+            self._guard.check(f"harvesting {self.vcpu.name}'s dirty ring")
+            for _ in range(self.count):
+                entry = self._entries[self.fetch_index % self.count]
+                if not entry.flags & C.KVM_DIRTY_GFN_F_DIRTY:
+                    break
+                got.append((entry.slot, entry.offset))
+                entry.flags = C.KVM_DIRTY_GFN_F_RESET
+                self.fetch_index += 1
         return got
 
     def flags(self) -> list[int]:
         """Every entry's flags, for failure reports."""
-        return [e.flags for e in self.entries]
+        with self._guard.lock:
+            self._guard.check(f"reading {self.vcpu.name}'s dirty ring flags")
+            return [e.flags for e in self._entries]
 
     def close(self) -> None:
-        if self._addr is not None:
-            addr, self._addr, self.entries = self._addr, None, None
+        """Unmap the ring, once no harvest is reading it."""
+        if self._addr is None:
+            return
+
+        def release():
+            addr, self._addr, self._entries = self._addr, None, None
             libc.munmap(addr, self.size_bytes)
+
+        self._guard.unmap(release)

@@ -38,7 +38,22 @@ class KvmError(OSError, KvmtestError):
 
 
 class ClosedError(KvmtestError):
-    """An operation on a Kvm, Vm or Vcpu that was already closed."""
+    """An operation on a Kvm, Vm, Vcpu or mapping that was already closed: also any use of a
+    view kvmtest handed out over a mapping since unmapped (an Exit's kvm_run, a dirty ring,
+    guest memory), which would otherwise read freed memory or crash the interpreter."""
+
+
+class StaleExitError(KvmtestError):
+    """A response to an Exit whose kvm_run has since been overwritten by another KVM_RUN."""
+
+
+class BadArgumentError(KvmtestError, ValueError):
+    """A caller's value that kvmtest would otherwise truncate, wrap or hand to ctypes
+    unchecked (an MSR value wider than 64 bits, a ninth debug register, ...)."""
+
+
+class InvalidTimeoutError(BadArgumentError):
+    """A timeout that is not a finite number of seconds above 0; names the value and where it came from."""
 
 
 class DeviceError(KvmtestError):

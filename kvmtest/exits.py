@@ -3,6 +3,10 @@
 Each names itself in messages (`str(exit)`). An IN or MMIO-read exit can be answered with
 `respond(...)`, which writes the data into kvm_run for KVM to complete the access on the
 next KVM_RUN (api.rst 5. "The kvm_run structure", KVM_EXIT_IO / KVM_EXIT_MMIO).
+
+An exit from Vcpu.run() remembers its vCPU and which KVM_RUN produced it, not the mapping:
+a response after the vCPU closed raises ClosedError, and one after a later KVM_RUN (which
+reused kvm_run for another exit) raises StaleExitError; neither touches the memory.
 """
 
 import ctypes
@@ -11,6 +15,7 @@ from dataclasses import dataclass, field
 
 from .abi import constants as C
 from .abi.structs import kvm_run
+from .errors import BadArgumentError, KvmtestError
 
 
 @dataclass(frozen=True)
@@ -28,6 +33,37 @@ class Exit:
             for k, v in self.__dict__.items() if k not in ("reason", "_run")
         )
         return f"{self.reason_name}({details})" if details else self.reason_name
+
+    def _write_response(self, write) -> None:
+        """Call write(run, mapping_size) on the kvm_run this exit was read from.
+
+        `_run` is (vcpu, KVM_RUN count) for exits from Vcpu.run(): the vCPU checks, under the
+        lock its close() takes, that kvm_run is still mapped and still describes this exit.
+        A bare kvm_run (exits parsed from a structure built in memory) is written directly.
+        """
+        source = self._run
+        if isinstance(source, tuple):
+            vcpu, generation = source
+            vcpu.write_response(self, generation, write)
+        elif source is None:
+            raise KvmtestError(f"{self} carries no kvm_run to respond into")
+        else:
+            write(source, None)
+
+
+def _response_bytes(exit_, data, element: int, count: int = 1) -> bytes:
+    """`data` (an int for each element, or bytes of element*count) as the bytes a response writes."""
+    if isinstance(data, int) and not isinstance(data, bool):
+        try:
+            return data.to_bytes(element, "little") * count
+        except OverflowError:
+            raise BadArgumentError(f"{exit_}: {data:#x} does not fit {element} byte(s)") from None
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise BadArgumentError(f"{exit_}: respond() takes an int or bytes, got {data!r}")
+    data = bytes(data)
+    if len(data) != element * count:
+        raise ValueError(f"{exit_} needs {element * count} bytes, got {len(data)}")
+    return data
 
 
 @dataclass(frozen=True)
@@ -56,11 +92,16 @@ class IoExit(Exit):
         """Supply the data an IN reads: an int (each element) or bytes (size*count)."""
         if not self.is_in:
             raise ValueError(f"{self} is an OUT; only an IN takes data from the host")
-        if isinstance(data, int):
-            data = data.to_bytes(self.size, "little") * self.count
-        if len(data) != self.size * self.count:
-            raise ValueError(f"{self} needs {self.size * self.count} bytes, got {len(data)}")
-        ctypes.memmove(ctypes.addressof(self._run) + self.data_offset, bytes(data), len(data))
+        data = _response_bytes(self, data, self.size, self.count)
+
+        def write(run, mapping_size):
+            # data_offset comes from KVM: never write past the mapping it points into.
+            if mapping_size is not None and self.data_offset + len(data) > mapping_size:
+                raise KvmtestError(f"{self}: data_offset {self.data_offset:#x} + {len(data)} bytes lies outside "
+                                   f"the {mapping_size:#x}-byte kvm_run mapping")
+            ctypes.memmove(ctypes.addressof(run) + self.data_offset, data, len(data))
+
+        self._write_response(write)
 
     def __str__(self):
         direction = "in" if self.is_in else "out"
@@ -83,11 +124,10 @@ class MmioExit(Exit):
         """Supply the data an MMIO read returns (int or bytes of length `len`)."""
         if self.is_write:
             raise ValueError(f"{self} is a write; only a read takes data from the host")
-        if isinstance(data, int):
-            data = data.to_bytes(self.len, "little")
-        if len(data) != self.len:
-            raise ValueError(f"{self} needs {self.len} bytes, got {len(data)}")
-        ctypes.memmove(self._run.exit.mmio.data, bytes(data), self.len)
+        data = _response_bytes(self, data, self.len)
+        if len(data) > 8:  # kvm_run.mmio.data is 8 bytes
+            raise KvmtestError(f"{self}: len {self.len} is more than the 8 bytes of kvm_run.mmio.data")
+        self._write_response(lambda run, _size: ctypes.memmove(run.exit.mmio.data, data, len(data)))
 
     def __str__(self):
         kind = "write" if self.is_write else "read"
@@ -175,7 +215,14 @@ class HypercallExit(Exit):
     flags: int = 0
 
     def respond(self, ret: int) -> None:
-        self._run.exit.hypercall.ret = ret & (2**64 - 1)
+        """The hypercall's return value (RAX); a negative value is stored as two's complement."""
+        if isinstance(ret, bool) or not isinstance(ret, int) or not -(1 << 63) <= ret < 1 << 64:
+            raise BadArgumentError(f"{self}: return value {ret!r} is not a 64-bit integer")
+
+        def write(run, _size):
+            run.exit.hypercall.ret = ret & (2**64 - 1)
+
+        self._write_response(write)
 
 
 @dataclass(frozen=True)
@@ -193,9 +240,15 @@ class MsrExit(Exit):
 
     def respond(self, data: int = 0, *, error: bool = False) -> None:
         """Complete the access: RDMSR gets `data`; error=True makes the guest take #GP."""
-        self._run.exit.msr.error = 1 if error else 0
-        if not self.is_write:
-            self._run.exit.msr.data = data
+        if isinstance(data, bool) or not isinstance(data, int) or not 0 <= data < 1 << 64:
+            raise BadArgumentError(f"{self}: RDMSR data {data!r} is not a 64-bit unsigned integer")
+
+        def write(run, _size):
+            run.exit.msr.error = 1 if error else 0
+            if not self.is_write:
+                run.exit.msr.data = data
+
+        self._write_response(write)
 
     def __str__(self):
         kind = "KVM_EXIT_X86_WRMSR" if self.is_write else "KVM_EXIT_X86_RDMSR"
@@ -249,56 +302,58 @@ _IO = struct.Struct("<BBHIQ")
 _EXIT_UNION = kvm_run.exit.offset
 
 
-def parse_exit(run: kvm_run, view: memoryview | None = None) -> Exit:
+def parse_exit(run: kvm_run, view: memoryview | None = None, source=None) -> Exit:
     """Turn the exit described by `run` into a typed Exit.
 
     `view`, a memoryview of the vCPU's whole kvm_run mapping, makes the frequent I/O exit
-    cheap to decode (the run loop passes it).
+    cheap to decode (the run loop passes it). `source`, (vcpu, KVM_RUN count), is what the
+    exit keeps for respond() instead of `run` itself (see Exit._write_response).
     """
     if view is None:
         view = memoryview((ctypes.c_char * (ctypes.sizeof(run) + 4096)).from_address(ctypes.addressof(run))).cast("B")
+    src = run if source is None else source
     reason = _REASON.unpack_from(view, 8)[0]
     if reason == C.KVM_EXIT_IO:
         direction, size, port, count, data_offset = _IO.unpack_from(view, _EXIT_UNION)
         data = bytes(view[data_offset: data_offset + size * count]) if direction else b""
-        return IoExit(reason, run, direction, size, port, count, data_offset, data)
+        return IoExit(reason, src, direction, size, port, count, data_offset, data)
     e = run.exit
     if reason == C.KVM_EXIT_MMIO:
         m = e.mmio
         data = bytes(m.data[: m.len]) if m.is_write else b""
-        return MmioExit(reason, run, m.phys_addr, m.len, bool(m.is_write), data)
+        return MmioExit(reason, src, m.phys_addr, m.len, bool(m.is_write), data)
     if reason == C.KVM_EXIT_HLT:
-        return HltExit(reason, run)
+        return HltExit(reason, src)
     if reason == C.KVM_EXIT_SHUTDOWN:
-        return ShutdownExit(reason, run)
+        return ShutdownExit(reason, src)
     if reason == C.KVM_EXIT_INTR:
-        return IntrExit(reason, run)
+        return IntrExit(reason, src)
     if reason == C.KVM_EXIT_IRQ_WINDOW_OPEN:
-        return IrqWindowOpenExit(reason, run)
+        return IrqWindowOpenExit(reason, src)
     if reason == C.KVM_EXIT_DEBUG:
         d = e.debug.arch
-        return DebugExit(reason, run, d.exception, d.pc, d.dr6, d.dr7)
+        return DebugExit(reason, src, d.exception, d.pc, d.dr6, d.dr7)
     if reason == C.KVM_EXIT_INTERNAL_ERROR:
         i = e.internal
-        return InternalErrorExit(reason, run, i.suberror, i.ndata, tuple(i.data[: min(i.ndata, 16)]))
+        return InternalErrorExit(reason, src, i.suberror, i.ndata, tuple(i.data[: min(i.ndata, 16)]))
     if reason == C.KVM_EXIT_FAIL_ENTRY:
-        return FailEntryExit(reason, run, e.fail_entry.hardware_entry_failure_reason, e.fail_entry.cpu)
+        return FailEntryExit(reason, src, e.fail_entry.hardware_entry_failure_reason, e.fail_entry.cpu)
     if reason == C.KVM_EXIT_DIRTY_RING_FULL:
-        return DirtyRingFullExit(reason, run)
+        return DirtyRingFullExit(reason, src)
     if reason == C.KVM_EXIT_IOAPIC_EOI:
-        return IoapicEoiExit(reason, run, e.eoi.vector)
+        return IoapicEoiExit(reason, src, e.eoi.vector)
     if reason == C.KVM_EXIT_EXCEPTION:
-        return ExceptionExit(reason, run, e.ex.exception, e.ex.error_code)
+        return ExceptionExit(reason, src, e.ex.exception, e.ex.error_code)
     if reason == C.KVM_EXIT_HYPERCALL:
         h = e.hypercall
-        return HypercallExit(reason, run, h.nr, tuple(h.args), h.ret, h.flags)
+        return HypercallExit(reason, src, h.nr, tuple(h.args), h.ret, h.flags)
     if reason in (C.KVM_EXIT_X86_RDMSR, C.KVM_EXIT_X86_WRMSR):
         m = e.msr
-        return MsrExit(reason, run, m.error, m.reason, m.index, m.data)
+        return MsrExit(reason, src, m.error, m.reason, m.index, m.data)
     if reason == C.KVM_EXIT_SYSTEM_EVENT:
         s = e.system_event
-        return SystemEventExit(reason, run, s.type, s.ndata, tuple(s.data[: min(s.ndata, 16)]))
+        return SystemEventExit(reason, src, s.type, s.ndata, tuple(s.data[: min(s.ndata, 16)]))
     if reason == C.KVM_EXIT_MEMORY_FAULT:
         f = e.memory_fault
-        return MemoryFaultExit(reason, run, f.flags, f.gpa, f.size)
-    return UnknownExit(reason, run, e.hw.hardware_exit_reason)
+        return MemoryFaultExit(reason, src, f.flags, f.gpa, f.size)
+    return UnknownExit(reason, src, e.hw.hardware_exit_reason)

@@ -18,6 +18,10 @@ from .abi.numbers import KVM_RUN
 from .libc import get_errno, ioctl_function, raw_ioctl
 
 TRACE_LENGTH = 64
+# A signal that lands during an ioctl makes it return EINTR once; its handler has run by the
+# time we retry. An ioctl still EINTR after this many tries never will succeed (KVM_RUN with
+# immediate_exit set, a signal re-raised forever), so the errno goes back to the caller.
+EINTR_RETRIES = 100
 _trace: deque = deque(maxlen=TRACE_LENGTH)
 _trace_lock = threading.Lock()
 
@@ -64,14 +68,17 @@ def try_ioctl(fd: int, request: int | str, arg=None, *, obj: str = "?", args: st
               retry_eintr: bool = True, trace: bool = True) -> tuple[int, int]:
     """Issue an ioctl; return (result, errno) without raising. errno is 0 on success.
 
-    EINTR is retried except where retry_eintr=False (KVM_RUN, whose EINTR is an answer).
+    EINTR is retried, at most EINTR_RETRIES times, except for KVM_RUN (whose EINTR is an
+    answer: a signal or kvm_run.immediate_exit) and where retry_eintr=False.
     trace=False leaves the recording to the caller (the run loop records exits instead).
     """
     number, name = _request(request)
+    tries = EINTR_RETRIES if retry_eintr and number != KVM_RUN else 0
     while True:
         ret, err = raw_ioctl(fd, number, _arg(arg))
-        if err != errno.EINTR or not retry_eintr:
+        if err != errno.EINTR or tries <= 0:
             break
+        tries -= 1
     if trace or err:
         note(obj, name, args, f"-> {errno_name(err)}" if err else f"-> {ret}")
     return ret, err

@@ -1,44 +1,71 @@
 """Anonymous host mappings that back guest memory, and a page allocator over guest memory."""
 
 import ctypes
+import numbers
 
 from . import libc
-from .errors import GuestMemoryError
+from .errors import ClosedError, GuestMemoryError
+from .mapped import MappingGuard
 
 
 class HostMapping:
-    """An anonymous private mapping of `size` bytes; the guest sees it through a memslot."""
+    """An anonymous private mapping of `size` bytes; the guest sees it through a memslot.
 
-    def __init__(self, size: int, *, shared: bool = False):
-        if size <= 0 or size % libc.PAGE_SIZE:
-            raise GuestMemoryError(f"a host mapping needs a positive multiple of {libc.PAGE_SIZE:#x} bytes, not {size:#x}")
+    Reads, writes and `addr` after close() raise ClosedError; close() waits for a read or
+    write in progress on another thread, so none touches the memory after the munmap.
+    """
+
+    def __init__(self, size: int, *, shared: bool = False, name: str | None = None):
+        if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size <= 0 or size % libc.PAGE_SIZE:
+            raise GuestMemoryError(f"a host mapping needs a positive multiple of {libc.PAGE_SIZE:#x} bytes, not {size!r}")
         flags = (libc.MAP_SHARED if shared else libc.MAP_PRIVATE) | libc.MAP_ANONYMOUS | libc.MAP_NORESERVE
         self.size = size
-        self.addr = libc.mmap(size, libc.PROT_READ | libc.PROT_WRITE, flags)
+        self._guard = MappingGuard(name or f"host mapping of {size:#x} bytes")
+        self._addr = libc.mmap(size, libc.PROT_READ | libc.PROT_WRITE, flags)
 
-    def _check(self, offset: int, length: int) -> None:
-        if self.addr is None:
-            raise GuestMemoryError("host mapping already unmapped")
+    @property
+    def addr(self) -> int:
+        """The host virtual address (for KVM_SET_USER_MEMORY_REGION's userspace_addr)."""
+        if self._addr is None:
+            raise ClosedError(f"{self._guard.name} is unmapped")
+        return self._addr
+
+    @property
+    def closed(self) -> bool:
+        return self._addr is None
+
+    def _check(self, offset: int, length: int, what: str) -> None:
+        """Call with the guard's lock held."""
+        self._guard.check(f"{what} {length:#x} bytes at offset {offset:#x}")
         if offset < 0 or length < 0 or offset + length > self.size:
             raise GuestMemoryError(f"range {offset:#x}+{length:#x} outside a mapping of {self.size:#x} bytes")
 
     def read(self, offset: int, length: int) -> bytes:
-        self._check(offset, length)
-        return ctypes.string_at(self.addr + offset, length)
+        with self._guard.lock:
+            self._check(offset, length, "reading")
+            return ctypes.string_at(self._addr + offset, length)
 
     def write(self, offset: int, data: bytes) -> None:
-        self._check(offset, len(data))
-        ctypes.memmove(self.addr + offset, bytes(data), len(data))
+        data = bytes(data)
+        with self._guard.lock:
+            self._check(offset, len(data), "writing")
+            ctypes.memmove(self._addr + offset, data, len(data))
 
     def discard(self, offset: int, length: int) -> None:
         """madvise(MADV_DONTNEED): the pages read back as zero and the host frees them."""
-        self._check(offset, length)
-        libc.madvise(self.addr + offset, length, libc.MADV_DONTNEED)
+        with self._guard.lock:
+            self._check(offset, length, "discarding")
+            libc.madvise(self._addr + offset, length, libc.MADV_DONTNEED)
 
     def close(self) -> None:
-        if self.addr is not None:
-            addr, self.addr = self.addr, None
+        if getattr(self, "_addr", None) is None:
+            return
+
+        def release():
+            addr, self._addr = self._addr, None
             libc.munmap(addr, self.size)
+
+        self._guard.unmap(release)
 
     def __del__(self):
         try:

@@ -93,13 +93,18 @@ def pytest_addoption(parser):
 def _convert(opt: Option, raw, source: str):
     where = f"{opt.flag}={raw!r} (from {source})"
     if opt.kind == "float":
-        try:
-            value = float(raw)
-        except (TypeError, ValueError):
-            raise OptionError(f"{where}: not a number of seconds") from None
-        if value <= 0:
-            raise OptionError(f"{where}: must be more than 0 seconds")
-        return value
+        from .validate import timeout_problem
+
+        value = raw
+        if isinstance(raw, str):
+            try:
+                value = float(raw)  # also parses "nan", "inf" and "1e999", refused below
+            except ValueError:
+                raise OptionError(f"{where}: not a number of seconds") from None
+        problem = timeout_problem(value)
+        if problem:  # NaN, infinite, 0 or less: a stuck guest would never be kicked
+            raise OptionError(f"{where}: {problem}")
+        return float(value)
     if opt.kind == "bool":
         if isinstance(raw, bool):
             return raw
@@ -335,8 +340,18 @@ def vm_with_memory(vm):
 @pytest.fixture
 def guest_timeout(request, pytestconfig) -> float:
     """The per-KVM_RUN timeout: the guest_timeout marker, else --kvm-guest-timeout."""
+    from .validate import timeout
+
     marker = request.node.get_closest_marker("guest_timeout")
-    return float(marker.args[0]) if marker else settings(pytestconfig)["kvm_guest_timeout"]
+    if marker is None:
+        return settings(pytestconfig)["kvm_guest_timeout"]
+    where = f"@pytest.mark.guest_timeout on {request.node.nodeid}"
+    if len(marker.args) != 1 or marker.kwargs:
+        from .errors import InvalidTimeoutError
+
+        raise InvalidTimeoutError(f"{where}: takes one number of seconds, got args={marker.args!r} "
+                                  f"kwargs={marker.kwargs!r}")
+    return timeout(marker.args[0], where)
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from .abi import constants as C
 from .abi.structs import kvm_stats_desc, kvm_stats_header
+from .errors import KvmtestError
 from .fdobject import FdObject
 
 
@@ -36,28 +37,44 @@ class StatDescriptor:
 
 
 class Stats(FdObject):
-    """A stats fd. Owns the fd; `read()` returns {name: value or list of values}."""
+    """A stats fd. Owns the fd; `read()` returns {name: value or list of values}.
+
+    Everything is read with pread (no mapping); after close() every read raises ClosedError,
+    and a short read (a header promising more than the fd holds) is one KvmtestError.
+    """
 
     def __init__(self, fd: int, name: str):
         super().__init__(fd, name)
-        raw = os.pread(fd, ctypes.sizeof(kvm_stats_header), 0)
-        self.header = kvm_stats_header.from_buffer_copy(raw)
+        try:
+            self._parse()
+        except BaseException:
+            self.close()
+            raise
+
+    def _pread(self, length: int, offset: int, what: str) -> bytes:
+        data = os.pread(self.fd, length, offset)
+        if len(data) != length:
+            raise KvmtestError(f"{self.name}: {what}: read {len(data)} of {length} bytes at offset {offset:#x}")
+        return data
+
+    def _parse(self) -> None:
+        self.header = kvm_stats_header.from_buffer_copy(self._pread(ctypes.sizeof(kvm_stats_header), 0, "header"))
         h = self.header
-        self.id = os.pread(fd, h.name_size, h.id_offset).split(b"\0", 1)[0].decode()
+        self.id = self._pread(h.name_size, h.id_offset, "id string").split(b"\0", 1)[0].decode(errors="replace")
         desc_size = ctypes.sizeof(kvm_stats_desc) + h.name_size
-        blob = os.pread(fd, desc_size * h.num_desc, h.desc_offset)
+        blob = self._pread(desc_size * h.num_desc, h.desc_offset, f"{h.num_desc} descriptors")
         self.descriptors = []
         for i in range(h.num_desc):
             chunk = blob[i * desc_size: (i + 1) * desc_size]
             d = kvm_stats_desc.from_buffer_copy(chunk[: ctypes.sizeof(kvm_stats_desc)])
-            name = chunk[ctypes.sizeof(kvm_stats_desc):].split(b"\0", 1)[0].decode()
+            name = chunk[ctypes.sizeof(kvm_stats_desc):].split(b"\0", 1)[0].decode(errors="replace")
             self.descriptors.append(StatDescriptor(name, d.flags, d.exponent, d.size, d.offset, d.bucket_size))
         self.by_name = {d.name: d for d in self.descriptors}
 
     def read(self) -> dict[str, int | list[int]]:
         """All values in one pread of the data block."""
         size = max((d.offset + 8 * d.size for d in self.descriptors), default=0)
-        data = os.pread(self.fd, size, self.header.data_offset)
+        data = self._pread(size, self.header.data_offset, "data block")
         values = {}
         for d in self.descriptors:
             items = struct.unpack_from(f"<{d.size}Q", data, d.offset)
@@ -68,6 +85,6 @@ class Stats(FdObject):
         if name not in self.by_name:
             raise KeyError(f"{self.name} has no statistic {name!r} (it has {len(self.by_name)})")
         d = self.by_name[name]
-        raw = os.pread(self.fd, 8 * d.size, self.header.data_offset + d.offset)
+        raw = self._pread(8 * d.size, self.header.data_offset + d.offset, f"statistic {name!r}")
         items = struct.unpack(f"<{d.size}Q", raw)
         return items[0] if d.size == 1 else list(items)

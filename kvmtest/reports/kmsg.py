@@ -1,8 +1,10 @@
 """Kernel log lines about KVM that appeared during a test (/dev/kmsg, where readable)."""
 
+import errno
 import os
 
 KEYWORDS = ("kvm", "pvm", "vmx", "svm")
+MAX_RECORDS = 100_000  # per drain: a kernel logging faster than we read must not keep us here
 
 
 class KernelLog:
@@ -26,13 +28,15 @@ class KernelLog:
 
     def _drain(self) -> list[str]:
         lines = []
-        while True:
+        for _ in range(MAX_RECORDS):
             try:
                 record = os.read(self.fd, 8192)
             except BlockingIOError:
                 break
-            except OSError:  # EPIPE when records were overwritten; keep reading
-                continue
+            except OSError as e:
+                if e.errno == errno.EPIPE:  # records were overwritten; the next read goes on
+                    continue
+                break  # any other error would repeat on every read
             if not record:
                 break
             text = record.decode(errors="replace")

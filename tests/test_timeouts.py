@@ -1,0 +1,100 @@
+"""Every timeout input is a finite number of seconds above 0, refused by name otherwise.
+
+A NaN or infinite deadline never passes, so a stuck guest would never be kicked and the run
+would hang; 0 or a negative one fails every guest at once; True is not "1 second". A huge
+finite value is a valid, very long deadline. (No KVM needed.)
+"""
+
+import math
+
+import pytest
+
+from kvmtest.errors import InvalidTimeoutError
+from kvmtest.validate import timeout
+
+BAD = [(math.nan, "not a number of seconds (NaN)"), (math.inf, "not a finite number of seconds"),
+       (-math.inf, "not a finite number of seconds"), (0, "must be more than 0 seconds"),
+       (-0.5, "must be more than 0 seconds"), (True, "not a number of seconds"),
+       ("5", "not a number of seconds"), (None, "not a number of seconds"), (b"1", "not a number of seconds"),
+       (10**400, "not a finite number of seconds (too large for a float)")]
+
+
+@pytest.mark.parametrize("value, problem", BAD, ids=[repr(v)[:12] for v, _ in BAD])
+def test_bad_timeout_names_value_and_place(value, problem):
+    with pytest.raises(InvalidTimeoutError) as info:
+        timeout(value, "vm0/vcpu0 run() timeout")
+    assert str(info.value) == f"vm0/vcpu0 run() timeout = {value!r}: {problem}"
+
+
+@pytest.mark.parametrize("value", [1e-3, 1, 10.0, 1e300, 2**100])
+def test_finite_positive_timeouts_are_seconds(value):
+    assert timeout(value, "x") == float(value)
+
+
+@pytest.fixture
+def run(pytester, monkeypatch):
+    for var in ("KVMTEST_GUEST_TIMEOUT", "KVMTEST_DEVICE", "KVMTEST_KNOWN_ISSUES", "KVMTEST_MODES"):
+        monkeypatch.delenv(var, raising=False)
+    pytester.makepyfile(test_show="""
+        def test_show(pytestconfig):
+            from kvmtest.plugin import settings
+            print("TIMEOUT", settings(pytestconfig)["kvm_guest_timeout"])
+    """)
+    return pytester
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("nan", "not a number of seconds (NaN)"), ("inf", "not a finite number of seconds"),
+    ("-inf", "not a finite number of seconds"), ("1e999", "not a finite number of seconds"),
+    ("0", "must be more than 0 seconds"), ("-3", "must be more than 0 seconds"), ("ten", "not a number of seconds"),
+])
+def test_option_from_the_command_line(run, text, problem):
+    result = run.runpytest(f"--kvm-guest-timeout={text}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"*--kvm-guest-timeout='{text}' (from command line): {problem}*"])
+
+
+def test_option_from_the_environment_and_the_ini_file(run, monkeypatch):
+    run.makeini("[pytest]\nkvm_guest_timeout = inf\n")
+    result = run.runpytest()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--kvm-guest-timeout='inf' (from ini kvm_guest_timeout): not a finite number*"])
+    monkeypatch.setenv("KVMTEST_GUEST_TIMEOUT", "NaN")
+    result = run.runpytest()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--kvm-guest-timeout='NaN' (from environment KVMTEST_GUEST_TIMEOUT): "
+                                 "not a number of seconds (NaN)*"])
+
+
+def test_huge_finite_option_is_accepted(run):
+    assert "TIMEOUT 1e+300" in run.runpytest("-s", "--kvm-guest-timeout=1e300").stdout.str()
+
+
+@pytest.mark.parametrize("args, message", [
+    ("float('nan')", " = nan: not a number of seconds (NaN)"),
+    ("float('inf')", " = inf: not a finite number of seconds"),
+    ("True", " = True: not a number of seconds"),
+    ("'5'", " = '5': not a number of seconds"),
+    ("0", " = 0: must be more than 0 seconds"),
+    ("", ": takes one number of seconds, got args=()"),
+])
+def test_guest_timeout_marker(run, args, message):
+    run.makepyfile(test_marker=f"""
+        import pytest
+        @pytest.mark.guest_timeout({args})
+        def test_m(guest_timeout):
+            print("GOT", guest_timeout)
+    """)
+    result = run.runpytest("-p", "no:cacheprovider", "test_marker.py")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines([f"*InvalidTimeoutError: @pytest.mark.guest_timeout on test_marker.py::test_m{message}*"])
+
+
+def test_huge_finite_marker_is_accepted(run):
+    run.makepyfile(test_marker="""
+        import pytest
+        @pytest.mark.guest_timeout(1e300)
+        def test_m(guest_timeout):
+            assert guest_timeout == 1e300
+    """)
+    run.runpytest("-p", "no:cacheprovider", "test_marker.py").assert_outcomes(passed=1)
