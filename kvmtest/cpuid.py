@@ -2,6 +2,8 @@
 
 from dataclasses import dataclass
 
+from .errors import KvmtestError
+
 
 @dataclass(frozen=True)
 class Feature:
@@ -33,6 +35,15 @@ FEATURES = {f.name: f for f in [
     Feature("pdpe1gb", 0x80000001, 0, "edx", 26), Feature("rdtscp", 0x80000001, 0, "edx", 27),
     Feature("lm", 0x80000001, 0, "edx", 29), Feature("svm", 0x80000001, 0, "ecx", 2),
     Feature("vmx", 1, 0, "ecx", 5),
+    Feature("cx8", 1, 0, "edx", 8), Feature("cx16", 1, 0, "ecx", 13), Feature("sse4_2", 1, 0, "ecx", 20),
+    Feature("popcnt", 1, 0, "ecx", 23),
+    Feature("spec_ctrl", 7, 0, "edx", 26), Feature("intel_stibp", 7, 0, "edx", 27),
+    Feature("flush_l1d", 7, 0, "edx", 28), Feature("arch_capabilities", 7, 0, "edx", 29),
+    Feature("ssbd", 7, 0, "edx", 31),
+    Feature("abm", 0x80000001, 0, "ecx", 5),
+    Feature("rdpru", 0x80000008, 0, "ebx", 4), Feature("amd_ibpb", 0x80000008, 0, "ebx", 12),
+    Feature("amd_ibrs", 0x80000008, 0, "ebx", 14), Feature("amd_stibp", 0x80000008, 0, "ebx", 15),
+    Feature("amd_ssbd", 0x80000008, 0, "ebx", 24),
 ]}
 
 
@@ -43,6 +54,27 @@ def has_feature(entries, name: str) -> bool:
         if e.function == f.leaf and (e.index == f.subleaf or f.leaf not in (4, 7, 0xB, 0xD, 0xF, 0x10, 0x14)):
             return bool(getattr(e, f.register) >> f.bit & 1)
     return False
+
+
+def set_feature(entries, name: str, present: bool) -> None:
+    """Set or clear feature `name` in a CPUID table (kvm_cpuid_entry2 list) in place, for
+    KVM_SET_CPUID2; the table must already have the feature's leaf."""
+    if name not in FEATURES:
+        raise KvmtestError(f"unknown CPUID feature {name!r}; kvmtest knows: {', '.join(FEATURES)}")
+    f = FEATURES[name]
+    e = find_entry(entries, f.leaf, f.subleaf)
+    if e is None or e.function != f.leaf:
+        raise KvmtestError(f"CPUID table has no leaf {f.leaf:#x} to set {f} in")
+    value = getattr(e, f.register)
+    setattr(e, f.register, value | 1 << f.bit if present else value & ~(1 << f.bit))
+
+
+def vendor(entries) -> str:
+    """The vendor string of leaf 0 (EBX, EDX, ECX): 'GenuineIntel', 'AuthenticAMD', ..."""
+    e = find_entry(entries, 0)
+    if e is None:
+        raise KvmtestError("CPUID table has no leaf 0 to read the vendor from")
+    return b"".join(r.to_bytes(4, "little") for r in (e.ebx, e.edx, e.ecx)).decode("ascii", "replace")
 
 
 def find_entry(entries, leaf: int, subleaf: int = 0):

@@ -17,6 +17,8 @@ _libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
 _libc.munmap.restype = ctypes.c_int
 _libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 _libc.madvise.restype = ctypes.c_int
+_libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+_libc.mprotect.restype = ctypes.c_int
 
 _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
 _libc.fallocate.restype = ctypes.c_int
@@ -58,6 +60,12 @@ def madvise(addr: int, length: int, advice: int) -> None:
     if _libc.madvise(addr, length, advice) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"madvise({addr:#x}, {length:#x}, {advice}): {os.strerror(err)}")
+
+
+def mprotect(addr: int, length: int, prot: int) -> int:
+    """mprotect(2); returns the errno (0 on success)."""
+    ctypes.set_errno(0)
+    return ctypes.get_errno() if _libc.mprotect(addr, length, prot) != 0 else 0
 
 
 def fallocate(fd: int, mode: int, offset: int, length: int) -> int:

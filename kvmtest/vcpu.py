@@ -18,14 +18,18 @@ from . import libc
 from .abi import constants as C
 from .abi import structs as S
 from .abi.constants import errno_name
-from .errors import GuestTimeout, KvmError, KvmtestError
+from . import validate
+from .errors import BadArgumentError, ClosedError, GuestTimeout, KvmError, KvmtestError, StaleExitError
 from .exits import IntrExit, parse_exit
 from .fdobject import FdObject
+from .kvm import KVM_MAX_CPUID_ENTRIES
+from .mapped import GuardedView, MappingGuard
 
 KVM_CPUID_FEATURES = 0x40000001  # Documentation/virt/kvm/x86/cpuid.rst
 
 DEFAULT_RUN_TIMEOUT = 10.0  # seconds for one KVM_RUN; override per call or KVMTEST_GUEST_TIMEOUT
 SIG_KICK = signal.SIGRTMIN + 3
+CLOSE_WAIT = 5.0  # seconds close() waits for a KVM_RUN on another thread to return after its kick
 _kick_installed = False
 
 
@@ -70,10 +74,10 @@ class _Watchdog:
             with self.lock:
                 vcpus = list(self.running)
             for vcpu in vcpus:
+                generation = vcpu.exits  # read before the deadline: see Vcpu._expire
                 deadline, tid = vcpu._deadline, vcpu._run_thread
                 if deadline is not None and tid is not None and now > deadline and not vcpu._timed_out:
-                    vcpu._timed_out = True
-                    vcpu.kick(tid)
+                    vcpu._expire(generation, tid)
 
 
 _watchdog = _Watchdog()
@@ -103,19 +107,25 @@ class Vcpu(FdObject):
         self.id = vcpu_id
         self._mmap_size = vm.kvm.vcpu_mmap_size()
         self.run_addr = None
+        self._kvm_run = None
+        # close() unmaps kvm_run only through this guard and with _run_lock held, which run()
+        # holds from KVM_RUN until it has read the exit: nothing reads the mapping after munmap.
+        self._guard = MappingGuard(f"{self.name}'s kvm_run")
+        self._run_lock = threading.Lock()
+        self._dirty_ring = None
+        self._cpuid_nent = None  # entries last given to KVM_SET_CPUID2, a hint for get_cpuid()
         try:
             self.run_addr = libc.mmap(self._mmap_size, libc.PROT_READ | libc.PROT_WRITE, libc.MAP_SHARED, fd)
         except OSError:
             self.close()
             raise
-        self.kvm_run = S.kvm_run.from_address(self.run_addr)
-        self.timeout = DEFAULT_RUN_TIMEOUT
+        self._kvm_run = S.kvm_run.from_address(self.run_addr)
+        self._timeout = DEFAULT_RUN_TIMEOUT
         self._deadline = None
         self._run_thread = None
         self._timed_out = False
-        self.exits = 0
+        self.exits = 0  # KVM_RUN calls so far; an exit remembers which one it came from
         self._view = memoryview((ctypes.c_char * self._mmap_size).from_address(self.run_addr)).cast("B")
-        self._dirty_ring = None
         if vm.dirty_ring_size:
             from .dirty_ring import DirtyRing
 
@@ -128,13 +138,50 @@ class Vcpu(FdObject):
         _watchdog.watch(self)
 
     def _release(self) -> None:
-        if getattr(self, "_dirty_ring", None) is not None:
-            self._dirty_ring.close()
-        if self.run_addr is not None:
-            addr, self.run_addr = self.run_addr, None
-            self.kvm_run = None
-            self._view.release()
-            libc.munmap(addr, self._mmap_size)
+        if getattr(self, "_run_lock", None) is None:
+            return  # __init__ failed before anything was mapped
+        # A KVM_RUN on another thread reads kvm_run when it returns: kick it out and wait for
+        # it, so that it finishes with the mapping before the munmap.
+        idle = self._run_lock.acquire(blocking=False)
+        if not idle:
+            self.kick()
+            idle = self._run_lock.acquire(timeout=CLOSE_WAIT)
+        try:
+            if self._dirty_ring is not None:
+                self._dirty_ring.close()  # only our harvests read it; its guard serializes them
+            if self.run_addr is not None:
+
+                def unmap():
+                    addr, self.run_addr, self._kvm_run = self.run_addr, None, None
+                    if idle:  # else the running thread still holds kvm_run: leak it rather than crash
+                        self._view.release()
+                        libc.munmap(addr, self._mmap_size)
+
+                self._guard.unmap(unmap)
+        finally:
+            if idle:
+                self._run_lock.release()
+
+    @property
+    def kvm_run(self) -> GuardedView:
+        """This vCPU's kvm_run (api.rst 5), as a view that raises ClosedError once the vCPU is
+        closed instead of touching the unmapped page."""
+        if self._kvm_run is None:
+            raise ClosedError(f"{self.name} is closed; its kvm_run is unmapped")
+        return GuardedView(self._kvm_run, self._guard, f"{self.name} kvm_run")
+
+    def write_response(self, exit_, generation: int, write) -> None:
+        """Let `exit_`, read from KVM_RUN number `generation`, write its response into kvm_run
+        (exits.Exit._write_response); ClosedError or StaleExitError where that would write into
+        an unmapped page or over a later exit."""
+        with self._guard.lock:
+            if not self._guard.open:
+                raise ClosedError(f"cannot respond to {exit_}: {self.name} is closed and its kvm_run unmapped")
+            if generation != self.exits:
+                raise StaleExitError(f"cannot respond to {exit_} from {self.name}: KVM_RUN was entered "
+                                     f"{self.exits - generation} more time(s) since, so kvm_run no longer "
+                                     "describes this exit (respond before the next run)")
+            write(self._kvm_run, self._mmap_size)
 
     def drain_coalesced_ring(self) -> "list[S.kvm_coalesced_mmio]":
         """Take every write queued in the coalesced MMIO/PIO ring (api.rst KVM_REGISTER_COALESCED_MMIO: the ring
@@ -142,19 +189,25 @@ class Vcpu(FdObject):
         page = self.vm.check_extension("KVM_CAP_COALESCED_MMIO")
         if not page:
             raise KvmtestError(f"{self.name}: KVM_CAP_COALESCED_MMIO is 0, there is no coalesced ring")
-        base = self.run_addr + page * libc.PAGE_SIZE
-        ring = S.kvm_coalesced_mmio_ring.from_address(base)
-        size = (libc.PAGE_SIZE - ctypes.sizeof(ring)) // ctypes.sizeof(S.kvm_coalesced_mmio)
-        first, last = ring.first, ring.last
-        if first >= size or last >= size:
-            raise KvmtestError(f"{self.name}: coalesced ring indices first={first} last={last} outside its "
-                               f"{size} entries")
-        out = []
-        while first != last:  # at most size - 1 entries: KVM keeps one slot free
-            entry = base + ctypes.sizeof(ring) + first * ctypes.sizeof(S.kvm_coalesced_mmio)
-            out.append(S.kvm_coalesced_mmio.from_buffer_copy(ctypes.string_at(entry, ctypes.sizeof(S.kvm_coalesced_mmio))))
-            first = (first + 1) % size
-        ring.first = first
+        if (page + 1) * libc.PAGE_SIZE > self._mmap_size:
+            raise KvmtestError(f"{self.name}: KVM_CAP_COALESCED_MMIO puts the ring at page {page}, outside the "
+                               f"{self._mmap_size:#x}-byte vCPU mapping (KVM_GET_VCPU_MMAP_SIZE)")
+        entry_size = ctypes.sizeof(S.kvm_coalesced_mmio)
+        with self._guard.lock:  # close() cannot unmap the ring while we read it
+            self._guard.check(f"draining {self.name}'s coalesced MMIO ring")
+            base = self.run_addr + page * libc.PAGE_SIZE
+            ring = S.kvm_coalesced_mmio_ring.from_address(base)
+            size = (libc.PAGE_SIZE - ctypes.sizeof(ring)) // entry_size
+            first, last = ring.first, ring.last
+            if first >= size or last >= size:
+                raise KvmtestError(f"{self.name}: coalesced ring indices first={first} last={last} outside its "
+                                   f"{size} entries")
+            out = []
+            while first != last:  # at most size - 1 entries: KVM keeps one slot free
+                entry = base + ctypes.sizeof(ring) + first * entry_size
+                out.append(S.kvm_coalesced_mmio.from_buffer_copy(ctypes.string_at(entry, entry_size)))
+                first = (first + 1) % size
+            ring.first = first
         return out
 
     @property
@@ -167,11 +220,34 @@ class Vcpu(FdObject):
 
     # --- running ---------------------------------------------------------------------------
 
+    @property
+    def timeout(self) -> float:
+        """Seconds one KVM_RUN may take before the watchdog kicks it (a finite number above 0)."""
+        return self._timeout
+
+    @timeout.setter
+    def timeout(self, value) -> None:
+        self._timeout = validate.timeout(value, f"timeout of {self.name}")
+
+    def _expire(self, generation: int, thread_id: int) -> None:
+        """The watchdog's kick for KVM_RUN number `generation`. Under the lock _enter takes to
+        start a run, so a deadline read just before that run ended never kicks the next one."""
+        with self._guard.lock:
+            if self.exits != generation or self._deadline is None or not self._guard.open:
+                return
+            self._timed_out = True
+            self._kvm_run.immediate_exit = 1
+        if _kick_installed:
+            try:
+                signal.pthread_kill(thread_id, SIG_KICK)
+            except (ProcessLookupError, OSError):
+                pass
+
     def kick(self, thread_id: int | None = None) -> None:
         """Make a KVM_RUN in progress (or the next one) return to user space."""
-        run = self.kvm_run
-        if run is not None:
-            run.immediate_exit = 1
+        with self._guard.lock:  # the watchdog may kick while another thread closes the vCPU
+            if self._guard.open:
+                self._kvm_run.immediate_exit = 1
         tid = thread_id or self._run_thread
         if tid is not None and _kick_installed:
             try:
@@ -185,42 +261,95 @@ class Vcpu(FdObject):
         Raises GuestTimeout, naming the mode and RIP, when the guest is still running
         after `timeout` seconds (default self.timeout).
         """
-        timeout = self.timeout if timeout is None else timeout
-        fd = self.fd
-        self._timed_out = False
-        self._run_thread = threading.get_ident()
-        self._deadline = time.monotonic() + timeout
+        timeout = self._timeout if timeout is None else validate.timeout(timeout, f"{self.name} run() timeout")
+        with self._run_lock:
+            run = self._kvm_run
+            if run is None:
+                raise ClosedError(f"{self.name} is closed")
+            # _enter(timeout, retry_eagain=True), written out: this is the exit loop's hot path.
+            guard = self._guard.lock
+            guard.acquire()
+            self.exits += 1
+            self._timed_out = False
+            self._run_thread = threading.get_ident()
+            self._deadline = deadline = time.monotonic() + timeout
+            guard.release()
+            try:
+                err = _ioctl.run_vcpu(self._fd)
+                if err == errno.EAGAIN:
+                    err = self._enter_again(deadline)
+            finally:
+                self._deadline = None
+                self._run_thread = None
+            timed_out = self._timed_out
+            if timed_out or err == errno.EINTR:
+                # The kick (or the caller's immediate_exit) must not make the next KVM_RUN
+                # return at once; an exit that came just as the watchdog kicked is kept.
+                run.immediate_exit = 0
+            if err == 0:
+                exit_ = parse_exit(run, self._view, (self, self.exits))
+                _ioctl.note(self.name, "exit", exit_)
+                return exit_
+            if err == errno.EINTR and not timed_out:
+                return IntrExit(C.KVM_EXIT_INTR, (self, self.exits))
+        if timed_out and err in (errno.EINTR, errno.EAGAIN):
+            self._raise_timeout(timeout)
+        _ioctl.note(self.name, "KVM_RUN", f"-> {errno_name(err)}")
+        raise KvmError(err, "KVM_RUN", self.name, "", "", _ioctl.recent())
+
+    def _enter_again(self, deadline: float) -> int:
+        """An AP waiting for INIT/SIPI (KVM_MP_STATE_UNINITIALIZED) comes back with EAGAIN once
+        an event arrives; KVM expects user space to simply enter again, until the deadline
+        (checked here too, in case no kick can reach this thread)."""
+        err = errno.EAGAIN
+        while err == errno.EAGAIN and not self._timed_out:
+            if time.monotonic() > deadline:
+                self._timed_out = True
+                break
+            err = _ioctl.run_vcpu(self._fd)
+        return err
+
+    def _enter(self, timeout: float) -> int:
+        """One KVM_RUN under the watchdog's deadline, nothing retried; returns the errno. Call
+        with _run_lock held (run() has the same steps written out)."""
+        with self._guard.lock:  # see _expire
+            self.exits += 1
+            self._timed_out = False
+            self._run_thread = threading.get_ident()
+            self._deadline = time.monotonic() + timeout
         try:
-            err = _ioctl.run_vcpu(fd)
-            # An AP waiting for INIT/SIPI (KVM_MP_STATE_UNINITIALIZED) comes back with EAGAIN
-            # once an event arrives; KVM expects user space to simply enter again.
-            while err == errno.EAGAIN and not self._timed_out:
-                err = _ioctl.run_vcpu(fd)
+            return _ioctl.run_vcpu(self._fd)
         finally:
             self._deadline = None
             self._run_thread = None
-        self.exits += 1
-        if err == errno.EINTR:
-            self.kvm_run.immediate_exit = 0
-            if self._timed_out:
-                self._raise_timeout(timeout)
-            return IntrExit(C.KVM_EXIT_INTR, self.kvm_run)
-        if err:
-            _ioctl.note(self.name, "KVM_RUN", f"-> {errno_name(err)}")
-            raise KvmError(err, "KVM_RUN", self.name, "", "", _ioctl.recent())
-        exit_ = parse_exit(self.kvm_run, self._view)
-        _ioctl.note(self.name, "exit", exit_)
-        return exit_
 
-    def try_run(self) -> int:
-        """KVM_RUN once without a watchdog, returning the errno (for negative tests)."""
-        return self.try_ioctl("KVM_RUN")
+    def try_run(self, timeout: float | None = None) -> int:
+        """KVM_RUN once, returning the errno (0 on success), for negative tests.
+
+        Nothing is retried: with kvm_run.immediate_exit set, or a signal pending, this returns
+        EINTR (api.rst 5, "immediate_exit"), and immediate_exit is left as the caller set it.
+        The watchdog still bounds it: a guest that does not exit within `timeout` (default
+        self.timeout) raises GuestTimeout.
+        """
+        timeout = self._timeout if timeout is None else validate.timeout(timeout, f"{self.name} try_run() timeout")
+        with self._run_lock:
+            run = self._kvm_run
+            if run is None:
+                raise ClosedError(f"{self.name} is closed")
+            err = self._enter(timeout)
+            timed_out = self._timed_out
+            if timed_out:
+                run.immediate_exit = 0
+        _ioctl.note(self.name, "KVM_RUN", f"-> {errno_name(err)}" if err else "-> 0")
+        if timed_out and err in (errno.EINTR, errno.EAGAIN):
+            self._raise_timeout(timeout)
+        return err
 
     def _raise_timeout(self, timeout: float):
         try:
             regs, sregs = self.get_regs(), self.get_sregs()
             where = f"in {describe_mode(sregs)} at RIP {regs.rip:#x} (CS base {sregs.cs.base:#x})"
-        except KvmError as e:
+        except KvmtestError as e:  # KvmError, or ClosedError if another thread closed the vCPU
             where = f"(registers unreadable: {e})"
         raise GuestTimeout(f"{self.name}: guest still running after {timeout:g}s {where}")
 
@@ -280,6 +409,7 @@ class Vcpu(FdObject):
         return self._get("KVM_GET_MP_STATE", S.kvm_mp_state).mp_state
 
     def set_mp_state(self, state: int) -> None:
+        state = validate.uint(state, 32, f"{self.name} KVM_SET_MP_STATE mp_state")
         self.ioctl("KVM_SET_MP_STATE", S.kvm_mp_state(state), args=C.MP_STATE_NAMES.name(state))
 
     def get_lapic(self) -> S.kvm_lapic_state:
@@ -288,18 +418,69 @@ class Vcpu(FdObject):
     def set_lapic(self, lapic: S.kvm_lapic_state) -> None:
         self.ioctl("KVM_SET_LAPIC", lapic)
 
+    # --- state for save/restore (kvmtest.state) -----------------------------------------------
+
+    def get_sregs2(self) -> S.kvm_sregs2:
+        """KVM_GET_SREGS2 (api.rst KVM_GET_SREGS2): sregs plus the PAE PDPTRs, no interrupt bitmap."""
+        return self._get("KVM_GET_SREGS2", S.kvm_sregs2)
+
+    def set_sregs2(self, sregs2: S.kvm_sregs2) -> None:
+        self.ioctl("KVM_SET_SREGS2", sregs2, args=f"{sregs_args(sregs2)} flags={sregs2.flags:#x}")
+
+    def get_xsave2(self, size: int):
+        """KVM_GET_XSAVE2 into a buffer of `size` bytes (KVM_CHECK_EXTENSION(KVM_CAP_XSAVE2), api.rst
+        KVM_GET_XSAVE2); KVM_SET_XSAVE takes the same buffer back."""
+        buf = S.xsave_type(size)()
+        self.ioctl("KVM_GET_XSAVE2", buf, args=f"size={size}")
+        return buf
+
+    def get_tsc_khz(self) -> int:
+        """KVM_GET_TSC_KHZ (api.rst KVM_GET_TSC_KHZ)."""
+        return self.ioctl("KVM_GET_TSC_KHZ")
+
+    def set_tsc_khz(self, khz: int) -> None:
+        """KVM_SET_TSC_KHZ on the vCPU (api.rst KVM_SET_TSC_KHZ, KVM_CAP_TSC_CONTROL)."""
+        self.ioctl("KVM_SET_TSC_KHZ", khz, args=f"khz={khz}")
+
+    def get_nested_state(self, size: int):
+        """KVM_GET_NESTED_STATE with a buffer of `size` bytes (KVM_CHECK_EXTENSION(KVM_CAP_NESTED_STATE))."""
+        buf = S.nested_state_type(size)(size=size)
+        self.ioctl("KVM_GET_NESTED_STATE", buf, args=f"size={size}")
+        return buf
+
+    def set_nested_state(self, state) -> None:
+        self.ioctl("KVM_SET_NESTED_STATE", state, args=f"flags={state.flags:#x} format={state.format} size={state.size}")
+
+    def has_device_attr(self, group: int, attr: int) -> bool:
+        """KVM_HAS_DEVICE_ATTR on the vCPU fd (devices/vcpu.rst); False where KVM refuses it."""
+        return self.try_ioctl("KVM_HAS_DEVICE_ATTR", S.kvm_device_attr(group=group, attr=attr),
+                              args=f"group={group} attr={attr}") == 0
+
+    def get_device_attr_u64(self, group: int, attr: int) -> int:
+        value = ctypes.c_uint64()
+        self.ioctl("KVM_GET_DEVICE_ATTR", S.kvm_device_attr(group=group, attr=attr, addr=ctypes.addressof(value)),
+                   args=f"group={group} attr={attr}")
+        return value.value
+
+    def set_device_attr_u64(self, group: int, attr: int, data: int) -> None:
+        value = ctypes.c_uint64(data & (2**64 - 1))
+        self.ioctl("KVM_SET_DEVICE_ATTR", S.kvm_device_attr(group=group, attr=attr, addr=ctypes.addressof(value)),
+                   args=f"group={group} attr={attr} value={data:#x}")
+
     # --- MSRs and CPUID ---------------------------------------------------------------------------
 
     def get_msrs(self, indices: list[int]) -> dict[int, int]:
         """KVM_GET_MSRS (api.rst 4.18). Raises if KVM returns fewer MSRs than asked for."""
+        indices = [validate.uint(index, 32, f"{self.name} KVM_GET_MSRS index") for index in indices]
         buf = S.msrs_type(len(indices))()
         buf.nmsrs = len(indices)
         for i, index in enumerate(indices):
             buf.entries[i].index = index
         n = self.ioctl("KVM_GET_MSRS", buf, args=_msr_names(indices))
         if n != len(indices):
+            refused = f"; MSR {indices[n]:#x} was refused" if 0 <= n < len(indices) else ""
             raise KvmError(errno.EINVAL, "KVM_GET_MSRS", self.name, _msr_names(indices),
-                           f"read {n} of {len(indices)} MSRs; MSR {indices[n]:#x} was refused")
+                           f"read {n} of {len(indices)} MSRs{refused}")
         return {buf.entries[i].index: buf.entries[i].data for i in range(n)}
 
     def get_msr(self, index: int) -> int:
@@ -307,6 +488,9 @@ class Vcpu(FdObject):
 
     def set_msrs(self, values: dict[int, int]) -> int:
         """KVM_SET_MSRS (api.rst 4.19); returns how many MSRs KVM accepted (stops at the first refused)."""
+        for index, data in values.items():
+            validate.uint(index, 32, f"{self.name} KVM_SET_MSRS index")
+            validate.uint(data, 64, f"{self.name} KVM_SET_MSRS value of MSR {index:#x}")
         buf = S.msrs_type(len(values))()
         buf.nmsrs = len(values)
         for i, (index, data) in enumerate(values.items()):
@@ -321,9 +505,13 @@ class Vcpu(FdObject):
     def set_cpuid(self, entries) -> None:
         """KVM_SET_CPUID2 (api.rst KVM_SET_CPUID2)."""
         self.ioctl("KVM_SET_CPUID2", cpuid2_struct(entries), args=f"nent={len(entries)}")
+        self._cpuid_nent = len(entries)
 
     def try_set_cpuid(self, entries) -> int:
-        return self.try_ioctl("KVM_SET_CPUID2", cpuid2_struct(entries), args=f"nent={len(entries)}")
+        err = self.try_ioctl("KVM_SET_CPUID2", cpuid2_struct(entries), args=f"nent={len(entries)}")
+        if not err:
+            self._cpuid_nent = len(entries)
+        return err
 
     def enforce_pv_features(self, features: int) -> None:
         """Give the vCPU KVM's supported CPUID with only `features` in the KVM feature leaf
@@ -338,34 +526,82 @@ class Vcpu(FdObject):
         self.set_cpuid(table)
         self.enable_cap("KVM_CAP_ENFORCE_PV_FEATURE_CPUID", 1)
 
-    def get_cpuid(self, nent: int = 256):
-        """KVM_GET_CPUID2 (api.rst KVM_GET_CPUID2)."""
-        buf = S.cpuid2_type(nent)()
-        buf.nent = nent
-        self.ioctl("KVM_GET_CPUID2", buf, args=f"nent={nent}")
-        return [buf.entries[i] for i in range(buf.nent)]
+    def get_cpuid(self, nent: int | None = None):
+        """KVM_GET_CPUID2 (api.rst KVM_GET_CPUID2): exactly the entries the vCPU has, in KVM's order.
+
+        KVM fails with E2BIG while nent is below the vCPU's entry count, so the count is the
+        smallest nent that succeeds; it is found that way rather than read from the nent KVM
+        writes back, which some kernels (6.1) leave as passed, so that a 256-entry buffer
+        would come back with its unused, zeroed entries. The count last given to
+        KVM_SET_CPUID2 is tried first (two calls); otherwise a binary search. `nent` caps the
+        search (default and most: KVM_MAX_CPUID_ENTRIES).
+        """
+        limit = KVM_MAX_CPUID_ENTRIES if nent is None else validate.uint(nent, 32, f"{self.name} get_cpuid nent")
+        if not 1 <= limit <= KVM_MAX_CPUID_ENTRIES:
+            raise BadArgumentError(f"{self.name} get_cpuid nent = {limit}: must be 1 to "
+                                            f"{KVM_MAX_CPUID_ENTRIES} (KVM_MAX_CPUID_ENTRIES)")
+
+        def fits(n: int):
+            buf = S.cpuid2_type(n)()
+            buf.nent = n
+            err = self.try_ioctl("KVM_GET_CPUID2", buf, args=f"nent={n}")
+            if err not in (0, errno.E2BIG):
+                raise KvmError(err, "KVM_GET_CPUID2", self.name, f"nent={n}", "", _ioctl.recent())
+            return (buf if not err else None)
+
+        hint = self._cpuid_nent
+        if hint is not None and hint <= limit:
+            buf = fits(hint)
+            if buf is not None and (hint == 0 or fits(hint - 1) is None):
+                return [buf.entries[i] for i in range(hint)]
+        best = fits(limit)
+        if best is None:
+            raise KvmError(errno.E2BIG, "KVM_GET_CPUID2", self.name, f"nent={limit}",
+                           f"the vCPU has more than {limit} CPUID entries", _ioctl.recent())
+        low, high = 0, limit  # fits(high) succeeded; the count lies in [low, high]
+        while low < high:
+            mid = (low + high) // 2
+            buf = fits(mid)
+            if buf is None:
+                low = mid + 1
+            else:
+                high, best = mid, buf
+        return [best.entries[i] for i in range(high)]
 
     # --- events, debug, translation ----------------------------------------------------------------
 
     def interrupt(self, vector: int) -> None:
         """KVM_INTERRUPT (api.rst 4.16): queue an external interrupt (user-space irqchip only)."""
+        vector = validate.uint(vector, 32, f"{self.name} KVM_INTERRUPT irq")
         self.ioctl("KVM_INTERRUPT", S.kvm_interrupt(vector), args=f"irq={vector}")
 
     def try_interrupt(self, vector: int) -> int:
+        vector = validate.uint(vector, 32, f"{self.name} KVM_INTERRUPT irq")
         return self.try_ioctl("KVM_INTERRUPT", S.kvm_interrupt(vector), args=f"irq={vector}")
 
     def nmi(self) -> None:
         self.ioctl("KVM_NMI")
 
+    def smi(self) -> None:
+        """KVM_SMI (api.rst KVM_SMI, KVM_CAP_X86_SMM): queue an SMI on this vCPU."""
+        self.ioctl("KVM_SMI")
+
     def set_guest_debug(self, control: int, debugreg=(0,) * 8) -> None:
-        """KVM_SET_GUEST_DEBUG (api.rst 4.87)."""
+        """KVM_SET_GUEST_DEBUG (api.rst 4.87); `debugreg` fills kvm_guest_debug_arch.debugreg[8]
+        (DR0-DR3, then DR7 at index 7 on x86)."""
+        control = validate.uint(control, 32, f"{self.name} KVM_SET_GUEST_DEBUG control")
+        debugreg = list(debugreg)
+        if len(debugreg) > len(S.kvm_guest_debug_arch().debugreg):
+            raise BadArgumentError(f"{self.name} KVM_SET_GUEST_DEBUG: {len(debugreg)} debugreg values, but "
+                                            "kvm_guest_debug_arch.debugreg holds 8")
         dbg = S.kvm_guest_debug(control=control)
         for i, value in enumerate(debugreg):
-            dbg.arch.debugreg[i] = value
+            dbg.arch.debugreg[i] = validate.uint(value, 64, f"{self.name} KVM_SET_GUEST_DEBUG debugreg[{i}]")
         self.ioctl("KVM_SET_GUEST_DEBUG", dbg, args=f"control={control:#x}")
 
     def translate(self, gva: int) -> S.kvm_translation:
         """KVM_TRANSLATE (api.rst 4.15)."""
+        gva = validate.uint(gva, 64, f"{self.name} KVM_TRANSLATE linear address")
         tr = S.kvm_translation(linear_address=gva)
         self.ioctl("KVM_TRANSLATE", tr, args=f"gva={gva:#x}")
         return tr
@@ -383,6 +619,9 @@ class Vcpu(FdObject):
 
 
 def cpuid2_struct(entries):
+    for i, e in enumerate(entries):
+        if not isinstance(e, S.kvm_cpuid_entry2):
+            raise BadArgumentError(f"KVM_SET_CPUID2 entry {i}: expected a kvm_cpuid_entry2, got {e!r}")
     buf = S.cpuid2_type(len(entries))()
     buf.nent = len(entries)
     for i, e in enumerate(entries):

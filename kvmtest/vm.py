@@ -2,13 +2,14 @@
 
 import ctypes
 import errno
+import functools
 import itertools
 import struct
 from dataclasses import dataclass
 
 from .abi import constants as C
 from .abi import structs as S
-from .errors import GuestMemoryError, KvmtestError
+from .errors import BadArgumentError, ClosedError, GuestMemoryError, KvmtestError
 from .fdobject import FdObject
 from .kvm import cap_number
 from .libc import PAGE_SIZE
@@ -62,6 +63,27 @@ def _memslot_hint(vm, slot, gpa, size, hva):
     return hint
 
 
+def _replayable(method):
+    """Record a successful VM setup call (one KVM has no KVM_GET_* for) in vm.setup_calls, so that
+    kvmtest.state can make the same calls, in the same order, on a fresh VM. Calls made from
+    inside another recorded one (enable_split_irqchip -> enable_cap) are not recorded twice."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        outer = not self._in_setup
+        self._in_setup = True
+        try:
+            result = method(self, *args, **kwargs)
+        finally:
+            if outer:
+                self._in_setup = False
+        if outer:
+            self.setup_calls.append((method.__name__, args, kwargs))
+        return result
+
+    return wrapper
+
+
 class Vm(FdObject):
     """A KVM VM. Owns its vCPUs and the host mappings behind its memslots."""
 
@@ -72,6 +94,15 @@ class Vm(FdObject):
         self.vcpus: list = []
         self.irqchip = False
         self.dirty_ring_size = 0
+        # What was set up through this object and has no KVM_GET_* of its own, so that a copy
+        # of the VM (kvmtest.state, Guest.migrate) can set it up again.
+        self.split_irqchip_routes: int | None = None   # KVM_CAP_SPLIT_IRQCHIP's argument
+        self.pit_flags: int | None = None              # KVM_CREATE_PIT2's flags
+        self.setup_calls: list[tuple[str, tuple, dict]] = []  # see _replayable
+        # Pages a VM this one was copied from had dirtied and not yet reported (kvmtest.state):
+        # get_dirty_log reports them as well, until reported (or, with manual protect, cleared).
+        self.carried_dirty: dict[int, set[int]] = {}
+        self._in_setup = False
         self._extra_mappings: list[HostMapping] = []
 
     # --- capabilities --------------------------------------------------------------------
@@ -81,20 +112,30 @@ class Vm(FdObject):
         number = cap_number(cap)
         return self.ioctl("KVM_CHECK_EXTENSION", number, args=C.CAPABILITY_NAMES.name(number))
 
+    @_replayable
     def enable_cap(self, cap: int | str, *args: int, flags: int = 0) -> None:
         """KVM_ENABLE_CAP on the VM (api.rst 4.37 and section 7)."""
         self.ioctl("KVM_ENABLE_CAP", self.enable_cap_struct(cap, *args, flags=flags),
                    args=self._cap_args(cap, args, flags))
 
     def try_enable_cap(self, cap: int | str, *args: int, flags: int = 0) -> int:
-        return self.try_ioctl("KVM_ENABLE_CAP", self.enable_cap_struct(cap, *args, flags=flags),
-                              args=self._cap_args(cap, args, flags))
+        err = self.try_ioctl("KVM_ENABLE_CAP", self.enable_cap_struct(cap, *args, flags=flags),
+                             args=self._cap_args(cap, args, flags))
+        if not err and not self._in_setup:
+            self.setup_calls.append(("enable_cap", (cap, *args), {"flags": flags}))
+        return err
 
     @staticmethod
     def enable_cap_struct(cap, *args, flags=0) -> S.kvm_enable_cap:
-        ec = S.kvm_enable_cap(cap=cap_number(cap), flags=flags)
+        from .validate import uint
+
+        name = C.CAPABILITY_NAMES.name(cap_number(cap))
+        if len(args) > 4:
+            raise BadArgumentError(f"KVM_ENABLE_CAP {name}: {len(args)} args, but kvm_enable_cap.args holds 4")
+        ec = S.kvm_enable_cap(cap=uint(cap_number(cap), 32, "KVM_ENABLE_CAP cap"),
+                              flags=uint(flags, 32, f"KVM_ENABLE_CAP {name} flags"))
         for i, a in enumerate(args):
-            ec.args[i] = a
+            ec.args[i] = uint(a, 64, f"KVM_ENABLE_CAP {name} args[{i}]")
         return ec
 
     @staticmethod
@@ -135,7 +176,7 @@ class Vm(FdObject):
         if mapping is None:
             if size <= 0 or size % PAGE_SIZE:
                 raise GuestMemoryError(f"{self.name}: memslot size {size:#x} is not a positive multiple of {PAGE_SIZE:#x}")
-            mapping = HostMapping(size)
+            mapping = HostMapping(size, name=f"{self.name} memory of slot {slot} at {gpa:#x}")
         try:
             self.set_user_memory_region(slot, flags, gpa, size, mapping.addr)
         except Exception:
@@ -166,6 +207,8 @@ class Vm(FdObject):
     # --- guest physical memory --------------------------------------------------------------
 
     def slot_for(self, gpa: int) -> Memslot:
+        if self.closed:
+            raise ClosedError(f"{self.name} is closed; its guest memory is unmapped (guest address {gpa:#x})")
         for m in self.memslots.values():
             if gpa in m:
                 return m
@@ -173,6 +216,8 @@ class Vm(FdObject):
         raise GuestMemoryError(f"guest address {gpa:#x} is outside every memslot of {self.name} (slots: {slots})")
 
     def _chunks(self, gpa: int, length: int):
+        if length < 0:
+            raise GuestMemoryError(f"{self.name}: negative length {length} at guest address {gpa:#x}")
         while length > 0:
             m = self.slot_for(gpa)
             n = min(length, m.end - gpa)
@@ -215,12 +260,25 @@ class Vm(FdObject):
         bitmap = (ctypes.c_uint8 * nbytes)()
         log = S.kvm_dirty_log(slot=slot, dirty_bitmap=ctypes.addressof(bitmap))
         self.ioctl("KVM_GET_DIRTY_LOG", log, args=f"slot={slot}")
-        return bitmap_to_pages(bytes(bitmap), m.npages)
+        pages = bitmap_to_pages(bytes(bitmap), m.npages)
+        carried = self.carried_dirty.get(slot, set())
+        if not self.manual_dirty_protect():
+            self.carried_dirty.pop(slot, None)
+        return pages | carried
+
+    def manual_dirty_protect(self) -> bool:
+        """Whether KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 was enabled: KVM_GET_DIRTY_LOG then leaves the
+        bits set until KVM_CLEAR_DIRTY_LOG (api.rst KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2)."""
+        cap = cap_number("KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2")
+        return any(name == "enable_cap" and args and cap_number(args[0]) == cap and args[1:2] != (0,)
+                   for name, args, _ in self.setup_calls)
 
     def clear_dirty_log(self, slot: int, first_page: int, num_pages: int, pages: set[int] | None = None) -> None:
         """KVM_CLEAR_DIRTY_LOG (api.rst 4.117): re-protect `pages` (default: all) of the range."""
         self.ioctl("KVM_CLEAR_DIRTY_LOG", self._clear_struct(slot, first_page, num_pages, pages),
                    args=f"slot={slot} first_page={first_page} num_pages={num_pages}")
+        cleared = set(range(first_page, first_page + num_pages)) if pages is None else set(pages)
+        self.carried_dirty.get(slot, set()).difference_update(cleared)
 
     def try_clear_dirty_log(self, slot: int, first_page: int, num_pages: int, pages: set[int] | None = None) -> int:
         return self.try_ioctl("KVM_CLEAR_DIRTY_LOG", self._clear_struct(slot, first_page, num_pages, pages),
@@ -248,6 +306,7 @@ class Vm(FdObject):
         self.vcpus.append(vcpu)
         return vcpu
 
+    @_replayable
     def create_irqchip(self) -> None:
         """KVM_CREATE_IRQCHIP (api.rst 4.24): in-kernel PIC, IOAPIC and local APICs."""
         self.ioctl("KVM_CREATE_IRQCHIP")
@@ -267,6 +326,7 @@ class Vm(FdObject):
         """KVM_SET_IRQCHIP (api.rst 4.27)."""
         self.ioctl("KVM_SET_IRQCHIP", chip, args=f"chip={C.IRQCHIP_NAMES.name(chip.chip_id)}")
 
+    @_replayable
     def enable_dirty_ring(self, size_bytes: int) -> None:
         """KVM_ENABLE_CAP(KVM_CAP_DIRTY_LOG_RING, size) (api.rst 8.29): one ring of `size_bytes`
         per vCPU; allowed only before the first vCPU. Each later vCPU maps its ring
@@ -278,13 +338,16 @@ class Vm(FdObject):
         """KVM_RESET_DIRTY_RINGS (api.rst 8.29): re-protect every collected entry; returns how many."""
         return self.ioctl("KVM_RESET_DIRTY_RINGS")
 
+    @_replayable
     def enable_split_irqchip(self, ioapic_routes: int = 24) -> None:
         """KVM_ENABLE_CAP(KVM_CAP_SPLIT_IRQCHIP) (api.rst KVM_CAP_SPLIT_IRQCHIP): local APICs in the kernel, PIC and
         IOAPIC left to user space; the first `ioapic_routes` GSI routes (MSI) stand for the user
         IOAPIC's pins and report their level-triggered EOIs as KVM_EXIT_IOAPIC_EOI."""
         self.enable_cap("KVM_CAP_SPLIT_IRQCHIP", ioapic_routes)
         self.irqchip = True
+        self.split_irqchip_routes = ioapic_routes
 
+    @_replayable
     def set_gsi_routing(self, entries: "list[S.kvm_irq_routing_entry]") -> None:
         """KVM_SET_GSI_ROUTING (api.rst 4.52): replace the whole routing table."""
         table = S.irq_routing_type(len(entries))(nr=len(entries))
@@ -304,8 +367,34 @@ class Vm(FdObject):
         e.u.irqchip.irqchip, e.u.irqchip.pin = chip, pin
         return e
 
+    @_replayable
     def create_pit2(self, flags: int = 0) -> None:
+        """KVM_CREATE_PIT2 (api.rst KVM_CREATE_PIT2): the in-kernel i8254, after KVM_CREATE_IRQCHIP."""
         self.ioctl("KVM_CREATE_PIT2", S.kvm_pit_config(flags=flags), args=f"flags={flags:#x}")
+        self.pit_flags = flags
+
+    def get_pit2(self) -> S.kvm_pit_state2:
+        """KVM_GET_PIT2 (api.rst KVM_GET_PIT2): the three PIT channels and the flags."""
+        pit = S.kvm_pit_state2()
+        self.ioctl("KVM_GET_PIT2", pit)
+        return pit
+
+    def set_pit2(self, pit: S.kvm_pit_state2) -> None:
+        """KVM_SET_PIT2 (api.rst KVM_SET_PIT2)."""
+        self.ioctl("KVM_SET_PIT2", pit, args=f"flags={pit.flags:#x} " + " ".join(
+            f"ch{i}=mode{c.mode}/count{c.count:#x}/gate{c.gate}" for i, c in enumerate(pit.channels)))
+
+    def get_clock(self) -> S.kvm_clock_data:
+        """KVM_GET_CLOCK (api.rst KVM_GET_CLOCK): kvmclock now, with KVM_CLOCK_* flags saying which
+        of realtime / host_tsc are valid."""
+        clock = S.kvm_clock_data()
+        self.ioctl("KVM_GET_CLOCK", clock)
+        return clock
+
+    def set_clock(self, clock: S.kvm_clock_data) -> None:
+        """KVM_SET_CLOCK (api.rst KVM_SET_CLOCK); with KVM_CLOCK_REALTIME in flags KVM advances the
+        clock by the CLOCK_REALTIME time elapsed since `clock.realtime`."""
+        self.ioctl("KVM_SET_CLOCK", clock, args=f"clock={clock.clock:#x} flags={clock.flags:#x}")
 
     def irq_line(self, irq: int, level: int) -> int:
         """KVM_IRQ_LINE_STATUS (api.rst 4.25): returns the status (>0 delivered, 0 masked, <0 coalesced)."""
@@ -325,6 +414,7 @@ class Vm(FdObject):
             raise KvmtestError(f"{what}: expected an EventFd or an fd number, got {obj!r}")
         return fd
 
+    @_replayable
     def assign_irqfd(self, efd, gsi: int, *, resample=None) -> None:
         """KVM_IRQFD: signalling `efd` raises `gsi`; with `resample` (an EventFd) the GSI is
         level-triggered and KVM signals `resample` at its EOI (KVM_IRQFD_FLAG_RESAMPLE)."""
@@ -333,6 +423,7 @@ class Vm(FdObject):
             arg.flags, arg.resamplefd = C.KVM_IRQFD_FLAG_RESAMPLE, self._eventfd(resample, "KVM_IRQFD resample")
         self.ioctl("KVM_IRQFD", arg, args=f"gsi={gsi}{' resample' if resample is not None else ''}")
 
+    @_replayable
     def deassign_irqfd(self, efd, gsi: int) -> None:
         self.ioctl("KVM_IRQFD", S.kvm_irqfd(fd=self._eventfd(efd, "KVM_IRQFD"), gsi=gsi,
                                             flags=C.KVM_IRQFD_FLAG_DEASSIGN),
@@ -348,6 +439,7 @@ class Vm(FdObject):
             (f" datamatch={datamatch:#x}" if datamatch is not None else "") + (" deassign" if deassign else "")
         return arg, text
 
+    @_replayable
     def assign_ioeventfd(self, efd, addr: int, length: int, *, pio: bool = False, datamatch: int | None = None) -> None:
         """KVM_IOEVENTFD: a guest write of `length` bytes to `addr` (a port with pio) signals
         `efd` instead of exiting; with `datamatch` only writes of that value do."""
@@ -360,21 +452,25 @@ class Vm(FdObject):
         arg, text = self._ioeventfd(efd, addr, length, pio, datamatch, True)
         return self.try_ioctl("KVM_IOEVENTFD", arg, args=text)
 
+    @_replayable
     def deassign_ioeventfd(self, efd, addr: int, length: int, *, pio: bool = False,
                            datamatch: int | None = None) -> None:
         arg, text = self._ioeventfd(efd, addr, length, pio, datamatch, True)
         self.ioctl("KVM_IOEVENTFD", arg, args=text)
 
+    @_replayable
     def register_coalesced_mmio(self, addr: int, size: int, *, pio: bool = False) -> None:
         """KVM_REGISTER_COALESCED_MMIO: writes to the zone (ports with pio) are queued in the
         ring (Vcpu.drain_coalesced_ring) instead of exiting."""
         self.ioctl("KVM_REGISTER_COALESCED_MMIO", S.kvm_coalesced_mmio_zone(addr=addr, size=size, pio=int(pio)),
                    args=f"{'port' if pio else 'gpa'}={addr:#x} size={size:#x}")
 
+    @_replayable
     def unregister_coalesced_mmio(self, addr: int, size: int, *, pio: bool = False) -> None:
         self.ioctl("KVM_UNREGISTER_COALESCED_MMIO", S.kvm_coalesced_mmio_zone(addr=addr, size=size, pio=int(pio)),
                    args=f"{'port' if pio else 'gpa'}={addr:#x} size={size:#x}")
 
+    @_replayable
     def set_msr_filter(self, ranges: "list[tuple[int, int, list[bool]]]", *, default_deny: bool = False) -> None:
         """KVM_X86_SET_MSR_FILTER with `ranges` of (KVM_MSR_FILTER_READ/WRITE flags, first MSR,
         allowed: one bool per MSR from the first); MSRs outside every range follow the default."""
@@ -396,6 +492,7 @@ class Vm(FdObject):
         self.ioctl("KVM_X86_SET_MSR_FILTER", filt, args=" ".join(
             f"[flags={flags:#x} {base:#x}+{len(allowed)}]" for flags, base, allowed in ranges))
 
+    @_replayable
     def set_tss_addr(self, addr: int) -> None:
         self.ioctl("KVM_SET_TSS_ADDR", addr, args=f"addr={addr:#x}")
 

@@ -88,7 +88,10 @@ def _python_facts():
     for name in dir(abi.constants):
         if name.startswith(("KVM_GUESTDBG_", "KVM_MEM_", "KVM_SYNC_X86_", "KVM_VCPUEVENT_VALID_", "KVM_MSR_FILTER_",
                             "KVM_DIRTY_LOG_", "KVM_DIRTY_GFN_", "KVM_IRQCHIP_", "KVM_EXIT_IO_", "KVM_IRQ_ROUTING_",
-                            "KVM_IRQFD_FLAG_")):
+                            "KVM_IRQFD_FLAG_", "KVM_PIT_FLAGS_", "KVM_CLOCK_", "KVM_SREGS2_FLAGS_", "KVM_VCPU_TSC_",
+                            "KVM_STATE_NESTED_FORMAT_", "KVM_STATE_NESTED_GUEST_MODE",
+                            "KVM_STATE_NESTED_RUN_PENDING", "KVM_X86_SHADOW_INT_", "KVM_RUN_X86_",
+                            "KVM_PIO_PAGE_OFFSET", "KVM_COALESCED_MMIO_PAGE_OFFSET")):
             facts[name] = getattr(abi.constants, name)
     return facts
 
@@ -163,3 +166,19 @@ def test_names_for_unknown_values_do_not_raise():
     assert abi.errno_name(17) == "EEXIST"
     assert abi.vector_name(14) == "#PF"
     assert numbers.ioctl_name(numbers.KVM_RUN) == "KVM_RUN"
+
+
+def test_save_restore_structures_are_compared_with_the_header(c_facts):
+    # The state kvmtest.state and kvmtest.vm_state carry: each of these must have been checked
+    # against <linux/kvm.h> (present in every header kvmtest supports), not skipped.
+    _, theirs = c_facts
+    wanted = ["sizeof(kvm_pic_state)", "sizeof(kvm_ioapic_state)", "kvm_ioapic_state.redirtbl",
+              "sizeof(kvm_pit_channel_state)", "kvm_pit_channel_state.count_load_time", "sizeof(kvm_pit_state2)",
+              "kvm_pit_state2.flags", "sizeof(kvm_clock_data)", "kvm_clock_data.realtime", "kvm_clock_data.host_tsc",
+              "sizeof(kvm_device_attr)", "sizeof(kvm_nested_state)", "kvm_nested_state.hdr",
+              "KVM_GET_PIT2", "KVM_SET_PIT2", "KVM_GET_CLOCK", "KVM_SET_CLOCK", "KVM_SET_TSC_KHZ", "KVM_GET_XSAVE2",
+              "KVM_GET_NESTED_STATE", "KVM_SET_NESTED_STATE", "KVM_GET_DEVICE_ATTR", "KVM_SET_DEVICE_ATTR",
+              "KVM_HAS_DEVICE_ATTR", "KVM_CLOCK_REALTIME", "KVM_PIT_FLAGS_HPET_LEGACY", "KVM_VCPU_TSC_OFFSET",
+              "KVM_SREGS2_FLAGS_PDPTRS_VALID"]
+    missing = [k for k in wanted if k not in theirs]
+    assert not missing, f"not compared with <linux/kvm.h>: {missing}"

@@ -127,3 +127,41 @@ def test_allocator_reports_exhaustion(alloc):
 
 def test_flag_names():
     assert PG.describe_flags(PG.P | PG.US | PG.NX) == "P|US|NX"
+
+
+def test_pae_pdpte_writes_are_flagged_for_a_cr3_reload():
+    """PAE PDPTEs are loaded with CR3 (SDM Vol. 3A 4.4.1), so the tables say when one changed; other
+    levels and other formats never ask for a reload."""
+    from kvmtest.guest.paging import PageTables
+
+    class FakeVm:
+        def __init__(self):
+            self.mem = bytearray(0x100000)
+
+        def write(self, gpa, data):
+            self.mem[gpa:gpa + len(data)] = data
+
+        def read(self, gpa, size):
+            return bytes(self.mem[gpa:gpa + size])
+
+    class Alloc:
+        def __init__(self):
+            self.next = 0x10000
+
+        def alloc(self):
+            self.next += 0x1000
+            return self.next - 0x1000
+
+    pae = PageTables(FakeVm(), Alloc(), "pae")
+    pae.map(0x1000, 0x1000)
+    assert pae.pdptes_changed  # a new PD needed a PDPTE
+    pae.pdptes_changed = False
+    pae.map(0x2000, 0x2000)  # same PD, same PT: no PDPTE written
+    assert not pae.pdptes_changed
+    pae.write_entry(0x2000, 2, 0)  # a PTE
+    assert not pae.pdptes_changed
+    pae.map(0x40000000, 0x3000)  # second GiB: a new PDPTE
+    assert pae.pdptes_changed
+    four = PageTables(FakeVm(), Alloc(), "4level")
+    four.map(0x1000, 0x1000)
+    assert not four.pdptes_changed

@@ -12,6 +12,7 @@ from ctypes import (
     c_char,
     c_int16,
     c_int32,
+    c_int64,
     c_uint8,
     c_uint16,
     c_uint32,
@@ -112,6 +113,13 @@ class kvm_fpu(_Struct):
 
 class kvm_xsave(_Struct):
     _fields_ = [("region", u32 * 1024)]
+
+
+def xsave_type(nbytes: int):
+    """A kvm_xsave of `nbytes` (KVM_CHECK_EXTENSION(KVM_CAP_XSAVE2) bytes, for KVM_GET_XSAVE2)."""
+    if nbytes <= sizeof(kvm_xsave):
+        return kvm_xsave
+    return type(f"kvm_xsave_{nbytes}", (_Struct,), {"_fields_": [("region", u32 * ((nbytes + 3) // 4))]})
 
 
 class kvm_xcr(_Struct):
@@ -358,6 +366,42 @@ class kvm_pit_config(_Struct):
     _fields_ = [("flags", u32), ("pad", u32 * 15)]
 
 
+# KVM_GET/SET_IRQCHIP payloads (the kvm_irqchip.chip union; <asm/kvm.h>)
+class kvm_pic_state(_Struct):
+    _fields_ = [(name, u8) for name in (
+        "last_irr", "irr", "imr", "isr", "priority_add", "irq_base", "read_reg_select", "poll",
+        "special_mask", "init_state", "auto_eoi", "rotate_on_auto_eoi", "special_fully_nested_mode",
+        "init4", "elcr", "elcr_mask")]
+
+
+KVM_IOAPIC_NUM_PINS = 24
+
+
+class kvm_ioapic_state(_Struct):
+    # redirtbl[] is a union of the raw 64-bit entry ("bits") and its bit-fields; kept as the raw
+    # entry: vector 7:0, delivery mode 10:8, dest mode 11, delivery status 12, polarity 13,
+    # remote IRR 14, trigger mode 15, mask 16, destination 63:56 (82093AA datasheet 3.2.4).
+    _fields_ = [("base_address", u64), ("ioregsel", u32), ("id", u32), ("irr", u32), ("pad", u32),
+                ("redirtbl", u64 * KVM_IOAPIC_NUM_PINS)]
+
+
+# KVM_GET/SET_PIT2 (api.rst KVM_GET_PIT2)
+class kvm_pit_channel_state(_Struct):
+    _fields_ = [("count", u32), ("latched_count", u16), ("count_latched", u8), ("status_latched", u8),
+                ("status", u8), ("read_state", u8), ("write_state", u8), ("write_latch", u8),
+                ("rw_mode", u8), ("mode", u8), ("bcd", u8), ("gate", u8), ("count_load_time", c_int64)]
+
+
+class kvm_pit_state2(_Struct):
+    _fields_ = [("channels", kvm_pit_channel_state * 3), ("flags", u32), ("reserved", u32 * 9)]
+
+
+# KVM_GET/SET_CLOCK (api.rst KVM_GET_CLOCK)
+class kvm_clock_data(_Struct):
+    _fields_ = [("clock", u64), ("flags", u32), ("pad0", u32), ("realtime", u64), ("host_tsc", u64),
+                ("pad", u32 * 4)]
+
+
 class kvm_msi(_Struct):
     _fields_ = [("address_lo", u32), ("address_hi", u32), ("data", u32), ("flags", u32), ("devid", u32), ("pad", u8 * 12)]
 
@@ -375,6 +419,22 @@ class kvm_ioeventfd(_Struct):
 
 class kvm_enable_cap(_Struct):
     _fields_ = [("cap", u32), ("flags", u32), ("args", u64 * 4), ("pad", u8 * 64)]
+
+
+class kvm_device_attr(_Struct):
+    """KVM_{GET,SET,HAS}_DEVICE_ATTR; on a vCPU fd with KVM_CAP_VCPU_ATTRIBUTES (devices/vcpu.rst)."""
+    _fields_ = [("flags", u32), ("group", u32), ("attr", u64), ("addr", u64)]
+
+
+# KVM_GET/SET_NESTED_STATE (api.rst KVM_GET_NESTED_STATE): a 128-byte header (the vmx/svm header
+# union kept as bytes) followed by `size - 128` bytes of vendor data.
+class kvm_nested_state(_Struct):
+    _fields_ = [("flags", u16), ("format", u16), ("size", u32), ("hdr", u8 * 120)]
+
+
+def nested_state_type(size: int):
+    extra = max(0, size - sizeof(kvm_nested_state))
+    return type(f"kvm_nested_state_{size}", (_Struct,), {"_fields_": kvm_nested_state._fields_ + [("data", u8 * extra)]})
 
 
 class kvm_guest_debug_arch(_Struct):
@@ -533,7 +593,8 @@ ABI_STRUCTS = [
     kvm_clear_dirty_log, kvm_dirty_gfn, kvm_create_guest_memfd, kvm_coalesced_mmio_zone, kvm_coalesced_mmio,
     kvm_coalesced_mmio_ring, kvm_translation,
     kvm_interrupt, kvm_irq_level, kvm_irq_routing_irqchip, kvm_irq_routing_msi, kvm_irq_routing_entry,
-    kvm_irq_routing, kvm_irqchip, kvm_pit_config, kvm_msi, kvm_irqfd,
+    kvm_irq_routing, kvm_irqchip, kvm_pit_config, kvm_pic_state, kvm_ioapic_state, kvm_pit_channel_state,
+    kvm_pit_state2, kvm_clock_data, kvm_device_attr, kvm_nested_state, kvm_msi, kvm_irqfd,
     kvm_ioeventfd, kvm_enable_cap, kvm_guest_debug_arch, kvm_guest_debug, kvm_signal_mask,
     kvm_stats_header, kvm_stats_desc, kvm_debug_exit_arch, kvm_run,
 ]

@@ -11,6 +11,7 @@ sets the vCPU's registers for the mode, and the run loop answers the guest/host 
 import struct
 
 from .. import ioctl as _ioctl
+from .. import validate
 from ..abi.constants import vector_name
 from ..asm import Section, assemble_sections
 from ..errors import AssemblyError, GuestFailure, GuestTimeout, KvmtestError
@@ -21,7 +22,7 @@ from . import descriptors as D
 from . import layout as L
 from . import protocol as P
 from .compose import Composer, guests_dir
-from .modes import gdt_entries, get_mode, initial_rflags, initial_stack, mode_sregs
+from .modes import CR0_PG, CR4_PAE, EFER_LMA, gdt_entries, get_mode, initial_rflags, initial_stack, mode_sregs
 from .paging import GiB1, KiB4, P as PTE_P, RW as PTE_RW, US as PTE_US, PageTables
 
 DEFAULT_MAX_EXITS = 100_000
@@ -67,6 +68,8 @@ class Guest:
         self.kvm = kvm
         self.mode = get_mode(mode)
         self.name = name
+        if timeout is not None:  # checked before any VM exists
+            timeout = validate.timeout(timeout, f"Guest {name!r} timeout")
         self.page_size = page_size
         self.max_exits = max_exits
         self.identity_size = identity_size
@@ -239,6 +242,7 @@ class Guest:
         of the guest's vCPUs (default: the first).
         """
         vcpu = vcpu or self.vcpu
+        self._reload_pdptes()
         for _ in range(self.max_exits):
             try:
                 exit_ = vcpu.run(timeout)
@@ -253,10 +257,28 @@ class Guest:
             return exit_
         raise GuestFailure(f"{self.name} ({self.mode.name}): more than {self.max_exits} exits without an event")
 
+    def _reload_pdptes(self) -> None:
+        """After the host changed a PAE PDPTE, load CR3 again on every vCPU in PAE paging (KVM_SET_SREGS
+        with the same CR3 reloads the PDPTE registers, SDM Vol. 3A 4.4.1), as an OS does with MOV CR3."""
+        pt = self.page_tables
+        if pt is None or not pt.pdptes_changed:
+            return
+        for vcpu in self.vm.vcpus:
+            if vcpu.closed:
+                continue
+            sregs = vcpu.get_sregs()
+            if sregs.cr0 & CR0_PG and sregs.cr4 & CR4_PAE and not sregs.efer & EFER_LMA:
+                vcpu.set_sregs(sregs)
+        pt.pdptes_changed = False
+
     def run_to_done(self, timeout: float | None = None, vcpu=None) -> list[int]:
-        """Run to GUEST_DONE; returns the GUEST_SYNC values seen. Any other exit fails the test."""
+        """Run to GUEST_DONE; returns the GUEST_SYNC values seen. Any other exit fails the test,
+        and so do more than max_exits GUEST_SYNCs (a guest syncing in a loop would never end)."""
         values = []
         while True:
+            if len(values) >= self.max_exits:
+                raise self.failure(f"more than {self.max_exits} GUEST_SYNC events without GUEST_DONE "
+                                   f"(last values {values[-3:]})", vcpu=vcpu)
             event = self.run(timeout, vcpu)
             if isinstance(event, P.Done):
                 return values
@@ -374,6 +396,8 @@ class Guest:
         """Run a vCPU on its own thread (run_to_done, or a single run() when until_done is False);
         `.join()` returns what it returned or raises what it raised."""
         target = self.run_to_done if until_done else self.run
+        if timeout is not None:  # here, not in the thread, so the caller sees the error at once
+            timeout = validate.timeout(timeout, f"Guest {self.name!r} in_thread timeout")
         return VcpuThread(lambda: target(timeout, vcpu))
 
     def add_vcpu(self, entry: int | str, *, mode=None, stack: int | None = None):
@@ -400,23 +424,16 @@ class Guest:
         return vcpu
 
     def migrate(self) -> None:
-        """Move the guest to a fresh VM: copy the memory, save the vCPU's complete state and
-        restore it into a new vCPU (kvmtest.state), then close the old VM."""
-        from .. import state as st
+        """Move the guest to a fresh VM as live migration does: save the whole VM (setup,
+        memslots and their dirty pages, irqchip, PIT, kvmclock, every vCPU; kvmtest.vm_state),
+        rebuild it in a new VM, read every piece back to prove the copy, then close the old VM.
+        vCPUs are replaced: take them from `vm.vcpus` (or `self.vcpu`) afterwards."""
+        from .. import vm_state
 
-        if len(self.vm.vcpus) != 1:
-            raise KvmtestError(f"{self.name}: migrate() handles one vCPU, the guest has {len(self.vm.vcpus)}")
-        saved = st.save(self.vcpu)
-        new_vm = self.kvm.create_vm()
-        try:
-            st.copy_memory(self.vm, new_vm)
-            vcpu = new_vm.create_vcpu(self.vcpu.id)
-            vcpu.timeout = self.vcpu.timeout
-            st.restore(vcpu, saved)
-        except BaseException:
-            new_vm.close()
-            raise
-        old, self.vm, self.vcpu = self.vm, new_vm, vcpu
+        index = self.vm.vcpus.index(self.vcpu)
+        saved = vm_state.save_vm(self.vm)
+        new_vm = vm_state.restore_vm(self.kvm, saved)
+        old, self.vm, self.vcpu = self.vm, new_vm, new_vm.vcpus[index]
         if self.page_tables:
             self.page_tables.vm = self.page_tables.alloc.vm = new_vm
         if self._owns_vm:
@@ -455,7 +472,10 @@ class VcpuThread:
         return self.thread.is_alive()
 
     def join(self, timeout: float = 60):
-        self.thread.join(timeout)
+        import threading
+
+        timeout = validate.timeout(timeout, "VcpuThread.join timeout")
+        self.thread.join(min(timeout, threading.TIMEOUT_MAX))  # a huge timeout is fine, not an OverflowError
         if self.thread.is_alive():
             raise GuestTimeout(f"vCPU thread still running after {timeout:g}s")
         if self._error is not None:

@@ -67,6 +67,10 @@ class PageTables:
         self.fmt = FORMATS[fmt] if isinstance(fmt, str) else fmt
         self.root = allocator.alloc()
         self.tables: dict[tuple[int, int], int] = {(0, 0): self.root}  # (level, va prefix) -> gpa
+        # PAE PDPTEs are loaded into the CPU when CR3 is loaded, not read at each walk (SDM Vol. 3A
+        # 4.4.1): a PDPTE written after the vCPU's CR3 was set is not used until CR3 is loaded again.
+        # Guest.run reloads CR3 (KVM_SET_SREGS) when this is set, as an OS would after changing them.
+        self.pdptes_changed = False
 
     @property
     def cr3(self) -> int:
@@ -91,6 +95,7 @@ class PageTables:
 
     def write_entry(self, va: int, level: int, value: int) -> None:
         self.vm.write(self.entry_address(va, level), value.to_bytes(self.fmt.entry_size, "little"))
+        self.pdptes_changed |= self.fmt.name == "pae" and level == 0
 
     def leaf_level(self, page_size: int) -> int:
         if page_size == KiB4:
@@ -111,6 +116,7 @@ class PageTables:
                 self.tables[key] = self.alloc.alloc()
                 tflags = P | (PWT | PCD) & table_flags if self.fmt.name == "pae" and level == 0 else table_flags
                 self.vm.write(self.entry_address(va, level), encode_entry(self.fmt, self.tables[key], tflags))
+                self.pdptes_changed |= self.fmt.name == "pae" and level == 0
         leaf_flags = flags | (PS if leaf != self.fmt.levels - 1 else 0)
         addr = self.entry_address(va, leaf)
         self.vm.write(addr, encode_entry(self.fmt, pa, leaf_flags))

@@ -1,0 +1,237 @@
+"""Complete VM state: save a stopped VM, rebuild it as a fresh VM, and prove the copy.
+
+Saved, besides each vCPU's state (kvmtest.state): the setup calls KVM has no KVM_GET_* for,
+replayed in their order (capabilities, irqchip or split irqchip, PIT, GSI routes, MSR filter,
+irqfds, ioeventfds, coalesced MMIO; Vm.setup_calls); every memslot with its bytes and the pages
+dirty-logged since they were last reported; the in-kernel PIC master and slave and IOAPIC
+(KVM_GET_IRQCHIP, api.rst 4.26); the PIT (KVM_GET_PIT2); kvmclock (KVM_GET_CLOCK).
+
+Rebuild order, and why:
+ 1. the setup calls, before any vCPU: KVM_CREATE_IRQCHIP gives only vCPUs created after it a
+    local APIC (api.rst 4.24), KVM_CAP_SPLIT_IRQCHIP and the dirty ring must precede vCPUs, and
+    KVM_CREATE_PIT2 needs the irqchip (api.rst KVM_CREATE_PIT2);
+ 2. memslots, with their flags, bytes and carried dirty pages;
+ 3. the vCPUs, each restored by kvmtest.state.restore except its TSC offset;
+ 4. KVM_SET_IRQCHIP for the PICs and the IOAPIC after the local APICs: KVM delivers what the
+    restored IOAPIC holds pending to the LAPICs (ioapic.c, kvm_set_ioapic), which must already
+    hold their restored state or KVM_SET_LAPIC would wipe the delivery;
+ 5. KVM_SET_PIT2;
+ 6. KVM_SET_CLOCK, then each vCPU's TSC offset (devices/vcpu.rst, migrating the TSC).
+"""
+
+import time
+from dataclasses import dataclass, field
+
+from . import state as vcpu_state
+from .abi import constants as C
+from .abi import structs as S
+from .errors import KvmtestError
+
+# Exits whose operation KVM finishes only on the next KVM_RUN (api.rst 5, "immediate_exit"):
+# user space must re-enter before saving, or the operation is lost.
+_INCOMPLETE_EXITS = {C.KVM_EXIT_IO, C.KVM_EXIT_MMIO, C.KVM_EXIT_X86_RDMSR, C.KVM_EXIT_X86_WRMSR}
+
+
+@dataclass
+class MemslotState:
+    slot: int
+    gpa: int
+    size: int
+    flags: int
+    data: bytes
+    dirty: set[int] = field(default_factory=set)
+
+    @property
+    def end(self) -> int:
+        return self.gpa + self.size
+
+
+@dataclass
+class VmState:
+    setup_calls: list
+    memslots: list[MemslotState]
+    vcpus: list[vcpu_state.VcpuState]
+    irqchip: bool = False
+    split_irqchip: bool = False
+    pic_master: S.kvm_irqchip | None = None
+    pic_slave: S.kvm_irqchip | None = None
+    ioapic: S.kvm_irqchip | None = None
+    pit: S.kvm_pit_state2 | None = None
+    clock: S.kvm_clock_data | None = None
+    saved_at_ns: int = 0
+    vcpu_timeouts: list[float] = field(default_factory=list)
+
+
+def complete_pending_exits(vm) -> None:
+    """Re-enter every vCPU stopped at an I/O, MMIO or MSR exit with immediate_exit set: KVM
+    finishes the operation (stores an IN's data, ...) and returns EINTR before running any
+    guest instruction (api.rst 5, "immediate_exit"; selftests vcpu_run_complete_io)."""
+    for vcpu in vm.vcpus:
+        if vcpu.kvm_run.exit_reason in _INCOMPLETE_EXITS:
+            vcpu.kvm_run.immediate_exit = 1
+            exit_ = vcpu.run()
+            if exit_.reason != C.KVM_EXIT_INTR:
+                raise KvmtestError(f"{vcpu.name}: KVM_RUN with immediate_exit set to complete a pending exit "
+                                   f"returned {exit_} instead of KVM_EXIT_INTR")
+
+
+def save_vm(vm) -> VmState:
+    """Everything of a stopped VM that KVM exposes (see the module docstring)."""
+    if vm.dirty_ring_size:
+        raise KvmtestError(f"{vm.name}: dirty-ring entries the test has not harvested cannot be carried to a new "
+                           "VM (there is no ioctl to put them into a ring); save a VM without a dirty ring")
+    complete_pending_exits(vm)
+    started = time.monotonic_ns()
+    has = vm.kvm.check_extension
+    state = VmState(setup_calls=list(vm.setup_calls), memslots=[], vcpus=[], saved_at_ns=started,
+                    irqchip=vm.irqchip, split_irqchip=vm.split_irqchip_routes is not None)
+    if has("KVM_CAP_ADJUST_CLOCK"):
+        state.clock = vm.get_clock()  # first: the later checks bound the clock by the time since here
+    for m in vm.memslots.values():
+        dirty = set()
+        if m.flags & C.KVM_MEM_LOG_DIRTY_PAGES:
+            dirty = vm.get_dirty_log(m.slot)  # includes pages carried in from an earlier copy
+            vm.carried_dirty[m.slot] = set(dirty)  # still reported by this VM: saving is not collecting
+        state.memslots.append(MemslotState(m.slot, m.gpa, m.size, m.flags, m.mapping.read(0, m.size), dirty))
+    state.vcpus = [vcpu_state.save(v) for v in vm.vcpus]
+    state.vcpu_timeouts = [v.timeout for v in vm.vcpus]
+    if vm.irqchip and not state.split_irqchip:
+        state.pic_master = vm.get_irqchip(C.KVM_IRQCHIP_PIC_MASTER)
+        state.pic_slave = vm.get_irqchip(C.KVM_IRQCHIP_PIC_SLAVE)
+        state.ioapic = vm.get_irqchip(C.KVM_IRQCHIP_IOAPIC)
+    if vm.pit_flags is not None:
+        state.pit = vm.get_pit2()
+    return state
+
+
+def restore_vm(kvm, state: VmState, *, verify: bool = True):
+    """A new Vm holding `state`, built in the order of the module docstring; with `verify`,
+    every piece is read back and compared (kvmtest.state.StateMismatch on a difference)."""
+    vm = kvm.create_vm()
+    try:
+        for name, args, kwargs in state.setup_calls:
+            getattr(vm, name)(*args, **kwargs)
+        for m in state.memslots:
+            slot = vm.add_memory(m.gpa, m.size, slot=m.slot, flags=m.flags)
+            slot.mapping.write(0, m.data)
+            if m.dirty:
+                vm.carried_dirty[m.slot] = set(m.dirty)
+        for saved, timeout in zip(state.vcpus, state.vcpu_timeouts or [None] * len(state.vcpus)):
+            vcpu = vm.create_vcpu(saved.vcpu_id)
+            if timeout is not None:
+                vcpu.timeout = timeout
+            vcpu_state.restore(vcpu, saved, tsc_offset=False)
+        for chip in (state.pic_master, state.pic_slave, state.ioapic):
+            if chip is not None:
+                vm.set_irqchip(chip)
+        if state.pit is not None:
+            vm.set_pit2(state.pit)
+        if state.clock is not None:
+            vm.set_clock(_clock_to_set(vm, state.clock))
+        for vcpu, saved in zip(vm.vcpus, state.vcpus):
+            vcpu_state.restore_tsc_offset(vcpu, saved)
+        if verify:
+            verify_vm(vm, state)
+    except BaseException:
+        vm.close()
+        raise
+    return vm
+
+
+def _clock_to_set(vm, saved: S.kvm_clock_data) -> S.kvm_clock_data:
+    clock = S.kvm_clock_data(clock=saved.clock)
+    # With KVM_CLOCK_REALTIME, KVM advances kvmclock by the CLOCK_REALTIME time since the save
+    # (api.rst KVM_SET_CLOCK); KVM only reports realtime when its clock is TSC-stable.
+    if saved.flags & C.KVM_CLOCK_REALTIME:
+        clock.flags, clock.realtime = C.KVM_CLOCK_REALTIME, saved.realtime
+    return clock
+
+
+def verify_vm(vm, state: VmState) -> None:
+    """Read back the VM-level state and every vCPU's, comparing with `state`."""
+    name = vm.name
+    kvm_areas = [area for v in state.vcpus for area in kvm_written_areas(v.msrs)]
+    for m in state.memslots:
+        slot = vm.memslots.get(m.slot)
+        if slot is None or (slot.gpa, slot.size, slot.flags) != (m.gpa, m.size, m.flags):
+            raise vcpu_state.StateMismatch(name, "KVM_SET_USER_MEMORY_REGION", [
+                f"slot {m.slot}: saved gpa={m.gpa:#x} size={m.size:#x} flags={m.flags:#x}, have "
+                + (f"gpa={slot.gpa:#x} size={slot.size:#x} flags={slot.flags:#x}" if slot else "none")])
+        now = bytearray(slot.mapping.read(0, m.size))
+        for gpa, size, _ in kvm_areas:
+            lo, hi = max(gpa, m.gpa), min(gpa + size, m.end)
+            if lo < hi:
+                now[lo - m.gpa:hi - m.gpa] = m.data[lo - m.gpa:hi - m.gpa]
+        vcpu_state.check(name, f"guest memory of slot {m.slot}", vcpu_state.bytes_diffs(m.data, bytes(now), f"slot {m.slot}"))
+    for vcpu, saved in zip(vm.vcpus, state.vcpus):
+        vcpu_state.verify(vcpu, saved)
+    for chip, struct in ((state.pic_master, S.kvm_pic_state), (state.pic_slave, S.kvm_pic_state),
+                         (state.ioapic, S.kvm_ioapic_state)):
+        if chip is not None:
+            saved = struct.from_buffer_copy(bytes(chip.chip))
+            got = struct.from_buffer_copy(bytes(vm.get_irqchip(chip.chip_id).chip))
+            if state.pit is not None:
+                _allow_pit_ticks(chip.chip_id, saved, got)
+            vcpu_state.check(name, f"KVM_GET_IRQCHIP({C.IRQCHIP_NAMES.name(chip.chip_id)})",
+                              vcpu_state.field_diffs(saved, got))
+    if state.pit is not None:
+        vcpu_state.check(name, "KVM_GET_PIT2", _pit_diffs(state.pit, vm.get_pit2()))
+    if state.clock is not None:
+        vcpu_state.check(name, "KVM_GET_CLOCK", _clock_diffs(state, vm.get_clock()))
+
+
+def _allow_pit_ticks(chip_id, saved, got) -> None:
+    """The restored PIT runs from KVM_SET_PIT2 on, and each channel 0 tick raises GSI 0, which
+    KVM routes to PIC master pin 0 and IOAPIC pin 2 (arch/x86/kvm/irq_comm.c default routing).
+    A tick between the restore and this read-back may set those request bits and nothing else,
+    so `got` takes the saved value for exactly those bits."""
+    if chip_id == C.KVM_IRQCHIP_PIC_MASTER:
+        got.irr = (got.irr & ~1) | (saved.irr & 1)
+        got.last_irr = (got.last_irr & ~1) | (saved.last_irr & 1)
+    elif chip_id == C.KVM_IRQCHIP_IOAPIC:
+        got.irr = (got.irr & ~(1 << 2)) | (saved.irr & (1 << 2))
+
+
+# Guest memory KVM itself writes, as the paravirtual MSRs that enable it say (x86/msr.rst): such
+# bytes may change between the save and the read-back without anything being lost.
+_KVM_AREAS = [  # (MSR, enable bit or None for "nonzero", address mask, size)
+    (0x12, 1, ~1, 32), (0x4B564D01, 1, ~1, 32),                 # MSR_KVM_SYSTEM_TIME(_NEW): pvclock
+    (0x11, None, ~0, 12), (0x4B564D00, None, ~0, 12),           # MSR_KVM_WALL_CLOCK(_NEW)
+    (0x4B564D03, 1, ~63, 64),                                   # MSR_KVM_STEAL_TIME
+    (0x4B564D02, 1, ~63, 64),                                   # MSR_KVM_ASYNC_PF_EN
+    (0x4B564D04, 1, ~3, 4),                                     # MSR_KVM_PV_EOI_EN
+]
+
+
+def kvm_written_areas(msrs: dict[int, int]) -> list[tuple[int, int, int]]:
+    """(gpa, size, MSR) of every guest-memory area the vCPU's paravirtual MSRs hand to KVM."""
+    out = []
+    for index, enable, mask, size in _KVM_AREAS:
+        value = msrs.get(index, 0)
+        if (value & enable) if enable is not None else value:
+            out.append((value & mask & (2**64 - 1), size, index))
+    return out
+
+
+def _pit_diffs(saved, got) -> list[str]:
+    # KVM_SET_PIT2 reloads every channel's counter from its count at the time of the call
+    # (arch/x86/kvm/i8254.c, kvm_vm_ioctl_set_pit2 -> kvm_pit_load_count), so count_load_time is
+    # that moment: later than the saved one, never earlier. Every other field is copied.
+    skip = {f"channels[{i}].count_load_time" for i in range(3)}
+    diffs = vcpu_state.field_diffs(saved, got, skip=skip)
+    for i in range(3):
+        if got.channels[i].count_load_time < saved.channels[i].count_load_time:
+            diffs.append(f"channels[{i}].count_load_time: saved {saved.channels[i].count_load_time}, read "
+                         f"{got.channels[i].count_load_time}, earlier than the save")
+    return diffs
+
+
+def _clock_diffs(state: VmState, got) -> list[str]:
+    # kvmclock runs: it reads at least the saved value and at most that plus the time since the
+    # save began (+1 ms for clock granularity), whether KVM advanced it by the realtime elapsed
+    # (KVM_CLOCK_REALTIME) or it has counted since KVM_SET_CLOCK.
+    saved = state.clock.clock
+    most = saved + time.monotonic_ns() - state.saved_at_ns + 1_000_000
+    if saved <= got.clock <= most:
+        return []
+    return [f"clock: saved {saved} ns, read {got.clock} ns, outside [{saved}, {most}]"]

@@ -1,0 +1,33 @@
+"""kvmtest.cpuid: editing a CPUID table by feature name, and reading its vendor (no KVM needed)."""
+
+import pytest
+
+from kvmtest.abi import structs as S
+from kvmtest.cpuid import has_feature, set_feature, vendor
+from kvmtest.errors import KvmtestError
+
+
+def _table():
+    leaf0 = S.kvm_cpuid_entry2(function=0, eax=0xD, ebx=int.from_bytes(b"Auth", "little"),
+                               edx=int.from_bytes(b"enti", "little"), ecx=int.from_bytes(b"cAMD", "little"))
+    leaf7 = S.kvm_cpuid_entry2(function=7, index=0, edx=1 << 4)
+    return [leaf0, leaf7]
+
+
+def test_set_feature_sets_and_clears_only_its_bit():
+    table = _table()
+    set_feature(table, "arch_capabilities", True)      # CPUID.7.0:EDX[29]
+    assert table[1].edx == 1 << 29 | 1 << 4 and has_feature(table, "arch_capabilities")
+    set_feature(table, "arch_capabilities", False)
+    assert table[1].edx == 1 << 4
+
+
+def test_set_feature_refuses_unknown_names_and_missing_leaves():
+    with pytest.raises(KvmtestError, match="unknown CPUID feature 'nope'"):
+        set_feature(_table(), "nope", True)
+    with pytest.raises(KvmtestError, match="no leaf 0x80000008"):
+        set_feature(_table(), "rdpru", False)
+
+
+def test_vendor_reads_ebx_edx_ecx():
+    assert vendor(_table()) == "AuthenticAMD"
