@@ -6,10 +6,10 @@ import pytest
 from kvmtest.guest.modes import COMMON_MODES as ALL
 from kvmtest.exits import ShutdownExit
 
-# Real mode is left out: the SDM gives the vector table's limit check in real mode only for
-# INT n (Vol. 2A INT n, REAL-ADDRESS-MODE: #GP), not for delivering an exception, so a real-mode
-# triple fault has no cited expected exit. The INT n rule is checked in
-# suites/modes/test_real_mode.py::test_int_beyond_the_vector_table_limit_is_gp.
+# Real mode has no descriptors to make not present; its triple fault (an exception whose vector
+# table entry, and those of #GP and #DF, lie beyond the IDTR limit: SDM Vol. 2A INT n Operation,
+# which covers exceptions too) is checked in suites/modes/test_real_mode_idt_limit.py, and INT n
+# beyond the limit in suites/modes/test_real_mode.py::test_int_beyond_the_vector_table_limit_is_gp.
 PROTECTED = [m for m in ALL if m != "real"]
 
 
