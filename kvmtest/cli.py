@@ -11,6 +11,7 @@ from pathlib import Path
 
 from . import fingerprint as fpmod
 from . import known_issue_verify
+from .kernelvm import runner as kernelvm  # stdlib only: QEMU and virtme-ng are needed only by --kernel
 
 REPO_SUITES = Path(__file__).resolve().parent.parent / "suites"
 
@@ -197,6 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--bisect", action="store_true",
                      help="git-bisect exit codes: 0 pass/xfail, 1 real failure, 125 nothing could be tested")
     run.add_argument("-j", "--jobs", default="auto", help="pytest-xdist workers ('auto', a number, or 0 for none)")
+    kernelvm.add_run_arguments(run)  # --kernel, --kvm-param, --accel, --vm-*
+    kernelvm.add_kernel_parser(sub)  # kvmtest kernel fetch debian
     cmp_ = sub.add_parser("compare", help="compare two runs (JUnit files or directories); exit 1 on regressions")
     cmp_.add_argument("base", nargs="+", help="baseline JUnit file(s) or directories; end with --")
     cmp_.add_argument("--new", nargs="+", required=True, help="the new run's JUnit file(s) or directories")
@@ -227,11 +230,11 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:
         return BISECT_SKIP if bisect and e.code not in (0, None) else (e.code or 0)
     if args.command == "run":
-        return cmd_run(args, extra)
+        return kernelvm.cmd_run_kernel(args, extra) if args.kernel else cmd_run(args, extra)
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     return {"info": cmd_info, "compare": cmd_compare, "merge": cmd_merge, "import-tap": cmd_import_tap,
-            "known-issues": known_issue_verify.main}[args.command](args)
+            "known-issues": known_issue_verify.main, "kernel": kernelvm.cmd_kernel}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -134,6 +134,9 @@ def collect(device: str = "/dev/kvm") -> dict:
         "modules": modules,
         "module_versions": module_versions(),
         "backend": backend(modules),
+        # what runs this kernel: "tcg" or "kvm" when `kvmtest run --kernel` booted it in QEMU
+        # (kernelvm/inner.py sets KVMTEST_ACCELERATOR), "none" for a run straight on the host
+        "accelerator": os.environ.get("KVMTEST_ACCELERATOR") or "none",
         "mmu": mmu_mode(modules),
         "versions": _versions(),
         "kvm": None,

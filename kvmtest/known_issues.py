@@ -14,6 +14,9 @@ builds it was verified on (`[[issue.seen]]`, written by `kvmtest known-issues ve
 on it is non-strict, so a deviation that went away shows as an XPASS of that entry alone
 (named in the run's summary) instead of failing the run or hiding.
 
+An entry with `run = false` is for a test that takes the host itself down (a QEMU abort, a host
+panic): on matching hosts that test is skipped, naming the entry, instead of run.
+
 A known issue covers what the host does, never a harness error: only failures raised as
 AssertionError (guest verdicts, GuestFailure), KvmError (an ioctl's errno) or GuestTimeout
 become xfails; anything else (a permission error on /dev/kvm, an AssemblyError, a TypeError)
@@ -30,6 +33,8 @@ stays an error.
     kernel_max = "6.19"
     params = { "kvm.tdp_mmu" = "N" }        # optional: module parameters
     mmu = "shadow"                          # optional: fingerprint MMU mode
+    accelerator = "tcg"                     # optional: what runs the kernel ("none" on bare metal or a
+                                            # host's own VM; "tcg"/"kvm" under `kvmtest run --kernel`)
     [issue.evidence]
     contract = "SDM Vol. 3A 4.1.1: ..."
     observed = "..."
@@ -48,13 +53,13 @@ from pathlib import Path
 from .errors import GuestTimeout, KvmError, KvmtestError
 
 BUILTIN_DIR = Path(__file__).parent / "known_issues"
-_ISSUE_KEYS = {"id", "tests", "reason", "host", "evidence", "url", "commit", "intermittent", "seen"}
+_ISSUE_KEYS = {"id", "tests", "reason", "host", "evidence", "url", "commit", "intermittent", "seen", "run"}
 _SEEN_KEYS = {"build", "date", "result"}
 
 # What a host deviation can raise. Anything else is kvmtest's own error or bad set-up and must
 # never be reported as an expected failure (pytest's xfail `raises=`).
 HOST_FAILURES = (AssertionError, KvmError, GuestTimeout)
-_HOST_KEYS = {"module", "vendor", "kernel_min", "kernel_max", "params", "mmu", "backend"}
+_HOST_KEYS = {"module", "vendor", "kernel_min", "kernel_max", "params", "mmu", "backend", "accelerator"}
 _EVIDENCE_KEYS = {"contract", "observed", "proof"}
 
 
@@ -74,7 +79,11 @@ class KnownIssue:
     commit: str | None = None
     intermittent: bool = False
     seen: tuple[dict, ...] = ()
+    run: bool = True  # False: the test takes the host itself down there (e.g. aborts QEMU), so it is not run
     _patterns: tuple = field(default=(), compare=False, repr=False)
+
+    def skip_reason(self) -> str:
+        return f"known issue {self.id}, not run on this host (it would take the host down): {self.reason} [{self.source}]"
 
     def matches_test(self, nodeid: str) -> bool:
         return any(p.fullmatch(nodeid) for p in self._patterns)
@@ -117,6 +126,8 @@ def host_matches(host: dict, fp: dict) -> bool:
     if "vendor" in host and fp.get("cpu", {}).get("vendor") != host["vendor"]:
         return False
     if "mmu" in host and fp.get("mmu", {}).get("mode") != host["mmu"]:
+        return False
+    if "accelerator" in host and fp.get("accelerator", "none") != host["accelerator"]:
         return False
     release = kernel_tuple(fp.get("kernel", {}).get("release", ""))
     if "kernel_min" in host and release < kernel_tuple(host["kernel_min"]):
@@ -196,8 +207,13 @@ def _validate(entry: dict, where: str, source: str) -> KnownIssue:
     if not isinstance(intermittent, bool):
         raise KnownIssueError(f"{where}: 'intermittent' must be true or false")
     seen = _validate_seen(entry.get("seen", []), where)
+    run = entry.get("run", True)
+    if not isinstance(run, bool):
+        raise KnownIssueError(f"{where}: 'run' must be true or false (false: the test takes the host down there)")
+    if not run and intermittent:
+        raise KnownIssueError(f"{where}: an entry that is not run cannot be intermittent")
     return KnownIssue(entry["id"], tuple(tests), entry["reason"], host, evidence, source,
-                      entry.get("url"), entry.get("commit"), intermittent, seen,
+                      entry.get("url"), entry.get("commit"), intermittent, seen, run,
                       tuple(glob_to_regex(t) for t in tests))
 
 

@@ -141,3 +141,25 @@ def test_a_non_strict_xpass_passes_in_every_report_and_a_strict_one_fails(run, t
     assert "ok 2 test_demo::test_good" in [l.strip() for l in lines]
     assert any(l.strip().startswith("# XPASS: known issue demo") for l in lines)
     assert "not ok 2 test_strict::test_good" in [l.strip() for l in lines]
+
+
+def test_an_entry_that_is_not_run_skips_its_tests_naming_it(run):
+    run.makepyfile(test_demo=DEMO)
+    issues = run.makefile(".toml", known=_issue(["test_demo.py::test_bad"], extra="run = false"))
+    result = run.runpytest(f"--kvm-known-issues={issues}", "-rs")
+    result.assert_outcomes(skipped=1, passed=1)
+    result.stdout.fnmatch_lines(["*known issue demo, not run on this host (it would take the host down)*"])
+
+
+def test_accelerator_predicate_matches_the_fingerprint():
+    assert ki.host_matches({"accelerator": "tcg"}, {"accelerator": "tcg"})
+    assert not ki.host_matches({"accelerator": "tcg"}, {"accelerator": "kvm"})
+    assert not ki.host_matches({"accelerator": "tcg"}, {})  # an older fingerprint: a run on the host itself
+    assert ki.host_matches({"accelerator": "none"}, {})
+
+
+def test_not_run_and_intermittent_together_are_refused(tmp_path):
+    path = tmp_path / "k.toml"
+    path.write_text(_issue(["x"], extra="run = false\nintermittent = true"))
+    with pytest.raises(ki.KnownIssueError, match="an entry that is not run cannot be intermittent"):
+        ki.load(path)

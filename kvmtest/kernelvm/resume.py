@@ -1,0 +1,79 @@
+"""After a VM dies mid-run: name the test that killed it, and rebuild one report from every boot.
+
+The progress log (progress.py) holds each finished test's pytest reports from every boot of one
+configuration. A test the VM died in becomes an ERROR naming what happened (panic, oops, QEMU
+abort, stall) with the last console lines; the reports are then written from the log as the
+in-VM recorder would have written them.
+"""
+
+from pathlib import Path
+
+from . import progress
+
+ERROR_TEXT = "the VM died while this test ran; the run went on in a freshly booted VM"
+
+
+def crash_outcome(entry: dict):
+    from ..reports.junit import Outcome
+
+    o = Outcome(entry["crash"])
+    o.status = "error"
+    o.message = f"{entry['message']} ({ERROR_TEXT})"
+    o.details = "\n".join([o.message, "", "last console lines:", *entry.get("tail", [])])
+    o.properties = [("vm_crash", entry["what"])]
+    return o
+
+
+def outcomes(entries: list[dict]) -> dict:
+    """nodeid -> reports.junit.Outcome, from the logged reports and the recorded crashes."""
+    import pytest
+
+    from ..reports import junit
+
+    out: dict = {}
+    for e in entries:
+        if "report" in e:
+            report = pytest.TestReport._from_json(e["report"])  # what pytest-xdist's controller does too
+            junit.record(out, report)
+        elif "crash" in e:
+            out[e["crash"]] = crash_outcome(e)
+    return out
+
+
+def fingerprint(entries: list[dict]) -> dict:
+    """The VM's fingerprint from the last boot that got as far as pytest."""
+    fps = [e["session"] for e in entries if e.get("session")]
+    return fps[-1] if fps else {}
+
+
+def write_reports(entries: list[dict], paths: dict[str, Path], baseline=()) -> list:
+    """JUnit, KTAP and HTML from the log, like reports.recorder does at the end of a session."""
+    from .. import fingerprint as fpmod
+    from ..reports import html as html_report
+    from ..reports import junit, ktap
+
+    fp = fingerprint(entries) or {"host": "kvmtest-vm", "kernel": {"release": "unknown"}}
+    outs = outcomes(entries)
+    junit.write(paths["junit"], [junit.build_suite(outs, fp)])
+    results = junit.to_results(outs, fp.get("host", ""))
+    title = fpmod.short(fp) if fp.get("cpu") else fp.get("host", "")
+    paths["ktap"].write_text(ktap.render(results, [f"kvmtest on {title}"]))
+    comparison = None
+    if baseline:
+        from ..reports.compare import compare
+        from ..reports.results import read_any
+
+        comparison = compare(read_any(baseline), results)
+    paths["html"].write_text(html_report.render(results, fp, comparison, title=f"kvmtest: {title}"))
+    return results
+
+
+def exit_code(results) -> int:
+    """pytest's verdict for the rebuilt run: 1 when anything unexpected failed, else 0."""
+    bad = [r for r in results if r.status in ("failed", "error")
+           or (r.status == "xpassed" and r.message.startswith("XPASS(strict)"))]
+    return 1 if bad else 0
+
+
+def record_crash(log: Path, nodeid: str, what: str, message: str, tail: list[str]) -> None:
+    progress.append(log, {"crash": nodeid, "what": what, "message": message, "tail": tail})

@@ -1,0 +1,199 @@
+"""`kvmtest run --kernel` and `kvmtest kernel fetch`: the command-line side of kernelvm.
+
+One configuration per combination of `--kvm-param` values (vmrun.py boots it, and boots again
+after a crash); the exit code follows pytest's, or git bisect's with --bisect: 0 good, 1 bad,
+125 when the kernel does not boot, has no usable KVM, or only QEMU itself failed.
+"""
+
+import argparse
+import itertools
+import os
+import shutil
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from . import KernelVmError
+from .boot import detect_accelerator, find_tools
+from .kernel import resolve
+
+# vmrun (and the progress plugin it imports) loads only for --kernel: imported here, the plugin
+# module would already be in sys.modules when pytest loads it with -p, and pytest warns about that
+if TYPE_CHECKING:
+    from .vmrun import Boot
+
+BISECT_GOOD, BISECT_BAD, BISECT_SKIP = 0, 1, 125
+BAD_KINDS = ("panic", "bug", "oops", "stall", "timeout", "vm-exit")  # the kernel under test misbehaved
+UNTESTABLE_KINDS = ("no-boot", "no-kvm", "qemu-abort")              # nothing could be said about it
+
+
+def add_run_arguments(run: argparse.ArgumentParser) -> None:
+    g = run.add_argument_group("kernel under test (boots it in QEMU with virtme-ng and runs the suites inside)")
+    g.add_argument("--kernel", default="", metavar="PATH|debian",
+                   help="bzImage/vmlinuz, a built kernel tree, or 'debian' (after `kvmtest kernel fetch debian`)")
+    g.add_argument("--kvm-param", action="append", default=[], metavar="MODULE.PARAM=V1[,V2]",
+                   help="module parameter values; one boot per combination (e.g. kvm_amd.npt=0,1)")
+    g.add_argument("--accel", choices=("auto", "kvm", "tcg"), default=os.environ.get("KVMTEST_ACCEL", "auto"),
+                   help="what runs the VM: nested KVM, or QEMU's TCG with -cpu max (auto: KVM when nested is on)")
+    g.add_argument("--vm-timeout", type=float, default=os.environ.get("KVMTEST_VM_TIMEOUT", "10800"),
+                   help="seconds one boot may take in all, boot and tests (default 10800)")
+    g.add_argument("--vm-stall", type=float, default=os.environ.get("KVMTEST_VM_STALL", "600"),
+                   help="seconds without any VM output before the VM is declared stuck (default 600)")
+    g.add_argument("--vm-max-crashes", type=int, default=5,
+                   help="tests that may kill the VM before the run stops resuming in fresh VMs (default 5)")
+    g.add_argument("--vm-cpus", type=int, default=2, help="vCPUs of the VM (default 2)")
+    g.add_argument("--vm-memory", default="2G", help="memory of the VM (default 2G)")
+
+
+def add_kernel_parser(sub) -> None:
+    k = sub.add_parser("kernel", help="kernels for `kvmtest run --kernel`")
+    ksub = k.add_subparsers(dest="kernel_command", required=True)
+    f = ksub.add_parser("fetch", help="fetch Debian's current linux-image-*-amd64 through apt into the cache "
+                                      "(KVMTEST_KERNEL_CACHE, default ~/.cache/kvmtest/kernels)")
+    f.add_argument("distro", choices=("debian",))
+    f.add_argument("--no-update", action="store_true", help="use apt's package lists as they are")
+
+
+def cmd_kernel(args) -> int:
+    from .fetch import fetch_debian
+
+    try:
+        kernel = fetch_debian(update=not args.no_update)
+    except KernelVmError as e:
+        print(f"kvmtest kernel fetch: {e}", file=sys.stderr)
+        return 1
+    print(f"kvmtest kernel fetch: {kernel.source}: --kernel debian boots {kernel.image}")
+    return 0
+
+
+def param_matrix(specs: list[str]) -> list[tuple[str, ...]]:
+    """['kvm_amd.npt=0,1', 'kvm.force_emulation_prefix=1'] -> one tuple of settings per boot."""
+    axes, seen = [], set()
+    for spec in specs:
+        name, sep, values = spec.partition("=")
+        module, dot, param = name.partition(".")
+        if not sep or not dot or not module or not param or not values or "" in values.split(","):
+            raise KernelVmError(f"--kvm-param {spec!r}: expected MODULE.PARAM=V1[,V2...], e.g. kvm_amd.npt=0,1")
+        if name in seen:
+            raise KernelVmError(f"--kvm-param {name} given twice; list its values once, comma-separated")
+        seen.add(name)
+        axes.append([f"{name}={v}" for v in values.split(",")])
+    return list(itertools.product(*axes))
+
+
+def _counts(junit: Path) -> Counter:
+    from ..reports.results import ReportError, read_junit
+
+    try:
+        return Counter(r.status for r in read_junit(junit))
+    except ReportError:
+        return Counter()
+
+
+def _only_qemu_aborts(boot: "Boot") -> bool:
+    """Every failing result is a test during which QEMU itself aborted: the emulator's fault, not the kernel's."""
+    from ..reports.junit import split_nodeid
+    from ..reports.results import ReportError, read_junit
+
+    aborts = {"::".join(split_nodeid(t)) for t, kind in boot.crashes if kind == "qemu-abort"}
+    try:
+        failing = {r.id for r in read_junit(boot.path(".xml")) if r.status in ("failed", "error")}
+    except ReportError:
+        return False
+    return bool(aborts) and failing <= aborts
+
+
+def boot_code(boot: "Boot", bisect: bool) -> int:
+    """One configuration's exit code: pytest's (or git bisect's 0/1/125); a kernel WARN fails a clean run."""
+    from ..cli import bisect_code
+
+    if boot.pytest_exit is not None:  # test results: one clean boot, or rebuilt over the boots a crash took
+        code = bisect_code(boot.pytest_exit, boot.path(".xml")) if bisect else boot.pytest_exit
+        if bisect and code == BISECT_BAD and _only_qemu_aborts(boot):
+            return BISECT_SKIP
+        return BISECT_BAD if boot.kernel_warns and code == 0 else code
+    if boot.kind in BAD_KINDS:
+        return BISECT_BAD
+    return BISECT_SKIP if bisect else 2
+
+
+def overall_code(codes: list[int], bisect: bool) -> int:
+    if not bisect:
+        return max(codes)
+    if BISECT_BAD in codes:
+        return BISECT_BAD
+    return BISECT_SKIP if any(c != BISECT_GOOD for c in codes) else BISECT_GOOD
+
+
+def summary(boot: "Boot", accel: str, release: str) -> str:
+    times = []
+    for kind, booted, tests in boot.boots:
+        t = f"booted in {booted:.0f} s" if booted >= 0 else "no boot"
+        t += f", tests {tests:.0f} s" if tests >= 0 else f", {kind}"
+        times.append(t)
+    counts = _counts(boot.path(".xml")) if boot.pytest_exit is not None else Counter()
+    text = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) if counts else boot.message
+    out = f"kvmtest run --kernel: [{boot.label}] {release} under {accel}: {'; '.join(times) or 'no boot'}: {text}"
+    for test, kind in boot.crashes:
+        out += f"\n  the VM died in {test} ({kind}); the run went on in a fresh VM"
+    for w in boot.warnings:
+        out += f"\n  {w}"
+    run = boot.run
+    if boot.kind != "done" and run is not None:
+        out += f"\n  {boot.message}"
+        if run.in_flight:
+            out += f"\n  test in flight: {run.in_flight}"
+        out += "\n  last console lines:\n" + "\n".join(f"    {line}" for line in run.tail[-15:])
+    return out
+
+
+def cmd_run_kernel(args, extra) -> int:
+    from .vmrun import merge_suites, run_config
+
+    skip = BISECT_SKIP if args.bisect else 2
+    try:
+        kernel = resolve(args.kernel)
+        tools = find_tools()
+        combos = param_matrix(args.kvm_param)
+        if len(combos) > 1 and (args.ktap or args.html):
+            raise KernelVmError("--ktap/--html name one file, a --kvm-param matrix makes one per boot: "
+                                "use --report-dir")
+    except KernelVmError as e:
+        print(f"kvmtest run --kernel: {e}", file=sys.stderr)
+        return skip
+    if args.accel == "auto":
+        accel, why = detect_accelerator(device=args.device)
+    else:
+        accel, why = args.accel, "--accel"
+    print(f"kvmtest run --kernel: {kernel.release} ({kernel.source}), accelerator {accel} ({why}), "
+          f"{len(combos)} boot(s)", flush=True)
+    report_dir = Path(args.report_dir).resolve()
+    report_dir.mkdir(parents=True, exist_ok=True)
+    boots = []
+    for params in combos:
+        try:
+            boots.append(run_config(args, extra, kernel, accel, params, report_dir, tools))
+        except KernelVmError as e:
+            print(f"kvmtest run --kernel: {e}", file=sys.stderr)
+            return skip
+        except Exception as e:  # kvmtest's own failure must not read as a bad kernel to git bisect
+            if not args.bisect:
+                raise
+            print(f"kvmtest run --kernel: internal error: {e!r}", file=sys.stderr)
+            return skip
+    for boot in boots:
+        print(summary(boot, accel, kernel.release))
+        for ext in (".xml", ".ktap", ".html", ".console.log"):
+            if boot.path(ext).exists():
+                print(f"kvmtest run --kernel: {ext[1:]} {boot.path(ext)}")
+    xmls = [b.path(".xml") for b in boots]
+    if len(boots) > 1:
+        merged = Path(args.junit) if args.junit else boots[0].stem.with_name(boots[0].stem.name + "-matrix.xml")
+        merge_suites(xmls, merged)
+        print(f"kvmtest run --kernel: all {len(boots)} boots in {merged}")
+    else:
+        for option, ext in ((args.junit, ".xml"), (args.ktap, ".ktap"), (args.html, ".html")):
+            if option and boots[0].path(ext).exists():
+                shutil.copyfile(boots[0].path(ext), option)
+    return overall_code([boot_code(b, args.bisect) for b in boots], args.bisect)

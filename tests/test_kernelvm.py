@@ -1,0 +1,457 @@
+"""`kvmtest run --kernel` without booting anything: kernel lookup, Debian fetch parsing, the vng
+command per accelerator, the crash oracle's console parser and watchdog, verdicts and exit codes."""
+
+import json
+import struct
+import sys
+from pathlib import Path
+
+import pytest
+
+from kvmtest import cli
+from kvmtest.kernelvm import KernelVmError, boot, console, fetch, inner, kernel, progress, resume, runner, vmrun
+from kvmtest.reports.results import read_junit
+
+# The tail of a real oops and panic as Linux 6.1 prints them (x86, printk.time=1).
+PANIC_LOG = """\
+[   88.120001] BUG: kernel NULL pointer dereference, address: 0000000000000008
+[   88.120002] #PF: supervisor read access in kernel mode
+[   88.120003] Oops: 0000 [#1] PREEMPT SMP NOPTI
+[   88.120004] CPU: 1 PID: 412 Comm: python3 Not tainted 6.1.0-57-amd64 #1  Debian 6.1.192-3
+[   88.120005] RIP: 0010:kvm_mmu_page_fault+0x2a/0x6f0 [kvm]
+[   88.120010] Kernel panic - not syncing: Fatal exception
+"""
+
+
+def bzimage(path: Path, version: bytes) -> Path:
+    """A file with an x86 boot header whose kernel_version string is `version` (boot.rst)."""
+    data = bytearray(0x1000)
+    data[0x202:0x206] = b"HdrS"
+    struct.pack_into("<H", data, 0x20E, 0x400 - 0x200)
+    data[0x400:0x400 + len(version) + 1] = version + b"\0"
+    path.write_bytes(bytes(data))
+    return path
+
+
+# --- kernel lookup -------------------------------------------------------------------------------
+
+def test_image_release_reads_the_setup_header(tmp_path):
+    img = bzimage(tmp_path / "bzImage", b"6.13.0-rc1-kvm-next+ (me@box) #4 SMP PREEMPT_DYNAMIC")
+    assert kernel.image_release(img) == "6.13.0-rc1-kvm-next+"
+
+
+def test_image_release_refuses_a_file_without_boot_header(tmp_path):
+    (tmp_path / "vmlinux").write_bytes(b"\x7fELF" + bytes(0x400))
+    with pytest.raises(KernelVmError, match=r"vmlinux: no x86 boot header \('HdrS' at 0x202\)"):
+        kernel.image_release(tmp_path / "vmlinux")
+
+
+def test_kernel_debian_without_fetch_says_what_to_run(tmp_path):
+    with pytest.raises(KernelVmError, match="run `kvmtest kernel fetch debian` first"):
+        kernel.resolve("debian", cache=tmp_path)
+
+
+def test_kernel_path_that_does_not_exist(tmp_path):
+    with pytest.raises(KernelVmError, match="no-such-bzImage: no such file"):
+        kernel.resolve(str(tmp_path / "no-such-bzImage"), cache=tmp_path)
+
+
+def test_cache_dir_honours_kvmtest_kernel_cache(monkeypatch, tmp_path):
+    monkeypatch.setenv("KVMTEST_KERNEL_CACHE", str(tmp_path / "k"))
+    assert kernel.cache_dir() == tmp_path / "k"
+
+
+# --- Debian fetch: apt output parsing and unpacking of a fake package --------------------------------
+
+APT_DEPENDS = """linux-image-amd64
+  Depends: linux-image-6.1.0-57-amd64
+"""
+
+
+def test_image_package_from_apt_cache_depends():
+    assert fetch.image_package(APT_DEPENDS, "linux-image-amd64") == "linux-image-6.1.0-57-amd64"
+
+
+def test_image_package_missing_is_named():
+    with pytest.raises(KernelVmError, match="depends on no linux-image-\\* package"):
+        fetch.image_package("linux-image-amd64\n  Depends: firmware-linux\n", "linux-image-amd64")
+
+
+def test_package_version_from_apt_cache_show():
+    assert fetch.package_version("Package: linux-image-6.1.0-57-amd64\nVersion: 6.1.192-3\n", "p") == "6.1.192-3"
+
+
+def fake_apt(tmp_path, monkeypatch, calls, *, have_package=True):
+    """apt-get/apt-cache/dpkg-deb/depmod stand-ins: a 'package' is a directory tree copied by dpkg-deb."""
+    pkg_tree = tmp_path / "pkgtree"
+    bzimage((pkg_tree / "boot").mkdir(parents=True) or pkg_tree / "boot" / "vmlinuz-6.1.0-57-amd64",
+            b"6.1.0-57-amd64 (debian-kernel@lists.debian.org) #1 SMP")
+    (pkg_tree / "lib/modules/6.1.0-57-amd64/kernel/arch/x86/kvm").mkdir(parents=True)
+
+    def run_tool(argv, cwd=None):
+        calls.append(argv)
+        if argv[:2] == ["apt-cache", "depends"]:
+            if not have_package:
+                raise KernelVmError("`apt-cache depends linux-image-amd64` failed (exit 100): E: No packages found")
+            return APT_DEPENDS
+        if argv[:2] == ["apt-cache", "show"]:
+            return "Version: 6.1.192-3\n"
+        if argv[:2] == ["apt-get", "download"]:
+            (Path(cwd) / "linux-image-6.1.0-57-amd64_6.1.192-3_amd64.deb").write_text(str(pkg_tree))
+            return ""
+        if argv[0] == "dpkg-deb":
+            import shutil
+            shutil.copytree(Path(argv[2]).read_text(), argv[3], dirs_exist_ok=True)
+            return ""
+        if argv[0] == "depmod":
+            (Path(argv[2]) / "lib/modules" / argv[3] / "modules.dep").write_text("")
+            return ""
+        return ""
+
+    monkeypatch.setattr(fetch, "run_tool", run_tool)
+
+
+def test_fetch_debian_unpacks_records_and_is_idempotent(tmp_path, monkeypatch):
+    calls = []
+    fake_apt(tmp_path, monkeypatch, calls)
+    cache = tmp_path / "cache"
+    got = fetch.fetch_debian(cache, update=False, log=lambda *_: None)
+    release_dir = cache / "6.1.0-57-amd64"
+    assert got.image == release_dir / "boot/vmlinuz-6.1.0-57-amd64"
+    assert got.release == "6.1.0-57-amd64" and got.source == "debian linux-image-6.1.0-57-amd64 6.1.192-3"
+    assert (release_dir / "lib/modules/6.1.0-57-amd64/modules.dep").exists()  # depmod -b ran on the cache
+    assert ["apt-get", "download", "linux-image-6.1.0-57-amd64=6.1.192-3"] in calls
+    assert kernel.resolve("debian", cache=cache) == got
+    calls.clear()
+    assert fetch.fetch_debian(cache, update=False, log=lambda *_: None) == got
+    assert not [c for c in calls if c[:2] == ["apt-get", "download"]], "second fetch downloaded again"
+
+
+def test_fetch_debian_when_apt_cannot_find_the_package(tmp_path, monkeypatch):
+    fake_apt(tmp_path, monkeypatch, [], have_package=False)
+    with pytest.raises(KernelVmError, match="apt cannot find linux-image-amd64 .*No packages found"):
+        fetch.fetch_debian(tmp_path / "cache", update=False, log=lambda *_: None)
+
+
+def test_run_tool_names_a_missing_tool(monkeypatch):
+    monkeypatch.setattr(fetch.shutil, "which", lambda name: None)
+    with pytest.raises(KernelVmError, match="apt-get not found"):
+        fetch.run_tool(["apt-get", "update"])
+
+
+# --- accelerator and the vng command line -------------------------------------------------------------
+
+def sysfs(tmp_path, **modules):
+    for module, nested in modules.items():
+        d = tmp_path / module / "parameters"
+        d.mkdir(parents=True)
+        if nested is not None:
+            (d / "nested").write_text(nested + "\n")
+    return str(tmp_path)
+
+
+def test_accelerator_nested_kvm(tmp_path):
+    dev = tmp_path / "kvm"
+    dev.write_text("")
+    assert boot.detect_accelerator(sysfs(tmp_path / "s", kvm_amd="1"), str(dev)) == ("kvm", "kvm_amd.nested=1")
+
+
+def test_accelerator_tcg_without_nested(tmp_path):
+    assert boot.detect_accelerator(sysfs(tmp_path, kvm_intel="N"))[0] == "tcg"
+    accel, why = boot.detect_accelerator(sysfs(tmp_path / "pvm", kvm_pvm=None, kvm=None))
+    assert accel == "tcg" and "kvm_pvm loaded" in why
+
+
+K = kernel.Kernel(Path("/cache/6.1/boot/vmlinuz-6.1"), "6.1", "debian", None)
+
+
+def test_vng_command_tcg_uses_cpu_max_without_kvm():
+    cmd = boot.vng_command("vng", K, "tcg", "python -m x", rwdirs=["/r"], append=["kvm_amd.npt=0"])
+    assert cmd[:3] == ["vng", "--run", "/cache/6.1/boot/vmlinuz-6.1"]
+    assert "--disable-kvm" in cmd and "--qemu-opts=-cpu max" in cmd
+    assert cmd[cmd.index("--rwdir") + 1] == "/r"
+    appended = [cmd[i + 1] for i, a in enumerate(cmd) if a == "--append"]
+    assert appended == ["printk.time=1", "kvm_amd.npt=0"]
+    assert cmd[-2:] == ["--exec", "python -m x"]
+
+
+def test_vng_command_kvm_leaves_kvm_on():
+    cmd = boot.vng_command("vng", K, "kvm", "true")
+    assert "--disable-kvm" not in cmd and not any(a.startswith("--qemu-opts") for a in cmd)
+
+
+def test_vng_command_refuses_unknown_accelerator():
+    with pytest.raises(KernelVmError, match="accelerator 'hvf'"):
+        boot.vng_command("vng", K, "hvf", "true")
+
+
+# --- crash oracle: console parser and the watchdog ---------------------------------------------------------
+
+def test_console_finds_oops_and_panic_in_a_panic_log():
+    c = console.Console()
+    events = [e for e in map(c.feed, PANIC_LOG.splitlines()) if e]
+    assert [e.kind for e in events] == ["bug", "oops", "panic"]
+    assert c.fatal.describe() == "kernel BUG in the VM: BUG: kernel NULL pointer dereference, address: 0000000000000008"
+    assert c.last(1) == ["[   88.120010] Kernel panic - not syncing: Fatal exception"]
+
+
+def test_console_warn_is_not_fatal_and_qemu_abort_is():
+    warn = console.classify("[  12.5] WARNING: CPU: 0 PID: 77 at arch/x86/kvm/x86.c:11432 "
+                            "kvm_arch_vcpu_ioctl_run+0x5a/0x5e0 [kvm]")
+    assert (warn.kind, warn.fatal) == ("warn", False)
+    abort = console.classify("qemu: fatal: invalid tss type")
+    assert (abort.kind, abort.fatal) == ("qemu-abort", True)
+    assert abort.describe() == "QEMU aborted: qemu: fatal: invalid tss type"
+
+
+def test_console_soft_lockup_is_reported_not_fatal():
+    # seen on a loaded 2-core host under TCG: the VM went on once its vCPU threads got CPU time
+    e = console.classify("[  116.374685] watchdog: BUG: soft lockup - CPU#0 stuck for 45s! [kvm-nx-lpage-re:252]")
+    assert (e.kind, e.fatal) == ("soft-lockup", False)
+
+
+def test_console_ignores_kernel_words_without_printk_timestamp():
+    # a test's own output (no printk timestamp) cannot fake a kernel event
+    assert console.classify("FAILED suites/x.py::test_y - Kernel panic - not syncing") is None
+    assert console.classify("[    1.0] BUGS: none") is None
+
+
+def script(tmp_path, body: str) -> list[str]:
+    path = tmp_path / "vm.py"
+    path.write_text(body)
+    return [sys.executable, str(path)]
+
+
+def test_watch_stops_the_vm_on_a_panic_and_keeps_the_last_lines(tmp_path):
+    cmd = script(tmp_path, "import sys, time\nprint('kvmtest-vm: booted 6.1', flush=True)\n"
+                 "print('suites/a.py::test_b ', end='', flush=True)\n"
+                 f"sys.stderr.write({PANIC_LOG!r}); sys.stderr.flush(); time.sleep(60)\n")
+    run = boot.watch(cmd, tmp_path / "console.log", timeout_s=50, stall_s=50)
+    assert run.fatal.kind == "bug" and run.ended_by == "bug"
+    assert run.seconds < 30, "the VM was not stopped after the panic"
+    assert run.in_flight == "suites/a.py::test_b" and "booted" in run.marks
+    assert "Kernel panic - not syncing: Fatal exception" in (tmp_path / "console.log").read_text()
+
+
+def test_watch_stops_a_silent_vm(tmp_path):
+    cmd = script(tmp_path, "import time\nprint('kvmtest-vm: booted', flush=True)\ntime.sleep(60)\n")
+    run = boot.watch(cmd, tmp_path / "console.log", timeout_s=50, stall_s=2)
+    assert run.ended_by == "stall" and run.seconds < 20
+
+
+# --- verdicts and exit codes -----------------------------------------------------------------------------
+
+def test_param_matrix_one_boot_per_combination():
+    assert runner.param_matrix(["kvm_amd.npt=0,1", "kvm.force_emulation_prefix=1"]) == [
+        ("kvm_amd.npt=0", "kvm.force_emulation_prefix=1"), ("kvm_amd.npt=1", "kvm.force_emulation_prefix=1")]
+    assert runner.param_matrix([]) == [()]  # one boot with no settings
+
+
+@pytest.mark.parametrize("bad", ["npt=0", "kvm_amd.npt", "kvm_amd.npt=0,,1", ".npt=1"])
+def test_param_matrix_refuses_malformed_values(bad):
+    with pytest.raises(KernelVmError, match="expected MODULE.PARAM=V1"):
+        runner.param_matrix([bad])
+
+
+def vm_run(**kw):
+    return boot.VmRun(returncode=kw.pop("returncode", 0), **kw)
+
+
+@pytest.mark.parametrize("run, status, kind", [
+    (vm_run(), {"stage": "done", "pytest_exit": 0}, "done"),
+    (vm_run(returncode=255), None, "no-boot"),
+    (vm_run(), {"stage": "no-kvm", "error": "modprobe kvm_amd failed"}, "no-kvm"),
+    (vm_run(returncode=255), {"stage": "kvm"}, "vm-exit"),
+    (vm_run(ended_by="stall"), {"stage": "kvm"}, "stall"),
+    (vm_run(ended_by="timeout"), {"stage": "kvm"}, "timeout"),
+    (vm_run(fatal=console.classify("qemu: fatal: invalid tss type")), {"stage": "kvm"}, "qemu-abort"),
+    (vm_run(fatal=console.classify("[ 1.0] Kernel panic - not syncing: x")), {"stage": "done"}, "panic"),
+])
+def test_classify_boot(run, status, kind):
+    assert vmrun.classify(run, status, 100, 10)[0] == kind
+
+
+def junit_file(tmp_path, stem, statuses):
+    from kvmtest.reports import junit
+    from kvmtest.reports.results import Result
+    junit.write(tmp_path / f"{stem}.xml", [junit.suite_from_results(
+        [Result("suites.smoke", f"t{i}", s) for i, s in enumerate(statuses)], "kvmtest@vm", "vm", {})])
+
+
+@pytest.mark.parametrize("kind, pytest_exit, statuses, warnings, bisect, expected", [
+    ("done", 0, ["passed", "xfailed"], [], True, 0),
+    ("done", 1, ["passed", "failed"], [], True, 1),
+    ("done", 0, ["skipped"], [], True, 125),              # nothing ran: untestable
+    ("done", 0, ["passed"], ["kernel WARNING in the VM: x"], True, 1),
+    ("done", 0, ["passed"], ["RCU stall in the VM: x"], True, 0),   # reported, not a verdict (TCG is slow)
+    ("done", 1, ["failed"], [], False, 1),
+    ("panic", None, None, [], True, 1),
+    ("stall", None, None, [], True, 1),
+    ("no-boot", None, None, [], True, 125),
+    ("no-kvm", None, None, [], True, 125),
+    ("qemu-abort", None, None, [], True, 125),
+    ("no-boot", None, None, [], False, 2),
+])
+def test_boot_exit_codes(tmp_path, kind, pytest_exit, statuses, warnings, bisect, expected):
+    if statuses:
+        junit_file(tmp_path, "b", statuses)
+    b = vmrun.Boot((), tmp_path / "b", kind=kind, pytest_exit=pytest_exit, warnings=warnings,
+                   kernel_warns=sum(w.startswith("kernel WARNING") for w in warnings))
+    assert runner.boot_code(b, bisect) == expected
+
+
+def test_overall_bisect_code():
+    assert runner.overall_code([0, 0], True) == 0
+    assert runner.overall_code([0, 125], True) == 125
+    assert runner.overall_code([125, 1], True) == 1
+
+
+def test_stand_in_junit_names_the_crash_and_the_last_lines(tmp_path):
+    run = vm_run(returncode=255, tail=["[ 9.0] Oops: 0000 [#1] SMP", "[ 9.1] Kernel panic - not syncing: x"],
+                 in_flight="suites/paging/test_access.py::test_access[paging32-4k]")
+    b = vmrun.Boot(("kvm_amd.npt=0",), tmp_path / "b", kind="panic", message="kernel panic in the VM: x", run=run)
+    vmrun.stand_in_junit(b, K, "tcg")
+    (r,) = read_junit(tmp_path / "b.xml")
+    assert (r.status, r.name, r.message) == ("error", "boot[kvm_amd.npt=0]", "kernel panic in the VM: x")
+    assert "test in flight: suites/paging/test_access.py::test_access[paging32-4k]" in r.details
+    assert "Kernel panic - not syncing: x" in r.details
+
+
+def test_matrix_suites_are_named_after_their_settings(tmp_path):
+    for stem in ("a", "b"):
+        junit_file(tmp_path, stem, ["passed"])
+    vmrun.name_suites(tmp_path / "a.xml", vmrun.Boot(("kvm_amd.npt=0",), tmp_path / "a"))
+    vmrun.name_suites(tmp_path / "b.xml", vmrun.Boot(("kvm_amd.npt=1",), tmp_path / "b"))
+    vmrun.merge_suites([tmp_path / "a.xml", tmp_path / "b.xml"], tmp_path / "all.xml")
+    import xml.etree.ElementTree as ET
+    names = [s.get("name") for s in ET.parse(tmp_path / "all.xml").getroot()]
+    assert names == ["kvmtest@vm [kvm_amd.npt=0]", "kvmtest@vm [kvm_amd.npt=1]"]
+    assert len(read_junit(tmp_path / "all.xml")) == 2
+
+
+def test_run_kernel_bisect_125_when_the_kernel_is_missing(tmp_path, monkeypatch):
+    monkeypatch.setenv("KVMTEST_KERNEL_CACHE", str(tmp_path))
+    assert cli.main(["run", "--kernel", "debian", "--bisect", "--report-dir", str(tmp_path)]) == 125
+    assert cli.main(["run", "--kernel", str(tmp_path / "nope"), "--report-dir", str(tmp_path)]) == 2
+
+
+# --- inside the VM ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("flags, module", [("fpu svm npt", "kvm_amd"), ("fpu vmx ept", "kvm_intel"), ("fpu", None)])
+def test_vendor_module_from_cpuinfo(flags, module):
+    assert inner.vendor_module(f"processor\t: 0\nflags\t\t: {flags}\n") == module
+
+
+def test_session_args_keep_default_suites(tmp_path):
+    """'-pno:cacheprovider' is one token: a bare 'no:cacheprovider' would read as a test path and
+    stop `kvmtest run` from adding the default suites."""
+    args = cli.build_parser().parse_args(["run", "--report-dir", str(tmp_path)])
+    out = vmrun.session_args(args, [], tmp_path / "b", tmp_path)
+    assert "-pkvmtest.kernelvm.progress" in out
+    assert not [a for a in out[out.index("-j") + 2:] if not a.startswith("-")]
+
+
+def test_session_args_for_suspects_run_them_alone(tmp_path):
+    args = cli.build_parser().parse_args(["run", "--report-dir", str(tmp_path)])
+    # pytest options as single tokens (-ksmoke, --kvm-modes=real), as for `kvmtest run`: bare words are targets
+    out = vmrun.session_args(args, ["-ksmoke", "suites/smoke"], tmp_path / "b", tmp_path, ["suites/a.py::t[x]"])
+    assert out[out.index("-j") + 1] == "0" and out[-2:] == ["-ksmoke", "suites/a.py::t[x]"]
+    assert "suites/smoke" not in out
+
+
+# --- crash, resume in a fresh VM, one report: a fake `vng` whose "VM" is a process --------------------
+
+FAKE_VNG = """\
+import json, os, subprocess, sys
+argv = sys.argv[1:]
+spec = json.load(open(argv[argv.index("--exec") + 1].split()[-1]))
+def status(**kw):
+    open(spec["status"], "w").write(json.dumps(kw))
+print("kvmtest-vm: booted fake uptime 0.1s", flush=True)
+status(stage="booted")
+print("kvmtest-vm: kvm fake", flush=True)
+status(stage="kvm")
+env = dict(os.environ, KVMTEST_VM_PROGRESS=spec["progress"])
+for run_args in spec["sessions"]:
+    code = subprocess.call([sys.executable, "-m", "kvmtest.cli", "run", *run_args], env=env)
+print("kvmtest-vm: done pytest exit %d" % code, flush=True)
+status(stage="done", pytest_exit=code)
+"""
+
+DEMO_TESTS = """\
+import os, time
+
+def test_a():
+    pass
+
+def test_b_panics():
+    os.write(2, b"[   42.000001] Kernel panic - not syncing: demo trigger\\n")
+    time.sleep(60)
+
+def test_c():
+    pass
+
+def test_d_fails():
+    assert 1 == 2, "expected 2, observed 1"
+"""
+
+
+def test_a_panic_costs_one_test_and_the_run_goes_on(tmp_path):
+    vng = tmp_path / "vng"
+    vng.write_text(f"#!{sys.executable}\n{FAKE_VNG}")
+    vng.chmod(0o755)
+    demo = tmp_path / "demo"
+    demo.mkdir()
+    (demo / "test_demo.py").write_text(DEMO_TESTS)
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    args = cli.build_parser().parse_args(["run", "--report-dir", str(reports), "-j", "0", "--vm-stall", "60",
+                                          "--vm-timeout", "240"])
+    b = vmrun.run_config(args, ["-s", "-pno:cacheprovider", str(demo)], K, "tcg", (), reports, {"vng": str(vng)})
+    assert [k for k, _, _ in b.boots] == ["panic", "done"], b.boots
+    assert [kind for _, kind in b.crashes] == ["panic"] and b.crashes[0][0].endswith("test_demo.py::test_b_panics")
+    results = {r.name: r for r in read_junit(b.path(".xml"))}
+    assert {n: r.status for n, r in results.items()} == {
+        "test_a": "passed", "test_b_panics": "error", "test_c": "passed", "test_d_fails": "failed"}
+    assert results["test_b_panics"].message.startswith(
+        "kernel panic in the VM: Kernel panic - not syncing: demo trigger (the VM died while this test ran")
+    assert "Kernel panic - not syncing: demo trigger" in results["test_b_panics"].details
+    assert results["test_d_fails"].message == "AssertionError: expected 2, observed 1"
+    assert runner.boot_code(b, bisect=False) == 1 and runner.boot_code(b, bisect=True) == 1
+    ktap_text = b.path(".ktap").read_text()
+    assert "not ok 2 test_demo::test_b_panics" in ktap_text and "not ok 4 test_demo::test_d_fails" in ktap_text
+    assert not list(reports.glob("*.boot2.xml")), "per-boot JUnit left beside the merged one"
+
+
+def serialized(nodeid, when, outcome="passed", longrepr=None):
+    return pytest.TestReport(nodeid, ("t.py", 0, nodeid), {}, outcome, longrepr, when)._to_json()
+
+
+def test_progress_in_flight_is_started_minus_finished():
+    entries = [{"session": {}}, {"start": "t.py::a"}, {"report": serialized("t.py::a", "teardown")},
+               {"start": "t.py::b"}, {"start": "t.py::c"}]
+    assert progress.in_flight(entries) == ["t.py::b", "t.py::c"]
+    entries.append({"crash": "t.py::b", "what": "panic", "message": "m"})
+    assert progress.in_flight(entries) == ["t.py::c"]
+    assert progress.finished(entries) == {"t.py::a", "t.py::b"}
+
+
+def test_progress_log_drops_a_line_cut_short(tmp_path):
+    log = tmp_path / "p.jsonl"
+    progress.append(log, {"start": "t.py::a"})
+    with open(log, "a") as f:
+        f.write('{"report": {"nodeid": "t.py::a", "wh')  # the VM died mid-write
+    assert progress.read(log) == [{"start": "t.py::a"}]
+
+
+def test_bisect_skips_when_only_qemu_aborted(tmp_path):
+    from kvmtest.reports import junit as junit_mod
+    from kvmtest.reports.results import Result
+    junit_mod.write(tmp_path / "b.xml", [junit_mod.suite_from_results(
+        [Result("suites.smoke.test_smoke", "t[pm32-cpl3]", "error"), Result("suites.smoke.test_smoke", "u", "passed")],
+        "s", "vm", {})])
+    b = vmrun.Boot((), tmp_path / "b", kind="done", pytest_exit=1,
+                   crashes=[("suites/smoke/test_smoke.py::t[pm32-cpl3]", "qemu-abort")])
+    assert runner.boot_code(b, bisect=True) == 125
+    b.crashes = [("suites/smoke/test_smoke.py::t[pm32-cpl3]", "panic")]
+    assert runner.boot_code(b, bisect=True) == 1
