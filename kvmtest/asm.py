@@ -1,7 +1,18 @@
 """Keystone wrapper: 16/32/64-bit code, several sections sharing symbols, label addresses,
 a cache in memory and on disk, and errors that name the guest source line.
 
-Keystone 0.9.2 has traps this wrapper closes rather than passing on silently:
+Every guest statement either assembles to what it says or fails as "file:line: `text`: why".
+Three checks, each catching what the one before cannot:
+1. kvmtest.asm_syntax parses each statement against an Intel-syntax grammar before Keystone
+   sees it. Keystone 0.9.2 drops a statement it cannot parse and carries on (`mov eax, 1,`
+   vanishes, `mov eax, [ebx` becomes a load from 0, `dword [ebx]` emits nothing), and a few
+   malformed lines make it loop forever; those never reach it. Unknown symbols are refused.
+2. A label before every statement, read back through the label table, gives each statement's
+   own bytes: a statement that produced none, or whose bytes landed elsewhere, is refused.
+3. kvmtest.asm_verify decodes those bytes with iced-x86 and compares mnemonic, prefixes,
+   operands, values and operand size with the source; data directives must hold their values.
+
+Keystone 0.9.2 also has traps this wrapper closes rather than passing on silently:
 - 64-bit absolute memory operands (`[0x1000]`, `[label]`) are turned RIP-relative or into
   a sign-extended disp32; both are wrong for some addresses. Rejected: write
   `[rip + label]` or put the address in a register.
@@ -12,6 +23,9 @@ Keystone 0.9.2 has traps this wrapper closes rather than passing on silently:
   passed as `.equ` lines instead.
 - `push imm` in 16-bit code pushes 32 bits (and `push word ptr N` too unless N fits an imm8).
   Rejected with the spelling that works.
+- `ret`, `retf`, `call label` and `push fs` in 16-bit code get a 32-bit operand size,
+  `push cs`, `push label` and LGDT/LIDT/SGDT/SIDT in 32-bit code a 16-bit one. Spelled out
+  correctly (see _for_keystone).
 - `jmp $` and numeric local labels (`1:`, `jmp 1b`) are refused. Rewritten to named labels.
 """
 
@@ -21,25 +35,20 @@ import os
 import re
 import tempfile
 import threading
+from collections import Counter
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
+from .asm_syntax import Parsed, SyntaxProblem, expr_text, parse
+from .asm_verify import Mismatch, check as verify
 from .errors import AssemblyError
 
-ASM_VERSION = "4"  # bump when preprocessing changes, to invalidate cached results
-
-_REG_NAMES = set()
-for _r in ("ax", "bx", "cx", "dx", "si", "di", "sp", "bp"):
-    _REG_NAMES |= {_r, "e" + _r, "r" + _r}
-_REG_NAMES |= {"al", "bl", "cl", "dl", "ah", "bh", "ch", "dh", "sil", "dil", "spl", "bpl", "rip", "eip"}
-for _n in range(8, 16):
-    _REG_NAMES |= {f"r{_n}", f"r{_n}d", f"r{_n}w", f"r{_n}b"}
+ASM_VERSION = "5"  # bump when preprocessing changes, to invalidate cached results
 
 _LABEL_DEF = re.compile(r"^\s*([A-Za-z_.][\w.$]*)\s*:(?!:)")
 _NUMERIC_DEF = re.compile(r"^\s*(\d+)\s*:")
 _NUMERIC_REF = re.compile(r"(?<![\w.])(\d+)([bf])(?![\w.])")
-_EQU = re.compile(r"^\s*\.(equ|set)\s+([A-Za-z_.][\w.$]*)\s*,", re.I)
-_BRACKETS = re.compile(r"\[([^\]]*)\]")
 _FAR_IMM = re.compile(r"^\s*(ljmp|lcall)\s+[^\[\]]*:", re.I)
 
 
@@ -138,13 +147,6 @@ def _check(st: Statement, bits: int) -> None:
     if re.match(r"^\.(p2)?align\b", low) and not low.startswith(".balign"):
         if low.startswith(".align"):
             raise _fail(st, "Keystone ignores .align; use .balign N")
-    if bits == 64:
-        for operand in _BRACKETS.findall(low):
-            words = set(re.findall(r"[a-z_][\w]*", operand))
-            if not words & _REG_NAMES:
-                raise _fail(st, "64-bit absolute memory operand: Keystone 0.9.2 encodes it RIP-relative or as a "
-                                "sign-extended disp32, wrong for some addresses; write [rip + label] or put the "
-                                "address in a register")
     if bits == 16:
         m = re.match(r"^push\s+(word\s+ptr\s+)?([-+]?(?:0x[0-9a-f]+|\d+)|[a-z_.][\w.]*)\s*$", low)
         if m and not re.fullmatch(r"[a-z]{2,3}", m.group(2)):
@@ -157,34 +159,35 @@ def _check(st: Statement, bits: int) -> None:
                         "use FARJMP/FARCALL selector, target")
 
 
-def _rewrite(statements: list[Statement], section: str) -> list[Statement]:
-    """Turn `$` and numeric local labels into named labels Keystone accepts."""
-    out: list[Statement] = []
-    numeric_defs: list[tuple[int, str, int]] = []  # (index in out, number, serial)
+def _rewrite(statements: list[Statement], section: str) -> list[str]:
+    """The text handed to Keystone for each statement: `$` and numeric local labels (`1:`,
+    `jmp 1b`) become named labels, which Keystone accepts."""
+    texts: list[str] = []
+    numeric_defs: list[tuple[int, str, int]] = []  # (statement index, number, serial)
     serial = 0
-    tmp: list[Statement] = []
     for st in statements:
-        text = st.text
+        text, labels = st.text, []
         m = _NUMERIC_DEF.match(text)
         if m:
             serial += 1
-            name = f".Lnum_{section}_{m.group(1)}_{serial}"
-            numeric_defs.append((len(tmp), m.group(1), serial))
-            tmp.append(Statement(f"{name}:", st.origin))
+            numeric_defs.append((len(texts), m.group(1), serial))
+            labels.append(f".Lnum_{section}_{m.group(1)}_{serial}")
             text = text[m.end():].strip()
-            if not text:
-                continue
-        if "$" in text and not _LABEL_DEF.match(text) and '"' not in text:
+        body = text
+        while (lm := _LABEL_DEF.match(body)) and not re.match(r"\s*[a-z]s\s*:\s*\[", body, re.I):
+            body = body[lm.end():]
+        if "$" in body and '"' not in body and "'" not in body:
             serial += 1
             here = f".Lhere_{section}_{serial}"
-            tmp.append(Statement(f"{here}:", st.origin))
-            text = re.sub(r"(?<![\w.])\$(?![\w.])", here, text)
-        tmp.append(Statement(text, st.origin))
-    for index, st in enumerate(tmp):
+            labels.append(here)
+            text = text[: len(text) - len(body)] + re.sub(r"(?<![\w.$])\$(?![\w.$])", here, body)
+        texts.append("".join(f"{label}: " for label in labels) + text)
+    out = []
+    for index, (st, text) in enumerate(zip(statements, texts)):
         def resolve(m, index=index, st=st):
             number, direction = m.group(1), m.group(2)
             if direction == "b":
-                cands = [d for d in numeric_defs if d[1] == number and d[0] < index]
+                cands = [d for d in numeric_defs if d[1] == number and d[0] <= index]
                 pick = cands[-1] if cands else None
             else:
                 cands = [d for d in numeric_defs if d[1] == number and d[0] > index]
@@ -193,19 +196,99 @@ def _rewrite(statements: list[Statement], section: str) -> list[Statement]:
                 raise _fail(st, f"local label {number}{direction} has no matching '{number}:'")
             return f".Lnum_{section}_{number}_{pick[2]}"
 
-        if not st.text.startswith(".Lnum_"):
-            st = Statement(_NUMERIC_REF.sub(resolve, st.text), st.origin)
-        out.append(st)
+        if '"' not in text and "'" not in text:
+            text = _NUMERIC_REF.sub(resolve, text)
+        out.append(text)
     return out
 
 
-def _labels_defined(statements) -> list[str]:
-    names = []
-    for st in statements:
-        m = _LABEL_DEF.match(st.text)
-        if m:
-            names.append(m.group(1))
-    return names
+@dataclass(frozen=True)
+class _Line:
+    """One statement: as written (for messages), what it says, and what Keystone is given."""
+
+    st: Statement
+    bits: int
+    parsed: Parsed
+    body: str              # the text for Keystone, without the statement's labels
+    segment_for_66: int    # prefix byte to put in place of Keystone's stray 0x66 (0: none)
+
+    @property
+    def text(self) -> str:
+        return "".join(f"{label}:\n" for label in self.parsed.labels) + self.body
+
+
+_DESCRIPTOR_TABLE = ("lgdt", "lidt", "sgdt", "sidt")
+# PUSH sreg opcodes (POP is one more); Keystone gets the operand size of all six wrong in
+# 16-bit or 32-bit code
+_SEGMENT_PUSH = {"es": 0x06, "cs": 0x0E, "ss": 0x16, "ds": 0x1E, "fs": 0x0FA0, "gs": 0x0FA8}
+
+
+def _for_keystone(parsed: Parsed, bits: int, base: int, here: str) -> tuple[str, int]:
+    """The body handed to Keystone, closing operand-size traps the checks would refuse.
+
+    In 16-bit code Keystone gives RET, RETF, CALL rel and PUSH/POP FS/GS a 32-bit operand
+    size (66 C3, 66 CB, 66 E8 rel32, 66 0F A0); in 32-bit code PUSH/POP of CS/DS/ES/SS and
+    PUSH label a 16-bit one (66 0E, 66 68 imm16): they are spelled out. In 32-bit code it gives
+    LGDT/LIDT/SGDT/SIDT a 16-bit operand size too (66 0F 01), which loads or stores a 24-bit
+    base (SDM Vol. 2A LGDT, SGDT "Operation"): the 0x66 is replaced by a redundant override of
+    the operand's default segment afterwards, which keeps every address.
+    """
+    ops, name = parsed.operands, parsed.name
+    if parsed.kind != "insn" or parsed.prefixes:
+        return parsed.body, 0
+    if bits == 16 and name in ("ret", "retf") and len(ops) <= 1 and all(o.kind == "imm" and not o.size for o in ops):
+        opcode = {"ret": 0xC3, "retf": 0xCB}[name] - (1 if ops else 0)
+        return f".byte {opcode:#x}" + (f"\n.word {expr_text(ops[0].expr)}" if ops else ""), 0
+    if bits == 16 and name == "call" and len(ops) == 1 and ops[0].kind == "imm" and not ops[0].size:
+        # rel16 = target - (here + 3), written so that Keystone sees a label difference and
+        # constants (a constant minus a label it silently gets wrong)
+        offset = f"({expr_text(ops[0].expr)}) - {base:#x} - ({here} - {_BEGIN}) - 3"
+        return f"{here}: .byte 0xe8\n.word {offset}", 0
+    if bits != 64 and name in ("push", "pop") and len(ops) == 1 and ops[0].kind == "reg" \
+            and ops[0].reg in _SEGMENT_PUSH:
+        opcode = _SEGMENT_PUSH[ops[0].reg] + (1 if name == "pop" else 0)
+        return ".byte " + ", ".join(hex(b) for b in opcode.to_bytes(2 if opcode > 0xFF else 1, "big")), 0
+    if bits == 32 and name == "push" and len(ops) == 1 and ops[0].kind == "imm" and not ops[0].size \
+            and parsed.names:
+        return f".byte 0x68\n.long {expr_text(ops[0].expr)}", 0
+    if bits == 32 and name in _DESCRIPTOR_TABLE and len(ops) == 1 and ops[0].kind == "mem" \
+            and not ops[0].size and not ops[0].mem.segment:
+        stack = ops[0].mem.base in ("ebp", "esp", "bp", "sp")
+        return parsed.body, 0x36 if stack else 0x3E
+    return parsed.body, 0
+
+
+@lru_cache(maxsize=256)
+def _prepare(sec: Section) -> tuple[_Line, ...]:
+    """Check every statement against kvmtest.asm_syntax's grammar and the traps above."""
+    bits = sec.bits
+    section = re.sub(r"\W", "_", sec.name)
+    texts = _rewrite(list(sec.statements), section)
+    lines = []
+    for st, text in zip(sec.statements, texts):
+        try:
+            parsed = parse(text)
+        except SyntaxProblem as e:
+            raise _fail(st, str(e)) from None
+        if parsed.kind == "directive" and parsed.name.startswith(".code"):
+            bits = int(parsed.name[5:])
+        _check(st, bits)
+        if bits == 64 and any(o.kind == "mem" and not o.mem.base and not o.mem.index for o in parsed.operands):
+            raise _fail(st, "64-bit absolute memory operand: Keystone 0.9.2 encodes it RIP-relative or as a "
+                            "sign-extended disp32, wrong for some addresses; write [rip + label] or put the "
+                            "address in a register")
+        body, segment = _for_keystone(parsed, bits, sec.base, f".Lcall_{section}_{len(lines)}")
+        lines.append(_Line(st, bits, parsed, body, segment))
+    defined = Counter(n for line in lines for n in (*line.parsed.labels, line.parsed.defines) if n)
+    dup = {n for n, count in defined.items() if count > 1}
+    if dup:
+        raise AssemblyError(f"{sec.name}: label(s) defined twice: {', '.join(sorted(dup))}")
+    return tuple(lines)
+
+
+def _user_labels(lines) -> list[str]:
+    """The labels a section defines, without those kvmtest's rewriting made."""
+    return [n for line in lines for n in line.parsed.labels if not n.startswith((".Lhere_", ".Lnum_"))]
 
 
 class _Keystone:
@@ -233,57 +316,91 @@ def _keystone_error(e) -> str:
     return str(e).replace("(KS_ERR_ASM_", "(").rstrip()
 
 
-def _locate_error(statements, bits, base, symbols, labels) -> AssemblyError | None:
+def _locate_error(lines, bits, base, prelude) -> AssemblyError | None:
     """Assemble statements one by one, labels stubbed, to find the line Keystone rejects."""
     import keystone
 
-    equs = [st.text for st in statements if _EQU.match(st.text)]
-    stubs = [f".equ {n}, {base:#x}" for n in labels]
-    prelude = "\n".join([f".equ {k}, {v:#x}" for k, v in symbols.items()] + stubs + equs)
-    for st in statements:
-        if _EQU.match(st.text):
+    stubs = [f".equ {n}, {base:#x}" for line in lines for n in line.parsed.labels]
+    equs = [line.text for line in lines if line.parsed.defines]
+    head = "\n".join([f"{_BEGIN}:"] + prelude + stubs + equs)
+    for line in lines:
+        if line.parsed.kind == "label" or line.parsed.defines:
             continue
-        text = st.text
-        m = _LABEL_DEF.match(text)
-        if m:
-            text = text[m.end():].strip()
-            if not text:
-                continue
         try:
-            _ks.asm(prelude + "\n" + text, bits, base)
+            _ks.asm(head + "\n" + line.body, line.bits, base)
         except keystone.KsError as e:
-            return _fail(st, _keystone_error(e))
+            return _fail(line.st, _keystone_error(e))
     return None
 
 
+_MARK = ".Lkt_st_"  # the label kvmtest puts before each statement to find its bytes
+_BEGIN = ".Lkt_begin"  # the start of the section
+
+
+@lru_cache(maxsize=256)
+def _outside_names(sec: Section) -> frozenset:
+    """The symbols a section uses but does not define: layout symbols, other sections' labels."""
+    lines = _prepare(sec)
+    local = {n for line in lines for n in (*line.parsed.labels, line.parsed.defines) if n}
+    return frozenset(n for line in lines for n in line.parsed.names if n not in local)
+
+
 def _assemble_once(sec: Section, symbols: dict[str, int]) -> Assembled:
+    used = _outside_names(sec)
+    if not used <= symbols.keys():
+        for line in _prepare(sec):
+            unknown = (line.parsed.names & used) - symbols.keys()
+            if unknown:
+                raise _fail(line.st, f"unknown symbol {', '.join(sorted(unknown))} (not a register, a label, "
+                                     ".equ or a layout symbol)")
+    return _assemble_checked(sec, tuple((n, symbols[n]) for n in sorted(used)))
+
+
+@lru_cache(maxsize=256)
+def _assemble_checked(sec: Section, foreign: tuple[tuple[str, int], ...]) -> Assembled:
+    """Assemble with a label before every statement, then check each statement's bytes.
+
+    Keyed by the section and the values of the other sections' symbols it uses, so the
+    exception-handler section every guest of a mode shares is assembled once per process.
+    """
     import keystone
 
-    bits = sec.bits
-    for st in sec.statements:
-        m = re.match(r"^\.code(16|32|64)\s*$", st.text)
-        bits = int(m.group(1)) if m else bits
-        _check(st, bits)
-    statements = _rewrite(list(sec.statements), re.sub(r"\W", "_", sec.name))
-    labels = _labels_defined(statements)
-    dup = {n for n in labels if labels.count(n) > 1}
-    if dup:
-        raise AssemblyError(f"{sec.name}: label(s) defined twice: {', '.join(sorted(dup))}")
-    foreign = {k: v for k, v in symbols.items() if k not in labels}
-    prelude = [f".equ {k}, {v:#x}" for k, v in foreign.items()]
-    width = ".quad" if sec.bits == 64 else ".long"
-    table = [f"{width} {name}" for name in labels]
-    text = "\n".join(prelude + [st.text for st in statements] + table)
+    lines = _prepare(sec)
+    prelude = [f".equ {k}, {v:#x}" for k, v in foreign]
+    text, marks = [f"{_BEGIN}:"] + prelude, []
+    for i, line in enumerate(lines):
+        if line.parsed.kind != "label":
+            marks.append((f"{_MARK}{i}", line))
+            text.append(f"{_MARK}{i}:")
+        text.append(line.text)
+    text.append(f"{_MARK}end:")
+    names = [n for line in lines for n in (*line.parsed.labels, line.parsed.defines) if n]
+    names += [m for m, _ in marks] + [f"{_MARK}end"]
+    text += [f".quad {n}" for n in names]
     try:
-        blob = _ks.asm(text, sec.bits, sec.base)
+        blob = _ks.asm("\n".join(text), sec.bits, sec.base)
     except keystone.KsError as e:
-        located = _locate_error(statements, sec.bits, sec.base, foreign, labels)
+        located = _locate_error(lines, sec.bits, sec.base, prelude)
         raise located or AssemblyError(f"{sec.name}: {_keystone_error(e)}") from None
-    size = 8 if sec.bits == 64 else 4
-    code_len = len(blob) - size * len(labels)
-    values = {name: int.from_bytes(blob[code_len + i * size: code_len + (i + 1) * size], "little")
-              for i, name in enumerate(labels) if not name.startswith((".Lhere_", ".Lnum_"))}
-    return Assembled(sec.name, sec.base, sec.bits, blob[:code_len], values)
+    code_len = len(blob) - 8 * len(names)
+    table = [int.from_bytes(blob[code_len + 8 * i: code_len + 8 * i + 8], "little", signed=True)
+             for i in range(len(names))]
+    values = {**dict(foreign), **dict(zip(names, table))}
+    ends = [values[m] for m, _ in marks[1:]] + [values[f"{_MARK}end"]]
+    blob = bytearray(blob)
+    for (mark, line), end in zip(marks, ends):
+        start = values[mark]
+        if not sec.base <= start <= end <= sec.base + code_len:
+            raise _fail(line.st, f"its bytes landed out of order ({start:#x}-{end:#x}); Keystone merged it "
+                                 "with another statement")
+        if line.segment_for_66 and blob[start - sec.base] == 0x66:
+            blob[start - sec.base] = line.segment_for_66
+        try:
+            verify(line.parsed, line.bits, start, blob[start - sec.base: end - sec.base], values)
+        except Mismatch as e:
+            raise _fail(line.st, str(e)) from None
+    labels = {n: values[n] for n in _user_labels(lines)}
+    return Assembled(sec.name, sec.base, sec.bits, bytes(blob[:code_len]), labels)
 
 
 # --- caching ---------------------------------------------------------------------------------
@@ -350,10 +467,7 @@ def assemble_sections(sections: list[Section], symbols: dict[str, int] | None = 
     result = _disk_load(key)
     if result is None:
         # First guess for each label: its section's base, so encodings are close to final.
-        guess = {}
-        for sec in sections:
-            for name in _labels_defined(sec.statements):
-                guess[name] = sec.base
+        guess = {name: sec.base for sec in sections for name in _user_labels(_prepare(sec))}
         for _ in range(6):
             result = [_assemble_once(sec, {**symbols, **guess}) for sec in sections]
             found = {k: v for a in result for k, v in a.labels.items()}

@@ -1,5 +1,7 @@
 """The Keystone wrapper: known encodings, label addresses, sections, the traps it closes, errors."""
 
+import re
+
 import pytest
 
 from kvmtest.asm import Section, assemble, assemble_sections
@@ -138,3 +140,34 @@ def test_disk_cache_is_shared_and_atomic(tmp_path, monkeypatch):
     assert len(files) == 1 and not list(tmp_path.glob("*.tmp"))
     asm._memory_cache.clear()
     assert assemble("mov eax, 12345", 32, 0) == first
+
+
+def test_unknown_symbol_is_refused_by_name():
+    with pytest.raises(AssemblyError, match=r"t.S:1: `mov eax, ebz`: unknown symbol ebz"):
+        assemble("mov eax, ebz\nnop", 32, 0, name="t.S")
+
+
+@pytest.mark.parametrize("bits,src,why", [
+    # SDM Vol. 2B SYSEXIT: without REX.W it returns to compatibility mode; Keystone adds REX.W
+    (64, "sysexit", "mnemonic sysexitq, not sysexit"),
+    # the multi-byte NOP is 0F 1F /0; Keystone emits 0F 18 /4, a reserved-NOP hint encoding
+    (32, "nop dword ptr [eax]", "mnemonic reservednop, not nop"),
+    # Keystone keeps the low byte of an immediate that does not fit
+    (64, "mov al, 0x1ff", "immediate 0x1ff .* does not fit in 8 bits"),
+])
+def test_what_keystone_encodes_differently_from_the_source_is_refused(bits, src, why):
+    with pytest.raises(AssemblyError, match=rf"t.S:2: `{re.escape(src)}`: Keystone produced \w+ .*{why}"):
+        assemble(f"nop\n{src}\nnop", bits, 0, name="t.S")
+
+
+def test_each_section_is_assembled_once_for_the_same_symbols(monkeypatch):
+    """The exception handlers every guest of a mode shares cost one Keystone call per process."""
+    import kvmtest.asm as asm
+
+    calls = []
+    real = asm._ks.asm
+    monkeypatch.setattr(asm._ks, "asm", lambda text, bits, base: calls.append(bits) or real(text, bits, base))
+    shared = Section.from_text("shared", 0x2000, 32, "shared_entry: ret")
+    for n in range(3):
+        assemble_sections([Section.from_text("a", 0x1000, 32, f"mov eax, {n}\ncall shared_entry"), shared])
+    assert len(calls) == 3 + 1

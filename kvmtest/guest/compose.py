@@ -42,9 +42,21 @@ def _split_operands(text: str) -> list[str]:
             cur = []
             continue
         cur.append(c)
-    if "".join(cur).strip():
+    if "".join(cur).strip() or parts:  # after a comma an empty operand counts: `GUEST_SYNC eax,`
         parts.append("".join(cur).strip())
     return parts
+
+
+# What the host's protocol.evaluate() reads: a register, number or symbol, or a +/- sum of those.
+_VALUE = re.compile(r"[+-]?\s*[\w.$]+(\s*[+-]\s*[\w.$]+)*")
+
+
+def _values(st: Statement, args: list[str]) -> list[str]:
+    for arg in args:
+        if not _VALUE.fullmatch(arg):
+            raise AssemblyError(f"{st.origin}: `{st.text}`: operand {arg!r} is not a register, number or symbol, "
+                                "nor a +/- sum of those")
+    return args
 
 
 def _string(arg: str, st: Statement) -> str:
@@ -145,11 +157,11 @@ class Composer:
 
     def _m_guest_sync(self, st, args):
         self._want(st, args, 1)
-        return self._site(st, "sync", P.PORT_SYNC, args)
+        return self._site(st, "sync", P.PORT_SYNC, _values(st, args))
 
     def _m_guest_assert_eq(self, st, args):
         self._want(st, args, 2)
-        return self._site(st, "assert_eq", P.PORT_ASSERT, args)
+        return self._site(st, "assert_eq", P.PORT_ASSERT, _values(st, args))
 
     def _m_guest_print(self, st, args):
         self._want(st, args, 1)
