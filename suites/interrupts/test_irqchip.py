@@ -4,20 +4,11 @@
 import pytest
 
 from kvmtest.abi import constants as C
+from kvmtest.guest.pic import init_master_pic
 
 pytestmark = pytest.mark.requires_cap("KVM_CAP_IRQCHIP")
 
-PIC_GUEST = """
-    mov al, 0x11
-    out 0x20, al            # ICW1: edge, cascade, ICW4 follows
-    mov al, 0x20
-    out 0x21, al            # ICW2: vectors 0x20-0x27
-    mov al, 0x04
-    out 0x21, al            # ICW3: slave on IRQ2
-    mov al, 0x01
-    out 0x21, al            # ICW4: 8086 mode
-    mov al, 0xFD
-    out 0x21, al            # OCW1: only IRQ1 unmasked
+PIC_GUEST = init_master_pic(0x20, unmasked=(1,)) + """
     GUEST_SYNC 1
     sti
 wait:

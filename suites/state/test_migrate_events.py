@@ -9,6 +9,7 @@ import struct
 import pytest
 
 from kvmtest.abi import constants as C
+from kvmtest.guest.pic import init_master_pic
 from kvmtest.guest.paging import PCD, RW, KiB4, P
 
 APIC, IOAPIC = 0xFEE00000, 0xFEC00000
@@ -108,18 +109,7 @@ def test_level_interrupt_held_by_a_masked_ioapic_pin_is_delivered_after_migratio
 def test_irq_waiting_in_the_pic_is_delivered_after_migration(guest):
     """IRQ1 raised while the guest has IF=0 waits in the master PIC's IRR (8259A); saved with
     KVM_GET_IRQCHIP, it reaches the guest in the new VM as vector ICW2+1, once."""
-    g = guest("long64", """
-        mov al, 0x11
-        out 0x20, al            # ICW1
-        mov al, 0x20
-        out 0x21, al            # ICW2: vectors 0x20-0x27
-        mov al, 0x04
-        out 0x21, al            # ICW3
-        mov al, 0x01
-        out 0x21, al            # ICW4
-        mov al, 0xFD
-        out 0x21, al            # only IRQ1 unmasked
-        """ + TAKE_PENDING + """
+    g = guest("long64", init_master_pic(0x20, unmasked=(1,)) + TAKE_PENDING + """
     irq1:
         inc r12
         push rax

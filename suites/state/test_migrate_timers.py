@@ -9,6 +9,7 @@ import time
 import pytest
 
 from kvmtest.guest import layout as L
+from kvmtest.guest.pic import init_master_pic
 from kvmtest.guest.paging import PCD, RW, KiB4, P
 from kvmtest.msr_names import MSR_IA32_TSC_DEADLINE
 
@@ -124,17 +125,7 @@ def test_pit_keeps_counting_and_ticking_after_migration(guest):
     after migration: the read-back command reports the programmed mode and access (status bits
     5:0 = 0x34), a latched count lies in (0, 11932], and IRQ0 keeps arriving through the PIC
     (8254 datasheet: read-back command, mode 2; api.rst KVM_GET/SET_PIT2, KVM_GET/SET_IRQCHIP)."""
-    g = guest("long64", f"""
-        mov al, 0x11
-        out 0x20, al            # PIC ICW1: edge, cascade, ICW4 follows
-        mov al, 0x20
-        out 0x21, al            # ICW2: vectors 0x20-0x27
-        mov al, 0x04
-        out 0x21, al            # ICW3: slave on IRQ2
-        mov al, 0x01
-        out 0x21, al            # ICW4: 8086 mode
-        mov al, 0xFE
-        out 0x21, al            # OCW1: only IRQ0 unmasked
+    g = guest("long64", init_master_pic(0x20, unmasked=(0,)) + f"""
         mov al, 0x34
         out 0x43, al            # PIT channel 0: lobyte/hibyte, mode 2, binary
         mov al, {PIT_COUNT & 0xFF}
