@@ -4,6 +4,8 @@
 import os
 from importlib.metadata import entry_points
 
+import pytest
+
 
 def _plugin_autoloaded() -> bool:
     if os.environ.get("PYTEST_DISABLE_PLUGIN_AUTOLOAD"):
@@ -13,3 +15,11 @@ def _plugin_autoloaded() -> bool:
 
 # pytester drives pytest in kvmtest's own tests and in the suites that check reporting.
 pytest_plugins = ["pytester"] + ([] if _plugin_autoloaded() else ["kvmtest.plugin"])
+
+
+@pytest.fixture
+def pytester(pytester, monkeypatch):
+    """pytester's sessions run in a temporary directory, not in this checkout, where kvmtest's
+    plugin stays dormant (kvmtest.plugin.activation): ask for it, as a user would."""
+    monkeypatch.setenv("KVMTEST_PLUGIN", "1")
+    return pytester

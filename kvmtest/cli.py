@@ -2,28 +2,18 @@
 
 import argparse
 import importlib.util
-import datetime
 import json
 import os
-import re
 import sys
+import textwrap
 from pathlib import Path
 
 from . import fingerprint as fpmod
 from . import known_issue_verify
 from .kernelvm import runner as kernelvm  # stdlib only: QEMU and virtme-ng are needed only by --kernel
+from .reports.recorder import report_stem  # the plugin's --kvm-report-dir names files alike
 
 REPO_SUITES = Path(__file__).resolve().parent.parent / "suites"
-
-
-def _safe(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "unknown"
-
-
-def report_stem(report_dir: str, fp: dict) -> Path:
-    """reports/kvmtest-<host>-<kernel>-<time> (+ .xml, .ktap, .html)"""
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path(report_dir) / f"kvmtest-{_safe(fp['host'])}-{_safe(fp['kernel']['release'])}-{stamp}"
 
 
 def cmd_info(args) -> int:
@@ -40,6 +30,8 @@ def cmd_info(args) -> int:
     flags = " ".join(f for f, on in cpu["flags"].items() if on)
     print(f"  cpu:      {cpu['vendor']} {cpu['model_name']} family {cpu['family']} model {cpu['model']} "
           f"stepping {cpu['stepping']}; flags: {flags}")
+    if fp.get("kvm"):
+        print("\n".join(_guest_cpu_lines(args.device)))
     print(f"  modules:  {', '.join(fp['modules']) or 'none'}")
     print(f"  mmu:      {fp['mmu']['mode']} ({fp['mmu']['how']}); behaviour: "
           f"{fp['mmu'].get('probe_behaviour', '-')} ({fp['mmu'].get('probe_evidence', 'not probed')})")
@@ -53,6 +45,19 @@ def cmd_info(args) -> int:
     return 0
 
 
+def _guest_cpu_lines(device: str) -> list[str]:
+    """What KVM lets a guest have next to the host's flags (kvmtest.cpu_support)."""
+    from . import cpu_support
+    from .kvm import Kvm
+
+    try:
+        with Kvm(device) as kvm:
+            supported, emulated = cpu_support.kvm_features(kvm)
+    except OSError as e:
+        return [f"  guest cpu: KVM_GET_SUPPORTED_CPUID failed: {e}"]
+    return cpu_support.lines(cpu_support.host_flags(), supported, emulated)
+
+
 def _default_suites() -> str:
     if REPO_SUITES.is_dir():
         return str(REPO_SUITES)
@@ -61,17 +66,93 @@ def _default_suites() -> str:
     raise SystemExit("kvmtest run: no suites/ directory found (run from a kvmtest checkout or name the tests)")
 
 
+# pytest's and pytest-xdist's options that take their value as the next argument (`-k EXPR`,
+# `-p no:xdist`, `-n 4`): that value is no test path. Any other option takes its value as
+# `--option=value`.
+PYTEST_VALUE_OPTIONS = frozenset({
+    "-k", "-m", "-p", "-c", "-o", "-r", "-W", "-n", "--tb", "--maxfail", "--deselect", "--ignore", "--ignore-glob",
+    "--rootdir", "--basetemp", "--confcutdir", "--override-ini", "--config-file", "--junitxml", "--junit-xml",
+    "--junit-prefix", "--durations", "--durations-min", "--capture", "--import-mode", "--show-capture", "--color",
+    "--code-highlight", "--verbosity", "--assert", "--pdbcls", "--doctest-glob", "--doctest-report",
+    "--log-level", "--log-format", "--log-date-format", "--log-cli-level", "--log-cli-format",
+    "--log-cli-date-format", "--log-file", "--log-file-mode", "--log-file-level", "--log-file-format",
+    "--log-file-date-format", "--log-disable", "--numprocesses", "--maxprocesses", "--dist", "--tx",
+    "--max-worker-restart", "--rsyncdir", "--rsyncignore", "--report-log",
+})
+# kvmtest's own options that `kvmtest run` sets itself: given as --kvm-*, they replace its own
+_RUN_SETTINGS = {"--kvm-report-dir": "report_dir", "--kvm-junit": "junit", "--kvm-ktap": "ktap",
+                 "--kvm-html": "html", "--kvm-device": "device"}
+
+
+def _plugin_options() -> dict[str, bool]:
+    """--kvm-* flag -> whether it takes a value (the plugin's OPTIONS)."""
+    from .plugin import OPTIONS
+
+    return {o.flag: o.kind != "bool" for o in OPTIONS}
+
+
+def split_pytest_args(extra: list[str]) -> tuple[list[tuple[str, str | None]], list[str]]:
+    """(options as (flag, value or None), test paths), reading each option's value where it is one."""
+    kvm = _plugin_options()
+    options, targets = [], []
+    i = 0
+    while i < len(extra):
+        arg = extra[i]
+        if arg == "--":  # pytest: everything after it is a test path
+            targets += extra[i + 1:]
+            break
+        if not arg.startswith("-") or arg == "-":
+            targets.append(arg)
+        elif "=" in arg and arg.startswith("--"):
+            flag, _, value = arg.partition("=")
+            options.append((flag, value))
+        elif (kvm.get(arg) or arg in PYTEST_VALUE_OPTIONS) and i + 1 < len(extra):
+            options.append((arg, extra[i + 1]))
+            i += 1
+        else:
+            options.append((arg, None))
+        i += 1
+    return options, targets
+
+
+def absorb_run_settings(args, extra: list[str]) -> list[str]:
+    """--kvm-report-dir, --kvm-junit, --kvm-ktap, --kvm-html, --kvm-device and --kvm-baseline among
+    the pytest arguments become `kvmtest run`'s own settings (which it passes on); the rest stays."""
+    options, targets = split_pytest_args(extra)
+    rest = []
+    for flag, value in options:
+        if flag in _RUN_SETTINGS and value is not None:
+            setattr(args, _RUN_SETTINGS[flag], value)
+        elif flag == "--kvm-baseline" and value is not None:
+            args.baseline = list(args.baseline) + [p.strip() for p in value.split(",") if p.strip()]
+        else:
+            rest += [flag] if value is None else [f"{flag}={value}"] if flag.startswith("--") else [flag, value]
+    return rest + (["--"] if any(t.startswith("-") for t in targets) else []) + targets
+
+
+def _xdist_wanted(args, options) -> bool:
+    if args.jobs == "0" or importlib.util.find_spec("xdist") is None:
+        return False
+    for flag, value in options:
+        if flag in ("-n", "--numprocesses", "--dist"):
+            return False  # the user's own choice
+        if (flag, value) == ("-p", "no:xdist") or flag in ("-pno:xdist", "-p=no:xdist"):
+            return False  # xdist disabled: -n would be an unknown option
+    return True
+
+
 def pytest_args(args, extra: list[str], fp: dict) -> tuple[list[str], dict]:
+    extra = absorb_run_settings(args, extra)
+    options, targets = split_pytest_args(extra)
     stem = report_stem(args.report_dir, fp)
     paths = {"junit": Path(args.junit or f"{stem}.xml"), "ktap": Path(args.ktap or f"{stem}.ktap"),
              "html": Path(args.html or f"{stem}.html")}
-    targets = [a for a in extra if not a.startswith("-")]
     out = [] if targets else [_default_suites()]
-    out += ["-v", "-rfEX", f"--kvm-junit={paths['junit']}", f"--kvm-ktap={paths['ktap']}",
+    out += ["-v", "-ra", f"--kvm-junit={paths['junit']}", f"--kvm-ktap={paths['ktap']}",
             f"--kvm-html={paths['html']}", f"--kvm-report-dir={args.report_dir}", f"--kvm-device={args.device}"]
     if args.baseline:
         out.append(f"--kvm-baseline={','.join(args.baseline)}")
-    if args.jobs != "0" and importlib.util.find_spec("xdist") is not None:
+    if _xdist_wanted(args, options):
         out += ["-n", args.jobs]
     return out + extra, paths
 
@@ -97,6 +178,7 @@ def bisect_code(pytest_code: int, junit: Path) -> int:
 def cmd_run(args, extra) -> int:
     import pytest
 
+    extra = absorb_run_settings(args, extra)  # --kvm-device among them names the device to fingerprint
     fp = fpmod.collect(args.device)
     try:
         argv, paths = pytest_args(args, extra, fp)
@@ -105,7 +187,7 @@ def cmd_run(args, extra) -> int:
             print(e, file=sys.stderr)
             return BISECT_SKIP
         raise
-    print(f"kvmtest run: {fpmod.short(fp)}")
+    # the host line and the report paths come from the plugin (header, "kvmtest report:" lines)
     print(f"kvmtest run: pytest {' '.join(argv)}", flush=True)
     try:
         code = int(pytest.main(argv))
@@ -114,9 +196,6 @@ def cmd_run(args, extra) -> int:
             raise
         print(f"kvmtest run: internal error: {e}", file=sys.stderr)
         return BISECT_SKIP
-    for kind, path in paths.items():
-        if path.exists():
-            print(f"kvmtest run: {kind} report {path}")
     return bisect_code(code, paths["junit"]) if args.bisect else code
 
 
@@ -172,14 +251,32 @@ def cmd_import_tap(args) -> int:
     from .reports import junit
     from .reports.results import read_tap
 
-    text = sys.stdin.read() if args.input == "-" else Path(args.input).read_text()
+    try:
+        text = sys.stdin.read() if args.input == "-" else Path(args.input).read_text(errors="replace")
+    except OSError as e:
+        print(f"kvmtest import-tap: {args.input}: {e.strerror}", file=sys.stderr)
+        return 2
     results = read_tap(text, args.input, args.suite)
     if not results:
         print(f"kvmtest import-tap: no TAP/KTAP result lines in {args.input}", file=sys.stderr)
         return 2
     junit.write(args.output, [junit.suite_from_results(results, args.suite, args.host, {"source": args.input})])
-    print(f"kvmtest import-tap: {len(results)} results -> {args.output}")
+    bad = sum(r.status in ("failed", "error") for r in results)
+    print(f"kvmtest import-tap: {len(results)} results ({bad} failed or errors) -> {args.output}")
     return 0
+
+
+def _plugin_options_help() -> str:
+    """The pytest plugin's --kvm-* options, for `kvmtest run --help` (generated: never stale)."""
+    from .plugin import OPTIONS
+
+    lines = ["kvmtest's pytest options (passed to pytest; each also has a KVMTEST_* variable and an ini key):"]
+    for opt in OPTIONS:
+        flag = opt.flag if opt.kind == "bool" else f"{opt.flag}=VALUE"
+        lines.append(f"  {flag}")
+        lines += textwrap.wrap(f"{opt.help} (env {opt.env_name})", 88, initial_indent=" " * 8,
+                               subsequent_indent=" " * 8)
+    return "\n".join(lines)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -188,7 +285,13 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="print the host fingerprint")
     info.add_argument("--json", action="store_true", help="the whole fingerprint as JSON")
     info.add_argument("--device", default=os.environ.get("KVMTEST_DEVICE", "/dev/kvm"))
-    run = sub.add_parser("run", help="run the conformance suites (extra arguments go to pytest)")
+    run = sub.add_parser("run", help="run the conformance suites (extra arguments go to pytest)",
+                         description=textwrap.fill(
+                             "Run kvmtest's suites with pytest over all CPUs and write JUnit, KTAP and HTML "
+                             "reports. Every argument not listed below goes to pytest unchanged: test paths "
+                             "(default: the suites), -k EXPR, -x, -p no:xdist, and the --kvm-* options at the "
+                             "end of this help.", 88),
+                         epilog=_plugin_options_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
     run.add_argument("--report-dir", default=os.environ.get("KVMTEST_REPORT_DIR", "reports"))
     run.add_argument("--junit", default="", help="JUnit path (default: reports/kvmtest-<host>-<kernel>-<time>.xml)")
     run.add_argument("--device", default=os.environ.get("KVMTEST_DEVICE", "/dev/kvm"))

@@ -4,9 +4,13 @@ Registered through the `pytest11` entry point (and by the repository's conftest.
 kvmtest is not installed). Every option has a kebab-case flag, an ini twin and a KVMTEST_*
 environment variable; the command line wins over the environment, which wins over the
 ini file.
+
+Installed, the plugin is loaded into every pytest session on the machine, but it stays dormant
+(no /dev/kvm, no header, no hooks acting) unless the session is kvmtest's: see `activation`.
 """
 
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,7 +53,9 @@ OPTIONS = [
     Option("kvm_device", "KVM device to test", DEFAULT_DEVICE, env="KVMTEST_DEVICE"),
     Option("kvm_guest_timeout", "seconds one KVM_RUN may take before the guest is kicked and the test fails",
            DEFAULT_RUN_TIMEOUT, "float", env="KVMTEST_GUEST_TIMEOUT"),
-    Option("kvm_report_dir", "directory for reports (JUnit, KTAP, HTML)", "reports", env="KVMTEST_REPORT_DIR"),
+    Option("kvm_report_dir", "write the JUnit, KTAP and HTML reports into this directory as "
+           "kvmtest-<host>-<kernel>-<time>.{xml,ktap,html} (--kvm-junit/--kvm-ktap/--kvm-html name one file "
+           "instead)", "", env="KVMTEST_REPORT_DIR"),
     Option("kvm_junit", "write kvmtest's JUnit file (fingerprint included) to this path", "",
            env="KVMTEST_JUNIT"),
     Option("kvm_ktap", "write a KTAP v1 report to this path", "", env="KVMTEST_KTAP"),
@@ -75,6 +81,49 @@ GUESTS_KEY = pytest.StashKey[list]()  # the guests a test made, for its failure 
 
 class OptionError(pytest.UsageError):
     pass
+
+
+ENTRY_POINT = "kvmtest"  # the pytest11 entry point's name (pyproject.toml)
+ACTIVE_KEY = pytest.StashKey[str]()
+
+
+def activation(config) -> str:
+    """Why this pytest session is kvmtest's, or "" when it is some other project's.
+
+    The plugin acts (opens /dev/kvm, loads known issues, prints its header, adds fixtures'
+    behaviour) only when asked: a --kvm-* option or kvm_* ini setting, a KVMTEST_* environment
+    variable (KVMTEST_PLUGIN=1 asks for nothing else), `-p kvmtest` / `-p kvmtest.plugin` (or a
+    conftest's pytest_plugins naming it), or a session rooted in a kvmtest checkout (its
+    suites and its own tests)."""
+    for opt in OPTIONS:
+        if config.getoption(opt.dest) is not None:
+            return f"{opt.flag} given"
+        if config.getini(opt.name) not in (None, "", []):
+            return f"ini {opt.name} set"
+    env = sorted(k for k in os.environ if k.startswith("KVMTEST_"))
+    if env:
+        return f"environment {env[0]} set"
+    # `-p kvmtest` loads the entry point under its name; `-p kvmtest.plugin`, PYTEST_PLUGINS or a
+    # conftest's pytest_plugins register the module under its own
+    named = set(config.getoption("plugins", None) or [])
+    if ENTRY_POINT in named or config.pluginmanager.get_name(sys.modules[__name__]) == __name__:
+        return "loaded by name"
+    root = Path(config.rootpath)
+    if (root / "kvmtest" / "plugin.py").is_file() and (root / "suites").is_dir():
+        return f"rootdir {root} is a kvmtest checkout"
+    return ""
+
+
+def _active(config) -> bool:
+    return bool(config.stash.get(ACTIVE_KEY, ""))
+
+
+def pytest_plugin_registered(plugin, plugin_name, manager):
+    """`-p kvmtest.plugin` registers this module under its module name before pytest loads the
+    pytest11 entry points; the entry point would then register the same module again as
+    "kvmtest", which pluggy refuses (a crash at start-up). Block that second registration."""
+    if plugin is sys.modules[__name__] and plugin_name == __name__ and manager.get_plugin(ENTRY_POINT) is None:
+        manager.set_blocked(ENTRY_POINT)
 
 
 def pytest_addoption(parser):
@@ -146,10 +195,20 @@ def resolve_settings(config) -> dict:
 
 
 def settings(config) -> dict:
+    if not _active(config):
+        raise pytest.UsageError("kvmtest's pytest plugin is dormant in this session (not kvmtest's suites): "
+                                "pass -p kvmtest, a --kvm-* option, or set KVMTEST_PLUGIN=1")
     return config.stash[SETTINGS_KEY]
 
 
 def pytest_configure(config):
+    config.stash[ACTIVE_KEY] = activation(config)
+    if not _active(config):
+        return  # another project's session: leave it alone
+    if not hasattr(config, "workerinput"):  # the controller writes the terminal; xdist workers do not
+        from .reports.terminal import OneLinePerTest
+
+        config.pluginmanager.register(OneLinePerTest(config), "kvmtest-one-line-per-test")
     config.addinivalue_line("markers", "requires_cap(name, minimum=1): skip unless KVM_CHECK_EXTENSION(name) >= minimum")
     config.addinivalue_line("markers", "requires_cpu(feature): skip unless KVM_GET_SUPPORTED_CPUID reports the feature")
     config.addinivalue_line("markers", "modes(*names): run the test once per CPU mode ('all', 'cpl0' or mode names); "
@@ -165,16 +224,15 @@ def pytest_configure(config):
     except ki.KnownIssueError as e:
         raise pytest.UsageError(str(e)) from None
     config.stash[FINGERPRINT_KEY] = fpmod.collect(s["kvm_device"])
-    if (s["kvm_junit"] or s["kvm_ktap"] or s["kvm_html"]) and not hasattr(config, "workerinput"):
-        from .reports.recorder import RunRecorder
+    if not hasattr(config, "workerinput"):  # reports are written on the controller (or the only process)
+        from .reports import recorder
 
-        baseline = [p.strip() for p in s["kvm_baseline"].split(",") if p.strip()]
-        config.pluginmanager.register(RunRecorder(config, config.stash[FINGERPRINT_KEY], junit_path=s["kvm_junit"],
-                                                  ktap_path=s["kvm_ktap"], html_path=s["kvm_html"],
-                                                  baseline=baseline), "kvmtest-reports")
+        recorder.register(config, s, config.stash[FINGERPRINT_KEY])
 
 
 def pytest_report_header(config):
+    if not _active(config):
+        return []
     fp = config.stash[FINGERPRINT_KEY]
     issues = config.stash[ISSUES_KEY]
     build = fpmod.build_id(fp)
@@ -186,7 +244,7 @@ def pytest_report_header(config):
 
 def pytest_generate_tests(metafunc):
     marker = metafunc.definition.get_closest_marker("modes")
-    if marker is None or "mode" not in metafunc.fixturenames:
+    if marker is None or "mode" not in metafunc.fixturenames or not _active(metafunc.config):
         return
     names = []
     for arg in marker.args or ("all",):
@@ -227,6 +285,8 @@ def _verify_selection(config, issues, items):
 
 
 def pytest_collection_modifyitems(config, items):
+    if not _active(config):
+        return
     fp = config.stash[FINGERPRINT_KEY]
     build = fpmod.build_id(fp)
     issues = _verify_selection(config, [i for i in config.stash[ISSUES_KEY] if i.matches_host(fp)], items)
@@ -253,8 +313,26 @@ def pytest_collection_modifyitems(config, items):
             item.user_properties.append(("mmu_mode", f"{fp['mmu']['mode']} (probe: {fp['mmu'].get('probe_behaviour', '-')})"))
 
 
+@pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_terminal_summary(terminalreporter, config):
-    """Name the known-issue entries this build was never verified on, and those whose tests XPASSed."""
+    """After pytest's own summary sections: the known-issue entries this build was never verified
+    on and those whose tests XPASSed, then the short test summary for -r chars f, E, s, x, X
+    in kvmtest's form (reasons uncut, skips and xfails grouped: kvmtest.reports.terminal)."""
+    if not _active(config):
+        return (yield)
+    from .reports import terminal
+
+    chars = terminalreporter.reportchars
+    terminalreporter.reportchars = "".join(c for c in chars if c not in terminal.CHARS)
+    try:
+        return (yield)
+    finally:
+        terminalreporter.reportchars = chars
+        _known_issue_summary(terminalreporter, config)
+        terminal.write_summary(terminalreporter, "".join(c for c in chars if c in terminal.CHARS))
+
+
+def _known_issue_summary(terminalreporter, config):
     fp = config.stash[FINGERPRINT_KEY]
     build = fpmod.build_id(fp)
     applying = {i.id: i for i in config.stash[ISSUES_KEY] if i.matches_host(fp)}
@@ -277,6 +355,8 @@ def pytest_terminal_summary(terminalreporter, config):
 
 
 def pytest_runtest_setup(item):
+    if not _active(item.config):
+        return
     for marker in item.iter_markers("requires_cap"):
         _check_cap(item, *marker.args, **marker.kwargs)
     for marker in item.iter_markers("requires_cpu"):
@@ -401,6 +481,8 @@ def _kmsg():
 def pytest_runtest_makereport(item, call):
     """Failure diagnostics: the last ioctls and exits, and the kernel's KVM log lines of the test."""
     report = yield
+    if not _active(item.config):
+        return report
     if report.when == "setup":
         _ioctl.clear_trace()
         _kmsg().mark()
@@ -410,8 +492,8 @@ def pytest_runtest_makereport(item, call):
                 states = [g.state(v) for v in g.vm.vcpus if not v.closed]
                 report.sections.append((f"guest {g.name} ({g.mode.name})", "\n".join(states)))
         report.sections.append(("kvmtest trace", "\n".join(_ioctl.recent(30))))
-        lines = _kmsg().new_lines()
-        if lines:
-            report.sections.append(("kernel log (KVM)", "\n".join(lines[-50:])))
+        text = _kmsg().test_section()  # this process's lines only (reports/kmsg.py)
+        if text:
+            report.sections.append(("kernel log (KVM)", text))
     return report
 

@@ -1,12 +1,17 @@
 """Comparison of two runs (kernel A vs kernel B, yesterday vs today): what regressed, what got
-fixed, what is new, removed, skipped differently, or flaky across repeats."""
+fixed, what is new, removed, skipped differently, or flaky across repeats.
+
+A regression is a test that now fails, or lost coverage: a test that ran in the base run and is
+skipped or missing in the new one (a run without /dev/kvm skips everything and must not compare
+clean). "Fixed" means it failed and now runs clean (passed, xfailed or xpassed); a failure that is
+now skipped was not fixed, it went untested."""
 
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from .results import BAD, Result
+from .results import BAD, RAN, Result
 
-GOOD = ("passed", "xfailed")
+GOOD = ("passed", "xfailed", "xpassed")
 
 
 def _verdict(statuses: list[str]) -> str:
@@ -18,7 +23,7 @@ def _verdict(statuses: list[str]) -> str:
     if bad:
         return next(s for s in statuses if s in BAD)
     if good:
-        return "passed" if "passed" in statuses else "xfailed"
+        return next(s for s in GOOD if s in statuses)
     return statuses[0]
 
 
@@ -33,11 +38,12 @@ class Comparison:
     removed_tests: list[tuple[str, str]] = field(default_factory=list)
     skip_changes: list[tuple[str, str, str]] = field(default_factory=list)
     flaky: list[tuple[str, str]] = field(default_factory=list)  # (id, which side)
+    lost_coverage: list[tuple[str, str, str]] = field(default_factory=list)  # (id, before, "skipped"/"absent")
     messages: dict[str, str] = field(default_factory=dict)
 
     @property
     def regressed(self) -> bool:
-        return bool(self.new_failures)
+        return bool(self.new_failures or self.lost_coverage)
 
     def as_dict(self) -> dict:
         return {
@@ -50,6 +56,7 @@ class Comparison:
             "removed_tests": [{"id": i, "status": s} for i, s in self.removed_tests],
             "skip_changes": [{"id": i, "before": b, "after": a} for i, b, a in self.skip_changes],
             "flaky": [{"id": i, "side": s} for i, s in self.flaky],
+            "lost_coverage": [{"id": i, "before": b, "after": a} for i, b, a in self.lost_coverage],
         }
 
     def text(self) -> str:
@@ -64,6 +71,7 @@ class Comparison:
 
         section("NEW FAILURES", [f"{i}: {b} -> {a}" + (f"  ({self.messages[i]})" if self.messages.get(i) else "")
                                  for i, b, a in self.new_failures])
+        section("LOST COVERAGE (ran before, not now)", [f"{i}: {b} -> {a}" for i, b, a in self.lost_coverage])
         section("fixed", [f"{i}: {b} -> {a}" for i, b, a in self.fixed])
         section("still failing", self.still_failing)
         section("new tests", [f"{i} ({s})" for i, s in self.new_tests])
@@ -96,15 +104,19 @@ def compare(base: list[Result], new: list[Result]) -> Comparison:
             continue
         if after is None:
             cmp.removed_tests.append((test_id, before))
+            if before in RAN or before == "flaky":
+                cmp.lost_coverage.append((test_id, before, "absent"))
             continue
         bad_before, bad_after = before in BAD or before == "flaky", after in BAD or after == "flaky"
         if bad_after and not bad_before:
             cmp.new_failures.append((test_id, before, after))
             cmp.messages[test_id] = next((r.message for r in n[test_id] if r.status in BAD), "")
-        elif bad_before and not bad_after:
+        elif bad_before and after in GOOD:
             cmp.fixed.append((test_id, before, after))
         elif bad_before and bad_after:
             cmp.still_failing.append(test_id)
         if (before == "skipped") != (after == "skipped"):
             cmp.skip_changes.append((test_id, before, after))
+        if after == "skipped" and (before in RAN or before == "flaky"):
+            cmp.lost_coverage.append((test_id, before, after))
     return cmp

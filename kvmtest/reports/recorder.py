@@ -1,11 +1,46 @@
 """The pytest-side recorder: collects every phase report on the controller (so it works
 under pytest-xdist) and writes the JUnit, KTAP and HTML reports at the end of the session."""
 
+import datetime
+import re
 from pathlib import Path
 
 from .. import fingerprint as fpmod
 from . import html as html_report
 from . import junit, ktap
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "unknown"
+
+
+def report_stem(report_dir: str, fp: dict) -> Path:
+    """DIR/kvmtest-<host>-<kernel>-<time> (+ .xml, .ktap, .html)"""
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    kernel = (fp.get("kernel") or {}).get("release", "unknown")
+    return Path(report_dir) / f"kvmtest-{_safe(fp.get('host', 'unknown'))}-{_safe(kernel)}-{stamp}"
+
+
+def report_paths(settings: dict, fp: dict) -> dict[str, str]:
+    """--kvm-junit/--kvm-ktap/--kvm-html where given; with --kvm-report-dir, the others go there
+    under one stem; without it, only the named ones are written."""
+    stem = report_stem(settings["kvm_report_dir"], fp) if settings.get("kvm_report_dir") else None
+    paths = {}
+    for kind, suffix in (("junit", ".xml"), ("ktap", ".ktap"), ("html", ".html")):
+        path = settings.get(f"kvm_{kind}") or (f"{stem}{suffix}" if stem else "")
+        if path:
+            paths[kind] = path
+    return paths
+
+
+def register(config, settings: dict, fp: dict) -> None:
+    """Record this session's reports when any is asked for (called on the controller only)."""
+    paths = report_paths(settings, fp)
+    if paths:
+        baseline = [p.strip() for p in settings.get("kvm_baseline", "").split(",") if p.strip()]
+        config.pluginmanager.register(RunRecorder(config, fp, junit_path=paths.get("junit", ""),
+                                                  ktap_path=paths.get("ktap", ""), html_path=paths.get("html", ""),
+                                                  baseline=baseline), "kvmtest-reports")
 
 
 class RunRecorder:
@@ -15,6 +50,7 @@ class RunRecorder:
         self.baseline = list(baseline)
         self.outcomes: dict[str, junit.Outcome] = {}
         self.written: list[str] = []
+        self.started = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")  # the run's date
 
     def pytest_runtest_logreport(self, report):
         junit.record(self.outcomes, report)
@@ -39,8 +75,12 @@ class RunRecorder:
 
                 comparison = compare(read_any(self.baseline), results)
             Path(self.html_path).parent.mkdir(parents=True, exist_ok=True)
+            from ..plugin import ISSUES_KEY
+
             Path(self.html_path).write_text(html_report.render(results, self.fp, comparison,
-                                                               title=f"kvmtest: {fpmod.short(self.fp)}"))
+                                                               title=f"kvmtest: {fpmod.short(self.fp)}",
+                                                               issues=self.config.stash.get(ISSUES_KEY, []),
+                                                               date=self.started))
             self.written.append(f"HTML {self.html_path}")
 
     def pytest_terminal_summary(self, terminalreporter):
