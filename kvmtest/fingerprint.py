@@ -103,6 +103,28 @@ def build_id(fp: dict) -> str:
     return text + "".join(f" {m}:{v}" for m, v in sorted(mods.items()))
 
 
+# KVM_GET_SUPPORTED_CPUID passes through fields that name the host CPU the ioctl ran on (SDM Vol. 2A
+# CPUID; AMD APM Vol. 3 E.4.x): they differ from one CPU of the same host to the next, so the table's
+# hash leaves them out. (leaf, register) -> mask of the bits kept.
+_PER_CPU_FIELDS = {
+    (0x1, "ebx"): 0x00FFFFFF,      # EBX[31:24] initial APIC ID
+    (0xB, "edx"): 0,               # x2APIC ID of the current logical processor
+    (0x1F, "edx"): 0,              # the same, V2 extended topology
+    (0x8000001E, "eax"): 0,        # AMD extended APIC ID
+    (0x8000001E, "ebx"): 0xFFFFFF00,  # AMD compute unit / core ID in EBX[7:0]
+    (0x8000001E, "ecx"): 0xFFFFFF00,  # AMD node ID in ECX[7:0]
+}
+
+
+def cpuid_entry_identity(entry) -> bytes:
+    """One supported-CPUID entry as bytes for the fingerprint hash, without the per-CPU fields."""
+    masked = type(entry).from_buffer_copy(bytes(entry))
+    for (leaf, reg), keep in _PER_CPU_FIELDS.items():
+        if masked.function == leaf:
+            setattr(masked, reg, getattr(masked, reg) & keep)
+    return bytes(masked)
+
+
 def backend(modules) -> str:
     for name in ("kvm_intel", "kvm_amd", "kvm_pvm"):
         if name in modules:
@@ -150,7 +172,7 @@ def collect(device: str = "/dev/kvm") -> dict:
             cpuid = kvm.supported_cpuid()
             digest = hashlib.sha256()
             for e in sorted(cpuid, key=lambda e: (e.function, e.index)):
-                digest.update(bytes(e))
+                digest.update(cpuid_entry_identity(e))
             fp["kvm"] = {
                 "device": device,
                 "api_version": kvm.api_version(),

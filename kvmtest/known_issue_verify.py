@@ -49,7 +49,8 @@ class EntryResult:
     def result_text(self) -> str:
         if self.issue.intermittent:
             return f"failed in {self.failing_runs} of {self.runs} runs"
-        return f"{len(self.ran)} of {len(self.ran)} tests failed" + \
+        failed = sum(1 for s in self.ran.values() if all(x == "failed" for x in s))
+        return f"{failed} of {len(self.ran)} tests failed" + \
             (f" ({len(self.outcomes) - len(self.ran)} skipped here)" if len(self.ran) < len(self.outcomes) else "")
 
     def problems(self) -> list[str]:

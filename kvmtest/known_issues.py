@@ -151,6 +151,8 @@ def load(path: str | Path) -> list[KnownIssue]:
         text = path.read_text()
     except OSError as e:
         raise KnownIssueError(f"known-issue file {path}: cannot read: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise KnownIssueError(f"known-issue file {path}: not UTF-8 text (byte {e.start}: {e.reason})") from None
     return load_text(text, path)
 
 
@@ -195,6 +197,7 @@ def _validate(entry: dict, where: str, source: str) -> KnownIssue:
                               f"allowed: {sorted(_HOST_KEYS)}")
     if "params" in host and not isinstance(host["params"], dict):
         raise KnownIssueError(f"{where}: 'host.params' must be a table of module.param = value")
+    _validate_host_values(host, where)
     evidence = entry.get("evidence")
     if not isinstance(evidence, dict):
         raise KnownIssueError(f"{where}: 'evidence' table is missing")
@@ -217,6 +220,29 @@ def _validate(entry: dict, where: str, source: str) -> KnownIssue:
                       tuple(glob_to_regex(t) for t in tests))
 
 
+# What the fingerprint can hold for the host keys with a closed set of values (kvmtest.fingerprint).
+_HOST_CHOICES = {
+    "mmu": {"ept", "ept-tdp-mmu", "npt", "npt-tdp-mmu", "shadow", "unknown"},
+    "backend": {"kvm_intel", "kvm_amd", "kvm_pvm", "unknown"},
+    "accelerator": {"none", "tcg", "kvm"},
+}
+_RELEASE = re.compile(r"\d+(\.\d+)*")
+# A [[issue.seen]] result says the deviation showed: what `kvmtest known-issues verify` writes.
+_SEEN_RESULT = re.compile(r"(?P<n>\d+) of (?P=n) tests failed( \(\d+ skipped here\))?|failed in [1-9]\d* of \d+ runs")
+
+
+def _validate_host_values(host: dict, where: str) -> None:
+    for key in sorted(set(host) - {"params"}):
+        value = host[key]
+        if not isinstance(value, str) or not value:
+            raise KnownIssueError(f"{where}: 'host.{key}' must be a non-empty string, not {value!r}")
+        if key in _HOST_CHOICES and value not in _HOST_CHOICES[key]:
+            raise KnownIssueError(f"{where}: 'host.{key}' {value!r} is none of {sorted(_HOST_CHOICES[key])}")
+        if key in ("kernel_min", "kernel_max") and not _RELEASE.fullmatch(value):
+            raise KnownIssueError(f"{where}: 'host.{key}' {value!r} is not a kernel version like \"6.11\" or "
+                                  "\"6.10.999\"")
+
+
 def _validate_seen(seen, where: str) -> tuple[dict, ...]:
     if not isinstance(seen, list) or not all(isinstance(s, dict) for s in seen):
         raise KnownIssueError(f"{where}: 'seen' must be [[issue.seen]] tables (build, date, result)")
@@ -229,6 +255,10 @@ def _validate_seen(seen, where: str) -> tuple[dict, ...]:
             raise KnownIssueError(f"{where}: [[issue.seen]] {', '.join(bad)} must be non-empty strings")
         if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", record["date"]):
             raise KnownIssueError(f"{where}: [[issue.seen]] date {record['date']!r} is not YYYY-MM-DD")
+        if not _SEEN_RESULT.fullmatch(record["result"]):
+            raise KnownIssueError(f"{where}: [[issue.seen]] result {record['result']!r} does not say the deviation "
+                                  "showed: write 'N of N tests failed' or 'failed in K of R runs' (K > 0), as "
+                                  "`kvmtest known-issues verify --write` does")
     return tuple(dict(s) for s in seen)
 
 

@@ -46,6 +46,21 @@ class Kvm(FdObject):
         self._vm_ids = itertools.count()
         self._mmap_size = None
         self._supported_cpuid = None
+        self._check_is_kvm()
+
+    def _check_is_kvm(self) -> None:
+        """A device that opens but is not KVM (/dev/null, a regular file) would fail every later
+        ioctl with ENOTTY, which a test would report as KVM's verdict: refuse it here instead.
+        KVM_GET_API_VERSION is 12 on every kernel kvmtest can test (api.rst 4.1)."""
+        try:
+            version = self.api_version()
+        except KvmError as e:
+            self.close()
+            raise DeviceError(f"{self.path} is not a KVM device: KVM_GET_API_VERSION failed with "
+                              f"{e.errno_name}") from None
+        if version != 12:
+            self.close()
+            raise DeviceError(f"{self.path}: KVM_GET_API_VERSION is {version}, kvmtest needs 12 (api.rst 4.1)")
 
     def api_version(self) -> int:
         """KVM_GET_API_VERSION (api.rst 4.1): 12 on every kernel since 2.6.22."""

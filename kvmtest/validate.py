@@ -10,12 +10,16 @@ import numbers
 
 from .errors import BadArgumentError, InvalidTimeoutError
 
+# The longest timeout accepted: a day. Past that a "timeout" is no bound a run will ever reach, and
+# a stuck guest would hang the run as surely as with none (the brief: every guest run has a timeout).
+MAX_TIMEOUT = 86400.0
+
 
 def timeout_problem(value) -> str | None:
     """Why `value` is not a usable timeout in seconds, or None if it is one.
 
-    A timeout is a finite real number above 0; bool (True is not "1 second"), strings, NaN,
-    infinities, 0 and negatives are refused. A huge finite value is allowed.
+    A timeout is a real number above 0 and at most MAX_TIMEOUT (a day); bool (True is not
+    "1 second"), strings, NaN, infinities, 0, negatives and longer values are refused.
     """
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         return "not a number of seconds"
@@ -29,6 +33,8 @@ def timeout_problem(value) -> str | None:
         return "not a finite number of seconds"
     if seconds <= 0:
         return "must be more than 0 seconds"
+    if seconds > MAX_TIMEOUT:
+        return f"more than {MAX_TIMEOUT:g} seconds (a day) is no timeout: a stuck guest would hang the run"
     return None
 
 

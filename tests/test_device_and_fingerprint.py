@@ -77,3 +77,15 @@ def test_build_id_names_release_build_line_and_module_srcversions():
     host = {"kernel": {"release": "6.1.0-9-amd64", "version": "#1 SMP PREEMPT_DYNAMIC Debian 6.1.27-1"},
             "module_versions": {"kvm_amd": "ABC123", "kvm": "DEF456"}}
     assert fp.build_id(host) == "6.1.0-9-amd64 #1 SMP PREEMPT_DYNAMIC Debian 6.1.27-1 kvm:DEF456 kvm_amd:ABC123"
+
+
+def test_cpuid_hash_leaves_out_the_fields_that_name_the_current_cpu():
+    from kvmtest.abi import structs as S
+
+    on_cpu0 = S.kvm_cpuid_entry2(function=1, ebx=0x00_10_08_00, ecx=0x80000000)
+    on_cpu1 = S.kvm_cpuid_entry2(function=1, ebx=0x01_10_08_00, ecx=0x80000000)
+    assert fp.cpuid_entry_identity(on_cpu0) == fp.cpuid_entry_identity(on_cpu1)
+    other_feature = S.kvm_cpuid_entry2(function=1, ebx=0x00_10_08_00, ecx=0x80000001)
+    assert fp.cpuid_entry_identity(on_cpu0) != fp.cpuid_entry_identity(other_feature)
+    x2apic = [S.kvm_cpuid_entry2(function=0xB, index=0, edx=n, ebx=2) for n in (0, 3)]
+    assert fp.cpuid_entry_identity(x2apic[0]) == fp.cpuid_entry_identity(x2apic[1])

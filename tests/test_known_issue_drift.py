@@ -163,3 +163,46 @@ def test_not_run_and_intermittent_together_are_refused(tmp_path):
     path.write_text(_issue(["x"], extra="run = false\nintermittent = true"))
     with pytest.raises(ki.KnownIssueError, match="an entry that is not run cannot be intermittent"):
         ki.load(path)
+
+
+def test_a_device_that_is_not_kvm_is_an_error_even_in_a_known_issue_test(run):
+    # /dev/null opens read-write; every KVM ioctl on it fails with ENOTTY, which must not read as a
+    # host deviation (it did: 65 XFAILs in suites/debug with --kvm-device /dev/null).
+    run.makepyfile(test_demo="def test_bad(kvm):\n    kvm.create_vm()\n")
+    issues = run.makefile(".toml", known=_issue(["test_demo.py::test_bad"]) + seen(this_build()))
+    result = run.runpytest(f"--kvm-known-issues={issues}", "--kvm-device=/dev/null")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*/dev/null is not a KVM device: KVM_GET_API_VERSION failed with ENOTTY*"])
+
+
+@pytest.mark.parametrize("host,message", [
+    ('kernel_min = 7', "'host.kernel_min' must be a non-empty string, not 7"),
+    ('kernel_min = "banana"', "'host.kernel_min' 'banana' is not a kernel version"),
+    ('kernel_max = "banana"', "'host.kernel_max' 'banana' is not a kernel version"),
+    ('mmu = "banana"', "'host.mmu' 'banana' is none of"),
+    ('accelerator = "qemu"', "'host.accelerator' 'qemu' is none of"),
+])
+def test_host_predicate_values_are_checked(tmp_path, host, message):
+    path = tmp_path / "k.toml"
+    path.write_text(_issue(["x"], host=host))
+    with pytest.raises(ki.KnownIssueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        ki.load(path)
+
+
+def test_a_seen_record_must_say_the_deviation_showed(tmp_path):
+    path = tmp_path / "k.toml"
+    path.write_text(_issue(["x"]) + seen("b").replace("1 of 1 tests failed", "did not reproduce: 0 of 1 tests failed"))
+    with pytest.raises(ki.KnownIssueError, match="does not say the deviation showed"):
+        ki.load(path)
+
+
+def test_a_file_that_is_not_utf8_is_named(tmp_path):
+    path = tmp_path / "k.toml"
+    path.write_bytes(b"# \xff\xfe\n")
+    with pytest.raises(ki.KnownIssueError, match="not UTF-8 text"):
+        ki.load(path)
+
+
+def test_an_entry_whose_test_passed_is_not_reported_as_all_failed():
+    entry = kv.EntryResult(_entry(), runs=1, failing_runs=0, outcomes={"t::a": ["passed"], "t::b": ["failed"]})
+    assert entry.result_text() == "1 of 2 tests failed"
