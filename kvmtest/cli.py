@@ -292,9 +292,11 @@ def build_parser() -> argparse.ArgumentParser:
                              "(default: the suites), -k EXPR, -x, -p no:xdist, and the --kvm-* options at the "
                              "end of this help.", 88),
                          epilog=_plugin_options_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
-    run.add_argument("--report-dir", default=os.environ.get("KVMTEST_REPORT_DIR", "reports"))
+    run.add_argument("--report-dir", default=os.environ.get("KVMTEST_REPORT_DIR", "reports"),
+                     help="directory for the JUnit, KTAP and HTML reports (default reports; env KVMTEST_REPORT_DIR)")
     run.add_argument("--junit", default="", help="JUnit path (default: reports/kvmtest-<host>-<kernel>-<time>.xml)")
-    run.add_argument("--device", default=os.environ.get("KVMTEST_DEVICE", "/dev/kvm"))
+    run.add_argument("--device", default=os.environ.get("KVMTEST_DEVICE", "/dev/kvm"),
+                     help="the KVM device to test (default /dev/kvm; env KVMTEST_DEVICE)")
     run.add_argument("--ktap", default="", help="KTAP path (default: reports/kvmtest-<host>-<kernel>-<time>.ktap)")
     run.add_argument("--html", default="", help="HTML path (default: reports/kvmtest-<host>-<kernel>-<time>.html)")
     run.add_argument("--baseline", action="append", default=[], help="JUnit file/dir to compare with in the HTML")

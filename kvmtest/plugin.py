@@ -307,7 +307,7 @@ def pytest_collection_modifyitems(config, items):
                     item.user_properties.append((f"regression_{key}", reg.kwargs[key]))
         params = item.callspec.params if hasattr(item, "callspec") else {}
         mode = params.get("mode") or getattr(params.get("case"), "mode", None)
-        if mode:
+        if isinstance(mode, str):  # --kvm-modes can leave pytest's NOTSET for a test with no mode left
             item.user_properties.append(("cpu_mode", mode))
         if "/paging/" in item.nodeid:
             item.user_properties.append(("mmu_mode", f"{fp['mmu']['mode']} (probe: {fp['mmu'].get('probe_behaviour', '-')})"))

@@ -5,6 +5,8 @@ import datetime
 import re
 from pathlib import Path
 
+import pytest
+
 from .. import fingerprint as fpmod
 from . import html as html_report
 from . import junit, ktap
@@ -51,14 +53,38 @@ class RunRecorder:
         self.outcomes: dict[str, junit.Outcome] = {}
         self.written: list[str] = []
         self.started = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")  # the run's date
+        self.expected: list[str] = []  # the test ids the run set out to run, for telling a cut-short run
+        self.finished: set[str] = set()  # tests whose teardown was reported: every phase ran
 
     def pytest_runtest_logreport(self, report):
         junit.record(self.outcomes, report)
+        if report.when == "teardown":
+            self.finished.add(report.nodeid)
+
+    def pytest_collection_finish(self, session):
+        self.expected = [item.nodeid for item in session.items]
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_xdist_node_collection_finished(self, node, ids):
+        if not self.expected:  # every worker collects the same ids
+            self.expected = list(ids)
+
+    def _mark_unfinished(self, exitstatus) -> None:
+        """A test the run collected but never reported (Ctrl-C, an internal error, a worker that died)
+        is an error in every report: a cut-short run must never read as a green one."""
+        why = {pytest.ExitCode.INTERRUPTED: "the run was interrupted",
+               pytest.ExitCode.INTERNAL_ERROR: "pytest stopped on an internal error"}.get(exitstatus,
+                                                                                      "the run ended first")
+        for nodeid in self.expected:
+            outcome = self.outcomes.setdefault(nodeid, junit.Outcome(nodeid))
+            if nodeid not in self.finished and outcome.status not in ("failed", "error"):
+                outcome.status, outcome.message = "error", f"no result: {why} before this test finished"
 
     def results(self):
         return junit.to_results(self.outcomes, self.fp.get("host", ""))
 
-    def pytest_sessionfinish(self, session):
+    def pytest_sessionfinish(self, session, exitstatus):
+        self._mark_unfinished(exitstatus)
         if self.junit_path:
             junit.write(self.junit_path, [junit.build_suite(self.outcomes, self.fp)])
             self.written.append(f"JUnit {self.junit_path}")

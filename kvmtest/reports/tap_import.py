@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 
 from .results import Result
 
+MAX_MISSING_LISTED = 1000  # missing tests of a short plan listed one by one; more are one failure
+
 _VERSION = re.compile(r"^(?:K?TAP) version \d+$")
 _PLAN = re.compile(r"^1\.\.(\d+)\s*(?:#\s*(.*))?$")
 # the number is optional in TAP 13 but every producer kvmtest reads writes it (KTAP requires it): requiring
@@ -169,6 +171,11 @@ class _Parser:
         status, message = _outcome(ok, (m.group("rest") or "").strip(), level.diags)
         details = "\n".join(level.diags)
         level.diags = []
+        if m.group("num") and int(m.group("num")) != level.count + 1:
+            # ktap.rst: "the test number, starting at 1 and increasing by 1": a gap, a repeat or a
+            # reordering means results were lost or mixed up, which is no pass
+            level.tests.append(_Test([], f"{name} (numbering)", "error",
+                                     f"test number {m.group('num')} where {level.count + 1} was due"))
         level.count += 1
         child, level.child = level.child, None
         if child is None:
@@ -192,7 +199,13 @@ class _Parser:
         if level.plan is None:
             return
         why = f"after 'Bail out! {self.bailed}'" if self.bailed else "the output ended or moved on"
-        for n in range(level.count + 1, level.plan + 1):
+        missing = level.plan - level.count
+        if missing > MAX_MISSING_LISTED:  # one failure for them all: a huge plan must not become a huge report
+            level.tests.append(_Test([], f"tests {level.count + 1}-{level.plan}", "failed",
+                                     f"missing: the plan 1..{level.plan} announced {level.plan} tests, "
+                                     f"{level.count} reported ({why})"))
+            missing = 0
+        for n in range(level.plan - missing + 1, level.plan + 1):
             level.tests.append(_Test([], f"test {n}", "failed",
                                      f"missing: the plan 1..{level.plan} announced {level.plan} tests, "
                                      f"{level.count} reported ({why})"))
