@@ -15,6 +15,12 @@ in this grammar reach Keystone:
     expression:= integers, symbols, unary - ~ !, binary * / + - << >> & ^ |, parentheses,
                  with C's precedence, as Keystone evaluates them
 
+Bounds that keep every input an AssemblyError rather than a crash or a hang: only ASCII
+outside string literals (Keystone's binding cannot encode anything else), numbers and every
+intermediate value within 64 bits (-2**63 .. 2**64-1; Keystone wraps silently), at most
+MAX_PARENS nested parentheses and expression trees at most MAX_DEPTH deep (deeper ones ran
+out of Python's recursion limit).
+
 parse() returns what the statement says, so that kvmtest.asm_verify can compare the bytes
 Keystone produced with it.
 """
@@ -26,6 +32,21 @@ from functools import lru_cache
 
 class SyntaxProblem(ValueError):
     """A statement outside the grammar; str() says what is wrong, for the file:line message."""
+
+
+class UnknownSymbol(SyntaxProblem):
+    """An expression names a symbol whose value is not known (yet)."""
+
+
+MAX_PARENS = 32   # nested parentheses in one expression
+MAX_DEPTH = 64    # operators nested in one expression tree (`1+1+...` nests to the left)
+_LOW, _HIGH = -(1 << 63), 1 << 64  # a 64-bit value, signed or unsigned
+
+
+def fits(value: int, bits: int) -> bool:
+    """The rule for every value kvmtest puts in a `bits`-bit field (data directives, .fill
+    patterns, immediates, displacements): signed or unsigned, -2**(bits-1) .. 2**bits-1."""
+    return -(1 << (bits - 1)) <= value < (1 << bits)
 
 
 # --- vocabulary --------------------------------------------------------------------------------
@@ -66,7 +87,7 @@ DIRECTIVES = {".code16": (0, 0), ".code32": (0, 0), ".code64": (0, 0), ".equ": (
               ".fill": (1, 3)}
 
 _TOKEN = re.compile(r"""
-    (?P<ws>\s+)
+    (?P<ws>[ \t]+)
   | (?P<num>0[xX][0-9a-fA-F]+|0[bB][01]+|\d+)(?![\w.$@])
   | (?P<badnum>\d[\w.$@]*)
   | (?P<name>[A-Za-z_.$][\w.$@]*)
@@ -76,7 +97,31 @@ _TOKEN = re.compile(r"""
 """, re.X)
 
 
+def check_ascii(text: str) -> None:
+    """Refuse a character outside ASCII anywhere but inside a "string literal" (a no-break
+    space, a typographic quote): Keystone's binding cannot encode it, and \\s or \\w would
+    otherwise take it for a space or part of a name."""
+    quote = None
+    i = 0
+    while i < len(text):
+        c = text[i]
+        if quote:
+            if c == "\\":
+                i += 1
+            elif c == '"':
+                quote = None
+        elif c == '"':
+            quote = c
+        elif c == "'" and text[i + 2: i + 3] == "'":  # a character constant: '"' opens no string
+            c = text[i + 1]
+            i += 2
+        if not quote and ord(c) > 127:
+            raise SyntaxProblem(f"non-ASCII character {c!r} (U+{ord(c):04X}) outside a string literal")
+        i += 1
+
+
 def _tokens(text: str) -> list[tuple[str, str]]:
+    check_ascii(text)
     out, pos = [], 0
     while pos < len(text):
         m = _TOKEN.match(text, pos)
@@ -91,6 +136,8 @@ def _tokens(text: str) -> list[tuple[str, str]]:
         if kind == "num" and len(m.group()) > 1 and m.group()[0] == "0" and m.group()[1].isdigit():
             raise SyntaxProblem(f"number {m.group()!r} has a leading zero, which GAS reads as octal; "
                                 "write it in decimal or 0x hex")
+        if kind == "num" and int(m.group(), 0) >= _HIGH:
+            raise SyntaxProblem(f"number {m.group()} does not fit in 64 bits")
         if kind != "ws":
             out.append((kind, m.group()))
         pos = m.end()
@@ -132,12 +179,13 @@ class Parsed:
 
 
 _ARITHMETIC = ("+", "-", "*", "/", "&", "|", "^", "<<", ">>", ":")
-_LABEL = re.compile(r"\s*([A-Za-z_.$][\w.$@]*)\s*:(?![:\[])")
+_LABEL = re.compile(r"[ \t]*([A-Za-z_.$][\w.$@]*)[ \t]*:(?![:\[])")
 
 
 @lru_cache(maxsize=16384)
 def parse(text: str) -> Parsed:
     """What one statement says; SyntaxProblem if any part of it is outside the grammar."""
+    check_ascii(text)
     labels, pos = [], 0
     while True:
         m = _LABEL.match(text, pos)
@@ -145,7 +193,7 @@ def parse(text: str) -> Parsed:
             break
         labels.append(m.group(1))
         pos = m.end()
-    body = text[pos:].strip()
+    body = text[pos:].strip(" \t")
     if not body:
         return Parsed(tuple(labels), "", "label")
     parser = _Parser(_tokens(body))
@@ -161,6 +209,7 @@ class _Parser:
         self.toks = tokens
         self.i = 0
         self.names: set[str] = set()
+        self.parens = 0
 
     # token helpers
     def peek(self, k=0):
@@ -319,6 +368,9 @@ class _Parser:
             if self.done() or self.at(",") or self.at("]") or self.at(")"):
                 raise SyntaxProblem(f"operator {op!r} {where} has no right-hand side")
             left = ("bin", op, left, self.expression(where, registers, level + 1))
+        if level == 0 and self.parens == 0 and depth(left) > MAX_DEPTH:
+            raise SyntaxProblem(f"expression {where} nests more than {MAX_DEPTH} operators deep; split it "
+                                "with .equ")
         return left
 
     def unary(self, where, registers):
@@ -340,8 +392,12 @@ class _Parser:
         if kind == "char":
             return ("num", ord(value[1]))
         if kind == "op" and value == "(":
+            if self.parens >= MAX_PARENS:
+                raise SyntaxProblem(f"more than {MAX_PARENS} nested parentheses {where}")
+            self.parens += 1
             inner = self.expression(where, registers)
             self.expect(")", f"to close '(' {where}")
+            self.parens -= 1
             return inner
         if kind == "name":
             low = value.lower()
@@ -445,7 +501,7 @@ def _unescape(body: str) -> bytes:
     while i < len(body):
         c = body[i]
         if c != "\\":
-            out += c.encode()
+            out += c.encode("utf-8")  # what GAS stores for a UTF-8 source file
             i += 1
             continue
         nxt = body[i + 1]
@@ -463,35 +519,61 @@ def _unescape(body: str) -> bytes:
 
 # --- evaluation --------------------------------------------------------------------------------
 
+def depth(node) -> int:
+    """How deeply operators nest in an expression tree (without recursion: the tree may be deep)."""
+    deepest, stack = 0, [(node, 1)]
+    while stack:
+        node, d = stack.pop()
+        deepest = max(deepest, d)
+        stack.extend((part, d + 1) for part in node[1:] if isinstance(part, tuple))
+    return deepest
+
+
+def _checked(value: int, what) -> int:
+    if not _LOW <= value < _HIGH:
+        raise SyntaxProblem(f"{what} = {value:#x} does not fit in 64 bits (Keystone would wrap it)")
+    return value
+
+
 def _wrap(value: int) -> int:
-    """Keystone evaluates in signed 64-bit arithmetic."""
     return (value + (1 << 63)) % (1 << 64) - (1 << 63)
 
 
 def evaluate(node, values) -> int:
-    """The value of an expression tree, symbols looked up in `values`."""
+    """The value of an expression tree, symbols looked up in `values`.
+
+    Exact integer arithmetic, refusing any value outside 64 bits (signed or unsigned), where
+    Keystone would silently wrap: `-0x8000000000000001`, `0xffffffffffffffff + 1`. The
+    bitwise operators work modulo 2**64 as Keystone's do (`~0xffffffffffffffff` is 0).
+    """
     kind = node[0]
     if kind == "num":
-        return _wrap(node[1])
+        return _checked(node[1], "number")
     if kind == "sym":
         if node[1] not in values:
-            raise SyntaxProblem(f"unknown symbol {node[1]!r}")
-        return _wrap(values[node[1]])
+            raise UnknownSymbol(f"unknown symbol {node[1]!r}")
+        return _checked(values[node[1]], node[1])
     if kind == "reg":
         raise SyntaxProblem(f"register {node[1]} in an expression")
     if kind == "un":
         v = evaluate(node[2], values)
-        return _wrap(-v if node[1] == "-" else ~v if node[1] == "~" else int(v == 0))
+        if node[1] == "-":
+            return _checked(-v, f"-({v:#x})")
+        if node[1] == "~":
+            return ~v if v < (1 << 63) else (1 << 64) - 1 - v
+        return int(v == 0)
     op, a, b = node[1], evaluate(node[2], values), evaluate(node[3], values)
-    if op in "/" and b == 0:
+    if op == "/" and b == 0:
         raise SyntaxProblem("division by zero")
     if op in ("<<", ">>") and not 0 <= b < 64:
         raise SyntaxProblem(f"shift by {b}")
+    if op in ("&", "|", "^"):
+        result = {"&": a & b, "|": a | b, "^": a ^ b}[op]
+        return result if _LOW <= result < _HIGH else _wrap(result)
     result = {"+": lambda: a + b, "-": lambda: a - b, "*": lambda: a * b,
               "/": lambda: abs(a) // abs(b) * (1 if (a < 0) == (b < 0) else -1),
-              "<<": lambda: a << b, ">>": lambda: a >> b, "&": lambda: a & b, "|": lambda: a | b,
-              "^": lambda: a ^ b}[op]()
-    return _wrap(result)
+              "<<": lambda: a << b, ">>": lambda: a >> b}[op]()
+    return _checked(result, f"{a:#x} {op} {b:#x}")
 
 
 def expr_text(node) -> str:

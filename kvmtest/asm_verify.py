@@ -10,19 +10,21 @@ merged with another or encoded differently fails here with the reason.
 
 from functools import lru_cache
 
-from .asm_syntax import DATA, REGISTERS, SIZES, Operand, Parsed, SyntaxProblem, evaluate
+from .asm_syntax import DATA, REGISTERS, SIZES, Operand, Parsed, SyntaxProblem, evaluate, expr_text, fits as _fits
 
 
 class Mismatch(ValueError):
     """The bytes are not what the statement says; str() says how."""
 
 
-def check(p: Parsed, bits: int, start: int, data: bytes, values) -> None:
+def check(p: Parsed, bits: int, start: int, data: bytes, values, relocatable=None) -> None:
     """Raise Mismatch unless `data` (the statement's bytes, at address `start` in `bits`-bit
-    code) is what `p` says; `values` maps every symbol to its value."""
+    code) is what `p` says; `values` maps every symbol to its value. `relocatable(expr)` says
+    how often an expression counts an address of this section (1 for `label + 4`, 0 for a
+    number or `end - start`, None for nonsense), which decides what `[rip + expr]` means."""
     try:
         if p.kind == "insn":
-            _instruction(p, bits, start, data, values)
+            _instruction(p, bits, start, data, values, relocatable)
         elif p.kind == "directive":
             _directive(p, start, data, values)
         elif data:
@@ -32,10 +34,6 @@ def check(p: Parsed, bits: int, start: int, data: bytes, values) -> None:
 
 
 # --- directives --------------------------------------------------------------------------------
-
-def _fits(value: int, bits: int) -> bool:
-    return -(1 << (bits - 1)) <= value < (1 << bits)
-
 
 def _directive(p: Parsed, start: int, data: bytes, values) -> None:
     name = p.name
@@ -71,9 +69,21 @@ def _directive(p: Parsed, start: int, data: bytes, values) -> None:
     elif name == ".fill":
         count = evaluate(p.args[0], values)
         size = evaluate(p.args[1], values) if len(p.args) > 1 else 1
-        if len(data) != count * size:
-            raise Mismatch(f"produced {len(data)} byte(s), not {count} x {size}")
-    elif data:  # .code16/32/64, .equ, .set
+        value = evaluate(p.args[2], values) if len(p.args) > 2 else 0
+        pattern = min(size, 4)  # GAS and Keystone take the value as 4 bytes, zero above
+        if not 1 <= size <= 8 or not _fits(value, 8 * pattern):
+            raise Mismatch(f".fill size {size} / value {value:#x}: the size must be 1 to 8 and the value fit "
+                           f"in {pattern} byte(s)")
+        one = (value % (1 << 8 * pattern)).to_bytes(pattern, "little") + bytes(size - pattern)
+        _same(data, one * count, name)
+    elif name in (".equ", ".set"):
+        if data:
+            raise Mismatch(f"produced {len(data)} byte(s); {name} produces none")
+        value = evaluate(p.args[0], values)
+        if (values[p.defines] - value) % (1 << 64):
+            raise Mismatch(f"Keystone gave {p.defines} the value {values[p.defines]:#x}, the expression says "
+                           f"{value:#x}")
+    elif data:  # .code16/32/64
         raise Mismatch(f"produced {len(data)} byte(s); {name} produces none")
 
 
@@ -86,6 +96,10 @@ def _same(data: bytes, want: bytes, name: str) -> None:
 
 _CC = {"z": "e", "nz": "ne", "c": "b", "nae": "b", "nc": "ae", "nb": "ae", "na": "be", "nbe": "a",
        "nge": "l", "nl": "ge", "ng": "le", "nle": "g", "pe": "p", "po": "np"}
+# What GAS assembles these to in 32- and 64-bit code (kvmtest hands Keystone the same; its
+# own choice is the 16-bit form): IRET in 64-bit code is refused as ambiguous before this.
+_GAS_DEFAULT_SIZE = {32: {"iret": "iretd", "pushf": "pushfd", "popf": "popfd"},
+                     64: {"pushf": "pushfq", "popf": "popfq"}}
 _ALIASES = {"sal": "shl", "icebp": "int1", "int01": "int1", "movabs": "mov", "ljmp": "jmp", "lcall": "call",
             "fwait": "wait", "loopz": "loope", "loopnz": "loopne", "xlat": "xlatb", "retn": "ret"}
 # x87 instructions that are FWAIT + the no-wait form: decoded as two instructions
@@ -132,7 +146,16 @@ def _text(instructions) -> str:
     return "; ".join(fmt.format(i) for i in instructions)
 
 
-def _instruction(p: Parsed, bits: int, start: int, data: bytes, values) -> None:
+def _is_nop_xchg(p: Parsed, bits: int) -> bool:
+    """`xchg eax, eax` in 16/32-bit code (and `xchg ax, ax`, `xchg rax, rax`) is encoded 90, NOP:
+    the same operation (SDM Vol. 2B NOP: "an alias mnemonic for XCHG (E)AX, (E)AX"). Not in 64-bit
+    code for the 32-bit form, which zero-extends RAX; 90 would not."""
+    regs = [o.reg for o in p.operands if o.kind == "reg"]
+    return p.name == "xchg" and len(p.operands) == 2 and len(regs) == 2 and regs[0] == regs[1] \
+        and regs[0] in ("ax", "eax", "rax") and not (bits == 64 and regs[0] == "eax")
+
+
+def _instruction(p: Parsed, bits: int, start: int, data: bytes, values, relocatable=None) -> None:
     t = _iced()
     I = t["I"]
     if not data:
@@ -145,7 +168,9 @@ def _instruction(p: Parsed, bits: int, start: int, data: bytes, values) -> None:
 
     if any(i.code == I.Code.INVALID for i in decoded):
         raise Mismatch(f"{said()}, which does not decode as one instruction")
-    name = _canonical(p.name)
+    name = _canonical(_GAS_DEFAULT_SIZE.get(bits, {}).get(p.name, p.name))
+    if _is_nop_xchg(p, bits) and len(decoded) == 1 and t["mnemonic"][decoded[0].mnemonic] == "nop":
+        return
     if p.name in _FWAIT_FORMS and len(decoded) == 2 and t["mnemonic"][decoded[0].mnemonic] == "wait":
         decoded, name = decoded[1:], "fn" + p.name[1:]
     if len(decoded) != 1:
@@ -160,11 +185,11 @@ def _instruction(p: Parsed, bits: int, start: int, data: bytes, values) -> None:
     want = set(p.prefixes) - {"rex64"}
     if have != want:
         raise Mismatch(f"{said()}: prefixes {sorted(have) or 'none'}, the source has {sorted(want) or 'none'}")
-    _operands(p, ins, bits, values, said, t)
+    _operands(p, ins, bits, values, said, t, relocatable)
     _operand_size(p, ins, bits, said, t)
 
 
-def _operands(p: Parsed, ins, bits, values, said, t) -> None:
+def _operands(p: Parsed, ins, bits, values, said, t, relocatable=None) -> None:
     kinds = [ins.op_kind(i) for i in range(ins.op_count)]
     I = t["I"]
     if not p.operands and all(k in (I.OpKind.REGISTER, I.OpKind.MEMORY) or k in t["implicit"] for k in kinds):
@@ -185,7 +210,7 @@ def _operands(p: Parsed, ins, bits, values, said, t) -> None:
     problems = []
     for order in orders:
         problem = next((why for n, (src, i) in enumerate(zip(p.operands, order), 1)
-                        if (why := _operand(src, n, ins, i, bits, values, t))), None)
+                        if (why := _operand(src, n, ins, i, bits, values, t, relocatable))), None)
         if problem is None:
             return
         problems.append(problem)
@@ -202,7 +227,7 @@ def _reg_name(name: str) -> str:
     return "st0" if name == "st" else name
 
 
-def _operand(src: Operand, n: int, ins, i: int, bits: int, values, t) -> str | None:
+def _operand(src: Operand, n: int, ins, i: int, bits: int, values, t, relocatable=None) -> str | None:
     I = t["I"]
     kind = ins.op_kind(i)
     if src.kind == "reg":
@@ -243,10 +268,14 @@ def _operand(src: Operand, n: int, ins, i: int, bits: int, values, t) -> str | N
                 or not _fits(offset, width) or not _fits(selector, 16):
             return f"far pointer {ins.far_branch_selector:#x}:{got:#x}, not {selector:#x}:{offset:#x}"
         return None
-    return _memory(src, n, ins, i, bits, values, t)
+    return _memory(src, n, ins, i, bits, values, t, relocatable)
 
 
-def _memory(src: Operand, n: int, ins, i: int, bits: int, values, t) -> str | None:
+def _has_symbol(node) -> bool:
+    return node[0] == "sym" or any(isinstance(part, tuple) and _has_symbol(part) for part in node[1:])
+
+
+def _memory(src: Operand, n: int, ins, i: int, bits: int, values, t, relocatable=None) -> str | None:
     I = t["I"]
     kind = ins.op_kind(i)
     if kind in t["implicit"]:
@@ -268,7 +297,19 @@ def _memory(src: Operand, n: int, ins, i: int, bits: int, values, t) -> str | No
         return f"memory operand {n} uses segment {segment}, not {m.segment or default}"
     disp = evaluate(m.disp, values) if m.disp else 0
     if m.base in ("rip", "eip"):
-        ok = (ins.memory_displacement - disp) % (1 << 64) == 0
+        # As in GAS: [rip + number] is that displacement from the next instruction, [rip + label]
+        # addresses the label. A symbol that is not an address of this section (a layout
+        # constant, another section's label, `end - start`) would silently be a raw displacement.
+        width = 64 if m.base == "rip" else 32
+        if m.disp is None or not _has_symbol(m.disp):
+            ok = (ins.memory_displacement - ins.next_ip - disp) % (1 << width) == 0 \
+                and -(1 << 31) <= disp < (1 << 31)
+        elif relocatable is not None and relocatable(m.disp) != 1:
+            return (f"[{m.base} + {expr_text(m.disp)}] (operand {n}) needs a label of this section (its address) "
+                    "or a plain number (a displacement); a constant symbol or a label of another section would be "
+                    "taken as a displacement")
+        else:
+            ok = (ins.memory_displacement - disp) % (1 << width) == 0
     else:
         width = REGISTERS[m.base or m.index] if (m.base or m.index) else bits
         if not _fits(disp, width):

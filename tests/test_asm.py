@@ -112,7 +112,7 @@ def test_missing_numeric_label():
 
 
 def test_duplicate_label():
-    with pytest.raises(AssemblyError, match="defined twice: x"):
+    with pytest.raises(AssemblyError, match=r"^<guest>:2: `x: nop`: x is already defined at <guest>:1"):
         assemble("x: nop\nx: nop", 64, 0)
 
 

@@ -70,6 +70,48 @@ KNOWN = [
     (32, '.asciz "hi\\n"', "68690a00"),
     (32, ".skip 3, 0x90", "909090"),
     (32, ".equ X, 5\n.byte X * 2", "0a"),
+    # refused before although valid: RIP-relative displacements written as numbers (Vol. 2A 2.2.1.6:
+    # ModRM 00 reg 101 = [RIP + disp32]), XCHG of EAX with itself in 32-bit code (90: Vol. 2B NOP
+    # "an alias mnemonic for XCHG (E)AX, (E)AX"; not in 64-bit code, where 87 C0 zero-extends RAX),
+    # unary minus or complement before a parenthesis (Keystone refuses `-(1)` in an operand)
+    (64, "lea rax, [rip]", "488d0500000000"),
+    (64, "lea rax, [rip + 0x10]", "488d0510000000"),
+    (64, "mov eax, dword ptr [rip - 8]", "8b05f8ffffff"),
+    (64, "lea rax, [rip + f]\nf: nop", "488d050000000090"),    # a label: its address
+    (64, "lea rax, [rip + f - 1]\nf: nop", "488d05ffffffff90"),
+    (32, "xchg eax, eax", "90"),
+    (16, "xchg ax, ax", "90"),
+    (32, "xchg ax, ax", "6690"),
+    (64, "xchg eax, eax", "87c0"),                          # 87 /r, ModRM 11 000 000
+    (64, "xchg rax, rax", "4890"),
+    (32, "mov eax, -(1)", "b8ffffffff"),
+    (32, "push -(1)", "6aff"),
+    (32, "mov eax, ~(1)", "b8feffffff"),
+    (32, "mov eax, 2 * -(3) + ~(0)", "b8f9ffffff"),
+    (32, "mov eax, -(-(2))", "b802000000"),
+    (32, "mov eax, [ebx - (4)]", "8b43fc"),
+    # GAS's operand sizes (Keystone's are 16-bit: 66 CF, 66 9C): IRETD, PUSHFD/POPFD in 32-bit
+    # code, PUSHFQ/POPFQ in 64-bit code (Vol. 2A IRET: CF; Vol. 2B PUSHF: 9C, POPF: 9D)
+    (16, "iret", "cf"),
+    (16, "pushf\npopf", "9c9d"),
+    (32, "iret", "cf"),
+    (32, "pushf\npopf", "9c9d"),
+    (64, "pushf\npopf", "9c9d"),
+    (64, "pushfq\npopfq", "9c9d"),
+    # data at the edges of its width, and strings in UTF-8 as GAS stores them
+    (64, ".quad -0x8000000000000000", "0000000000000080"),
+    (32, ".byte -128, 255", "80ff"),
+    (32, ".word -32768, 0xffff", "0080ffff"),
+    (32, ".fill 2, 2, -1", "ffffffff"),
+    (32, ".fill 1, 8, 0x11223344", "4433221100000000"),     # the pattern is 4 bytes, zero above
+    (32, ".fill 1, 3, 0x123456", "563412"),
+    (32, ".skip 2, -1", "ffff"),
+    (64, "mov rax, ~0xffffffffffffffff", "48c7c000000000"),
+    (32, '.ascii "\u00e9\\303"', "c3a9c3"),
+    (32, "mov al, '\"'", "b022"),
+    (32, "nop # caf\u00e9\nhlt", "90f4"),                  # comments may hold any text
+    (32, ".equ N, 4\nnop\n.balign N, 0\n.skip N", "90000000" + "00000000"),
+    (32, "nop\n.balign 0x10, 0xcc\n.org 0x8012, 0x90", "90" + "cc" * 15 + "9090"),
     # labels, numeric labels, `$`, comments and `;`
     (32, "1: dec ecx; jnz 1b  # loop", "4975fd"),
     (64, "spin: jmp $", "ebfe"),
@@ -79,6 +121,11 @@ KNOWN = [
 @pytest.mark.parametrize("bits,src,code", KNOWN, ids=[src.replace("\n", "; ") for _, src, _ in KNOWN])
 def test_known_encoding(bits, src, code):
     assert assemble(src, bits, 0x8000).code.hex() == code
+
+
+def test_deep_but_bounded_expressions_are_accepted():
+    depth = "(" * 32 + "1" + ")" * 32
+    assert assemble(f"mov eax, {depth}\n.long " + "1+" * 60 + "1", 32, 0x8000).code.hex() == "b801000000" + "3d000000"
 
 
 def test_balign_and_org_reach_their_address():

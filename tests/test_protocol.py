@@ -1,5 +1,7 @@
 """Guest source composition (includes, macros) and host-side decoding of protocol sites."""
 
+import re
+
 import pytest
 
 from kvmtest.abi.structs import kvm_regs, kvm_sregs
@@ -20,6 +22,7 @@ def _assemble(text, bits=64, user=False):
     statements = c.expand(text, "g.S")
     (code,) = assemble_sections([Section("code", 0x8000, bits, tuple(statements))],
                                 {"EXC_INFO": L.EXC_INFO, "EXC_RESUME": L.EXC_RESUME, "EXC_VECTOR": L.EXC_VECTOR})
+    c.check({**code.equs, **code.labels})
     return c, code
 
 
@@ -27,7 +30,8 @@ def test_sync_is_a_nop_and_an_out_to_its_port():
     c, code = _assemble("GUEST_SYNC rax")
     assert code.code == bytes([0x90, 0xE6, P.PORT_SYNC])
     (label, site), = c.sites.items()
-    assert code.labels[label] == 0x8001 and site.kind == "sync" and site.operands == ("rax",)
+    assert code.labels[label] == 0x8001 and site.kind == "sync"
+    assert site.operands == (P.Value("rax", ((1, "rax"),), None, 64),)
     assert site.origin == "g.S:1"
 
 
@@ -46,7 +50,9 @@ def test_user_mode_sites_in_32bit_code():
 def test_assert_raises_arms_the_handler_then_checks():
     c, code = _assemble("GUEST_ASSERT_RAISES GP(0), hlt")
     site = next(iter(c.sites.values()))
-    assert site.kind == "check_exception" and site.operands == (13, "0")
+    vector, error_code = site.operands
+    assert site.kind == "check_exception" and vector == 13 and error_code.text == "0" and error_code.width == 32
+    assert code.equs[error_code.constant] == 0
     assert b"\xf4" in code.code  # the instruction under test is there
 
 
@@ -61,7 +67,7 @@ def test_unknown_macro():
 
 
 def test_print_needs_a_string():
-    with pytest.raises(AssemblyError, match="quoted string"):
+    with pytest.raises(AssemblyError, match="one string literal"):
         _assemble("GUEST_PRINT rax")
 
 
@@ -105,27 +111,189 @@ def _regs(**values):
     return r
 
 
+def _value(source: str, regs=None, sregs=None):
+    """Assemble `source` whose last line is a GUEST_SYNC or GUEST_ASSERT_EQ; the host's values
+    of its operands, as the run loop computes them."""
+    c, code = _assemble(source)
+    site = list(c.sites.values())[-1]
+    symbols = {**code.equs, **code.labels}
+    return [v.evaluate(regs or kvm_regs(), sregs, symbols) for v in site.operands]
+
+
 @pytest.mark.parametrize("operand,expected", [
     ("rax", 0x1122334455667788), ("eax", 0x55667788), ("ax", 0x7788), ("al", 0x88), ("ah", 0x77),
-    ("r9d", 0x9), ("0x10", 16), ("-1", -1), ("SYM", 0x500), ("SYM + 8", 0x508), ("rax - rax", 0),
+    ("r9d", 0x9), ("r9b", 0x9), ("0x10", 16), ("-1", (1 << 64) - 1), ("EXC_INFO", 0x500), ("EXC_INFO + 8", 0x508),
+    ("rax - rax", 0), ("eax + 1", 0x55667789), ("-(2) * 3", (1 << 64) - 6), ("rip", 0x8000), ("eflags", 2),
 ])
 def test_operand_evaluation(operand, expected):
-    regs = _regs(rax=0x1122334455667788, r9=0xAAAAAAAA00000009)
-    assert P.evaluate(operand, regs, kvm_sregs(), {"SYM": 0x500}) == expected
+    regs = _regs(rax=0x1122334455667788, r9=0xAAAAAAAA00000009, rip=0x8000, rflags=2)
+    assert _value(f"GUEST_SYNC {operand}", regs) == [expected]
 
 
 def test_segment_and_control_operands():
     s = kvm_sregs()
-    s.cr0, s.cs.selector = 0x80000011, 0x08
-    assert P.evaluate("cr0", kvm_regs(), s, {}) == 0x80000011
-    assert P.evaluate("cs", kvm_regs(), s, {}) == 0x08
+    s.cr0, s.cs.selector, s.efer = 0x80000011, 0x08, 0x500
+    assert _value("GUEST_SYNC cr0", sregs=s) == [0x80000011]
+    assert _value("GUEST_SYNC cs", sregs=s) == [0x08]
+    assert _value("GUEST_SYNC efer", sregs=s) == [0x500]
 
 
-def test_unknown_operand_is_named():
-    with pytest.raises(P.OperandError, match="'nosuch'"):
-        P.evaluate("nosuch", kvm_regs(), None, {})
+@pytest.mark.parametrize("reg,value,constant", [
+    ("eax", 0xFFFFFFFF, "-1"), ("al", 0xFF, "-1"), ("ax", 0xFFFF, "-1"), ("rax", (1 << 64) - 1, "-1"),
+    ("al", 0x80, "-128"), ("eax", 0x80000000, "-0x80000000"), ("al", 0xFF, "0xff"),
+])
+def test_assert_eq_compares_at_the_register_width(reg, value, constant):
+    """`GUEST_ASSERT_EQ eax, -1` holds for EAX = 0xffffffff: both sides modulo 2**32."""
+    regs = _regs(rax=value if reg in ("eax", "ax", "al", "rax") else 0)
+    a, b = _value(f"GUEST_ASSERT_EQ {reg}, {constant}", regs)
+    assert a == b
+    a, b = _value(f"GUEST_ASSERT_EQ {reg}, {constant}", _regs(rax=value - 1))
+    assert a != b
+
+
+def test_assert_eq_reads_the_guests_equ_and_labels():
+    regs = _regs(rax=7, rbx=0x8000)
+    assert _value(".equ y, 7\nhere:\nGUEST_ASSERT_EQ eax, y", regs) == [7, 7]
+    assert _value("here:\nGUEST_ASSERT_EQ rbx, here", regs) == [0x8000, 0x8000]
+    assert _value("GUEST_ASSERT_EQ eax, later - 1\n.equ later, 8", regs) == [7, 7]
+
+
+def test_guest_equ_reaches_the_host_through_the_builder_symbols():
+    """kvmtest.guest.builder gives the host the assembled .equ values (the guest's and the
+    macros' __kt_val_*), not only labels: `.equ y, 7` then `GUEST_ASSERT_EQ eax, y` worked
+    nowhere but here before (the host said "cannot evaluate 'y'")."""
+    from kvmtest.asm import assemble_sections as assemble
+    from kvmtest.guest import builder
+    from kvmtest.guest.modes import get_mode
+
+    m = get_mode("long64")
+    c = Composer(m.code_bits)
+    statements = c.expand(".equ y, 7\nGUEST_ASSERT_EQ eax, y\nGUEST_DONE", "g.S")
+    code, handlers = assemble([Section("code", L.CODE, 64, tuple(statements)), builder._handler_section(m)],
+                              {**builder._symbols(), "KT_CR3": 0})
+    assert code.equs["y"] == 7
+    site = next(s for s in c.sites.values() if s.kind == "assert_eq")
+    symbols = {**builder._symbols(), **code.equs, **handlers.equs, **code.labels}
+    assert [v.evaluate(_regs(rax=7), None, symbols) for v in site.operands] == [7, 7]
+
+
+def test_print_and_fail_keep_their_text():
+    c, _ = _assemble('GUEST_PRINT "a, b; c # d"\nGUEST_FAIL "say \\"hi\\"\\n"')
+    assert [s.operands[0] for s in c.sites.values()] == ["a, b; c # d", 'say "hi"\n']
 
 
 @pytest.mark.parametrize("spec,vector", [("GP", 13), ("#PF", 14), ("ud", 6), ("3", 3), ("0x80", 128)])
 def test_vector_names(spec, vector):
     assert P.vector_number(spec) == vector
+
+
+# Macro lines the host could not act on, or would act on wrongly: refused when the guest is
+# assembled, naming the line. Before, each assembled and failed only at run time as a guest
+# failure (which a known-issue xfail would hide), or passed (GUEST_ASSERT_RAISES UD, GUEST_DONE).
+MACRO_MALFORMED = {
+    "operand the host cannot evaluate": [
+        "GUEST_ASSERT_EQ eax, undefined_x", "GUEST_ASSERT_EQ xmm0, 1", "GUEST_ASSERT_EQ dr0, 1", "GUEST_SYNC st0",
+        "GUEST_ASSERT_EQ eax, [ebx]", "GUEST_ASSERT_EQ eax * 2, 1", "GUEST_ASSERT_EQ eax & 1, 1", "GUEST_SYNC",
+        "GUEST_SYNC eax, ebx", "GUEST_ASSERT_EQ eax, 1,", "GUEST_ASSERT_EQ eax 1", "GUEST_SYNC 1 2",
+        "GUEST_SYNC \u00e9", "GUEST_ASSERT_EQ eax, __kt_site_t1",
+    ],
+    "value outside the register's width": [
+        "GUEST_ASSERT_EQ al, 300", "GUEST_ASSERT_EQ al, -129", "GUEST_ASSERT_EQ ax, 0x10001",
+        "GUEST_ASSERT_EQ eax, 0x100000000", "GUEST_ASSERT_EQ eax, -0x80000001", "GUEST_ASSERT_EQ 300, al",
+        "GUEST_ASSERT_EQ al, ebx", "GUEST_ASSERT_EQ eax + ax, 1", "GUEST_SYNC al + 256",
+        "GUEST_ASSERT_EQ rax, 0x10000000000000000",
+    ],
+    "GUEST_ASSERT_RAISES without exactly one instruction": [
+        "GUEST_ASSERT_RAISES GP(0),", "GUEST_ASSERT_RAISES GP(0)", "GUEST_ASSERT_RAISES UD, GUEST_DONE",
+        "GUEST_ASSERT_RAISES UD, GUEST_ASSERT_EQ eax, 1", 'GUEST_ASSERT_RAISES UD, GUEST_FAIL "x"',
+        "GUEST_ASSERT_RAISES UD, GUEST_ASSERT_RAISES UD, ud2", "GUEST_ASSERT_RAISES UD, FARJMP 8, 0",
+        "GUEST_ASSERT_RAISES UD, x:", "GUEST_ASSERT_RAISES UD, .equ z, 1", "GUEST_ASSERT_RAISES UD, .balign 4",
+        "GUEST_ASSERT_RAISES UD, mov eax,", "GUEST_ASSERT_RAISES UD, GUEST_AT_CPL 3",
+    ],
+    "vector or error code that cannot be": [
+        "GUEST_ASSERT_RAISES UD(1), ud2", "GUEST_ASSERT_RAISES BP(0), int3", "GUEST_ASSERT_RAISES 0x80(0), int 0x80",
+        "GUEST_ASSERT_RAISES DB(0), ud2", "GUEST_ASSERT_RAISES GP(-1), ud2", "GUEST_ASSERT_RAISES GP(0x100000000), ud2",
+        "GUEST_ASSERT_RAISES GP(ax), ud2", "GUEST_ASSERT_RAISES 256, ud2", "GUEST_ASSERT_RAISES XX, ud2",
+        "GUEST_ASSERT_RAISES GP(undefined_y), ud2", "GUEST_ASSERT_RAISES 1_3, ud2", "GUEST_ASSERT_RAISES GP(, ud2",
+    ],
+    "GUEST_PRINT / GUEST_FAIL without exactly one string": [
+        'GUEST_FAIL "c" "d"', 'GUEST_PRINT "a" "b"', "GUEST_PRINT rax", "GUEST_FAIL", 'GUEST_PRINT "a", "b"',
+        'GUEST_PRINT "a', "GUEST_FAIL c", 'GUEST_PRINT "bad \\q escape"',
+    ],
+}
+MACRO_CASES = [line for lines in MACRO_MALFORMED.values() for line in lines]
+
+
+def _build(source: str, mode: str = "long64"):
+    """Compose and assemble as kvmtest.guest.builder does (no KVM), with its post-assembly check."""
+    from kvmtest.guest import builder
+    from kvmtest.guest.modes import get_mode
+
+    m = get_mode(mode)
+    c = Composer(m.code_bits, user=m.user)
+    statements = c.expand(source, "g.S")
+    symbols = {**builder._symbols(), "KT_CR3": 0x1000}
+    code, handlers = assemble_sections([Section("code", L.CODE, m.code_bits, tuple(statements)),
+                                        builder._handler_section(m)], symbols)
+    c.check({**symbols, **code.equs, **handlers.equs, **code.labels, **handlers.labels})
+    return c, code
+
+
+@pytest.mark.parametrize("mode", ["real", "pm32", "long64", "long64-cpl3"])
+@pytest.mark.parametrize("line", MACRO_CASES)
+def test_a_malformed_macro_is_refused_at_assembly_naming_its_line(line, mode):
+    with pytest.raises(AssemblyError) as info:
+        _build(f"mov eax, 1\n{line}\nGUEST_DONE", mode)
+    assert str(info.value).startswith(f"g.S:2: `{line}`"), str(info.value)
+
+
+@pytest.mark.parametrize("line", MACRO_CASES[::3])
+def test_a_malformed_macro_in_an_included_file_is_refused_naming_it(line, tmp_path, monkeypatch):
+    from kvmtest.guest.compose import guests_dir
+
+    (tmp_path / "handlers64.S").write_text((guests_dir() / "handlers64.S").read_text())
+    (tmp_path / "inc.S").write_text(f"nop\n{line}\n", encoding="utf-8")
+    monkeypatch.setenv("KVMTEST_GUESTS_DIR", str(tmp_path))
+    with pytest.raises(AssemblyError) as info:
+        _build('nop\n.include "inc.S"\nGUEST_DONE')
+    assert str(info.value).startswith(f"inc.S:2: `{line}`"), str(info.value)
+
+
+def test_a_constant_through_a_symbol_is_range_checked_after_assembly():
+    with pytest.raises(AssemblyError, match=r"^g.S:2: `GUEST_ASSERT_EQ al, BIG`: BIG = 0x1ff does not fit"):
+        _build(".equ BIG, 0x1ff\nGUEST_ASSERT_EQ al, BIG\nGUEST_DONE")
+    with pytest.raises(AssemblyError, match=r"^g.S:2: `GUEST_ASSERT_RAISES GP\(NEG\), ud2`: NEG = -0x1"):
+        _build(".equ NEG, -1\nGUEST_ASSERT_RAISES GP(NEG), ud2\nGUEST_DONE")
+
+
+@pytest.mark.parametrize("line", [
+    "GUEST_ASSERT_RAISES UD, ud2", "GUEST_ASSERT_RAISES GP(0), hlt", "GUEST_ASSERT_RAISES PF(2), fault: ud2",
+    "GUEST_ASSERT_RAISES DB, icebp: .byte 0xf1", "GUEST_ASSERT_RAISES 13(0x1234), GUEST_SYNC 1",
+    "GUEST_ASSERT_RAISES 0x80, int 0x80", "GUEST_ASSERT_RAISES DF(0), ud2", "GUEST_ASSERT_RAISES CP(3), ud2",
+    "GUEST_ASSERT_EQ eax, -1", "GUEST_ASSERT_EQ al, -128", "GUEST_ASSERT_EQ al, 0xff", "GUEST_ASSERT_EQ cs, 8",
+    "GUEST_ASSERT_EQ eax, ebx", "GUEST_ASSERT_EQ 1, 1", "GUEST_SYNC rax - rbx + 4", "GUEST_SYNC -(1)",
+    'GUEST_PRINT "caf\u00e9 # ; ,"', 'GUEST_FAIL "x"',
+])
+def test_valid_macros_are_accepted(line):
+    _build(f"mov eax, 1\n{line}\nGUEST_DONE")
+
+
+def test_include_stays_inside_guests(tmp_path, monkeypatch):
+    (tmp_path / "guests").mkdir()
+    (tmp_path / "outside.S").write_text("nop\n")
+    monkeypatch.setenv("KVMTEST_GUESTS_DIR", str(tmp_path / "guests"))
+    for path in ("../outside.S", str(tmp_path / "outside.S"), "../../../../etc/hostname"):
+        with pytest.raises(AssemblyError, match=rf'^g.S:2: .include "{re.escape(path)}": outside '):
+            _assemble(f'nop\n.include "{path}"')
+
+
+def test_harness_names_are_refused():
+    with pytest.raises(AssemblyError, match=r"^g.S:1: `__kt_site_t1: nop`: __kt_site_t1: names starting with __kt_"):
+        _build("__kt_site_t1: nop\nGUEST_DONE")
+    with pytest.raises(AssemblyError, match=r"^g.S:2: `.equ KT_CR3, 5`: KT_CR3 is a symbol the harness defines"):
+        _build("nop\n.equ KT_CR3, 5\nGUEST_DONE")
+    with pytest.raises(AssemblyError, match=r"^g.S:1: `CODE: nop`: CODE is a symbol the harness defines"):
+        _build("CODE: nop\nGUEST_DONE")
+    with pytest.raises(AssemblyError, match=r"^g.S:1: `kt_exc_common: nop`: kt_exc_common is also defined in "
+                                            r"section handlers \(handlers64.S:\d+\)"):
+        _build("kt_exc_common: nop\nGUEST_DONE")

@@ -2,19 +2,35 @@
 
 Keystone has no usable macros or includes, so this small step of ours does both, keeping
 the file and line each statement came from for error messages and protocol sites.
+
+Every macro is checked here, when the guest is assembled, not when the host meets it at run
+time (where a bad operand became a guest failure that a known-issue xfail could hide): its
+operands must be values the host can evaluate (kvmtest.guest.protocol), its constants are
+handed to the assembler as `.equ __kt_val_*` lines (so an unknown symbol is refused naming
+the macro's line, and the host reads the value the assembler computed), and those that need
+symbol values are range-checked by check() once the guest is assembled.
 """
 
 import os
 import re
 from pathlib import Path
 
-from ..asm import Statement, split_statements
+from ..abi.constants import ERROR_CODE_VECTORS, vector_name
+from ..asm import Statement, source_lines, split_statements
+from ..asm_syntax import DATA, STRINGS, SyntaxProblem, _Parser, _tokens, _unescape, evaluate, expr_text, parse
 from ..errors import AssemblyError
 from . import layout as L
 from . import protocol as P
 
 _INCLUDE = re.compile(r'^\s*\.include\s+"([^"]+)"\s*$')
 _MACRO = re.compile(r"^\s*(GUEST_[A-Z_]+|FARJMP|FARCALL)\b\s*(.*)$")
+
+
+_RESERVED = re.compile(r"(?<![\w.$])__kt_\w*")
+
+
+def _error(st: Statement, why: str) -> AssemblyError:
+    return AssemblyError(f"{st.origin}: `{st.text}`: {why}")
 
 
 def guests_dir() -> Path:
@@ -47,23 +63,40 @@ def _split_operands(text: str) -> list[str]:
     return parts
 
 
-# What the host's protocol.evaluate() reads: a register, number or symbol, or a +/- sum of those.
-_VALUE = re.compile(r"[+-]?\s*[\w.$]+(\s*[+-]\s*[\w.$]+)*")
+def _string(st: Statement, args: list[str]) -> str:
+    """The text of the one string literal GUEST_PRINT / GUEST_FAIL take."""
+    if len(args) == 1:
+        try:
+            tokens = _tokens(args[0].strip())
+            if len(tokens) == 1 and tokens[0][0] == "str":
+                return _unescape(tokens[0][1][1:-1]).decode("utf-8", "backslashreplace")
+        except SyntaxProblem as e:
+            raise _error(st, str(e)) from None
+    raise _error(st, 'takes one string literal, such as "text"')
 
 
-def _values(st: Statement, args: list[str]) -> list[str]:
-    for arg in args:
-        if not _VALUE.fullmatch(arg):
-            raise AssemblyError(f"{st.origin}: `{st.text}`: operand {arg!r} is not a register, number or symbol, "
-                                "nor a +/- sum of those")
-    return args
+def _shown(text: str, value: int) -> str:
+    return text if text.lower() in (f"{value:#x}", str(value)) else f"{text} = {value:#x}"
 
 
-def _string(arg: str, st: Statement) -> str:
-    arg = arg.strip()
-    if len(arg) < 2 or arg[0] != '"' or arg[-1] != '"':
-        raise AssemblyError(f"{st.origin}: `{st.text}`: expected a quoted string")
-    return arg[1:-1]
+def _terms(node, sign=1):
+    """The +/- terms of an expression tree: [(sign, node)]."""
+    if node[0] == "bin" and node[1] in "+-":
+        return _terms(node[2], sign) + _terms(node[3], sign if node[1] == "+" else -sign)
+    if node[0] == "un" and node[1] == "-":
+        return _terms(node[2], -sign)
+    return [(sign, node)]
+
+
+def _register(node) -> str | None:
+    if node[0] == "reg" or node[0] == "sym" and node[1].lower() in P.REGISTER_WIDTHS:
+        return node[1].lower()
+    return None
+
+
+def _has_register(node) -> bool:
+    return _register(node) is not None or node[0] == "reg" or \
+        any(isinstance(part, tuple) and _has_register(part) for part in node[1:])
 
 
 class Composer:
@@ -75,6 +108,8 @@ class Composer:
         self.prefix = prefix
         self.sites: dict[str, P.Site] = {}
         self._serial = 0
+        # (statement, value, lowest, highest + 1): constants to check once symbols are known
+        self._deferred: list[tuple[Statement, P.Value, int, int]] = []
 
     def _label(self, kind: str) -> str:
         self._serial += 1
@@ -93,7 +128,7 @@ class Composer:
                 out.extend(split_statements("\n".join(chunk), name, chunk_start))
             chunk, chunk_start = [], upto
 
-        for n, line in enumerate(text.splitlines(), start=1):
+        for n, line in enumerate(source_lines(text), start=1):
             m = _INCLUDE.match(line)
             if not m:
                 chunk.append(line)
@@ -101,10 +136,18 @@ class Composer:
             flush(n + 1)
             if depth >= 8:
                 raise AssemblyError(f"{name}:{n}: includes nested deeper than 8")
-            path = guests_dir() / m.group(1)
+            root = guests_dir().resolve()
+            path = (root / m.group(1)).resolve()
+            if not path.is_relative_to(root):
+                raise AssemblyError(f"{name}:{n}: .include \"{m.group(1)}\": outside {root}; only the shared "
+                                    "snippets in guests/ can be included")
             if not path.is_file():
-                raise AssemblyError(f"{name}:{n}: .include \"{m.group(1)}\": no such file in {guests_dir()}")
-            out.extend(self._lines(path.read_text(), m.group(1), depth + 1))
+                raise AssemblyError(f"{name}:{n}: .include \"{m.group(1)}\": no such file in {root}")
+            try:
+                text = path.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as e:
+                raise AssemblyError(f"{name}:{n}: .include \"{m.group(1)}\": cannot read it: {e}") from None
+            out.extend(self._lines(text, m.group(1), depth + 1))
         flush(0)
         return out
 
@@ -113,6 +156,9 @@ class Composer:
     def expand(self, text: str, name: str = "<guest>") -> list[Statement]:
         out: list[Statement] = []
         for st in self._lines(text, name):
+            reserved = _RESERVED.search(re.sub(r'"(?:[^"\\]|\\.)*"', '""', st.text))
+            if reserved:
+                raise _error(st, f"{reserved.group()}: names starting with __kt_ are kvmtest's")
             code = re.match(r"^\.code(16|32|64)\s*$", st.text)
             if code:  # the guest switched code size (a mode switch); macros follow it
                 self.bits = int(code.group(1))
@@ -123,9 +169,17 @@ class Composer:
             macro, args = m.group(1), _split_operands(m.group(2))
             handler = getattr(self, f"_m_{macro.lower()}", None)
             if handler is None:
-                raise AssemblyError(f"{st.origin}: unknown macro {macro}")
-            out.extend(Statement(text, st.origin) for text in handler(st, args))
+                raise _error(st, f"unknown macro {macro}")
+            out.extend(Statement(text, st.origin, st.text) for text in handler(st, args))
         return out
+
+    def check(self, symbols: dict[str, int]) -> None:
+        """After assembly: each macro constant that names a symbol fits where it goes
+        (`symbols`: the assembled guest's, including the __kt_val_* the macros defined)."""
+        for st, value, low, high in self._deferred:
+            got = symbols.get(value.constant)
+            if got is not None and not low <= got < high:
+                raise _error(st, f"{_shown(value.text, got)} does not fit ({low:#x} to {high - 1:#x})")
 
     def _site(self, st: Statement, kind: str, port: int, operands=()) -> list[str]:
         label = self._label("site")
@@ -140,14 +194,74 @@ class Composer:
 
     def _want(self, st, args, n):
         if len(args) != n:
-            raise AssemblyError(f"{st.origin}: `{st.text}`: takes {n} operand(s), got {len(args)}")
+            raise _error(st, f"takes {n} operand(s), got {len(args)}")
+
+    @staticmethod
+    def _parse_value(st, text: str, registers: bool = True) -> tuple[tuple, tuple | None]:
+        """A macro operand: registers added or subtracted ((sign, name), ...), and the tree of
+        its constant part (None when it has none)."""
+        text = text.strip()
+        try:
+            parser = _Parser(_tokens(text))
+            if parser.done():
+                raise SyntaxProblem("the operand is empty")
+            tree = parser.expression("in the operand", registers=True)
+            if not parser.done():
+                raise SyntaxProblem(f"unexpected {parser.describe()} in the operand")
+        except SyntaxProblem as e:
+            raise _error(st, f"operand {text!r}: {e}") from None
+        regs, consts = [], []
+        for sign, node in _terms(tree):
+            name = _register(node)
+            if name is not None:
+                if name not in P.REGISTER_WIDTHS:
+                    raise _error(st, f"{name} is not a register the protocol reads (general-purpose registers and "
+                                     "their parts, rip, rflags, cr0/2/3/4/8, efer, apic_base, segment selectors)")
+                if not registers:
+                    raise _error(st, f"operand {text!r}: a constant, not register {name}")
+                regs.append((sign, name))
+            elif _has_register(node):
+                raise _error(st, f"operand {text!r}: registers can only be added or subtracted")
+            else:
+                consts.append(node if sign > 0 else ("un", "-", node))
+        if len({P.REGISTER_WIDTHS[r] for _, r in regs}) > 1:
+            raise _error(st, f"operand {text!r} mixes registers of different widths")
+        constant = consts[0] if consts else None
+        for node in consts[1:]:
+            constant = ("bin", "+", constant, node)
+        return tuple(regs), constant
+
+    def _value(self, st, text, parsed, width: int, low: int, high: int, out: list[str]) -> P.Value:
+        """The protocol Value of a parsed operand, compared at `width` bits; its constant must lie
+        in [low, high): refused now if it is a number, by check() if it names symbols. The
+        constant becomes an .equ line in `out`, so the assembler evaluates it (or names the line
+        of an unknown symbol)."""
+        regs, constant = parsed
+        if constant is None:
+            return P.Value(text.strip(), regs, None, width)
+        symbol = self._label("val")
+        out.append(f".equ {symbol}, {expr_text(constant)}")
+        value = P.Value(text.strip(), regs, symbol, width)
+        try:
+            number = evaluate(constant, {})
+        except SyntaxProblem:
+            self._deferred.append((st, value, low, high))
+            return value
+        if not low <= number < high:
+            raise _error(st, f"{_shown(value.text, number)} does not fit ({low:#x} to {high - 1:#x})")
+        return value
+
+    @staticmethod
+    def _width(parsed) -> int | None:
+        regs = parsed[0]
+        return P.REGISTER_WIDTHS[regs[0][1]] if regs else None
 
     def _m_guest_at_cpl(self, st, args):
         """GUEST_AT_CPL 0|3: the code that follows runs at this privilege level (after an IRET,
         SYSRET, ... the guest made itself), so protocol sites use the channel that works there."""
         self._want(st, args, 1)
         if args[0] not in ("0", "3"):
-            raise AssemblyError(f"{st.origin}: `{st.text}`: GUEST_AT_CPL takes 0 or 3")
+            raise _error(st, "GUEST_AT_CPL takes 0 or 3")
         self.user = args[0] == "3"
         return []
 
@@ -156,43 +270,82 @@ class Composer:
         return self._site(st, "done", P.PORT_DONE) + ["hlt"]
 
     def _m_guest_sync(self, st, args):
+        """GUEST_SYNC value: the host sees the value modulo 2**width (its registers' width, else 64)."""
         self._want(st, args, 1)
-        return self._site(st, "sync", P.PORT_SYNC, _values(st, args))
+        parsed = self._parse_value(st, args[0])
+        width = self._width(parsed) or 64
+        out: list[str] = []
+        value = self._value(st, args[0], parsed, width, -(1 << (width - 1)), 1 << width, out)
+        return out + self._site(st, "sync", P.PORT_SYNC, (value,))
 
     def _m_guest_assert_eq(self, st, args):
+        """Compared modulo 2**width, the width of the register operands (64 without): `eax, -1`
+        holds for EAX = 0xffffffff; `al, 300` is refused. Registers of different widths too."""
         self._want(st, args, 2)
-        return self._site(st, "assert_eq", P.PORT_ASSERT, _values(st, args))
+        parsed = [self._parse_value(st, arg) for arg in args]
+        widths = {w for w in map(self._width, parsed) if w}
+        if len(widths) > 1:
+            raise _error(st, f"compares registers of different widths ({' and '.join(map(str, sorted(widths)))} bits)")
+        width = widths.pop() if widths else 64
+        out: list[str] = []
+        values = tuple(self._value(st, arg, p, width, -(1 << (width - 1)), 1 << width, out)
+                       for arg, p in zip(args, parsed))
+        return out + self._site(st, "assert_eq", P.PORT_ASSERT, values)
 
     def _m_guest_print(self, st, args):
-        self._want(st, args, 1)
-        return self._site(st, "print", P.PORT_PRINT, [_string(args[0], st)])
+        return self._site(st, "print", P.PORT_PRINT, [_string(st, args)])
 
     def _m_guest_fail(self, st, args):
-        self._want(st, args, 1)
-        return self._site(st, "fail", P.PORT_FAIL, [_string(args[0], st)]) + ["hlt"]
+        return self._site(st, "fail", P.PORT_FAIL, [_string(st, args)]) + ["hlt"]
 
     def _m_guest_assert_raises(self, st, args):
-        if len(args) < 2:
-            raise AssemblyError(f"{st.origin}: `{st.text}`: GUEST_ASSERT_RAISES VECTOR[(error code)], instruction")
-        spec, insn = args[0], ", ".join(args[1:])
-        m = re.fullmatch(r"#?(\w+)\s*(?:\((.+)\))?", spec)  # GP, #PF(2), 13, 0x80
+        """GUEST_ASSERT_RAISES VECTOR[(error code)], instruction: the instruction is one real
+        instruction (or .byte spelling one), or GUEST_SYNC: the point where the host injects an
+        exception. Other macros are refused: `GUEST_ASSERT_RAISES UD, GUEST_DONE` passed, the
+        guest ending before the check."""
+        usage = "GUEST_ASSERT_RAISES VECTOR[(error code)], instruction"
+        if len(args) < 2 or not ", ".join(args[1:]).strip():
+            raise _error(st, f"needs a vector and an instruction: {usage}")
+        spec, insn = args[0], ", ".join(args[1:]).strip()
+        m = re.fullmatch(r"\s*#?\s*(\w+)\s*(?:\((.*)\))?\s*", spec)  # GP, #PF(2), 13, 0x80
         if not m:
-            raise AssemblyError(f"{st.origin}: `{st.text}`: bad vector {spec!r}")
+            raise _error(st, f"bad vector {spec!r}: {usage}")
         try:
             vector = P.vector_number(m.group(1))
         except P.OperandError as e:
-            raise AssemblyError(f"{st.origin}: {e}") from None
+            raise _error(st, str(e)) from None
+        out: list[str] = []
+        code = None
+        if m.group(2) is not None:
+            if vector not in ERROR_CODE_VECTORS:
+                name = vector_name(vector) + (f" (vector {vector})" if vector_name(vector)[0] == "#" else "")
+                raise _error(st, f"{name} pushes no error code (SDM Vol. 3A "
+                                 "Table 6-1); leave out the (error code)")
+            parsed = self._parse_value(st, m.group(2), registers=False)
+            code = self._value(st, m.group(2), parsed, 32, 0, 1 << 32, out)
         resume = self._label("resume")
         inner = _MACRO.match(insn)
-        if inner:  # e.g. GUEST_ASSERT_RAISES UD, GUEST_SYNC 1: the host injects at the sync
-            handler = getattr(self, f"_m_{inner.group(1).lower()}", None)
-            if handler is None:
-                raise AssemblyError(f"{st.origin}: unknown macro {inner.group(1)}")
-            body = handler(Statement(insn, st.origin), _split_operands(inner.group(2)))
+        if inner:
+            if inner.group(1) != "GUEST_SYNC":
+                raise _error(st, f"{inner.group(1)} is a macro, not an instruction; only GUEST_SYNC may stand here "
+                                 "(where the host injects the exception)")
+            body = self._m_guest_sync(Statement(insn, st.origin), _split_operands(inner.group(2)))
         else:
             body = [insn]
-        lines = self._expect(resume) + body + [f"{resume}:"]
-        return lines + self._site(st, "check_exception", P.PORT_CHECK_EXCEPTION, (vector, m.group(2)))
+            self._one_instruction(st, insn)
+        lines = out + self._expect(resume) + body + [f"{resume}:"]
+        return lines + self._site(st, "check_exception", P.PORT_CHECK_EXCEPTION, (vector, code))
+
+    @staticmethod
+    def _one_instruction(st, insn: str) -> None:
+        try:
+            parsed = parse(insn)
+        except SyntaxProblem:
+            return  # the assembler refuses it with the reason (or rewrites `$`, `1b` and accepts it)
+        if parsed.kind == "label":
+            raise _error(st, "needs an instruction after the label")
+        if parsed.kind == "directive" and not (parsed.name in DATA or parsed.name in STRINGS):
+            raise _error(st, f"{parsed.name} is not an instruction (write one, or .byte spelling one)")
 
     def _expect(self, resume: str) -> list[str]:
         """Arm the exception handlers to resume at `resume` (see guests/handlers*.S)."""

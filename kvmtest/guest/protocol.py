@@ -11,13 +11,21 @@ resumes the guest.
 
 Commands (written as macros in guest source, see kvmtest.guest.compose):
   GUEST_DONE                      the guest finished; it halts if resumed
-  GUEST_SYNC value                hand `value` (register, number or symbol) to the host
+  GUEST_SYNC value                hand `value` to the host
   GUEST_ASSERT_EQ a, b            the host compares a and b; a mismatch fails the test
                                   with the source line and both values
-  GUEST_PRINT "text"              the host collects the text
-  GUEST_FAIL "text"               fail the test here
+  GUEST_PRINT "text"              the host collects the text (one string literal)
+  GUEST_FAIL "text"               fail the test here (one string literal)
   GUEST_ASSERT_RAISES V[(ec)], insn   run insn, expecting exception V (with error code ec)
   GUEST_AT_CPL 0|3                the following code runs at this CPL (after the guest changed it)
+A value is registers of REGISTER_WIDTHS (GPRs and their parts, rip, rflags, cr0/2/3/4/8, efer,
+apic_base, segment selectors) and constants (numbers, labels, .equ and layout symbols) joined
+by + and -. It is taken modulo 2**width, the width of its registers (64 without), and
+GUEST_ASSERT_EQ compares at the width of its register operands (eax vs -1 means 0xffffffff);
+a constant must fit that width, signed or unsigned. Everything is checked when the guest is
+assembled. The instruction of GUEST_ASSERT_RAISES is one real instruction, or GUEST_SYNC for an
+exception the host injects at that point; an error code only for vectors that push one (SDM
+Vol. 3A Table 6-1, ERROR_CODE_VECTORS), from 0 to 0xffffffff.
 Exception handlers report unexpected exceptions on PORT_EXCEPTION with vector in RBX,
 error code in RCX, RIP in RDX and CR2 in RSI.
 Ports 0xE0-0xE7 are the protocol's; tests use other ports.
@@ -70,75 +78,92 @@ class Done:
         return "GUEST_DONE"
 
 
-# --- operand evaluation on the host ---------------------------------------------------------
+# --- operand values -------------------------------------------------------------------------
 
-_GPR64 = "rax rbx rcx rdx rsi rdi rsp rbp r8 r9 r10 r11 r12 r13 r14 r15".split()
-_SUBREGS = {}
-for _i, _r in enumerate(["ax", "bx", "cx", "dx"]):
-    _SUBREGS.update({f"e{_r}": (f"r{_r}", 0, 32), _r: (f"r{_r}", 0, 16), f"{_r[0]}l": (f"r{_r}", 0, 8),
-                     f"{_r[0]}h": (f"r{_r}", 8, 8)})
-for _r in ["si", "di", "sp", "bp"]:
-    _SUBREGS.update({f"e{_r}": (f"r{_r}", 0, 32), _r: (f"r{_r}", 0, 16), f"{_r}l": (f"r{_r}", 0, 8)})
-for _n in range(8, 16):
-    _SUBREGS.update({f"r{_n}d": (f"r{_n}", 0, 32), f"r{_n}w": (f"r{_n}", 0, 16), f"r{_n}b": (f"r{_n}", 0, 8)})
-_SREG_FIELDS = {"cr0", "cr2", "cr3", "cr4", "cr8", "efer", "apic_base"}
-_SEGMENTS = {"cs", "ds", "es", "fs", "gs", "ss", "tr", "ldt"}
+def _register_sources() -> dict[str, tuple[str, int, int]]:
+    """name -> (kvm_regs / kvm_sregs field, shift, width)."""
+    src = {}
+    for r in ("ax", "bx", "cx", "dx"):
+        full = f"r{r}"
+        src.update({full: (full, 0, 64), f"e{r}": (full, 0, 32), r: (full, 0, 16), f"{r[0]}l": (full, 0, 8),
+                    f"{r[0]}h": (full, 8, 8)})
+    for r in ("si", "di", "sp", "bp"):
+        full = f"r{r}"
+        src.update({full: (full, 0, 64), f"e{r}": (full, 0, 32), r: (full, 0, 16), f"{r}l": (full, 0, 8)})
+    for n in range(8, 16):
+        full = f"r{n}"
+        src.update({full: (full, 0, 64), f"{full}d": (full, 0, 32), f"{full}w": (full, 0, 16),
+                    f"{full}b": (full, 0, 8)})
+    src.update({"rip": ("rip", 0, 64), "eip": ("rip", 0, 32), "ip": ("rip", 0, 16)})
+    src.update({"rflags": ("rflags", 0, 64), "eflags": ("rflags", 0, 32), "flags": ("rflags", 0, 16)})
+    src.update({r: (r, 0, 64) for r in _CONTROL})
+    src.update({s: (s, 0, 16) for s in _SELECTORS})  # the selector
+    return src
+
+
+_CONTROL = ("cr0", "cr2", "cr3", "cr4", "cr8", "efer", "apic_base")
+_SELECTORS = ("cs", "ds", "es", "fs", "gs", "ss", "tr", "ldt")
+_SOURCES = _register_sources()
+# The registers a protocol operand may name (what KVM_GET_REGS / KVM_GET_SREGS report), with
+# the width the value is compared at.
+REGISTER_WIDTHS = {name: width for name, (_, _, width) in _SOURCES.items()}
 
 
 class OperandError(ValueError):
     pass
 
 
-def is_register(name: str) -> bool:
-    name = name.lower()
-    return name in _GPR64 or name in _SUBREGS or name in ("rip", "eip", "ip", "rflags", "eflags", "flags") \
-        or name in _SREG_FIELDS or name in _SEGMENTS
+@dataclass(frozen=True)
+class Value:
+    """A GUEST_SYNC / GUEST_ASSERT_EQ operand or an error code, as kvmtest.guest.compose parsed
+    it: registers added or subtracted, plus a constant that the assembler evaluated into the
+    symbol `constant` (an .equ the composer emitted: numbers, labels, the guest's .equ, layout
+    symbols). The value is taken modulo 2**width, the width of its registers (64 without)."""
+
+    text: str                                  # as written, for messages
+    registers: tuple[tuple[int, str], ...] = ()  # (+1 or -1, register name)
+    constant: str | None = None
+    width: int = 64
+
+    def __str__(self):
+        return self.text
+
+    @property
+    def needs_sregs(self) -> bool:
+        return any(r in _CONTROL or r in _SELECTORS for _, r in self.registers)
+
+    def evaluate(self, regs: kvm_regs, sregs: kvm_sregs | None, symbols: dict[str, int]) -> int:
+        total = sum(sign * read_register(r, regs, sregs) for sign, r in self.registers)
+        if self.constant is not None:
+            if self.constant not in symbols:
+                raise OperandError(f"{self.text!r}: the assembler did not define {self.constant}")
+            total += symbols[self.constant]
+        return total % (1 << self.width)
 
 
-def evaluate(operand: str, regs: kvm_regs, sregs: kvm_sregs | None, symbols: dict[str, int]) -> int:
-    """The value of a macro operand: a register, a number, a symbol, or a +/- sum of those."""
-    text = operand.strip()
-    terms = re.findall(r"([+-]?)\s*([^+\-\s][^+\-]*)", text)
-    if not terms:
-        raise OperandError(f"empty operand {operand!r}")
-    total = 0
-    for sign, term in terms:
-        value = _term(term.strip(), regs, sregs, symbols)
-        total = total - value if sign == "-" else total + value
-    return total
-
-
-def _term(term: str, regs, sregs, symbols) -> int:
-    low = term.lower()
-    if low in _GPR64:
-        return getattr(regs, low)
-    if low in _SUBREGS:
-        reg, shift, bits = _SUBREGS[low]
-        return (getattr(regs, reg) >> shift) & ((1 << bits) - 1)
-    if low in ("rip", "eip", "ip"):
-        return regs.rip
-    if low in ("rflags", "eflags", "flags"):
-        return regs.rflags
-    if low in _SREG_FIELDS and sregs is not None:
-        return getattr(sregs, low)
-    if low in _SEGMENTS and sregs is not None:
-        return getattr(sregs, low).selector
-    if term in symbols:
-        return symbols[term]
-    try:
-        return int(term, 0)
-    except ValueError:
-        raise OperandError(f"cannot evaluate {term!r}: not a register, number or known symbol") from None
+def read_register(name: str, regs: kvm_regs, sregs: kvm_sregs | None) -> int:
+    """A register's value from KVM_GET_REGS, or KVM_GET_SREGS for control registers and
+    segment selectors."""
+    field, shift, width = _SOURCES[name]
+    if name in _CONTROL or name in _SELECTORS:
+        if sregs is None:
+            raise OperandError(f"{name} needs KVM_GET_SREGS")
+        value = getattr(sregs, field)
+        value = value.selector if name in _SELECTORS else value
+    else:
+        value = getattr(regs, field)
+    return (value >> shift) & ((1 << width) - 1)
 
 
 def vector_number(spec: str) -> int:
-    """'GP', '#GP', '13' or 'PF' -> vector number."""
+    """'GP', '#GP', '13' or 'PF' -> vector number (0-255)."""
     spec = spec.strip().lstrip("#").upper()
-    try:
-        return int(spec, 0)
-    except ValueError:
-        pass
+    if re.fullmatch(r"0X[0-9A-F]+|[1-9][0-9]*|0", spec):
+        vector = int(spec, 0)
+        if vector > 255:
+            raise OperandError(f"vector {spec} is not 0 to 255")
+        return vector
     key = f"#{spec}" if f"#{spec}" in C.VECTORS else spec
     if key not in C.VECTORS:
-        raise OperandError(f"unknown exception vector {spec!r}")
+        raise OperandError(f"unknown exception vector {spec!r} (a name such as GP or PF, or a number 0 to 255)")
     return C.VECTORS[key]
