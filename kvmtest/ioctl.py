@@ -13,7 +13,7 @@ from collections import deque
 
 from .abi.constants import errno_name
 from .abi.numbers import IOCTLS, ioctl_name
-from .errors import KvmError
+from .errors import BadArgumentError, KvmError
 from .abi.numbers import KVM_RUN
 from .libc import get_errno, ioctl_function, raw_ioctl
 
@@ -51,17 +51,28 @@ def clear_trace() -> None:
 def _request(request: int | str) -> tuple[int, str]:
     if isinstance(request, str):
         if request not in IOCTLS:
-            raise ValueError(f"unknown ioctl name {request!r}")
+            raise BadArgumentError(f"unknown ioctl name {request!r}")
         return IOCTLS[request].request, request
+    if isinstance(request, bool) or not isinstance(request, int) or not 0 <= request < 1 << 32:
+        raise BadArgumentError(f"ioctl request {request!r}: expected a KVM ioctl name or a 32-bit request number")
     return request, ioctl_name(request)
 
 
-def _arg(arg):
+def _arg(arg, name: str, obj: str):
+    """The ioctl's third argument: an integer (an unsigned long, or a signed one for a negative
+    test) or a pointer to a ctypes object. Anything else is refused naming the ioctl, rather than
+    left to ctypes ("byref() argument must be a ctypes instance")."""
     if arg is None:
         return None
     if isinstance(arg, int):
+        if not -(1 << 63) <= arg < 1 << 64:
+            raise BadArgumentError(f"{name} on {obj}: argument {arg:#x} does not fit the ioctl's unsigned long")
         return ctypes.c_void_p(arg) if arg else None
-    return ctypes.byref(arg)
+    try:
+        return ctypes.byref(arg)
+    except TypeError:
+        raise BadArgumentError(f"{name} on {obj}: argument {arg!r:.80}: expected an integer or a UAPI "
+                               "struct (a ctypes object)") from None
 
 
 def try_ioctl(fd: int, request: int | str, arg=None, *, obj: str = "?", args: str = "",
@@ -73,9 +84,10 @@ def try_ioctl(fd: int, request: int | str, arg=None, *, obj: str = "?", args: st
     trace=False leaves the recording to the caller (the run loop records exits instead).
     """
     number, name = _request(request)
+    pointer = _arg(arg, name, obj)
     tries = EINTR_RETRIES if retry_eintr and number != KVM_RUN else 0
     while True:
-        ret, err = raw_ioctl(fd, number, _arg(arg))
+        ret, err = raw_ioctl(fd, number, pointer)
         if err != errno.EINTR or tries <= 0:
             break
         tries -= 1

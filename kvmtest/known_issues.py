@@ -30,7 +30,7 @@ stays an error.
     module = "kvm_pvm"                      # a loaded module (fingerprint "modules")
     vendor = "AuthenticAMD"                 # optional: CPU vendor
     kernel_min = "6.6"                      # optional: kernel release range, inclusive
-    kernel_max = "6.19"
+    kernel_max = "6.19"                     # inclusive, by the parts given: "6.19" covers 6.19.y
     params = { "kvm.tdp_mmu" = "N" }        # optional: module parameters
     mmu = "shadow"                          # optional: fingerprint MMU mode
     accelerator = "tcg"                     # optional: what runs the kernel ("none" on bare metal or a
@@ -132,7 +132,8 @@ def host_matches(host: dict, fp: dict) -> bool:
     release = kernel_tuple(fp.get("kernel", {}).get("release", ""))
     if "kernel_min" in host and release < kernel_tuple(host["kernel_min"]):
         return False
-    if "kernel_max" in host and release > kernel_tuple(host["kernel_max"]):
+    # kernel_max "6.10" covers every 6.10.y: compare only as many parts as it names
+    if "kernel_max" in host and release[:len(kernel_tuple(host["kernel_max"]))] > kernel_tuple(host["kernel_max"]):
         return False
     for key, want in host.get("params", {}).items():
         module, _, param = key.partition(".")

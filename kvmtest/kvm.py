@@ -6,7 +6,8 @@ import os
 
 from .abi import constants as C
 from .abi import structs as S
-from .errors import DeviceError, KvmError
+from . import validate
+from .errors import BadArgumentError, DeviceError, KvmError
 from .fdobject import FdObject
 
 DEFAULT_DEVICE = "/dev/kvm"
@@ -14,16 +15,21 @@ KVM_MAX_CPUID_ENTRIES = 256  # arch/x86/include/asm/kvm_host.h
 
 
 def cap_number(cap: int | str) -> int:
-    if isinstance(cap, int):
-        return cap
+    """A capability's number, from the number or its name (with or without KVM_CAP_)."""
+    if isinstance(cap, int) and not isinstance(cap, bool):
+        return validate.uint(cap, 32, "capability number")  # KVM_CHECK_EXTENSION's arg is an int
+    if not isinstance(cap, str):
+        raise BadArgumentError(f"capability {cap!r}: expected a KVM_CAP_* name or number")
     name = cap if cap.startswith("KVM_CAP_") else f"KVM_CAP_{cap}"
     if name not in C.CAPABILITIES:
-        raise ValueError(f"unknown capability {cap!r}")
+        raise BadArgumentError(f"unknown capability {cap!r}")
     return C.CAPABILITIES[name]
 
 
 def open_device(path: str = DEFAULT_DEVICE) -> int:
     """Open the KVM device, turning the usual failures into one clear DeviceError."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise BadArgumentError(f"KVM device path = {path!r}: expected a path such as {DEFAULT_DEVICE!r}")
     try:
         return os.open(path, os.O_RDWR | os.O_CLOEXEC)
     except FileNotFoundError:
@@ -141,6 +147,7 @@ class Kvm(FdObject):
         """KVM_GET_MSRS on the system fd (api.rst 4.18, KVM_CAP_GET_MSR_FEATURES): the values of
         feature MSRs. The ioctl returns how many it read, so the dict may be shorter than
         `indices` when KVM stops at one it does not read."""
+        indices = validate.uints(indices, 32, f"{self.name} KVM_GET_MSRS index")
         buf = S.msrs_type(len(indices))()
         buf.nmsrs = len(indices)
         for i, index in enumerate(indices):
@@ -152,5 +159,6 @@ class Kvm(FdObject):
         """KVM_CREATE_VM (api.rst 4.2). The returned Vm owns its fd; close it or use `with`."""
         from .vm import Vm
 
+        vm_type = validate.uint(vm_type, 64, f"{self.name} KVM_CREATE_VM type")  # an unsigned long
         fd = self.ioctl("KVM_CREATE_VM", vm_type, args=f"type={vm_type}")
         return Vm(self, fd, f"vm{next(self._vm_ids)}")

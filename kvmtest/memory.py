@@ -2,6 +2,7 @@
 
 import ctypes
 import numbers
+import os
 
 from . import libc
 from .errors import ClosedError, GuestMemoryError
@@ -73,6 +74,52 @@ class HostMapping:
         except Exception:
             pass
 
+
+
+class ForeignMemory:
+    """Host memory kvmtest did not map: the userspace_addr of a memslot made with a raw
+    KVM_SET_USER_MEMORY_REGION. Read and written through /proc/self/mem, so memory that is not
+    (or no longer) mapped raises GuestMemoryError instead of crashing the interpreter; kvmtest
+    never unmaps it (close() only stops using it)."""
+
+    def __init__(self, addr: int, size: int, *, name: str | None = None):
+        self.addr, self.size = addr, size
+        self.name = name or f"host memory at {addr:#x}"
+        self.closed = False
+
+    def _access(self, offset: int, length: int, what: str, fn):
+        if self.closed:
+            raise ClosedError(f"{self.name} is no longer used (its VM is closed)")
+        if offset < 0 or length < 0 or offset + length > self.size:
+            raise GuestMemoryError(f"range {offset:#x}+{length:#x} outside {self.name} ({self.size:#x} bytes)")
+        fd = os.open("/proc/self/mem", os.O_RDWR)
+        try:
+            return fn(fd, self.addr + offset)
+        except OSError as e:
+            raise GuestMemoryError(f"{what} {length:#x} bytes at host address {self.addr + offset:#x} ({self.name}): "
+                                   f"{e.strerror} (is it mapped?)") from None
+        finally:
+            os.close(fd)
+
+    def read(self, offset: int, length: int) -> bytes:
+        data = self._access(offset, length, "reading", lambda fd, at: os.pread(fd, length, at))
+        if len(data) != length:
+            raise GuestMemoryError(f"reading {length:#x} bytes at host address {self.addr + offset:#x} "
+                                   f"({self.name}): only {len(data):#x} are mapped")
+        return data
+
+    def write(self, offset: int, data: bytes) -> None:
+        data = bytes(data)
+        done = self._access(offset, len(data), "writing", lambda fd, at: os.pwrite(fd, data, at))
+        if done != len(data):
+            raise GuestMemoryError(f"writing {len(data):#x} bytes at host address {self.addr + offset:#x} "
+                                   f"({self.name}): only {done:#x} are mapped")
+
+    def discard(self, offset: int, length: int) -> None:
+        raise GuestMemoryError(f"{self.name} is not kvmtest's mapping; discard it where it was mapped")
+
+    def close(self) -> None:
+        self.closed = True
 
 class PageAllocator:
     """Hands out zeroed, page-aligned guest physical pages from [start, end)."""

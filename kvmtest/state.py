@@ -5,9 +5,16 @@ Saved: everything KVM exposes about a vCPU. CPUID (KVM_GET_CPUID2); special regi
 every MSR of KVM_GET_MSR_INDEX_LIST that KVM lets user space read; general registers; XSAVE
 (KVM_GET_XSAVE2 at KVM_CAP_XSAVE2's size; KVM_GET_FPU without KVM_CAP_XSAVE); XCRs; the
 local APIC; vCPU events; debug registers; MP state; the TSC frequency and TSC offset
-(devices/vcpu.rst KVM_VCPU_TSC_OFFSET); nested state (KVM_CAP_NESTED_STATE).
+(devices/vcpu.rst KVM_VCPU_TSC_OFFSET); nested state (KVM_CAP_NESTED_STATE). Also what has no
+KVM_GET_*: the vCPU's recorded setup calls (KVM_ENABLE_CAP, KVM_SET_GUEST_DEBUG; kvmtest.carried)
+and the kvm_run fields KVM reads as input on the next KVM_RUN (api.rst 5: request_interrupt_window,
+immediate_exit, kvm_valid_regs, and cr8, which KVM loads into CR8 on every KVM_RUN of a vCPU
+without an in-kernel local APIC). What cannot be carried is refused by name (CannotCarry): an
+ioctl nothing records, sync registers marked dirty in kvm_run and not yet loaded by KVM_RUN.
 
 Restore order, each step needing the ones before it:
+ 0. the recorded KVM_ENABLE_CAP calls: a capability can make state restorable (MSRs of a
+    paravirtual feature it turns on) or refuse some (KVM_CAP_ENFORCE_PV_FEATURE_CPUID).
  1. KVM_SET_TSC_KHZ: the TSC values restored later count at this frequency.
  2. KVM_SET_CPUID2: KVM checks later state against the guest's CPUID: KVM_SET_SREGS refuses
     CR4 bits whose feature CPUID lacks (CR4.OSXSAVE without XSAVE), KVM_SET_XSAVE components
@@ -28,11 +35,15 @@ Restore order, each step needing the ones before it:
     and _SIPI_VECTOR are set so nmi.pending and sipi_vector are transferred (api.rst 4.32).
 10. KVM_SET_DEBUGREGS.
 11. KVM_SET_MP_STATE, after the events that hold a latched INIT and the SIPI vector.
-12. The TSC offset (KVM_SET_DEVICE_ATTR KVM_VCPU_TSC_OFFSET) after the MSRs, since a write of
+12. The recorded KVM_SET_GUEST_DEBUG calls, after the registers: KVM single-steps by setting
+    RFLAGS.TF as long as RIP is where KVM_SET_GUEST_DEBUG found it (x86.c __kvm_set_rflags),
+    so a later KVM_SET_REGS would move RIP away and lose the step. Then the kvm_run inputs.
+13. The TSC offset (KVM_SET_DEVICE_ATTR KVM_VCPU_TSC_OFFSET) after the MSRs, since a write of
     IA32_TSC replaces the offset; kvmtest.vm_state puts KVM_SET_CLOCK before it, as the
     migration algorithm of devices/vcpu.rst does.
 
-After a restore, verify() reads every piece back and raises StateMismatch naming the ioctl and
+After a restore, verify() reads every piece back (setup calls have nothing to read back: the
+suites check them by what the guest does) and raises StateMismatch naming the ioctl and
 the field where it differs from what was saved (the kernel selftests' state_test compares the
 same way). Values that run on their own are compared within bounds, each explained where it is.
 """
@@ -54,6 +65,16 @@ from .msr_names import (
 
 class StateError(KvmtestError):
     """A vCPU or VM state that cannot be saved or restored whole."""
+
+
+class CannotCarry(StateError):
+    """State that a copy of the vCPU or VM cannot be given; names it, so nothing is dropped silently."""
+
+
+class ExitAwaitsResponse(CannotCarry):
+    """A vCPU stopped at an exit whose operation needs data only user space supplies (an IN, an MMIO
+    read, an RDMSR, a hypercall's return value) and respond() was not called: KVM finishes it with
+    that data on the next KVM_RUN, and the vCPU's state is not consistent until then (api.rst 5)."""
 
 
 class MsrRefused(StateError):
@@ -102,6 +123,8 @@ class VcpuState:
     tsc_offset: int | None = None
     nested: object = None                 # S.nested_state_type() buffer
     skipped_msrs: list[int] = field(default_factory=list)       # listed, but KVM_GET_MSRS refused them
+    setup_calls: list = field(default_factory=list)              # Vcpu.setup_calls (kvmtest.carried)
+    run_inputs: dict[str, int] = field(default_factory=dict)     # kvm_run fields KVM_RUN reads
     excluded_msrs: dict[int, str] = field(default_factory=dict)  # read, not restorable here: why
     saved_at_ns: int = 0                  # CLOCK_MONOTONIC when the save started
 
@@ -132,6 +155,14 @@ def readable_msrs(vcpu, indices: list[int]) -> tuple[dict[int, int], list[int]]:
 
 def save(vcpu) -> VcpuState:
     """Everything KVM exposes about a stopped vCPU (see the module docstring)."""
+    if vcpu.uncarried:
+        raise CannotCarry(f"{vcpu.name} was set up through ioctls kvmtest neither records nor reads back, so a "
+                          f"copy would lack them: {'; '.join(vcpu.uncarried)} (kvmtest.carried)")
+    dirty = vcpu.kvm_run.kvm_dirty_regs
+    if dirty:
+        raise CannotCarry(f"{vcpu.name}: kvm_run.kvm_dirty_regs = {dirty:#x}: registers written into kvm_run.s "
+                          "that KVM loads only at the next KVM_RUN (api.rst 5, KVM_CAP_SYNC_REGS); run the vCPU "
+                          "or clear kvm_dirty_regs before saving it")
     started = time.monotonic_ns()
     msrs, refused = readable_msrs(vcpu, vcpu.vm.kvm.msr_index_list())
     excluded = {}
@@ -151,6 +182,7 @@ def save(vcpu) -> VcpuState:
         msrs=msrs, events=vcpu.get_events(), debugregs=vcpu.get_debugregs(),
         mp_state=vcpu.get_mp_state() if _has(vcpu, "KVM_CAP_MP_STATE") else None,
         skipped_msrs=refused, excluded_msrs=excluded, saved_at_ns=started,
+        setup_calls=list(vcpu.setup_calls), run_inputs=run_inputs(vcpu),
     )
     if _has(vcpu, "KVM_CAP_XSAVE"):
         size = _has(vcpu, "KVM_CAP_XSAVE2")
@@ -171,10 +203,30 @@ def save(vcpu) -> VcpuState:
     return state
 
 
+def run_inputs(vcpu) -> dict[str, int]:
+    """The kvm_run fields KVM reads on the next KVM_RUN (api.rst 5). cr8 only without an in-kernel
+    local APIC: KVM loads it into CR8 at every KVM_RUN then (and ignores it otherwise)."""
+    run = vcpu.kvm_run
+    inputs = {name: getattr(run, name) for name in ("request_interrupt_window", "immediate_exit", "kvm_valid_regs")}
+    if not vcpu.vm.irqchip:
+        inputs["cr8"] = run.cr8
+    return inputs
+
+
+# Recorded vCPU setup calls replayed after the registers rather than before everything (step 12).
+_AFTER_REGISTERS = {"set_guest_debug"}
+
+
+def _replay(vcpu, calls) -> None:
+    for name, args, kwargs in calls:
+        getattr(vcpu, name)(*args, **kwargs)
+
+
 def restore(vcpu, state: VcpuState, *, tsc_offset: bool = True) -> int:
     """Write `state` into `vcpu` in the order of the module docstring; returns how many MSRs
     KVM_SET_MSRS set, which is all of them (MsrRefused otherwise). `tsc_offset=False` leaves
-    step 12 to the caller (kvmtest.vm_state, after KVM_SET_CLOCK)."""
+    step 13 to the caller (kvmtest.vm_state, after KVM_SET_CLOCK)."""
+    _replay(vcpu, [c for c in state.setup_calls if c[0] not in _AFTER_REGISTERS])
     if state.tsc_khz is not None and _has(vcpu, "KVM_CAP_GET_TSC_KHZ") and vcpu.get_tsc_khz() != state.tsc_khz:
         if not _has(vcpu, "KVM_CAP_TSC_CONTROL"):
             raise StateError(f"{vcpu.name}: the saved vCPU's TSC ran at {state.tsc_khz} kHz, this one at "
@@ -206,13 +258,17 @@ def restore(vcpu, state: VcpuState, *, tsc_offset: bool = True) -> int:
     vcpu.set_debugregs(state.debugregs)
     if state.mp_state is not None:
         vcpu.set_mp_state(state.mp_state)
+    _replay(vcpu, [c for c in state.setup_calls if c[0] in _AFTER_REGISTERS])
+    run = vcpu.kvm_run
+    for name, value in state.run_inputs.items():
+        setattr(run, name, value)
     if tsc_offset:
         restore_tsc_offset(vcpu, state)
     return accepted
 
 
 def restore_tsc_offset(vcpu, state: VcpuState) -> None:
-    """Step 12. Same host, so the saved offset keeps the guest's TSC counting on as if the vCPU
+    """Step 13. Same host, so the saved offset keeps the guest's TSC counting on as if the vCPU
     never stopped (devices/vcpu.rst's formula with t_0 = t_1 and k_1 - k_0 = the pause)."""
     if state.tsc_offset is None:
         return
@@ -294,6 +350,9 @@ def verify(vcpu, state: VcpuState) -> None:
         got = vcpu.get_device_attr_u64(C.KVM_VCPU_TSC_CTRL, C.KVM_VCPU_TSC_OFFSET)
         if got != state.tsc_offset:
             check(name, "KVM_GET_DEVICE_ATTR", [f"KVM_VCPU_TSC_OFFSET: saved {state.tsc_offset:#x}, read {got:#x}"])
+    got = run_inputs(vcpu)
+    check(name, "kvm_run", [f"{field}: saved {saved:#x}, read {got.get(field, 0):#x}"
+                            for field, saved in state.run_inputs.items() if got.get(field, 0) != saved])
 
 
 APIC_TMICT, APIC_TMCCT, APIC_LVTT = 0x380, 0x390, 0x320

@@ -20,6 +20,7 @@ from .abi import structs as S
 from .abi.constants import errno_name
 from . import validate
 from .errors import BadArgumentError, ClosedError, GuestTimeout, KvmError, KvmtestError, StaleExitError
+from .carried import VCPU_STATE_IOCTLS, CarriedIoctls, replayable
 from .exits import IntrExit, parse_exit
 from .fdobject import FdObject
 from .kvm import KVM_MAX_CPUID_ENTRIES
@@ -98,8 +99,10 @@ def describe_mode(sregs: S.kvm_sregs) -> str:
     return f"{mode}-cpl{cpl}" if cpl else mode
 
 
-class Vcpu(FdObject):
+class Vcpu(CarriedIoctls, FdObject):
     """A KVM vCPU with its mapped kvm_run structure."""
+
+    STATE_IOCTLS = VCPU_STATE_IOCTLS  # see kvmtest.carried
 
     def __init__(self, vm, fd: int, vcpu_id: int):
         super().__init__(fd, f"{vm.name}/vcpu{vcpu_id}")
@@ -114,6 +117,12 @@ class Vcpu(FdObject):
         self._run_lock = threading.Lock()
         self._dirty_ring = None
         self._cpuid_nent = None  # entries last given to KVM_SET_CPUID2, a hint for get_cpuid()
+        # Setup with no KVM_GET_* (KVM_SET_GUEST_DEBUG, KVM_ENABLE_CAP), replayed on a copy, and
+        # ioctls nothing carries (kvmtest.carried).
+        self.setup_calls: list[tuple[str, tuple, dict]] = []
+        self.uncarried: list[str] = []
+        self._responded = -1  # the KVM_RUN whose exit respond() last answered
+        self._exited = -1     # the last KVM_RUN that returned an exit (not EINTR or an error)
         try:
             self.run_addr = libc.mmap(self._mmap_size, libc.PROT_READ | libc.PROT_WRITE, libc.MAP_SHARED, fd)
         except OSError:
@@ -182,10 +191,41 @@ class Vcpu(FdObject):
                                      f"{self.exits - generation} more time(s) since, so kvm_run no longer "
                                      "describes this exit (respond before the next run)")
             write(self._kvm_run, self._mmap_size)
+            self._responded = generation
+
+    @property
+    def in_run(self) -> bool:
+        """Whether a thread is inside run() or try_run() on this vCPU now."""
+        return self._run_lock.locked()
+
+    @property
+    def responded(self) -> bool:
+        """Whether respond() answered the exit of the last KVM_RUN (kvmtest.vm_state will not save
+        a vCPU whose IN, MMIO read or RDMSR still awaits its data)."""
+        return self._responded == self.exits
+
+    def last_exit(self):
+        """The exit the last KVM_RUN returned, parsed again from kvm_run (respond() on it works as on
+        the one run() returned); None if that KVM_RUN returned EINTR or failed, or none ran: KVM then
+        leaves kvm_run's exit as it was, but the exit is no longer pending."""
+        with self._guard.lock:
+            self._guard.check(f"reading {self.name}'s last exit")
+            if self._exited != self.exits:
+                return None
+            return parse_exit(self._kvm_run, self._view, (self, self.exits))
 
     def drain_coalesced_ring(self) -> "list[S.kvm_coalesced_mmio]":
         """Take every write queued in the coalesced MMIO/PIO ring (api.rst KVM_REGISTER_COALESCED_MMIO: the ring
-        sits at page KVM_CAP_COALESCED_MMIO of the vCPU mapping) and mark them consumed."""
+        sits at page KVM_CAP_COALESCED_MMIO of the vCPU mapping) and mark them consumed. The ring is
+        the VM's: entries a VM this one was copied from had queued and nobody drained
+        (kvmtest.vm_state, Vm.carried_coalesced) come first, as they were written first."""
+        return self._coalesced_ring(consume=True)
+
+    def peek_coalesced_ring(self) -> "list[S.kvm_coalesced_mmio]":
+        """What drain_coalesced_ring would return, left in the ring (saving a VM is not draining it)."""
+        return self._coalesced_ring(consume=False)
+
+    def _coalesced_ring(self, consume: bool) -> "list[S.kvm_coalesced_mmio]":
         page = self.vm.check_extension("KVM_CAP_COALESCED_MMIO")
         if not page:
             raise KvmtestError(f"{self.name}: KVM_CAP_COALESCED_MMIO is 0, there is no coalesced ring")
@@ -207,8 +247,11 @@ class Vcpu(FdObject):
                 entry = base + ctypes.sizeof(ring) + first * entry_size
                 out.append(S.kvm_coalesced_mmio.from_buffer_copy(ctypes.string_at(entry, entry_size)))
                 first = (first + 1) % size
-            ring.first = first
-        return out
+            carried = list(self.vm.carried_coalesced)
+            if consume:
+                ring.first = first
+                self.vm.carried_coalesced.clear()
+        return carried + out
 
     @property
     def dirty_ring(self):
@@ -245,6 +288,8 @@ class Vcpu(FdObject):
 
     def kick(self, thread_id: int | None = None) -> None:
         """Make a KVM_RUN in progress (or the next one) return to user space."""
+        if thread_id is not None:
+            validate.int_in(thread_id, 1, (1 << 64) - 1, f"{self.name} kick thread_id")
         with self._guard.lock:  # the watchdog may kick while another thread closes the vCPU
             if self._guard.open:
                 self._kvm_run.immediate_exit = 1
@@ -287,6 +332,7 @@ class Vcpu(FdObject):
                 # return at once; an exit that came just as the watchdog kicked is kept.
                 run.immediate_exit = 0
             if err == 0:
+                self._exited = self.exits
                 exit_ = parse_exit(run, self._view, (self, self.exits))
                 _ioctl.note(self.name, "exit", exit_)
                 return exit_
@@ -337,6 +383,8 @@ class Vcpu(FdObject):
             if run is None:
                 raise ClosedError(f"{self.name} is closed")
             err = self._enter(timeout)
+            if not err:
+                self._exited = self.exits
             timed_out = self._timed_out
             if timed_out:
                 run.immediate_exit = 0
@@ -363,46 +411,67 @@ class Vcpu(FdObject):
     def get_regs(self) -> S.kvm_regs:
         return self._get("KVM_GET_REGS", S.kvm_regs)
 
+    def _struct(self, value, kind, ioctl: str):
+        """`value` if it is the UAPI struct `ioctl` takes: KVM reads sizeof(kind) bytes from the
+        pointer, so any other object would hand it memory of another size and layout."""
+        return validate.instance(value, kind, f"{self.name} {ioctl}")
+
     def set_regs(self, regs: S.kvm_regs) -> None:
+        self._struct(regs, S.kvm_regs, "KVM_SET_REGS")
         self.ioctl("KVM_SET_REGS", regs, args=f"rip={regs.rip:#x} rflags={regs.rflags:#x}")
 
     def get_sregs(self) -> S.kvm_sregs:
         return self._get("KVM_GET_SREGS", S.kvm_sregs)
 
     def set_sregs(self, sregs: S.kvm_sregs) -> None:
+        self._struct(sregs, S.kvm_sregs, "KVM_SET_SREGS")
         self.ioctl("KVM_SET_SREGS", sregs, args=sregs_args(sregs))
 
     def try_set_sregs(self, sregs: S.kvm_sregs) -> int:
+        self._struct(sregs, S.kvm_sregs, "KVM_SET_SREGS")
         return self.try_ioctl("KVM_SET_SREGS", sregs, args=sregs_args(sregs))
 
     def get_fpu(self) -> S.kvm_fpu:
         return self._get("KVM_GET_FPU", S.kvm_fpu)
 
     def set_fpu(self, fpu: S.kvm_fpu) -> None:
+        self._struct(fpu, S.kvm_fpu, "KVM_SET_FPU")
         self.ioctl("KVM_SET_FPU", fpu)
 
     def get_xsave(self) -> S.kvm_xsave:
         return self._get("KVM_GET_XSAVE", S.kvm_xsave)
 
     def set_xsave(self, xsave: S.kvm_xsave) -> None:
+        """KVM_SET_XSAVE (api.rst KVM_SET_XSAVE): a kvm_xsave, or a get_xsave2() buffer. KVM reads
+        KVM_CHECK_EXTENSION(KVM_CAP_XSAVE2) bytes (at least 4096), so a smaller buffer is refused."""
+        if not (isinstance(xsave, S.kvm_xsave) or (isinstance(xsave, ctypes.Structure) and hasattr(xsave, "region"))):
+            raise BadArgumentError(f"{self.name} KVM_SET_XSAVE: expected a kvm_xsave (or a get_xsave2() buffer), "
+                                   f"got {xsave!r:.80}")
+        needed = self._xsave_size()
+        if ctypes.sizeof(xsave) < needed:
+            raise BadArgumentError(f"{self.name} KVM_SET_XSAVE: a {ctypes.sizeof(xsave)}-byte buffer, but KVM reads "
+                                   f"{needed} (KVM_CAP_XSAVE2); take it from get_xsave2({needed})")
         self.ioctl("KVM_SET_XSAVE", xsave)
 
     def get_xcrs(self) -> S.kvm_xcrs:
         return self._get("KVM_GET_XCRS", S.kvm_xcrs)
 
     def set_xcrs(self, xcrs: S.kvm_xcrs) -> None:
+        self._struct(xcrs, S.kvm_xcrs, "KVM_SET_XCRS")
         self.ioctl("KVM_SET_XCRS", xcrs, args=f"nr_xcrs={xcrs.nr_xcrs}")
 
     def get_debugregs(self) -> S.kvm_debugregs:
         return self._get("KVM_GET_DEBUGREGS", S.kvm_debugregs)
 
     def set_debugregs(self, dbg: S.kvm_debugregs) -> None:
+        self._struct(dbg, S.kvm_debugregs, "KVM_SET_DEBUGREGS")
         self.ioctl("KVM_SET_DEBUGREGS", dbg, args=f"dr6={dbg.dr6:#x} dr7={dbg.dr7:#x}")
 
     def get_events(self) -> S.kvm_vcpu_events:
         return self._get("KVM_GET_VCPU_EVENTS", S.kvm_vcpu_events)
 
     def set_events(self, events: S.kvm_vcpu_events) -> None:
+        self._struct(events, S.kvm_vcpu_events, "KVM_SET_VCPU_EVENTS")
         self.ioctl("KVM_SET_VCPU_EVENTS", events, args=f"flags={events.flags:#x}")
 
     def get_mp_state(self) -> int:
@@ -416,6 +485,7 @@ class Vcpu(FdObject):
         return self._get("KVM_GET_LAPIC", S.kvm_lapic_state)
 
     def set_lapic(self, lapic: S.kvm_lapic_state) -> None:
+        self._struct(lapic, S.kvm_lapic_state, "KVM_SET_LAPIC")
         self.ioctl("KVM_SET_LAPIC", lapic)
 
     # --- state for save/restore (kvmtest.state) -----------------------------------------------
@@ -425,45 +495,84 @@ class Vcpu(FdObject):
         return self._get("KVM_GET_SREGS2", S.kvm_sregs2)
 
     def set_sregs2(self, sregs2: S.kvm_sregs2) -> None:
+        self._struct(sregs2, S.kvm_sregs2, "KVM_SET_SREGS2")
         self.ioctl("KVM_SET_SREGS2", sregs2, args=f"{sregs_args(sregs2)} flags={sregs2.flags:#x}")
 
     def get_xsave2(self, size: int):
         """KVM_GET_XSAVE2 into a buffer of `size` bytes (KVM_CHECK_EXTENSION(KVM_CAP_XSAVE2), api.rst
-        KVM_GET_XSAVE2); KVM_SET_XSAVE takes the same buffer back."""
+        KVM_GET_XSAVE2); KVM_SET_XSAVE takes the same buffer back. KVM writes that many bytes
+        whatever the buffer, so a smaller `size` is refused rather than overrun."""
+        size = validate.uint(size, 32, f"{self.name} KVM_GET_XSAVE2 size")
+        needed = self._xsave_size()
+        if size < needed:
+            raise BadArgumentError(f"{self.name} KVM_GET_XSAVE2 size = {size}: KVM writes {needed} bytes "
+                                   "(KVM_CHECK_EXTENSION(KVM_CAP_XSAVE2)), which would overrun the buffer")
         buf = S.xsave_type(size)()
         self.ioctl("KVM_GET_XSAVE2", buf, args=f"size={size}")
         return buf
+
+    def _xsave_size(self) -> int:
+        """The bytes KVM_GET_XSAVE2 writes and KVM_SET_XSAVE reads (api.rst KVM_CAP_XSAVE2; a
+        kernel without it uses struct kvm_xsave)."""
+        return max(self.vm.check_extension("KVM_CAP_XSAVE2"), ctypes.sizeof(S.kvm_xsave))
 
     def get_tsc_khz(self) -> int:
         """KVM_GET_TSC_KHZ (api.rst KVM_GET_TSC_KHZ)."""
         return self.ioctl("KVM_GET_TSC_KHZ")
 
     def set_tsc_khz(self, khz: int) -> None:
-        """KVM_SET_TSC_KHZ on the vCPU (api.rst KVM_SET_TSC_KHZ, KVM_CAP_TSC_CONTROL)."""
+        """KVM_SET_TSC_KHZ on the vCPU (api.rst KVM_SET_TSC_KHZ, KVM_CAP_TSC_CONTROL). KVM reads the
+        argument as a __u32 and takes 0 to mean the host's rate, so 0 and anything wider are
+        refused here; try_set_tsc_khz passes any 32-bit value."""
+        khz = validate.uint(khz, 32, f"{self.name} KVM_SET_TSC_KHZ kHz")
+        if khz == 0:
+            raise BadArgumentError(f"{self.name} KVM_SET_TSC_KHZ kHz = 0: no frequency (KVM would take the "
+                                   "host's rate); use try_set_tsc_khz(0) to probe that")
         self.ioctl("KVM_SET_TSC_KHZ", khz, args=f"khz={khz}")
 
+    def try_set_tsc_khz(self, khz: int) -> int:
+        khz = validate.uint(khz, 32, f"{self.name} KVM_SET_TSC_KHZ kHz")
+        return self.try_ioctl("KVM_SET_TSC_KHZ", khz, args=f"khz={khz}")
+
     def get_nested_state(self, size: int):
-        """KVM_GET_NESTED_STATE with a buffer of `size` bytes (KVM_CHECK_EXTENSION(KVM_CAP_NESTED_STATE))."""
+        """KVM_GET_NESTED_STATE with a buffer of `size` bytes (KVM_CHECK_EXTENSION(KVM_CAP_NESTED_STATE)).
+        KVM trusts kvm_nested_state.size (a __u32) as the buffer's length: a wrapped size would let it
+        write past the buffer."""
+        size = validate.uint(size, 32, f"{self.name} KVM_GET_NESTED_STATE size")
         buf = S.nested_state_type(size)(size=size)
         self.ioctl("KVM_GET_NESTED_STATE", buf, args=f"size={size}")
         return buf
 
     def set_nested_state(self, state) -> None:
+        if not isinstance(state, (S.kvm_nested_state, ctypes.Structure)) or not hasattr(state, "format"):
+            raise BadArgumentError(f"{self.name} KVM_SET_NESTED_STATE: expected a kvm_nested_state (from "
+                                   f"get_nested_state), got {state!r:.80}")
+        if state.size > ctypes.sizeof(state):
+            raise BadArgumentError(f"{self.name} KVM_SET_NESTED_STATE: size = {state.size}, but the buffer holds "
+                                   f"{ctypes.sizeof(state)} bytes; KVM would read past it")
         self.ioctl("KVM_SET_NESTED_STATE", state, args=f"flags={state.flags:#x} format={state.format} size={state.size}")
 
     def has_device_attr(self, group: int, attr: int) -> bool:
         """KVM_HAS_DEVICE_ATTR on the vCPU fd (devices/vcpu.rst); False where KVM refuses it."""
+        group, attr = self._device_attr(group, attr, "KVM_HAS_DEVICE_ATTR")
         return self.try_ioctl("KVM_HAS_DEVICE_ATTR", S.kvm_device_attr(group=group, attr=attr),
                               args=f"group={group} attr={attr}") == 0
 
+    def _device_attr(self, group, attr, ioctl) -> tuple[int, int]:
+        """kvm_device_attr: group is a __u32, attr a __u64."""
+        return (validate.uint(group, 32, f"{self.name} {ioctl} group"),
+                validate.uint(attr, 64, f"{self.name} {ioctl} attr"))
+
     def get_device_attr_u64(self, group: int, attr: int) -> int:
+        group, attr = self._device_attr(group, attr, "KVM_GET_DEVICE_ATTR")
         value = ctypes.c_uint64()
         self.ioctl("KVM_GET_DEVICE_ATTR", S.kvm_device_attr(group=group, attr=attr, addr=ctypes.addressof(value)),
                    args=f"group={group} attr={attr}")
         return value.value
 
     def set_device_attr_u64(self, group: int, attr: int, data: int) -> None:
-        value = ctypes.c_uint64(data & (2**64 - 1))
+        group, attr = self._device_attr(group, attr, "KVM_SET_DEVICE_ATTR")
+        value = ctypes.c_uint64(validate.uint(data, 64, f"{self.name} KVM_SET_DEVICE_ATTR value"))
         self.ioctl("KVM_SET_DEVICE_ATTR", S.kvm_device_attr(group=group, attr=attr, addr=ctypes.addressof(value)),
                    args=f"group={group} attr={attr} value={data:#x}")
 
@@ -471,7 +580,7 @@ class Vcpu(FdObject):
 
     def get_msrs(self, indices: list[int]) -> dict[int, int]:
         """KVM_GET_MSRS (api.rst 4.18). Raises if KVM returns fewer MSRs than asked for."""
-        indices = [validate.uint(index, 32, f"{self.name} KVM_GET_MSRS index") for index in indices]
+        indices = validate.uints(indices, 32, f"{self.name} KVM_GET_MSRS index")
         buf = S.msrs_type(len(indices))()
         buf.nmsrs = len(indices)
         for i, index in enumerate(indices):
@@ -488,6 +597,7 @@ class Vcpu(FdObject):
 
     def set_msrs(self, values: dict[int, int]) -> int:
         """KVM_SET_MSRS (api.rst 4.19); returns how many MSRs KVM accepted (stops at the first refused)."""
+        validate.mapping(values, f"{self.name} KVM_SET_MSRS values (MSR index -> value)")
         for index, data in values.items():
             validate.uint(index, 32, f"{self.name} KVM_SET_MSRS index")
             validate.uint(data, 64, f"{self.name} KVM_SET_MSRS value of MSR {index:#x}")
@@ -504,10 +614,12 @@ class Vcpu(FdObject):
 
     def set_cpuid(self, entries) -> None:
         """KVM_SET_CPUID2 (api.rst KVM_SET_CPUID2)."""
+        entries = cpuid_entries(entries)
         self.ioctl("KVM_SET_CPUID2", cpuid2_struct(entries), args=f"nent={len(entries)}")
         self._cpuid_nent = len(entries)
 
     def try_set_cpuid(self, entries) -> int:
+        entries = cpuid_entries(entries)
         err = self.try_ioctl("KVM_SET_CPUID2", cpuid2_struct(entries), args=f"nent={len(entries)}")
         if not err:
             self._cpuid_nent = len(entries)
@@ -522,7 +634,7 @@ class Vcpu(FdObject):
         if leaf is None:
             raise KvmtestError(f"{self.name}: KVM_GET_SUPPORTED_CPUID has no KVM feature leaf "
                                f"{KVM_CPUID_FEATURES:#x} to restrict")
-        leaf.eax = features
+        leaf.eax = validate.uint(features, 32, f"{self.name} KVM feature leaf {KVM_CPUID_FEATURES:#x} EAX")
         self.set_cpuid(table)
         self.enable_cap("KVM_CAP_ENFORCE_PV_FEATURE_CPUID", 1)
 
@@ -586,11 +698,12 @@ class Vcpu(FdObject):
         """KVM_SMI (api.rst KVM_SMI, KVM_CAP_X86_SMM): queue an SMI on this vCPU."""
         self.ioctl("KVM_SMI")
 
+    @replayable  # no KVM_GET_GUEST_DEBUG: a copy of the vCPU makes the same call (kvmtest.state)
     def set_guest_debug(self, control: int, debugreg=(0,) * 8) -> None:
         """KVM_SET_GUEST_DEBUG (api.rst 4.87); `debugreg` fills kvm_guest_debug_arch.debugreg[8]
         (DR0-DR3, then DR7 at index 7 on x86)."""
         control = validate.uint(control, 32, f"{self.name} KVM_SET_GUEST_DEBUG control")
-        debugreg = list(debugreg)
+        debugreg = validate.uints(debugreg, 64, f"{self.name} KVM_SET_GUEST_DEBUG debugreg", indexed=True)
         if len(debugreg) > len(S.kvm_guest_debug_arch().debugreg):
             raise BadArgumentError(f"{self.name} KVM_SET_GUEST_DEBUG: {len(debugreg)} debugreg values, but "
                                             "kvm_guest_debug_arch.debugreg holds 8")
@@ -606,6 +719,7 @@ class Vcpu(FdObject):
         self.ioctl("KVM_TRANSLATE", tr, args=f"gva={gva:#x}")
         return tr
 
+    @replayable  # no way to read a vCPU capability back: a copy of the vCPU enables it again
     def enable_cap(self, cap, *args: int, flags: int = 0) -> None:
         """KVM_ENABLE_CAP on the vCPU (api.rst 4.37, section 6)."""
         self.ioctl("KVM_ENABLE_CAP", self.vm.enable_cap_struct(cap, *args, flags=flags),
@@ -616,6 +730,13 @@ class Vcpu(FdObject):
         from .stats import Stats
 
         return Stats(self.ioctl("KVM_GET_STATS_FD"), f"{self.name}/stats")
+
+
+def cpuid_entries(entries) -> list:
+    """`entries` as a list, refusing None, a string or a single entry by name."""
+    if isinstance(entries, (str, bytes, S.kvm_cpuid_entry2)) or not hasattr(entries, "__iter__"):
+        raise BadArgumentError(f"KVM_SET_CPUID2: expected a list of kvm_cpuid_entry2, got {entries!r:.80}")
+    return list(entries)
 
 
 def cpuid2_struct(entries):

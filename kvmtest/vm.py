@@ -2,18 +2,20 @@
 
 import ctypes
 import errno
-import functools
 import itertools
 import struct
 from dataclasses import dataclass
 
 from .abi import constants as C
+from . import validate
 from .abi import structs as S
-from .errors import BadArgumentError, ClosedError, GuestMemoryError, KvmtestError
+from .carried import VM_STATE_IOCTLS, CarriedIoctls, carried
+from .carried import replayable as _replayable
+from .errors import BadArgumentError, ClosedError, GuestMemoryError
 from .fdobject import FdObject
 from .kvm import cap_number
 from .libc import PAGE_SIZE
-from .memory import HostMapping
+from .memory import ForeignMemory, HostMapping
 
 
 @dataclass
@@ -22,7 +24,13 @@ class Memslot:
     gpa: int
     size: int
     flags: int
-    mapping: HostMapping
+    mapping: "HostMapping | ForeignMemory"
+    offset: int = 0  # where in `mapping` the slot's memory starts
+
+    @property
+    def hva(self) -> int:
+        """The slot's userspace_addr."""
+        return self.mapping.addr + self.offset
 
     @property
     def end(self) -> int:
@@ -45,6 +53,19 @@ def memslot_args(slot, flags, gpa, size, hva=None) -> str:
     return text
 
 
+def _region_fields(vm, slot, flags, gpa, size, hva) -> tuple[int, int, int, int, int]:
+    """kvm_userspace_memory_region's fields checked against their widths (api.rst 4.35): slot and
+    flags are __u32, the addresses and size __u64; ctypes would wrap anything wider unseen."""
+    what = f"{vm.name} KVM_SET_USER_MEMORY_REGION"
+    return (validate.uint(slot, 32, f"{what} slot"), validate.uint(flags, 32, f"{what} flags"),
+            validate.uint(gpa, 64, f"{what} guest_phys_addr"), validate.uint(size, 64, f"{what} memory_size"),
+            validate.uint(hva, 64, f"{what} userspace_addr"))
+
+
+def _addr(value) -> str:
+    return f"{value:#x}" if isinstance(value, int) else repr(value)
+
+
 def _memslot_hint(vm, slot, gpa, size, hva):
     """Explain the usual reasons KVM_SET_USER_MEMORY_REGION fails (api.rst 4.35)."""
 
@@ -63,29 +84,10 @@ def _memslot_hint(vm, slot, gpa, size, hva):
     return hint
 
 
-def _replayable(method):
-    """Record a successful VM setup call (one KVM has no KVM_GET_* for) in vm.setup_calls, so that
-    kvmtest.state can make the same calls, in the same order, on a fresh VM. Calls made from
-    inside another recorded one (enable_split_irqchip -> enable_cap) are not recorded twice."""
-
-    @functools.wraps(method)
-    def wrapper(self, *args, **kwargs):
-        outer = not self._in_setup
-        self._in_setup = True
-        try:
-            result = method(self, *args, **kwargs)
-        finally:
-            if outer:
-                self._in_setup = False
-        if outer:
-            self.setup_calls.append((method.__name__, args, kwargs))
-        return result
-
-    return wrapper
-
-
-class Vm(FdObject):
+class Vm(CarriedIoctls, FdObject):
     """A KVM VM. Owns its vCPUs and the host mappings behind its memslots."""
+
+    STATE_IOCTLS = VM_STATE_IOCTLS  # see kvmtest.carried
 
     def __init__(self, kvm, fd: int, name: str):
         super().__init__(fd, name)
@@ -98,7 +100,11 @@ class Vm(FdObject):
         # of the VM (kvmtest.state, Guest.migrate) can set it up again.
         self.split_irqchip_routes: int | None = None   # KVM_CAP_SPLIT_IRQCHIP's argument
         self.pit_flags: int | None = None              # KVM_CREATE_PIT2's flags
-        self.setup_calls: list[tuple[str, tuple, dict]] = []  # see _replayable
+        self.setup_calls: list[tuple[str, tuple, dict]] = []  # see kvmtest.carried
+        self.uncarried: list[str] = []                         # ditto
+        # Coalesced MMIO entries a VM this one was copied from had queued and nobody drained
+        # (kvmtest.vm_state): Vcpu.drain_coalesced_ring returns them before the ring's own.
+        self.carried_coalesced: list = []
         # Pages a VM this one was copied from had dirtied and not yet reported (kvmtest.state):
         # get_dirty_log reports them as well, until reported (or, with manual protect, cleared).
         self.carried_dirty: dict[int, set[int]] = {}
@@ -118,6 +124,7 @@ class Vm(FdObject):
         self.ioctl("KVM_ENABLE_CAP", self.enable_cap_struct(cap, *args, flags=flags),
                    args=self._cap_args(cap, args, flags))
 
+    @carried  # records itself
     def try_enable_cap(self, cap: int | str, *args: int, flags: int = 0) -> int:
         err = self.try_ioctl("KVM_ENABLE_CAP", self.enable_cap_struct(cap, *args, flags=flags),
                              args=self._cap_args(cap, args, flags))
@@ -146,67 +153,149 @@ class Vm(FdObject):
         return text + (f" flags={flags:#x}" if flags else "")
 
     # --- memslots ------------------------------------------------------------------------
+    #
+    # `memslots` is what KVM holds, however it was set: add_memory and its siblings, or the raw
+    # set_user_memory_region calls, which keep it up to date (kvmtest.vm_state copies it).
 
+    @carried
     def set_user_memory_region(self, slot: int, flags: int, gpa: int, size: int, hva: int) -> None:
         """KVM_SET_USER_MEMORY_REGION (api.rst 4.35), raw: size 0 deletes the slot."""
+        slot, flags, gpa, size, hva = self._set_region(slot, flags, gpa, size, hva)
+        self._note_region(slot, flags, gpa, size, hva)
+
+    def _set_region(self, slot, flags, gpa, size, hva) -> tuple[int, int, int, int, int]:
+        slot, flags, gpa, size, hva = _region_fields(self, slot, flags, gpa, size, hva)
         region = S.kvm_userspace_memory_region(slot, flags, gpa, size, hva)
         self.ioctl("KVM_SET_USER_MEMORY_REGION", region, args=memslot_args(slot, flags, gpa, size),
                    hint=_memslot_hint(self, slot, gpa, size, hva))
+        return slot, flags, gpa, size, hva
 
+    @carried
     def try_set_user_memory_region(self, slot: int, flags: int, gpa: int, size: int, hva: int) -> int:
+        slot, flags, gpa, size, hva = _region_fields(self, slot, flags, gpa, size, hva)
         region = S.kvm_userspace_memory_region(slot, flags, gpa, size, hva)
-        return self.try_ioctl("KVM_SET_USER_MEMORY_REGION", region, args=memslot_args(slot, flags, gpa, size))
+        err = self.try_ioctl("KVM_SET_USER_MEMORY_REGION", region, args=memslot_args(slot, flags, gpa, size))
+        if not err:
+            self._note_region(slot, flags, gpa, size, hva)
+        return err
 
+    @carried
     def try_set_user_memory_region2(self, slot, flags, gpa, size, hva, guest_memfd=0, guest_memfd_offset=0) -> int:
         """KVM_SET_USER_MEMORY_REGION2 (api.rst KVM_SET_USER_MEMORY_REGION2), for negative tests."""
+        slot, flags, gpa, size, hva = _region_fields(self, slot, flags, gpa, size, hva)
+        guest_memfd = validate.uint(guest_memfd, 32, f"{self.name} KVM_SET_USER_MEMORY_REGION2 guest_memfd")
+        guest_memfd_offset = validate.uint(guest_memfd_offset, 64,
+                                           f"{self.name} KVM_SET_USER_MEMORY_REGION2 guest_memfd_offset")
         region = S.kvm_userspace_memory_region2(slot=slot, flags=flags, guest_phys_addr=gpa, memory_size=size,
                                                 userspace_addr=hva, guest_memfd=guest_memfd,
                                                 guest_memfd_offset=guest_memfd_offset)
-        return self.try_ioctl("KVM_SET_USER_MEMORY_REGION2", region, args=memslot_args(slot, flags, gpa, size))
+        err = self.try_ioctl("KVM_SET_USER_MEMORY_REGION2", region, args=memslot_args(slot, flags, gpa, size))
+        if not err and flags & C.KVM_MEM_GUEST_MEMFD and size:
+            # Private memory is not readable through userspace_addr: a copy would lack it.
+            self.uncarried.append(f"KVM_SET_USER_MEMORY_REGION2 {memslot_args(slot, flags, gpa, size)} "
+                                  "(KVM_MEM_GUEST_MEMFD: guest_memfd contents are not readable by user space)")
+        elif not err:
+            self._note_region(slot, flags, gpa, size, hva)
+        return err
+
+    def _note_region(self, slot, flags, gpa, size, hva) -> None:
+        """Make `memslots` what KVM holds after a raw region call succeeded: size 0 deletes the slot,
+        an existing slot can only move or change flags (api.rst 4.35), a new one is backed by the
+        host memory at `hva`, which may be one of this VM's mappings (an alias of another slot)."""
+        old = self.memslots.get(slot)
+        if not size:
+            if old is not None:
+                del self.memslots[slot]
+                if isinstance(old.mapping, HostMapping) and not self._mapping_in_use(old.mapping):
+                    self._extra_mappings.append(old.mapping)  # the caller may add it back; unmapped at close()
+            return
+        if old is not None:
+            old.gpa, old.flags = gpa, flags
+            return
+        self.memslots[slot] = Memslot(slot, gpa, size, flags, *self._backing_of(hva, size))
+
+    def _backing_of(self, hva: int, size: int) -> tuple:
+        """(mapping, offset) for host memory [hva, hva+size): one of this VM's mappings if it lies
+        inside one, else a ForeignMemory that reads it without owning it."""
+        for mapping in [m.mapping for m in self.memslots.values()] + self._extra_mappings:
+            if isinstance(mapping, HostMapping) and not mapping.closed and \
+                    mapping.addr <= hva and hva + size <= mapping.addr + mapping.size:
+                return mapping, hva - mapping.addr
+        return ForeignMemory(hva, size, name=f"{self.name} host memory at {hva:#x}"), 0
+
+    def _mapping_in_use(self, mapping) -> bool:
+        return any(m.mapping is mapping for m in self.memslots.values()) or mapping in self._extra_mappings
 
     def free_slot(self) -> int:
         return next(i for i in itertools.count() if i not in self.memslots)
 
+    @carried
     def add_memory(self, gpa: int, size: int, *, slot: int | None = None, flags: int = 0,
-                   mapping: HostMapping | None = None) -> Memslot:
-        """Back [gpa, gpa+size) with a fresh anonymous mapping in a new memslot."""
-        slot = self.free_slot() if slot is None else slot
+                   mapping: HostMapping | None = None, offset: int = 0) -> Memslot:
+        """Back [gpa, gpa+size) with a fresh anonymous mapping in a new memslot, or with `mapping`
+        from `offset` on (several slots may share one mapping: they alias each other)."""
+        gpa = validate.uint(gpa, 64, f"{self.name} memslot guest_phys_addr")
+        slot = self.free_slot() if slot is None else validate.uint(slot, 32, f"{self.name} memslot slot")
+        if mapping is not None and not isinstance(mapping, HostMapping):
+            raise BadArgumentError(f"{self.name}: memslot mapping {mapping!r:.80}: expected a HostMapping")
         if slot in self.memslots:
             raise GuestMemoryError(f"{self.name}: slot {slot} is already in use at {self.memslots[slot].gpa:#x}")
         if mapping is None:
+            if isinstance(size, bool) or not isinstance(size, int):
+                raise BadArgumentError(f"{self.name}: memslot size {size!r}: not an integer")
             if size <= 0 or size % PAGE_SIZE:
                 raise GuestMemoryError(f"{self.name}: memslot size {size:#x} is not a positive multiple of {PAGE_SIZE:#x}")
             mapping = HostMapping(size, name=f"{self.name} memory of slot {slot} at {gpa:#x}")
+        offset = validate.uint(offset, 64, f"{self.name} memslot offset in its mapping")
+        if isinstance(size, int) and offset + size > mapping.size:
+            raise GuestMemoryError(f"{self.name}: slot {slot} of {size:#x} bytes at offset {offset:#x} does not fit "
+                                   f"its {mapping.size:#x}-byte mapping")
         try:
-            self.set_user_memory_region(slot, flags, gpa, size, mapping.addr)
+            self._set_region(slot, flags, gpa, size, mapping.addr + offset)
         except Exception:
-            if mapping not in self._extra_mappings:
+            if not self._mapping_in_use(mapping):
                 mapping.close()
             raise
-        self.memslots[slot] = Memslot(slot, gpa, size, flags, mapping)
+        self.memslots[slot] = Memslot(slot, gpa, size, flags, mapping, offset)
         return self.memslots[slot]
 
+    @carried
     def move_memslot(self, slot: int, new_gpa: int) -> None:
         """Re-register a slot at another guest physical address (api.rst 4.35: moves are allowed)."""
-        m = self.memslots[slot]
-        self.set_user_memory_region(slot, m.flags, new_gpa, m.size, m.mapping.addr)
+        m = self.memslot(slot)
+        self._set_region(slot, m.flags, new_gpa, m.size, m.hva)
         m.gpa = new_gpa
 
+    @carried
     def set_memslot_flags(self, slot: int, flags: int) -> None:
         """Change a live slot's flags (only KVM_MEM_LOG_DIRTY_PAGES may change, api.rst 4.35)."""
-        m = self.memslots[slot]
-        self.set_user_memory_region(slot, flags, m.gpa, m.size, m.mapping.addr)
+        m = self.memslot(slot)
+        self._set_region(slot, flags, m.gpa, m.size, m.hva)
         m.flags = flags
 
+    @carried
     def delete_memslot(self, slot: int) -> None:
-        """Delete a slot (size 0); accesses to its range then exit as MMIO."""
-        m = self.memslots.pop(slot)
-        self.set_user_memory_region(slot, m.flags, m.gpa, 0, m.mapping.addr)
-        m.mapping.close()
+        """Delete a slot (size 0); accesses to its range then exit as MMIO. Its host memory is
+        unmapped unless another slot (an alias) still uses it."""
+        m = self.memslot(slot)
+        self._set_region(slot, m.flags, m.gpa, 0, m.hva)
+        del self.memslots[m.slot]
+        if not self._mapping_in_use(m.mapping):
+            m.mapping.close()
+
+    def memslot(self, slot: int) -> Memslot:
+        """The memslot numbered `slot` that this Vm added; GuestMemoryError naming the ones it has
+        otherwise (not a KeyError)."""
+        try:
+            return self.memslots[slot]
+        except (KeyError, TypeError):
+            have = ", ".join(f"{m.slot} at {m.gpa:#x}-{m.end:#x}" for m in self.memslots.values()) or "none"
+            raise GuestMemoryError(f"{self.name} has no memslot {slot!r} (memslots: {have})") from None
 
     # --- guest physical memory --------------------------------------------------------------
 
     def slot_for(self, gpa: int) -> Memslot:
+        gpa = validate.uint(gpa, 64, f"{self.name} guest physical address")
         if self.closed:
             raise ClosedError(f"{self.name} is closed; its guest memory is unmapped (guest address {gpa:#x})")
         for m in self.memslots.values():
@@ -216,12 +305,14 @@ class Vm(FdObject):
         raise GuestMemoryError(f"guest address {gpa:#x} is outside every memslot of {self.name} (slots: {slots})")
 
     def _chunks(self, gpa: int, length: int):
+        if isinstance(length, bool) or not isinstance(length, int):
+            raise BadArgumentError(f"{self.name}: length {length!r} at guest address {_addr(gpa)}: not an integer")
         if length < 0:
             raise GuestMemoryError(f"{self.name}: negative length {length} at guest address {gpa:#x}")
         while length > 0:
             m = self.slot_for(gpa)
             n = min(length, m.end - gpa)
-            yield m, gpa - m.gpa, n
+            yield m, m.offset + gpa - m.gpa, n
             gpa, length = gpa + n, length - n
 
     def read(self, gpa: int, length: int) -> bytes:
@@ -230,6 +321,7 @@ class Vm(FdObject):
 
     def write(self, gpa: int, data: bytes) -> None:
         """Write guest physical memory through the host mappings (may span slots)."""
+        data = validate.data(data, f"{self.name} write at guest address {_addr(gpa)}")
         pos = 0
         for m, off, n in self._chunks(gpa, len(data)):
             m.mapping.write(off, data[pos: pos + n])
@@ -239,23 +331,23 @@ class Vm(FdObject):
         return struct.unpack("<Q", self.read(gpa, 8))[0]
 
     def write_u64(self, gpa: int, value: int) -> None:
-        self.write(gpa, struct.pack("<Q", value & (2**64 - 1)))
+        self.write(gpa, struct.pack("<Q", validate.uint(value, 64, f"{self.name} write_u64 value")))
 
     def read_u32(self, gpa: int) -> int:
         return struct.unpack("<I", self.read(gpa, 4))[0]
 
     def write_u32(self, gpa: int, value: int) -> None:
-        self.write(gpa, struct.pack("<I", value & 0xFFFFFFFF))
+        self.write(gpa, struct.pack("<I", validate.uint(value, 32, f"{self.name} write_u32 value")))
 
     def hva(self, gpa: int) -> int:
         m = self.slot_for(gpa)
-        return m.mapping.addr + (gpa - m.gpa)
+        return m.hva + (gpa - m.gpa)
 
     # --- dirty logging ----------------------------------------------------------------------
 
     def get_dirty_log(self, slot: int) -> set[int]:
         """KVM_GET_DIRTY_LOG (api.rst 4.8): page indices (relative to the slot) written since the last call."""
-        m = self.memslots[slot]
+        m = self.memslot(slot)
         nbytes = ((m.npages + 63) // 64) * 8
         bitmap = (ctypes.c_uint8 * nbytes)()
         log = S.kvm_dirty_log(slot=slot, dirty_bitmap=ctypes.addressof(bitmap))
@@ -285,6 +377,17 @@ class Vm(FdObject):
                               args=f"slot={slot} first_page={first_page} num_pages={num_pages}")
 
     def _clear_struct(self, slot, first_page, num_pages, pages):
+        what = f"{self.name} KVM_CLEAR_DIRTY_LOG"
+        slot = validate.uint(slot, 32, f"{what} slot")
+        first_page = validate.uint(first_page, 64, f"{what} first_page")
+        num_pages = validate.uint(num_pages, 32, f"{what} num_pages")
+        if pages is not None:
+            # A page outside the range would set a bit before the bitmap or past it.
+            pages = validate.uints(pages, 64, f"{what} page")
+            outside = [p for p in pages if not first_page <= p < first_page + num_pages]
+            if outside:
+                raise BadArgumentError(f"{what}: page {outside[0]} lies outside first_page {first_page} + "
+                                       f"num_pages {num_pages}")
         nbytes = max(8, ((num_pages + 63) // 64) * 8)
         bits = bytearray(nbytes)
         for p in (range(num_pages) if pages is None else (p - first_page for p in pages)):
@@ -300,7 +403,7 @@ class Vm(FdObject):
         """KVM_CREATE_VCPU (api.rst 4.7); maps its kvm_run structure."""
         from .vcpu import Vcpu
 
-        vcpu_id = len(self.vcpus) if vcpu_id is None else vcpu_id
+        vcpu_id = len(self.vcpus) if vcpu_id is None else validate.uint(vcpu_id, 64, f"{self.name} KVM_CREATE_VCPU id")
         fd = self.ioctl("KVM_CREATE_VCPU", vcpu_id, args=f"id={vcpu_id}")
         vcpu = Vcpu(self, fd, vcpu_id)
         self.vcpus.append(vcpu)
@@ -314,16 +417,19 @@ class Vm(FdObject):
 
     def get_irqchip(self, chip_id: int) -> S.kvm_irqchip:
         """KVM_GET_IRQCHIP (api.rst 4.26): the state of one in-kernel chip (KVM_IRQCHIP_*)."""
+        chip_id = validate.uint(chip_id, 32, f"{self.name} KVM_GET_IRQCHIP chip_id")
         chip = S.kvm_irqchip(chip_id=chip_id)
         self.ioctl("KVM_GET_IRQCHIP", chip, args=f"chip={C.IRQCHIP_NAMES.name(chip_id)}")
         return chip
 
     def try_get_irqchip(self, chip_id: int) -> int:
+        chip_id = validate.uint(chip_id, 32, f"{self.name} KVM_GET_IRQCHIP chip_id")
         return self.try_ioctl("KVM_GET_IRQCHIP", S.kvm_irqchip(chip_id=chip_id),
                               args=f"chip={C.IRQCHIP_NAMES.name(chip_id)}")
 
     def set_irqchip(self, chip: S.kvm_irqchip) -> None:
         """KVM_SET_IRQCHIP (api.rst 4.27)."""
+        validate.instance(chip, S.kvm_irqchip, f"{self.name} KVM_SET_IRQCHIP")
         self.ioctl("KVM_SET_IRQCHIP", chip, args=f"chip={C.IRQCHIP_NAMES.name(chip.chip_id)}")
 
     @_replayable
@@ -350,6 +456,11 @@ class Vm(FdObject):
     @_replayable
     def set_gsi_routing(self, entries: "list[S.kvm_irq_routing_entry]") -> None:
         """KVM_SET_GSI_ROUTING (api.rst 4.52): replace the whole routing table."""
+        if isinstance(entries, (str, bytes)) or not hasattr(entries, "__len__"):
+            raise BadArgumentError(f"{self.name} KVM_SET_GSI_ROUTING: expected a list of kvm_irq_routing_entry, "
+                                   f"got {entries!r:.80}")
+        for i, entry in enumerate(entries):
+            validate.instance(entry, S.kvm_irq_routing_entry, f"{self.name} KVM_SET_GSI_ROUTING entry {i}")
         table = S.irq_routing_type(len(entries))(nr=len(entries))
         for i, entry in enumerate(entries):
             table.entries[i] = entry
@@ -357,12 +468,16 @@ class Vm(FdObject):
 
     @staticmethod
     def msi_route(gsi: int, address: int, data: int) -> S.kvm_irq_routing_entry:
+        gsi = validate.uint(gsi, 32, "MSI route gsi")
+        address, data = validate.uint(address, 64, "MSI route address"), validate.uint(data, 32, "MSI route data")
         e = S.kvm_irq_routing_entry(gsi=gsi, type=C.KVM_IRQ_ROUTING_MSI)
         e.u.msi.address_lo, e.u.msi.address_hi, e.u.msi.data = address & 0xFFFFFFFF, address >> 32, data
         return e
 
     @staticmethod
     def irqchip_route(gsi: int, chip: int, pin: int) -> S.kvm_irq_routing_entry:
+        gsi = validate.uint(gsi, 32, "irqchip route gsi")
+        chip, pin = validate.uint(chip, 32, "irqchip route irqchip"), validate.uint(pin, 32, "irqchip route pin")
         e = S.kvm_irq_routing_entry(gsi=gsi, type=C.KVM_IRQ_ROUTING_IRQCHIP)
         e.u.irqchip.irqchip, e.u.irqchip.pin = chip, pin
         return e
@@ -370,6 +485,7 @@ class Vm(FdObject):
     @_replayable
     def create_pit2(self, flags: int = 0) -> None:
         """KVM_CREATE_PIT2 (api.rst KVM_CREATE_PIT2): the in-kernel i8254, after KVM_CREATE_IRQCHIP."""
+        flags = validate.uint(flags, 32, f"{self.name} KVM_CREATE_PIT2 flags")
         self.ioctl("KVM_CREATE_PIT2", S.kvm_pit_config(flags=flags), args=f"flags={flags:#x}")
         self.pit_flags = flags
 
@@ -381,6 +497,7 @@ class Vm(FdObject):
 
     def set_pit2(self, pit: S.kvm_pit_state2) -> None:
         """KVM_SET_PIT2 (api.rst KVM_SET_PIT2)."""
+        validate.instance(pit, S.kvm_pit_state2, f"{self.name} KVM_SET_PIT2")
         self.ioctl("KVM_SET_PIT2", pit, args=f"flags={pit.flags:#x} " + " ".join(
             f"ch{i}=mode{c.mode}/count{c.count:#x}/gate{c.gate}" for i, c in enumerate(pit.channels)))
 
@@ -394,10 +511,13 @@ class Vm(FdObject):
     def set_clock(self, clock: S.kvm_clock_data) -> None:
         """KVM_SET_CLOCK (api.rst KVM_SET_CLOCK); with KVM_CLOCK_REALTIME in flags KVM advances the
         clock by the CLOCK_REALTIME time elapsed since `clock.realtime`."""
+        validate.instance(clock, S.kvm_clock_data, f"{self.name} KVM_SET_CLOCK")
         self.ioctl("KVM_SET_CLOCK", clock, args=f"clock={clock.clock:#x} flags={clock.flags:#x}")
 
     def irq_line(self, irq: int, level: int) -> int:
         """KVM_IRQ_LINE_STATUS (api.rst 4.25): returns the status (>0 delivered, 0 masked, <0 coalesced)."""
+        irq = validate.uint(irq, 32, f"{self.name} KVM_IRQ_LINE_STATUS irq")
+        level = validate.uint(level, 32, f"{self.name} KVM_IRQ_LINE_STATUS level")
         lvl = S.kvm_irq_level(irq=irq, level=level)
         self.ioctl("KVM_IRQ_LINE_STATUS", lvl, args=f"irq={irq} level={level}")
         return lvl.status
@@ -408,16 +528,17 @@ class Vm(FdObject):
     def _eventfd(obj, what: str) -> int:
         """The fd of an EventFd (or any fd-owning object), or a plain int fd."""
         if isinstance(obj, int) and not isinstance(obj, bool):
-            return obj
+            return validate.int_in(obj, 0, (1 << 31) - 1, f"{what} fd")
         fd = getattr(obj, "fd", None)
-        if not isinstance(fd, int):
-            raise KvmtestError(f"{what}: expected an EventFd or an fd number, got {obj!r}")
+        if isinstance(fd, bool) or not isinstance(fd, int):
+            raise BadArgumentError(f"{what}: expected an EventFd or an fd number, got {obj!r}")
         return fd
 
     @_replayable
     def assign_irqfd(self, efd, gsi: int, *, resample=None) -> None:
         """KVM_IRQFD: signalling `efd` raises `gsi`; with `resample` (an EventFd) the GSI is
         level-triggered and KVM signals `resample` at its EOI (KVM_IRQFD_FLAG_RESAMPLE)."""
+        gsi = validate.uint(gsi, 32, f"{self.name} KVM_IRQFD gsi")
         arg = S.kvm_irqfd(fd=self._eventfd(efd, "KVM_IRQFD"), gsi=gsi)
         if resample is not None:
             arg.flags, arg.resamplefd = C.KVM_IRQFD_FLAG_RESAMPLE, self._eventfd(resample, "KVM_IRQFD resample")
@@ -425,12 +546,17 @@ class Vm(FdObject):
 
     @_replayable
     def deassign_irqfd(self, efd, gsi: int) -> None:
+        gsi = validate.uint(gsi, 32, f"{self.name} KVM_IRQFD gsi")
         self.ioctl("KVM_IRQFD", S.kvm_irqfd(fd=self._eventfd(efd, "KVM_IRQFD"), gsi=gsi,
                                             flags=C.KVM_IRQFD_FLAG_DEASSIGN),
                    args=f"gsi={gsi} deassign")
 
     @classmethod
     def _ioeventfd(cls, efd, addr, length, pio, datamatch, deassign):
+        # kvm_ioeventfd (api.rst KVM_IOEVENTFD): addr and datamatch are __u64, len a __u32.
+        addr, length = validate.uint(addr, 64, "KVM_IOEVENTFD addr"), validate.uint(length, 32, "KVM_IOEVENTFD len")
+        if datamatch is not None:
+            datamatch = validate.uint(datamatch, 64, "KVM_IOEVENTFD datamatch")
         flags = (C.KVM_IOEVENTFD_FLAG_PIO if pio else 0) | (C.KVM_IOEVENTFD_FLAG_DEASSIGN if deassign else 0) \
             | (C.KVM_IOEVENTFD_FLAG_DATAMATCH if datamatch is not None else 0)
         arg = S.kvm_ioeventfd(datamatch=datamatch or 0, addr=addr, len=length,
@@ -446,11 +572,17 @@ class Vm(FdObject):
         arg, text = self._ioeventfd(efd, addr, length, pio, datamatch, False)
         self.ioctl("KVM_IOEVENTFD", arg, args=text)
 
+    @carried  # records itself
     def try_deassign_ioeventfd(self, efd, addr: int, length: int, *, pio: bool = False,
                                datamatch: int | None = None) -> int:
-        """KVM_IOEVENTFD with KVM_IOEVENTFD_FLAG_DEASSIGN; returns the errno (0 on success)."""
+        """KVM_IOEVENTFD with KVM_IOEVENTFD_FLAG_DEASSIGN; returns the errno (0 on success). A
+        deassign that succeeded is recorded like deassign_ioeventfd's, so a copy of the VM, which
+        replays the assign, replays this too."""
         arg, text = self._ioeventfd(efd, addr, length, pio, datamatch, True)
-        return self.try_ioctl("KVM_IOEVENTFD", arg, args=text)
+        err = self.try_ioctl("KVM_IOEVENTFD", arg, args=text)
+        if not err and not self._in_setup:
+            self.setup_calls.append(("deassign_ioeventfd", (efd, addr, length), {"pio": pio, "datamatch": datamatch}))
+        return err
 
     @_replayable
     def deassign_ioeventfd(self, efd, addr: int, length: int, *, pio: bool = False,
@@ -462,26 +594,39 @@ class Vm(FdObject):
     def register_coalesced_mmio(self, addr: int, size: int, *, pio: bool = False) -> None:
         """KVM_REGISTER_COALESCED_MMIO: writes to the zone (ports with pio) are queued in the
         ring (Vcpu.drain_coalesced_ring) instead of exiting."""
+        addr, size = self._coalesced_zone(addr, size, "KVM_REGISTER_COALESCED_MMIO")
         self.ioctl("KVM_REGISTER_COALESCED_MMIO", S.kvm_coalesced_mmio_zone(addr=addr, size=size, pio=int(pio)),
                    args=f"{'port' if pio else 'gpa'}={addr:#x} size={size:#x}")
 
     @_replayable
     def unregister_coalesced_mmio(self, addr: int, size: int, *, pio: bool = False) -> None:
+        addr, size = self._coalesced_zone(addr, size, "KVM_UNREGISTER_COALESCED_MMIO")
         self.ioctl("KVM_UNREGISTER_COALESCED_MMIO", S.kvm_coalesced_mmio_zone(addr=addr, size=size, pio=int(pio)),
                    args=f"{'port' if pio else 'gpa'}={addr:#x} size={size:#x}")
+
+    def _coalesced_zone(self, addr, size, ioctl) -> tuple[int, int]:
+        """kvm_coalesced_mmio_zone: addr is a __u64, size a __u32."""
+        return (validate.uint(addr, 64, f"{self.name} {ioctl} addr"),
+                validate.uint(size, 32, f"{self.name} {ioctl} size"))
 
     @_replayable
     def set_msr_filter(self, ranges: "list[tuple[int, int, list[bool]]]", *, default_deny: bool = False) -> None:
         """KVM_X86_SET_MSR_FILTER with `ranges` of (KVM_MSR_FILTER_READ/WRITE flags, first MSR,
         allowed: one bool per MSR from the first); MSRs outside every range follow the default."""
         filt = S.kvm_msr_filter(flags=C.KVM_MSR_FILTER_DEFAULT_DENY if default_deny else C.KVM_MSR_FILTER_DEFAULT_ALLOW)
+        if isinstance(ranges, (str, bytes)) or not hasattr(ranges, "__len__"):
+            raise BadArgumentError(f"KVM_X86_SET_MSR_FILTER: expected a list of ranges, got {ranges!r:.80}")
         if len(ranges) > len(filt.ranges):
-            raise KvmtestError(f"KVM_X86_SET_MSR_FILTER takes at most {len(filt.ranges)} ranges, got {len(ranges)}")
+            raise BadArgumentError(f"KVM_X86_SET_MSR_FILTER takes at most {len(filt.ranges)} ranges, got {len(ranges)}")
         for i, rng in enumerate(ranges):
             if not (isinstance(rng, tuple) and len(rng) == 3 and isinstance(rng[0], int) and isinstance(rng[1], int)
                     and not isinstance(rng[2], (str, bytes)) and hasattr(rng[2], "__len__")):
-                raise KvmtestError(f"KVM_X86_SET_MSR_FILTER range {i}: expected (flags, first MSR, [allowed per MSR]), "
-                                   f"got {rng!r}")
+                raise BadArgumentError(f"KVM_X86_SET_MSR_FILTER range {i}: expected (flags, first MSR, "
+                                       f"[allowed per MSR]), got {rng!r}")
+            # kvm_msr_filter_range: flags, base and nmsrs are __u32.
+            validate.uint(rng[0], 32, f"KVM_X86_SET_MSR_FILTER range {i} flags")
+            validate.uint(rng[1], 32, f"KVM_X86_SET_MSR_FILTER range {i} base")
+            validate.uint(len(rng[2]), 32, f"KVM_X86_SET_MSR_FILTER range {i} nmsrs")
         bitmaps = []  # kept alive until KVM has copied them
         for r, (flags, base, allowed) in zip(filt.ranges, ranges):
             buf = (ctypes.c_uint8 * max(1, (len(allowed) + 7) // 8))()
@@ -494,7 +639,17 @@ class Vm(FdObject):
 
     @_replayable
     def set_tss_addr(self, addr: int) -> None:
+        """KVM_SET_TSS_ADDR (api.rst 4.36): the three-page region Intel hosts use for real mode; the
+        ioctl's argument is an unsigned long."""
+        addr = validate.uint(addr, 64, f"{self.name} KVM_SET_TSS_ADDR addr")
         self.ioctl("KVM_SET_TSS_ADDR", addr, args=f"addr={addr:#x}")
+
+    @_replayable
+    def set_identity_map_addr(self, addr: int) -> None:
+        """KVM_SET_IDENTITY_MAP_ADDR (api.rst 4.40): the one-page identity map Intel hosts use for
+        real mode, a __u64 the ioctl points to; only before the first vCPU."""
+        addr = validate.uint(addr, 64, f"{self.name} KVM_SET_IDENTITY_MAP_ADDR addr")
+        self.ioctl("KVM_SET_IDENTITY_MAP_ADDR", ctypes.c_uint64(addr), args=f"addr={addr:#x}")
 
     def stats(self):
         """KVM_GET_STATS_FD on the VM (api.rst 4.133)."""

@@ -1,10 +1,18 @@
 """Complete VM state: save a stopped VM, rebuild it as a fresh VM, and prove the copy.
 
 Saved, besides each vCPU's state (kvmtest.state): the setup calls KVM has no KVM_GET_* for,
-replayed in their order (capabilities, irqchip or split irqchip, PIT, GSI routes, MSR filter,
-irqfds, ioeventfds, coalesced MMIO; Vm.setup_calls); every memslot with its bytes and the pages
-dirty-logged since they were last reported; the in-kernel PIC master and slave and IOAPIC
-(KVM_GET_IRQCHIP, api.rst 4.26); the PIT (KVM_GET_PIT2); kvmclock (KVM_GET_CLOCK).
+replayed in their order, so that what was undone later (a deassigned eventfd, an unregistered
+zone, a replaced MSR filter) is undone again (capabilities, irqchip or split irqchip, PIT, GSI
+routes, MSR filter, irqfds, ioeventfds, coalesced MMIO; Vm.setup_calls, kvmtest.carried); every
+memslot as KVM holds it (however it was set) with its bytes and the pages dirty-logged since they
+were last reported, slots that share host memory sharing one new mapping, so they still alias;
+coalesced MMIO entries nobody drained (Vm.carried_coalesced); the in-kernel PIC master and slave
+and IOAPIC (KVM_GET_IRQCHIP, api.rst 4.26); the PIT (KVM_GET_PIT2); kvmclock (KVM_GET_CLOCK).
+
+Refused, naming what (kvmtest.state.CannotCarry): a vCPU inside KVM_RUN on another thread; a vCPU
+stopped at an IN, MMIO read, RDMSR or hypercall exit that respond() has not answered
+(ExitAwaitsResponse: KVM completes it only on the next KVM_RUN, api.rst 5); a dirty ring; any
+ioctl on the VM or a vCPU that nothing records or reads back (kvmtest.carried).
 
 Rebuild order, and why:
  1. the setup calls, before any vCPU: KVM_CREATE_IRQCHIP gives only vCPUs created after it a
@@ -25,11 +33,14 @@ from dataclasses import dataclass, field
 from . import state as vcpu_state
 from .abi import constants as C
 from .abi import structs as S
-from .errors import KvmtestError
+from .exits import HypercallExit, IoExit, MmioExit, MsrExit
+from .memory import HostMapping
+from .state import CannotCarry, ExitAwaitsResponse
 
 # Exits whose operation KVM finishes only on the next KVM_RUN (api.rst 5, "immediate_exit"):
 # user space must re-enter before saving, or the operation is lost.
-_INCOMPLETE_EXITS = {C.KVM_EXIT_IO, C.KVM_EXIT_MMIO, C.KVM_EXIT_X86_RDMSR, C.KVM_EXIT_X86_WRMSR}
+_INCOMPLETE_EXITS = {C.KVM_EXIT_IO, C.KVM_EXIT_MMIO, C.KVM_EXIT_X86_RDMSR, C.KVM_EXIT_X86_WRMSR,
+                     C.KVM_EXIT_HYPERCALL}
 
 
 @dataclass
@@ -40,6 +51,8 @@ class MemslotState:
     flags: int
     data: bytes
     dirty: set[int] = field(default_factory=set)
+    backing: int = 0    # index of its host memory in VmState.backing_sizes (shared by aliasing slots)
+    offset: int = 0     # where in that memory the slot starts
 
     @property
     def end(self) -> int:
@@ -60,26 +73,90 @@ class VmState:
     clock: S.kvm_clock_data | None = None
     saved_at_ns: int = 0
     vcpu_timeouts: list[float] = field(default_factory=list)
+    backing_sizes: list[int] = field(default_factory=list)  # host memory behind the memslots, one per mapping
+    coalesced: list = field(default_factory=list)       # undrained kvm_coalesced_mmio entries, oldest first
+
+
+def _awaits_response(exit_) -> bool:
+    """Whether KVM finishes `exit_` on the next KVM_RUN with data only user space supplies."""
+    return ((isinstance(exit_, IoExit) and exit_.is_in)
+            or (isinstance(exit_, (MmioExit, MsrExit)) and not exit_.is_write)
+            or isinstance(exit_, HypercallExit))
+
+
+def check_stopped(vm) -> None:
+    """CannotCarry unless every vCPU is out of KVM_RUN with no exit awaiting user space's data."""
+    for vcpu in vm.vcpus:
+        if vcpu.in_run:
+            raise CannotCarry(f"{vcpu.name} is inside KVM_RUN on another thread, so its state is still changing; "
+                              "stop it (kick() and join its thread) before saving")
+        exit_ = vcpu.last_exit()
+        if exit_ is not None and _awaits_response(exit_) and not vcpu.responded:
+            raise ExitAwaitsResponse(
+                f"{vcpu.name} stopped at {exit_}, which awaits its response: KVM completes it on the next KVM_RUN "
+                "with the data user space wrote into kvm_run, and the vCPU's state is not consistent until then "
+                "(api.rst 5, KVM_RUN); call respond() on the exit before saving or migrating")
 
 
 def complete_pending_exits(vm) -> None:
-    """Re-enter every vCPU stopped at an I/O, MMIO or MSR exit with immediate_exit set: KVM
-    finishes the operation (stores an IN's data, ...) and returns EINTR before running any
-    guest instruction (api.rst 5, "immediate_exit"; selftests vcpu_run_complete_io)."""
+    """Re-enter every vCPU stopped at an I/O, MMIO, MSR or hypercall exit with immediate_exit set:
+    KVM finishes the operation (stores an IN's data, ...) and returns EINTR before running any
+    guest instruction (api.rst 5, "immediate_exit"; selftests vcpu_run_complete_io). A vCPU with
+    registers marked dirty in kvm_run (kvm_dirty_regs) is re-entered too: that KVM_RUN loads them,
+    so the save reads them. Call check_stopped first: an exit still awaiting its data would be
+    completed with whatever kvm_run holds."""
     for vcpu in vm.vcpus:
-        if vcpu.kvm_run.exit_reason in _INCOMPLETE_EXITS:
-            vcpu.kvm_run.immediate_exit = 1
+        run, last = vcpu.kvm_run, vcpu.last_exit()
+        if (last is not None and last.reason in _INCOMPLETE_EXITS) or run.kvm_dirty_regs:
+            before = run.immediate_exit
+            run.immediate_exit = 1
             exit_ = vcpu.run()
+            run.immediate_exit = before
             if exit_.reason != C.KVM_EXIT_INTR:
-                raise KvmtestError(f"{vcpu.name}: KVM_RUN with immediate_exit set to complete a pending exit "
-                                   f"returned {exit_} instead of KVM_EXIT_INTR")
+                raise CannotCarry(f"{vcpu.name}: KVM_RUN with immediate_exit set to complete a pending exit "
+                                  f"returned {exit_} instead of KVM_EXIT_INTR (a string I/O instruction needing "
+                                  "another exit?); run the vCPU on before saving it")
+
+
+def _save_memslots(vm) -> tuple[list[MemslotState], list[int]]:
+    """Every memslot with its bytes, and the host memory behind them: slots whose host memory
+    overlaps (slots on one mapping, a raw slot inside another's memory) share one backing, so
+    that the copy's slots alias each other as the original's do."""
+    def extent(m):
+        if isinstance(m.mapping, HostMapping):
+            return m.mapping.addr, m.mapping.addr + m.mapping.size
+        return m.hva, m.hva + m.size
+
+    groups = []  # [start, end, slots], by host address
+    for m in sorted(vm.memslots.values(), key=lambda m: extent(m)[0]):
+        start, end = extent(m)
+        if groups and start < groups[-1][1]:
+            groups[-1][1] = max(groups[-1][1], end)
+            groups[-1][2].append(m)
+        else:
+            groups.append([start, end, [m]])
+    where = {m.slot: (index, m.hva - start) for index, (start, _, members) in enumerate(groups) for m in members}
+    slots = []
+    for m in vm.memslots.values():
+        dirty = set()
+        if m.flags & C.KVM_MEM_LOG_DIRTY_PAGES:
+            dirty = vm.get_dirty_log(m.slot)  # includes pages carried in from an earlier copy
+            vm.carried_dirty[m.slot] = set(dirty)  # still reported by this VM: saving is not collecting
+        backing, offset = where[m.slot]
+        slots.append(MemslotState(m.slot, m.gpa, m.size, m.flags, m.mapping.read(m.offset, m.size), dirty,
+                                  backing, offset))
+    return slots, [end - start for start, end, _ in groups]
 
 
 def save_vm(vm) -> VmState:
     """Everything of a stopped VM that KVM exposes (see the module docstring)."""
     if vm.dirty_ring_size:
-        raise KvmtestError(f"{vm.name}: dirty-ring entries the test has not harvested cannot be carried to a new "
-                           "VM (there is no ioctl to put them into a ring); save a VM without a dirty ring")
+        raise CannotCarry(f"{vm.name}: dirty-ring entries the test has not harvested cannot be carried to a new "
+                          "VM (there is no ioctl to put them into a ring); save a VM without a dirty ring")
+    if vm.uncarried:
+        raise CannotCarry(f"{vm.name} was set up through ioctls kvmtest neither records nor reads back, so a copy "
+                          f"would lack them: {'; '.join(vm.uncarried)} (kvmtest.carried)")
+    check_stopped(vm)
     complete_pending_exits(vm)
     started = time.monotonic_ns()
     has = vm.kvm.check_extension
@@ -87,14 +164,12 @@ def save_vm(vm) -> VmState:
                     irqchip=vm.irqchip, split_irqchip=vm.split_irqchip_routes is not None)
     if has("KVM_CAP_ADJUST_CLOCK"):
         state.clock = vm.get_clock()  # first: the later checks bound the clock by the time since here
-    for m in vm.memslots.values():
-        dirty = set()
-        if m.flags & C.KVM_MEM_LOG_DIRTY_PAGES:
-            dirty = vm.get_dirty_log(m.slot)  # includes pages carried in from an earlier copy
-            vm.carried_dirty[m.slot] = set(dirty)  # still reported by this VM: saving is not collecting
-        state.memslots.append(MemslotState(m.slot, m.gpa, m.size, m.flags, m.mapping.read(0, m.size), dirty))
+    state.memslots, state.backing_sizes = _save_memslots(vm)
     state.vcpus = [vcpu_state.save(v) for v in vm.vcpus]
     state.vcpu_timeouts = [v.timeout for v in vm.vcpus]
+    # The coalesced ring is the VM's, mapped in every vCPU; a VM without vCPUs has no writes in it.
+    state.coalesced = vm.vcpus[0].peek_coalesced_ring() if vm.vcpus and has("KVM_CAP_COALESCED_MMIO") \
+        else list(vm.carried_coalesced)
     if vm.irqchip and not state.split_irqchip:
         state.pic_master = vm.get_irqchip(C.KVM_IRQCHIP_PIC_MASTER)
         state.pic_slave = vm.get_irqchip(C.KVM_IRQCHIP_PIC_SLAVE)
@@ -108,14 +183,19 @@ def restore_vm(kvm, state: VmState, *, verify: bool = True):
     """A new Vm holding `state`, built in the order of the module docstring; with `verify`,
     every piece is read back and compared (kvmtest.state.StateMismatch on a difference)."""
     vm = kvm.create_vm()
+    mappings = []
     try:
         for name, args, kwargs in state.setup_calls:
             getattr(vm, name)(*args, **kwargs)
+        # One new mapping for each old one: slots that aliased each other still do.
+        mappings = [HostMapping(size, name=f"{vm.name} memory {i}") for i, size in enumerate(state.backing_sizes)]
         for m in state.memslots:
-            slot = vm.add_memory(m.gpa, m.size, slot=m.slot, flags=m.flags)
-            slot.mapping.write(0, m.data)
+            mapping = mappings[m.backing]
+            mapping.write(m.offset, m.data)
+            vm.add_memory(m.gpa, m.size, slot=m.slot, flags=m.flags, mapping=mapping, offset=m.offset)
             if m.dirty:
                 vm.carried_dirty[m.slot] = set(m.dirty)
+        vm.carried_coalesced = list(state.coalesced)
         for saved, timeout in zip(state.vcpus, state.vcpu_timeouts or [None] * len(state.vcpus)):
             vcpu = vm.create_vcpu(saved.vcpu_id)
             if timeout is not None:
@@ -134,6 +214,8 @@ def restore_vm(kvm, state: VmState, *, verify: bool = True):
             verify_vm(vm, state)
     except BaseException:
         vm.close()
+        for mapping in mappings:
+            mapping.close()
         raise
     return vm
 
@@ -157,7 +239,7 @@ def verify_vm(vm, state: VmState) -> None:
             raise vcpu_state.StateMismatch(name, "KVM_SET_USER_MEMORY_REGION", [
                 f"slot {m.slot}: saved gpa={m.gpa:#x} size={m.size:#x} flags={m.flags:#x}, have "
                 + (f"gpa={slot.gpa:#x} size={slot.size:#x} flags={slot.flags:#x}" if slot else "none")])
-        now = bytearray(slot.mapping.read(0, m.size))
+        now = bytearray(slot.mapping.read(slot.offset, m.size))
         for gpa, size, _ in kvm_areas:
             lo, hi = max(gpa, m.gpa), min(gpa + size, m.end)
             if lo < hi:

@@ -206,3 +206,9 @@ def test_a_file_that_is_not_utf8_is_named(tmp_path):
 def test_an_entry_whose_test_passed_is_not_reported_as_all_failed():
     entry = kv.EntryResult(_entry(), runs=1, failing_runs=0, outcomes={"t::a": ["passed"], "t::b": ["failed"]})
     assert entry.result_text() == "1 of 2 tests failed"
+
+
+@pytest.mark.parametrize("release,applies", [("6.1.0-57-amd64", True), ("6.10.14", True), ("6.10", True),
+                                             ("6.11.0", False), ("6.18.44-fc-v669", False)])
+def test_kernel_max_covers_every_release_of_the_version_it_names(release, applies):
+    assert ki.host_matches({"kernel_max": "6.10"}, {"kernel": {"release": release}}) is applies

@@ -14,7 +14,7 @@ from .. import ioctl as _ioctl
 from .. import validate
 from ..abi.constants import vector_name
 from ..asm import Section, assemble_sections
-from ..errors import AssemblyError, GuestFailure, GuestTimeout, KvmtestError
+from ..errors import AssemblyError, BadArgumentError, ClosedError, GuestFailure, GuestTimeout, KvmtestError
 from ..exits import Exit, IoExit, MmioExit
 from ..memory import PageAllocator
 from ..vcpu import describe_mode
@@ -33,6 +33,19 @@ def _symbols() -> dict[str, int]:
     names = {k: v for k, v in vars(L).items() if k.isupper() and isinstance(v, int)}
     names.update({k: v for k, v in vars(P).items() if k.startswith("PORT_") and isinstance(v, int)})
     return names
+
+
+def _user_symbols(symbols, guest: str) -> dict[str, int]:
+    """A test's extra assembler symbols: names (str) to integer values that fit 64 bits, signed or
+    not; anything else is refused here rather than failing deep in the assembler, or not at all."""
+    if symbols is None:
+        return {}
+    validate.mapping(symbols, f"Guest {guest!r} symbols")
+    for key, value in symbols.items():
+        if not isinstance(key, str) or not key:
+            raise BadArgumentError(f"Guest {guest!r} symbols: name {key!r} is not a symbol name (a str)")
+        validate.int_in(value, -(1 << 63), (1 << 64) - 1, f"Guest {guest!r} symbol {key}")
+    return dict(symbols)
 
 
 def _handler_section(mode) -> Section:
@@ -65,13 +78,25 @@ class Guest:
                  symbols: dict[str, int] | None = None, name: str = "guest", mem_size: int = L.MEM_SIZE,
                  max_exits: int = DEFAULT_MAX_EXITS, vm=None, identity_size: int = L.IDENTITY_SIZE,
                  user_pages: bool | None = None, irqchip: bool = False):
+        from ..kvm import Kvm
+
+        if not isinstance(name, str):
+            raise BadArgumentError(f"Guest name {name!r}: expected a str")
+        if not isinstance(kvm, Kvm):
+            raise BadArgumentError(f"Guest {name!r}: expected a kvmtest.kvm.Kvm, got {kvm!r:.80}")
+        if not isinstance(source, str):
+            raise BadArgumentError(f"Guest {name!r} source: expected assembly text (a str), got {source!r:.80}")
         self.kvm = kvm
         self.mode = get_mode(mode)
         self.name = name
-        if timeout is not None:  # checked before any VM exists
+        # Checked before any VM exists, as are the sizes: a negative identity_size was read as "none".
+        page_size = validate.int_in(page_size, 1, 1 << 64, f"Guest {name!r} page_size")
+        identity_size = validate.int_in(identity_size, 0, 1 << 57, f"Guest {name!r} identity_size")
+        if timeout is not None:
             timeout = validate.timeout(timeout, f"Guest {name!r} timeout")
+        symbols = _user_symbols(symbols, name)
+        self.max_exits = validate.int_in(max_exits, 1, 1 << 63, f"Guest {name!r} max_exits", decimal=True)
         self.page_size = page_size
-        self.max_exits = max_exits
         self.identity_size = identity_size
         # Pages carry U/S=1 at CPL3, or when a CPL0 guest will drop to CPL3 itself.
         self.user_pages = self.mode.user if user_pages is None else user_pages
@@ -82,7 +107,7 @@ class Guest:
         try:
             if irqchip and not self.vm.irqchip:
                 self.vm.create_irqchip()  # before any vCPU, so they get local APICs (api.rst 4.24)
-            self._build(source, symbols or {}, mem_size, timeout)
+            self._build(source, symbols, mem_size, timeout)
         except BaseException:
             self.close()
             raise
@@ -123,7 +148,8 @@ class Guest:
         vm.write(L.CODE, code.code)
         vm.write(L.HANDLERS, handlers.code)
         self.labels = {**code.labels, **handlers.labels}
-        self.symbols = {**symbols, **self.labels}
+        self.symbols = {**symbols, **code.equs, **handlers.equs, **self.labels}
+        composer.check(self.symbols)  # macro constants that name symbols: in range?
         self._site_at = {}
         for label, site in self.sites.items():
             addr = self.labels[label]
@@ -193,27 +219,48 @@ class Guest:
 
     def set_idt_gate(self, vector: int, target: int | str, *, dpl: int = 0, gate_type: int = D.INT_GATE,
                      selector: int | None = None, ist: int = 0) -> None:
-        """Point IDT entry `vector` at `target` (an address or a label of the guest source)."""
+        """Point IDT entry `vector` at `target` (an address or a label of the guest source).
+
+        Each value must fit where it goes: vector 0-255 (the IDT and IVT have 256 entries, and
+        an entry past them would overwrite the TSS or the GDT), the handler offset the mode's
+        gate holds (16 bits in the IVT and 16-bit gates, 32 or 64 bits), DPL 0-3, a 4-bit type,
+        a 16-bit selector, IST 1-7 only in a 64-bit IDT (SDM Vol. 3A 6.11, 6.14.1)."""
+        table = "IDT" if self.mode.protected else "IVT"
+        vector = validate.int_in(vector, 0, 255, f"{self.name} {table} vector")
+        bits = self.mode.handler_bits if self.mode.protected else 16
+        offset = validate.int_in(self._address(target), 0, (1 << bits) - 1,
+                                 f"{self.name} {table} vector {vector} handler ({bits}-bit offset in {self.mode.name})")
         if not self.mode.protected:
-            self.vm.write(L.IVT + 4 * vector, D.ivt_entry(0, self._address(target)))
+            self.vm.write(L.IVT + 4 * vector, D.ivt_entry(0, offset))
             return
-        bits = self.mode.handler_bits
+        what = f"{self.name} IDT vector {vector}"
+        dpl = validate.int_in(dpl, 0, 3, f"{what} gate DPL")
+        gate_type = validate.int_in(gate_type, 0, 15, f"{what} gate type")
+        ist = validate.int_in(ist, 0, 7 if bits == 64 else 0, f"{what} gate IST (only a 64-bit IDT has one)")
         if bits == 16 and gate_type in (D.INT_GATE, D.TRAP_GATE):
             gate_type -= 8  # the 16-bit gate types
         default = {64: L.SEL_CODE64, 32: L.SEL_CODE32, 16: L.SEL_CODE16}[bits]
-        raw = D.gate(self._address(target), default if selector is None else selector, gate_type, dpl,
-                     bits=64 if bits == 64 else 32, ist=ist)
+        selector = default if selector is None else validate.uint(selector, 16, f"{what} gate selector")
+        raw = D.gate(offset, selector, gate_type, dpl, bits=64 if bits == 64 else 32, ist=ist)
         self.vm.write(L.IDT + vector * len(raw), raw)
 
     def set_gdt_entry(self, selector: int, raw: bytes) -> None:
         """Write a descriptor (8 bytes, or 16 for long-mode system descriptors) at `selector`."""
+        selector = validate.int_in(selector, 0, 0xFFFF, f"{self.name} GDT selector")
+        raw = validate.data(raw, f"{self.name} GDT descriptor at selector {selector:#x}")
+        if len(raw) not in (8, 16):
+            raise BadArgumentError(f"{self.name} GDT descriptor at selector {selector:#x}: {len(raw)} bytes; a "
+                                   "descriptor has 8 (16 for a long-mode system descriptor)")
         if selector < L.GDT_ENTRIES * 8 or selector % 8 or selector + len(raw) > 0x1000:
-            raise KvmtestError(f"GDT selector {selector:#x}: tests may use {L.GDT_ENTRIES * 8:#x}-0xff8, 8-aligned")
+            raise BadArgumentError(f"{self.name} GDT selector {selector:#x}: tests may use "
+                                   f"{L.GDT_ENTRIES * 8:#x}-0xff8, 8-aligned, within the GDT page")
         self.vm.write(L.GDT + selector, raw)
 
     def _address(self, target) -> int:
-        if isinstance(target, int):
+        if isinstance(target, int) and not isinstance(target, bool):
             return target
+        if not isinstance(target, str):
+            raise BadArgumentError(f"{self.name}: {target!r} is neither an address nor a label of the guest source")
         if target not in self.labels:
             raise KvmtestError(f"{self.name}: no label {target!r} in the guest source")
         return self.labels[target]
@@ -241,6 +288,9 @@ class Guest:
         one, or an unexpected exception in the guest, raises GuestFailure. `vcpu` picks one
         of the guest's vCPUs (default: the first).
         """
+        if vcpu is not None and not any(vcpu is v for v in self.vm.vcpus):
+            raise BadArgumentError(f"{self.name}: vcpu {vcpu!r:.80} is not one of this guest's vCPUs "
+                                   f"({', '.join(v.name for v in self.vm.vcpus) or 'none'})")
         vcpu = vcpu or self.vcpu
         self._reload_pdptes()
         for _ in range(self.max_exits):
@@ -330,6 +380,7 @@ class Guest:
         if site.kind == "fail":
             raise self.failure(f"GUEST_FAIL at {site.origin}: {site.operands[0]}", regs)
         if site.kind == "assert_eq":
+            # both operands are taken modulo the width of the registers compared (compose)
             a, b = (self._eval(site, op, regs, vcpu) for op in site.operands)
             if a != b:
                 raise self.failure(f"guest assertion failed at {site.origin}: `{site.text}`: "
@@ -340,7 +391,7 @@ class Guest:
         raise self.failure(f"unknown protocol site kind {site.kind}")
 
     def _check_exception(self, site, regs):
-        vector, code_expr = site.operands
+        vector, code = site.operands
         got = self.vm.read_u64(L.EXC_VECTOR) & 0xFF
         error_code = self.vm.read_u64(L.EXC_ERROR_CODE)
         self.vm.write_u64(L.EXC_RESUME, 0)
@@ -351,20 +402,18 @@ class Guest:
         if got != vector:
             raise self.failure(f"at {site.origin}: expected {vector_name(vector)}, got {vector_name(got)} "
                                f"(error code {error_code:#x}) (`{site.text}`)", regs)
-        if code_expr is not None:
-            want = self._eval(site, code_expr, regs)
+        if code is not None:
+            want = self._eval(site, code, regs)
             if error_code != want:
                 raise self.failure(f"at {site.origin}: {vector_name(vector)} error code: expected {want:#x}, "
                                    f"got {error_code:#x} (`{site.text}`)", regs)
         return None
 
-    def _eval(self, site, operand, regs, vcpu=None):
+    def _eval(self, site, value: P.Value, regs, vcpu=None) -> int:
+        """A protocol Value (checked when the guest was assembled) from the vCPU's registers."""
         vcpu = vcpu or self.vcpu
         try:
-            sregs = vcpu.get_sregs() if not P.is_register(operand) or operand.lower() in \
-                ("cr0", "cr2", "cr3", "cr4", "cr8", "efer", "apic_base", "cs", "ds", "es", "fs", "gs", "ss",
-                 "tr", "ldt") else None
-            return P.evaluate(operand, regs, sregs, self.symbols)
+            return value.evaluate(regs, vcpu.get_sregs() if value.needs_sregs else None, self.symbols)
         except P.OperandError as e:
             raise self.failure(f"at {site.origin}: `{site.text}`: {e}") from None
 
@@ -409,6 +458,10 @@ class Guest:
         m = get_mode(mode) if mode else self.mode
         if m.handler_bits != self.mode.handler_bits or m.paging != self.mode.paging:
             raise KvmtestError(f"{self.name}: a {m.name} vCPU cannot share the tables of a {self.mode.name} guest")
+        # RIP and RSP hold a `code_bits` offset in this mode (CS and SS bases are 0).
+        rip = validate.int_in(self._address(entry), 0, (1 << m.code_bits) - 1, f"{self.name} add_vcpu entry ({m.name})")
+        if stack is not None:
+            stack = validate.int_in(stack, 0, (1 << m.code_bits) - 1, f"{self.name} add_vcpu stack ({m.name})")
         vcpu = self.vm.create_vcpu(len(self.vm.vcpus))
         vcpu.timeout = self.vcpu.timeout
         vcpu.set_cpuid(self.kvm.cached_supported_cpuid())
@@ -417,7 +470,7 @@ class Guest:
         vcpu.set_sregs(want)
         self._check_mode_entered(want, vcpu.get_sregs())
         regs = vcpu.get_regs()
-        regs.rip = self._address(entry)
+        regs.rip = rip
         regs.rsp = stack if stack is not None else initial_stack(m) - 0x400 * len(self.vm.vcpus)
         regs.rflags = initial_rflags(m)
         vcpu.set_regs(regs)
@@ -427,9 +480,13 @@ class Guest:
         """Move the guest to a fresh VM as live migration does: save the whole VM (setup,
         memslots and their dirty pages, irqchip, PIT, kvmclock, every vCPU; kvmtest.vm_state),
         rebuild it in a new VM, read every piece back to prove the copy, then close the old VM.
-        vCPUs are replaced: take them from `vm.vcpus` (or `self.vcpu`) afterwards."""
+        vCPUs are replaced: take them from `vm.vcpus` (or `self.vcpu`) afterwards. What cannot be
+        carried is refused by name and the guest stays in its VM (kvmtest.state.CannotCarry): an
+        exit still awaiting respond(), a vCPU inside KVM_RUN, a raw ioctl nothing records."""
         from .. import vm_state
 
+        if self.vm.closed:
+            raise ClosedError(f"{self.name}: cannot migrate a closed guest (its VM {self.vm.name} is closed)")
         index = self.vm.vcpus.index(self.vcpu)
         saved = vm_state.save_vm(self.vm)
         new_vm = vm_state.restore_vm(self.kvm, saved)

@@ -5,8 +5,11 @@ is an IndexError from deep inside a helper: each would be a silent change of mea
 traceback instead of the one BadArgumentError the harness promises.
 """
 
+import ctypes
+
 import pytest
 
+from kvmtest.abi import structs as S
 from kvmtest.errors import BadArgumentError, KvmError
 
 MSR_IA32_SYSENTER_CS = 0x174
@@ -94,3 +97,95 @@ def test_guest_memory_with_a_negative_length(vm_with_memory):
 
     with pytest.raises(GuestMemoryError, match=r"negative length -4 at guest address 0x10"):
         vm_with_memory.read(0x10, -4)
+
+
+@pytest.mark.parametrize("setter, ioctl, kind", [
+    ("set_regs", "KVM_SET_REGS", "kvm_regs"), ("set_sregs", "KVM_SET_SREGS", "kvm_sregs"),
+    ("try_set_sregs", "KVM_SET_SREGS", "kvm_sregs"), ("set_fpu", "KVM_SET_FPU", "kvm_fpu"),
+    ("set_xcrs", "KVM_SET_XCRS", "kvm_xcrs"), ("set_debugregs", "KVM_SET_DEBUGREGS", "kvm_debugregs"),
+    ("set_events", "KVM_SET_VCPU_EVENTS", "kvm_vcpu_events"), ("set_lapic", "KVM_SET_LAPIC", "kvm_lapic_state"),
+    ("set_sregs2", "KVM_SET_SREGS2", "kvm_sregs2"),
+])
+@pytest.mark.parametrize("wrong", [None, "regs"])
+def test_state_setter_given_something_else(vcpu, setter, ioctl, kind, wrong):
+    """KVM reads sizeof(struct) bytes through the pointer: None was an AttributeError, and a
+    struct of another type (a kvm_regs for KVM_SET_FPU) handed KVM memory of another layout."""
+    value = vcpu.get_regs() if wrong == "regs" and setter != "set_regs" else None
+    with pytest.raises(BadArgumentError, match=rf"{ioctl}: expected a {kind}, got "):
+        getattr(vcpu, setter)(value)
+
+
+@pytest.mark.parametrize("call, problem", [
+    (lambda v: v.set_msrs([1, 2]), r"KVM_SET_MSRS values \(MSR index -> value\): expected a dict, got \[1, 2\]"),
+    (lambda v: v.get_msrs(None), r"KVM_GET_MSRS index: expected a list of integers, got None"),
+    (lambda v: v.get_msrs(MSR_IA32_SYSENTER_CS), r"KVM_GET_MSRS index: expected a list of integers, got 372"),
+    (lambda v: v.set_cpuid(None), r"KVM_SET_CPUID2: expected a list of kvm_cpuid_entry2, got None"),
+    (lambda v: v.set_guest_debug(0, None), r"KVM_SET_GUEST_DEBUG debugreg: expected a list of integers"),
+], ids=["set-msrs-list", "get-msrs-none", "get-msrs-int", "cpuid-none", "debugreg-none"])
+def test_collection_of_the_wrong_kind(vcpu, call, problem):
+    with pytest.raises(BadArgumentError, match=problem):
+        call(vcpu)
+
+
+@pytest.mark.parametrize("khz, problem", [(-1, "= -0x1: outside the 32-bit field"),
+                                          (1 << 32, "= 0x100000000: outside the 32-bit field"),
+                                          (0, "= 0: no frequency")])
+def test_set_tsc_khz_outside_u32_or_zero(vcpu, khz, problem):
+    """KVM_SET_TSC_KHZ reads its argument as a __u32 and takes 0 as "the host's rate" (api.rst
+    KVM_SET_TSC_KHZ); -1 was passed on and became 0xffffffff kHz. try_set_tsc_khz passes 0."""
+    with pytest.raises(BadArgumentError, match=rf"KVM_SET_TSC_KHZ kHz {problem}"):
+        vcpu.set_tsc_khz(khz)
+    if khz:
+        with pytest.raises(BadArgumentError, match=rf"KVM_SET_TSC_KHZ kHz {problem}"):
+            vcpu.try_set_tsc_khz(khz)
+
+
+@pytest.mark.parametrize("size", [-1, 0, 4095, "smaller"])
+def test_get_xsave2_buffer_smaller_than_kvm_writes(vm, vcpu, size):
+    """KVM_GET_XSAVE2 writes KVM_CHECK_EXTENSION(KVM_CAP_XSAVE2) bytes (at least struct kvm_xsave's
+    4096) whatever the buffer (api.rst KVM_GET_XSAVE2): a smaller one would be overrun; -1 and 0
+    used to give a default kvm_xsave silently."""
+    needed = max(vm.check_extension("KVM_CAP_XSAVE2"), 4096)
+    size = needed - 1 if size == "smaller" else size
+    with pytest.raises(BadArgumentError, match=r"KVM_GET_XSAVE2 size = "):
+        vcpu.get_xsave2(size)
+    assert ctypes.sizeof(vcpu.get_xsave2(needed)) >= needed
+
+
+def test_set_xsave_buffer_smaller_than_kvm_reads(vm, vcpu):
+    needed = max(vm.check_extension("KVM_CAP_XSAVE2"), 4096)
+    with pytest.raises(BadArgumentError, match=r"KVM_SET_XSAVE: expected a kvm_xsave"):
+        vcpu.set_xsave(vcpu.get_regs())
+    if needed > 4096:  # a plain kvm_xsave is then too small
+        with pytest.raises(BadArgumentError, match=rf"KVM_SET_XSAVE: a 4096-byte buffer, but KVM reads {needed}"):
+            vcpu.set_xsave(vcpu.get_xsave())
+
+
+@pytest.mark.parametrize("size", [-1, 2**32])
+def test_get_nested_state_size_outside_u32(vcpu, size):
+    """kvm_nested_state.size is a __u32 KVM trusts as the buffer's length: -1 wrapped to 4 GiB
+    over a 128-byte buffer."""
+    with pytest.raises(BadArgumentError, match=r"KVM_GET_NESTED_STATE size = "):
+        vcpu.get_nested_state(size)
+
+
+def test_set_nested_state_size_past_its_buffer(vcpu):
+    state = S.nested_state_type(128)(size=4096)
+    with pytest.raises(BadArgumentError, match=r"KVM_SET_NESTED_STATE: size = 4096, but the buffer holds 128 bytes"):
+        vcpu.set_nested_state(state)
+    with pytest.raises(BadArgumentError, match=r"KVM_SET_NESTED_STATE: expected a kvm_nested_state"):
+        vcpu.set_nested_state(None)
+
+
+@pytest.mark.parametrize("call, problem", [
+    (lambda v: v.set_device_attr_u64(0, 0, -1), r"KVM_SET_DEVICE_ATTR value = -0x1"),
+    (lambda v: v.set_device_attr_u64(0, 0, 1 << 64), r"KVM_SET_DEVICE_ATTR value = 0x10000000000000000"),
+    (lambda v: v.get_device_attr_u64(1 << 32, 0), r"KVM_GET_DEVICE_ATTR group = 0x100000000"),
+    (lambda v: v.has_device_attr(0, -1), r"KVM_HAS_DEVICE_ATTR attr = -0x1"),
+    (lambda v: v.enforce_pv_features(1 << 32), r"KVM feature leaf 0x40000001 EAX = 0x100000000"),
+], ids=["attr-value-neg", "attr-value-2^64", "attr-group", "attr-neg", "pv-features"])
+def test_vcpu_value_outside_its_field(vcpu, call, problem):
+    """kvm_device_attr: group __u32, attr and the value __u64 (devices/vcpu.rst); the KVM feature
+    leaf's EAX is 32 bits (x86/cpuid.rst). set_device_attr_u64(-1) used to write all ones."""
+    with pytest.raises(BadArgumentError, match=problem):
+        call(vcpu)

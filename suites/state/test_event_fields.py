@@ -11,7 +11,8 @@ the guest shows that it took effect (vector delivered, CR2 loaded, AP started at
 import pytest
 
 from kvmtest.abi import constants as C
-from kvmtest.exits import DebugExit, IntrExit, IoExit, MsrExit
+from kvmtest.exits import DebugExit, IntrExit, IoExit, MmioExit, MsrExit
+from kvmtest.guest import layout as L
 
 UNKNOWN_MSR = 0x4B564D7F
 
@@ -77,6 +78,67 @@ def test_pending_page_fault_with_payload_loads_cr2_on_delivery(guest):
         f"#PF with payload {PF_PAYLOAD:#x}: the handler read CR2 {rec['cr2']:#x} error code {rec['error_code']:#x}, " \
         f"KVM_GET_SREGS cr2 {cr2:#x}"
     g.run_to_done()
+
+
+NOT_PRESENT = 0x80001234   # PML4 entry 0 covers it, no PDPT entry does (as in test_control_fields.py)
+
+
+@pytest.mark.parametrize("payload_cap", [False, True], ids=["no-payload-cap", "payload-cap"])
+def test_page_fault_queued_by_kvm_reports_its_address(guest, kvm, payload_cap):
+    """A #PF KVM raises itself, caught before its delivery: the guest's MOVSB reads MMIO (the
+    source) and writes a not-present page (the destination); KVM_EXIT_MMIO comes for the read
+    (KVM's instruction emulator reads the source first; the SDM leaves the order open, and a
+    fault taken first would fail expect_exit, not pass), and KVM_RUN with immediate_exit
+    finishes the instruction, whose write faults, and returns before entering the guest. With KVM_CAP_EXCEPTION_PAYLOAD, KVM_GET_VCPU_EVENTS reports it
+    pending with KVM_VCPUEVENT_VALID_PAYLOAD, exception_has_payload = 1 and exception_payload =
+    the faulting linear address, and CR2 is not loaded yet (api.rst 4.31, 7
+    KVM_CAP_EXCEPTION_PAYLOAD: the #PF payload is the address CR2 receives on delivery).
+    Without it the payload fields are not valid and the address is already in CR2 for
+    KVM_GET_SREGS. Either way the error code is 0x2 (write, not present, CPL0: SDM Vol. 3A 4.7)
+    and the guest's handler then reads that address from CR2 (SDM Vol. 3A 6.15, interrupt 14)."""
+    if payload_cap and not kvm.check_extension("KVM_CAP_EXCEPTION_PAYLOAD"):
+        pytest.skip("needs KVM_CAP_EXCEPTION_PAYLOAD")
+    g = guest("long64", f"""
+        mov rsi, {L.MMIO_BASE:#x}
+        mov rdi, {NOT_PRESENT:#x}
+        GUEST_ASSERT_RAISES PF(0x2), movsb
+        GUEST_SYNC 1
+        GUEST_DONE""")
+    if payload_cap:
+        g.vm.enable_cap("KVM_CAP_EXCEPTION_PAYLOAD", 1)
+    cr2_before = g.vcpu.get_sregs().cr2
+    assert cr2_before != NOT_PRESENT, f"CR2 holds {NOT_PRESENT:#x} before the guest ran"
+    g.expect_exit(MmioExit, phys_addr=L.MMIO_BASE, is_write=False).respond(0x5A)
+    g.vcpu.kvm_run.immediate_exit = 1
+    stopped = g.vcpu.run()
+    assert isinstance(stopped, IntrExit), f"KVM_RUN with immediate_exit: expected KVM_EXIT_INTR, got {stopped}"
+    ev = g.vcpu.get_events()        # before KVM_GET_SREGS, in the order a save reads them
+    cr2 = g.vcpu.get_sregs().cr2
+    ex = ev.exception
+    got = {"nr": ex.nr, "has_error_code": ex.has_error_code, "error_code": ex.error_code, "cr2": cr2}
+    want = {"nr": 14, "has_error_code": 1, "error_code": 0x2}
+    if payload_cap:
+        got.update(pending=ex.pending, injected=ex.injected,
+                   valid_payload=bool(ev.flags & C.KVM_VCPUEVENT_VALID_PAYLOAD),
+                   exception_has_payload=ev.exception_has_payload, exception_payload=ev.exception_payload)
+        want.update(pending=1, injected=0, valid_payload=True, exception_has_payload=1,
+                    exception_payload=NOT_PRESENT, cr2=cr2_before)
+    else:
+        got.update(injected=ex.injected, valid_payload=bool(ev.flags & C.KVM_VCPUEVENT_VALID_PAYLOAD))
+        want.update(injected=1, valid_payload=False, cr2=NOT_PRESENT)
+    assert got == want, f"KVM_GET_VCPU_EVENTS / KVM_GET_SREGS with the #PF on {NOT_PRESENT:#x} queued: " \
+                        f"{_hexed(got)}; expected {_hexed(want)}"
+    g.vcpu.kvm_run.immediate_exit = 0
+    assert g.expect_sync() == 1
+    rec = g.exception_record()
+    assert (rec["cr2"], rec["error_code"]) == (NOT_PRESENT, 0x2), \
+        f"the guest's #PF handler read CR2 {rec['cr2']:#x}, error code {rec['error_code']:#x}; " \
+        f"expected {NOT_PRESENT:#x} and 0x2"
+    g.run_to_done()
+
+
+def _hexed(fields):
+    return {k: v if isinstance(v, bool) else hex(v) for k, v in fields.items()}
 
 
 INTERRUPT_GUEST = """

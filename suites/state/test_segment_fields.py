@@ -26,10 +26,12 @@ LDT_BASE_64 = 0x0000_0034_5678_9000
 
 def _descriptor(seg, mode):
     """(descriptor as the test writes it, kvm_segment type after the load). Distinctive base,
-    limit and AVL=1 everywhere, so that a field KVM drops or mixes up shows."""
+    limit, AVL=1 everywhere and a nonzero DPL where the load allows one (data segments: DPL >=
+    CPL; LTR and LLDT check no DPL, SDM Vol. 2A), so that a field KVM drops, keeps from before
+    the load or mixes up shows. SS and CS keep DPL 0: at CPL0 their DPL must be 0 (SDM Vol. 3A 5.7, 5.8.1)."""
     if seg in ("ds", "es", "fs", "gs"):
         base = {"ds": 0x00101000, "es": 0x00102000, "fs": 0x00103000, "gs": 0x00104000}[seg]
-        return D.Descriptor(base=base, limit=0x0ABCD, type=0x2, avl=1, g=0), 0x3
+        return D.Descriptor(base=base, limit=0x0ABCD, type=0x2, dpl=3, avl=1, g=0), 0x3
     if seg == "ss":
         return D.Descriptor(base=0x1000, limit=0x7FFFF, type=0x2, avl=1, g=1), 0x3
     if seg == "cs":
@@ -37,9 +39,9 @@ def _descriptor(seg, mode):
         return D.Descriptor(type=0xA, avl=1, l=int(long), db=int(not long)), 0xB
     if seg == "tr":
         base = TSS_BASE_64 if mode == "long64" else TSS_BASE_32
-        return D.Descriptor(base=base, limit=0x67, type=D.TSS_AVAILABLE, s=0, db=0, g=0, avl=1), D.TSS_BUSY
+        return D.Descriptor(base=base, limit=0x67, type=D.TSS_AVAILABLE, s=0, dpl=2, db=0, g=0, avl=1), D.TSS_BUSY
     base = LDT_BASE_64 if mode == "long64" else 0x00126000
-    return D.Descriptor(base=base, limit=0x2F, type=D.LDT, s=0, db=0, g=0, avl=1), D.LDT
+    return D.Descriptor(base=base, limit=0x2F, type=D.LDT, s=0, dpl=1, db=0, g=0, avl=1), D.LDT
 
 
 def _load(seg):
@@ -202,42 +204,56 @@ def test_stack_size_set_by_the_host_picks_esp_or_sp(guest, db):
     assert g.vm.read_u32(where) == 0x5A5AA5A5, f"PUSH with SS.B={db} did not store at {where:#x}"
 
 
+# Copies of the GDT and IDT (one page each) at other addresses, so that a base KVM did not take
+# over from the guest or from KVM_SET_SREGS cannot pass for the one the guest builder set.
+GDT_COPY, IDT_COPY = L.DATA + 0x8000, L.DATA + 0x9000
+
+
+def _copy_descriptor_tables(g):
+    g.vm.write(GDT_COPY, g.vm.read(L.GDT, 0x1000))
+    g.vm.write(IDT_COPY, g.vm.read(L.IDT, 0x1000))
+
+
 def test_descriptor_tables_set_by_the_host_are_what_sgdt_and_sidt_store(guest):
     """GDTR and IDTR written with KVM_SET_SREGS (base and limit) are what SGDT and SIDT store
-    (SDM Vol. 2B SGDT, SIDT: 2-byte limit then 8-byte base in 64-bit mode; api.rst 4.14)."""
+    (SDM Vol. 2B SGDT, SIDT: 2-byte limit then 8-byte base in 64-bit mode; api.rst 4.14): both
+    moved to copies of the tables, with limits that still cover every selector and vector used."""
     g = guest("long64", f"mov rbx, {L.DATA:#x}\nsgdt [rbx]\nsidt [rbx + 0x10]\nGUEST_DONE")
+    _copy_descriptor_tables(g)
     sregs = g.vcpu.get_sregs()
-    sregs.gdt.limit, sregs.idt.limit = 0x7FF, 0x7FF  # still covering every selector and vector used
+    sregs.gdt.base, sregs.gdt.limit, sregs.idt.base, sregs.idt.limit = GDT_COPY, 0x7FF, IDT_COPY, 0x7FF
     g.vcpu.set_sregs(sregs)
     g.run_to_done()
     gdt, idt = struct.unpack("<HQ", g.vm.read(L.DATA, 10)), struct.unpack("<HQ", g.vm.read(L.DATA + 0x10, 10))
-    assert gdt == (0x7FF, L.GDT) and idt == (0x7FF, L.IDT), \
+    assert gdt == (0x7FF, GDT_COPY) and idt == (0x7FF, IDT_COPY), \
         f"SGDT stored limit/base {gdt[0]:#x}/{gdt[1]:#x}, SIDT {idt[0]:#x}/{idt[1]:#x}; KVM_SET_SREGS set " \
-        f"{0x7FF:#x}/{L.GDT:#x} and {0x7FF:#x}/{L.IDT:#x}"
+        f"{0x7FF:#x}/{GDT_COPY:#x} and {0x7FF:#x}/{IDT_COPY:#x}"
 
 
 def test_descriptor_tables_the_guest_loads_are_what_get_sregs_reports(guest):
-    """LGDT and LIDT executed by the guest load GDTR and IDTR; KVM_GET_SREGS and KVM_GET_SREGS2
-    report the new base and limit (SDM Vol. 2A LGDT/LIDT; api.rst 4.13, KVM_GET_SREGS2)."""
+    """LGDT and LIDT executed by the guest load GDTR and IDTR, here moved to copies of the
+    tables; KVM_GET_SREGS and KVM_GET_SREGS2 report the new base and limit (SDM Vol. 2A
+    LGDT/LIDT; api.rst 4.13, KVM_GET_SREGS2)."""
     g = guest("long64", f"""
         mov rbx, {L.DATA:#x}
         mov word ptr [rbx], 0x6FF
-        mov qword ptr [rbx + 2], {L.GDT:#x}
+        mov qword ptr [rbx + 2], {GDT_COPY:#x}
         mov word ptr [rbx + 0x10], 0x5FF
-        mov qword ptr [rbx + 0x12], {L.IDT:#x}
+        mov qword ptr [rbx + 0x12], {IDT_COPY:#x}
         lgdt [rbx]
         lidt [rbx + 0x10]
         GUEST_SYNC 1
         GUEST_DONE""")
+    _copy_descriptor_tables(g)
     assert g.expect_sync() == 1
     s = g.vcpu.get_sregs()
     views = [("KVM_GET_SREGS", s)]
     if g.kvm.check_extension("KVM_CAP_SREGS2"):
         views.append(("KVM_GET_SREGS2", g.vcpu.get_sregs2()))
     for name, s in views:
-        assert (s.gdt.limit, s.gdt.base, s.idt.limit, s.idt.base) == (0x6FF, L.GDT, 0x5FF, L.IDT), \
+        assert (s.gdt.limit, s.gdt.base, s.idt.limit, s.idt.base) == (0x6FF, GDT_COPY, 0x5FF, IDT_COPY), \
             f"{name} after LGDT/LIDT: gdt {s.gdt.limit:#x}/{s.gdt.base:#x} idt {s.idt.limit:#x}/{s.idt.base:#x}; " \
-            f"the guest loaded {0x6FF:#x}/{L.GDT:#x} and {0x5FF:#x}/{L.IDT:#x}"
+            f"the guest loaded {0x6FF:#x}/{GDT_COPY:#x} and {0x5FF:#x}/{IDT_COPY:#x}"
     g.run_to_done()
 
 

@@ -1,0 +1,106 @@
+"""Which calls on a Vm or Vcpu a copy of it (kvmtest.vm_state, Guest.migrate) carries, and how.
+
+KVM has a KVM_GET_* for most state, which kvmtest.state and kvmtest.vm_state read back. Setup
+has none: capabilities enabled, eventfds assigned and deassigned, KVM_SET_GUEST_DEBUG... Methods
+that make such calls are @replayable: each successful call is recorded, in order, in the
+object's setup_calls, and the copy makes the same calls again (so a deassign replayed after its
+assign leaves the copy without it, as the original is). Methods whose effect kvmtest keeps
+track of itself (memslots, a try_ twin that records) are @carried.
+
+Every other successful ioctl on a Vm or Vcpu fd whose effect neither a KVM_GET_* nor a record
+carries (a raw `vm.ioctl("KVM_SET_IDENTITY_MAP_ADDR", ...)`, say) is noted in the object's
+`uncarried`, and saving it refuses naming the ioctl rather than building a copy that silently
+lacks it (kvmtest.state.CannotCarry).
+"""
+
+import functools
+
+from .abi.numbers import ioctl_name
+
+# Ioctls whose effect the saved state carries (a KVM_GET_* that kvmtest.vm_state saves reads it
+# back), or that change nothing a copy could lack. KVM_GET_* themselves are all read-only.
+VM_STATE_IOCTLS = frozenset({
+    "KVM_CHECK_EXTENSION", "KVM_CREATE_VCPU", "KVM_GET_STATS_FD",
+    "KVM_GET_DIRTY_LOG", "KVM_CLEAR_DIRTY_LOG",     # the dirty pages are carried (VmState.memslots)
+    "KVM_RESET_DIRTY_RINGS",                         # a VM with a dirty ring is refused anyway
+    "KVM_SET_IRQCHIP", "KVM_IRQ_LINE", "KVM_IRQ_LINE_STATUS", "KVM_SIGNAL_MSI",  # PIC/IOAPIC/LAPIC state
+    "KVM_SET_PIT2", "KVM_SET_CLOCK",
+})
+VCPU_STATE_IOCTLS = frozenset({
+    "KVM_RUN", "KVM_TRANSLATE", "KVM_GET_STATS_FD", "KVM_HAS_DEVICE_ATTR",
+    "KVM_SET_REGS", "KVM_SET_SREGS", "KVM_SET_SREGS2", "KVM_SET_FPU", "KVM_SET_XSAVE", "KVM_SET_XCRS",
+    "KVM_SET_DEBUGREGS", "KVM_SET_VCPU_EVENTS", "KVM_SET_MP_STATE", "KVM_SET_LAPIC", "KVM_SET_MSRS",
+    "KVM_SET_CPUID2", "KVM_SET_TSC_KHZ", "KVM_SET_NESTED_STATE",
+    "KVM_INTERRUPT", "KVM_NMI", "KVM_SMI",           # kvm_vcpu_events carries them
+    # x86's only vCPU attribute group is KVM_VCPU_TSC_CTRL (devices/vcpu.rst), and its one
+    # attribute, KVM_VCPU_TSC_OFFSET, is saved with KVM_GET_DEVICE_ATTR.
+    "KVM_SET_DEVICE_ATTR",
+})
+
+
+def replayable(method):
+    """Record a successful call in self.setup_calls, so that a copy of the object can make the
+    same calls in the same order. Calls made from inside another recorded one
+    (enable_split_irqchip -> enable_cap) are not recorded twice."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        outer = not self._in_setup
+        self._in_setup = True
+        try:
+            result = method(self, *args, **kwargs)
+        finally:
+            if outer:
+                self._in_setup = False
+        if outer:
+            self.setup_calls.append((method.__name__, args, kwargs))
+        return result
+
+    return wrapper
+
+
+def carried(method):
+    """A method that records or tracks its own effect: its ioctls are not noted as uncarried."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        self._carrying += 1
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            self._carrying -= 1
+
+    return wrapper
+
+
+class CarriedIoctls:
+    """Mixin for Vm and Vcpu (before FdObject): notes each successful ioctl that nothing carries."""
+
+    STATE_IOCTLS: frozenset = frozenset()
+    _in_setup = False
+    _carrying = 0
+
+    def ioctl(self, request, arg=None, *, args: str = "", hint=None) -> int:
+        result = super().ioctl(request, arg, args=args, hint=hint)
+        self._note_ioctl(request, args)
+        return result
+
+    def try_ioctl(self, request, arg=None, *, args: str = "") -> int:
+        err = super().try_ioctl(request, arg, args=args)
+        if not err:
+            self._note_ioctl(request, args)
+        return err
+
+    def try_ioctl_result(self, request, arg=None, *, args: str = "") -> tuple[int, int]:
+        result, err = super().try_ioctl_result(request, arg, args=args)
+        if not err:
+            self._note_ioctl(request, args)
+        return result, err
+
+    def _note_ioctl(self, request, args: str) -> None:
+        if self._in_setup or self._carrying:
+            return
+        name = request if isinstance(request, str) else ioctl_name(request)
+        if name.startswith("KVM_GET_") or name in self.STATE_IOCTLS:
+            return
+        self.uncarried.append(f"{name} {args}".rstrip())
