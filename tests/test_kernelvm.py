@@ -180,6 +180,18 @@ def test_vng_command_kvm_leaves_kvm_on():
     assert "--disable-kvm" not in cmd and not any(a.startswith("--qemu-opts") for a in cmd)
 
 
+def test_tcg_vm_gets_one_vcpu_unless_told(tmp_path, monkeypatch):
+    """Under TCG an SMP guest kernel can livelock in QEMU's multi-threaded TCG (boot.TCG_CPUS)."""
+    assert boot.default_cpus("tcg") == 1 and boot.default_cpus("kvm") == 2
+    seen = []
+    monkeypatch.setattr(vmrun, "watch", lambda cmd, *a, **kw: seen.append(cmd) or boot.VmRun(returncode=1))
+    args = cli.build_parser().parse_args(["run", "--report-dir", str(tmp_path)])
+    vmrun._boot(args, vmrun.Boot((), tmp_path / "b"), K, "tcg", tmp_path, {"vng": "vng"}, [], 60, 1)
+    args.vm_cpus = 2
+    vmrun._boot(args, vmrun.Boot((), tmp_path / "b"), K, "tcg", tmp_path, {"vng": "vng"}, [], 60, 1)
+    assert [c[c.index("--cpus") + 1] for c in seen] == ["1", "2"]
+
+
 def test_vng_command_refuses_unknown_accelerator():
     with pytest.raises(KernelVmError, match="accelerator 'hvf'"):
         boot.vng_command("vng", K, "hvf", "true")

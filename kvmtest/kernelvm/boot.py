@@ -49,6 +49,19 @@ def detect_accelerator(sys_module: str = "/sys/module", device: str = "/dev/kvm"
     return "tcg", "no KVM module loaded"
 
 
+# Under TCG the VM gets one vCPU unless --vm-cpus says otherwise. With two, QEMU 7.2's multi-threaded
+# TCG livelocked Debian's 6.1 kernel in 3 of 6 smoke+ioctl sessions: both vCPUs looped through
+# the INT3 handler at a jump-label site whose bytes in memory were already the final JMP (a static key
+# flipped by text_poke_bp, which kvm flips as vCPUs without an in-kernel APIC come and go), i.e. QEMU
+# kept running a stale translation of the INT3 another vCPU had written; no test was at fault.
+TCG_CPUS, KVM_CPUS = 1, 2
+
+
+def default_cpus(accel: str) -> int:
+    """vCPUs of the VM when --vm-cpus is not given: TCG_CPUS under TCG, KVM_CPUS under nested KVM."""
+    return TCG_CPUS if accel == "tcg" else KVM_CPUS
+
+
 def find_tools() -> dict[str, str]:
     """vng (beside this Python first: the venv's bin need not be on PATH), QEMU, busybox."""
     venv_vng = Path(sys.executable).parent / "vng"

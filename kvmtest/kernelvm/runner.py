@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import KernelVmError
-from .boot import detect_accelerator, find_tools
+from .boot import default_cpus, detect_accelerator, find_tools
 from .kernel import resolve
 
 # vmrun (and the progress plugin it imports) loads only for --kernel: imported here, the plugin
@@ -42,7 +42,9 @@ def add_run_arguments(run: argparse.ArgumentParser) -> None:
                    help="seconds without any VM output before the VM is declared stuck (default 600)")
     g.add_argument("--vm-max-crashes", type=int, default=5,
                    help="tests that may kill the VM before the run stops resuming in fresh VMs (default 5)")
-    g.add_argument("--vm-cpus", type=int, default=2, help="vCPUs of the VM (default 2)")
+    g.add_argument("--vm-cpus", type=int, default=None,
+                   help="vCPUs of the VM (default: 1 under TCG, where QEMU's multi-threaded TCG can livelock an "
+                        "SMP kernel that patches its own code, see boot.TCG_CPUS; 2 under nested KVM)")
     g.add_argument("--vm-memory", default="2G", help="memory of the VM (default 2G)")
 
 
@@ -166,8 +168,13 @@ def cmd_run_kernel(args, extra) -> int:
         accel, why = detect_accelerator(device=args.device)
     else:
         accel, why = args.accel, "--accel"
+    if args.vm_cpus is None:
+        args.vm_cpus = default_cpus(accel)
+    elif args.vm_cpus < 1:
+        print(f"kvmtest run --kernel: --vm-cpus {args.vm_cpus}: expected a number of vCPUs, 1 or more", file=sys.stderr)
+        return skip
     print(f"kvmtest run --kernel: {kernel.release} ({kernel.source}), accelerator {accel} ({why}), "
-          f"{len(combos)} boot(s)", flush=True)
+          f"{args.vm_cpus} vCPU(s), {len(combos)} boot(s)", flush=True)
     report_dir = Path(args.report_dir).resolve()
     report_dir.mkdir(parents=True, exist_ok=True)
     boots = []

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import progress, resume
-from .boot import VmRun, vng_command, watch
+from .boot import VmRun, default_cpus, vng_command, watch
 from .kernel import Kernel
 
 CRASH_KINDS = ("panic", "bug", "oops", "qemu-abort", "stall", "vm-exit")  # the VM died in a test: resume
@@ -127,7 +127,7 @@ def _boot(args, boot: Boot, kernel: Kernel, accel: str, report_dir: Path, tools,
                                     indent=2) + "\n")
     exec_cmd = f"{sys.executable} -m kvmtest.kernelvm.inner {spec_path}"
     cmd = vng_command(tools["vng"], kernel, accel, exec_cmd, rwdirs=[report_dir], append=boot.params,
-                      cpus=args.vm_cpus, memory=args.vm_memory)
+                      cpus=args.vm_cpus or default_cpus(accel), memory=args.vm_memory)
     env = {**os.environ, "PATH": f"{Path(tools['vng']).parent}:{os.environ.get('PATH', '')}"}
     print(f"kvmtest run --kernel: boot {n} [{boot.label}]: {' '.join(cmd)}", flush=True)
     log = boot.path(".console.log" if n == 1 else f".boot{n}.console.log")

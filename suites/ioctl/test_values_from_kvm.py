@@ -139,17 +139,75 @@ def test_io_exit_data_offset_points_at_the_guests_data_inside_the_mapping(guest)
 
 
 MSR_IA32_MCG_CAP = 0x179
-# MSRs of the list whose existence an enumeration bit controls (SDM Vol. 4 Table 2-2; api.rst 7
-# KVM_CAP_MSR_PLATFORM_INFO for MSR_PLATFORM_INFO): (leaf, subleaf, register, bit) of CPUID, or
-# ("mcg_cap", bit) of IA32_MCG_CAP.
+# MSRs of the list whose existence an enumeration rule controls: the MSR exists when any one of its
+# conditions holds (SDM Vol. 4 Table 2-2, "Comment" column; AMD APM Vol. 2 where named; api.rst 7
+# KVM_CAP_MSR_PLATFORM_INFO for MSR_PLATFORM_INFO). A condition is a CPUID bit (leaf, subleaf,
+# register, bit), ("mcg_cap", bit) of IA32_MCG_CAP, or ("field", leaf, subleaf, register, low bit,
+# width, minimum, maximum) for a CPUID field within a range. KVM lists an MSR whenever it can save
+# and restore it for some guest, so a guest whose CPUID does not enumerate it may get #GP.
+ARCH_PERFMON_VERSION = (0xA, 0, "eax", 0, 8)      # CPUID.0AH:EAX[7:0]
+FIXED_COUNTERS = (0xA, 0, "edx", 0, 5)            # CPUID.0AH:EDX[4:0]
+DEBUG_STORE = (1, 0, "edx", 21)                   # CPUID.01H:EDX.DS[21]: DS, and PEBS within it
 ENUMERATED_BY = {
-    0x3B: (7, 0, "ebx", 1),              # IA32_TSC_ADJUST
-    0x6E0: (1, 0, "ecx", 24),            # IA32_TSC_DEADLINE
-    0x17A: (1, 0, "edx", 14),            # IA32_MCG_STATUS (MCA)
-    0x17B: ("mcg_cap", 8),               # IA32_MCG_CTL (MCG_CTL_P)
-    0x345: (1, 0, "ecx", 15),            # IA32_PERF_CAPABILITIES (PDCM)
-    0xC001011F: (0x80000008, 0, "ebx", 25),  # VIRT_SPEC_CTRL (VIRT_SSBD)
+    0x3A: [(1, 0, "ecx", 5), (1, 0, "ecx", 6), (7, 0, "ecx", 30), (7, 0, "ebx", 2), ("mcg_cap", 27)],
+    # IA32_FEATURE_CONTROL: VMX, SMX, SGX launch control, SGX, LMCE
+    0x3B: [(7, 0, "ebx", 1)],             # IA32_TSC_ADJUST
+    0x6E0: [(1, 0, "ecx", 24)],           # IA32_TSC_DEADLINE
+    0x17A: [(1, 0, "edx", 14)],           # IA32_MCG_STATUS (MCA)
+    0x17B: [("mcg_cap", 8)],              # IA32_MCG_CTL (MCG_CTL_P)
+    0x345: [(1, 0, "ecx", 15)],           # IA32_PERF_CAPABILITIES (PDCM)
+    0x309: [("field", *FIXED_COUNTERS, 1, None)],          # IA32_FIXED_CTR0..2: EDX[4:0] > n
+    0x30A: [("field", *FIXED_COUNTERS, 2, None)],
+    0x30B: [("field", *FIXED_COUNTERS, 3, None)],
+    0x38D: [("field", *ARCH_PERFMON_VERSION, 2, None)],    # IA32_FIXED_CTR_CTRL: version > 1
+    0x38E: [("field", *ARCH_PERFMON_VERSION, 1, None)],    # IA32_PERF_GLOBAL_STATUS: version > 0
+    0x38F: [("field", *ARCH_PERFMON_VERSION, 1, None)],    # IA32_PERF_GLOBAL_CTRL: version > 0
+    0x390: [("field", *ARCH_PERFMON_VERSION, 1, 3)],       # IA32_PERF_GLOBAL_OVF_CTRL: 0 < version <= 3
+    0x600: [DEBUG_STORE],                 # IA32_DS_AREA
+    0x3F1: [DEBUG_STORE],                 # IA32_PEBS_ENABLE (PEBS records go to the DS save area)
+    0x3F2: [DEBUG_STORE],                 # IA32_PEBS_DATA_CFG (PEBS_BASELINE, a PEBS feature)
+    0xC0000104: [(0x8000000A, 0, "edx", 4)],  # AMD TSC_RATIO: CPUID Fn8000_000A_EDX[TscRateMsr] (APM 15.30.5)
+    0xC001011F: [(0x80000008, 0, "ebx", 25)],  # VIRT_SPEC_CTRL (VIRT_SSBD)
 }
+# AMD PERF_CTL0-5/PERF_CTR0-5: CPUID Fn8000_0001_ECX[PerfCtrExtCore] (APM Vol. 2 13.2.1)
+ENUMERATED_BY.update({0xC0010200 + i: [(0x80000001, 0, "ecx", 23)] for i in range(12)})
+# IA32_SMBASE is "RO, SMM only" (SDM Vol. 4 Table 2-2): a guest outside SMM cannot read it.
+SMM_ONLY = {0x9E}
+# Hyper-V's synthetic MSRs (40000000H up, in and just above the range the SDM reserves for
+# software and no processor implements, SDM Vol. 4 2.1) exist only for a guest whose CPUID presents
+# the Hyper-V interface, 0x40000001.EAX = "Hv#1" (Hyper-V TLFS; api.rst KVM_GET_SUPPORTED_HV_CPUID).
+# KVM lists those it emulates (up to the crash and reenlightenment MSRs at 40000100H-40000108H);
+# KVM's supported CPUID presents KVM's own interface instead.
+HYPERV_MSRS = range(0x40000000, 0x40000200)
+HV_INTERFACE = 0x31237648                 # "Hv#1"
+
+
+def _msr_exists(index, table, mcg_cap) -> bool:
+    """Whether the guest's CPUID (and IA32_MCG_CAP) enumerate MSR `index` (ENUMERATED_BY)."""
+    if index in SMM_ONLY:
+        return False
+    if index in HYPERV_MSRS:
+        e = find_entry(table, 0x40000001, 0)
+        return e is not None and e.eax == HV_INTERFACE
+    conditions = ENUMERATED_BY.get(index)
+    if conditions is None:
+        return True
+    for cond in conditions:
+        if cond[0] == "mcg_cap":
+            holds = bool(mcg_cap >> cond[1] & 1)
+        elif cond[0] == "field":
+            _, leaf, sub, reg, low, width, least, most = cond
+            e = find_entry(table, leaf, sub)
+            value = getattr(e, reg) >> low & ((1 << width) - 1) if e is not None else 0
+            holds = value >= least and (most is None or value <= most)
+        else:
+            e = find_entry(table, cond[0], cond[1])
+            holds = e is not None and bool(getattr(e, cond[2]) >> cond[3] & 1)
+        if holds:
+            return True
+    return False
+
+
 # Checked, with its own known deviations, where the whole enumeration rule is the subject.
 ELSEWHERE = {0x10A: "suites/cpu/test_cpuid_gated_msrs.py::test_guest_reads_arch_capabilities_as_the_host_sees_it",
              0x48: "suites/cpu/test_cpuid_gated_msrs.py", 0x49: "suites/cpu/test_cpuid_gated_msrs.py",
@@ -193,9 +251,10 @@ def test_msr_index_list_is_what_the_guest_reads(kvm, guest):
     one the guest can read: its RDMSR completes and returns what KVM_GET_MSRS reports for the
     vCPU (IA32_TSC: a value between the host's reads before and after the run). The guest has
     KVM's whole supported CPUID, an in-kernel irqchip and KVM_CAP_MSR_PLATFORM_INFO enabled
-    (api.rst 7), so nothing hides an MSR but its own enumeration: MSRs whose enumeration bit
-    (SDM Vol. 4 Table 2-2) is clear in that CPUID or IA32_MCG_CAP are left to the enumeration
-    checks of suites/cpu/test_cpuid_gated_msrs.py."""
+    (api.rst 7), so nothing hides an MSR but its own enumeration: MSRs that CPUID or IA32_MCG_CAP
+    does not enumerate for this guest (SDM Vol. 4 Table 2-2; Hyper-V's synthetic MSRs need the
+    Hyper-V CPUID interface; IA32_SMBASE is SMM-only) are left to the enumeration checks of
+    suites/cpu/test_cpuid_gated_msrs.py."""
     indices = [i for i in kvm.msr_index_list() if i not in ELSEWHERE]
     g = guest("long64", _rdmsr_each(len(indices)), irqchip=True)
     if kvm.check_extension("KVM_CAP_MSR_PLATFORM_INFO"):
@@ -205,18 +264,11 @@ def test_msr_index_list_is_what_the_guest_reads(kvm, guest):
     g.run_to_done()
     after = g.vcpu.get_msrs(indices)
     table = kvm.cached_supported_cpuid()
+    mcg_cap = before.get(MSR_IA32_MCG_CAP, g.vcpu.get_msr(MSR_IA32_MCG_CAP))
     wrong = []
     for n, index in enumerate(indices):
         value, vector = struct.unpack("<QQ", g.vm.read(L.DATA + 0x1000 + 16 * n, 16))
-        cond = ENUMERATED_BY.get(index)
-        if cond is None:
-            exists = True
-        elif cond[0] == "mcg_cap":
-            exists = bool(before.get(MSR_IA32_MCG_CAP, g.vcpu.get_msr(MSR_IA32_MCG_CAP)) >> cond[1] & 1)
-        else:
-            e = find_entry(table, cond[0], cond[1])
-            exists = e is not None and bool(getattr(e, cond[2]) >> cond[3] & 1)
-        if not exists:
+        if not _msr_exists(index, table, mcg_cap):
             continue  # the enumeration rule itself is suites/cpu/test_cpuid_gated_msrs.py's subject
         if vector != 0xFF:
             wrong.append(f"{index:#x}: RDMSR raised vector {vector}")
