@@ -212,3 +212,12 @@ def test_an_entry_whose_test_passed_is_not_reported_as_all_failed():
                                              ("6.11.0", False), ("6.18.44-fc-v669", False)])
 def test_kernel_max_covers_every_release_of_the_version_it_names(release, applies):
     assert ki.host_matches({"kernel_max": "6.10"}, {"kernel": {"release": release}}) is applies
+
+
+def test_verify_runs_with_the_default_guest_timeout_whatever_the_environment_says(monkeypatch):
+    # KVMTEST_GUEST_TIMEOUT=0.001 made a passing test time out, and verify called that "verified".
+    from kvmtest.vcpu import DEFAULT_RUN_TIMEOUT
+
+    monkeypatch.setenv("KVMTEST_GUEST_TIMEOUT", "0.001")
+    args = kv._common(["k.toml"], "/dev/kvm", ["demo"])
+    assert f"--kvm-guest-timeout={DEFAULT_RUN_TIMEOUT}" in args  # the command line beats the environment
