@@ -22,7 +22,8 @@ from . import descriptors as D
 from . import layout as L
 from . import protocol as P
 from .compose import Composer, guests_dir
-from .modes import CR0_PG, CR4_PAE, EFER_LMA, gdt_entries, get_mode, initial_rflags, initial_stack, mode_sregs
+from .modes import (CR0_PG, CR4_PAE, EFER_LMA, gdt_entries, get_mode, initial_rflags, initial_stack, keep_tr_loadable,
+                    mode_sregs)
 from .paging import GiB1, KiB4, P as PTE_P, RW as PTE_RW, US as PTE_US, PageTables
 
 DEFAULT_MAX_EXITS = 100_000
@@ -318,7 +319,7 @@ class Guest:
                 continue
             sregs = vcpu.get_sregs()
             if sregs.cr0 & CR0_PG and sregs.cr4 & CR4_PAE and not sregs.efer & EFER_LMA:
-                vcpu.set_sregs(sregs)
+                vcpu.set_sregs(keep_tr_loadable(sregs))
         pt.pdptes_changed = False
 
     def run_to_done(self, timeout: float | None = None, vcpu=None) -> list[int]:
