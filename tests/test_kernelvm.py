@@ -470,3 +470,28 @@ def test_bisect_skips_when_only_qemu_aborted(tmp_path):
     assert runner.boot_code(b, bisect=True) == 125
     b.crashes = [("suites/smoke/test_smoke.py::t[pm32-cpl3]", "panic")]
     assert runner.boot_code(b, bisect=True) == 1
+
+
+def test_summary_json_gives_boots_counts_and_crashes_and_the_benchmark_reads_it(tmp_path, capsys):
+    import importlib.util
+    stem = "kvmtest-vm-tcg-6.1.0-57-amd64-kvm_amd.npt0-20261130-120000"  # dots in the stem, as the runner names it
+    junit_file(tmp_path, stem, ["passed", "passed", "xfailed", "error"])
+    b = vmrun.Boot(("kvm_amd.npt=0",), tmp_path / stem, kind="done", pytest_exit=1,
+                   crashes=[("suites/x.py::test_b", "qemu-abort")],
+                   boots=[("qemu-abort", 30.0, 100.0), ("done", 28.5, 40.25)])
+    path = runner.write_summary(b, "tcg", K)
+    assert path.name == stem + ".summary.json"
+    s = json.loads(path.read_text())
+    assert s["counts"] == {"error": 1, "passed": 2, "xfailed": 1}
+    assert s["boots"] == [{"ended": "qemu-abort", "boot_s": 30.0, "tests_s": 100.0},
+                          {"ended": "done", "boot_s": 28.5, "tests_s": 40.2}]
+    assert (s["kvm_params"], s["accelerator"], s["crashes"]) == (
+        ["kvm_amd.npt=0"], "tcg", [{"test": "suites/x.py::test_b", "kind": "qemu-abort"}])
+    spec = importlib.util.spec_from_file_location("bench", Path(__file__).parents[1] / "benchmarks/bench_upstream_host.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main(["--from", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    line = next(x for x in out.splitlines() if x.startswith("kvm_amd.npt=0"))
+    assert line.split()[1:6] == ["tcg", "2", "58", "140", "4"]  # accel, boots, boot s, tests s, total
+    assert "the VM died in suites/x.py::test_b (qemu-abort)" in out

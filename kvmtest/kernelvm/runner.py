@@ -128,6 +128,23 @@ def overall_code(codes: list[int], bisect: bool) -> int:
     return BISECT_SKIP if any(c != BISECT_GOOD for c in codes) else BISECT_GOOD
 
 
+def write_summary(boot: "Boot", accel: str, kernel) -> Path:
+    """`<stem>.summary.json`: one configuration's boots (how each ended, seconds to boot, seconds of
+    tests), result counts, crashes and kernel warnings, for CI dashboards and benchmarks/."""
+    import json
+
+    counts = _counts(boot.path(".xml")) if boot.pytest_exit is not None else Counter()
+    data = {"kvm_params": list(boot.params), "kernel": kernel.release, "kernel_source": kernel.source,
+            "accelerator": accel, "outcome": boot.kind, "pytest_exit": boot.pytest_exit,
+            "boots": [{"ended": kind, "boot_s": round(booted, 1), "tests_s": round(tests, 1)}
+                      for kind, booted, tests in boot.boots],
+            "counts": dict(sorted(counts.items())), "crashes": [{"test": t, "kind": k} for t, k in boot.crashes],
+            "warnings": boot.warnings, "junit": str(boot.path(".xml"))}
+    path = boot.path(".summary.json")
+    path.write_text(json.dumps(data, indent=2) + "\n")
+    return path
+
+
 def summary(boot: "Boot", accel: str, release: str) -> str:
     times = []
     for kind, booted, tests in boot.boots:
@@ -191,7 +208,8 @@ def cmd_run_kernel(args, extra) -> int:
             return skip
     for boot in boots:
         print(summary(boot, accel, kernel.release))
-        for ext in (".xml", ".ktap", ".html", ".console.log"):
+        write_summary(boot, accel, kernel)
+        for ext in (".xml", ".ktap", ".html", ".console.log", ".summary.json"):
             if boot.path(ext).exists():
                 print(f"kvmtest run --kernel: {ext[1:]} {boot.path(ext)}")
     xmls = [b.path(".xml") for b in boots]

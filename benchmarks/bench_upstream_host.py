@@ -1,0 +1,92 @@
+#!/usr/bin/env python3
+"""Upstream KVM as a host, per configuration: boot time, suite time and result counts.
+
+Runs `kvmtest run --kernel KERNEL --kvm-param ...` (one boot per combination of module
+parameters, e.g. kvm_amd.npt=1 and npt=0: two-dimensional and shadow paging on upstream KVM)
+and prints, side by side, each configuration's boots (seconds to boot, seconds of tests),
+crashes and counts (passed, skipped, xfailed, failed, error), read from the `.summary.json`
+files the runner writes. `--from DIR` prints the table for a run already made.
+
+    python benchmarks/bench_upstream_host.py --kernel debian --param kvm_amd.npt=1,0 suites
+    python benchmarks/bench_upstream_host.py --from reports/upstream
+
+Exit code: 0 when every configuration completed (every test has a verdict), 1 otherwise.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+STATUSES = ("passed", "skipped", "xfailed", "xpassed", "failed", "error")
+
+
+def load(report_dir: Path) -> list[dict]:
+    """Every configuration's summary in `report_dir`, oldest first."""
+    return [json.loads(p.read_text()) for p in sorted(report_dir.glob("*.summary.json"), key=os.path.getmtime)]
+
+
+def row(s: dict) -> str:
+    boots = s["boots"]
+    boot_s = sum(b["boot_s"] for b in boots if b["boot_s"] >= 0)
+    tests_s = sum(b["tests_s"] for b in boots if b["tests_s"] >= 0)
+    counts = s["counts"]
+    cells = "  ".join(f"{counts.get(k, 0):>7}" for k in STATUSES)
+    label = " ".join(s["kvm_params"]) or "default"
+    return (f"{label:<24} {s['accelerator']:<5} {len(boots):>5} {boot_s:>7.0f} {tests_s:>8.0f} "
+            f"{sum(counts.values()):>6}  {cells}  {len(s['crashes']):>7}  {s['outcome']}")
+
+
+def table(summaries: list[dict]) -> str:
+    head = (f"{'configuration':<24} {'accel':<5} {'boots':>5} {'boot s':>7} {'tests s':>8} {'total':>6}  "
+            + "  ".join(f"{k:>7}" for k in STATUSES) + f"  {'crashes':>7}  outcome")
+    lines = [head, "-" * len(head)] + [row(s) for s in summaries]
+    for s in summaries:
+        for c in s["crashes"]:
+            lines.append(f"  [{' '.join(s['kvm_params']) or 'default'}] the VM died in {c['test']} ({c['kind']})")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--kernel", default="debian", help="what `kvmtest run --kernel` boots (default: debian)")
+    ap.add_argument("--param", action="append", default=[], metavar="MODULE.PARAM=V1[,V2]",
+                    help="--kvm-param for the matrix (default: kvm_amd.npt=1,0)")
+    ap.add_argument("--report-dir", default="reports/upstream-bench", help="where the reports go")
+    ap.add_argument("--from", dest="from_dir", help="only print the table for the summaries in this directory")
+    ap.add_argument("tests", nargs="*", default=["suites"], help="pytest arguments (default: suites)")
+    args = ap.parse_args(argv)
+    if args.from_dir:
+        summaries = load(Path(args.from_dir))
+        if not summaries:
+            print(f"bench_upstream_host: no *.summary.json in {args.from_dir}", file=sys.stderr)
+            return 1
+        print(table(summaries))
+        return 0 if all(s["outcome"] == "done" for s in summaries) else 1
+    report_dir = Path(args.report_dir)
+    report_dir.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "kvmtest.cli", "run", "--kernel", args.kernel, "--report-dir", str(report_dir)]
+    for p in args.param or ["kvm_amd.npt=1,0"]:
+        cmd += ["--kvm-param", p]
+    cmd += args.tests
+    load_before = os.getloadavg()
+    started, t0 = datetime.datetime.now().isoformat(timespec="seconds"), time.monotonic()
+    print(f"bench_upstream_host: {started}, load {load_before[0]:.2f}, {os.cpu_count()} CPUs: {' '.join(cmd)}",
+          flush=True)
+    before = {p.name for p in report_dir.glob("*.summary.json")}
+    code = subprocess.call(cmd)
+    # the summary sits next to the JUnit file: same stem (which has dots of its own), other ending
+    summaries = [s for s in load(report_dir) if Path(s["junit"]).name.removesuffix(".xml") + ".summary.json"
+                 not in before]
+    print(f"\nbench_upstream_host: {started}, {time.monotonic() - t0:.0f} s in all (kvmtest run exit {code}), "
+          f"load before {load_before[0]:.2f}, after {os.getloadavg()[0]:.2f}")
+    print(table(summaries))
+    return 0 if summaries and all(s["outcome"] == "done" for s in summaries) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
