@@ -51,6 +51,22 @@ def table(summaries: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def new_verdicts(summaries: list[dict], host_junit: str) -> str:
+    """How many checks that skip or xfail in `host_junit` (a run straight on a host) get a verdict,
+    pass or fail, in each configuration; an xfail upstream is a deviation, counted apart."""
+    from kvmtest.reports.results import read_junit
+
+    silent = {r.id for r in read_junit(Path(host_junit)) if r.status in ("skipped", "xfailed")}
+    lines = [f"of the {len(silent)} checks that skip or xfail in {host_junit}:"]
+    for s in summaries:
+        got = {r.id: r.status for r in read_junit(Path(s["junit"])) if r.id in silent}
+        verdicts = sum(1 for v in got.values() if v in ("passed", "failed", "error", "xpassed"))
+        xfailed = sum(1 for v in got.values() if v == "xfailed")
+        lines.append(f"  [{' '.join(s['kvm_params']) or 'default'}] {verdicts} got a verdict "
+                     f"({sum(1 for v in got.values() if v == 'passed')} passed), {xfailed} xfailed as known issues")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--kernel", default="debian", help="what `kvmtest run --kernel` boots (default: debian)")
@@ -58,6 +74,8 @@ def main(argv=None) -> int:
                     help="--kvm-param for the matrix (default: kvm_amd.npt=1,0)")
     ap.add_argument("--report-dir", default="reports/upstream-bench", help="where the reports go")
     ap.add_argument("--from", dest="from_dir", help="only print the table for the summaries in this directory")
+    ap.add_argument("--host-junit", help="a JUnit file of a run straight on a host: count its skips and xfails "
+                                         "that get a verdict upstream")
     ap.add_argument("tests", nargs="*", default=["suites"], help="pytest arguments (default: suites)")
     args = ap.parse_args(argv)
     if args.from_dir:
@@ -66,6 +84,8 @@ def main(argv=None) -> int:
             print(f"bench_upstream_host: no *.summary.json in {args.from_dir}", file=sys.stderr)
             return 1
         print(table(summaries))
+        if args.host_junit:
+            print(new_verdicts(summaries, args.host_junit))
         return 0 if all(s["outcome"] == "done" for s in summaries) else 1
     report_dir = Path(args.report_dir)
     report_dir.mkdir(parents=True, exist_ok=True)
@@ -85,6 +105,8 @@ def main(argv=None) -> int:
     print(f"\nbench_upstream_host: {started}, {time.monotonic() - t0:.0f} s in all (kvmtest run exit {code}), "
           f"load before {load_before[0]:.2f}, after {os.getloadavg()[0]:.2f}")
     print(table(summaries))
+    if args.host_junit and summaries:
+        print(new_verdicts(summaries, args.host_junit))
     return 0 if summaries and all(s["outcome"] == "done" for s in summaries) else 1
 
 

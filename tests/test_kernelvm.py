@@ -495,3 +495,16 @@ def test_summary_json_gives_boots_counts_and_crashes_and_the_benchmark_reads_it(
     line = next(x for x in out.splitlines() if x.startswith("kvm_amd.npt=0"))
     assert line.split()[1:6] == ["tcg", "2", "58", "140", "4"]  # accel, boots, boot s, tests s, total
     assert "the VM died in suites/x.py::test_b (qemu-abort)" in out
+
+
+def test_benchmark_counts_host_skips_that_got_a_verdict_upstream(tmp_path):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("bench", Path(__file__).parents[1] / "benchmarks/bench_upstream_host.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    junit_file(tmp_path, "host", ["skipped", "xfailed", "passed", "skipped", "xfailed"])
+    junit_file(tmp_path, "vm", ["passed", "failed", "passed", "error", "xfailed"])
+    summary = {"kvm_params": ["kvm_amd.npt=1"], "junit": str(tmp_path / "vm.xml")}
+    text = bench.new_verdicts([summary], str(tmp_path / "host.xml"))
+    assert "of the 4 checks that skip or xfail" in text
+    assert "[kvm_amd.npt=1] 3 got a verdict (1 passed), 1 xfailed as known issues" in text
