@@ -6,6 +6,10 @@ from importlib.metadata import entry_points
 
 import pytest
 
+# Registers the hypothesis profiles (kvmtest-fast, kvmtest-deep) before hypothesis's own plugin
+# reads --hypothesis-profile (suites/emulator).
+import kvmtest.differential.profiles  # noqa: F401
+
 
 def _plugin_autoloaded() -> bool:
     if os.environ.get("PYTEST_DISABLE_PLUGIN_AUTOLOAD"):

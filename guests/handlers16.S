@@ -1,6 +1,6 @@
 # Common exception handler for real mode (IVT) and 16-bit protected mode (16-bit gates).
 # Stack after the stub: vector, error code (0 in real mode), IP, CS, FLAGS
-# (SDM Vol. 3A 20.1.4 and 6.12.1). Same contract as handlers64.S; DS has base 0.
+# (SDM Vol. 3A 20.1.4 and 6.12.1). Same contract as handlers64.S, the record also through GS.
 kt_exc_common:
     push bp
     mov bp, sp
@@ -8,17 +8,17 @@ kt_exc_common:
     push bx
     push cx
     mov bx, EXC_INFO
-    mov cx, word ptr [bx]
+    mov cx, word ptr gs:[bx]
     test cx, cx
     jz kt_exc_fatal
-    mov word ptr [bx], 0
+    mov word ptr gs:[bx], 0
     mov ax, word ptr [bp + 2]
-    mov word ptr [bx + 8], ax
+    mov word ptr gs:[bx + 8], ax
     mov ax, word ptr [bp + 4]
-    mov word ptr [bx + 16], ax
+    mov word ptr gs:[bx + 16], ax
     mov ax, word ptr [bp + 6]
-    mov word ptr [bx + 24], ax
-    inc word ptr [bx + 40]
+    mov word ptr gs:[bx + 24], ax
+    inc word ptr gs:[bx + 40]
     mov word ptr [bp + 6], cx
     pop cx
     pop bx

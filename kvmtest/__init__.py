@@ -3,7 +3,13 @@
 __version__ = "0.1.0"
 
 from .errors import (  # noqa: F401
-    AssemblyError, DeviceError, GuestFailure, GuestMemoryError, GuestTimeout, KvmError, KvmtestError,
+    AssemblyError,
+    DeviceError,
+    GuestFailure,
+    GuestMemoryError,
+    GuestTimeout,
+    KvmError,
+    KvmtestError,
     UnknownModeError,
 )
 from .kvm import Kvm  # noqa: F401

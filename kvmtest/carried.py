@@ -14,8 +14,16 @@ lacks it (kvmtest.state.CannotCarry).
 """
 
 import functools
+from typing import TYPE_CHECKING
 
 from .abi.numbers import ioctl_name
+
+if TYPE_CHECKING:
+    # The mixin's super() is FdObject in every class that uses it (Vm, Vcpu); telling the type
+    # checker so lets it check the calls through super() without an import at run time.
+    from .fdobject import FdObject as _MixinBase
+else:
+    _MixinBase = object
 
 # Ioctls whose effect the saved state carries (a KVM_GET_* that kvmtest.vm_state saves reads it
 # back), or that change nothing a copy could lack. KVM_GET_* themselves are all read-only.
@@ -73,26 +81,31 @@ def carried(method):
     return wrapper
 
 
-class CarriedIoctls:
+class CarriedIoctls(_MixinBase):
     """Mixin for Vm and Vcpu (before FdObject): notes each successful ioctl that nothing carries."""
 
     STATE_IOCTLS: frozenset = frozenset()
     _in_setup = False
     _carrying = 0
+    setup_calls: list[tuple[str, tuple, dict]]  # set by Vm and Vcpu: the @replayable calls, in order
+    uncarried: list[str]                        # ditto: "IOCTL args" of each call nothing carries
 
-    def ioctl(self, request, arg=None, *, args: str = "", hint=None) -> int:
-        result = super().ioctl(request, arg, args=args, hint=hint)
+    def ioctl(self, request, arg=None, *, args: str = "", hint=None, wrong_fd: bool = False) -> int:
+        """FdObject.ioctl, noting the call if nothing carries it."""
+        result = super().ioctl(request, arg, args=args, hint=hint, wrong_fd=wrong_fd)
         self._note_ioctl(request, args)
         return result
 
-    def try_ioctl(self, request, arg=None, *, args: str = "") -> int:
-        err = super().try_ioctl(request, arg, args=args)
+    def try_ioctl(self, request, arg=None, *, args: str = "", wrong_fd: bool = False) -> int:
+        """FdObject.try_ioctl, noting a successful call if nothing carries it."""
+        err = super().try_ioctl(request, arg, args=args, wrong_fd=wrong_fd)
         if not err:
             self._note_ioctl(request, args)
         return err
 
-    def try_ioctl_result(self, request, arg=None, *, args: str = "") -> tuple[int, int]:
-        result, err = super().try_ioctl_result(request, arg, args=args)
+    def try_ioctl_result(self, request, arg=None, *, args: str = "", wrong_fd: bool = False) -> tuple[int, int]:
+        """FdObject.try_ioctl_result, noting a successful call if nothing carries it."""
+        result, err = super().try_ioctl_result(request, arg, args=args, wrong_fd=wrong_fd)
         if not err:
             self._note_ioctl(request, args)
         return result, err

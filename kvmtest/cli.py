@@ -17,6 +17,8 @@ REPO_SUITES = Path(__file__).resolve().parent.parent / "suites"
 
 
 def cmd_info(args) -> int:
+    """`kvmtest info [--json]`: the host fingerprint (kvmtest.fingerprint.collect on `args.device`),
+    as a summary or, with --json, all of it. Returns the exit status (0)."""
     fp = fpmod.collect(args.device)
     if args.json:
         json.dump(fp, sys.stdout, indent=2, sort_keys=True)
@@ -86,7 +88,7 @@ _RUN_SETTINGS = {"--kvm-report-dir": "report_dir", "--kvm-junit": "junit", "--kv
 
 def _plugin_options() -> dict[str, bool]:
     """--kvm-* flag -> whether it takes a value (the plugin's OPTIONS)."""
-    from .plugin import OPTIONS
+    from .options import OPTIONS
 
     return {o.flag: o.kind != "bool" for o in OPTIONS}
 
@@ -94,7 +96,8 @@ def _plugin_options() -> dict[str, bool]:
 def split_pytest_args(extra: list[str]) -> tuple[list[tuple[str, str | None]], list[str]]:
     """(options as (flag, value or None), test paths), reading each option's value where it is one."""
     kvm = _plugin_options()
-    options, targets = [], []
+    options: list[tuple[str, str | None]] = []
+    targets: list[str] = []
     i = 0
     while i < len(extra):
         arg = extra[i]
@@ -142,6 +145,10 @@ def _xdist_wanted(args, options) -> bool:
 
 
 def pytest_args(args, extra: list[str], fp: dict) -> tuple[list[str], dict]:
+    """The pytest command line `kvmtest run` builds from its own `args` and the `extra` arguments it
+    passes through, and the report paths {"junit", "ktap", "html"} it chose (named after the host and
+    kernel in `fp`, the fingerprint). Adds the default suites when `extra` names no test path, and
+    `-n JOBS` unless `extra` chooses -n/--dist itself or disables xdist."""
     extra = absorb_run_settings(args, extra)
     options, targets = split_pytest_args(extra)
     stem = report_stem(args.report_dir, fp)
@@ -176,6 +183,8 @@ def bisect_code(pytest_code: int, junit: Path) -> int:
 
 
 def cmd_run(args, extra) -> int:
+    """`kvmtest run [pytest args]`: fingerprint the device, run pytest in this process, and return
+    pytest's exit status, or with --bisect the git bisect code (bisect_code)."""
     import pytest
 
     extra = absorb_run_settings(args, extra)  # --kvm-device among them names the device to fingerprint
@@ -200,6 +209,9 @@ def cmd_run(args, extra) -> int:
 
 
 def cmd_compare(args) -> int:
+    """`kvmtest compare BASE NEW [--json]`: two runs' JUnit files or directories compared
+    (kvmtest.reports.compare). Returns 1 when a test newly fails or coverage was lost, 2 when a report
+    cannot be read, else 0."""
     from .reports.compare import compare
     from .reports.results import ReportError, read_any
 
@@ -218,13 +230,14 @@ def cmd_compare(args) -> int:
 
 def cmd_merge(args) -> int:
     """Several JUnit files into one, one <testsuite> per host."""
+    import xml.etree.ElementTree as ET
     from collections import defaultdict
 
     from .reports import junit
     from .reports.results import ReportError, read_junit
-    import xml.etree.ElementTree as ET
 
-    by_host, props = defaultdict(list), {}
+    by_host: defaultdict[str, list] = defaultdict(list)
+    props: dict[str, dict] = {}  # host (kernel) -> its suite's properties
     try:
         for path in args.inputs:
             for r in read_junit(path):
@@ -268,7 +281,7 @@ def cmd_import_tap(args) -> int:
 
 def _plugin_options_help() -> str:
     """The pytest plugin's --kvm-* options, for `kvmtest run --help` (generated: never stale)."""
-    from .plugin import OPTIONS
+    from .options import OPTIONS
 
     lines = ["kvmtest's pytest options (passed to pytest; each also has a KVMTEST_* variable and an ini key):"]
     for opt in OPTIONS:
@@ -280,6 +293,8 @@ def _plugin_options_help() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The argparse parser of every `kvmtest` subcommand (info, run, compare, merge, import-tap,
+    kernel, known-issues)."""
     p = argparse.ArgumentParser(prog="kvmtest", description="KVM conformance suite and harness")
     sub = p.add_subparsers(dest="command", required=True)
     info = sub.add_parser("info", help="print the host fingerprint")
@@ -322,6 +337,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The `kvmtest` command: parse `argv` (default sys.argv[1:]), run the subcommand and return its
+    exit status. `kvmtest compare BASE NEW` is accepted as the short form of `--new NEW`; with
+    `run --bisect`, a usage error is 125 (untestable), never argparse's 2."""
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
     if argv[:1] == ["compare"] and "--new" not in argv:
@@ -333,7 +351,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args, extra = parser.parse_known_args(argv)
     except SystemExit as e:
-        return BISECT_SKIP if bisect and e.code not in (0, None) else (e.code or 0)
+        # argparse exits with an int (0 after --help, 2 on a usage error); Python turns any other
+        # non-None code into exit status 1.
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        return BISECT_SKIP if bisect and code != 0 else code
     if args.command == "run":
         return kernelvm.cmd_run_kernel(args, extra) if args.kernel else cmd_run(args, extra)
     if extra:

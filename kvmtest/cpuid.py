@@ -2,11 +2,14 @@
 
 from dataclasses import dataclass
 
-from .errors import KvmtestError
+from .errors import BadArgumentError, KvmtestError
 
 
 @dataclass(frozen=True)
 class Feature:
+    """One CPUID feature flag: bit `bit` of register `register` ("eax".."edx") in leaf `leaf`,
+    subleaf `subleaf` (SDM Vol. 2A CPUID; APM Vol. 3 Appendix E), under the short name markers and
+    skip messages use (mostly /proc/cpuinfo's)."""
     name: str
     leaf: int
     subleaf: int
@@ -34,7 +37,9 @@ FEATURES = {f.name: f for f in [
     Feature("syscall", 0x80000001, 0, "edx", 11), Feature("nx", 0x80000001, 0, "edx", 20),
     Feature("pdpe1gb", 0x80000001, 0, "edx", 26), Feature("rdtscp", 0x80000001, 0, "edx", 27),
     Feature("lm", 0x80000001, 0, "edx", 29), Feature("svm", 0x80000001, 0, "ecx", 2),
-    Feature("vmx", 1, 0, "ecx", 5),
+    Feature("vmx", 1, 0, "ecx", 5), Feature("smx", 1, 0, "ecx", 6),
+    Feature("shstk", 7, 0, "ecx", 7), Feature("keylocker", 7, 0, "ecx", 23), Feature("pks", 7, 0, "ecx", 31),
+    Feature("ibt", 7, 0, "edx", 20),
     Feature("cx8", 1, 0, "edx", 8), Feature("cx16", 1, 0, "ecx", 13), Feature("sse4_2", 1, 0, "ecx", 20),
     Feature("popcnt", 1, 0, "ecx", 23),
     Feature("spec_ctrl", 7, 0, "edx", 26), Feature("intel_stibp", 7, 0, "edx", 27),
@@ -77,7 +82,22 @@ def vendor(entries) -> str:
     return b"".join(r.to_bytes(4, "little") for r in (e.ebx, e.edx, e.ecx)).decode("ascii", "replace")
 
 
+def set_vendor(entries, name: str) -> None:
+    """Write the 12-character vendor string `name` ('GenuineIntel', 'AuthenticAMD', ...) into
+    leaf 0 (EBX, EDX, ECX) of a CPUID table in place, for KVM_SET_CPUID2: where Intel and AMD
+    processors differ, KVM follows the vendor the vCPU's CPUID names."""
+    raw = name.encode("ascii") if isinstance(name, str) and name.isascii() else b""
+    if len(raw) != 12:
+        raise BadArgumentError(f"CPUID vendor {name!r}: expected 12 ASCII characters, like 'GenuineIntel'")
+    e = find_entry(entries, 0)
+    if e is None or e.function != 0:
+        raise KvmtestError("CPUID table has no leaf 0 to write the vendor into")
+    e.ebx, e.edx, e.ecx = (int.from_bytes(raw[i:i + 4], "little") for i in (0, 4, 8))
+
+
 def find_entry(entries, leaf: int, subleaf: int = 0):
+    """The kvm_cpuid_entry2 of `leaf`.`subleaf` in `entries`; without an exact match, the first
+    entry of `leaf` (a leaf without subleaves ignores ECX); None when the table lacks the leaf."""
     for e in entries:
         if e.function == leaf and e.index == subleaf:
             return e

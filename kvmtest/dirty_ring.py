@@ -27,8 +27,8 @@ class DirtyRing:
         self.vcpu = vcpu
         self.size_bytes = size_bytes
         self.count = size_bytes // ctypes.sizeof(S.kvm_dirty_gfn)
-        self._addr = libc.mmap(size_bytes, libc.PROT_READ | libc.PROT_WRITE, libc.MAP_SHARED, vcpu.fd,
-                               C.KVM_DIRTY_LOG_PAGE_OFFSET * PAGE_SIZE)
+        self._addr: int | None = libc.mmap(size_bytes, libc.PROT_READ | libc.PROT_WRITE, libc.MAP_SHARED,
+                                           vcpu.fd, C.KVM_DIRTY_LOG_PAGE_OFFSET * PAGE_SIZE)
         self._entries = (S.kvm_dirty_gfn * self.count).from_address(self._addr)
         self._guard = MappingGuard(f"{vcpu.name}'s dirty ring")
         self.fetch_index = 0  # free-running, like KVM's own indices
@@ -70,7 +70,10 @@ class DirtyRing:
             return
 
         def release():
-            addr, self._addr, self._entries = self._addr, None, None
-            libc.munmap(addr, self.size_bytes)
+            # _entries stays: a ctypes array over the address owns nothing, and nothing reads
+            # it once the guard is closed.
+            addr, self._addr = self._addr, None
+            if addr is not None:
+                libc.munmap(addr, self.size_bytes)
 
         self._guard.unmap(release)

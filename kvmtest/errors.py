@@ -13,6 +13,8 @@ class KvmError(OSError, KvmtestError):
     str(): "KVM_SET_USER_MEMORY_REGION on vm0: EEXIST (17) slot=1 gpa=0x0 size=0x200000"
     """
 
+    errno: int  # OSError's may be None; a KvmError is always made with the ioctl's errno
+
     def __init__(self, err: int, ioctl: str, obj: str, args: str = "", hint: str = "", trace: list[str] | None = None):
         self.ioctl = ioctl
         self.obj = obj
@@ -34,7 +36,21 @@ class KvmError(OSError, KvmtestError):
 
     @property
     def errno_name(self) -> str:
+        """The errno's symbolic name (EINVAL, ENOTTY, ...)."""
         return errno_name(self.errno)
+
+
+class MissingCapabilityError(KvmError):
+    """An ioctl failed with EINVAL or ENOTTY on a host that does not report the capability that
+    gates it there (KVM_CHECK_EXTENSION returned 0; api.rst 4, "Capability:"). `capability` names it.
+
+    str(): "KVM_SET_TSC_KHZ on vm0/vcpu0: EINVAL (22) khz=1000 (this host lacks KVM_CAP_TSC_CONTROL, ...)"
+    """
+
+    def __init__(self, err: int, ioctl: str, obj: str, args: str, capability: str, trace: list[str] | None = None):
+        self.capability = capability
+        super().__init__(err, ioctl, obj, args, f"this host lacks {capability}: KVM_CHECK_EXTENSION reports 0, "
+                                                "so the ioctl is not available here", trace)
 
 
 class ClosedError(KvmtestError):
@@ -50,6 +66,12 @@ class StaleExitError(KvmtestError):
 class BadArgumentError(KvmtestError, ValueError):
     """A caller's value that kvmtest would otherwise truncate, wrap or hand to ctypes
     unchecked (an MSR value wider than 64 bits, a ninth debug register, ...)."""
+
+
+class WrongFdError(BadArgumentError):
+    """A KVM ioctl issued on a kind of file descriptor it is not defined for (a vCPU ioctl on a VM
+    fd, ...; api.rst 4 ":Type:"), refused before the system call. Negative tests that want KVM's
+    own answer to a wrong fd say so with wrong_fd=True."""
 
 
 class InvalidTimeoutError(BadArgumentError):

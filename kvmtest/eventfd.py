@@ -20,6 +20,9 @@ class EventFd(FdObject):
         super().__init__(os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC), name)
 
     def signal(self, value: int = 1) -> None:
+        """Add `value` (at most EVENTFD_MAX, 2**64 - 2) to the counter, as the other side of an
+        irqfd or ioeventfd would (eventfd(2) write). BadArgumentError for a value outside that range,
+        KvmtestError when the counter would overflow (a blocking eventfd would wait instead)."""
         value = validate.uint(value, 64, f"{self.name} signal value")
         if value > EVENTFD_MAX:
             raise BadArgumentError(f"{self.name} signal value = {value:#x}: more than the eventfd maximum "
@@ -31,6 +34,8 @@ class EventFd(FdObject):
                                f"(at most {EVENTFD_MAX:#x}); read it with count() first") from None
 
     def count(self) -> int:
+        """Read and reset the counter (eventfd(2) read): the sum of what was signalled since the
+        last read, e.g. how many times KVM signalled an ioeventfd; 0 when nothing came."""
         try:
             return os.eventfd_read(self.fd)
         except BlockingIOError:

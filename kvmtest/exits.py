@@ -1,4 +1,5 @@
-"""KVM_RUN exits as small frozen dataclasses, parsed in one place (parse_exit).
+"""KVM_RUN exits as small frozen dataclasses, one per exit reason (kvmtest.exit_parsers turns a
+kvm_run into one; UnknownExit stands for KVM_EXIT_UNKNOWN and for reasons kvmtest does not parse).
 
 Each names itself in messages (`str(exit)`). An IN or MMIO-read exit can be answered with
 `respond(...)`, which writes the data into kvm_run for KVM to complete the access on the
@@ -10,21 +11,23 @@ reused kvm_run for another exit) raises StaleExitError; neither touches the memo
 """
 
 import ctypes
-import struct
 from dataclasses import dataclass, field
 
 from .abi import constants as C
-from .abi.structs import kvm_run
 from .errors import BadArgumentError, KvmtestError
+from .x86 import vector_name
 
 
 @dataclass(frozen=True)
 class Exit:
+    """One KVM_RUN exit: kvm_run.exit_reason (`reason`) and, per subclass, its union member."""
+
     reason: int
     _run: object = field(default=None, repr=False, compare=False)
 
     @property
     def reason_name(self) -> str:
+        """The exit reason's KVM_EXIT_* name (KVM_EXIT_unknown(N) for one kvmtest does not know)."""
         return C.EXIT_REASON_NAMES.name(self.reason)
 
     def __str__(self):
@@ -68,6 +71,8 @@ def _response_bytes(exit_, data, element: int, count: int = 1) -> bytes:
 
 @dataclass(frozen=True)
 class IoExit(Exit):
+    """KVM_EXIT_IO: port I/O the kernel did not handle; `data` holds what an OUT wrote."""
+
     direction: int = 0
     size: int = 0
     port: int = 0
@@ -77,10 +82,12 @@ class IoExit(Exit):
 
     @property
     def is_in(self) -> bool:
+        """Whether the guest ran IN/INS (KVM_EXIT_IO_IN): respond() supplies the data it reads."""
         return self.direction == C.KVM_EXIT_IO_IN
 
     @property
     def is_out(self) -> bool:
+        """Whether the guest ran OUT/OUTS (KVM_EXIT_IO_OUT): `data` holds what it wrote."""
         return self.direction == C.KVM_EXIT_IO_OUT
 
     @property
@@ -111,6 +118,8 @@ class IoExit(Exit):
 
 @dataclass(frozen=True)
 class MmioExit(Exit):
+    """KVM_EXIT_MMIO: an access to guest physical memory no memslot backs; `data`: a write's bytes."""
+
     phys_addr: int = 0
     len: int = 0
     is_write: bool = False
@@ -118,6 +127,7 @@ class MmioExit(Exit):
 
     @property
     def value(self) -> int:
+        """The bytes a write stored (the first `len` of kvm_run.mmio.data), as a little-endian integer."""
         return int.from_bytes(self.data[: self.len], "little")
 
     def respond(self, data) -> None:
@@ -137,12 +147,12 @@ class MmioExit(Exit):
 
 @dataclass(frozen=True)
 class HltExit(Exit):
-    pass
+    """KVM_EXIT_HLT: the guest executed HLT with no in-kernel local APIC to wait in."""
 
 
 @dataclass(frozen=True)
 class ShutdownExit(Exit):
-    pass
+    """KVM_EXIT_SHUTDOWN: the vCPU shut down (a triple fault, SDM Vol. 3A 6.15 #DF)."""
 
 
 @dataclass(frozen=True)
@@ -152,29 +162,34 @@ class IntrExit(Exit):
 
 @dataclass(frozen=True)
 class IrqWindowOpenExit(Exit):
-    pass
+    """KVM_EXIT_IRQ_WINDOW_OPEN: the guest can take an interrupt (kvm_run.request_interrupt_window)."""
 
 
 @dataclass(frozen=True)
 class DebugExit(Exit):
+    """KVM_EXIT_DEBUG: a KVM_SET_GUEST_DEBUG event; struct kvm_debug_exit_arch's fields."""
+
     exception: int = 0
     pc: int = 0
     dr6: int = 0
     dr7: int = 0
 
     def __str__(self):
-        return (f"KVM_EXIT_DEBUG({C.vector_name(self.exception)} pc={self.pc:#x} "
+        return (f"KVM_EXIT_DEBUG({vector_name(self.exception)} pc={self.pc:#x} "
                 f"dr6={self.dr6:#x} dr7={self.dr7:#x})")
 
 
 @dataclass(frozen=True)
 class InternalErrorExit(Exit):
+    """KVM_EXIT_INTERNAL_ERROR: KVM could not go on (emulation failure, ...); suberror and data."""
+
     suberror: int = 0
     ndata: int = 0
     data: tuple = ()
 
     @property
     def suberror_name(self) -> str:
+        """`suberror`'s KVM_INTERNAL_ERROR_* name (api.rst 5, KVM_EXIT_INTERNAL_ERROR)."""
         return C.INTERNAL_ERROR_NAMES.name(self.suberror)
 
     @property
@@ -197,18 +212,24 @@ class InternalErrorExit(Exit):
 
 @dataclass(frozen=True)
 class FailEntryExit(Exit):
+    """KVM_EXIT_FAIL_ENTRY: the hardware refused to enter the guest."""
+
     hardware_entry_failure_reason: int = 0
     cpu: int = 0
 
 
 @dataclass(frozen=True)
 class ExceptionExit(Exit):
+    """KVM_EXIT_EXCEPTION: an exception the kernel hands to user space (not used on x86 today)."""
+
     exception: int = 0
     error_code: int = 0
 
 
 @dataclass(frozen=True)
 class HypercallExit(Exit):
+    """KVM_EXIT_HYPERCALL: a hypercall KVM forwards to user space (KVM_CAP_EXIT_HYPERCALL)."""
+
     nr: int = 0
     args: tuple = ()
     ret: int = 0
@@ -236,6 +257,8 @@ class MsrExit(Exit):
 
     @property
     def is_write(self) -> bool:
+        """Whether the guest ran WRMSR (KVM_EXIT_X86_WRMSR, `data` holds the value) rather than RDMSR
+        (api.rst 5, KVM_EXIT_X86_RDMSR / KVM_EXIT_X86_WRMSR)."""
         return self.reason == C.KVM_EXIT_X86_WRMSR
 
     def respond(self, data: int = 0, *, error: bool = False) -> None:
@@ -258,6 +281,8 @@ class MsrExit(Exit):
 
 @dataclass(frozen=True)
 class SystemEventExit(Exit):
+    """KVM_EXIT_SYSTEM_EVENT: shutdown, reset, crash, ... of the VM; type and data."""
+
     type: int = 0
     ndata: int = 0
     data: tuple = ()
@@ -285,6 +310,8 @@ class DirtyRingFullExit(Exit):
 
 @dataclass(frozen=True)
 class MemoryFaultExit(Exit):
+    """KVM_EXIT_MEMORY_FAULT: KVM could not resolve a guest page fault (api.rst KVM_CAP_MEMORY_FAULT_INFO)."""
+
     flags: int = 0
     gpa: int = 0
     size: int = 0
@@ -292,68 +319,22 @@ class MemoryFaultExit(Exit):
 
 @dataclass(frozen=True)
 class UnknownExit(Exit):
-    """Any exit reason kvmtest does not parse; keeps the hardware reason for the report."""
+    """KVM_EXIT_UNKNOWN, or an exit reason kvmtest does not parse.
 
-    hardware_exit_reason: int = 0
+    Only KVM_EXIT_UNKNOWN defines its payload (api.rst 5, struct kvm_run: "KVM_EXIT_UNKNOWN ...
+    hardware_exit_reason"): there hardware_exit_reason holds it. For any other reason it is None,
+    and the report gives the reason's name and number and the exit union's bytes (`raw`, all 256,
+    as KVM left them), without reading a meaning into them."""
+
+    hardware_exit_reason: int | None = None
+    raw: bytes = field(default=b"", repr=False)
+
+    def __str__(self):
+        if self.hardware_exit_reason is not None:
+            return f"KVM_EXIT_UNKNOWN(hardware_exit_reason={self.hardware_exit_reason:#x})"
+        shown = self.raw.rstrip(b"\0")
+        data = shown[:_RAW_SHOWN].hex(" ") + (" ..." if len(shown) > _RAW_SHOWN else "") if shown else "all zero"
+        return f"{self.reason_name}(reason {self.reason}, not parsed by kvmtest; exit union: {data})"
 
 
-_REASON = struct.Struct("<I")
-_IO = struct.Struct("<BBHIQ")
-_EXIT_UNION = kvm_run.exit.offset
-
-
-def parse_exit(run: kvm_run, view: memoryview | None = None, source=None) -> Exit:
-    """Turn the exit described by `run` into a typed Exit.
-
-    `view`, a memoryview of the vCPU's whole kvm_run mapping, makes the frequent I/O exit
-    cheap to decode (the run loop passes it). `source`, (vcpu, KVM_RUN count), is what the
-    exit keeps for respond() instead of `run` itself (see Exit._write_response).
-    """
-    if view is None:
-        view = memoryview((ctypes.c_char * (ctypes.sizeof(run) + 4096)).from_address(ctypes.addressof(run))).cast("B")
-    src = run if source is None else source
-    reason = _REASON.unpack_from(view, 8)[0]
-    if reason == C.KVM_EXIT_IO:
-        direction, size, port, count, data_offset = _IO.unpack_from(view, _EXIT_UNION)
-        data = bytes(view[data_offset: data_offset + size * count]) if direction else b""
-        return IoExit(reason, src, direction, size, port, count, data_offset, data)
-    e = run.exit
-    if reason == C.KVM_EXIT_MMIO:
-        m = e.mmio
-        data = bytes(m.data[: m.len]) if m.is_write else b""
-        return MmioExit(reason, src, m.phys_addr, m.len, bool(m.is_write), data)
-    if reason == C.KVM_EXIT_HLT:
-        return HltExit(reason, src)
-    if reason == C.KVM_EXIT_SHUTDOWN:
-        return ShutdownExit(reason, src)
-    if reason == C.KVM_EXIT_INTR:
-        return IntrExit(reason, src)
-    if reason == C.KVM_EXIT_IRQ_WINDOW_OPEN:
-        return IrqWindowOpenExit(reason, src)
-    if reason == C.KVM_EXIT_DEBUG:
-        d = e.debug.arch
-        return DebugExit(reason, src, d.exception, d.pc, d.dr6, d.dr7)
-    if reason == C.KVM_EXIT_INTERNAL_ERROR:
-        i = e.internal
-        return InternalErrorExit(reason, src, i.suberror, i.ndata, tuple(i.data[: min(i.ndata, 16)]))
-    if reason == C.KVM_EXIT_FAIL_ENTRY:
-        return FailEntryExit(reason, src, e.fail_entry.hardware_entry_failure_reason, e.fail_entry.cpu)
-    if reason == C.KVM_EXIT_DIRTY_RING_FULL:
-        return DirtyRingFullExit(reason, src)
-    if reason == C.KVM_EXIT_IOAPIC_EOI:
-        return IoapicEoiExit(reason, src, e.eoi.vector)
-    if reason == C.KVM_EXIT_EXCEPTION:
-        return ExceptionExit(reason, src, e.ex.exception, e.ex.error_code)
-    if reason == C.KVM_EXIT_HYPERCALL:
-        h = e.hypercall
-        return HypercallExit(reason, src, h.nr, tuple(h.args), h.ret, h.flags)
-    if reason in (C.KVM_EXIT_X86_RDMSR, C.KVM_EXIT_X86_WRMSR):
-        m = e.msr
-        return MsrExit(reason, src, m.error, m.reason, m.index, m.data)
-    if reason == C.KVM_EXIT_SYSTEM_EVENT:
-        s = e.system_event
-        return SystemEventExit(reason, src, s.type, s.ndata, tuple(s.data[: min(s.ndata, 16)]))
-    if reason == C.KVM_EXIT_MEMORY_FAULT:
-        f = e.memory_fault
-        return MemoryFaultExit(reason, src, f.flags, f.gpa, f.size)
-    return UnknownExit(reason, src, e.hw.hardware_exit_reason)
+_RAW_SHOWN = 64  # bytes of an unparsed exit union a message shows

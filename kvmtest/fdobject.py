@@ -7,38 +7,56 @@ from .errors import ClosedError
 
 
 class FdObject:
-    """Owns one fd; every ioctl on it goes through kvmtest.ioctl with this object's name."""
+    """Owns one fd; every ioctl on it goes through kvmtest.ioctl with this object's name and
+    SCOPE, the kind of fd it is ("system", "vm", "vcpu"; None for fds that are no KVM object, such
+    as an eventfd), so that an ioctl of another kind is refused before the system call
+    (kvmtest.ioctl.check_scope)."""
+
+    SCOPE: str | None = None
 
     def __init__(self, fd: int, name: str):
-        self._fd = fd
+        self._fd: int | None = fd
         self.name = name
 
     @property
     def fd(self) -> int:
+        """The fd number; ClosedError once closed."""
         if self._fd is None:
             raise ClosedError(f"{self.name} is closed")
         return self._fd
 
     @property
     def closed(self) -> bool:
+        """Whether close() has run."""
         return self._fd is None
 
-    def ioctl(self, request, arg=None, *, args: str = "", hint=None) -> int:
-        """Issue `request` on this fd; raise KvmError naming it and this object on failure."""
-        return _ioctl.ioctl(self.fd, request, arg, obj=self.name, args=args, hint=hint)
+    def has_capability(self, cap: str) -> int:
+        """KVM_CHECK_EXTENSION(cap) for this object (0 where it cannot be asked): the capability
+        check behind MissingCapabilityError. Kvm and Vm ask themselves, a Vcpu asks its VM."""
+        return 1  # nothing to ask: never claim a capability is missing
 
-    def try_ioctl(self, request, arg=None, *, args: str = "") -> int:
-        """Issue `request` on this fd and return the errno (0 on success), for negative tests."""
-        return _ioctl.try_ioctl(self.fd, request, arg, obj=self.name, args=args)[1]
+    def ioctl(self, request, arg=None, *, args: str = "", hint=None, wrong_fd: bool = False) -> int:
+        """Issue `request` on this fd; raise KvmError naming it and this object on failure
+        (MissingCapabilityError where the capability gating it reports 0; kvmtest.ioctl.ioctl)."""
+        return _ioctl.ioctl(self.fd, request, arg, obj=self.name, args=args, hint=hint, scope=self.SCOPE,
+                            wrong_fd=wrong_fd, has_capability=self.has_capability)
 
-    def try_ioctl_result(self, request, arg=None, *, args: str = "") -> tuple[int, int]:
+    def try_ioctl(self, request, arg=None, *, args: str = "", wrong_fd: bool = False) -> int:
+        """Issue `request` on this fd and return the errno (0 on success), for negative tests;
+        wrong_fd=True issues an ioctl of another kind of fd on purpose (kvmtest.ioctl.check_scope)."""
+        return _ioctl.try_ioctl(self.fd, request, arg, obj=self.name, args=args, scope=self.SCOPE,
+                                wrong_fd=wrong_fd)[1]
+
+    def try_ioctl_result(self, request, arg=None, *, args: str = "", wrong_fd: bool = False) -> tuple[int, int]:
         """Like try_ioctl, but return (result, errno)."""
-        return _ioctl.try_ioctl(self.fd, request, arg, obj=self.name, args=args)
+        return _ioctl.try_ioctl(self.fd, request, arg, obj=self.name, args=args, scope=self.SCOPE,
+                                wrong_fd=wrong_fd)
 
     def _release(self) -> None:
         """Subclasses free what they own besides the fd (mappings, children)."""
 
     def close(self) -> None:
+        """Free what the object owns (_release), then close the fd; closing twice does nothing."""
         if self._fd is None:
             return
         try:

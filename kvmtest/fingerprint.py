@@ -10,6 +10,7 @@ import os
 import platform
 import socket
 from pathlib import Path
+from typing import Any
 
 import kvmtest
 
@@ -28,6 +29,8 @@ def _read(path: str) -> str:
 
 
 def cpu_info(cpuinfo_text: str | None = None) -> dict:
+    """The host CPU from /proc/cpuinfo's first processor (or `cpuinfo_text`): vendor, model name,
+    family, model and stepping as integers, and each of INTERESTING_FLAGS as name -> present."""
     text = _read("/proc/cpuinfo") if cpuinfo_text is None else cpuinfo_text
     first = text.split("\n\n", 1)[0]
     fields = {}
@@ -126,6 +129,8 @@ def cpuid_entry_identity(entry) -> bytes:
 
 
 def backend(modules) -> str:
+    """The vendor module KVM runs on: the first of kvm_intel, kvm_amd, kvm_pvm loaded in `modules`
+    (kvm_modules()' module -> parameters map), else "unknown"."""
     for name in ("kvm_intel", "kvm_amd", "kvm_pvm"):
         if name in modules:
             return name
@@ -148,7 +153,7 @@ def collect(device: str = "/dev/kvm") -> dict:
     """The full fingerprint. KVM facts are left out (with the reason) when the device cannot be opened."""
     uname = os.uname()
     modules = kvm_modules()
-    fp = {
+    fp: dict[str, Any] = {  # a JSON document: each key holds its own kind of value
         "host": socket.gethostname(),
         "kernel": {"release": uname.release, "version": uname.version, "machine": uname.machine,
                    "cmdline": _read("/proc/cmdline")},
@@ -218,6 +223,8 @@ def flat_properties(fp: dict) -> dict[str, str]:
 
 
 def capability(fp: dict, name: str) -> int:
+    """KVM_CHECK_EXTENSION's value for capability `name` (with or without KVM_CAP_) as fingerprint
+    `fp` recorded it; 0 when it is absent or KVM could not be opened."""
     kvm = fp.get("kvm") or {}
     return kvm.get("capabilities", {}).get(name if name.startswith("KVM_CAP_") else f"KVM_CAP_{name}", 0)
 

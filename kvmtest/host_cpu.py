@@ -4,9 +4,9 @@ KVM_GET_SUPPORTED_CPUID is "the host cpuid as returned by the cpuid instruction,
 or unsupported features masked out" (api.rst KVM_GET_SUPPORTED_CPUID). To hold KVM to that,
 kvmtest runs the CPUID instruction itself: a few bytes of x86-64 code in an executable
 anonymous mapping, called through ctypes. RDTSC the same way gives the host's time-stamp counter,
-against which KVM_GET_CLOCK's host_tsc and the vCPU's TSC offset are checked. The kernel does not take part (CPUID does not trap
-to it unless CPUID faulting is on, which kvmtest checks for nowhere because no distribution
-enables it by default).
+against which KVM_GET_CLOCK's host_tsc and the vCPU's TSC offset are checked. The kernel does
+not take part (CPUID does not trap to it unless CPUID faulting is on, which kvmtest checks for
+nowhere because no distribution enables it by default).
 """
 
 import ctypes
@@ -74,4 +74,6 @@ def cpuid(leaf: int, subleaf: int = 0) -> tuple[int, int, int, int]:
 def rdtsc() -> int:
     """The host's time-stamp counter, read with RDTSC natively (SDM Vol. 2B RDTSC)."""
     _load()
+    if _rdtsc is None:  # _load() maps both stubs or raises
+        raise KvmtestError("host RDTSC: the stub was not mapped")
     return _rdtsc()

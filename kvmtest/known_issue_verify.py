@@ -30,6 +30,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 @dataclass
 class EntryResult:
+    """What verifying one known-issue entry found: how many runs, in how many of them one of its
+    tests failed, and each covered test's status per run (nodeid -> ["failed", "passed", ...])."""
     issue: ki.KnownIssue
     runs: int = 0
     failing_runs: int = 0
@@ -37,10 +39,13 @@ class EntryResult:
 
     @property
     def ran(self) -> dict[str, list[str]]:
+        """The tests that ran (did not skip) in at least one run: the ones that can verify the entry."""
         return {n: s for n, s in self.outcomes.items() if any(x != "skipped" for x in s)}
 
     @property
     def verified(self) -> bool:
+        """Whether the runs confirm the entry: every test that ran failed in every run, or for an
+        intermittent entry, some test failed in at least one run. False when nothing ran."""
         if not self.ran:
             return False
         if self.issue.intermittent:
@@ -48,6 +53,8 @@ class EntryResult:
         return all(all(x == "failed" for x in s) for s in self.ran.values())
 
     def result_text(self) -> str:
+        """The result as an [[issue.seen]] record writes it: "2 of 2 tests failed (1 skipped here)",
+        or for an intermittent entry "failed in 3 of 40 runs"."""
         if self.issue.intermittent:
             return f"failed in {self.failing_runs} of {self.runs} runs"
         failed = sum(1 for s in self.ran.values() if all(x == "failed" for x in s))
@@ -55,6 +62,8 @@ class EntryResult:
             (f" ({len(self.outcomes) - len(self.ran)} skipped here)" if len(self.ran) < len(self.outcomes) else "")
 
     def problems(self) -> list[str]:
+        """Why the entry is not verified, one line per reason: no test matches its patterns, all
+        skipped, a test that passed (or errored outside its body) where the entry says it fails."""
         if not self.outcomes:
             return ["no collected test matches its patterns"]
         if not self.ran:
@@ -91,7 +100,7 @@ def collect(files, device, issues) -> dict[str, list[str]]:
     if proc.returncode not in (0, 5):
         raise ki.KnownIssueError(f"collecting the suites failed (pytest exit {proc.returncode}):\n"
                                  f"{(proc.stdout + proc.stderr)[-3000:]}")
-    owned = {}
+    owned: dict[str, list[str]] = {}
     for nodeid in nodeids:
         owner = next((i for i in issues if i.matches_test(nodeid)), None)  # first entry wins, as in the plugin
         if owner is not None:
@@ -99,8 +108,9 @@ def collect(files, device, issues) -> dict[str, list[str]]:
     return owned
 
 
-def run_once(files, device, issues, jobs: str) -> dict[str, str]:
-    """Run the entries' tests once without xfail; nodeid -> passed/failed/error/skipped."""
+def run_once(files, device, issues, jobs: str) -> dict[tuple[str, str], str]:
+    """Run the entries' tests once without xfail; JUnit (classname, name) -> passed/failed/error/skipped
+    (split_nodeid gives a nodeid's key)."""
     with tempfile.TemporaryDirectory(prefix="kvmtest-verify-") as tmp:
         junit = Path(tmp) / "run.xml"
         extra = ["-n", jobs] if jobs != "0" else ["-p", "no:xdist"]
@@ -115,6 +125,10 @@ def run_once(files, device, issues, jobs: str) -> dict[str, str]:
 
 
 def verify(files, device: str, issues: list[ki.KnownIssue], runs: int, jobs: str, echo=print) -> list[EntryResult]:
+    """Run the tests of `issues` (known-issue entries from `files`) against `device` without xfail:
+    once for every entry, and `runs` - 1 more times for intermittent ones, with `jobs` pytest-xdist
+    workers; `echo` reports progress. Returns one EntryResult per entry. KnownIssueError when
+    collecting or a run fails to produce a report."""
     owned = collect(files, device, issues)
     results = {i.id: EntryResult(i) for i in issues}
     for entry in results.values():
@@ -169,6 +183,9 @@ def write_seen(path: Path, verified: list[EntryResult], build: str, date: str) -
 
 
 def main(args) -> int:
+    """`kvmtest known-issues verify`: verify the entries that apply to this host and print each
+    verdict; with --write, record the verified ones as [[issue.seen]] for this build in their files.
+    Returns 0 when all are verified, 1 when one is not, 2 for bad arguments or no usable KVM."""
     files = [str(p) for p in (args.file or ki.builtin_files())]
     try:
         issues = ki.load_all(files)
@@ -223,6 +240,8 @@ def main(args) -> int:
 
 
 def add_parser(sub) -> None:
+    """Add `kvmtest known-issues verify [--id ID] [--file F] [--runs N] [--write] [--device D]
+    [-j N]` to the subcommand parsers `sub`."""
     ki_cmd = sub.add_parser("known-issues", help="work with known-issue files")
     ki_sub = ki_cmd.add_subparsers(dest="ki_command", required=True)
     v = ki_sub.add_parser("verify", help="re-run each applying entry's tests without xfail: strict entries must "

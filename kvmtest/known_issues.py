@@ -69,6 +69,11 @@ class KnownIssueError(KvmtestError):
 
 @dataclass(frozen=True)
 class KnownIssue:
+    """One [[issue]] of a known-issue file: the test-id globs it covers (`tests`), the host
+    predicate (`host`: module, backend, vendor, mmu, accelerator, kernel_min/max, module params),
+    the reason, the evidence (contract, observed, proof), where it is written (`source`, file:line),
+    the builds it was verified on (`seen`), whether it is intermittent, and whether its tests may
+    run at all on such a host (`run`)."""
     id: str
     tests: tuple[str, ...]
     reason: str
@@ -83,12 +88,16 @@ class KnownIssue:
     _patterns: tuple = field(default=(), compare=False, repr=False)
 
     def skip_reason(self) -> str:
-        return f"known issue {self.id}, not run on this host (it would take the host down): {self.reason} [{self.source}]"
+        """The skip message for a test this entry keeps from running (run = false)."""
+        return (f"known issue {self.id}, not run on this host (it would take the host down): {self.reason} "
+                f"[{self.source}]")
 
     def matches_test(self, nodeid: str) -> bool:
+        """Whether test id `nodeid` matches one of the entry's globs (glob_to_regex)."""
         return any(p.fullmatch(nodeid) for p in self._patterns)
 
     def matches_host(self, fp: dict) -> bool:
+        """Whether the host fingerprint `fp` satisfies the entry's host predicate (host_matches)."""
         return host_matches(self.host, fp)
 
     def seen_on(self, build: str) -> bool:
@@ -100,6 +109,8 @@ class KnownIssue:
         return not self.intermittent and self.seen_on(build)
 
     def xfail_reason(self, build: str | None = None) -> str:
+        """The xfail reason a covered test reports: the entry id, reason and source, noting an
+        intermittent entry and, given the current `build`, a build the entry was never verified on."""
         note = " (intermittent: seen on some runs only)" if self.intermittent else ""
         if build is not None and not self.seen_on(build):
             where = ", ".join(sorted({s["build"] for s in self.seen})) or "no build"
@@ -113,11 +124,15 @@ def glob_to_regex(pattern: str) -> re.Pattern:
 
 
 def kernel_tuple(release: str) -> tuple[int, ...]:
+    """A kernel release's leading version numbers as a tuple ("6.10.3-fc1" -> (6, 10, 3)); () if none."""
     m = re.match(r"(\d+(?:\.\d+)*)", release)
     return tuple(int(x) for x in m.group(1).split(".")) if m else ()
 
 
 def host_matches(host: dict, fp: dict) -> bool:
+    """Whether fingerprint `fp` satisfies host predicate `host`: each key present (module, backend,
+    vendor, mmu, accelerator, kernel_min, kernel_max compared only to as many parts as it names,
+    params as "module.param" -> value) must match; an empty predicate matches every host."""
     modules = fp.get("modules", {})
     if "module" in host and host["module"] not in modules:
         return False
@@ -147,6 +162,8 @@ def _entry_lines(text: str) -> list[int]:
 
 
 def load(path: str | Path) -> list[KnownIssue]:
+    """The entries of the known-issue TOML file at `path`; KnownIssueError naming the file (and the
+    entry's line) for a file that cannot be read or an entry that is malformed."""
     path = Path(path)
     try:
         text = path.read_text()
@@ -271,10 +288,12 @@ _EVIDENCE_HELP = {
 
 
 def builtin_files() -> list[Path]:
+    """The known-issue files shipped in kvmtest/known_issues/, sorted by name."""
     return sorted(BUILTIN_DIR.glob("*.toml"))
 
 
 def load_all(paths) -> list[KnownIssue]:
+    """The entries of every file in `paths`, in order (KnownIssueError as load())."""
     issues = []
     for p in paths:
         issues.extend(load(p))

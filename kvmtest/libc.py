@@ -22,6 +22,8 @@ _libc.mprotect.restype = ctypes.c_int
 
 _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
 _libc.fallocate.restype = ctypes.c_int
+_libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+_libc.mincore.restype = ctypes.c_int
 
 PROT_READ, PROT_WRITE, PROT_EXEC = 1, 2, 4
 FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE = 0x01, 0x02
@@ -43,6 +45,8 @@ def raw_ioctl(fd: int, request: int, arg) -> tuple[int, int]:
 
 
 def mmap(length: int, prot: int, flags: int, fd: int = -1, offset: int = 0) -> int:
+    """mmap(2) of `length` bytes with `prot` and `flags` (of `fd` at `offset`, or anonymous with fd
+    -1); the address. OSError naming the length and fd when it fails."""
     addr = _libc.mmap(None, length, prot, flags, fd, offset)
     if addr in (None, MAP_FAILED):
         err = ctypes.get_errno()
@@ -51,12 +55,14 @@ def mmap(length: int, prot: int, flags: int, fd: int = -1, offset: int = 0) -> i
 
 
 def munmap(addr: int, length: int) -> None:
+    """munmap(2) of [`addr`, `addr` + `length`); OSError when it fails."""
     if _libc.munmap(addr, length) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"munmap({addr:#x}, {length:#x}): {os.strerror(err)}")
 
 
 def madvise(addr: int, length: int, advice: int) -> None:
+    """madvise(2) `advice` (e.g. MADV_DONTNEED) over [`addr`, `addr` + `length`); OSError when it fails."""
     if _libc.madvise(addr, length, advice) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"madvise({addr:#x}, {length:#x}, {advice}): {os.strerror(err)}")
@@ -72,3 +78,14 @@ def fallocate(fd: int, mode: int, offset: int, length: int) -> int:
     """fallocate(2); returns the errno (0 on success), for tests of files like guest_memfd."""
     ctypes.set_errno(0)
     return ctypes.get_errno() if _libc.fallocate(fd, mode, offset, length) != 0 else 0
+
+
+def mincore(addr: int, length: int) -> list[bool]:
+    """mincore(2): for each page of [`addr`, `addr` + `length`), whether it is resident in memory
+    (for a file mapping: in the page cache). OSError when it fails."""
+    pages = (length + PAGE_SIZE - 1) // PAGE_SIZE
+    vec = (ctypes.c_ubyte * pages)()
+    if _libc.mincore(addr, length, vec) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"mincore of {length:#x} bytes at {addr:#x}: {os.strerror(err)}")
+    return [bool(v & 1) for v in vec]

@@ -1,4 +1,4 @@
-"""Anonymous host mappings that back guest memory, and a page allocator over guest memory."""
+"""Host mappings that back guest memory (anonymous, or of a file), and a page allocator over guest memory."""
 
 import ctypes
 import numbers
@@ -10,19 +10,27 @@ from .mapped import MappingGuard
 
 
 class HostMapping:
-    """An anonymous private mapping of `size` bytes; the guest sees it through a memslot.
+    """A mapping of `size` bytes the guest sees through a memslot: anonymous (private, or
+    `shared`), or with `fd` the first `size` bytes of that file, shared (the page cache is the
+    guest's memory; mmap(2) MAP_SHARED). The caller keeps `fd` open as long as it needs it.
 
     Reads, writes and `addr` after close() raise ClosedError; close() waits for a read or
     write in progress on another thread, so none touches the memory after the munmap.
     """
 
-    def __init__(self, size: int, *, shared: bool = False, name: str | None = None):
+    def __init__(self, size: int, *, shared: bool = False, name: str | None = None, fd: int | None = None):
         if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size <= 0 or size % libc.PAGE_SIZE:
-            raise GuestMemoryError(f"a host mapping needs a positive multiple of {libc.PAGE_SIZE:#x} bytes, not {size!r}")
-        flags = (libc.MAP_SHARED if shared else libc.MAP_PRIVATE) | libc.MAP_ANONYMOUS | libc.MAP_NORESERVE
-        self.size = size
-        self._guard = MappingGuard(name or f"host mapping of {size:#x} bytes")
-        self._addr = libc.mmap(size, libc.PROT_READ | libc.PROT_WRITE, flags)
+            raise GuestMemoryError(f"a host mapping needs a positive multiple of {libc.PAGE_SIZE:#x} bytes, "
+                                   f"not {size!r}")
+        if fd is not None and (isinstance(fd, bool) or not isinstance(fd, numbers.Integral) or fd < 0):
+            raise GuestMemoryError(f"a file-backed host mapping needs an open file descriptor, not {fd!r}")
+        if fd is None:
+            flags = (libc.MAP_SHARED if shared else libc.MAP_PRIVATE) | libc.MAP_ANONYMOUS | libc.MAP_NORESERVE
+        else:
+            flags = libc.MAP_SHARED
+        self.size: int = size
+        self._guard: MappingGuard = MappingGuard(name or f"host mapping of {size:#x} bytes")
+        self._addr: int | None = libc.mmap(size, libc.PROT_READ | libc.PROT_WRITE, flags, -1 if fd is None else fd)
 
     @property
     def addr(self) -> int:
@@ -33,38 +41,55 @@ class HostMapping:
 
     @property
     def closed(self) -> bool:
+        """Whether close() has unmapped the memory."""
         return self._addr is None
 
-    def _check(self, offset: int, length: int, what: str) -> None:
-        """Call with the guard's lock held."""
+    def _check(self, offset: int, length: int, what: str) -> int:
+        """The mapping's address, once the range is checked. Call with the guard's lock held."""
         self._guard.check(f"{what} {length:#x} bytes at offset {offset:#x}")
+        if self._addr is None:  # unmapped by a close() that began before the guard was set up
+            raise ClosedError(f"{what}: {self._guard.name} is unmapped")
         if offset < 0 or length < 0 or offset + length > self.size:
             raise GuestMemoryError(f"range {offset:#x}+{length:#x} outside a mapping of {self.size:#x} bytes")
+        return self._addr
 
     def read(self, offset: int, length: int) -> bytes:
+        """`length` bytes from `offset` (bytes into the mapping); GuestMemoryError outside it,
+        ClosedError once closed."""
         with self._guard.lock:
-            self._check(offset, length, "reading")
-            return ctypes.string_at(self._addr + offset, length)
+            addr = self._check(offset, length, "reading")
+            return ctypes.string_at(addr + offset, length)
 
     def write(self, offset: int, data: bytes) -> None:
+        """Copy `data` to `offset` (bytes into the mapping); GuestMemoryError outside it,
+        ClosedError once closed."""
         data = bytes(data)
         with self._guard.lock:
-            self._check(offset, len(data), "writing")
-            ctypes.memmove(self._addr + offset, data, len(data))
+            addr = self._check(offset, len(data), "writing")
+            ctypes.memmove(addr + offset, data, len(data))
 
     def discard(self, offset: int, length: int) -> None:
         """madvise(MADV_DONTNEED): the pages read back as zero and the host frees them."""
         with self._guard.lock:
-            self._check(offset, length, "discarding")
-            libc.madvise(self._addr + offset, length, libc.MADV_DONTNEED)
+            addr = self._check(offset, length, "discarding")
+            libc.madvise(addr + offset, length, libc.MADV_DONTNEED)
+
+    def resident(self) -> list[bool]:
+        """For each page, whether it is in host memory now (mincore(2)); for a file mapping, whether
+        the page cache holds it."""
+        with self._guard.lock:
+            addr = self._check(0, self.size, "checking residency of")
+            return libc.mincore(addr, self.size)
 
     def close(self) -> None:
+        """munmap the memory, once no read or write is in progress; closing twice does nothing."""
         if getattr(self, "_addr", None) is None:
             return
 
         def release():
             addr, self._addr = self._addr, None
-            libc.munmap(addr, self.size)
+            if addr is not None:
+                libc.munmap(addr, self.size)
 
         self._guard.unmap(release)
 
@@ -73,7 +98,6 @@ class HostMapping:
             self.close()
         except Exception:
             pass
-
 
 
 class ForeignMemory:
@@ -102,6 +126,8 @@ class ForeignMemory:
             os.close(fd)
 
     def read(self, offset: int, length: int) -> bytes:
+        """`length` bytes at `offset` into the memory, read through /proc/self/mem; GuestMemoryError
+        outside it or where the host memory is not mapped, ClosedError once its VM is closed."""
         data = self._access(offset, length, "reading", lambda fd, at: os.pread(fd, length, at))
         if len(data) != length:
             raise GuestMemoryError(f"reading {length:#x} bytes at host address {self.addr + offset:#x} "
@@ -109,6 +135,8 @@ class ForeignMemory:
         return data
 
     def write(self, offset: int, data: bytes) -> None:
+        """Write `data` at `offset` into the memory through /proc/self/mem; GuestMemoryError outside it
+        or where the host memory is not mapped, ClosedError once its VM is closed."""
         data = bytes(data)
         done = self._access(offset, len(data), "writing", lambda fd, at: os.pwrite(fd, data, at))
         if done != len(data):
@@ -116,10 +144,13 @@ class ForeignMemory:
                                    f"({self.name}): only {done:#x} are mapped")
 
     def discard(self, offset: int, length: int) -> None:
+        """Always GuestMemoryError: only whoever mapped this memory can madvise it away."""
         raise GuestMemoryError(f"{self.name} is not kvmtest's mapping; discard it where it was mapped")
 
     def close(self) -> None:
+        """Stop using the memory (it stays mapped: kvmtest did not map it)."""
         self.closed = True
+
 
 class PageAllocator:
     """Hands out zeroed, page-aligned guest physical pages from [start, end)."""
@@ -128,6 +159,8 @@ class PageAllocator:
         self.vm, self.next, self.end, self.page_size = vm, start, end, page_size
 
     def alloc(self, count: int = 1, align: int = 0x1000) -> int:
+        """The guest physical address of `count` pages (of page_size bytes) aligned to `align`,
+        zeroed in guest memory; GuestMemoryError when they do not fit before the region's end."""
         gpa = (self.next + align - 1) & ~(align - 1)
         size = count * self.page_size
         if gpa + size > self.end:

@@ -6,7 +6,8 @@ tables are ordinary memory and that counter stays still. The probe has a long-mo
 rewrite one of its own PTEs while the page table is in use.
 """
 
-from .guest.paging import KiB4, MiB2, P, RW
+from .guest.paging import KiB4, MiB2
+from .x86 import PTE_P, PTE_RW
 
 PROBE_VA = 0x80010000
 PROBE_SOURCE = f"""
@@ -28,7 +29,7 @@ def probe(kvm) -> dict:
 
     try:
         with Guest(kvm, "long64", PROBE_SOURCE, page_size=MiB2, name="mmu-probe", timeout=5) as g:
-            pte = g.page_tables.map(PROBE_VA, 0x10000, KiB4, P | RW)
+            pte = g.page_tables.map(PROBE_VA, 0x10000, KiB4, PTE_P | PTE_RW)
             regs = g.vcpu.get_regs()
             regs.rdi = pte
             g.vcpu.set_regs(regs)

@@ -7,7 +7,11 @@ which error code. Pure; unit-tested in tests/test_paging_model.py.
 
 from dataclasses import dataclass
 
-PFEC_P, PFEC_W, PFEC_U, PFEC_RSVD, PFEC_I, PFEC_PK = 1, 2, 4, 8, 16, 32
+from . import x86
+from .x86 import PFEC_I, PFEC_P, PFEC_RSVD, PFEC_U, PFEC_W
+
+# Error-code bits by name for messages, without the PFEC_ prefix ('P|W|U').
+_PFEC_NAMES = {name.removeprefix("PFEC_"): bit for name, bit in vars(x86).items() if name.startswith("PFEC_")}
 
 
 @dataclass(frozen=True)
@@ -23,6 +27,9 @@ class Walk:
 
 @dataclass(frozen=True)
 class Context:
+    """The access and the processor state the SDM's access rights depend on (Vol. 3A 4.6): the
+    kind of access, the CPL, CR0.WP, EFER.NXE, CR4.SMEP, CR4.SMAP with EFLAGS.AC, and whether the
+    paging is 32-bit (which has no XD bit)."""
     access: str          # "read", "write" or "fetch"
     cpl: int             # 0 or 3
     wp: bool = True      # CR0.WP
@@ -68,6 +75,5 @@ def page_fault(walk: Walk, ctx: Context) -> int | None:
 
 
 def describe_pfec(code: int) -> str:
-    names = [n for n, b in (("P", PFEC_P), ("W", PFEC_W), ("U", PFEC_U), ("RSVD", PFEC_RSVD), ("I", PFEC_I),
-                            ("PK", PFEC_PK)) if code & b]
-    return "|".join(names) or "0"
+    """A #PF error code by its bits' SDM names, for messages: 'P|W|U', or '0'."""
+    return "|".join(name for name, bit in _PFEC_NAMES.items() if code & bit) or "0"

@@ -16,6 +16,9 @@ from .fdobject import FdObject
 
 @dataclass(frozen=True)
 class StatDescriptor:
+    """One kvm_stats_desc of a stats fd (api.rst 4.133): the statistic's name, flags (type, unit,
+    base), exponent, `size` (how many u64 values) and `offset` into the data block, and
+    `bucket_size` for linear histograms."""
     name: str
     flags: int
     exponent: int
@@ -25,14 +28,19 @@ class StatDescriptor:
 
     @property
     def type(self) -> int:
+        """The KVM_STATS_TYPE_* field of flags: cumulative, instant, peak, linear or log histogram."""
         return (self.flags & C.KVM_STATS_TYPE_MASK) >> C.KVM_STATS_TYPE_SHIFT
 
     @property
     def unit(self) -> int:
+        """The unit field of flags, shifted down: 0 none, 1 bytes, 2 seconds, 3 cycles, 4 boolean
+        (KVM_STATS_UNIT_*; abi.constants.STATS_UNITS)."""
         return (self.flags & C.KVM_STATS_UNIT_MASK) >> C.KVM_STATS_UNIT_SHIFT
 
     @property
     def base(self) -> int:
+        """The base field of flags, shifted down: 0 for POW10, 1 for POW2, the base `exponent` applies to
+        (KVM_STATS_BASE_*)."""
         return (self.flags & C.KVM_STATS_BASE_MASK) >> C.KVM_STATS_BASE_SHIFT
 
 
@@ -82,6 +90,8 @@ class Stats(FdObject):
         return values
 
     def value(self, name: str) -> int | list[int]:
+        """Statistic `name` read now: one integer, or a list of `size` u64 values (a histogram).
+        KeyError for a name this fd does not have; KvmtestError for a short read."""
         if name not in self.by_name:
             raise KeyError(f"{self.name} has no statistic {name!r} (it has {len(self.by_name)})")
         d = self.by_name[name]

@@ -31,11 +31,21 @@ import time
 from dataclasses import dataclass, field
 
 from . import state as vcpu_state
+from . import state_verify
 from .abi import constants as C
 from .abi import structs as S
 from .exits import HypercallExit, IoExit, MmioExit, MsrExit
 from .memory import HostMapping
 from .state import CannotCarry, ExitAwaitsResponse
+from .x86 import (
+    MSR_KVM_ASYNC_PF_EN,
+    MSR_KVM_PV_EOI_EN,
+    MSR_KVM_STEAL_TIME,
+    MSR_KVM_SYSTEM_TIME,
+    MSR_KVM_SYSTEM_TIME_NEW,
+    MSR_KVM_WALL_CLOCK,
+    MSR_KVM_WALL_CLOCK_NEW,
+)
 
 # Exits whose operation KVM finishes only on the next KVM_RUN (api.rst 5, "immediate_exit"):
 # user space must re-enter before saving, or the operation is lost.
@@ -45,6 +55,9 @@ _INCOMPLETE_EXITS = {C.KVM_EXIT_IO, C.KVM_EXIT_MMIO, C.KVM_EXIT_X86_RDMSR, C.KVM
 
 @dataclass
 class MemslotState:
+    """One memslot as saved: its place and KVM_MEM_* flags, its bytes, the pages dirty-logged and
+    not yet reported (relative to the slot), and where it lies in the saved host memory."""
+
     slot: int
     gpa: int
     size: int
@@ -56,11 +69,16 @@ class MemslotState:
 
     @property
     def end(self) -> int:
+        """The first guest physical address past the slot."""
         return self.gpa + self.size
 
 
 @dataclass
 class VmState:
+    """Everything save_vm() read from a VM: the recorded setup calls, the memslots, each vCPU's
+    kvmtest.state.VcpuState, the in-kernel PICs, IOAPIC and PIT, kvmclock, undrained coalesced
+    MMIO entries, and the host memory sizes behind the slots."""
+
     setup_calls: list
     memslots: list[MemslotState]
     vcpus: list[vcpu_state.VcpuState]
@@ -127,7 +145,7 @@ def _save_memslots(vm) -> tuple[list[MemslotState], list[int]]:
             return m.mapping.addr, m.mapping.addr + m.mapping.size
         return m.hva, m.hva + m.size
 
-    groups = []  # [start, end, slots], by host address
+    groups: list[list] = []  # [start, end, slots], by host address
     for m in sorted(vm.memslots.values(), key=lambda m: extent(m)[0]):
         start, end = extent(m)
         if groups and start < groups[-1][1]:
@@ -196,7 +214,8 @@ def restore_vm(kvm, state: VmState, *, verify: bool = True):
             if m.dirty:
                 vm.carried_dirty[m.slot] = set(m.dirty)
         vm.carried_coalesced = list(state.coalesced)
-        for saved, timeout in zip(state.vcpus, state.vcpu_timeouts or [None] * len(state.vcpus)):
+        timeouts: list[float | None] = list(state.vcpu_timeouts) or [None] * len(state.vcpus)
+        for saved, timeout in zip(state.vcpus, timeouts, strict=True):
             vcpu = vm.create_vcpu(saved.vcpu_id)
             if timeout is not None:
                 vcpu.timeout = timeout
@@ -208,7 +227,7 @@ def restore_vm(kvm, state: VmState, *, verify: bool = True):
             vm.set_pit2(state.pit)
         if state.clock is not None:
             vm.set_clock(_clock_to_set(vm, state.clock))
-        for vcpu, saved in zip(vm.vcpus, state.vcpus):
+        for vcpu, saved in zip(vm.vcpus, state.vcpus, strict=True):
             vcpu_state.restore_tsc_offset(vcpu, saved)
         if verify:
             verify_vm(vm, state)
@@ -244,22 +263,26 @@ def verify_vm(vm, state: VmState) -> None:
             lo, hi = max(gpa, m.gpa), min(gpa + size, m.end)
             if lo < hi:
                 now[lo - m.gpa:hi - m.gpa] = m.data[lo - m.gpa:hi - m.gpa]
-        vcpu_state.check(name, f"guest memory of slot {m.slot}", vcpu_state.bytes_diffs(m.data, bytes(now), f"slot {m.slot}"))
-    for vcpu, saved in zip(vm.vcpus, state.vcpus):
-        vcpu_state.verify(vcpu, saved)
+        state_verify.check(name, f"guest memory of slot {m.slot}",
+                           state_verify.bytes_diffs(m.data, bytes(now), f"slot {m.slot}"))
+    if len(vm.vcpus) != len(state.vcpus):
+        raise vcpu_state.StateMismatch(name, "KVM_CREATE_VCPU", [
+            f"vCPUs: saved {len(state.vcpus)}, have {len(vm.vcpus)}"])
+    for vcpu, saved in zip(vm.vcpus, state.vcpus, strict=True):
+        state_verify.verify(vcpu, saved)
     for chip, struct in ((state.pic_master, S.kvm_pic_state), (state.pic_slave, S.kvm_pic_state),
                          (state.ioapic, S.kvm_ioapic_state)):
         if chip is not None:
-            saved = struct.from_buffer_copy(bytes(chip.chip))
-            got = struct.from_buffer_copy(bytes(vm.get_irqchip(chip.chip_id).chip))
+            chip_saved = struct.from_buffer_copy(bytes(chip.chip))
+            chip_got = struct.from_buffer_copy(bytes(vm.get_irqchip(chip.chip_id).chip))
             if state.pit is not None:
-                _allow_pit_ticks(chip.chip_id, saved, got)
-            vcpu_state.check(name, f"KVM_GET_IRQCHIP({C.IRQCHIP_NAMES.name(chip.chip_id)})",
-                              vcpu_state.field_diffs(saved, got))
+                _allow_pit_ticks(chip.chip_id, chip_saved, chip_got)
+            state_verify.check(name, f"KVM_GET_IRQCHIP({C.IRQCHIP_NAMES.name(chip.chip_id)})",
+                               state_verify.field_diffs(chip_saved, chip_got))
     if state.pit is not None:
-        vcpu_state.check(name, "KVM_GET_PIT2", _pit_diffs(state.pit, vm.get_pit2()))
+        state_verify.check(name, "KVM_GET_PIT2", _pit_diffs(state.pit, vm.get_pit2()))
     if state.clock is not None:
-        vcpu_state.check(name, "KVM_GET_CLOCK", _clock_diffs(state, vm.get_clock()))
+        state_verify.check(name, "KVM_GET_CLOCK", _clock_diffs(state.clock, state.saved_at_ns, vm.get_clock()))
 
 
 def _allow_pit_ticks(chip_id, saved, got) -> None:
@@ -277,11 +300,11 @@ def _allow_pit_ticks(chip_id, saved, got) -> None:
 # Guest memory KVM itself writes, as the paravirtual MSRs that enable it say (x86/msr.rst): such
 # bytes may change between the save and the read-back without anything being lost.
 _KVM_AREAS = [  # (MSR, enable bit or None for "nonzero", address mask, size)
-    (0x12, 1, ~1, 32), (0x4B564D01, 1, ~1, 32),                 # MSR_KVM_SYSTEM_TIME(_NEW): pvclock
-    (0x11, None, ~0, 12), (0x4B564D00, None, ~0, 12),           # MSR_KVM_WALL_CLOCK(_NEW)
-    (0x4B564D03, 1, ~63, 64),                                   # MSR_KVM_STEAL_TIME
-    (0x4B564D02, 1, ~63, 64),                                   # MSR_KVM_ASYNC_PF_EN
-    (0x4B564D04, 1, ~3, 4),                                     # MSR_KVM_PV_EOI_EN
+    (MSR_KVM_SYSTEM_TIME, 1, ~1, 32), (MSR_KVM_SYSTEM_TIME_NEW, 1, ~1, 32),    # pvclock
+    (MSR_KVM_WALL_CLOCK, None, ~0, 12), (MSR_KVM_WALL_CLOCK_NEW, None, ~0, 12),
+    (MSR_KVM_STEAL_TIME, 1, ~63, 64),
+    (MSR_KVM_ASYNC_PF_EN, 1, ~63, 64),
+    (MSR_KVM_PV_EOI_EN, 1, ~3, 4),
 ]
 
 
@@ -300,7 +323,7 @@ def _pit_diffs(saved, got) -> list[str]:
     # (arch/x86/kvm/i8254.c, kvm_vm_ioctl_set_pit2 -> kvm_pit_load_count), so count_load_time is
     # that moment: later than the saved one, never earlier. Every other field is copied.
     skip = {f"channels[{i}].count_load_time" for i in range(3)}
-    diffs = vcpu_state.field_diffs(saved, got, skip=skip)
+    diffs = state_verify.field_diffs(saved, got, skip=skip)
     for i in range(3):
         if got.channels[i].count_load_time < saved.channels[i].count_load_time:
             diffs.append(f"channels[{i}].count_load_time: saved {saved.channels[i].count_load_time}, read "
@@ -308,12 +331,12 @@ def _pit_diffs(saved, got) -> list[str]:
     return diffs
 
 
-def _clock_diffs(state: VmState, got) -> list[str]:
+def _clock_diffs(clock: S.kvm_clock_data, saved_at_ns: int, got: S.kvm_clock_data) -> list[str]:
     # kvmclock runs: it reads at least the saved value and at most that plus the time since the
     # save began (+1 ms for clock granularity), whether KVM advanced it by the realtime elapsed
     # (KVM_CLOCK_REALTIME) or it has counted since KVM_SET_CLOCK.
-    saved = state.clock.clock
-    most = saved + time.monotonic_ns() - state.saved_at_ns + 1_000_000
+    saved = clock.clock
+    most = saved + time.monotonic_ns() - saved_at_ns + 1_000_000
     if saved <= got.clock <= most:
         return []
     return [f"clock: saved {saved} ns, read {got.clock} ns, outside [{saved}, {most}]"]

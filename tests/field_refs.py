@@ -18,7 +18,7 @@ and local variable names.
 
 import ast
 import re
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 NAME_LIST = re.compile(r"[A-Za-z_]\w*( [A-Za-z_]\w*)*")
@@ -91,7 +91,7 @@ def _bound_names(node):
     return []
 
 
-@lru_cache(maxsize=None)
+@cache
 def module_refs(path: Path) -> ModuleRefs:
     return ModuleRefs(path.read_text())
 

@@ -131,14 +131,14 @@ def test_code_directive_switches_checks():
 
 
 def test_disk_cache_is_shared_and_atomic(tmp_path, monkeypatch):
-    import kvmtest.asm as asm
+    from kvmtest.asm import cache
 
     monkeypatch.setenv("KVMTEST_CACHE_DIR", str(tmp_path))
-    asm._memory_cache.clear()
+    cache.clear()
     first = assemble("mov eax, 12345", 32, 0)
-    files = list(tmp_path.glob("*.json"))
-    assert len(files) == 1 and not list(tmp_path.glob("*.tmp"))
-    asm._memory_cache.clear()
+    assert [p.name[:2] for p in tmp_path.iterdir()] == ["k-"]  # one file, the small section inside
+    assert not list(tmp_path.glob(".tmp-*"))
+    cache.clear()
     assert assemble("mov eax, 12345", 32, 0) == first
 
 
@@ -162,11 +162,11 @@ def test_what_keystone_encodes_differently_from_the_source_is_refused(bits, src,
 
 def test_each_section_is_assembled_once_for_the_same_symbols(monkeypatch):
     """The exception handlers every guest of a mode shares cost one Keystone call per process."""
-    import kvmtest.asm as asm
+    from kvmtest.asm.engine import KEYSTONE
 
     calls = []
-    real = asm._ks.asm
-    monkeypatch.setattr(asm._ks, "asm", lambda text, bits, base: calls.append(bits) or real(text, bits, base))
+    real = KEYSTONE.asm
+    monkeypatch.setattr(KEYSTONE, "asm", lambda text, bits, base: calls.append(bits) or real(text, bits, base))
     shared = Section.from_text("shared", 0x2000, 32, "shared_entry: ret")
     for n in range(3):
         assemble_sections([Section.from_text("a", 0x1000, 32, f"mov eax, {n}\ncall shared_entry"), shared])

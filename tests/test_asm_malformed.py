@@ -16,8 +16,8 @@ import pytest
 from kvmtest.asm import Section, assemble, assemble_sections
 from kvmtest.errors import AssemblyError
 from kvmtest.guest import builder
-from kvmtest.guest.compose import Composer
 from kvmtest.guest import layout as L
+from kvmtest.guest.compose import Composer
 from kvmtest.guest.modes import get_mode
 
 MALFORMED = {
@@ -51,7 +51,7 @@ MALFORMED = {
     ],
     "prefix alone": ["lock", "rep"],
     # Keystone wrapped these silently (`.quad -0x8000000000000001` became ff..ff7f, `.fill 1, 1,
-    # 0x1ff` became ff): every data value and fill byte must fit its width (asm_syntax.fits)
+    # 0x1ff` became ff): every data value and fill byte must fit its width (kvmtest.asm.expressions.fits)
     "data value or fill outside its width": [
         ".quad -0x8000000000000001", ".quad 0xffffffffffffffff + 1", ".quad -0xffffffffffffffff", ".byte -129",
         ".word -32769", ".long 0x100000000", ".long -0x80000001", ".fill 1, 1, 0x1ff", ".fill 1, 2, -0x8001",
@@ -181,12 +181,13 @@ def test_a_malformed_guest_assert_is_refused(bad):
 def _keystone_that(monkeypatch, change):
     """Make the wrapper's Keystone see `change(text)`: simulate Keystone dropping or
     mis-encoding a statement, so each check is shown to work without the one before it."""
-    import kvmtest.asm as asm
+    from kvmtest.asm import cache, section
+    from kvmtest.asm.engine import KEYSTONE
 
-    real = asm._ks.asm
-    monkeypatch.setattr(asm._ks, "asm", lambda text, bits, base: real(change(text), bits, base))
-    monkeypatch.setattr(asm, "_memory_cache", {})
-    asm._assemble_checked.cache_clear()
+    real = KEYSTONE.asm
+    monkeypatch.setattr(KEYSTONE, "asm", lambda text, bits, base: real(change(text), bits, base))
+    cache.clear()
+    section.assemble_checked.cache_clear()
 
 
 @pytest.mark.parametrize("mode", ["real", "pm32", "long64"])

@@ -5,7 +5,7 @@ is kept, and `info` shows what KVM lets a guest have next to the host's CPU flag
 import argparse
 
 from kvmtest import cli, cpu_support
-from kvmtest.plugin import OPTIONS
+from kvmtest.options import OPTIONS
 
 
 def test_run_help_lists_the_plugin_options_and_where_arguments_go(capsys):

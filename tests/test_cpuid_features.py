@@ -3,7 +3,7 @@
 import pytest
 
 from kvmtest.abi import structs as S
-from kvmtest.cpuid import has_feature, set_feature, vendor
+from kvmtest.cpuid import has_feature, set_feature, set_vendor, vendor
 from kvmtest.errors import KvmtestError
 
 
@@ -31,3 +31,18 @@ def test_set_feature_refuses_unknown_names_and_missing_leaves():
 
 def test_vendor_reads_ebx_edx_ecx():
     assert vendor(_table()) == "AuthenticAMD"
+
+
+def test_set_vendor_writes_ebx_edx_ecx_and_leaves_eax():
+    table = _table()
+    set_vendor(table, "GenuineIntel")
+    assert vendor(table) == "GenuineIntel" and table[0].eax == 0xD
+    assert table[0].ebx == int.from_bytes(b"Genu", "little") and table[0].ecx == int.from_bytes(b"ntel", "little")
+
+
+def test_set_vendor_refuses_a_string_that_is_not_12_ascii_characters():
+    for bad in ("Intel", "GenuineIntel!", "GenuineIntél"):
+        with pytest.raises(KvmtestError, match="expected 12 ASCII characters"):
+            set_vendor(_table(), bad)
+    with pytest.raises(KvmtestError, match="no leaf 0"):
+        set_vendor([_table()[1]], "GenuineIntel")

@@ -6,6 +6,7 @@ import pytest
 
 from kvmtest.guest import descriptors as D
 from kvmtest.guest import paging as PG
+from kvmtest.x86 import PTE_P, PTE_PS, PTE_RW, PTE_US, PTE_XD, SYS_TYPE_INT_GATE
 
 
 def test_flat_code32_descriptor_has_the_sdm_encoding():
@@ -44,14 +45,14 @@ def test_limit_wider_than_20_bits_is_refused():
 
 
 def test_64bit_interrupt_gate_layout():
-    raw = D.gate(0xFFFFFFFF81234567, 0x08, D.INT_GATE, dpl=3, bits=64, ist=2)
+    raw = D.gate(0xFFFFFFFF81234567, 0x08, SYS_TYPE_INT_GATE, dpl=3, bits=64, ist=2)
     lo, sel, ist, attrs, mid, hi, _ = struct.unpack("<HHBBHII", raw)
     assert (lo, sel, ist, attrs, mid, hi) == (0x4567, 0x08, 2, 0xEE, 0x8123, 0xFFFFFFFF)
 
 
 def test_32bit_gate_refuses_64bit_offset():
     with pytest.raises(ValueError):
-        D.gate(1 << 32, 0x18, D.INT_GATE)
+        D.gate(1 << 32, 0x18, SYS_TYPE_INT_GATE)
 
 
 def test_tss64_rsp0_and_iomap():
@@ -85,7 +86,7 @@ def alloc():
 @pytest.mark.parametrize("fmt,levels", [("32", 2), ("pae", 3), ("4level", 4), ("5level", 5)])
 def test_4k_mapping_walks_every_level(alloc, fmt, levels):
     pt = PG.PageTables(alloc.vm, alloc, fmt)
-    leaf = pt.map(0x40123000, 0x5000, PG.KiB4, PG.P | PG.RW)
+    leaf = pt.map(0x40123000, 0x5000, PG.KiB4, PTE_P | PTE_RW)
     walk = pt.walk(0x40123000)
     assert len(walk) == levels
     assert walk[-1][1] == leaf and walk[-1][2] & ~0xFFF == 0x5000
@@ -94,14 +95,14 @@ def test_4k_mapping_walks_every_level(alloc, fmt, levels):
 def test_pae_pdpte_carries_only_present(alloc):
     # PAE PDPTEs have RW/US reserved (SDM Vol. 3A Table 4-8): setting them would #GP on CR3 load.
     pt = PG.PageTables(alloc.vm, alloc, "pae")
-    pt.map(0, 0, PG.KiB4, PG.P | PG.RW | PG.US)
-    assert pt.read_entry(0, 0) & 0xFFF == PG.P
+    pt.map(0, 0, PG.KiB4, PTE_P | PTE_RW | PTE_US)
+    assert pt.read_entry(0, 0) & 0xFFF == PTE_P
 
 
 def test_large_page_sets_ps(alloc):
     pt = PG.PageTables(alloc.vm, alloc, "4level")
-    pt.map(0x40000000, 0x40000000, PG.GiB1, PG.P)
-    assert pt.read_entry(0x40000000, 1) & PG.PS
+    pt.map(0x40000000, 0x40000000, PG.GiB1, PTE_P)
+    assert pt.read_entry(0x40000000, 1) & PTE_PS
 
 
 def test_32bit_paging_has_no_2m_pages(alloc):
@@ -126,7 +127,7 @@ def test_allocator_reports_exhaustion(alloc):
 
 
 def test_flag_names():
-    assert PG.describe_flags(PG.P | PG.US | PG.NX) == "P|US|NX"
+    assert PG.describe_flags(PTE_P | PTE_US | PTE_XD) == "P|US|XD"
 
 
 def test_pae_pdpte_writes_are_flagged_for_a_cr3_reload():

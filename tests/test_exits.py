@@ -6,8 +6,8 @@ import pytest
 
 from kvmtest.abi import constants as C
 from kvmtest.abi.structs import kvm_run
-from kvmtest.exits import (DebugExit, HltExit, InternalErrorExit, IoExit, MmioExit, MsrExit, UnknownExit,
-                           parse_exit)
+from kvmtest.exit_parsers import PARSERS, parse_exit
+from kvmtest.exits import DebugExit, HltExit, InternalErrorExit, IoExit, MmioExit, MsrExit, UnknownExit
 
 
 class RunPage(ctypes.Structure):
@@ -100,3 +100,33 @@ def test_simple_and_unknown_exits(page):
     page.run.exit_reason = 77
     e = parse_exit(page.run)
     assert isinstance(e, UnknownExit) and e.reason_name == "KVM_EXIT_unknown(77)"
+
+
+def test_only_kvm_exit_unknown_reads_a_hardware_exit_reason(page):
+    """struct kvm_run's `hw.hardware_exit_reason` belongs to KVM_EXIT_UNKNOWN alone (api.rst 5)."""
+    run = page.run
+    run.exit_reason = C.KVM_EXIT_UNKNOWN
+    run.exit.hw.hardware_exit_reason = 0x7B
+    e = parse_exit(run)
+    assert isinstance(e, UnknownExit) and e.hardware_exit_reason == 0x7B
+    assert str(e) == "KVM_EXIT_UNKNOWN(hardware_exit_reason=0x7b)"
+
+
+@pytest.mark.parametrize("reason", [C.KVM_EXIT_NMI, C.KVM_EXIT_X86_BUS_LOCK, 77])
+def test_an_unparsed_reason_keeps_its_name_and_raw_union_bytes(page, reason):
+    run = page.run
+    run.exit_reason = reason
+    run.exit.hw.hardware_exit_reason = 0x0102  # the union's first bytes: not a hardware reason here
+    e = parse_exit(run)
+    assert isinstance(e, UnknownExit) and e.hardware_exit_reason is None
+    assert e.raw == bytes(run.exit)[: len(e.raw)] and len(e.raw) == ctypes.sizeof(run.exit)
+    assert str(e) == f"{C.EXIT_REASON_NAMES.name(reason)}(reason {reason}, not parsed by kvmtest; exit union: 02 01)"
+    assert "hardware_exit_reason" not in str(e)
+
+
+def test_every_parsed_reason_gives_its_own_exit_type(page):
+    """Each reason in the table parses to an Exit of that reason, and only KVM_EXIT_UNKNOWN to UnknownExit."""
+    for reason in PARSERS:
+        page.run.exit_reason = reason
+        e = parse_exit(page.run)
+        assert e.reason == reason and isinstance(e, UnknownExit) == (reason == C.KVM_EXIT_UNKNOWN), (reason, e)

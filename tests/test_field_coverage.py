@@ -19,8 +19,8 @@ import warnings
 from pathlib import Path
 
 import pytest
-
 from field_refs import refers, suite_test_words
+
 from kvmtest import fingerprint, known_issues
 from kvmtest.abi import structs as S
 from kvmtest.abi.numbers import IOCTLS
@@ -282,4 +282,4 @@ def test_report_fields_never_checked_on_this_host():
         lines.append(f"suites/state/README.md '{NEVER_HEADING[4:]}' does not list {missing}; update it")
     if fields:
         # A plain UserWarning: pytest-xdist's controller cannot import a category defined here.
-        warnings.warn(UserWarning("fields never checked here: " + "\n".join(lines)))
+        warnings.warn(UserWarning("fields never checked here: " + "\n".join(lines)), stacklevel=1)

@@ -4,13 +4,21 @@ covering a harness error, and `kvmtest known-issues verify` re-checking and reco
 from pathlib import Path
 
 import pytest
+from test_plugin import _issue, seen, this_build
 
 from kvmtest import known_issue_verify as kv
 from kvmtest import known_issues as ki
-from test_plugin import _issue, run, seen, this_build  # noqa: F401  (run is a fixture)
 
 BOTH = ["test_demo.py::test_bad", "test_demo.py::test_good"]
 DEMO = "def test_bad():\n    assert False\n\ndef test_good():\n    pass\n"
+
+
+@pytest.fixture
+def run(pytester, monkeypatch):
+    """pytester with none of the environment that would change the plugin's settings (as test_plugin's)."""
+    for var in ("KVMTEST_GUEST_TIMEOUT", "KVMTEST_DEVICE", "KVMTEST_KNOWN_ISSUES", "KVMTEST_MODES"):
+        monkeypatch.delenv(var, raising=False)
+    return pytester
 
 
 def test_on_a_build_the_entry_was_never_verified_on_a_pass_is_a_visible_xpass(run):
@@ -138,9 +146,9 @@ def test_a_non_strict_xpass_passes_in_every_report_and_a_strict_one_fails(run, t
     xml = junit.read_text()
     assert xml.count("<failure") == 1 and "XPASS(strict)" in xml.split("<failure", 1)[1]
     lines = ktap.read_text().splitlines()
-    assert "ok 2 test_demo::test_good" in [l.strip() for l in lines]
-    assert any(l.strip().startswith("# XPASS: known issue demo") for l in lines)
-    assert "not ok 2 test_strict::test_good" in [l.strip() for l in lines]
+    assert "ok 2 test_demo::test_good" in [line.strip() for line in lines]
+    assert any(line.strip().startswith("# XPASS: known issue demo") for line in lines)
+    assert "not ok 2 test_strict::test_good" in [line.strip() for line in lines]
 
 
 def test_an_entry_that_is_not_run_skips_its_tests_naming_it(run):

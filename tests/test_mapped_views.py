@@ -13,7 +13,8 @@ import pytest
 from kvmtest.abi import constants as C
 from kvmtest.abi.structs import kvm_run
 from kvmtest.errors import BadArgumentError, ClosedError, KvmtestError, StaleExitError
-from kvmtest.exits import HypercallExit, IoExit, MmioExit, MsrExit, parse_exit
+from kvmtest.exit_parsers import parse_exit
+from kvmtest.exits import HypercallExit, IoExit, MmioExit, MsrExit
 from kvmtest.mapped import GuardedView, MappingGuard
 from kvmtest.memory import HostMapping
 from kvmtest.vcpu import Vcpu
@@ -107,7 +108,7 @@ def test_responses_after_the_next_run_are_stale():
     made = _exits(page)
     vcpu.exits = 2
     for exit_, value, _ in made:
-        with pytest.raises(StaleExitError, match=rf"cannot respond to .* from vm7/vcpu0: KVM_RUN was entered 1 more"):
+        with pytest.raises(StaleExitError, match=r"cannot respond to .* from vm7/vcpu0: KVM_RUN was entered 1 more"):
             _from_vcpu(exit_, vcpu, 1).respond(value)
 
 

@@ -2,8 +2,8 @@
 
 import pytest
 
-from kvmtest.paging_model import (PFEC_I, PFEC_P, PFEC_RSVD, PFEC_U, PFEC_W, Context, Walk, describe_pfec,
-                                  page_fault)
+from kvmtest.paging_model import Context, Walk, describe_pfec, page_fault
+from kvmtest.x86 import PFEC_I, PFEC_P, PFEC_RSVD, PFEC_U, PFEC_W
 
 
 def walk(levels=4, p=True, rw=True, us=True, nx=False, rsvd=False, at=-1):

@@ -9,7 +9,6 @@ from importlib.metadata import entry_points
 
 import pytest
 
-
 # Runs pytest with an audit hook that records every open of a KVM or kernel-log device (os.open
 # and open() raise the "open" audit event before the open itself, so even a failed try counts).
 DRIVER = """

@@ -5,7 +5,7 @@ import re
 import pytest
 
 from kvmtest.abi.structs import kvm_regs, kvm_sregs
-from kvmtest.asm import assemble_sections, Section
+from kvmtest.asm import Section, assemble_sections
 from kvmtest.errors import AssemblyError
 from kvmtest.guest import layout as L
 from kvmtest.guest import protocol as P
@@ -95,13 +95,13 @@ def test_farjmp_encodings():
 def test_code_directive_changes_macro_bits():
     c = Composer(16)
     statements = c.expand(".code64\nGUEST_ASSERT_RAISES UD, ud2", "g.S")
-    assert any("0x48, 0xc7, 0x04, 0x25" in st.text for st in statements)
+    assert any("0x65, 0x48, 0xc7, 0x04, 0x25" in st.text for st in statements)
 
 
 def test_64bit_arming_touches_no_register_or_stack():
     _, code = _assemble("GUEST_ASSERT_RAISES UD, ud2")
-    # 48 c7 04 25 <EXC_RESUME> <resume>: MOV QWORD [abs32], imm32
-    assert code.code[:8] == bytes.fromhex("48c70425") + L.EXC_RESUME.to_bytes(4, "little")
+    # 65 48 c7 04 25 <EXC_RESUME> <resume>: MOV QWORD GS:[abs32], imm32 (the vCPU's own record)
+    assert code.code[:9] == bytes.fromhex("6548c70425") + L.EXC_RESUME.to_bytes(4, "little")
 
 
 def _regs(**values):
@@ -122,7 +122,8 @@ def _value(source: str, regs=None, sregs=None):
 
 @pytest.mark.parametrize("operand,expected", [
     ("rax", 0x1122334455667788), ("eax", 0x55667788), ("ax", 0x7788), ("al", 0x88), ("ah", 0x77),
-    ("r9d", 0x9), ("r9b", 0x9), ("0x10", 16), ("-1", (1 << 64) - 1), ("EXC_INFO", 0x500), ("EXC_INFO + 8", 0x508),
+    ("r9d", 0x9), ("r9b", 0x9), ("0x10", 16), ("-1", (1 << 64) - 1),
+    ("EXC_INFO", L.EXC_INFO), ("EXC_INFO + 8", L.EXC_INFO + 8),
     ("rax - rax", 0), ("eax + 1", 0x55667789), ("-(2) * 3", (1 << 64) - 6), ("rip", 0x8000), ("eflags", 2),
 ])
 def test_operand_evaluation(operand, expected):

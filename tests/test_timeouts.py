@@ -97,7 +97,8 @@ def test_guest_timeout_marker(run, args, message):
     """)
     result = run.runpytest("-p", "no:cacheprovider", "test_marker.py")
     result.assert_outcomes(errors=1)
-    result.stdout.fnmatch_lines([f"*InvalidTimeoutError: @pytest.mark.guest_timeout on test_marker.py::test_m{message}*"])
+    result.stdout.fnmatch_lines(
+        [f"*InvalidTimeoutError: @pytest.mark.guest_timeout on test_marker.py::test_m{message}*"])
 
 
 def test_a_day_is_the_longest_marker_accepted(run):

@@ -29,18 +29,22 @@ def _size(arg) -> int:
 
 
 def IO(type_: int, nr: int) -> int:
+    """_IO(type, nr): an ioctl request with no argument."""
     return _ioc(IOC_NONE, type_, nr, 0)
 
 
 def IOR(type_: int, nr: int, argtype) -> int:
+    """_IOR(type, nr, argtype): the kernel writes an argument of argtype's size (a ctypes type or a size in bytes)."""
     return _ioc(IOC_READ, type_, nr, _size(argtype))
 
 
 def IOW(type_: int, nr: int, argtype) -> int:
+    """_IOW(type, nr, argtype): the kernel reads an argument of argtype's size."""
     return _ioc(IOC_WRITE, type_, nr, _size(argtype))
 
 
 def IOWR(type_: int, nr: int, argtype) -> int:
+    """_IOWR(type, nr, argtype): the kernel reads and writes an argument of argtype's size."""
     return _ioc(IOC_READ | IOC_WRITE, type_, nr, _size(argtype))
 
 
@@ -50,4 +54,5 @@ def ioc_size(request: int) -> int:
 
 
 def ioc_dir(request: int) -> int:
+    """The direction bits of an ioctl request number (IOC_NONE, IOC_WRITE, IOC_READ or both)."""
     return (request >> _IOC_DIRSHIFT) & 3

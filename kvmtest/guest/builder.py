@@ -1,36 +1,37 @@
-"""Guest: a VM with one vCPU running a piece of assembly in a chosen CPU mode.
+"""Guest: a VM with one vCPU (or more) running a piece of assembly in a chosen CPU mode.
 
     with Guest(kvm, "long64", "mov al, 0x42; out 0x10, al; GUEST_DONE") as g:
         exit = g.run()              # IoExit(port=0x10)
         g.run_to_done()
 
-The builder lays out GDT, IDT, TSS, exception handlers and page tables (kvmtest.guest.layout),
-sets the vCPU's registers for the mode, and the run loop answers the guest/host protocol.
+This module builds: it lays out GDT, IDT, TSS, exception handlers, per-vCPU exception records
+and page tables (kvmtest.guest.layout), assembles the source, and sets each vCPU's registers for
+its mode. Running and the host half of the guest/host protocol are kvmtest.guest.runloop's
+(g.run(), g.run_to_done(), ...), failure messages and state dumps kvmtest.guest.diagnostics's
+(g.failure(), g.state(), g.exception_record()); Guest has both as bases.
 """
 
 import struct
 
-from .. import ioctl as _ioctl
 from .. import validate
-from ..abi.constants import vector_name
 from ..asm import Section, assemble_sections
-from ..errors import AssemblyError, BadArgumentError, ClosedError, GuestFailure, GuestTimeout, KvmtestError
-from ..exits import Exit, IoExit, MmioExit
+from ..errors import AssemblyError, BadArgumentError, ClosedError, GuestFailure, KvmtestError
 from ..memory import PageAllocator
-from ..vcpu import describe_mode
+from ..x86 import ERROR_CODE_VECTORS, PTE_P, PTE_RW, PTE_US, SYS_TYPE_INT_GATE, SYS_TYPE_INT_GATE16, SYS_TYPE_TRAP_GATE
 from . import descriptors as D
+from . import exc_records
 from . import layout as L
 from . import protocol as P
 from .compose import Composer, guests_dir
-from .modes import (CR0_PG, CR4_PAE, EFER_LMA, gdt_entries, get_mode, initial_rflags, initial_stack, keep_tr_loadable,
-                    mode_sregs)
-from .paging import GiB1, KiB4, P as PTE_P, RW as PTE_RW, US as PTE_US, PageTables
+from .modes import CpuMode, gdt_entries, get_mode, initial_rflags, initial_stack, keep_tr_loadable, mode_sregs
+from .paging import GiB1, KiB4, PageTables
+from .runloop import DEFAULT_MAX_EXITS, GuestRunLoop
 
-DEFAULT_MAX_EXITS = 100_000
-RESET_ROM = 0xFFFF0000  # 64 KiB at the top of 4 GiB holds the reset vector for mode "reset"
+RESET_ROM = 0xFFFF0000  # 64 KiB at the top of 4 GiB: the reset vector of a mode that starts from reset
 
 
 def _symbols() -> dict[str, int]:
+    """The assembler symbols every guest has: the layout's names and the protocol's ports."""
     names = {k: v for k, v in vars(L).items() if k.isupper() and isinstance(v, int)}
     names.update({k: v for k, v in vars(P).items() if k.startswith("PORT_") and isinstance(v, int)})
     return names
@@ -53,8 +54,6 @@ def _handler_section(mode) -> Section:
     """Per-vector stubs (push error code if the CPU does not, push vector, jump) + common handler."""
     bits = mode.handler_bits
     lines = []
-    from ..abi.constants import ERROR_CODE_VECTORS
-
 
     def push(value):
         # Keystone pushes 32 bits for push imm in 16-bit code unless it is `word ptr` and fits
@@ -72,8 +71,17 @@ def _handler_section(mode) -> Section:
     return Section("handlers", L.HANDLERS, bits, stubs.statements + common.statements)
 
 
-class Guest:
-    """A VM with memory, one vCPU in `mode`, and `source` loaded at layout.CODE."""
+class Guest(GuestRunLoop):
+    """A VM with memory, one vCPU in `mode`, and `source` loaded at layout.CODE.
+
+    `mode`: a CpuMode or its name (kvmtest.guest.modes); `source`: guest assembly with kvmtest's
+    macros; `page_size`: bytes per page of the identity map in paged modes; `timeout`: seconds
+    per KVM_RUN; `symbols`: extra assembler symbols (name -> int); `mem_size`: bytes of slot 0;
+    `max_exits`: events one run() may pass; `vm`: build in this Vm (not closed with the guest);
+    `identity_size`: bytes identity-mapped from 0; `user_pages`: U/S=1 in the page tables (default:
+    at CPL3); `irqchip`: KVM_CREATE_IRQCHIP first. Bad values raise BadArgumentError; a mode or page
+    size the host cannot give, KvmtestError; source that does not assemble, AssemblyError.
+    """
 
     def __init__(self, kvm, mode, source: str, *, page_size: int = KiB4, timeout: float | None = None,
                  symbols: dict[str, int] | None = None, name: str = "guest", mem_size: int = L.MEM_SIZE,
@@ -103,6 +111,7 @@ class Guest:
         self.user_pages = self.mode.user if user_pages is None else user_pages
         self.output: list[str] = []
         self.syncs: list[int] = []
+        self._vcpu_modes: dict[int, CpuMode] = {}
         self._owns_vm = vm is None
         self.vm = vm or kvm.create_vm()
         try:
@@ -120,9 +129,9 @@ class Guest:
         if mode.requires and not self.kvm.has_feature(mode.requires):
             raise KvmtestError(f"mode {mode.name} needs CPU feature {mode.requires}, which KVM does not report")
         if self.page_size == GiB1 and not self.kvm.has_feature("pdpe1gb"):
-            raise KvmtestError(f"1 GiB pages need CPU feature pdpe1gb (CPUID.80000001H:EDX[26]), "
+            raise KvmtestError("1 GiB pages need CPU feature pdpe1gb (CPUID.80000001H:EDX[26]), "
                                "which KVM_GET_SUPPORTED_CPUID does not report")
-        if page_size_invalid(mode, self.page_size):
+        if mode.paging and self.page_size not in mode.page_sizes:
             raise KvmtestError(f"mode {mode.name} has no {self.page_size:#x}-byte pages "
                                f"(it has {', '.join(hex(s) for s in mode.page_sizes) or 'no paging'})")
         vm = self.vm
@@ -131,10 +140,7 @@ class Guest:
         self.vcpu = vm.create_vcpu(len(vm.vcpus))
         if timeout is not None:
             self.vcpu.timeout = timeout
-        cpuid = self.kvm.cached_supported_cpuid()
-        self.vcpu.set_cpuid(cpuid)
-        vm.write(L.EXC_INFO, bytes(0x30))
-        vm.write_u64(L.EXC_VECTOR, 0xFF)
+        self._record_vcpu(self.vcpu, mode)
 
         self.page_tables = self._install_paging(mem_size)
         composer = Composer(mode.code_bits, user=mode.user)
@@ -157,29 +163,56 @@ class Guest:
             # KVM may report RIP at the access or after it; sites never share either address.
             self._site_at[addr] = self._site_at[addr + site.length] = site
         self.entry = self.labels.get("start", L.CODE)
-        self._install_tables(handlers)
-        self._set_registers()
+        self._install_tables()
+        if mode.from_reset:
+            self._install_reset_vector()  # the vCPU keeps its reset state: no registers to set
+        else:
+            self._enter_mode(self.vcpu, mode, self.entry, initial_stack(mode))
 
-    def _install_tables(self, handlers):
+    def _record_vcpu(self, vcpu, mode: CpuMode) -> None:
+        """Give a new vCPU KVM's supported CPUID and its own, cleared exception record."""
+        index = exc_records.check_index(vcpu.id, f"{self.name} {vcpu.name}")
+        vcpu.set_cpuid(self.kvm.cached_supported_cpuid())
+        exc_records.clear(self.vm, index)
+        self._vcpu_modes[vcpu.id] = mode
+
+    def _enter_mode(self, vcpu, mode: CpuMode, rip: int, rsp: int) -> None:
+        """Put `vcpu` in `mode` (KVM_SET_SREGS, checked by reading it back) with GS at its
+        exception record, then at `rip` with stack `rsp` (KVM_SET_REGS)."""
+        from ..cpuid import has_feature
+
+        nx = has_feature(self.kvm.cached_supported_cpuid(), "nx")
+        cr3 = self.page_tables.cr3 if self.page_tables else 0
+        want = mode_sregs(mode, vcpu.get_sregs(), cr3, nx)
+        exc_records.point_gs_at(want, self._record_index(vcpu), mode.protected)
+        vcpu.set_sregs(keep_tr_loadable(want))
+        self._check_mode_entered(mode, want, vcpu.get_sregs())
+        regs = vcpu.get_regs()
+        regs.rip, regs.rsp, regs.rflags = rip, rsp, initial_rflags(mode)
+        vcpu.set_regs(regs)
+
+    def _install_tables(self):
         mode, vm = self.mode, self.vm
-        stub = lambda v: self.labels[f"kt_stub_{v}"]  # noqa: E731
-        if mode.protected or mode.name == "reset":
+
+        def stub(v):
+            return self.labels[f"kt_stub_{v}"]
+
+        if mode.uses_gdt:
             for selector, raw in gdt_entries().items():
                 vm.write(L.GDT + selector, raw)
         if not mode.protected:
             vm.write(L.IVT, b"".join(D.ivt_entry(0, stub(v)) for v in range(256)))
-            if mode.name == "reset":
-                self._install_reset_vector()
             return
+        selector = mode.handler_code_selector
         if mode.handler_bits == 64:
             vm.write(L.TSS, D.tss64(L.KERNEL_STACK_TOP))
-            gates = [D.gate(stub(v), L.SEL_CODE64, D.INT_GATE, 3 if v in (3, 4) else 0, bits=64) for v in range(256)]
+            gates = [D.gate(stub(v), selector, SYS_TYPE_INT_GATE, 3 if v in (3, 4) else 0, bits=64) for v in range(256)]
         elif mode.handler_bits == 32:
             vm.write(L.TSS, D.tss32(L.KERNEL_STACK_TOP, L.SEL_DATA))
-            gates = [D.gate(stub(v), L.SEL_CODE32, D.INT_GATE, 3 if v in (3, 4) else 0) for v in range(256)]
+            gates = [D.gate(stub(v), selector, SYS_TYPE_INT_GATE, 3 if v in (3, 4) else 0) for v in range(256)]
         else:
             vm.write(L.TSS, D.tss32(L.KERNEL_STACK_TOP, L.SEL_DATA16))
-            gates = [D.gate(stub(v), L.SEL_CODE16, D.INT_GATE16, 0, bits=16) for v in range(256)]
+            gates = [D.gate(stub(v), selector, SYS_TYPE_INT_GATE16, 0, bits=16) for v in range(256)]
         vm.write(L.IDT, b"".join(gates))
 
     def _install_reset_vector(self):
@@ -188,9 +221,7 @@ class Guest:
         rom.mapping.write(0xFFF0, bytes([0xEA]) + struct.pack("<HH", self.entry, 0) + b"\xf4")
 
     def _install_paging(self, mem_size):
-        mode = self.mode
-        # "reset" guests switch to long mode themselves; they find 4-level tables at KT_CR3.
-        fmt = "4level" if mode.name == "reset" else mode.paging
+        fmt = self.mode.page_table_format
         if not fmt:
             return None
         alloc = PageAllocator(self.vm, L.PAGE_TABLES, L.MEM_SIZE)
@@ -202,23 +233,26 @@ class Guest:
         pt.map_range(L.MMIO_BASE, L.MMIO_BASE, mmio_size, self.page_size, flags)
         return pt
 
-    def _set_registers(self):
-        from ..cpuid import has_feature
-
-        vcpu, mode = self.vcpu, self.mode
-        if mode.name != "reset":
-            nx = has_feature(self.kvm.cached_supported_cpuid(), "nx")
-            cr3 = self.page_tables.cr3 if self.page_tables else 0
-            want = mode_sregs(mode, vcpu.get_sregs(), cr3, nx)
-            vcpu.set_sregs(want)
-            self._check_mode_entered(want, vcpu.get_sregs())
-            regs = vcpu.get_regs()
-            regs.rip, regs.rsp, regs.rflags = self.entry, initial_stack(mode), initial_rflags(mode)
-            vcpu.set_regs(regs)
+    def _check_mode_entered(self, mode: CpuMode, want, got):
+        """KVM_SET_SREGS must leave the vCPU in the state written (api.rst 4.13/4.14); a guest
+        that silently ran in another mode would pass or fail for the wrong reason, and one whose
+        GS base was dropped would write another vCPU's exception record."""
+        diffs = [f"{name} wrote {getattr(want, name):#x} read {getattr(got, name):#x}"
+                 for name in ("cr0", "cr3", "cr4", "efer") if getattr(want, name) != getattr(got, name)]
+        for seg in ("cs", "ss"):
+            w, g = getattr(want, seg), getattr(got, seg)
+            if (w.selector, w.l, w.db, w.dpl) != (g.selector, g.l, g.db, g.dpl):
+                diffs.append(f"{seg} wrote sel={w.selector:#x} l={w.l} db={w.db} dpl={w.dpl}, "
+                             f"read sel={g.selector:#x} l={g.l} db={g.db} dpl={g.dpl}")
+        if want.gs.base != got.gs.base:
+            diffs.append(f"gs base wrote {want.gs.base:#x} read {got.gs.base:#x}")
+        if diffs:
+            raise GuestFailure(f"{self.name}: cannot put the vCPU in mode {mode.name}: KVM_SET_SREGS "
+                               f"succeeded but KVM_GET_SREGS differs: {'; '.join(diffs)}")
 
     # --- test-specific tables ------------------------------------------------------------------
 
-    def set_idt_gate(self, vector: int, target: int | str, *, dpl: int = 0, gate_type: int = D.INT_GATE,
+    def set_idt_gate(self, vector: int, target: int | str, *, dpl: int = 0, gate_type: int = SYS_TYPE_INT_GATE,
                      selector: int | None = None, ist: int = 0) -> None:
         """Point IDT entry `vector` at `target` (an address or a label of the guest source).
 
@@ -238,9 +272,9 @@ class Guest:
         dpl = validate.int_in(dpl, 0, 3, f"{what} gate DPL")
         gate_type = validate.int_in(gate_type, 0, 15, f"{what} gate type")
         ist = validate.int_in(ist, 0, 7 if bits == 64 else 0, f"{what} gate IST (only a 64-bit IDT has one)")
-        if bits == 16 and gate_type in (D.INT_GATE, D.TRAP_GATE):
+        if bits == 16 and gate_type in (SYS_TYPE_INT_GATE, SYS_TYPE_TRAP_GATE):
             gate_type -= 8  # the 16-bit gate types
-        default = {64: L.SEL_CODE64, 32: L.SEL_CODE32, 16: L.SEL_CODE16}[bits]
+        default = self.mode.handler_code_selector
         selector = default if selector is None else validate.uint(selector, 16, f"{what} gate selector")
         raw = D.gate(offset, selector, gate_type, dpl, bits=64 if bits == 64 else 32, ist=ist)
         self.vm.write(L.IDT + vector * len(raw), raw)
@@ -266,215 +300,26 @@ class Guest:
             raise KvmtestError(f"{self.name}: no label {target!r} in the guest source")
         return self.labels[target]
 
-    def _check_mode_entered(self, want, got):
-        """KVM_SET_SREGS must leave the vCPU in the state written (api.rst 4.13/4.14); a guest
-        that silently ran in another mode would pass or fail for the wrong reason."""
-        diffs = [f"{name} wrote {getattr(want, name):#x} read {getattr(got, name):#x}"
-                 for name in ("cr0", "cr3", "cr4", "efer") if getattr(want, name) != getattr(got, name)]
-        for seg in ("cs", "ss"):
-            w, g = getattr(want, seg), getattr(got, seg)
-            if (w.selector, w.l, w.db, w.dpl) != (g.selector, g.l, g.db, g.dpl):
-                diffs.append(f"{seg} wrote sel={w.selector:#x} l={w.l} db={w.db} dpl={w.dpl}, "
-                             f"read sel={g.selector:#x} l={g.l} db={g.db} dpl={g.dpl}")
-        if diffs:
-            raise GuestFailure(f"{self.name}: cannot put the vCPU in mode {self.mode.name}: KVM_SET_SREGS "
-                               f"succeeded but KVM_GET_SREGS differs: {'; '.join(diffs)}")
-
-    # --- running -------------------------------------------------------------------------------
-
-    def run(self, timeout: float | None = None, vcpu=None):
-        """Run until the next event the test should see: a Sync, Done, or any non-protocol Exit.
-
-        Prints, passing assertions and passing exception checks are handled here; a failed
-        one, or an unexpected exception in the guest, raises GuestFailure. `vcpu` picks one
-        of the guest's vCPUs (default: the first).
-        """
-        if vcpu is not None and not any(vcpu is v for v in self.vm.vcpus):
-            raise BadArgumentError(f"{self.name}: vcpu {vcpu!r:.80} is not one of this guest's vCPUs "
-                                   f"({', '.join(v.name for v in self.vm.vcpus) or 'none'})")
-        vcpu = vcpu or self.vcpu
-        self._reload_pdptes()
-        for _ in range(self.max_exits):
-            try:
-                exit_ = vcpu.run(timeout)
-            except GuestTimeout as e:
-                raise GuestTimeout(f"{self.name} ({self.mode.name}): {e}\n{self._trace()}") from None
-            port = _protocol_port(exit_)
-            if port is not None:
-                event = self._protocol(port, vcpu)
-                if event is not None:
-                    return event
-                continue
-            return exit_
-        raise GuestFailure(f"{self.name} ({self.mode.name}): more than {self.max_exits} exits without an event")
-
-    def _reload_pdptes(self) -> None:
-        """After the host changed a PAE PDPTE, load CR3 again on every vCPU in PAE paging (KVM_SET_SREGS
-        with the same CR3 reloads the PDPTE registers, SDM Vol. 3A 4.4.1), as an OS does with MOV CR3."""
-        pt = self.page_tables
-        if pt is None or not pt.pdptes_changed:
-            return
-        for vcpu in self.vm.vcpus:
-            if vcpu.closed:
-                continue
-            sregs = vcpu.get_sregs()
-            if sregs.cr0 & CR0_PG and sregs.cr4 & CR4_PAE and not sregs.efer & EFER_LMA:
-                vcpu.set_sregs(keep_tr_loadable(sregs))
-        pt.pdptes_changed = False
-
-    def run_to_done(self, timeout: float | None = None, vcpu=None) -> list[int]:
-        """Run to GUEST_DONE; returns the GUEST_SYNC values seen. Any other exit fails the test,
-        and so do more than max_exits GUEST_SYNCs (a guest syncing in a loop would never end)."""
-        values = []
-        while True:
-            if len(values) >= self.max_exits:
-                raise self.failure(f"more than {self.max_exits} GUEST_SYNC events without GUEST_DONE "
-                                   f"(last values {values[-3:]})", vcpu=vcpu)
-            event = self.run(timeout, vcpu)
-            if isinstance(event, P.Done):
-                return values
-            if isinstance(event, P.Sync):
-                values.append(event.value)
-                continue
-            raise self.failure(f"expected GUEST_DONE, got {event}", vcpu=vcpu)
-
-    def expect_sync(self, timeout: float | None = None, vcpu=None) -> int:
-        """Run to the next event, which must be a GUEST_SYNC; returns its value."""
-        event = self.run(timeout, vcpu)
-        if not isinstance(event, P.Sync):
-            raise self.failure(f"expected GUEST_SYNC, got {event}", vcpu=vcpu)
-        return event.value
-
-    def expect_exit(self, exit_type, timeout: float | None = None, **fields) -> Exit:
-        """Run to the next event and assert it is `exit_type` with the given field values."""
-        event = self.run(timeout)
-        if not isinstance(event, exit_type):
-            raise self.failure(f"expected {exit_type.__name__}, got {event}")
-        wrong = {k: (v, getattr(event, k)) for k, v in fields.items() if getattr(event, k) != v}
-        if wrong:
-            detail = ", ".join(f"{k}: expected {_fmt(v)}, got {_fmt(got)}" for k, (v, got) in wrong.items())
-            raise self.failure(f"{event}: {detail}")
-        return event
-
-    def _protocol(self, port: int, vcpu=None):
-        vcpu = vcpu or self.vcpu
-        regs = vcpu.get_regs()
-        if port == P.PORT_EXCEPTION:
-            raise self.failure(
-                f"unexpected {vector_name(regs.rbx & 0xFF)} (vector {regs.rbx & 0xFF}) in the guest: "
-                f"error code {regs.rcx:#x}, RIP {regs.rdx:#x}, CR2 {regs.rsi:#x}", regs)
-        site = self._site_at.get(regs.rip)
-        if site is None:  # code running with a nonzero CS base (an AP started by SIPI, say)
-            site = self._site_at.get(regs.rip + vcpu.get_sregs().cs.base)
-        if site is None or site.port != port:
-            raise self.failure(f"protocol access for port {port:#x} at RIP {regs.rip:#x} matches no GUEST_* site", regs)
-        _ioctl.note(vcpu.name, "guest", site.kind, site.origin)
-        if site.kind == "done":
-            return P.Done(site)
-        if site.kind == "sync":
-            value = self._eval(site, site.operands[0], regs, vcpu)
-            self.syncs.append(value)
-            return P.Sync(value, site)
-        if site.kind == "print":
-            self.output.append(site.operands[0])
-            return None
-        if site.kind == "fail":
-            raise self.failure(f"GUEST_FAIL at {site.origin}: {site.operands[0]}", regs)
-        if site.kind == "assert_eq":
-            # both operands are taken modulo the width of the registers compared (compose)
-            a, b = (self._eval(site, op, regs, vcpu) for op in site.operands)
-            if a != b:
-                raise self.failure(f"guest assertion failed at {site.origin}: `{site.text}`: "
-                                   f"{site.operands[0]} = {_fmt(a)}, expected {site.operands[1]} = {_fmt(b)}", regs)
-            return None
-        if site.kind == "check_exception":
-            return self._check_exception(site, regs)
-        raise self.failure(f"unknown protocol site kind {site.kind}")
-
-    def _check_exception(self, site, regs):
-        vector, code = site.operands
-        got = self.vm.read_u64(L.EXC_VECTOR) & 0xFF
-        error_code = self.vm.read_u64(L.EXC_ERROR_CODE)
-        self.vm.write_u64(L.EXC_RESUME, 0)
-        self.vm.write_u64(L.EXC_VECTOR, 0xFF)
-        if got == 0xFF:
-            raise self.failure(f"at {site.origin}: expected {vector_name(vector)}, but no exception was raised "
-                               f"(`{site.text}`)", regs)
-        if got != vector:
-            raise self.failure(f"at {site.origin}: expected {vector_name(vector)}, got {vector_name(got)} "
-                               f"(error code {error_code:#x}) (`{site.text}`)", regs)
-        if code is not None:
-            want = self._eval(site, code, regs)
-            if error_code != want:
-                raise self.failure(f"at {site.origin}: {vector_name(vector)} error code: expected {want:#x}, "
-                                   f"got {error_code:#x} (`{site.text}`)", regs)
-        return None
-
-    def _eval(self, site, value: P.Value, regs, vcpu=None) -> int:
-        """A protocol Value (checked when the guest was assembled) from the vCPU's registers."""
-        vcpu = vcpu or self.vcpu
-        try:
-            return value.evaluate(regs, vcpu.get_sregs() if value.needs_sregs else None, self.symbols)
-        except P.OperandError as e:
-            raise self.failure(f"at {site.origin}: `{site.text}`: {e}") from None
-
-    # --- diagnostics ---------------------------------------------------------------------------
-
-    def exception_record(self) -> dict[str, int]:
-        """What the handlers recorded for the last caught exception (GUEST_ASSERT_RAISES)."""
-        return {"vector": self.vm.read_u64(L.EXC_VECTOR), "error_code": self.vm.read_u64(L.EXC_ERROR_CODE),
-                "rip": self.vm.read_u64(L.EXC_RIP), "cr2": self.vm.read_u64(L.EXC_CR2)}
-
-    def state(self, vcpu=None) -> str:
-        """Mode, registers and segment state, for failure reports."""
-        vcpu = vcpu or self.vcpu
-        try:
-            regs, sregs = vcpu.get_regs(), vcpu.get_sregs()
-        except KvmtestError as e:
-            return f"(vCPU state unreadable: {e})"
-        return describe_state(self.mode.name, regs, sregs)
-
-    def _trace(self) -> str:
-        return "recent ioctls and exits:\n  " + "\n  ".join(_ioctl.recent(12))
-
-    def failure(self, message: str, regs=None, vcpu=None) -> GuestFailure:
-        return GuestFailure(f"{self.name} ({self.mode.name}): {message}\n{self.state(vcpu)}\n{self._trace()}")
-
     # --- more vCPUs, migration ------------------------------------------------------------------
 
-    def in_thread(self, vcpu=None, *, until_done: bool = True, timeout: float | None = None) -> "VcpuThread":
-        """Run a vCPU on its own thread (run_to_done, or a single run() when until_done is False);
-        `.join()` returns what it returned or raises what it raised."""
-        target = self.run_to_done if until_done else self.run
-        if timeout is not None:  # here, not in the thread, so the caller sees the error at once
-            timeout = validate.timeout(timeout, f"Guest {self.name!r} in_thread timeout")
-        return VcpuThread(lambda: target(timeout, vcpu))
-
     def add_vcpu(self, entry: int | str, *, mode=None, stack: int | None = None):
-        """Another vCPU in the same VM, starting at `entry` in `mode` (default: the guest's), with
-        its own stack. Modes must share the guest's tables: same IDT format (e.g. long64,
-        compat32 and their CPL3 variants together)."""
-        from ..cpuid import has_feature
-
+        """Another vCPU in the same VM, starting at `entry` (an address or a label) in `mode`
+        (default: the guest's), with its own stack (default: below the other vCPUs') and its own
+        exception record. Modes must share the guest's tables: same IDT format and paging (e.g.
+        long64, compat32 and their CPL3 variants together). Returns the kvmtest.vcpu.Vcpu."""
         m = get_mode(mode) if mode else self.mode
-        if m.handler_bits != self.mode.handler_bits or m.paging != self.mode.paging:
+        if not m.shares_tables_with(self.mode):
             raise KvmtestError(f"{self.name}: a {m.name} vCPU cannot share the tables of a {self.mode.name} guest")
         # RIP and RSP hold a `code_bits` offset in this mode (CS and SS bases are 0).
         rip = validate.int_in(self._address(entry), 0, (1 << m.code_bits) - 1, f"{self.name} add_vcpu entry ({m.name})")
         if stack is not None:
             stack = validate.int_in(stack, 0, (1 << m.code_bits) - 1, f"{self.name} add_vcpu stack ({m.name})")
+        exc_records.check_index(len(self.vm.vcpus), f"{self.name} add_vcpu")  # before KVM_CREATE_VCPU
         vcpu = self.vm.create_vcpu(len(self.vm.vcpus))
         vcpu.timeout = self.vcpu.timeout
-        vcpu.set_cpuid(self.kvm.cached_supported_cpuid())
-        cr3 = self.page_tables.cr3 if self.page_tables else 0
-        want = mode_sregs(m, vcpu.get_sregs(), cr3, has_feature(self.kvm.cached_supported_cpuid(), "nx"))
-        vcpu.set_sregs(want)
-        self._check_mode_entered(want, vcpu.get_sregs())
-        regs = vcpu.get_regs()
-        regs.rip = rip
-        regs.rsp = stack if stack is not None else initial_stack(m) - 0x400 * len(self.vm.vcpus)
-        regs.rflags = initial_rflags(m)
-        vcpu.set_regs(regs)
+        self._record_vcpu(vcpu, m)
+        rsp = stack if stack is not None else initial_stack(m) - 0x400 * len(self.vm.vcpus)
+        self._enter_mode(vcpu, m, rip, rsp)
         return vcpu
 
     def migrate(self) -> None:
@@ -499,6 +344,7 @@ class Guest:
         self._owns_vm = True
 
     def close(self):
+        """Close the VM if the guest made it (not one passed as `vm`)."""
         if self._owns_vm and self.vm is not None:
             self.vm.close()
 
@@ -507,62 +353,3 @@ class Guest:
 
     def __exit__(self, *exc):
         self.close()
-
-
-class VcpuThread:
-    """A vCPU's run loop on a thread; join() hands back its result or re-raises its error."""
-
-    def __init__(self, body):
-        import threading
-
-        self._result, self._error = None, None
-
-        def run():
-            try:
-                self._result = body()
-            except BaseException as e:  # re-raised in the joining thread
-                self._error = e
-
-        self.thread = threading.Thread(target=run, daemon=True)
-        self.thread.start()
-
-    def alive(self) -> bool:
-        return self.thread.is_alive()
-
-    def join(self, timeout: float = 60):
-        import threading
-
-        timeout = validate.timeout(timeout, "VcpuThread.join timeout")
-        self.thread.join(min(timeout, threading.TIMEOUT_MAX))  # a huge timeout is fine, not an OverflowError
-        if self.thread.is_alive():
-            raise GuestTimeout(f"vCPU thread still running after {timeout:g}s")
-        if self._error is not None:
-            raise self._error
-        return self._result
-
-
-def _protocol_port(exit_) -> int | None:
-    """The protocol command an exit carries, or None for an exit the test should see."""
-    if isinstance(exit_, IoExit):
-        return exit_.port if exit_.is_out and exit_.port in P.PROTOCOL_PORTS else None
-    if isinstance(exit_, MmioExit) and exit_.is_write and exit_.len == 1:
-        offset = exit_.phys_addr - L.PROTOCOL_MMIO
-        if 0 <= offset < len(P.PROTOCOL_PORTS):
-            return P.PORT_DONE + offset
-    return None
-
-
-def page_size_invalid(mode, page_size) -> bool:
-    return bool(mode.paging) and page_size not in mode.page_sizes
-
-
-def describe_state(mode_name, regs, sregs) -> str:
-    gprs = " ".join(f"{n}={getattr(regs, n):#x}" for n in ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp"))
-    return (f"guest state (mode {mode_name}, KVM says {describe_mode(sregs)}): rip={regs.rip:#x} "
-            f"rflags={regs.rflags:#x} {gprs}\n  cs={sregs.cs.selector:#x}(base {sregs.cs.base:#x} "
-            f"l={sregs.cs.l} db={sregs.cs.db} dpl={sregs.cs.dpl}) ss={sregs.ss.selector:#x} "
-            f"cr0={sregs.cr0:#x} cr2={sregs.cr2:#x} cr3={sregs.cr3:#x} cr4={sregs.cr4:#x} efer={sregs.efer:#x}")
-
-
-def _fmt(v):
-    return f"{v:#x}" if isinstance(v, int) else repr(v)

@@ -15,10 +15,12 @@ import os
 import re
 from pathlib import Path
 
-from ..abi.constants import ERROR_CODE_VECTORS, vector_name
 from ..asm import Statement, source_lines, split_statements
-from ..asm_syntax import DATA, STRINGS, SyntaxProblem, _Parser, _tokens, _unescape, evaluate, expr_text, parse
+from ..asm.expressions import SyntaxProblem, evaluate, expr_text
+from ..asm.grammar import Parser, parse
+from ..asm.lexer import DATA, STRINGS, tokens, unescape
 from ..errors import AssemblyError
+from ..x86 import ERROR_CODE_VECTORS, vector_name
 from . import layout as L
 from . import protocol as P
 
@@ -40,7 +42,9 @@ def guests_dir() -> Path:
 
 
 def _split_operands(text: str) -> list[str]:
-    parts, depth, cur, quote = [], 0, [], None
+    parts: list[str] = []
+    cur: list[str] = []
+    depth, quote = 0, None
     for c in text:
         if quote:
             cur.append(c)
@@ -67,9 +71,9 @@ def _string(st: Statement, args: list[str]) -> str:
     """The text of the one string literal GUEST_PRINT / GUEST_FAIL take."""
     if len(args) == 1:
         try:
-            tokens = _tokens(args[0].strip())
-            if len(tokens) == 1 and tokens[0][0] == "str":
-                return _unescape(tokens[0][1][1:-1]).decode("utf-8", "backslashreplace")
+            toks = tokens(args[0].strip())
+            if len(toks) == 1 and toks[0][0] == "str":
+                return unescape(toks[0][1][1:-1]).decode("utf-8", "backslashreplace")
         except SyntaxProblem as e:
             raise _error(st, str(e)) from None
     raise _error(st, 'takes one string literal, such as "text"')
@@ -108,8 +112,9 @@ class Composer:
         self.prefix = prefix
         self.sites: dict[str, P.Site] = {}
         self._serial = 0
-        # (statement, value, lowest, highest + 1): constants to check once symbols are known
-        self._deferred: list[tuple[Statement, P.Value, int, int]] = []
+        # (statement, value, its constant's symbol, lowest, highest + 1): constants to check once
+        # symbols are known
+        self._deferred: list[tuple[Statement, P.Value, str, int, int]] = []
 
     def _label(self, kind: str) -> str:
         self._serial += 1
@@ -154,6 +159,10 @@ class Composer:
     # --- macros ------------------------------------------------------------------------------
 
     def expand(self, text: str, name: str = "<guest>") -> list[Statement]:
+        """The statements of guest program `text` (`name` names it in messages) with every protocol
+        macro (GUEST_SYNC, GUEST_ASSERT_EQ, GUEST_PRINT, GUEST_FAIL, GUEST_AT_CPL, ...) expanded into
+        plain assembly; `.code16/32/64` lines change the code size the macros that follow are written
+        for. AssemblyError naming the line for an unknown macro, a bad operand or a reserved __kt_ name."""
         out: list[Statement] = []
         for st in self._lines(text, name):
             reserved = _RESERVED.search(re.sub(r'"(?:[^"\\]|\\.)*"', '""', st.text))
@@ -176,8 +185,8 @@ class Composer:
     def check(self, symbols: dict[str, int]) -> None:
         """After assembly: each macro constant that names a symbol fits where it goes
         (`symbols`: the assembled guest's, including the __kt_val_* the macros defined)."""
-        for st, value, low, high in self._deferred:
-            got = symbols.get(value.constant)
+        for st, value, symbol, low, high in self._deferred:
+            got = symbols.get(symbol)
             if got is not None and not low <= got < high:
                 raise _error(st, f"{_shown(value.text, got)} does not fit ({low:#x} to {high - 1:#x})")
 
@@ -202,7 +211,7 @@ class Composer:
         its constant part (None when it has none)."""
         text = text.strip()
         try:
-            parser = _Parser(_tokens(text))
+            parser = Parser(tokens(text))
             if parser.done():
                 raise SyntaxProblem("the operand is empty")
             tree = parser.expression("in the operand", registers=True)
@@ -245,7 +254,7 @@ class Composer:
         try:
             number = evaluate(constant, {})
         except SyntaxProblem:
-            self._deferred.append((st, value, low, high))
+            self._deferred.append((st, value, symbol, low, high))
             return value
         if not low <= number < high:
             raise _error(st, f"{_shown(value.text, number)} does not fit ({low:#x} to {high - 1:#x})")
@@ -289,7 +298,7 @@ class Composer:
         width = widths.pop() if widths else 64
         out: list[str] = []
         values = tuple(self._value(st, arg, p, width, -(1 << (width - 1)), 1 << width, out)
-                       for arg, p in zip(args, parsed))
+                       for arg, p in zip(args, parsed, strict=True))
         return out + self._site(st, "assert_eq", P.PORT_ASSERT, values)
 
     def _m_guest_print(self, st, args):
@@ -348,14 +357,15 @@ class Composer:
             raise _error(st, f"{parsed.name} is not an instruction (write one, or .byte spelling one)")
 
     def _expect(self, resume: str) -> list[str]:
-        """Arm the exception handlers to resume at `resume` (see guests/handlers*.S)."""
+        """Arm the exception handlers to resume at `resume` (see guests/handlers*.S): stores
+        through GS, which reaches the running vCPU's own record (kvmtest.guest.exc_records)."""
         if self.bits == 64:
-            # MOV QWORD [disp32], imm32 (REX.W C7 /0, SIB with no base) spelled out: no register or
-            # stack is touched, so the armed instruction may run with a broken stack.
-            return [".byte 0x48, 0xc7, 0x04, 0x25", f".long {L.EXC_RESUME:#x}", f".long {resume}",
-                    ".byte 0x48, 0xc7, 0x04, 0x25", f".long {L.EXC_VECTOR:#x}", ".long 0xff"]
+            # MOV QWORD GS:[disp32], imm32 (GS prefix, REX.W C7 /0, SIB with no base) spelled out:
+            # no register or stack is touched, so the armed instruction may run with a broken stack.
+            return [".byte 0x65, 0x48, 0xc7, 0x04, 0x25", f".long {L.EXC_RESUME:#x}", f".long {resume}",
+                    ".byte 0x65, 0x48, 0xc7, 0x04, 0x25", f".long {L.EXC_VECTOR:#x}", ".long 0xff"]
         width = "dword" if self.bits == 32 else "word"
-        return [f"mov {width} ptr [{L.EXC_RESUME:#x}], {resume}", f"mov {width} ptr [{L.EXC_VECTOR:#x}], 0xff"]
+        return [f"mov {width} ptr gs:[{L.EXC_RESUME:#x}], {resume}", f"mov {width} ptr gs:[{L.EXC_VECTOR:#x}], 0xff"]
 
     def _far(self, st, args, opcode_direct: int, call: bool):
         self._want(st, args, 2)
@@ -364,10 +374,13 @@ class Composer:
             return [f".byte {opcode_direct:#x}", f".word {target}", f".word {selector}"]
         if self.bits == 32:
             return [f".byte {opcode_direct:#x}", f".long {target}", f".word {selector}"]
-        # 64-bit has no direct far jump/call: go through a m16:32 pointer placed after the
-        # instruction (FF /5 jmp far [rip+disp], FF /3 call far [rip+disp]).
+        # 64-bit has no direct far jump/call: go through a m16:32 pointer (FF /5 jmp far [rip+disp],
+        # FF /3 call far [rip+disp]). A far JMP's pointer follows it; a far CALL's is jumped over
+        # and sits before it, so that the CALL is the macro's last instruction and the return
+        # address it pushes (the next instruction's, SDM Vol. 2A CALL) is what follows FARCALL.
         if call:
-            return [".byte 0xff, 0x1d, 0x02, 0, 0, 0", ".byte 0xeb, 0x06", f".long {target}", f".word {selector}"]
+            return [".byte 0xeb, 0x06", f".long {target}", f".word {selector}",
+                    ".byte 0xff, 0x1d, 0xf4, 0xff, 0xff, 0xff"]       # call far [rip - 12]
         return [".byte 0xff, 0x2d, 0, 0, 0, 0", f".long {target}", f".word {selector}"]
 
     def _m_farjmp(self, st, args):

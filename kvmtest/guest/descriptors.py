@@ -1,18 +1,13 @@
-"""Pure encoders for segment, system and gate descriptors and the TSS (SDM Vol. 3A 3.4.5, 7.2, 6.11)."""
+"""Pure encoders for segment, system and gate descriptors and the TSS (SDM Vol. 3A 3.4.5, 7.2, 6.11).
+
+The type-field values are kvmtest.x86's SEG_TYPE_* (code and data) and SYS_TYPE_* (system, gates).
+"""
 
 import struct
 from dataclasses import dataclass
 
 from ..abi.structs import kvm_segment
-
-# Descriptor types (S=1: code/data; S=0: system)
-DATA_RW_ACCESSED = 0x3
-CODE_RX_ACCESSED = 0xB
-TSS16_AVAILABLE, TSS16_BUSY = 0x1, 0x3
-LDT = 0x2
-CALL_GATE16, TASK_GATE, INT_GATE16, TRAP_GATE16 = 0x4, 0x5, 0x6, 0x7
-TSS_AVAILABLE, TSS_BUSY = 0x9, 0xB     # 32-bit TSS, or 64-bit TSS in long mode
-CALL_GATE, INT_GATE, TRAP_GATE = 0xC, 0xE, 0xF
+from ..x86 import SEG_TYPE_CODE_RX_ACCESSED, SEG_TYPE_DATA_RW_ACCESSED, SYS_TYPE_TSS_AVAILABLE, SYS_TYPE_TSS_BUSY
 
 
 @dataclass(frozen=True)
@@ -21,12 +16,12 @@ class Descriptor:
 
     base: int = 0
     limit: int = 0xFFFFF
-    type: int = DATA_RW_ACCESSED
+    type: int = SEG_TYPE_DATA_RW_ACCESSED
     s: int = 1
     dpl: int = 0
     p: int = 1
     avl: int = 0
-    l: int = 0
+    l: int = 0  # noqa: E741 -- the SDM's name of the 64-bit code flag (kvm_segment.l too)
     db: int = 1
     g: int = 1
 
@@ -47,6 +42,8 @@ class Descriptor:
 
     @property
     def byte_limit(self) -> int:
+        """The segment limit in bytes: the 20-bit `limit` scaled by 4 KiB with the low 12 bits set when
+        G=1 (SDM Vol. 3A 3.4.5), as kvm_segment.limit holds it."""
         return (self.limit << 12) | 0xFFF if self.g else self.limit
 
     def to_kvm_segment(self, selector: int) -> kvm_segment:
@@ -57,6 +54,8 @@ class Descriptor:
 
     @classmethod
     def decode(cls, raw: bytes) -> "Descriptor":
+        """The Descriptor an 8-byte GDT/LDT entry `raw` encodes (the inverse of encode(); SDM Vol. 3A
+        Figure 3-8)."""
         (v,) = struct.unpack("<Q", raw[:8])
         return cls(base=((v >> 16) & 0xFFFFFF) | (((v >> 56) & 0xFF) << 24),
                    limit=(v & 0xFFFF) | (((v >> 48) & 0xF) << 16), type=(v >> 40) & 0xF, s=(v >> 44) & 1,
@@ -65,27 +64,35 @@ class Descriptor:
 
 
 def code64(dpl=0) -> Descriptor:
-    return Descriptor(type=CODE_RX_ACCESSED, dpl=dpl, l=1, db=0)
+    """A 64-bit code segment (L=1, D=0; execute/read, accessed) at privilege level `dpl`."""
+    return Descriptor(type=SEG_TYPE_CODE_RX_ACCESSED, dpl=dpl, l=1, db=0)
 
 
 def code32(dpl=0) -> Descriptor:
-    return Descriptor(type=CODE_RX_ACCESSED, dpl=dpl)
+    """A flat 32-bit code segment (base 0, 4 GiB, D=1; execute/read, accessed) at `dpl`."""
+    return Descriptor(type=SEG_TYPE_CODE_RX_ACCESSED, dpl=dpl)
 
 
 def code16(dpl=0) -> Descriptor:
-    return Descriptor(type=CODE_RX_ACCESSED, dpl=dpl, db=0, limit=0xFFFF, g=0)
+    """A 16-bit code segment (D=0, 64 KiB byte-granular limit; execute/read, accessed) at `dpl`."""
+    return Descriptor(type=SEG_TYPE_CODE_RX_ACCESSED, dpl=dpl, db=0, limit=0xFFFF, g=0)
 
 
 def data(dpl=0) -> Descriptor:
-    return Descriptor(type=DATA_RW_ACCESSED, dpl=dpl)
+    """A flat read/write data segment (base 0, 4 GiB, B=1; accessed) at `dpl`."""
+    return Descriptor(type=SEG_TYPE_DATA_RW_ACCESSED, dpl=dpl)
 
 
 def data16(dpl=0) -> Descriptor:
-    return Descriptor(type=DATA_RW_ACCESSED, dpl=dpl, db=0, limit=0xFFFF, g=0)
+    """A 16-bit read/write data segment (B=0, 64 KiB byte-granular limit; accessed) at `dpl`."""
+    return Descriptor(type=SEG_TYPE_DATA_RW_ACCESSED, dpl=dpl, db=0, limit=0xFFFF, g=0)
 
 
 def tss(base: int, limit: int, busy: bool = True) -> Descriptor:
-    return Descriptor(base=base, limit=limit, type=TSS_BUSY if busy else TSS_AVAILABLE, s=0, db=0, g=0)
+    """A TSS descriptor for a TSS at `base` with byte limit `limit`: busy, the type LTR leaves
+    (SDM Vol. 3A, "TSS Descriptor"), unless `busy` is False."""
+    type_ = SYS_TYPE_TSS_BUSY if busy else SYS_TYPE_TSS_AVAILABLE
+    return Descriptor(base=base, limit=limit, type=type_, s=0, db=0, g=0)
 
 
 def gate(offset: int, selector: int, type_: int, dpl: int = 0, *, bits: int = 32, ist: int = 0,

@@ -15,8 +15,8 @@ interrupt gate, so it works from CPL3 too.
 
 from dataclasses import dataclass
 
-from ..abi.constants import ERROR_CODE_VECTORS, vector_name
 from ..errors import KvmtestError
+from ..x86 import ERROR_CODE_VECTORS, vector_name
 from .modes import get_mode
 
 NO_EXCEPTION = 0x4E4F4E45        # GUEST_SYNC value of a probed instruction that completed
@@ -61,6 +61,9 @@ def install_fault_probe(g, vector: int) -> None:
 
 @dataclass(frozen=True)
 class ProbeOutcome:
+    """What the probed instruction did: `faulted` with exception `vector` (the saved RIP, and the
+    error code or the saved CS the handler found on its stack), or completed with the `after`
+    GUEST_SYNC values in `results`."""
     vector: int
     faulted: bool
     rip: int | None = None          # saved instruction pointer of the exception

@@ -6,14 +6,21 @@ same addresses serve every CPU mode.
 
 MEM_SIZE = 0x200000        # slot 0: guest RAM at 0
 IDENTITY_SIZE = 0x400000   # paged modes identity-map [0, 4 MiB): RAM plus room for test slots
-IVT = 0x0000               # real-mode interrupt vector table
-EXC_INFO = 0x0500          # expected-exception record (see guests/handlers*.S)
+IVT = 0x0000               # real-mode interrupt vector table (to 0x400)
+# Exception records, one per vCPU (kvmtest.guest.exc_records, guests/handlers*.S): vCPU n's is
+# EXC_RECORD_SIZE bytes at EXC_INFO + n * EXC_RECORD_SIZE. Guest code reaches its own through GS
+# (the builder sets vCPU n's GS base to n * EXC_RECORD_SIZE), so gs:[EXC_*] is the field below in
+# the running vCPU's record; vCPU 0's GS base is 0, so its fields are at these very addresses.
+EXC_INFO = 0x0400
 EXC_RESUME = EXC_INFO + 0x00   # nonzero: resume here instead of reporting the exception
 EXC_VECTOR = EXC_INFO + 0x08   # last caught vector (0xFF = none)
 EXC_ERROR_CODE = EXC_INFO + 0x10
 EXC_RIP = EXC_INFO + 0x18
 EXC_CR2 = EXC_INFO + 0x20
 EXC_COUNT = EXC_INFO + 0x28
+EXC_RECORD_SIZE = 0x40     # a multiple of 16: in real mode GS = base / 16 reaches it
+EXC_RECORDS_MAX = 8        # records for vCPUs 0-7, to 0x600
+LOW_DATA = 0x0600          # to GDT: free below 64 KiB, where real-mode code with base 0 reaches
 GDT = 0x1000
 IDT = 0x2000
 TSS = 0x3000

@@ -10,25 +10,46 @@ from dataclasses import dataclass
 
 from ..abi.structs import kvm_segment, kvm_sregs
 from ..errors import UnknownModeError
+from ..x86 import (
+    CR0_CD,
+    CR0_EM,
+    CR0_ET,
+    CR0_MP,
+    CR0_NE,
+    CR0_NW,
+    CR0_PE,
+    CR0_PG,
+    CR0_WP,
+    CR4_LA57,
+    CR4_OSFXSR,
+    CR4_OSXMMEXCPT,
+    CR4_PAE,
+    CR4_PSE,
+    EFER_LMA,
+    EFER_LME,
+    EFER_NXE,
+    RFLAGS_FIXED,
+    RFLAGS_IOPL,
+    SEG_TYPE_CODE_RX_ACCESSED,
+    SEG_TYPE_DATA_RW_ACCESSED,
+    SYS_TYPE_LDT,
+    SYS_TYPE_TSS_AVAILABLE,
+    SYS_TYPE_TSS_BUSY,
+)
 from . import descriptors as D
 from . import layout as L
 from .paging import GiB1, KiB4, MiB2, MiB4
-
-# Control register and EFER bits (SDM Vol. 3A 2.5, 2.2.1)
-CR0_PE, CR0_MP, CR0_EM, CR0_TS, CR0_ET, CR0_NE = 1 << 0, 1 << 1, 1 << 2, 1 << 3, 1 << 4, 1 << 5
-CR0_WP, CR0_AM, CR0_NW, CR0_CD, CR0_PG = 1 << 16, 1 << 18, 1 << 29, 1 << 30, 1 << 31
-CR4_VME, CR4_PVI, CR4_TSD, CR4_DE, CR4_PSE, CR4_PAE = 1 << 0, 1 << 1, 1 << 2, 1 << 3, 1 << 4, 1 << 5
-CR4_MCE, CR4_PGE, CR4_PCE, CR4_OSFXSR, CR4_OSXMMEXCPT = 1 << 6, 1 << 7, 1 << 8, 1 << 9, 1 << 10
-CR4_UMIP, CR4_LA57, CR4_FSGSBASE, CR4_PCIDE, CR4_OSXSAVE = 1 << 11, 1 << 12, 1 << 16, 1 << 17, 1 << 18
-CR4_SMEP, CR4_SMAP, CR4_PKE = 1 << 20, 1 << 21, 1 << 22
-EFER_SCE, EFER_LME, EFER_LMA, EFER_NXE = 1 << 0, 1 << 8, 1 << 10, 1 << 11
-RFLAGS_FIXED, RFLAGS_TF, RFLAGS_IF, RFLAGS_IOPL3, RFLAGS_AC = 0x2, 1 << 8, 1 << 9, 3 << 12, 1 << 18
 
 RESET_CR0 = CR0_CD | CR0_NW | CR0_ET  # SDM Vol. 3A Table 10-1: 0x60000010
 
 
 @dataclass(frozen=True)
 class CpuMode:
+    """A CPU mode as a bundle of properties the builder and suites select by: code size of the
+    test (`code_bits`) and of the exception handlers (`handler_bits`, the IDT's gate format),
+    paging form (`paging`: None, "32", "pae", "4level", "5level"), privilege level (`cpl`),
+    protected or real mode, long mode, a CPUID feature it needs (`requires`), and whether the guest
+    starts from the reset state and switches modes itself (`from_reset`)."""
     name: str
     code_bits: int          # bitness of the test's code
     handler_bits: int       # bitness of the exception handlers (the IDT's format)
@@ -37,14 +58,43 @@ class CpuMode:
     protected: bool = True
     long: bool = False
     requires: str | None = None  # a CPUID feature name the mode needs (see kvmtest.cpuid)
+    # The vCPU stays in the architectural reset state at the reset vector (SDM Vol. 3A 10.1.4)
+    # and the guest switches modes itself, with the GDT and 4-level tables the builder lays out.
+    from_reset: bool = False
+
+    @property
+    def uses_gdt(self) -> bool:
+        """Whether the builder lays out its GDT: for every protected mode, and for a guest that
+        starts at reset, which loads it itself (guests/enter_long.S)."""
+        return self.protected or self.from_reset
+
+    @property
+    def page_table_format(self) -> str | None:
+        """The page tables the builder lays out: the mode's own paging, or for a guest starting
+        at reset the 4-level tables it switches to (at the symbol KT_CR3)."""
+        return "4level" if self.from_reset else self.paging
+
+    @property
+    def handler_code_selector(self) -> int:
+        """The GDT code selector of IDT gates in this mode's handler size (unused in real mode)."""
+        return {64: L.SEL_CODE64, 32: L.SEL_CODE32, 16: L.SEL_CODE16}[self.handler_bits]
+
+    def shares_tables_with(self, other: "CpuMode") -> bool:
+        """Whether vCPUs in this mode and `other` can share one guest's IDT and page tables:
+        the same gate format and the same paging form (long64 and compat32 can, pm32 and pae not)."""
+        return self.handler_bits == other.handler_bits and self.paging == other.paging
 
     @property
     def page_sizes(self) -> tuple[int, ...]:
+        """The page sizes in bytes this mode's paging can map (4 KiB and the large pages of SDM Vol. 3A
+        chapter 4: 4 MiB with 32-bit paging, 2 MiB with PAE, 2 MiB and 1 GiB with 4/5-level); () without
+        paging."""
         return {None: (), "32": (KiB4, MiB4), "pae": (KiB4, MiB2), "4level": (KiB4, MiB2, GiB1),
                 "5level": (KiB4, MiB2, GiB1)}[self.paging]
 
     @property
     def user(self) -> bool:
+        """Whether the test's code runs at CPL3."""
         return self.cpl == 3
 
 
@@ -67,19 +117,13 @@ for _m in _BASE:
     if _m.protected and _m.name != "pm16" and not _m.requires:
         _u = CpuMode(f"{_m.name}-cpl3", _m.code_bits, _m.handler_bits, _m.paging, 3, True, _m.long)
         MODES[_u.name] = _u
-RESET = CpuMode("reset", 16, 16, protected=False)
+RESET = CpuMode("reset", 16, 16, protected=False, from_reset=True)
 MODES["reset"] = RESET
 
 # The modes every applicable check runs in (reset is for mode-switch tests only).
-ALL_MODES = [n for n in MODES if n != "reset"]
+ALL_MODES = [n for n in MODES if not MODES[n].from_reset]
 CPL0_MODES = [n for n in ALL_MODES if not MODES[n].user]
-
-
-# Modes whose code addresses any guest physical address below 4 GiB through flat segments
-# (identity-mapped in the paged ones): real mode and pm16 stop at 64 KiB segments.
-FLAT_MODES = [n for n in ALL_MODES if MODES[n].code_bits != 16 and not MODES[n].requires]
-# Every mode a guest can start in on any x86-64 host (LA57 needs a CPU feature).
-COMMON_MODES = [n for n in ALL_MODES if not MODES[n].requires]
+# Checks choose among these by property, not by name: kvmtest.guest.mode_select.
 
 
 def regs_for(mode: "str | CpuMode") -> dict[str, str]:
@@ -90,6 +134,8 @@ def regs_for(mode: "str | CpuMode") -> dict[str, str]:
 
 
 def get_mode(name: str | CpuMode) -> CpuMode:
+    """The CpuMode named `name` (a CpuMode is returned as it is); UnknownModeError listing the
+    modes kvmtest defines for any other name."""
     if isinstance(name, CpuMode):
         return name
     if name not in MODES:
@@ -130,17 +176,18 @@ def tr_loaded_busy() -> bool:
 
 
 def keep_tr_loadable(sregs: kvm_sregs) -> kvm_sregs:
-    """Make `sregs`, as KVM_GET_SREGS read them, safe to write back under TCG: KVM on SVM always
-    reports TR busy (arch/x86/kvm/svm/svm.c svm_get_segment sets the busy bit), so a get/set round
-    trip would load the busy type that tr_loaded_busy() avoids. Elsewhere `sregs` is left as read."""
-    if not tr_loaded_busy() and sregs.tr.type == D.TSS_BUSY:
-        sregs.tr.type = D.TSS_AVAILABLE
+    """`sregs` as a guest about to run gets them: under TCG with TR's busy type made available (see
+    tr_loaded_busy), elsewhere unchanged. For the mode's own state (mode_sregs keeps the busy type
+    LTR leaves, which ioctl round-trip checks write) and for state read back with KVM_GET_SREGS,
+    which on SVM always reports TR busy (arch/x86/kvm/svm/svm.c svm_get_segment sets the bit)."""
+    if not tr_loaded_busy() and sregs.tr.type == SYS_TYPE_TSS_BUSY:
+        sregs.tr.type = SYS_TYPE_TSS_AVAILABLE
     return sregs
 
 
 def _real_segment(selector=0, code=False) -> kvm_segment:
     return kvm_segment(base=selector << 4, limit=0xFFFF, selector=selector,
-                       type=D.CODE_RX_ACCESSED if code else D.DATA_RW_ACCESSED, present=1, s=1)
+                       type=SEG_TYPE_CODE_RX_ACCESSED if code else SEG_TYPE_DATA_RW_ACCESSED, present=1, s=1)
 
 
 def mode_sregs(mode: CpuMode, sregs: kvm_sregs, cr3: int = 0, nx: bool = False) -> kvm_sregs:
@@ -164,8 +211,8 @@ def mode_sregs(mode: CpuMode, sregs: kvm_sregs, cr3: int = 0, nx: bool = False) 
     sregs.cs = D.Descriptor.decode(gdt[code_sel]).to_kvm_segment(code_sel | rpl)
     for name in ("ds", "es", "fs", "gs", "ss"):
         setattr(sregs, name, D.Descriptor.decode(gdt[data_sel]).to_kvm_segment(data_sel | rpl))
-    sregs.tr = D.tss(L.TSS, L.TSS_SIZE - 1, busy=tr_loaded_busy()).to_kvm_segment(L.SEL_TSS)
-    sregs.ldt = kvm_segment(selector=0, type=D.LDT, present=0, unusable=1)
+    sregs.tr = D.tss(L.TSS, L.TSS_SIZE - 1, busy=True).to_kvm_segment(L.SEL_TSS)
+    sregs.ldt = kvm_segment(selector=0, type=SYS_TYPE_LDT, present=0, unusable=1)
     sregs.gdt.base, sregs.gdt.limit = L.GDT, 0xFFF  # the whole page: tests may add descriptors
     gate_size = 16 if mode.handler_bits == 64 else 8
     sregs.idt.base, sregs.idt.limit = L.IDT, 256 * gate_size - 1
@@ -184,11 +231,15 @@ def mode_sregs(mode: CpuMode, sregs: kvm_sregs, cr3: int = 0, nx: bool = False) 
 
 
 def initial_rflags(mode: CpuMode) -> int:
+    """RFLAGS a guest in `mode` starts with: the fixed bit 1, and IOPL 3 at CPL3 so that the
+    protocol's OUT works without an I/O permission bitmap (SDM Vol. 1, "I/O Privilege Level")."""
     # IOPL 3 at CPL3 so the guest/host protocol's OUT works without an I/O bitmap.
-    return RFLAGS_FIXED | (RFLAGS_IOPL3 if mode.user else 0)
+    return RFLAGS_FIXED | (RFLAGS_IOPL if mode.user else 0)  # IOPL = 3: both bits
 
 
 def initial_stack(mode: CpuMode) -> int:
+    """The guest virtual address RSP starts at in `mode`: the top of the user stack at CPL3,
+    else of the kernel stack (kvmtest.guest.layout)."""
     return L.USER_STACK_TOP if mode.user else L.KERNEL_STACK_TOP
 
 

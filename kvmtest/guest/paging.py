@@ -7,13 +7,12 @@ entry lives, so tests can change a PTE and check what the guest then sees.
 import struct
 from dataclasses import dataclass
 
-# Entry bits (SDM Vol. 3A Tables 4-4 to 4-20)
-P, RW, US, PWT, PCD, A, D, PS, G = 1 << 0, 1 << 1, 1 << 2, 1 << 3, 1 << 4, 1 << 5, 1 << 6, 1 << 7, 1 << 8
-PAT_LARGE = 1 << 12
-NX = 1 << 63
-PKEY_SHIFT = 59
+from ..x86 import PTE_A, PTE_D, PTE_G, PTE_P, PTE_PCD, PTE_PS, PTE_PWT, PTE_RW, PTE_US, PTE_XD
 
-FLAG_NAMES = {"P": P, "RW": RW, "US": US, "PWT": PWT, "PCD": PCD, "A": A, "D": D, "PS": PS, "G": G, "NX": NX}
+# Entry flags by name for failure messages, without the PTE_ prefix; bit 7 shows as PS (PAT in
+# a 4-KByte PTE is the same bit).
+FLAG_NAMES = {"P": PTE_P, "RW": PTE_RW, "US": PTE_US, "PWT": PTE_PWT, "PCD": PTE_PCD, "A": PTE_A, "D": PTE_D,
+              "PS": PTE_PS, "G": PTE_G, "XD": PTE_XD}
 
 KiB4, MiB2, MiB4, GiB1 = 0x1000, 0x200000, 0x400000, 0x40000000
 
@@ -27,10 +26,11 @@ class PagingFormat:
     shifts: tuple[int, ...]     # va shift of each level's index, root first
     index_bits: tuple[int, ...]
     large_pages: dict          # page size -> level index (in `shifts`) whose entry maps it
-    table_flags_mask: int = ~0  # flags allowed in non-leaf entries (PAE PDPTEs allow only P/PWT/PCD)
+    table_flags_mask: int = ~0  # flags allowed in non-leaf entries (PAE PDPTEs allow only P, PWT, PCD)
 
     @property
     def levels(self) -> int:
+        """How many levels of tables a walk reads (2 for 32-bit paging, 3 for PAE, 4 or 5)."""
         return len(self.shifts)
 
 
@@ -74,6 +74,7 @@ class PageTables:
 
     @property
     def cr3(self) -> int:
+        """The root table's guest physical address, the value CR3 gets."""
         return self.root
 
     def _index(self, va: int, level: int) -> int:
@@ -90,22 +91,27 @@ class PageTables:
         return table + self._index(va, level) * self.fmt.entry_size
 
     def read_entry(self, va: int, level: int) -> int:
+        """The entry at `level` (0 = root) on the walk of `va`, as an integer read from guest memory."""
         raw = self.vm.read(self.entry_address(va, level), self.fmt.entry_size)
         return int.from_bytes(raw, "little")
 
     def write_entry(self, va: int, level: int, value: int) -> None:
+        """Write `value` into the entry at `level` (0 = root) on the walk of `va`. A PAE PDPTE so written
+        sets pdptes_changed: the CPU reads PDPTEs only when CR3 is loaded (SDM Vol. 3A 4.4.1)."""
         self.vm.write(self.entry_address(va, level), value.to_bytes(self.fmt.entry_size, "little"))
         self.pdptes_changed |= self.fmt.name == "pae" and level == 0
 
     def leaf_level(self, page_size: int) -> int:
+        """The level whose entry maps a page of `page_size` bytes (the last level for 4 KiB);
+        ValueError for a size this paging format has no pages of."""
         if page_size == KiB4:
             return self.fmt.levels - 1
         if page_size not in self.fmt.large_pages:
             raise ValueError(f"{self.fmt.name} paging has no {page_size:#x}-byte pages")
         return self.fmt.large_pages[page_size]
 
-    def map(self, va: int, pa: int, page_size: int = KiB4, flags: int = P | RW,
-            table_flags: int = P | RW | US) -> int:
+    def map(self, va: int, pa: int, page_size: int = KiB4, flags: int = PTE_P | PTE_RW,
+            table_flags: int = PTE_P | PTE_RW | PTE_US) -> int:
         """Map one page; returns the guest physical address of its leaf entry."""
         leaf = self.leaf_level(page_size)
         if va % page_size or pa % page_size:
@@ -114,16 +120,19 @@ class PageTables:
             key = (level + 1, self._prefix(va, level + 1))
             if key not in self.tables:
                 self.tables[key] = self.alloc.alloc()
-                tflags = P | (PWT | PCD) & table_flags if self.fmt.name == "pae" and level == 0 else table_flags
+                pdpte = self.fmt.name == "pae" and level == 0
+                tflags = PTE_P | (PTE_PWT | PTE_PCD) & table_flags if pdpte else table_flags
                 self.vm.write(self.entry_address(va, level), encode_entry(self.fmt, self.tables[key], tflags))
                 self.pdptes_changed |= self.fmt.name == "pae" and level == 0
-        leaf_flags = flags | (PS if leaf != self.fmt.levels - 1 else 0)
+        leaf_flags = flags | (PTE_PS if leaf != self.fmt.levels - 1 else 0)
         addr = self.entry_address(va, leaf)
         self.vm.write(addr, encode_entry(self.fmt, pa, leaf_flags))
         return addr
 
-    def map_range(self, va: int, pa: int, size: int, page_size: int = KiB4, flags: int = P | RW,
-                  table_flags: int = P | RW | US) -> None:
+    def map_range(self, va: int, pa: int, size: int, page_size: int = KiB4, flags: int = PTE_P | PTE_RW,
+                  table_flags: int = PTE_P | PTE_RW | PTE_US) -> None:
+        """Map [`va`, `va` + `size`) to [`pa`, ...) with pages of `page_size` bytes, each leaf with
+        `flags` and each table entry created on the way with `table_flags` (see map())."""
         for off in range(0, size, page_size):
             self.map(va + off, pa + off, page_size, flags, table_flags)
 
@@ -136,8 +145,8 @@ class PageTables:
             except KeyError:
                 break
             out.append((LEVEL_NAMES[self.fmt.name][level], self.entry_address(va, level), value))
-            if not value & P or (value & PS and level < self.fmt.levels - 1 and level > 0) or \
-                    (value & PS and self.fmt.name == "32" and level == 0):
+            if not value & PTE_P or (value & PTE_PS and level < self.fmt.levels - 1 and level > 0) or \
+                    (value & PTE_PS and self.fmt.name == "32" and level == 0):
                 break
         return out
 

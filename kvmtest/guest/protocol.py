@@ -34,8 +34,8 @@ Ports 0xE0-0xE7 are the protocol's; tests use other ports.
 import re
 from dataclasses import dataclass
 
-from ..abi import constants as C
 from ..abi.structs import kvm_regs, kvm_sregs
+from ..x86 import VECTORS
 
 PORT_DONE = 0xE0
 PORT_SYNC = 0xE1
@@ -63,6 +63,7 @@ class Site:
 
 @dataclass(frozen=True)
 class Sync:
+    """A GUEST_SYNC the guest reached: the operand's `value` and the macro's `site`."""
     value: int
     site: Site
 
@@ -72,6 +73,7 @@ class Sync:
 
 @dataclass(frozen=True)
 class Done:
+    """GUEST_DONE: the guest finished (`site`: where, when known)."""
     site: Site | None = None
 
     def __str__(self):
@@ -110,7 +112,8 @@ REGISTER_WIDTHS = {name: width for name, (_, _, width) in _SOURCES.items()}
 
 
 class OperandError(ValueError):
-    pass
+    """A protocol operand that cannot be evaluated: a symbol the assembler did not define, or a
+    control register or selector without the KVM_GET_SREGS state it needs."""
 
 
 @dataclass(frozen=True)
@@ -130,9 +133,14 @@ class Value:
 
     @property
     def needs_sregs(self) -> bool:
+        """Whether evaluating this value reads a control register or segment selector, so that
+        KVM_GET_SREGS must be read as well as KVM_GET_REGS."""
         return any(r in _CONTROL or r in _SELECTORS for _, r in self.registers)
 
     def evaluate(self, regs: kvm_regs, sregs: kvm_sregs | None, symbols: dict[str, int]) -> int:
+        """The value at the protocol exit: the registers read from `regs` (and `sregs` for control and
+        segment registers) with their signs, plus the constant's value in `symbols` (the assembled
+        guest's), modulo 2**width. OperandError when the constant's symbol is not defined."""
         total = sum(sign * read_register(r, regs, sregs) for sign, r in self.registers)
         if self.constant is not None:
             if self.constant not in symbols:
@@ -163,7 +171,7 @@ def vector_number(spec: str) -> int:
         if vector > 255:
             raise OperandError(f"vector {spec} is not 0 to 255")
         return vector
-    key = f"#{spec}" if f"#{spec}" in C.VECTORS else spec
-    if key not in C.VECTORS:
+    key = f"#{spec}" if f"#{spec}" in VECTORS else spec
+    if key not in VECTORS:
         raise OperandError(f"unknown exception vector {spec!r} (a name such as GP or PF, or a number 0 to 255)")
-    return C.VECTORS[key]
+    return VECTORS[key]

@@ -98,6 +98,7 @@ def compare(base: list[Result], new: list[Result]) -> Comparison:
             if verdict == "flaky":
                 cmp.flaky.append((test_id, side))
         if before is None:
+            assert after is not None  # test_id comes from b or n, and it is not in b
             cmp.new_tests.append((test_id, after))
             if after in BAD or after == "flaky":
                 cmp.new_failures.append((test_id, "absent", after))

@@ -145,6 +145,8 @@ def _card(r: Result, folded: bool = False) -> str:
         head.append(f"<span class='muted'>mode {_esc(mode)}</span>")
     if issue:
         head.append(f"<span class='muted'>known issue {_issue_link(issue)}</span>")
+    if r.regression:
+        head.append(f"<span class='muted'>regression {_esc(r.regression)}</span>")
     body = []
     for title, text in _sections(r):
         opened = " open" if title.startswith(OPEN_SECTIONS) else ""
@@ -167,7 +169,8 @@ def _sections(r: Result) -> list[tuple[str, str]]:
 
 
 def _matrix(results) -> list[str]:
-    cells, issues = defaultdict(list), defaultdict(Counter)
+    cells: defaultdict[tuple[str, str], list[str]] = defaultdict(list)
+    issues: defaultdict[tuple[str, str], Counter[str]] = defaultdict(Counter)
     for r in results:
         cells[(r.area, r.mode)].append(r.status)
         if _prop(r, "known_issue"):
@@ -207,7 +210,7 @@ def _xpasses(results) -> list[str]:
 
 
 def _known_issues(results, issues) -> list[str]:
-    by_id = defaultdict(Counter)
+    by_id: defaultdict[str, Counter[str]] = defaultdict(Counter)
     tests = defaultdict(list)
     for r in results:
         issue_id = _prop(r, "known_issue")

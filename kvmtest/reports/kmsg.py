@@ -73,7 +73,7 @@ class KernelLog:
     """Remembers where the kernel log ended; `test_section()` tells what KVM logged for this process since."""
 
     def __init__(self, path: str = "/dev/kmsg"):
-        self.fd = None
+        self.fd: int | None = None
         self.tasks: set[int] = set()
         try:
             self.fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
@@ -92,7 +92,9 @@ class KernelLog:
 
     def _drain(self) -> list[tuple[float, str]]:
         """(seconds since boot, text) of each record; devices/kmsg: 'level,seq,usec,flags;text'."""
-        lines = []
+        lines: list[tuple[float, str]] = []
+        if self.fd is None:  # /dev/kmsg could not be opened: nothing to read
+            return lines
         for _ in range(MAX_RECORDS):
             try:
                 record = os.read(self.fd, 8192)

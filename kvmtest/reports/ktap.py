@@ -11,6 +11,7 @@ is `ok` with a '# XPASS: ...' diagnostic before it.
 """
 
 from collections import defaultdict
+from collections.abc import Sequence
 
 from .results import Result
 
@@ -57,10 +58,12 @@ def _test_lines(number: int, r: Result) -> list[str]:
             directive = f" # ERROR {reason}"
         else:
             diagnostics = [reason or "failed"]
+        if r.regression:  # a failing test that pins a fixed bug names the bug; the reason stays the last line
+            diagnostics.insert(0, f"regression: {r.regression}")
     return [f"# {d}" for d in diagnostics] + [f"{result} {number} {name}{directive}".rstrip()]
 
 
-def render(results: list[Result], header_comments: list[str] = ()) -> str:
+def render(results: list[Result], header_comments: Sequence[str] = ()) -> str:
     areas: dict[str, list[Result]] = defaultdict(list)
     for r in sorted(results, key=lambda r: (r.area, r.id)):
         areas[r.area].append(r)

@@ -47,6 +47,15 @@ class Result:
                 return value
         return "-"
 
+    @property
+    def regression(self) -> str:
+        """The CVE and kernel fix the test pins (its `regression` marker), e.g. "CVE-2021-38198, fixed
+        by b1bd5cba3306"; "" for a test without one."""
+        props = dict(self.properties)
+        cve, commit = props.get("regression_cve", ""), props.get("regression_commit", "")
+        fix = f"fixed by {commit[:12]}" if commit else ""
+        return ", ".join(p for p in (cve, fix) if p)
+
 
 class ReportError(ValueError):
     """A report file that cannot be read; names the file and what is wrong."""
@@ -63,8 +72,9 @@ def _status(case: ET.Element) -> tuple[str, str, str]:
             if status == "failed" and message.startswith(("XPASS", "[XPASS")) and "(strict)" not in message:
                 return "xpassed", message, text  # older kvmtest files wrote a non-strict XPASS as a failure
             return status, message, text
-    if case.get("status") in ("xfailed", "xpassed"):  # older kvmtest files
-        return case.get("status"), "", ""
+    older = case.get("status")  # older kvmtest files
+    if older in ("xfailed", "xpassed"):
+        return older, "", ""
     # a non-strict XPASS passes; kvmtest notes it in system-out, before the test's own sections ("--- title ---")
     head = (case.findtext("system-out") or "").split("\n--- ", 1)[0]
     note = next((line for line in head.splitlines() if line.startswith("XPASS: ")), "")

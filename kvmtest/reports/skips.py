@@ -31,7 +31,8 @@ def missing_feature(reason: str) -> str | None:
 def group_skips(reasons: Iterable[str]) -> list[tuple[int, str]]:
     """(count, text) per group, largest first: every missing-CPU-feature skip in one group naming
     each feature with its count, every other reason on its own."""
-    features, others = Counter(), Counter()
+    features: Counter[str] = Counter()
+    others: Counter[str] = Counter()
     for reason in reasons:
         feature = missing_feature(reason)
         if feature:

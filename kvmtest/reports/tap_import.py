@@ -94,8 +94,9 @@ class _Parser:
                 return True  # anything before the output starts (a console's earlier lines)
             self.stack.append(_Level(indent))
         top = self.stack[-1]
-        if _BAIL.match(body):
-            self.bailed = _BAIL.match(body).group("reason") or "no reason given"
+        bail = _BAIL.match(body)
+        if bail:
+            self.bailed = bail.group("reason") or "no reason given"
             self.stack[0].tests.append(_Test([], "Bail out!", "error", f"Bail out! {self.bailed}".strip(),
                                              "\n".join(top.diags)))
             return False

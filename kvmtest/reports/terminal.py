@@ -32,7 +32,7 @@ def _reason(report) -> str:
 def _indented(text: str) -> list[str]:
     """The reason's first lines, up to pytest's own assertion introspection (`assert x == y` and
     its diff, which the failure's section above shows in full)."""
-    lines = []
+    lines: list[str] = []
     for line in text.strip().splitlines():
         if line.startswith("assert ") or len(lines) == _REASON_LINES:
             break
@@ -56,11 +56,11 @@ def summary_lines(stats: dict, chars: str) -> list[tuple[str, dict, str]]:
                 out.append(("XPASS", {"yellow": True}, rep.nodeid))
                 out += [("", {}, line) for line in _indented(getattr(rep, "wasxfail", ""))]
         elif char == "x":
-            reasons = Counter(getattr(rep, "wasxfail", "") or "no reason given" for rep in stats.get("xfailed", []))
-            out += [("XFAIL", {"yellow": True}, f"[{n}] {reason}") for reason, n in reasons.most_common()]
+            xfails = Counter(getattr(rep, "wasxfail", "") or "no reason given" for rep in stats.get("xfailed", []))
+            out += [("XFAIL", {"yellow": True}, f"[{n}] {reason}") for reason, n in xfails.most_common()]
         elif char == "s":
-            reasons = [_reason(rep) for rep in stats.get("skipped", [])]
-            out += [("SKIPPED", {"yellow": True}, f"[{n}] {text}") for n, text in group_skips(reasons)]
+            skips = [_reason(rep) for rep in stats.get("skipped", [])]
+            out += [("SKIPPED", {"yellow": True}, f"[{n}] {text}") for n, text in group_skips(skips)]
     return out
 
 

@@ -1,7 +1,6 @@
 """KVM_SET_CPUID2 and what the guest's CPUID instruction returns (api.rst KVM_SET_CPUID2, 4.46 KVM_GET_SUPPORTED_CPUID;
 SDM Vol. 2A CPUID)."""
 
-import ctypes
 import errno
 
 import pytest
@@ -9,9 +8,8 @@ import pytest
 from kvmtest.abi import structs as S
 from kvmtest.abi.constants import errno_name
 from kvmtest.cpuid import find_entry
-from kvmtest.guest.modes import CR4_OSXSAVE, MODES
+from kvmtest.x86 import CR4_OSXSAVE
 
-ALL = [m for m in MODES if m not in ("reset", "long64-la57")]
 BRAND = b"kvmtest brand string: cpuid is what KVM_SET_CPUID2 says!"[:48].ljust(48, b"\0")
 
 
@@ -37,7 +35,7 @@ def _cpuid_source(leaf, reg_prefix):
         GUEST_SYNC edx"""
 
 
-@pytest.mark.modes(*ALL)
+@pytest.mark.modes(feature=None)
 def test_guest_cpuid_returns_the_table_set_by_the_host(kvm, guest, mode):
     """CPUID executed by the guest returns the entries of KVM_SET_CPUID2 (api.rst KVM_SET_CPUID2:
     "defines the vcpu responses to the cpuid instruction"): the brand-string leaves, rewritten
@@ -51,7 +49,8 @@ def test_guest_cpuid_returns_the_table_set_by_the_host(kvm, guest, mode):
     assert brand == BRAND, f"guest read brand {brand!r}, host set {BRAND!r}"
     leaf0 = find_entry(table, 0)
     assert values[12:] == [leaf0.eax, leaf0.ebx, leaf0.ecx, leaf0.edx], \
-        f"CPUID.0: guest {[hex(v) for v in values[12:]]}, table {[hex(v) for v in (leaf0.eax, leaf0.ebx, leaf0.ecx, leaf0.edx)]}"
+        f"CPUID.0: guest {[hex(v) for v in values[12:]]}, " \
+        f"table {[hex(v) for v in (leaf0.eax, leaf0.ebx, leaf0.ecx, leaf0.edx)]}"
 
 
 # CPUID bits KVM itself keeps in step with vCPU state (arch/x86/kvm/cpuid.c,
@@ -77,7 +76,8 @@ def test_get_cpuid2_returns_the_table_set(kvm, vm):
         for reg in ("eax", "ebx", "ecx", "edx"):
             mask = ~DYNAMIC.get((e.function, e.index, reg), 0) & 0xFFFFFFFF
             if getattr(e, reg) & mask != getattr(g, reg) & mask:
-                diffs.append(f"leaf {e.function:#x}.{e.index} {reg}: set {getattr(e, reg):#010x}, got {getattr(g, reg):#010x}")
+                diffs.append(f"leaf {e.function:#x}.{e.index} {reg}: set {getattr(e, reg):#010x}, "
+                             f"got {getattr(g, reg):#010x}")
     assert not diffs, "KVM_GET_CPUID2 differs from what KVM_SET_CPUID2 set: " + "; ".join(diffs)
 
 
@@ -92,7 +92,8 @@ def test_set_cpuid_after_run_accepts_only_the_same_table(kvm, guest):
     changed = [S.kvm_cpuid_entry2.from_buffer_copy(bytes(e)) for e in table]
     find_entry(changed, 0x80000002).eax ^= 1
     err = g.vcpu.try_set_cpuid(changed)
-    assert err == errno.EINVAL, f"KVM_SET_CPUID2 with a changed table after KVM_RUN: expected EINVAL, got {errno_name(err)}"
+    assert err == errno.EINVAL, \
+        f"KVM_SET_CPUID2 with a changed table after KVM_RUN: expected EINVAL, got {errno_name(err)}"
     now = g.vcpu.get_cpuid()
     assert find_entry(now, 0x80000002).eax == find_entry(table, 0x80000002).eax
 

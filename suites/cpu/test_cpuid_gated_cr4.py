@@ -14,34 +14,68 @@ import pytest
 
 from kvmtest.abi.constants import errno_name
 from kvmtest.cpuid import FEATURES, has_feature, set_feature
-from kvmtest.guest.modes import (CR4_FSGSBASE, CR4_LA57, CR4_OSXSAVE, CR4_PCIDE, CR4_PKE, CR4_SMAP, CR4_SMEP,
-                                 CR4_UMIP, get_mode, mode_sregs)
+from kvmtest.guest.mode_select import select
+from kvmtest.guest.modes import get_mode, mode_sregs
+from kvmtest.x86 import (
+    CR4_CET,
+    CR4_FSGSBASE,
+    CR4_KL,
+    CR4_LA57,
+    CR4_OSXSAVE,
+    CR4_PCIDE,
+    CR4_PKE,
+    CR4_PKS,
+    CR4_SMAP,
+    CR4_SMEP,
+    CR4_SMXE,
+    CR4_UMIP,
+    CR4_VMXE,
+)
 
-# CR4 bit -> the CPUID feature that makes it settable (SDM Vol. 3A 2.5; Vol. 2A CPUID:
+# CR4 bit -> the CPUID feature(s) that make it settable (SDM Vol. 3A 2.5; Vol. 2A CPUID:
 # SMEP 7.0:EBX[7], SMAP 7.0:EBX[20], PKE 7.0:ECX[3] PKU, FSGSBASE 7.0:EBX[0], OSXSAVE 1:ECX[26]
-# XSAVE, UMIP 7.0:ECX[2], LA57 7.0:ECX[16], PCIDE 1:ECX[17] PCID).
+# XSAVE, UMIP 7.0:ECX[2], LA57 7.0:ECX[16], PCIDE 1:ECX[17] PCID, VMXE 1:ECX[5] VMX, SMXE
+# 1:ECX[6] SMX, KL 7.0:ECX[23] Key Locker, PKS 7.0:ECX[31]; CET with either 7.0:ECX[7] CET_SS or
+# 7.0:EDX[20] CET_IBT, so it is absent only with both cleared).
 GATED_CR4 = {
     "smep": (CR4_SMEP, "smep"), "smap": (CR4_SMAP, "smap"), "pke": (CR4_PKE, "pku"),
     "fsgsbase": (CR4_FSGSBASE, "fsgsbase"), "osxsave": (CR4_OSXSAVE, "xsave"), "umip": (CR4_UMIP, "umip"),
-    "la57": (CR4_LA57, "la57"), "pcide": (CR4_PCIDE, "pcid"),
+    "la57": (CR4_LA57, "la57"), "pcide": (CR4_PCIDE, "pcid"), "vmxe": (CR4_VMXE, "vmx"), "smxe": (CR4_SMXE, "smx"),
+    "kl": (CR4_KL, "keylocker"), "pks": (CR4_PKS, "pks"), "cet": (CR4_CET, ("shstk", "ibt")),
 }
-GUEST_MODES = ("real", "long64", "compat32")
+GUEST_MODES = select(protected=False) + select(long=True, cpl=0)
 
 
 def _table(kvm, feature, present):
+    """KVM's supported CPUID with `feature` (a name, or a tuple of names any of which enables the
+    bit) present, or absent (every name cleared)."""
     table = kvm.supported_cpuid_copy()
-    if present and not has_feature(table, feature):
-        pytest.skip(f"needs {FEATURES[feature]}, which KVM_GET_SUPPORTED_CPUID does not report")
-    set_feature(table, feature, present)
+    names = (feature,) if isinstance(feature, str) else feature
+    if present:
+        name = next((n for n in names if has_feature(table, n)), None)
+        if name is None:
+            pytest.skip(f"needs {' or '.join(str(FEATURES[n]) for n in names)}, which KVM_GET_SUPPORTED_CPUID does "
+                        "not report")
+        set_feature(table, name, True)
+    else:
+        for name in names:
+            set_feature(table, name, False)
     return table
+
+
+def _feature_text(feature) -> str:
+    names = (feature,) if isinstance(feature, str) else feature
+    return " or ".join(str(FEATURES[n]) for n in names)
 
 
 def _mov_cr4_applies(bit_name, mode):
     # Where MOV to CR4 faults for another reason whatever CPUID says, it tells nothing about the
     # CPUID rule: CR4.PCIDE can be set only in IA-32e mode, and CR4.LA57 cannot change while
     # IA-32e mode is active (SDM Vol. 2B MOV CR, Protected Mode Exceptions).
+    # CR4.CET cannot be set while CR0.WP = 0 (Vol. 2B MOV CR), as it is in real mode.
     long_mode = get_mode(mode).long
-    return not (bit_name == "pcide" and not long_mode or bit_name == "la57" and long_mode)
+    return not (bit_name == "pcide" and not long_mode or bit_name == "la57" and long_mode
+                or bit_name == "cet" and not get_mode(mode).protected)
 
 
 @pytest.mark.parametrize("bit_name", list(GATED_CR4))
@@ -58,7 +92,8 @@ def test_set_sregs_refuses_a_cr4_bit_without_its_cpuid_bit(kvm, vm, bit_name):
     good.cr4 |= bit
     err = vcpu.try_set_sregs(good)
     assert err == errno.EINVAL, (f"KVM_SET_SREGS cr4={good.cr4:#x} (CR4.{bit_name.upper()} without "
-                                 f"{FEATURES[feature]}): expected EINVAL, got {errno_name(err) if err else 'success'}; "
+                                 f"{_feature_text(feature)}): expected EINVAL, got "
+                                 f"{errno_name(err) if err else 'success'}; "
                                  f"KVM_GET_SREGS now reads cr4={vcpu.get_sregs().cr4:#x}")
     assert bytes(vcpu.get_sregs()) == before, \
         f"KVM_SET_SREGS (CR4.{bit_name.upper()}) failed but changed the special registers"
@@ -75,7 +110,7 @@ def test_set_sregs_accepts_a_cr4_bit_with_its_cpuid_bit(kvm, vm, bit_name):
     sregs.cr4 |= bit
     err = vcpu.try_set_sregs(sregs)
     assert err == 0, \
-        f"KVM_SET_SREGS cr4={sregs.cr4:#x} (CR4.{bit_name.upper()} with {FEATURES[feature]}): {errno_name(err)}"
+        f"KVM_SET_SREGS cr4={sregs.cr4:#x} (CR4.{bit_name.upper()} with {_feature_text(feature)}): {errno_name(err)}"
     got = vcpu.get_sregs().cr4
     assert got & bit, f"KVM_SET_SREGS cr4={sregs.cr4:#x} succeeded, KVM_GET_SREGS reads cr4={got:#x}"
 
@@ -108,4 +143,4 @@ def test_guest_mov_to_cr4_with_its_cpuid_bit_sets_it(kvm, guest, mode, bit_name)
     g = guest(mode, f"mov {a}, cr4\nor {a}, {bit:#x}\nmov cr4, {a}\nmov {a}, cr4\nGUEST_SYNC {a}\nGUEST_DONE")
     g.vcpu.set_cpuid(_table(kvm, feature, True))
     (cr4,) = g.run_to_done()
-    assert cr4 & bit, f"CR4 reads {cr4:#x} after MOV to CR4.{bit_name.upper()} with {FEATURES[feature]}"
+    assert cr4 & bit, f"CR4 reads {cr4:#x} after MOV to CR4.{bit_name.upper()} with {_feature_text(feature)}"

@@ -23,13 +23,13 @@ import pytest
 from kvmtest.cpuid import FEATURES, has_feature, set_feature
 from kvmtest.guest import layout as L
 from kvmtest.guest.fault_probe import expect_fault_at_probe, fault_probe_source, install_fault_probe, probe_outcome
-from kvmtest.guest.modes import CR4_OSXSAVE, get_mode
+from kvmtest.guest.mode_select import select
+from kvmtest.guest.modes import get_mode
+from kvmtest.x86 import CR4_OSXSAVE, MSR_IA32_TSC_AUX, UD_VECTOR, XCR0_SSE, XCR0_X87
 
-UD = 6
-MSR_IA32_TSC_AUX = 0xC0000103
 TSC_AUX = 0x5A17
-XCR0_X87_SSE = 0x3
-MODES = ("long64", "long64-cpl3", "compat32", "compat32-cpl3", "pm32", "pm32-cpl3")
+XCR0_X87_SSE = XCR0_X87 | XCR0_SSE
+MODES = select(sample="per-code-size", protected=True, order="widest")
 
 
 def crc32c(crc: int, data: bytes) -> int:
@@ -88,7 +88,7 @@ def _guest(guest, mode, spec):
     regs = {"a": "rax", "b": "rbx"} if get_mode(mode).code_bits == 64 else {"a": "eax", "b": "ebx"}
     g = guest(mode, fault_probe_source(mode, spec.setup.format(**regs), spec.insn.format(**regs),
                                        spec.after.format(**regs)))
-    install_fault_probe(g, UD)
+    install_fault_probe(g, UD_VECTOR)
     return g
 
 
@@ -108,7 +108,7 @@ def test_without_its_cpuid_bit_raises_ud(kvm, guest, mode, insn):
     table = kvm.supported_cpuid_copy()
     set_feature(table, spec.feature, False)
     g.vcpu.set_cpuid(table)
-    expect_fault_at_probe(g, UD, f"{spec.mnemonic} with {FEATURES[spec.feature]} clear in the vCPU's CPUID")
+    expect_fault_at_probe(g, UD_VECTOR, f"{spec.mnemonic} with {FEATURES[spec.feature]} clear in the vCPU's CPUID")
 
 
 @pytest.mark.modes(*MODES)
@@ -137,7 +137,7 @@ def test_with_its_cpuid_bit_gives_the_sdm_result(kvm, guest, mode, insn):
         xcrs = g.vcpu.get_xcrs()
         xcrs.nr_xcrs, xcrs.xcrs[0].xcr, xcrs.xcrs[0].value = 1, 0, XCR0_X87_SSE
         g.vcpu.set_xcrs(xcrs)
-    outcome = probe_outcome(g, UD)
+    outcome = probe_outcome(g, UD_VECTOR)
     assert not outcome.faulted, f"{spec.mnemonic} with {FEATURES[spec.feature]} in the vCPU's CPUID: {outcome}"
     want = list(spec.expected)
     assert list(outcome.results) == want, \

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 import pytest
 
 from kvmtest.cpuid import FEATURES, has_feature, set_feature
+from kvmtest.guest.mode_select import select
+from kvmtest.x86 import MSR_IA32_ARCH_CAPABILITIES, MSR_IA32_FLUSH_CMD, MSR_IA32_PRED_CMD, MSR_IA32_SPEC_CTRL
 
-MSR_IA32_SPEC_CTRL, MSR_IA32_PRED_CMD = 0x48, 0x49
-MSR_IA32_ARCH_CAPABILITIES, MSR_IA32_FLUSH_CMD = 0x10A, 0x10B
 BIT63 = 1 << 63  # reserved in IA32_SPEC_CTRL, IA32_PRED_CMD and IA32_FLUSH_CMD (SDM Vol. 4 Table 2-2)
 
 
@@ -46,7 +46,7 @@ GATED = {m.name: m for m in [
     GatedMsr("IA32_FLUSH_CMD", MSR_IA32_FLUSH_CMD, ("flush_l1d",), "w"),
     GatedMsr("IA32_ARCH_CAPABILITIES", MSR_IA32_ARCH_CAPABILITIES, ("arch_capabilities",), "r"),
 ]}
-GUEST_MODES = ("real", "long64", "compat32")
+GUEST_MODES = select(protected=False) + select(long=True, cpl=0)
 
 
 def _without(kvm, msr):

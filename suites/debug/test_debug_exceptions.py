@@ -5,10 +5,24 @@ breakpoints for one instruction (SDM Vol. 3A 6.8.3; Vol. 2B MOV "Loading the SS 
 import pytest
 
 from kvmtest.guest import layout as L
+from kvmtest.guest.mode_select import select
 from kvmtest.guest.modes import MODES
+from kvmtest.x86 import (
+    DB_VECTOR,
+    DEBUGCTL_BLD,
+    DR6_B0,
+    DR6_BLD,
+    DR6_BS,
+    DR6_INIT,
+    DR7_INIT,
+    DR7_L0,
+    DR7_LEN0_SHIFT,
+    DR7_RW0_SHIFT,
+    MSR_IA32_DEBUGCTL,
+    RFLAGS_RF,
+    RFLAGS_TF,
+)
 
-DR6_BS, DR6_B0 = 1 << 14, 1 << 0
-DR6_CLEAR = 0xFFFF0FF0        # DR6 with no status bit set (bits that read as 1, SDM 18.2.3)
 LOG = L.DATA + 0x800          # the #DB handler's record: count, then (RIP, DR6) per exception
 LOG_SLOTS = 8
 
@@ -41,13 +55,13 @@ db_logger:
         mov {b}, dr6
         mov {ptr} ptr [{a} + 24], {b}
 db_logger_full:
-        mov {b}, {DR6_CLEAR:#x}
+        mov {b}, {DR6_INIT:#x}
         mov dr6, {b}
-        or {ptr} ptr [{sp} + {4 * w}], 0x10000
+        or {ptr} ptr [{sp} + {4 * w}], {RFLAGS_RF:#x}
         mov {b}, {stop_label}
         cmp {ptr} ptr [{sp} + {2 * w}], {b}
         jne db_logger_out
-        and {ptr} ptr [{sp} + {4 * w}], ~0x100
+        and {ptr} ptr [{sp} + {4 * w}], ~{RFLAGS_TF:#x}
 db_logger_out:
         pop {b}
         pop {a}
@@ -66,8 +80,13 @@ def _fmt_log(g, log):
     return ", ".join(f"RIP {names.get(rip, hex(rip))} DR6 {dr6:#x}" for rip, dr6 in log) or "no #DB"
 
 
-@pytest.mark.modes("real", "pm32", "long64", "compat32")
-@pytest.mark.parametrize("dr6_before", [DR6_CLEAR, DR6_CLEAR | DR6_BS], ids=["dr6-clear", "dr6-bs"])
+# The guest disarms its breakpoint again before it finishes: QEMU's TCG before 9.1 keeps a
+# breakpoint an SVM guest armed with MOV DR7 after VMEXIT (svm_helper.c loads DR7 without
+# cpu_x86_update_dr7) and raises #DB at that address in every later guest of the session.
+
+
+@pytest.mark.modes(sample="per-code-size", cpl=0)
+@pytest.mark.parametrize("dr6_before", [DR6_INIT, DR6_INIT | DR6_BS], ids=["dr6-clear", "dr6-bs"])
 def test_own_breakpoint_raises_db_in_the_guest_and_keeps_dr6(guest, mode, dr6_before):
     """Without KVM_SET_GUEST_DEBUG the guest owns DR0-DR7: an execute breakpoint it sets itself
     raises #DB in the guest with DR6.B0 set (SDM Vol. 3A 18.3.1.1), not a KVM_EXIT_DEBUG; a
@@ -84,6 +103,8 @@ def test_own_breakpoint_raises_db_in_the_guest_and_keeps_dr6(guest, mode, dr6_be
         GUEST_ASSERT_RAISES DB, target: nop
         mov {a}, dr6
         GUEST_SYNC {a}
+        mov {a}, {DR7_INIT:#x}
+        mov dr7, {a}
         GUEST_DONE""")
     (dr6,) = g.run_to_done()
     want = (dr6_before & DR6_BS) | DR6_B0
@@ -92,10 +113,9 @@ def test_own_breakpoint_raises_db_in_the_guest_and_keeps_dr6(guest, mode, dr6_be
         f"(bits 14, 3:0 = {want:#x})"
 
 
-SS_MODES = ("long64", "long64-cpl3", "pm32")
-DR7_L0 = 0x401                # L0, and bit 10 which reads as 1 (SDM Vol. 3A 18.2.4)
-RW_EXECUTE, RW_WRITE, RW_READ_WRITE = 0, 1, 3
-LEN_2 = 1
+SS_MODES = select(code_bits=64) + select(code_bits=32, paging=False, cpl=0)
+RW_EXECUTE, RW_WRITE, RW_READ_WRITE = 0, 1, 3   # DR7 R/Wn encodings (SDM Vol. 3B 18.2.4)
+LEN_2 = 1                                       # DR7 LENn: 2 bytes
 
 
 def _arm_dr0(g, address, rw, length=0):
@@ -103,7 +123,7 @@ def _arm_dr0(g, address, rw, length=0):
     which works whatever CPL the guest code starts at; checks the registers read back."""
     dbg = g.vcpu.get_debugregs()
     dbg.db[0] = address
-    dbg.dr7 = DR7_L0 | rw << 16 | length << 18
+    dbg.dr7 = DR7_INIT | DR7_L0 | rw << DR7_RW0_SHIFT | length << DR7_LEN0_SHIFT
     g.vcpu.set_debugregs(dbg)
     back = g.vcpu.get_debugregs()
     assert (back.db[0], back.dr7) == (address, dbg.dr7), \
@@ -117,7 +137,7 @@ def _logging_guest(guest, mode, body, stop_label="after"):
         GUEST_DONE
         {_db_logger(mode, stop_label)}""")
     g.vm.write(LOG, bytes(16 + 16 * LOG_SLOTS))
-    g.set_idt_gate(1, "db_logger")
+    g.set_idt_gate(DB_VECTOR, "db_logger")
     return g
 
 
@@ -169,7 +189,7 @@ def test_mov_ss_holds_a_single_step_trap_for_one_instruction(guest, mode):
     popf = "popfq" if w == 8 else "popfd"
     g = guest(mode, f"""
         {flags}
-        or dword ptr [{_regs(mode)[2]}], 0x100
+        or dword ptr [{_regs(mode)[2]}], {RFLAGS_TF:#x}
         {popf}
         step1: nop
         step2: mov ax, ss
@@ -179,7 +199,7 @@ def test_mov_ss_holds_a_single_step_trap_for_one_instruction(guest, mode):
         GUEST_DONE
         {_db_logger(mode, 'after_shadow')}""")
     g.vm.write(LOG, bytes(16 + 16 * LOG_SLOTS))
-    g.set_idt_gate(1, "db_logger")
+    g.set_idt_gate(DB_VECTOR, "db_logger")
     g.run_to_done()
     log = _log(g)
     rips = [rip for rip, _ in log]
@@ -211,13 +231,8 @@ def test_mov_ss_holds_a_data_breakpoint_for_one_instruction(guest, mode):
         f"data-breakpoint #DBs: {_fmt_log(g, log)}; expected one at RIP after with DR6.B0 (held over `shadowed`)"
 
 
-MSR_IA32_DEBUGCTL = 0x1D9
-DEBUGCTL_BLD = 1 << 2
-DR6_BLD = 1 << 11
-
-
 @pytest.mark.requires_cpu("bus_lock_detect")
-@pytest.mark.modes("long64", "long64-cpl3")
+@pytest.mark.modes(code_bits=64)
 def test_bus_lock_raises_db_after_the_locked_instruction(guest, mode):
     """With IA32_DEBUGCTL.BLD set, a locked access that splits a cache line (a bus lock) raises
     #DB as a trap after the instruction and clears DR6.BLD, which is active low (SDM Vol. 3A

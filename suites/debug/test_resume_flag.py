@@ -9,17 +9,17 @@ import pytest
 
 from kvmtest.abi import constants as C
 from kvmtest.exits import DebugExit
+from kvmtest.guest.mode_select import select
 from kvmtest.guest.modes import MODES
+from kvmtest.x86 import DB_VECTOR, DR6_B0, DR7_L0, RFLAGS_RF
 
 pytestmark = pytest.mark.requires_cap("KVM_CAP_SET_GUEST_DEBUG")
 
-RFLAGS_RF = 1 << 16
-DR6_B0 = 1 << 0
-DR7_L0 = 1 << 0               # execute breakpoint: R/W0 = 00, LEN0 = 00
-RF_MODES = ("real", "pm32", "long64", "compat32", "long64-cpl3", "compat32-cpl3")
+RF_MODES = select(sample="per-code-size", cpl=0) + select(sample="per-code-size", long=True, cpl=3)
 
 
 def _arm(g, address):
+    # DR7.L0 alone arms an execute breakpoint on DR0: R/W0 = 00, LEN0 = 00 (SDM Vol. 3B 18.2.4).
     g.vcpu.set_guest_debug(C.KVM_GUESTDBG_ENABLE | C.KVM_GUESTDBG_USE_HW_BP, [address, 0, 0, 0, 0, 0, 0, DR7_L0])
 
 
@@ -51,7 +51,7 @@ def test_host_breakpoint_resumed_with_rf_runs_the_instruction_once(guest, mode):
     target = g.labels["target"]
     _arm(g, target)
     for adds_before in (0, 1):
-        exit_ = g.expect_exit(DebugExit, exception=1, pc=target)
+        exit_ = g.expect_exit(DebugExit, exception=DB_VECTOR, pc=target)
         assert exit_.dr6 & 0xF == DR6_B0, f"{exit_}: expected DR6.B0 alone among B0-B3"
         regs = g.vcpu.get_regs()
         assert (regs.rip, regs.rcx & 0xFFFFFFFF) == (target, adds_before), \
@@ -111,7 +111,7 @@ def test_iret_with_rf_set_suppresses_a_host_breakpoint_once(guest, mode):
         GUEST_DONE""")
     target = g.labels["target"]
     _arm(g, target)
-    exit_ = g.expect_exit(DebugExit, exception=1, pc=target)
+    exit_ = g.expect_exit(DebugExit, exception=DB_VECTOR, pc=target)
     rcx = g.vcpu.get_regs().rcx & 0xFFFFFFFF
     assert rcx == 1, \
         f"first breakpoint exit {exit_} came with ECX = {rcx} (KVM_GET_REGS), expected 1: the ADD reached by IRET " \

@@ -10,11 +10,12 @@ import pytest
 from kvmtest.abi import constants as C
 from kvmtest.exits import DebugExit, IoExit, MmioExit
 from kvmtest.guest import layout as L
-from kvmtest.guest.modes import MODES, RFLAGS_TF
+from kvmtest.guest.mode_select import select
+from kvmtest.guest.modes import MODES
 from kvmtest.guest.protocol import Done
+from kvmtest.x86 import DB_VECTOR, DR6_BS, RFLAGS_TF
 
-STEP_MODES = ("real", "pm32", "long64", "compat32", "long64-cpl3", "compat32-cpl3")
-DR6_BS = 1 << 14
+STEP_MODES = select(sample="per-code-size", cpl=0) + select(sample="per-code-size", long=True, cpl=3)
 OUT_PORT, IN_PORT = 0x10, 0x11
 IN_VALUE, LOAD_VALUE, STORE_VALUE = 0xA5, 0x8BADF00D, 0x600DCAFE
 LOG = 0xA00                   # the #DB handler's record: count, then (RIP, DR6) per trap; below 64 KiB
@@ -45,11 +46,13 @@ def _db_logger(mode):
     the trap for `stop` came (stepping ends there). Written for the IDT's bitness."""
     bits = MODES[mode].handler_bits
     if bits == 16:
+        # All of EAX is saved: the handler reads DR6 through it, and the interrupted code may hold a
+        # 32-bit value there (the MMIO store's data).
         return f"""
 db_log:
         push bp
         mov bp, sp
-        push ax
+        push eax
         push bx
         mov bx, {LOG:#x}
         mov ax, word ptr [bx]
@@ -62,10 +65,10 @@ db_log:
         mov dword ptr [bx + 16], eax
         cmp word ptr [bp + 2], stop
         jne db_log_out
-        and word ptr [bp + 6], ~0x100
+        and word ptr [bp + 6], ~{RFLAGS_TF:#x}
 db_log_out:
         pop bx
-        pop ax
+        pop eax
         pop bp
         iret
 """
@@ -88,7 +91,7 @@ db_log:
         mov {a}, stop
         cmp {ptr} ptr [{sp} + {2 * w}], {a}
         jne db_log_out
-        and {ptr} ptr [{sp} + {4 * w}], ~0x100
+        and {ptr} ptr [{sp} + {4 * w}], ~{RFLAGS_TF:#x}
 db_log_out:
         pop {b}
         pop {a}
@@ -157,7 +160,7 @@ def test_host_single_step_traps_after_an_instruction_user_space_completed(guest,
     for _ in range(8):
         exit_ = g.run()
         if isinstance(exit_, DebugExit):
-            assert exit_.exception == 1 and exit_.dr6 & DR6_BS, \
+            assert exit_.exception == DB_VECTOR and exit_.dr6 & DR6_BS, \
                 f"{op} in {mode}: {exit_}, expected #DB with DR6.BS (single step)"
             pcs.append(exit_.pc)
             if exit_.pc == g.labels["after"]:
@@ -189,7 +192,7 @@ def test_guest_single_step_traps_after_an_instruction_user_space_completed(guest
     instruction)."""
     g = _guest(guest, mode, op, _db_logger(mode))
     g.vm.write(LOG, bytes(8 + 16 * LOG_SLOTS))
-    g.set_idt_gate(1, "db_log")
+    g.set_idt_gate(DB_VECTOR, "db_log")
     regs = g.vcpu.get_regs()
     regs.rflags |= RFLAGS_TF
     g.vcpu.set_regs(regs)

@@ -16,9 +16,10 @@ import pytest
 
 from kvmtest.cpuid import FEATURES
 from kvmtest.guest import layout as L
+from kvmtest.guest.mode_select import select
 from kvmtest.guest.modes import get_mode, with_sse_enabled
 
-MODES = ("long64", "long64-cpl3", "compat32", "compat32-cpl3")
+MODES = select(long=True, order="widest")
 
 
 def _dwords(fmt: str, *values) -> tuple:

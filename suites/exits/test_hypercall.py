@@ -6,7 +6,7 @@ import pytest
 
 from kvmtest.cpuid import find_entry
 from kvmtest.exits import HypercallExit
-from kvmtest.vcpu import KVM_CPUID_FEATURES
+from kvmtest.vcpu_cpuid_msr import KVM_CPUID_FEATURES
 
 KVM_HC_MAP_GPA_RANGE = 12
 
@@ -18,7 +18,7 @@ def _hypercall_insn(kvm):
     return "vmmcall" if vendor in (b"AuthenticAMD", b"HygonGenuine") else "vmcall"
 
 
-@pytest.mark.modes("long64", "compat32")
+@pytest.mark.modes(long=True, cpl=0)
 @pytest.mark.guest_timeout(1)  # a host that never completes the hypercall fails in 1 s
 def test_unknown_hypercall_returns_enosys(kvm, guest, mode):
     """A hypercall number KVM does not implement returns -KVM_ENOSYS (-1000) in RAX and the guest

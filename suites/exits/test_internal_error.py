@@ -9,7 +9,7 @@ from kvmtest.guest.layout import MMIO_BASE
 
 
 @pytest.mark.requires_cap("KVM_CAP_EXIT_ON_EMULATION_FAILURE")
-@pytest.mark.modes("long64", "long64-cpl3")
+@pytest.mark.modes(code_bits=64)
 def test_x87_load_from_mmio_exits_with_the_instruction_bytes(guest, mode):
     """FLD m32 from MMIO cannot be emulated: with KVM_CAP_EXIT_ON_EMULATION_FAILURE enabled KVM
     exits with KVM_EXIT_INTERNAL_ERROR, suberror KVM_INTERNAL_ERROR_EMULATION, flag

@@ -3,15 +3,15 @@ of 1, 2 and 4 bytes, immediate and DX ports, in every CPU mode, and string I/O."
 
 import pytest
 
-from kvmtest.guest.modes import COMMON_MODES as ALL
-from kvmtest.guest.modes import regs_for
 from kvmtest.abi.constants import KVM_EXIT_IO_IN, KVM_EXIT_IO_OUT
 from kvmtest.exits import IoExit
+from kvmtest.guest.mode_select import select
+from kvmtest.guest.modes import regs_for
 
 ACC = {1: "al", 2: "ax", 4: "eax"}
 
 
-@pytest.mark.modes(*ALL)
+@pytest.mark.modes(feature=None)
 @pytest.mark.parametrize("size", [1, 2, 4])
 def test_out_and_in_with_immediate_and_dx_ports(guest, mode, size):
     """OUT imm8/DX and IN imm8/DX of `size` bytes each exit with KVM_EXIT_IO: the port, size,
@@ -43,7 +43,7 @@ def test_out_and_in_with_immediate_and_dx_ports(guest, mode, size):
     g.run_to_done()
 
 
-STRING_MODES = ["real", "pm32", "long64", "compat32", "pm32-cpl3", "long64-cpl3", "compat32-cpl3"]
+STRING_MODES = select(sample="per-code-size")
 
 
 def _string_guest(mode, insn, df, count):

@@ -5,10 +5,12 @@ import pytest
 
 from kvmtest.abi import constants as C
 from kvmtest.exits import MsrExit
+from kvmtest.guest.mode_select import select
+from kvmtest.x86 import MSR_IA32_SYSENTER_CS, MSR_IA32_SYSENTER_ESP
 
 pytestmark = pytest.mark.requires_cap("KVM_CAP_X86_USER_SPACE_MSR")
 UNKNOWN_MSR = 0x4B564D7F  # no CPU or KVM defines it
-MODES = ["real", "pm32", "long64", "compat32"]
+MODES = select(sample="per-code-size", cpl=0)
 
 
 def _enable(g, reasons=C.KVM_MSR_EXIT_REASON_UNKNOWN | C.KVM_MSR_EXIT_REASON_FILTER):
@@ -35,7 +37,7 @@ def test_wrmsr_of_an_unknown_msr_exits_with_the_data(guest, mode):
     g.run_to_done()
 
 
-@pytest.mark.modes("long64", "compat32")
+@pytest.mark.modes(long=True, cpl=0)
 def test_error_reply_injects_gp(guest, mode):
     """Setting msr.error makes the guest's RDMSR take #GP(0) (api.rst 5: "if error is set, an
     exception is injected into the guest")."""
@@ -51,10 +53,10 @@ def test_filtered_msr_exits_with_reason_filter(guest):
     although KVM knows it, and the data user space returns is what RDMSR reads; an MSR whose
     bit is set in the same range, and a write to the denied MSR when the range only covers
     reads, are handled by KVM without an exit (api.rst KVM_X86_SET_MSR_FILTER)."""
-    g = guest("long64", """
-        mov ecx, 0x175                          # IA32_SYSENTER_ESP: allowed in the range
+    g = guest("long64", f"""
+        mov ecx, {MSR_IA32_SYSENTER_ESP:#x}     # allowed in the range
         rdmsr
-        mov ecx, 0x174                          # IA32_SYSENTER_CS: only its reads are denied
+        mov ecx, {MSR_IA32_SYSENTER_CS:#x}      # only its reads are denied
         mov eax, 0x10
         xor edx, edx
         wrmsr
@@ -62,7 +64,9 @@ def test_filtered_msr_exits_with_reason_filter(guest):
         GUEST_SYNC eax
         GUEST_DONE""")
     _enable(g)
-    g.vm.set_msr_filter([(C.KVM_MSR_FILTER_READ, 0x174, [False, True])])
-    g.expect_exit(MsrExit, reason=C.KVM_EXIT_X86_RDMSR, index=0x174, msr_reason=C.KVM_MSR_EXIT_REASON_FILTER).respond(5)
+    # The range starts at IA32_SYSENTER_CS: its bit 0 (denied), then IA32_SYSENTER_ESP (allowed).
+    g.vm.set_msr_filter([(C.KVM_MSR_FILTER_READ, MSR_IA32_SYSENTER_CS, [False, True])])
+    g.expect_exit(MsrExit, reason=C.KVM_EXIT_X86_RDMSR, index=MSR_IA32_SYSENTER_CS,
+                  msr_reason=C.KVM_MSR_EXIT_REASON_FILTER).respond(5)
     assert g.run_to_done() == [5], "RDMSR of the filtered MSR did not read the data user space returned"
-    assert g.vcpu.get_msrs([0x174])[0x174] == 0x10, "the unfiltered WRMSR of IA32_SYSENTER_CS did not reach KVM"
+    assert g.vcpu.get_msr(MSR_IA32_SYSENTER_CS) == 0x10, "the unfiltered WRMSR of IA32_SYSENTER_CS did not reach KVM"

@@ -3,17 +3,14 @@ interrupt 8: a fault while delivering #DF shuts the processor down)."""
 
 import pytest
 
-from kvmtest.guest.modes import COMMON_MODES as ALL
 from kvmtest.exits import ShutdownExit
+
 
 # Real mode has no descriptors to make not present; its triple fault (an exception whose vector
 # table entry, and those of #GP and #DF, lie beyond the IDTR limit: SDM Vol. 2A INT n Operation,
 # which covers exceptions too) is checked in suites/modes/test_real_mode_idt_limit.py, and INT n
 # beyond the limit in suites/modes/test_real_mode.py::test_int_beyond_the_vector_table_limit_is_gp.
-PROTECTED = [m for m in ALL if m != "real"]
-
-
-@pytest.mark.modes(*PROTECTED)
+@pytest.mark.modes(protected=True)
 def test_fault_with_an_empty_idt_is_a_triple_fault(guest, mode):
     """With the IDT limit at 0, #UD cannot be delivered (#GP), nor can the #GP, nor the #DF:
     the vCPU shuts down and KVM_RUN exits with KVM_EXIT_SHUTDOWN."""

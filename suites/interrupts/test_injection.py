@@ -8,9 +8,12 @@ import pytest
 
 from kvmtest.abi.constants import KVM_VCPUEVENT_VALID_NMI_PENDING, errno_name
 from kvmtest.exits import IrqWindowOpenExit
-from kvmtest.guest.modes import MODES, RFLAGS_IF
+from kvmtest.guest import layout as L
+from kvmtest.guest.mode_select import select
+from kvmtest.guest.modes import MODES
+from kvmtest.x86 import NMI_VECTOR, RFLAGS_IF
 
-MODES_TESTED = ["real", "pm32", "long64", "compat32", "long64-cpl3", "compat32-cpl3", "pm32-cpl3"]
+MODES_TESTED = select(sample="per-code-size", cpl=0) + select(sample="per-code-size", cpl=3, order="widest")
 
 SPIN_WITH_HANDLER = """
 spin:
@@ -83,12 +86,12 @@ GUEST_AT_CPL 0
 
 
 @pytest.mark.requires_cap("KVM_CAP_USER_NMI")
-@pytest.mark.modes("real", "pm32", "long64", "compat32", "long64-cpl3")
+@pytest.mark.modes(*select(sample="per-code-size", cpl=0) + select(code_bits=64, cpl=3))
 def test_kvm_nmi_runs_the_nmi_handler(guest, mode):
     """KVM_NMI queues an NMI (api.rst 4.64) that the guest takes through IDT vector 2, whatever
     EFLAGS.IF says (SDM Vol. 3A 6.7.1)."""
     g = guest(mode, NMI_GUEST)
-    g.set_idt_gate(2, "nmi_handler")
+    g.set_idt_gate(NMI_VECTOR, "nmi_handler")
     assert g.expect_sync() == 1
     g.vcpu.nmi()
     assert g.expect_sync() == 2
@@ -96,12 +99,12 @@ def test_kvm_nmi_runs_the_nmi_handler(guest, mode):
 
 
 @pytest.mark.requires_cap("KVM_CAP_VCPU_EVENTS")
-@pytest.mark.modes("real", "pm32", "long64", "compat32", "long64-cpl3")
+@pytest.mark.modes(*select(sample="per-code-size", cpl=0) + select(code_bits=64, cpl=3))
 def test_nmi_made_pending_with_set_vcpu_events_is_delivered(guest, mode):
     """KVM_SET_VCPU_EVENTS with KVM_VCPUEVENT_VALID_NMI_PENDING and nmi.pending = 1 makes an
     NMI pending; the next KVM_RUN delivers it through IDT vector 2 (api.rst 4.32)."""
     g = guest(mode, NMI_GUEST)
-    g.set_idt_gate(2, "nmi_handler")
+    g.set_idt_gate(NMI_VECTOR, "nmi_handler")
     assert g.expect_sync() == 1, "the guest did not reach its first GUEST_SYNC"
     ev = g.vcpu.get_events()
     ev.flags = KVM_VCPUEVENT_VALID_NMI_PENDING
@@ -137,13 +140,13 @@ GUEST_AT_CPL 0
 
 @pytest.mark.requires_cap("KVM_CAP_USER_NMI")
 @pytest.mark.requires_cap("KVM_CAP_VCPU_EVENTS")
-@pytest.mark.modes("real", "long64", "long64-cpl3")
+@pytest.mark.modes(*select(protected=False) + select(code_bits=64))
 def test_nmi_blocked_by_set_vcpu_events_waits_for_iret(guest, mode):
     """With NMIs blocked through KVM_SET_VCPU_EVENTS (nmi.masked = 1, api.rst 4.32), an NMI
     queued with KVM_NMI is held while the guest runs on, and delivered right after the guest's
     next IRET, which unblocks NMIs (SDM Vol. 3A 6.7.1)."""
     g = guest(mode, MASKED_NMI_GUEST.format(iret=SELF_IRET["real" if mode == "real" else "64"]))
-    g.set_idt_gate(2, "nmi_handler")
+    g.set_idt_gate(NMI_VECTOR, "nmi_handler")
     assert g.expect_sync() == 1, "the guest did not reach its first GUEST_SYNC"
     ev = g.vcpu.get_events()
     ev.flags = 0
@@ -159,7 +162,7 @@ def test_nmi_blocked_by_set_vcpu_events_waits_for_iret(guest, mode):
 
 
 @pytest.mark.requires_cap("KVM_CAP_VCPU_EVENTS")
-@pytest.mark.modes("real", "pm32", "long64", "compat32", "long64-cpl3", "compat32-cpl3")
+@pytest.mark.modes(*select(sample="per-code-size", cpl=0) + select(sample="per-code-size", long=True, cpl=3))
 @pytest.mark.parametrize("vector,error_code", [(6, None), (13, 0x1234)], ids=["UD", "GP"])
 def test_exception_injected_with_set_vcpu_events(guest, mode, vector, error_code):
     """An exception made pending with KVM_SET_VCPU_EVENTS (exception.injected, nr,
@@ -179,8 +182,9 @@ def test_exception_injected_with_set_vcpu_events(guest, mode, vector, error_code
     g.run_to_done()
 
 
+SHADOW_MARK = L.LOW_DATA  # below 64 KiB, for real mode; not the exception record
 STI_SHADOW = """
-    mov {bx}, 0x500
+    mov {bx}, {mark}
     cli
     GUEST_SYNC 1
     sti
@@ -196,7 +200,7 @@ handler:
 """
 
 
-@pytest.mark.modes("real", "pm32", "long64", "compat32")
+@pytest.mark.modes(sample="per-code-size", cpl=0)
 def test_interrupt_window_opens_only_after_the_instruction_following_sti(guest, mode):
     """STI sets IF but external interrupts are recognised only after the next instruction
     completes (SDM Vol. 2B STI, the "interrupt shadow"), so the interrupt window requested
@@ -205,17 +209,18 @@ def test_interrupt_window_opens_only_after_the_instruction_following_sti(guest, 
     request_interrupt_window, 4.16 KVM_INTERRUPT)."""
     from kvmtest.guest.modes import regs_for
 
-    g = guest(mode, STI_SHADOW.format(**regs_for(mode)))
+    g = guest(mode, STI_SHADOW.format(mark=hex(SHADOW_MARK), **regs_for(mode)))
     g.set_idt_gate(0x40, "handler")
     assert g.expect_sync() == 1
     run = g.vcpu.kvm_run
     run.request_interrupt_window = 1
     g.expect_exit(IrqWindowOpenExit)
     run.request_interrupt_window = 0
-    at_window = g.vm.read(0x500, 1)[0]
+    at_window = g.vm.read(SHADOW_MARK, 1)[0]
     assert at_window >= 1, \
         f"KVM_EXIT_IRQ_WINDOW_OPEN at rip={g.vcpu.get_regs().rip:#x} before the instruction after STI ran " \
-        f"(byte at 0x500 = {at_window}, expected 1 or 2)"
+        f"(byte at {SHADOW_MARK:#x} = {at_window}, expected 1 or 2)"
     g.vcpu.interrupt(0x40)
     (in_handler,) = g.run_to_done()
-    assert in_handler >= 1, f"vector 0x40 delivered inside STI's shadow: byte at 0x500 = {in_handler} in the handler"
+    assert in_handler >= 1, \
+        f"vector 0x40 delivered inside STI's shadow: byte at {SHADOW_MARK:#x} = {in_handler} in the handler"

@@ -7,7 +7,8 @@ import time
 import pytest
 
 from kvmtest.eventfd import EventFd
-from kvmtest.guest.paging import PCD, KiB4, P, RW
+from kvmtest.guest.paging import KiB4
+from kvmtest.x86 import PTE_P, PTE_PCD, PTE_RW
 
 pytestmark = pytest.mark.requires_cap("KVM_CAP_IRQCHIP")
 APIC, IOAPIC = 0xFEE00000, 0xFEC00000
@@ -46,7 +47,7 @@ def _guest(guest, pin, level, count, handler=COUNTING_HANDLER):
     g = guest("long64", (SETUP + handler).format(index_low=0x10 + 2 * pin, index_high=0x11 + 2 * pin, low=low,
                                                  count=count), irqchip=True)
     for page in (APIC, IOAPIC):
-        g.page_tables.map(page, page, KiB4, P | RW | PCD)
+        g.page_tables.map(page, page, KiB4, PTE_P | PTE_RW | PTE_PCD)
     g.set_idt_gate(0x50, "handler")
     assert g.expect_sync() == 0
     return g
@@ -217,12 +218,11 @@ def test_pit2_is_created_once(vm):
     refused with EEXIST (api.rst KVM_CREATE_PIT2; kvm-ioctls test_pit2)."""
     import errno
 
-    from kvmtest.abi import structs as S
     from kvmtest.abi.constants import errno_name
 
     vm.create_irqchip()
     vm.create_pit2()
-    err = vm.try_ioctl("KVM_CREATE_PIT2", S.kvm_pit_config())
+    err = vm.try_create_pit2()
     assert err == errno.EEXIST, f"second KVM_CREATE_PIT2: expected EEXIST, got {errno_name(err)}"
 
 
@@ -264,7 +264,7 @@ def test_logical_destination_reaches_every_vcpu_in_the_mask(guest):
 
     g = guest("long64", LOGICAL, irqchip=True)
     for page in (APIC, IOAPIC):
-        g.page_tables.map(page, page, KiB4, P | RW | PCD)
+        g.page_tables.map(page, page, KiB4, PTE_P | PTE_RW | PTE_PCD)
     g.set_idt_gate(0x51, "handler")
     vcpus = [g.vcpu] + [g.add_vcpu("start") for _ in range(3)]
     for v in vcpus[1:]:
@@ -303,7 +303,7 @@ def test_masked_level_pin_delivers_once_unmasked(guest):
         GUEST_SYNC 0x52
         GUEST_DONE""", irqchip=True)
     for page in (APIC, IOAPIC):
-        g.page_tables.map(page, page, KiB4, P | RW | PCD)
+        g.page_tables.map(page, page, KiB4, PTE_P | PTE_RW | PTE_PCD)
     g.set_idt_gate(0x52, "handler")
     assert g.expect_sync() == 1
     g.vm.irq_line(21, 1)
@@ -318,5 +318,5 @@ def test_ioapic_version_register(guest):
     24 pins, so bits 23:16 hold 23 (82093AA IOAPICVER)."""
     g = guest("long64", "mov rsi, 0xFEC00000\nmov dword ptr [rsi], 1\nmov eax, dword ptr [rsi + 0x10]\n"
                         "shr eax, 16\nand eax, 0xff\nGUEST_SYNC eax\nGUEST_DONE", irqchip=True)
-    g.page_tables.map(IOAPIC, IOAPIC, KiB4, P | RW | PCD)
+    g.page_tables.map(IOAPIC, IOAPIC, KiB4, PTE_P | PTE_RW | PTE_PCD)
     assert g.run_to_done() == [23]

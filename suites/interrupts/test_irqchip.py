@@ -4,6 +4,7 @@
 import pytest
 
 from kvmtest.abi import constants as C
+from kvmtest.guest.mode_select import select
 from kvmtest.guest.pic import init_master_pic
 
 pytestmark = pytest.mark.requires_cap("KVM_CAP_IRQCHIP")
@@ -22,7 +23,7 @@ irq1:
 """
 
 
-@pytest.mark.modes("real", "long64", "compat32")
+@pytest.mark.modes(*select(protected=False) + select(long=True, cpl=0))
 def test_pic_irq_reaches_the_guest(guest, mode):
     """With KVM_CREATE_IRQCHIP, GSI 1 goes to the PIC (api.rst 4.24); an edge raised with
     KVM_IRQ_LINE_STATUS (level 1 then 0, api.rst 4.25) on an unmasked IRQ1 is delivered as
@@ -53,5 +54,5 @@ def test_second_irqchip_is_refused(vm):
     import errno
 
     vm.create_irqchip()
-    err = vm.try_ioctl("KVM_CREATE_IRQCHIP")
+    err = vm.try_create_irqchip()
     assert err == errno.EEXIST, f"second KVM_CREATE_IRQCHIP: {C.errno_name(err)}"

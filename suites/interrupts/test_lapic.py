@@ -6,16 +6,35 @@ import struct
 
 import pytest
 
-from kvmtest.guest.paging import PCD, KiB4, P, RW
+from kvmtest.guest.paging import KiB4
+from kvmtest.x86 import (
+    APIC_BASE_BSP,
+    APIC_BASE_EN,
+    APIC_BASE_EXTD,
+    MSR_IA32_APIC_BASE,
+    MSR_IA32_TSC_DEADLINE,
+    MSR_IA32_X2APIC_APICID,
+    MSR_IA32_X2APIC_CUR_COUNT,
+    MSR_IA32_X2APIC_EOI,
+    MSR_IA32_X2APIC_ESR,
+    MSR_IA32_X2APIC_ICR,
+    MSR_IA32_X2APIC_ISR0,
+    MSR_IA32_X2APIC_PPR,
+    MSR_IA32_X2APIC_SELF_IPI,
+    MSR_IA32_X2APIC_SIVR,
+    MSR_IA32_X2APIC_VERSION,
+    PTE_P,
+    PTE_PCD,
+    PTE_RW,
+)
 
 pytestmark = pytest.mark.requires_cap("KVM_CAP_IRQCHIP")
 APIC = 0xFEE00000
-MSR_APIC_BASE = 0x1B
 
 
 def _apic_guest(guest, source, **kw):
     g = guest("long64", f"mov rbx, {APIC:#x}\n" + source, irqchip=True, **kw)
-    g.page_tables.map(APIC, APIC, KiB4, P | RW | PCD)
+    g.page_tables.map(APIC, APIC, KiB4, PTE_P | PTE_RW | PTE_PCD)
     return g
 
 
@@ -26,8 +45,8 @@ def test_every_vcpu_leaves_reset_in_xapic_mode_with_its_id(vm):
     vm.create_irqchip()
     for i in range(4):
         vcpu = vm.create_vcpu(i)
-        base = vcpu.get_msr(MSR_APIC_BASE)
-        want = APIC | (1 << 11) | (1 << 8 if i == 0 else 0)
+        base = vcpu.get_msr(MSR_IA32_APIC_BASE)
+        want = APIC | APIC_BASE_EN | (APIC_BASE_BSP if i == 0 else 0)
         assert base == want, f"vCPU {i} IA32_APIC_BASE {base:#x}, expected {want:#x}"
         (apic_id,) = struct.unpack_from("<I", bytes(vcpu.get_lapic().regs), 0x20)
         assert apic_id == i << 24, f"vCPU {i} xAPIC ID register {apic_id:#x}, expected {i << 24:#x}"
@@ -42,7 +61,7 @@ def test_x2apic_id_format_after_enabling_x2apic(vm):
     vm.create_irqchip()
     vcpu = vm.create_vcpu(3)
     vcpu.set_cpuid(vm.kvm.cached_supported_cpuid())
-    vcpu.set_msr(MSR_APIC_BASE, APIC | (1 << 11) | (1 << 10))
+    vcpu.set_msr(MSR_IA32_APIC_BASE, APIC | APIC_BASE_EN | APIC_BASE_EXTD)
     (apic_id,) = struct.unpack_from("<I", bytes(vcpu.get_lapic().regs), 0x20)
     assert apic_id == 3, f"x2APIC ID register {apic_id:#x}, expected 3"
 
@@ -97,9 +116,10 @@ def test_tsc_deadline_timer_fires_and_clears_the_msr(guest):
     """In TSC-deadline mode (LVT timer bits 18:17 = 10b) writing IA32_TSC_DEADLINE arms the timer;
     it fires once the TSC passes the deadline and the MSR reads 0 afterwards (SDM Vol. 3A
     11.5.4.1)."""
-    arm = "rdtsc\nshl rdx, 32\nor rax, rdx\nadd rax, 200000\nmov rdx, rax\nshr rdx, 32\nmov ecx, 0x6e0\nwrmsr"
-    src = TIMER.format(lvt=0x40030, arm=arm, count=1).replace(
-        "    GUEST_DONE\n", "    mov ecx, 0x6e0\n    rdmsr\n    GUEST_SYNC rax\n    GUEST_DONE\n", 1)
+    arm = ("rdtsc\nshl rdx, 32\nor rax, rdx\nadd rax, 200000\nmov rdx, rax\nshr rdx, 32\n"
+           f"mov ecx, {MSR_IA32_TSC_DEADLINE:#x}\nwrmsr")
+    read_back = f"    mov ecx, {MSR_IA32_TSC_DEADLINE:#x}\n    rdmsr\n    GUEST_SYNC rax\n    GUEST_DONE\n"
+    src = TIMER.format(lvt=0x40030, arm=arm, count=1).replace("    GUEST_DONE\n", read_back, 1)
     g = _apic_guest(guest, src)
     g.set_idt_gate(0x30, "timer")
     leaf1 = [e for e in g.vcpu.get_cpuid() if e.function == 1][0]
@@ -149,13 +169,14 @@ def test_fixed_ipi_between_vcpus(guest):
     assert ap_thread.join(30) == [0x40], "vCPU 1 did not take the IPI"
 
 
-TO_X2APIC_THEN = """
-    mov ecx, 0x1b
+EN_EXTD = APIC_BASE_EN | APIC_BASE_EXTD   # IA32_APIC_BASE in x2APIC mode (SDM Vol. 3A 11.12.1)
+TO_X2APIC_THEN = f"""
+    mov ecx, {MSR_IA32_APIC_BASE:#x}
     rdmsr
-    or eax, 0xc00                   # EN | EXTD: xAPIC -> x2APIC is a valid transition
+    or eax, {EN_EXTD:#x}            # EN | EXTD: xAPIC -> x2APIC is a valid transition
     wrmsr
     GUEST_SYNC eax
-    and eax, ~0x400                 # x2APIC -> xAPIC directly: invalid
+    and eax, ~{APIC_BASE_EXTD:#x}   # x2APIC -> xAPIC directly: invalid
     GUEST_ASSERT_RAISES GP(0), wrmsr
     GUEST_DONE
 """
@@ -166,16 +187,16 @@ def test_apic_mode_transitions(guest):
     """xAPIC -> x2APIC by setting IA32_APIC_BASE.EXTD is allowed; x2APIC -> xAPIC without going
     through disabled raises #GP(0) (SDM Vol. 3A 11.12.5, Figure 11-27; kvm-unit-tests apic.c)."""
     g = guest("long64", TO_X2APIC_THEN, irqchip=True)
-    assert g.expect_sync() & 0xC00 == 0xC00
+    assert g.expect_sync() & EN_EXTD == EN_EXTD
     g.run_to_done()
-    assert g.vcpu.get_msr(MSR_APIC_BASE) & 0xC00 == 0xC00, "the refused transition changed IA32_APIC_BASE"
+    assert g.vcpu.get_msr(MSR_IA32_APIC_BASE) & EN_EXTD == EN_EXTD, "the refused transition changed IA32_APIC_BASE"
 
 
 def test_enabling_x2apic_without_the_cpuid_bit_is_gp(guest):
     """Setting IA32_APIC_BASE.EXTD when CPUID.1:ECX.x2APIC is clear raises #GP(0) (SDM Vol. 3A
     11.12.1; kvm-unit-tests apic.c test_enable_x2apic)."""
-    g = guest("long64", "mov ecx, 0x1b\nrdmsr\nor eax, 0xc00\nGUEST_ASSERT_RAISES GP(0), wrmsr\nGUEST_DONE",
-              irqchip=True)
+    g = guest("long64", f"mov ecx, {MSR_IA32_APIC_BASE:#x}\nrdmsr\nor eax, {EN_EXTD:#x}\n"
+                        "GUEST_ASSERT_RAISES GP(0), wrmsr\nGUEST_DONE", irqchip=True)
     table = g.kvm.supported_cpuid_copy()
     for e in table:
         if e.function == 1:
@@ -216,7 +237,7 @@ def _bsp_signals_waiting_aps(g, count: int) -> dict[int, list[int]]:
     threads = [g.in_thread(ap, timeout=20) for ap in aps]
     assert g.expect_sync() == 1
     g.run_to_done()
-    return {ap.id: t.join(30) for ap, t in zip(aps, threads)}
+    return {ap.id: t.join(30) for ap, t in zip(aps, threads, strict=True)}
 
 
 BROADCAST = """
@@ -243,15 +264,15 @@ def test_ipi_to_all_excluding_self_reaches_every_other_vcpu(guest):
     assert got == [1, 2], f"APIC IDs that took the broadcast: {got}, expected [1, 2]"
 
 
-FROM_DISABLED = """
-    mov ecx, 0x1b
+FROM_DISABLED = f"""
+    mov ecx, {MSR_IA32_APIC_BASE:#x}
     rdmsr
-    and eax, ~0xc00                 # EN=0, EXTD=0: disabled
+    and eax, ~{EN_EXTD:#x}          # EN=0, EXTD=0: disabled
     wrmsr
-    or eax, 0x400                   # EXTD alone (EN=0) is an invalid state
+    or eax, {APIC_BASE_EXTD:#x}     # EXTD alone (EN=0) is an invalid state
     GUEST_ASSERT_RAISES GP(0), wrmsr
-    and eax, ~0x400
-    or eax, 0x800                   # disabled -> xAPIC is valid
+    and eax, ~{APIC_BASE_EXTD:#x}
+    or eax, {APIC_BASE_EN:#x}       # disabled -> xAPIC is valid
     wrmsr
     rdmsr
     GUEST_SYNC eax
@@ -265,16 +286,16 @@ def test_disabled_apic_transitions(guest):
     disabled -> xAPIC is valid (SDM Vol. 3A 11.12.5, Figure 11-27)."""
     g = guest("long64", FROM_DISABLED, irqchip=True)
     (base,) = g.run_to_done()
-    assert base & 0xC00 == 0x800, f"IA32_APIC_BASE {base:#x} after disabled -> xAPIC"
+    assert base & EN_EXTD == APIC_BASE_EN, f"IA32_APIC_BASE {base:#x} after disabled -> xAPIC"
 
 
 # Switch the APIC to x2APIC mode (IA32_APIC_BASE EN|EXTD) and software-enable it through the SVR MSR.
-TO_X2APIC_ENABLED = """
-        mov ecx, 0x1b
+TO_X2APIC_ENABLED = f"""
+        mov ecx, {MSR_IA32_APIC_BASE:#x}
         rdmsr
-        or eax, 0xc00
+        or eax, {EN_EXTD:#x}
         wrmsr
-        mov ecx, 0x80f
+        mov ecx, {MSR_IA32_X2APIC_SIVR:#x}
         mov eax, 0x1ff
         xor edx, edx
         wrmsr
@@ -285,8 +306,8 @@ TO_X2APIC_ENABLED = """
 def test_x2apic_icr_reads_back_as_one_64bit_msr(guest):
     """In x2APIC mode the ICR is MSR 0x830, written and read as one 64-bit value with the
     destination in bits 63:32 (SDM Vol. 3A 11.12.9; selftests xapic_state_test test_icr)."""
-    g = guest("long64", TO_X2APIC_ENABLED + """
-        mov ecx, 0x830
+    g = guest("long64", TO_X2APIC_ENABLED + f"""
+        mov ecx, {MSR_IA32_X2APIC_ICR:#x}
         mov eax, 0x4042
         mov edx, 0x55
         wrmsr
@@ -300,18 +321,18 @@ def test_x2apic_icr_reads_back_as_one_64bit_msr(guest):
 
 # (instruction, MSR, value written) -> each must raise #GP(0) in x2APIC mode
 X2APIC_GP = {
-    "rdmsr-eoi-write-only": ("rdmsr", 0x80B, 0),
-    "rdmsr-self-ipi-write-only": ("rdmsr", 0x83F, 0),
-    "wrmsr-id-read-only": ("wrmsr", 0x802, 0),
-    "wrmsr-version-read-only": ("wrmsr", 0x803, 0),
-    "wrmsr-ppr-read-only": ("wrmsr", 0x80A, 0),
-    "wrmsr-isr-read-only": ("wrmsr", 0x810, 0),
-    "wrmsr-current-count-read-only": ("wrmsr", 0x839, 0),
-    "rdmsr-dfr-absent": ("rdmsr", 0x80E, 0),
-    "rdmsr-icr2-absent": ("rdmsr", 0x831, 0),
-    "wrmsr-eoi-non-zero": ("wrmsr", 0x80B, 1),
-    "wrmsr-esr-non-zero": ("wrmsr", 0x828, 1),
-    "wrmsr-self-ipi-reserved-bits": ("wrmsr", 0x83F, 0x140),
+    "rdmsr-eoi-write-only": ("rdmsr", MSR_IA32_X2APIC_EOI, 0),
+    "rdmsr-self-ipi-write-only": ("rdmsr", MSR_IA32_X2APIC_SELF_IPI, 0),
+    "wrmsr-id-read-only": ("wrmsr", MSR_IA32_X2APIC_APICID, 0),
+    "wrmsr-version-read-only": ("wrmsr", MSR_IA32_X2APIC_VERSION, 0),
+    "wrmsr-ppr-read-only": ("wrmsr", MSR_IA32_X2APIC_PPR, 0),
+    "wrmsr-isr-read-only": ("wrmsr", MSR_IA32_X2APIC_ISR0, 0),
+    "wrmsr-current-count-read-only": ("wrmsr", MSR_IA32_X2APIC_CUR_COUNT, 0),
+    "rdmsr-dfr-absent": ("rdmsr", 0x80E, 0),    # xAPIC DFR (0xE0): no x2APIC MSR
+    "rdmsr-icr2-absent": ("rdmsr", 0x831, 0),   # xAPIC ICR high (0x310): the x2APIC ICR is one MSR
+    "wrmsr-eoi-non-zero": ("wrmsr", MSR_IA32_X2APIC_EOI, 1),
+    "wrmsr-esr-non-zero": ("wrmsr", MSR_IA32_X2APIC_ESR, 1),
+    "wrmsr-self-ipi-reserved-bits": ("wrmsr", MSR_IA32_X2APIC_SELF_IPI, 0x140),
 }
 
 

@@ -6,7 +6,8 @@ import pytest
 
 from kvmtest.abi import constants as C
 from kvmtest.exits import IoapicEoiExit
-from kvmtest.guest.paging import PCD, KiB4, P, RW
+from kvmtest.guest.paging import KiB4
+from kvmtest.x86 import PTE_P, PTE_PCD, PTE_RW
 
 pytestmark = pytest.mark.requires_cap("KVM_CAP_SPLIT_IRQCHIP")
 APIC = 0xFEE00000
@@ -17,7 +18,9 @@ def test_split_irqchip_is_refused_once_a_vcpu_exists(vm):
     """Enabling KVM_CAP_SPLIT_IRQCHIP fails if a vCPU has already been created (api.rst KVM_CAP_SPLIT_IRQCHIP)."""
     vm.create_vcpu()
     err = vm.try_enable_cap("KVM_CAP_SPLIT_IRQCHIP", 24)
-    assert err != 0, "KVM_ENABLE_CAP(KVM_CAP_SPLIT_IRQCHIP) after KVM_CREATE_VCPU succeeded; api.rst KVM_CAP_SPLIT_IRQCHIP says it fails"
+    assert err != 0, \
+        "KVM_ENABLE_CAP(KVM_CAP_SPLIT_IRQCHIP) after KVM_CREATE_VCPU succeeded; " \
+        "api.rst KVM_CAP_SPLIT_IRQCHIP says it fails"
 
 
 def test_split_irqchip_is_refused_after_create_irqchip(vm):
@@ -25,7 +28,9 @@ def test_split_irqchip_is_refused_after_create_irqchip(vm):
     KVM_CREATE_IRQCHIP (api.rst KVM_CAP_SPLIT_IRQCHIP)."""
     vm.create_irqchip()
     err = vm.try_enable_cap("KVM_CAP_SPLIT_IRQCHIP", 24)
-    assert err != 0, "KVM_ENABLE_CAP(KVM_CAP_SPLIT_IRQCHIP) after KVM_CREATE_IRQCHIP succeeded; api.rst KVM_CAP_SPLIT_IRQCHIP says it fails"
+    assert err != 0, \
+        "KVM_ENABLE_CAP(KVM_CAP_SPLIT_IRQCHIP) after KVM_CREATE_IRQCHIP succeeded; " \
+        "api.rst KVM_CAP_SPLIT_IRQCHIP says it fails"
 
 
 def test_split_irqchip_gives_vcpus_a_local_apic_and_no_pic(vm):
@@ -64,7 +69,7 @@ def test_reserved_ioapic_route_eoi_exits_to_user_space(guest, vm, level):
     exit (api.rst KVM_CAP_SPLIT_IRQCHIP: "whenever the LAPIC receives an EOI for these routes"; 5)."""
     vm.enable_split_irqchip(24)
     g = guest("long64", WAIT_FOR_VECTOR, vm=vm)
-    g.page_tables.map(APIC, APIC, KiB4, P | RW | PCD)
+    g.page_tables.map(APIC, APIC, KiB4, PTE_P | PTE_RW | PTE_PCD)
     g.set_idt_gate(VECTOR, "handler")
     data = VECTOR | (1 << 15 | 1 << 14 if level else 0)  # level + assert, or edge
     vm.set_gsi_routing([vm.msi_route(5, APIC, data)])
@@ -77,6 +82,7 @@ def test_reserved_ioapic_route_eoi_exits_to_user_space(guest, vm, level):
     if level:
         exit_ = g.run()
         assert isinstance(exit_, IoapicEoiExit) and exit_.vector == VECTOR, \
-            f"EOI of level vector {VECTOR:#x} from a reserved route: expected KVM_EXIT_IOAPIC_EOI(vector={VECTOR:#x}), got {exit_}"
+            f"EOI of level vector {VECTOR:#x} from a reserved route: " \
+            f"expected KVM_EXIT_IOAPIC_EOI(vector={VECTOR:#x}), got {exit_}"
         vm.irq_line(5, 0)
     g.run_to_done()

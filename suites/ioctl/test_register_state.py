@@ -1,6 +1,5 @@
 """Set/get round trips of vCPU state, and the special-register states KVM_SET_SREGS refuses."""
 
-import ctypes
 import errno
 
 import pytest
@@ -8,8 +7,20 @@ import pytest
 from kvmtest.abi import constants as C
 from kvmtest.abi import structs as S
 from kvmtest.abi.constants import errno_name
-from kvmtest.guest.modes import (CR0_CD, CR0_NW, CR0_PE, CR0_PG, CR4_PAE, EFER_LMA, EFER_LME, get_mode,
-                                 mode_sregs, with_sse_enabled)
+from kvmtest.guest.mode_select import select
+from kvmtest.guest.modes import get_mode, mode_sregs, with_sse_enabled
+from kvmtest.x86 import (
+    APIC_BASE_EN,
+    APIC_BASE_EXTD,
+    CR0_CD,
+    CR0_NW,
+    CR0_PE,
+    CR0_PG,
+    CR4_PAE,
+    EFER_LMA,
+    EFER_LME,
+    MSR_IA32_EFER,
+)
 
 GPRS = [name for name, *_ in S.kvm_regs._fields_ if name not in ("rip", "rflags")]
 SEGMENT_FIELDS = [name for name, *_ in S.kvm_segment._fields_ if name not in ("padding", "unusable")]
@@ -31,7 +42,7 @@ def test_regs_round_trip(vm):
     assert not wrong, "KVM_GET_REGS after KVM_SET_REGS: " + "; ".join(wrong)
 
 
-@pytest.mark.modes("real", "pm16", "pm32", "paging32", "pae", "long64", "compat32", "long64-cpl3", "pm32-cpl3")
+@pytest.mark.modes(*select(cpl=0) + select(cpl=3, code_bits=64) + select(cpl=3, paging=False))
 def test_sregs_round_trip(vm, mode):
     """KVM_SET_SREGS then KVM_GET_SREGS returns the segments, descriptor tables, CR0, CR3, CR4
     and EFER as written, for each valid CPU-mode state (api.rst 4.13, 4.14; SDM Vol. 3A 2.5)."""
@@ -92,13 +103,13 @@ def test_apic_base_x2apic_without_xapic_is_refused(vm):
     vm.create_irqchip()
     vcpu = vm.create_vcpu()
     s = vcpu.get_sregs()
-    base = s.apic_base & ~0xC00
-    s.apic_base = base | (1 << 10)
+    base = s.apic_base & ~(APIC_BASE_EN | APIC_BASE_EXTD)
+    s.apic_base = base | APIC_BASE_EXTD
     err = vcpu.try_set_sregs(s)
     assert err == errno.EINVAL, f"KVM_SET_SREGS apic_base EXTD without EN: expected EINVAL, got {errno_name(err)}"
-    s.apic_base = base | (1 << 11)
+    s.apic_base = base | APIC_BASE_EN
     vcpu.set_sregs(s)
-    assert vcpu.get_sregs().apic_base & 0xC00 == 1 << 11
+    assert vcpu.get_sregs().apic_base & (APIC_BASE_EN | APIC_BASE_EXTD) == APIC_BASE_EN
 
 
 def test_efer_reserved_bit_is_refused_by_set_msrs(vm):
@@ -107,9 +118,9 @@ def test_efer_reserved_bit_is_refused_by_set_msrs(vm):
     sets 0 MSRs and EFER keeps its value."""
     vcpu = vm.create_vcpu()
     vcpu.set_cpuid(vm.kvm.cached_supported_cpuid())
-    before = vcpu.get_msr(0xC0000080)
-    assert vcpu.set_msrs({0xC0000080: before | (1 << 63)}) == 0, "KVM_SET_MSRS accepted EFER bit 63"
-    assert vcpu.get_msr(0xC0000080) == before
+    before = vcpu.get_msr(MSR_IA32_EFER)
+    assert vcpu.set_msrs({MSR_IA32_EFER: before | (1 << 63)}) == 0, "KVM_SET_MSRS accepted EFER bit 63"
+    assert vcpu.get_msr(MSR_IA32_EFER) == before
 
 
 def _fpu_with_pattern(vcpu):
@@ -205,7 +216,7 @@ def test_xcr0_round_trip_and_fp_bit_required(vm):
     vcpu.set_xcrs(xcrs)
     assert vcpu.get_xcrs().xcrs[0].value == 0x3
     xcrs.xcrs[0].value = 0x2
-    err = vcpu.try_ioctl("KVM_SET_XCRS", xcrs)
+    err = vcpu.try_set_xcrs(xcrs)
     assert err == errno.EINVAL, f"KVM_SET_XCRS XCR0=0x2: expected EINVAL, got {errno_name(err)}"
     assert vcpu.get_xcrs().xcrs[0].value == 0x3
 

@@ -6,8 +6,11 @@ import errno
 import pytest
 
 from kvmtest.abi import structs as S
-from kvmtest.abi.constants import CAPABILITIES, CAPABILITY_NAMES, errno_name
+from kvmtest.abi.buffers import msr_list_buffer
+from kvmtest.abi.capabilities import CAPABILITIES, CAPABILITY_NAMES
+from kvmtest.abi.constants import errno_name
 from kvmtest.libc import PAGE_SIZE
+from kvmtest.x86 import MSR_IA32_STAR, MSR_IA32_SYSENTER_CS, MSR_IA32_TSC
 
 
 def test_api_version_is_12(kvm):
@@ -62,9 +65,7 @@ def test_vcpu_mmap_size_holds_kvm_run(kvm):
 def test_supported_cpuid_with_too_few_entries_is_e2big(kvm):
     """KVM_GET_SUPPORTED_CPUID with nent too low to describe the CPU fails with E2BIG
     (api.rst 4.46)."""
-    buf = S.cpuid2_type(1)()
-    buf.nent = 1
-    err = kvm.try_ioctl("KVM_GET_SUPPORTED_CPUID", buf, args="nent=1")
+    _, err = kvm.try_get_supported_cpuid(1)
     assert err == errno.E2BIG, f"KVM_GET_SUPPORTED_CPUID nent=1: expected E2BIG, got {errno_name(err)}"
 
 
@@ -72,9 +73,7 @@ def test_supported_cpuid_adjusts_nent_to_the_valid_entries(kvm):
     """With room to spare, nent is adjusted to the number of valid entries (api.rst 4.46),
     and the answer is stable."""
     first = kvm.supported_cpuid()
-    buf = S.cpuid2_type(len(first) + 10)()
-    buf.nent = len(first) + 10
-    kvm.ioctl("KVM_GET_SUPPORTED_CPUID", buf)
+    buf = kvm.get_supported_cpuid(len(first) + 10)
     assert buf.nent == len(first), f"nent: expected {len(first)}, got {buf.nent}"
     assert [bytes(e) for e in buf.entries[: buf.nent]] == [bytes(e) for e in first]
 
@@ -92,17 +91,16 @@ def test_msr_list_too_small_is_e2big_with_the_count(kvm, request_name):
     number needed (api.rst 4.3: "kvm adjusts nmsrs") and leaves the array untouched."""
     if request_name.endswith("FEATURE_INDEX_LIST") and not kvm.check_extension("KVM_CAP_GET_MSR_FEATURES"):
         pytest.skip("needs KVM_CAP_GET_MSR_FEATURES")
-    buf = S.msr_list_type(4)()
-    buf.nmsrs = 0
+    buf = msr_list_buffer(0, room=4)
     buf.indices[:] = [0xDEAD0000 + i for i in range(4)]
-    err = kvm.try_ioctl(request_name, buf, args="nmsrs=0")
+    err = kvm.try_ioctl(request_name, buf, args="nmsrs=0")  # raw on purpose: a header claiming a short buffer
     assert err == errno.E2BIG, f"{request_name} nmsrs=0: expected E2BIG, got {errno_name(err)}"
     assert buf.nmsrs > 0, f"{request_name}: nmsrs not set to the needed count"
     assert list(buf.indices) == [0xDEAD0000 + i for i in range(4)], "the index array was written on E2BIG"
-    full = S.msr_list_type(buf.nmsrs)()
-    full.nmsrs = buf.nmsrs
-    kvm.ioctl(request_name, full)
-    assert full.nmsrs == buf.nmsrs and len(set(full.indices)) == full.nmsrs
+    full = {"KVM_GET_MSR_INDEX_LIST": kvm.msr_index_list,
+            "KVM_GET_MSR_FEATURE_INDEX_LIST": kvm.msr_feature_index_list}[request_name]()
+    assert len(full) == buf.nmsrs and len(set(full)) == len(full), \
+        f"{request_name}: {len(full)} indices ({len(set(full))} distinct), E2BIG said {buf.nmsrs}"
 
 
 def test_msr_index_list_holds_architectural_msrs(kvm):
@@ -110,7 +108,7 @@ def test_msr_index_list_holds_architectural_msrs(kvm):
     64-bit x86 host must save IA32_SYSENTER_CS (0x174), EFER-era STAR (0xC0000081) and
     IA32_TSC (0x10)."""
     msrs = set(kvm.msr_index_list())
-    missing = {0x10, 0x174, 0xC0000081} - msrs
+    missing = {MSR_IA32_TSC, MSR_IA32_SYSENTER_CS, MSR_IA32_STAR} - msrs
     assert not missing, f"missing from KVM_GET_MSR_INDEX_LIST: {sorted(hex(m) for m in missing)}"
 
 

@@ -16,6 +16,35 @@ from kvmtest.abi import structs as S
 from kvmtest.cpuid import find_entry
 from kvmtest.guest import layout as L
 from kvmtest.libc import PAGE_SIZE
+from kvmtest.x86 import (
+    MSR_AMD64_PERF_CTL0,
+    MSR_AMD64_TSC_RATIO,
+    MSR_AMD64_VIRT_SPEC_CTRL,
+    MSR_IA32_ARCH_CAPABILITIES,
+    MSR_IA32_BIOS_SIGN_ID,
+    MSR_IA32_DS_AREA,
+    MSR_IA32_FEATURE_CONTROL,
+    MSR_IA32_FIXED_CTR0,
+    MSR_IA32_FIXED_CTR1,
+    MSR_IA32_FIXED_CTR2,
+    MSR_IA32_FIXED_CTR_CTRL,
+    MSR_IA32_FLUSH_CMD,
+    MSR_IA32_MCG_CAP,
+    MSR_IA32_MCG_CTL,
+    MSR_IA32_MCG_STATUS,
+    MSR_IA32_PEBS_DATA_CFG,
+    MSR_IA32_PEBS_ENABLE,
+    MSR_IA32_PERF_CAPABILITIES,
+    MSR_IA32_PERF_GLOBAL_CTRL,
+    MSR_IA32_PERF_GLOBAL_OVF_CTRL,
+    MSR_IA32_PERF_GLOBAL_STATUS,
+    MSR_IA32_PRED_CMD,
+    MSR_IA32_SMBASE,
+    MSR_IA32_SPEC_CTRL,
+    MSR_IA32_TSC,
+    MSR_IA32_TSC_ADJUST,
+    MSR_IA32_TSC_DEADLINE,
+)
 
 pytestmark = pytest.mark.skipif(platform.machine() != "x86_64", reason="the host CPUID checks need an x86-64 host")
 
@@ -55,7 +84,7 @@ def test_supported_cpuid_features_are_the_host_cpus_or_emulated(kvm):
         e = find_entry(table, leaf, sub)
         if e is None or e.function != leaf or e.index != sub:
             continue
-        host = dict(zip(REGS, host_cpu.cpuid(leaf, sub)))[reg]
+        host = dict(zip(REGS, host_cpu.cpuid(leaf, sub), strict=True))[reg]
         allowed = set(KVM_MADE.get((leaf, sub, reg), {}))
         if (leaf, reg) == (0x80000001, "edx"):
             host_1_edx = host_cpu.cpuid(1)[3]
@@ -119,7 +148,8 @@ def test_vcpu_mmap_size_covers_the_pio_and_coalesced_mmio_pages(kvm):
     assert size >= (C.KVM_PIO_PAGE_OFFSET + 1) * PAGE_SIZE, f"mmap size {size:#x} ends before the PIO data page"
     if ring_page:
         assert ring_page == C.KVM_COALESCED_MMIO_PAGE_OFFSET, \
-            f"KVM_CAP_COALESCED_MMIO {ring_page}, <asm/kvm.h> KVM_COALESCED_MMIO_PAGE_OFFSET {C.KVM_COALESCED_MMIO_PAGE_OFFSET}"
+            f"KVM_CAP_COALESCED_MMIO {ring_page}, " \
+            f"<asm/kvm.h> KVM_COALESCED_MMIO_PAGE_OFFSET {C.KVM_COALESCED_MMIO_PAGE_OFFSET}"
         assert size >= (ring_page + 1) * PAGE_SIZE, f"mmap size {size:#x} ends before the ring page {ring_page}"
 
 
@@ -138,7 +168,6 @@ def test_io_exit_data_offset_points_at_the_guests_data_inside_the_mapping(guest)
     g.run_to_done()
 
 
-MSR_IA32_MCG_CAP = 0x179
 # MSRs of the list whose existence an enumeration rule controls: the MSR exists when any one of its
 # conditions holds (SDM Vol. 4 Table 2-2, "Comment" column; AMD APM Vol. 2 where named; api.rst 7
 # KVM_CAP_MSR_PLATFORM_INFO for MSR_PLATFORM_INFO). A condition is a CPUID bit (leaf, subleaf,
@@ -149,30 +178,31 @@ ARCH_PERFMON_VERSION = (0xA, 0, "eax", 0, 8)      # CPUID.0AH:EAX[7:0]
 FIXED_COUNTERS = (0xA, 0, "edx", 0, 5)            # CPUID.0AH:EDX[4:0]
 DEBUG_STORE = (1, 0, "edx", 21)                   # CPUID.01H:EDX.DS[21]: DS, and PEBS within it
 ENUMERATED_BY = {
-    0x3A: [(1, 0, "ecx", 5), (1, 0, "ecx", 6), (7, 0, "ecx", 30), (7, 0, "ebx", 2), ("mcg_cap", 27)],
-    # IA32_FEATURE_CONTROL: VMX, SMX, SGX launch control, SGX, LMCE
-    0x3B: [(7, 0, "ebx", 1)],             # IA32_TSC_ADJUST
-    0x6E0: [(1, 0, "ecx", 24)],           # IA32_TSC_DEADLINE
-    0x17A: [(1, 0, "edx", 14)],           # IA32_MCG_STATUS (MCA)
-    0x17B: [("mcg_cap", 8)],              # IA32_MCG_CTL (MCG_CTL_P)
-    0x345: [(1, 0, "ecx", 15)],           # IA32_PERF_CAPABILITIES (PDCM)
-    0x309: [("field", *FIXED_COUNTERS, 1, None)],          # IA32_FIXED_CTR0..2: EDX[4:0] > n
-    0x30A: [("field", *FIXED_COUNTERS, 2, None)],
-    0x30B: [("field", *FIXED_COUNTERS, 3, None)],
-    0x38D: [("field", *ARCH_PERFMON_VERSION, 2, None)],    # IA32_FIXED_CTR_CTRL: version > 1
-    0x38E: [("field", *ARCH_PERFMON_VERSION, 1, None)],    # IA32_PERF_GLOBAL_STATUS: version > 0
-    0x38F: [("field", *ARCH_PERFMON_VERSION, 1, None)],    # IA32_PERF_GLOBAL_CTRL: version > 0
-    0x390: [("field", *ARCH_PERFMON_VERSION, 1, 3)],       # IA32_PERF_GLOBAL_OVF_CTRL: 0 < version <= 3
-    0x600: [DEBUG_STORE],                 # IA32_DS_AREA
-    0x3F1: [DEBUG_STORE],                 # IA32_PEBS_ENABLE (PEBS records go to the DS save area)
-    0x3F2: [DEBUG_STORE],                 # IA32_PEBS_DATA_CFG (PEBS_BASELINE, a PEBS feature)
-    0xC0000104: [(0x8000000A, 0, "edx", 4)],  # AMD TSC_RATIO: CPUID Fn8000_000A_EDX[TscRateMsr] (APM 15.30.5)
-    0xC001011F: [(0x80000008, 0, "ebx", 25)],  # VIRT_SPEC_CTRL (VIRT_SSBD)
+    # VMX, SMX, SGX launch control, SGX, LMCE
+    MSR_IA32_FEATURE_CONTROL: [(1, 0, "ecx", 5), (1, 0, "ecx", 6), (7, 0, "ecx", 30), (7, 0, "ebx", 2),
+                               ("mcg_cap", 27)],
+    MSR_IA32_TSC_ADJUST: [(7, 0, "ebx", 1)],
+    MSR_IA32_TSC_DEADLINE: [(1, 0, "ecx", 24)],
+    MSR_IA32_MCG_STATUS: [(1, 0, "edx", 14)],            # MCA
+    MSR_IA32_MCG_CTL: [("mcg_cap", 8)],                  # MCG_CTL_P
+    MSR_IA32_PERF_CAPABILITIES: [(1, 0, "ecx", 15)],     # PDCM
+    MSR_IA32_FIXED_CTR0: [("field", *FIXED_COUNTERS, 1, None)],          # FIXED_CTRn: EDX[4:0] > n
+    MSR_IA32_FIXED_CTR1: [("field", *FIXED_COUNTERS, 2, None)],
+    MSR_IA32_FIXED_CTR2: [("field", *FIXED_COUNTERS, 3, None)],
+    MSR_IA32_FIXED_CTR_CTRL: [("field", *ARCH_PERFMON_VERSION, 2, None)],        # version > 1
+    MSR_IA32_PERF_GLOBAL_STATUS: [("field", *ARCH_PERFMON_VERSION, 1, None)],    # version > 0
+    MSR_IA32_PERF_GLOBAL_CTRL: [("field", *ARCH_PERFMON_VERSION, 1, None)],      # version > 0
+    MSR_IA32_PERF_GLOBAL_OVF_CTRL: [("field", *ARCH_PERFMON_VERSION, 1, 3)],     # 0 < version <= 3
+    MSR_IA32_DS_AREA: [DEBUG_STORE],
+    MSR_IA32_PEBS_ENABLE: [DEBUG_STORE],                 # PEBS records go to the DS save area
+    MSR_IA32_PEBS_DATA_CFG: [DEBUG_STORE],               # PEBS_BASELINE, a PEBS feature
+    MSR_AMD64_TSC_RATIO: [(0x8000000A, 0, "edx", 4)],    # CPUID Fn8000_000A_EDX[TscRateMsr] (APM 15.30.5)
+    MSR_AMD64_VIRT_SPEC_CTRL: [(0x80000008, 0, "ebx", 25)],  # VIRT_SSBD
 }
 # AMD PERF_CTL0-5/PERF_CTR0-5: CPUID Fn8000_0001_ECX[PerfCtrExtCore] (APM Vol. 2 13.2.1)
-ENUMERATED_BY.update({0xC0010200 + i: [(0x80000001, 0, "ecx", 23)] for i in range(12)})
+ENUMERATED_BY.update({MSR_AMD64_PERF_CTL0 + i: [(0x80000001, 0, "ecx", 23)] for i in range(12)})
 # IA32_SMBASE is "RO, SMM only" (SDM Vol. 4 Table 2-2): a guest outside SMM cannot read it.
-SMM_ONLY = {0x9E}
+SMM_ONLY = {MSR_IA32_SMBASE}
 # Hyper-V's synthetic MSRs (40000000H up, in and just above the range the SDM reserves for
 # software and no processor implements, SDM Vol. 4 2.1) exist only for a guest whose CPUID presents
 # the Hyper-V interface, 0x40000001.EAX = "Hv#1" (Hyper-V TLFS; api.rst KVM_GET_SUPPORTED_HV_CPUID).
@@ -209,10 +239,12 @@ def _msr_exists(index, table, mcg_cap) -> bool:
 
 
 # Checked, with its own known deviations, where the whole enumeration rule is the subject.
-ELSEWHERE = {0x10A: "suites/cpu/test_cpuid_gated_msrs.py::test_guest_reads_arch_capabilities_as_the_host_sees_it",
-             0x48: "suites/cpu/test_cpuid_gated_msrs.py", 0x49: "suites/cpu/test_cpuid_gated_msrs.py",
-             0x10B: "suites/cpu/test_cpuid_gated_msrs.py"}
-TIME_VARYING = {0x10}                    # IA32_TSC: compared with the host's reads before and after
+ELSEWHERE = {MSR_IA32_ARCH_CAPABILITIES:
+             "suites/cpu/test_cpuid_gated_msrs.py::test_guest_reads_arch_capabilities_as_the_host_sees_it",
+             MSR_IA32_SPEC_CTRL: "suites/cpu/test_cpuid_gated_msrs.py",
+             MSR_IA32_PRED_CMD: "suites/cpu/test_cpuid_gated_msrs.py",
+             MSR_IA32_FLUSH_CMD: "suites/cpu/test_cpuid_gated_msrs.py"}
+TIME_VARYING = {MSR_IA32_TSC}            # compared with the host's reads before and after
 
 
 def _rdmsr_each(n):
@@ -295,19 +327,19 @@ def test_feature_msr_microcode_revision_is_the_hosts(kvm):
     PATCH_LEVEL (0x8B, listed by KVM_GET_MSR_FEATURE_INDEX_LIST, api.rst 4.18) is the host's, as
     the kernel records it in /proc/cpuinfo: bits 63:32 on Intel (SDM Vol. 4 Table 2-2), bits 31:0
     on AMD (APM Vol. 2 "Microcode Patch Level")."""
-    if 0x8B not in kvm.msr_feature_index_list():
+    if MSR_IA32_BIOS_SIGN_ID not in kvm.msr_feature_index_list():
         pytest.skip("0x8B is not a feature MSR on this host")
     host = _cpuinfo_microcode()
     if host is None:
         pytest.skip("/proc/cpuinfo has no microcode line")
-    value = kvm.read_feature_msrs([0x8B])[0x8B]
+    value = kvm.read_feature_msrs([MSR_IA32_BIOS_SIGN_ID])[MSR_IA32_BIOS_SIGN_ID]
     vendor = struct.pack("<III", *(host_cpu.cpuid(0)[i] for i in (1, 3, 2)))
     revision = value & 0xFFFFFFFF if vendor == b"AuthenticAMD" else value >> 32
     assert revision == host, f"feature MSR 0x8b {value:#x}: revision {revision:#x}, /proc/cpuinfo says {host:#x}"
 
 
 @pytest.mark.requires_cap("KVM_CAP_GET_TSC_KHZ")
-@pytest.mark.modes("long64", "long64-cpl3")
+@pytest.mark.modes(code_bits=64)
 def test_tsc_khz_is_the_rate_the_guest_measures(guest, mode):
     """KVM_GET_TSC_KHZ is "the tsc frequency of the guest" (api.rst KVM_GET_TSC_KHZ): two RDTSCs of
     the guest 0.5 s apart, timed with the host's CLOCK_MONOTONIC around the runs that execute

@@ -13,7 +13,7 @@ def test_vcpu_id_at_the_limit_is_einval_and_one_below_works(kvm, vm):
     are refused with EINVAL, KVM_CAP_MAX_VCPU_ID - 1 is accepted."""
     max_id = kvm.check_extension("KVM_CAP_MAX_VCPU_ID")
     for bad in (max_id, 65537):
-        err = vm.try_ioctl("KVM_CREATE_VCPU", bad, args=f"id={bad}")
+        err = vm.try_create_vcpu(bad)
         assert err == errno.EINVAL, f"KVM_CREATE_VCPU id={bad}: expected EINVAL, got {errno_name(err)}"
     assert vm.create_vcpu(max_id - 1).id == max_id - 1
 
@@ -21,7 +21,7 @@ def test_vcpu_id_at_the_limit_is_einval_and_one_below_works(kvm, vm):
 def test_duplicate_vcpu_id_is_eexist(vm):
     """Two vCPUs cannot share an id: the second KVM_CREATE_VCPU fails with EEXIST."""
     vm.create_vcpu(5)
-    err = vm.try_ioctl("KVM_CREATE_VCPU", 5, args="id=5")
+    err = vm.try_create_vcpu(5)
     assert err == errno.EEXIST, f"second KVM_CREATE_VCPU id=5: expected EEXIST, got {errno_name(err)}"
 
 
@@ -40,7 +40,7 @@ def test_max_vcpus_can_be_created_at_both_ends_of_the_id_range(kvm):
                 for i in ids:
                     vm.create_vcpu(i)
                 extra = next(i for i in range(max_id) if i not in ids)
-                err = vm.try_ioctl("KVM_CREATE_VCPU", extra, args=f"id={extra}")
+                err = vm.try_create_vcpu(extra)
                 assert err == errno.EINVAL, (f"vCPU number {n + 1} (id {extra}): expected EINVAL, "
                                              f"got {errno_name(err)}")
     finally:
@@ -58,6 +58,6 @@ def test_enable_max_vcpu_id_rules(kvm, vm):
     vm.enable_cap("KVM_CAP_MAX_VCPU_ID", 2)
     err = vm.try_enable_cap("KVM_CAP_MAX_VCPU_ID", 3)
     assert err == errno.EINVAL, f"second MAX_VCPU_ID (3 after 2): expected EINVAL, got {errno_name(err)}"
-    err = vm.try_ioctl("KVM_CREATE_VCPU", 2, args="id=2")
+    err = vm.try_create_vcpu(2)
     assert err == errno.EINVAL, f"KVM_CREATE_VCPU id=2 with MAX_VCPU_ID=2: expected EINVAL, got {errno_name(err)}"
     vm.create_vcpu(1)

@@ -1,12 +1,10 @@
 """VM setup ioctls: boot CPU id, TSS and identity-map addresses, ioeventfd, coalesced MMIO,
 KVM_GET_CPUID2 and KVM_TRANSLATE edge cases."""
 
-import ctypes
 import errno
 
 import pytest
 
-from kvmtest.abi import structs as S
 from kvmtest.abi.constants import errno_name
 from kvmtest.eventfd import EventFd
 from kvmtest.exits import IoExit, MmioExit
@@ -21,11 +19,11 @@ def test_boot_cpu_id_rules(kvm, vm):
     although no vCPU can have it, and api.rst does not say which answer is right."""
     max_id = kvm.check_extension("KVM_CAP_MAX_VCPU_ID")
     for bad in (max_id + 1, 1 << 32):
-        err = vm.try_ioctl("KVM_SET_BOOT_CPU_ID", bad, args=f"id={bad:#x}")
+        err = vm.try_set_boot_cpu_id(bad)
         assert err == errno.EINVAL, f"KVM_SET_BOOT_CPU_ID {bad:#x}: expected EINVAL, got {errno_name(err)}"
-    assert vm.try_ioctl("KVM_SET_BOOT_CPU_ID", 1) == 0
+    assert vm.try_set_boot_cpu_id(1) == 0
     vm.create_vcpu(1)
-    err = vm.try_ioctl("KVM_SET_BOOT_CPU_ID", 0, args="id=0")
+    err = vm.try_set_boot_cpu_id(0)
     assert err == errno.EBUSY, f"KVM_SET_BOOT_CPU_ID after KVM_CREATE_VCPU: expected EBUSY, got {errno_name(err)}"
 
 
@@ -33,10 +31,9 @@ def test_tss_and_identity_map_addresses_before_vcpus(vm):
     """KVM_SET_TSS_ADDR and KVM_SET_IDENTITY_MAP_ADDR are accepted before vCPUs exist
     (api.rst 4.36, 4.40); the identity map "fails if any VCPU has already been created"."""
     vm.set_tss_addr(0xFFFBD000)
-    addr = ctypes.c_uint64(0xFFFBC000)
-    vm.ioctl("KVM_SET_IDENTITY_MAP_ADDR", addr)
+    vm.set_identity_map_addr(0xFFFBC000)
     vm.create_vcpu()
-    err = vm.try_ioctl("KVM_SET_IDENTITY_MAP_ADDR", addr)
+    err = vm.try_set_identity_map_addr(0xFFFBC000)
     assert err != 0, "KVM_SET_IDENTITY_MAP_ADDR succeeded after KVM_CREATE_VCPU"
 
 
@@ -53,9 +50,7 @@ def test_get_cpuid2_with_too_few_entries_is_e2big_and_keeps_nent(vm):
     caller set it (api.rst 4.46 for the E2BIG rule; selftests cpuid_test test_get_cpuid2)."""
     vcpu = vm.create_vcpu()
     vcpu.set_cpuid(vm.kvm.cached_supported_cpuid())
-    buf = S.cpuid2_type(1)()
-    buf.nent = 1
-    err = vcpu.try_ioctl("KVM_GET_CPUID2", buf, args="nent=1")
+    buf, err = vcpu.try_get_cpuid(1)
     assert err == errno.E2BIG, f"KVM_GET_CPUID2 nent=1: expected E2BIG, got {errno_name(err)}"
     assert buf.nent == 1, f"nent changed to {buf.nent} on E2BIG"
     assert len(vcpu.get_cpuid()) == len(vm.kvm.cached_supported_cpuid())

@@ -9,10 +9,9 @@ import ctypes
 
 import pytest
 
-from kvmtest.abi import structs as S
+from kvmtest.abi.buffers import nested_state_buffer
 from kvmtest.errors import BadArgumentError, KvmError
-
-MSR_IA32_SYSENTER_CS = 0x174
+from kvmtest.x86 import MSR_IA32_SYSENTER_CS
 
 
 @pytest.fixture
@@ -81,7 +80,8 @@ def test_interrupt_vector_outside_u32(vcpu, irq):
 
 def test_enable_cap_with_more_args_than_the_struct_holds(vm, vcpu):
     """kvm_enable_cap.args has 4 slots (api.rst 4.37)."""
-    with pytest.raises(BadArgumentError, match=r"KVM_ENABLE_CAP KVM_CAP_HYPERV_SYNIC: 5 args, but kvm_enable_cap.args holds 4"):
+    with pytest.raises(BadArgumentError,
+                       match=r"KVM_ENABLE_CAP KVM_CAP_HYPERV_SYNIC: 5 args, but kvm_enable_cap.args holds 4"):
         vcpu.enable_cap("KVM_CAP_HYPERV_SYNIC", 1, 2, 3, 4, 5)
     with pytest.raises(BadArgumentError, match=r"args\[0\] = -0x1"):
         vm.enable_cap("KVM_CAP_HALT_POLL", -1)
@@ -170,7 +170,8 @@ def test_get_nested_state_size_outside_u32(vcpu, size):
 
 
 def test_set_nested_state_size_past_its_buffer(vcpu):
-    state = S.nested_state_type(128)(size=4096)
+    state = nested_state_buffer(128)
+    state.size = 4096  # claims more than the buffer holds
     with pytest.raises(BadArgumentError, match=r"KVM_SET_NESTED_STATE: size = 4096, but the buffer holds 128 bytes"):
         vcpu.set_nested_state(state)
     with pytest.raises(BadArgumentError, match=r"KVM_SET_NESTED_STATE: expected a kvm_nested_state"):

@@ -117,7 +117,8 @@ def test_guest_construction_with_a_wrong_value(kvm, args, kwargs, problem):
 
 def test_run_with_a_vcpu_of_another_guest(guest):
     g, other = guest("long64", "GUEST_DONE"), guest("long64", "GUEST_SYNC 1\nGUEST_DONE")
-    with pytest.raises(BadArgumentError, match=r"guest: vcpu <Vcpu vm\d+/vcpu0 fd=\d+> is not one of this guest's vCPUs"):
+    with pytest.raises(BadArgumentError,
+                       match=r"guest: vcpu <Vcpu vm\d+/vcpu0 fd=\d+> is not one of this guest's vCPUs"):
         g.run(vcpu=other.vcpu)
     with pytest.raises(BadArgumentError, match=r"vcpu 'x' is not one of this guest's vCPUs"):
         g.run_to_done(vcpu="x")

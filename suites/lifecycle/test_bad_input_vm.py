@@ -73,7 +73,8 @@ def test_add_memory_slot_outside_u32_leaves_no_slot(vm):
 
 def test_clear_dirty_log_pages_outside_the_range(vm_with_memory):
     """A page below first_page would set a bit before the bitmap (a negative index)."""
-    with pytest.raises(BadArgumentError, match=r"KVM_CLEAR_DIRTY_LOG: page 3 lies outside first_page 64 \+ num_pages 64"):
+    with pytest.raises(BadArgumentError,
+                       match=r"KVM_CLEAR_DIRTY_LOG: page 3 lies outside first_page 64 \+ num_pages 64"):
         vm_with_memory.try_clear_dirty_log(0, 64, 64, {3})
     with pytest.raises(BadArgumentError, match=r"KVM_CLEAR_DIRTY_LOG num_pages = -0x1"):
         vm_with_memory.try_clear_dirty_log(0, 0, -1)

@@ -11,7 +11,7 @@ import math
 import pytest
 
 from kvmtest.errors import InvalidTimeoutError
-from kvmtest.guest.builder import VcpuThread
+from kvmtest.guest.runloop import VcpuThread
 
 BAD_TIMEOUTS = [math.nan, math.inf, -math.inf, 0, 0.0, -1, True, False, "5", 10**400, 1e300]
 HUGE = 86400.0  # the longest timeout allowed (validate.MAX_TIMEOUT): must not overflow a deadline or a join
@@ -96,4 +96,5 @@ def test_a_guest_that_syncs_forever_fails_instead_of_running_forever(isolated):
         except GuestFailure as e:
             print("FAILED", str(e).splitlines()[0])
     """, timeout=60)
-    assert "FAILED guest (long64): more than 50 GUEST_SYNC events without GUEST_DONE (last values [7, 7, 7])" in out, out
+    want = "FAILED guest (long64): more than 50 GUEST_SYNC events without GUEST_DONE (last values [7, 7, 7])"
+    assert want in out, out

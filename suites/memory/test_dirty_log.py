@@ -156,7 +156,8 @@ def test_dirty_log_with_a_writer_running_concurrently(guest):
         dirty = g.vm.get_dirty_log(slot.slot)
         assert dirty == set(range(32)), f"round {iteration}: dirty pages {sorted(dirty)}, the guest writes all 32"
         stale = {p: v for p in dirty if (v := g.vm.read_u64(LOGGED + p * 0x1000)) not in (iteration - 1, iteration)}
-        assert not stale, f"round {iteration}: dirty pages holding other values than {iteration - 1}/{iteration}: {stale}"
+        assert not stale, \
+            f"round {iteration}: dirty pages holding other values than {iteration - 1}/{iteration}: {stale}"
     # A write that surely came after the last collection: wait until page 0 holds iteration 8
     # (otherwise the guest may see the stop value before it writes again, and nothing is owed).
     g.vm.write_u64(0x600, 8)
@@ -167,4 +168,5 @@ def test_dirty_log_with_a_writer_running_concurrently(guest):
     g.vm.write_u64(0x600, 0)
     thread.join(30)
     dirty = g.vm.get_dirty_log(slot.slot)
-    assert 0 in dirty, f"page 0 was written (value 8) after the last collection, but KVM_GET_DIRTY_LOG reports {sorted(dirty)}"
+    assert 0 in dirty, \
+        f"page 0 was written (value 8) after the last collection, but KVM_GET_DIRTY_LOG reports {sorted(dirty)}"

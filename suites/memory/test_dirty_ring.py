@@ -42,7 +42,7 @@ def test_ring_size_must_be_a_power_of_two(vm):
     assert err == 0, f"KVM_ENABLE_CAP(KVM_CAP_DIRTY_LOG_RING, {RING}) after a refused size: {errno_name(err)}"
 
 
-@pytest.mark.modes("long64", "long64-cpl3")
+@pytest.mark.modes(code_bits=64)
 def test_written_pages_and_only_those_are_pushed(guest, vm, mode):
     """Writes to a KVM_MEM_LOG_DIRTY_PAGES slot push (slot, page offset) entries with the DIRTY
     flag to the writing vCPU's ring: every written page appears and no other page or slot does
@@ -56,7 +56,7 @@ def test_written_pages_and_only_those_are_pushed(guest, vm, mode):
         f"dirty ring entries (slot, offset): {got}, expected pages 3, 9 and 5 of slot {slot} only"
 
 
-@pytest.mark.modes("long64", "long64-cpl3")
+@pytest.mark.modes(code_bits=64)
 def test_reset_rearms_the_collected_pages(guest, vm, mode):
     """After user space collects an entry (flags DIRTY -> RESET) and calls
     KVM_RESET_DIRTY_RINGS, "the kernel will reprotect those collected GFNs" (api.rst 8.29):
@@ -74,7 +74,7 @@ def test_reset_rearms_the_collected_pages(guest, vm, mode):
         f"entries after a write following KVM_RESET_DIRTY_RINGS: {again}, expected page 4 of slot {slot} again"
 
 
-@pytest.mark.modes("long64", "long64-cpl3")
+@pytest.mark.modes(code_bits=64)
 def test_full_ring_exits_and_resumes_after_the_reset(guest, vm, mode):
     """A 4 KiB ring holds 256 entries; a guest dirtying 512 pages must fill it, and "when it
     happens, the KVM_RUN of the vcpu will return with exit reason KVM_EXIT_DIRTY_RING_FULL"

@@ -6,7 +6,6 @@ import os
 import pytest
 
 from kvmtest import libc
-from kvmtest.abi import structs as S
 from kvmtest.abi.constants import errno_name
 
 PAGE = libc.PAGE_SIZE
@@ -20,7 +19,7 @@ def gmem_vm(vm):
 
 
 def _create(vm, size, flags=0):
-    return vm.try_ioctl_result("KVM_CREATE_GUEST_MEMFD", S.kvm_create_guest_memfd(size=size, flags=flags))
+    return vm.try_create_guest_memfd(size, flags)
 
 
 @pytest.fixture
@@ -54,7 +53,8 @@ def test_read_and_write_fail(gmem):
     for name, call in (("read", lambda: os.read(gmem, PAGE)), ("write", lambda: os.write(gmem, b"x" * PAGE))):
         with pytest.raises(OSError) as info:
             call()
-        assert info.value.errno == errno.EINVAL, f"{name} on guest_memfd: expected EINVAL, got {errno_name(info.value.errno)}"
+        assert info.value.errno == errno.EINVAL, \
+            f"{name} on guest_memfd: expected EINVAL, got {errno_name(info.value.errno)}"
 
 
 def test_private_mapping_is_refused(gmem):
@@ -74,7 +74,8 @@ def test_fallocate_alignment(gmem):
     for mode, off, length in ((keep, 1, PAGE), (keep, 0, PAGE - 1),
                               (libc.FALLOC_FL_PUNCH_HOLE | keep, PAGE - 1, PAGE)):
         err = libc.fallocate(gmem, mode, off, length)
-        assert err == errno.EINVAL, f"fallocate mode={mode} off={off:#x} len={length:#x}: expected EINVAL, got {errno_name(err)}"
+        assert err == errno.EINVAL, \
+            f"fallocate mode={mode} off={off:#x} len={length:#x}: expected EINVAL, got {errno_name(err)}"
     assert libc.fallocate(gmem, libc.FALLOC_FL_PUNCH_HOLE | libc.FALLOC_FL_KEEP_SIZE, 0, PAGE) == 0
 
 

@@ -3,12 +3,12 @@ the slot's memory is the user memory at userspace_addr)."""
 
 import pytest
 
-from kvmtest.guest.modes import FLAT_MODES, regs_for
+from kvmtest.guest.modes import regs_for
 
 EDGE = 0x200000  # end of slot 0, start of the slot the test adds
 
 
-@pytest.mark.modes(*FLAT_MODES)
+@pytest.mark.modes(code_bits=(32, 64))
 def test_host_writes_at_slot_edges_reach_the_guest(guest, mode):
     """Bytes the host writes at the last dword of one slot, the first dword of the next, and a
     dword straddling the two are what guest loads return."""
@@ -27,7 +27,7 @@ def test_host_writes_at_slot_edges_reach_the_guest(guest, mode):
     assert g.run_to_done() == [0x44332211, 0x66554433, 0x88776655]
 
 
-@pytest.mark.modes(*FLAT_MODES)
+@pytest.mark.modes(code_bits=(32, 64))
 def test_guest_writes_across_slots_reach_the_host(guest, mode):
     """A dword the guest stores across the boundary of two slots lands half in each host
     mapping; stores at both edges land exactly there and nowhere else."""

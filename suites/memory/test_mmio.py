@@ -2,13 +2,14 @@
 
 import pytest
 
-from kvmtest.guest.modes import regs_for
 from kvmtest.exits import MmioExit
 from kvmtest.guest.layout import MMIO_BASE
+from kvmtest.guest.mode_select import select
+from kvmtest.guest.modes import regs_for
 
 SIZES = {1: ("byte", "al"), 2: ("word", "ax"), 4: ("dword", "eax"), 8: ("qword", "rax")}
-MODES32 = ["pm32", "paging32", "pae", "compat32", "pm32-cpl3", "compat32-cpl3"]
-MODES64 = ["long64", "long64-cpl3"]
+MODES32 = select(code_bits=32, cpl=0) + select(sample="per-code-size", code_bits=32, cpl=3)
+MODES64 = select(code_bits=64)
 
 
 def _cases():
@@ -41,7 +42,8 @@ def test_load_returns_exactly_what_the_host_supplied(guest, mode, size):
     r = regs_for(mode)['bx']
     dest = "rax" if size == 8 else "eax"
     clear = "xor eax, eax" if size < 8 else "xor rax, rax"
-    g = guest(mode, f"mov {r}, {MMIO_BASE + 0x20:#x}\n{clear}\nmov {reg}, {width} ptr [{r}]\nGUEST_SYNC {dest}\nGUEST_DONE")
+    g = guest(mode, f"mov {r}, {MMIO_BASE + 0x20:#x}\n{clear}\nmov {reg}, {width} ptr [{r}]\n"
+                    f"GUEST_SYNC {dest}\nGUEST_DONE")
     value = 0xF1E2D3C4B5A69788 & ((1 << (8 * size)) - 1)
     g.expect_exit(MmioExit, phys_addr=MMIO_BASE + 0x20, len=size, is_write=False).respond(value)
     assert g.run_to_done() == [value]

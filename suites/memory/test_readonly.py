@@ -2,15 +2,15 @@
 
 import pytest
 
-from kvmtest.guest.modes import FLAT_MODES, regs_for
 from kvmtest.abi.constants import KVM_MEM_READONLY
 from kvmtest.exits import MmioExit
+from kvmtest.guest.modes import regs_for
 
 RO = 0x300000
 pytestmark = pytest.mark.requires_cap("KVM_CAP_READONLY_MEM")
 
 
-@pytest.mark.modes(*FLAT_MODES)
+@pytest.mark.modes(code_bits=(32, 64))
 def test_reads_work_and_writes_exit_as_mmio(guest, mode):
     """Reads of a read-only slot return its memory; "writes to this memory will be posted to
     userspace as KVM_EXIT_MMIO exits" (api.rst 4.35) with the exact address, length and data,

@@ -17,6 +17,7 @@ import pytest
 from kvmtest import libc
 from kvmtest.abi import constants as C
 from kvmtest.errors import KvmError
+from kvmtest.guest.mode_select import select
 from kvmtest.guest.modes import MODES
 
 pytestmark = pytest.mark.requires_cap("KVM_CAP_MEMORY_FAULT_INFO")
@@ -29,7 +30,7 @@ SLOT_GPA = 0x300000           # inside the identity map of the paged modes, outs
 REAL_MEM, REAL_SLOT_GPA = 0x20000, 0x30000   # real mode: a smaller slot 0, the slot below 1 MiB
 OFFSET = 0x10
 STORE_VALUE, LOAD_VALUE = 0x5EED1234, 0xC0DEF00D
-FAULT_MODES = ("real", "pm32", "long64", "compat32", "long64-cpl3", "compat32-cpl3")
+FAULT_MODES = select(sample="per-code-size", cpl=0) + select(sample="per-code-size", long=True, cpl=3)
 
 
 class Backing:

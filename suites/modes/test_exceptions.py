@@ -4,11 +4,8 @@ prescribes (SDM Vol. 3A 6.15, "Exception and Interrupt Reference"; 6.13 error co
 import pytest
 
 from kvmtest.guest import descriptors as D
-from kvmtest.guest.modes import CR0_AM, MODES, RFLAGS_AC
-
-ALL = [m for m in MODES if m not in ("reset", "long64-la57")]
-PROTECTED = [m for m in ALL if MODES[m].protected]
-PAGED = [m for m in ALL if MODES[m].paging]
+from kvmtest.guest.modes import MODES
+from kvmtest.x86 import CR0_AM, RFLAGS_AC
 
 
 def _r(mode, name):
@@ -26,7 +23,7 @@ def _check(g, vector_name, fault_label, expect_rip):
 AT = lambda addr, g: addr  # noqa: E731  faults save the faulting instruction's address
 
 
-@pytest.mark.modes(*ALL)
+@pytest.mark.modes(feature=None)
 def test_divide_error_is_a_fault_at_the_div(guest, mode):
     """DIV by zero raises #DE (vector 0), no error code, saved RIP = the DIV (SDM Vol. 3A 6.15
     Interrupt 0: fault)."""
@@ -34,7 +31,7 @@ def test_divide_error_is_a_fault_at_the_div(guest, mode):
     _check(g, "#DE", "fault", AT)
 
 
-@pytest.mark.modes(*ALL)
+@pytest.mark.modes(feature=None)
 def test_breakpoint_is_a_trap_after_int3(guest, mode):
     """INT3 raises #BP (vector 3) as a trap: the saved RIP is the next instruction (SDM Vol. 3A
     6.15 Interrupt 3). The gate has DPL 3, so INT3 works at CPL3 too."""
@@ -42,7 +39,7 @@ def test_breakpoint_is_a_trap_after_int3(guest, mode):
     _check(g, "#BP", "fault", lambda a, g: a + 1)
 
 
-@pytest.mark.modes(*ALL)
+@pytest.mark.modes(feature=None)
 @pytest.mark.guest_timeout(2)  # a host that never completes the INT is reported in 2 s, not 10
 def test_int_n_through_a_dpl3_gate(guest, mode):
     """INT 0x80 through a gate with DPL 3 delivers vector 0x80 at any CPL, saved RIP after the
@@ -52,14 +49,14 @@ def test_int_n_through_a_dpl3_gate(guest, mode):
     _check(g, "INT 0x80", "fault", lambda a, g: a + 2)
 
 
-@pytest.mark.modes(*ALL)
+@pytest.mark.modes(feature=None)
 def test_invalid_opcode_is_a_fault_at_ud2(guest, mode):
     """UD2 raises #UD (vector 6), saved RIP = the UD2 (SDM Vol. 3A 6.15 Interrupt 6)."""
     g = guest(mode, "GUEST_ASSERT_RAISES UD, fault: ud2\nGUEST_DONE")
     _check(g, "#UD", "fault", AT)
 
 
-@pytest.mark.modes(*PROTECTED)
+@pytest.mark.modes(protected=True)
 def test_selector_beyond_the_gdt_limit_is_gp_with_the_selector(guest, mode):
     """Loading DS with a selector beyond the GDT limit raises #GP with the selector (index and
     TI, RPL cleared) as error code (SDM Vol. 3A 6.13, 6.15 Interrupt 13; MOV Sreg)."""
@@ -67,7 +64,7 @@ def test_selector_beyond_the_gdt_limit_is_gp_with_the_selector(guest, mode):
     _check(g, "#GP", "fault", AT)
 
 
-@pytest.mark.modes(*PROTECTED)
+@pytest.mark.modes(protected=True)
 def test_not_present_segment_is_np_with_the_selector(guest, mode):
     """Loading DS with a descriptor whose P bit is clear raises #NP with the selector as
     error code (SDM Vol. 3A 6.15 Interrupt 11)."""
@@ -77,7 +74,7 @@ def test_not_present_segment_is_np_with_the_selector(guest, mode):
     _check(g, "#NP", "fault", AT)
 
 
-@pytest.mark.modes(*PAGED)
+@pytest.mark.modes(paging=True)
 def test_page_fault_reports_error_code_and_cr2(guest, mode):
     """A write to an unmapped linear address raises #PF (vector 14) with error code W (bit 1),
     plus U (bit 2) at CPL3, P clear; CR2 holds the address; saved RIP = the store (SDM Vol. 3A
@@ -85,28 +82,31 @@ def test_page_fault_reports_error_code_and_cr2(guest, mode):
     addr = 0x50000000  # above the identity map and the MMIO window
     user = 4 if MODES[mode].user else 0
     b = _r(mode, "bx")
-    g = guest(mode, f"mov {b}, {addr:#x}\nGUEST_ASSERT_RAISES PF({2 | user:#x}), fault: mov dword ptr [{b}], 1\nGUEST_DONE")
+    g = guest(mode, f"mov {b}, {addr:#x}\n"
+                    f"GUEST_ASSERT_RAISES PF({2 | user:#x}), fault: mov dword ptr [{b}], 1\nGUEST_DONE")
     _check(g, "#PF", "fault", AT)
     assert g.exception_record()["cr2"] == addr, f"CR2 {g.exception_record()['cr2']:#x}, expected {addr:#x}"
 
 
-@pytest.mark.modes("long64", "long64-cpl3")
+@pytest.mark.modes(code_bits=64)
 def test_noncanonical_stack_reference_is_ss(guest, mode):
     """A memory reference through RBP (SS segment) to a non-canonical address raises #SS(0),
     not #GP (SDM Vol. 3A 6.15 Interrupt 12; 3.3.7.1)."""
-    g = guest(mode, "mov rbp, 0x8000000000000000\nGUEST_ASSERT_RAISES SS(0), fault: mov rax, qword ptr [rbp]\nGUEST_DONE")
+    g = guest(mode, "mov rbp, 0x8000000000000000\n"
+                    "GUEST_ASSERT_RAISES SS(0), fault: mov rax, qword ptr [rbp]\nGUEST_DONE")
     _check(g, "#SS", "fault", AT)
 
 
-@pytest.mark.modes("long64", "long64-cpl3")
+@pytest.mark.modes(code_bits=64)
 def test_noncanonical_data_reference_is_gp(guest, mode):
     """A non-canonical address through a DS-based register raises #GP(0), not #PF (SDM Vol. 3A
     3.3.7.1, 6.15 Interrupt 13)."""
-    g = guest(mode, "mov rbx, 0x8000000000000000\nGUEST_ASSERT_RAISES GP(0), fault: mov rax, qword ptr [rbx]\nGUEST_DONE")
+    g = guest(mode, "mov rbx, 0x8000000000000000\n"
+                    "GUEST_ASSERT_RAISES GP(0), fault: mov rax, qword ptr [rbx]\nGUEST_DONE")
     _check(g, "#GP", "fault", AT)
 
 
-@pytest.mark.modes("pm32-cpl3", "paging32-cpl3", "pae-cpl3", "long64-cpl3", "compat32-cpl3")
+@pytest.mark.modes(cpl=3)
 def test_alignment_check_at_cpl3(guest, mode):
     """With CR0.AM and RFLAGS.AC set, a misaligned dword load at CPL3 raises #AC(0)
     (SDM Vol. 3A 6.15 Interrupt 17)."""

@@ -7,10 +7,20 @@ import pytest
 from kvmtest.guest import Sync
 from kvmtest.guest import descriptors as D
 from kvmtest.guest import layout as L
-from kvmtest.guest.modes import EFER_SCE
-
-STAR, LSTAR, SFMASK = 0xC0000081, 0xC0000082, 0xC0000084
-SYSENTER_CS, SYSENTER_ESP, SYSENTER_EIP = 0x174, 0x175, 0x176
+from kvmtest.guest.mode_select import select
+from kvmtest.x86 import (
+    DB_VECTOR,
+    EFER_SCE,
+    GP_VECTOR,
+    MSR_IA32_FMASK,
+    MSR_IA32_LSTAR,
+    MSR_IA32_STAR,
+    MSR_IA32_SYSENTER_CS,
+    MSR_IA32_SYSENTER_EIP,
+    MSR_IA32_SYSENTER_ESP,
+    SYS_TYPE_CALL_GATE,
+    UD_VECTOR,
+)
 
 
 def _sync(g, what):
@@ -89,8 +99,8 @@ def _enable_syscall(g) -> None:
     sregs = g.vcpu.get_sregs()
     sregs.efer |= EFER_SCE
     g.vcpu.set_sregs(sregs)
-    g.vcpu.set_msrs({STAR: (L.SEL_USER_CODE32 << 48) | (L.SEL_CODE64 << 32), LSTAR: g.labels["syscall_entry"],
-                     SFMASK: 0})
+    g.vcpu.set_msrs({MSR_IA32_STAR: (L.SEL_USER_CODE32 << 48) | (L.SEL_CODE64 << 32),
+                     MSR_IA32_LSTAR: g.labels["syscall_entry"], MSR_IA32_FMASK: 0})
 
 
 def test_sysret_to_cpl3_and_syscall_back(guest):
@@ -132,8 +142,8 @@ def test_sysexit_to_cpl3_and_sysenter_back(guest, mode):
     g = guest(mode, SYSENTER_SYSEXIT)
     for sel, desc in ((0x60, D.code32()), (0x68, D.data()), (0x70, D.code32(dpl=3)), (0x78, D.data(dpl=3))):
         g.set_gdt_entry(sel, desc.encode())
-    g.vcpu.set_msrs({SYSENTER_CS: 0x60, SYSENTER_ESP: L.KERNEL_STACK_TOP - 0x100,
-                     SYSENTER_EIP: g.labels["sysenter_entry"]})
+    g.vcpu.set_msrs({MSR_IA32_SYSENTER_CS: 0x60, MSR_IA32_SYSENTER_ESP: L.KERNEL_STACK_TOP - 0x100,
+                     MSR_IA32_SYSENTER_EIP: g.labels["sysenter_entry"]})
     assert _sync(g, "CS after SYSEXIT") == 0x73
     assert _sync(g, "ESP after SYSEXIT") == L.USER_STACK_TOP
     assert _sync(g, "CS after SYSENTER") == 0x60
@@ -166,7 +176,7 @@ def test_call_gate_from_cpl3_to_cpl0_and_back(guest):
     CPL0 with the caller's RIP and CS on the new stack, and RETF returns to CPL3 (SDM Vol. 3A
     5.8.3, 5.8.5, 5.8.6)."""
     g = guest("long64", CALL_GATE, user_pages=True)
-    g.set_gdt_entry(0x60, D.gate(g.labels["gate_target"], L.SEL_CODE64, D.CALL_GATE, dpl=3, bits=64))
+    g.set_gdt_entry(0x60, D.gate(g.labels["gate_target"], L.SEL_CODE64, SYS_TYPE_CALL_GATE, dpl=3, bits=64))
     assert _sync(g, "CS in the gate target") == L.SEL_CODE64
     ret = g.labels["after_call"]
     assert _sync(g, "pushed return RIP") == ret
@@ -203,7 +213,7 @@ def test_syscall_with_tf_traps_in_the_kernel(guest):
     SYSCALL, Vol. 3A 18.3.1.4; kvm-unit-tests syscall.c)."""
     g = guest("long64", SYSCALL_TF, user_pages=True)
     _enable_syscall(g)
-    g.set_idt_gate(1, "db_handler")
+    g.set_idt_gate(DB_VECTOR, "db_handler")
     cs, rip = g.run_to_done()
     assert (cs, rip) == (L.SEL_CODE64, g.labels["syscall_entry"]), \
         f"#DB after SYSCALL with TF: saved CS {cs:#x} RIP {rip:#x}, expected CS 0x8 RIP {g.labels['syscall_entry']:#x}"
@@ -232,7 +242,7 @@ frame:
 USER_FAULTS = {"ud": ("ud2", None), "gp": ("mov ax, 0x1230\n    fault: mov ds, ax", 0x1230)}
 
 
-@pytest.mark.modes("long64-cpl3", "pm32-cpl3")
+@pytest.mark.modes(*select(cpl=3, code_bits=64) + select(cpl=3, paging=False))
 @pytest.mark.parametrize("fault", USER_FAULTS)
 def test_exception_at_cpl3_enters_cpl0_on_the_tss_stack(guest, mode, fault):
     """An exception raised at CPL3 is delivered at CPL0 on the stack from TSS.RSP0/ESP0 (SS0),
@@ -248,7 +258,7 @@ def test_exception_at_cpl3_enters_cpl0_on_the_tss_stack(guest, mode, fault):
     items = 5 + (error_code is not None)
     g = guest(mode, EXCEPTION_TO_KERNEL.format(a=a, b=b, sp=sp, w=w, word=word, fault=insn,
                                                frame_bytes=(items - 1) * w))
-    for vector in (6, 13):
+    for vector in (UD_VECTOR, GP_VECTOR):
         g.set_idt_gate(vector, "kernel_entry")
     user_sp = g.expect_sync()
     kernel_cs = L.SEL_CODE64 if bits64 else L.SEL_CODE32

@@ -4,9 +4,9 @@ real mode, 2.5 control registers; api.rst 4.13)."""
 
 from kvmtest.guest import Sync
 from kvmtest.guest import layout as L
-from kvmtest.guest.modes import CR0_PE, CR0_PG, CR4_PAE, CR4_PSE, EFER_LMA, EFER_LME
-from kvmtest.guest.paging import MiB2, MiB4, P, PageTables, RW
+from kvmtest.guest.paging import MiB2, MiB4, PageTables
 from kvmtest.memory import PageAllocator
+from kvmtest.x86 import CR0_PE, CR0_PG, CR4_PAE, CR4_PSE, EFER_LMA, EFER_LME, MSR_IA32_EFER, PTE_P, PTE_RW
 
 
 def _stage(g, name, *, cr0_set=0, cr0_clear=0, efer_set=0, efer_clear=0, cs_l=None, cs_db=None, cs_sel=None,
@@ -110,11 +110,11 @@ def test_long_mode_down_to_real_mode(guest):
     g.run_to_done()
 
 
-EVERY_STEP = """
+EVERY_STEP = f"""
     cli
     lgdt [gdtr]
     mov eax, cr0
-    or eax, 1                       # CR0.PE, still running the real-mode CS
+    or eax, {CR0_PE:#x}                   # CR0.PE, still running the real-mode CS
     mov cr0, eax
     FARJMP SEL_CODE16, pm16
 gdtr:
@@ -137,22 +137,22 @@ pm32:
     mov eax, cr0
     GUEST_SYNC eax
     mov eax, cr4
-    or eax, 0x10                    # CR4.PSE: 4 MiB pages
+    or eax, {CR4_PSE:#x}                 # CR4.PSE: 4 MiB pages
     mov cr4, eax
     mov cr3, esi                    # 32-bit paging tables (from the host)
     mov eax, cr0
-    or eax, 0x80000000              # CR0.PG with CR4.PAE clear: 32-bit paging
+    or eax, {CR0_PG:#x}                  # CR0.PG with CR4.PAE clear: 32-bit paging
     mov cr0, eax
     mov eax, cr0
     GUEST_SYNC eax
     and eax, 0x7fffffff             # paging off to change CR4.PAE (SDM 4.1.2)
     mov cr0, eax
     mov eax, cr4
-    or eax, 0x20                    # CR4.PAE
+    or eax, {CR4_PAE:#x}                 # CR4.PAE
     mov cr4, eax
     mov cr3, edi                    # PAE tables
     mov eax, cr0
-    or eax, 0x80000000              # PAE paging
+    or eax, {CR0_PG:#x}                  # PAE paging
     mov cr0, eax
     mov eax, cr0
     GUEST_SYNC eax
@@ -160,12 +160,12 @@ pm32:
     mov cr0, eax
     mov eax, KT_CR3
     mov cr3, eax
-    mov ecx, 0xC0000080
+    mov ecx, {MSR_IA32_EFER:#x}
     rdmsr
-    or eax, 0x100                   # EFER.LME
+    or eax, {EFER_LME:#x}                # EFER.LME
     wrmsr
     mov eax, cr0
-    or eax, 0x80000000              # IA-32e mode, in compatibility mode (CS is still 32-bit)
+    or eax, {CR0_PG:#x}                  # IA-32e mode, in compatibility mode (CS is still 32-bit)
     mov cr0, eax
     mov eax, cr0
     GUEST_SYNC eax
@@ -189,7 +189,7 @@ def test_reset_through_every_mode_to_long_mode(guest):
     tables = {}
     for fmt, size in (("32", MiB4), ("pae", MiB2)):
         tables[fmt] = PageTables(g.vm, alloc, fmt)
-        tables[fmt].map_range(0, 0, L.IDENTITY_SIZE, size, P | RW)
+        tables[fmt].map_range(0, 0, L.IDENTITY_SIZE, size, PTE_P | PTE_RW)
     regs = g.vcpu.get_regs()
     regs.rsi, regs.rdi = tables["32"].cr3, tables["pae"].cr3
     g.vcpu.set_regs(regs)

@@ -12,10 +12,8 @@ import pytest
 from kvmtest.cpuid import vendor
 from kvmtest.guest import layout as L
 from kvmtest.guest.fault_probe import expect_fault_at_probe, fault_probe_source, install_fault_probe
-from kvmtest.guest.modes import EFER_SCE
+from kvmtest.x86 import EFER_SCE, MSR_IA32_CSTAR, MSR_IA32_FMASK, MSR_IA32_LSTAR, MSR_IA32_STAR, UD_VECTOR
 
-STAR, LSTAR, CSTAR, SFMASK = 0xC0000081, 0xC0000082, 0xC0000083, 0xC0000084
-UD = 6
 # STAR[47:32]: SYSCALL's CS (SS = +8); STAR[63:48]: SYSRET's base: CS32 = base, SS = base + 8,
 # CS64 = base + 16 (layout.py orders the GDT for exactly this).
 STAR_VALUE = (L.SEL_USER_CODE32 << 48) | (L.SEL_CODE64 << 32)
@@ -26,20 +24,21 @@ def _msrs(g):
     sregs = g.vcpu.get_sregs()
     sregs.efer |= EFER_SCE
     g.vcpu.set_sregs(sregs)
-    g.vcpu.set_msrs({STAR: STAR_VALUE, LSTAR: g.labels["lstar_entry"], CSTAR: g.labels["cstar_entry"], SFMASK: 0})
+    g.vcpu.set_msrs({MSR_IA32_STAR: STAR_VALUE, MSR_IA32_LSTAR: g.labels["lstar_entry"],
+                     MSR_IA32_CSTAR: g.labels["cstar_entry"], MSR_IA32_FMASK: 0})
 
 
-@pytest.mark.modes("long64", "long64-cpl3", "compat32", "compat32-cpl3", "pm32", "pm32-cpl3")
+@pytest.mark.modes(sample="per-code-size", protected=True, order="widest")
 def test_syscall_with_efer_sce_clear_raises_ud(guest, mode):
     """With IA32_EFER.SCE = 0, SYSCALL raises #UD at itself, in every mode and at any CPL, on
     both vendors (SDM Vol. 2B SYSCALL: "#UD If IA32_EFER.SCE = 0"; APM Vol. 3 SYSCALL: #UD when
     EFER.SCE = 0)."""
     g = guest(mode, fault_probe_source(mode, "", "syscall"))
-    install_fault_probe(g, UD)
+    install_fault_probe(g, UD_VECTOR)
     sregs = g.vcpu.get_sregs()
     sregs.efer &= ~EFER_SCE
     g.vcpu.set_sregs(sregs)
-    expect_fault_at_probe(g, UD, "SYSCALL with IA32_EFER.SCE = 0")
+    expect_fault_at_probe(g, UD_VECTOR, "SYSCALL with IA32_EFER.SCE = 0")
 
 
 # After SYSRETL the user code runs `xor eax, eax` and the bytes 48 ff c0: DEC EAX; INC EAX in
@@ -77,7 +76,7 @@ def test_sysretl_returns_to_compatibility_mode(guest):
     Vol. 3 SYSRET): the code at ECX is decoded as 32-bit code at CPL3."""
     g = guest("long64", SYSRETL_TO_COMPAT, user_pages=True)
     _msrs(g)
-    g.set_idt_gate(UD, "ud_handler")
+    g.set_idt_gate(UD_VECTOR, "ud_handler")
     rax, rip, cs, ss = g.run_to_done()
     want_cs, want_ss = L.SEL_USER_CODE32 | 3, L.SEL_USER_DATA | 3
     got = {"saved CS": cs & 0xFFFF, "saved SS": ss & 0xFFFF, "saved RIP": rip, "RAX (decode witness)": rax}
@@ -118,7 +117,7 @@ def test_syscall_from_compatibility_mode_follows_the_cpuid_vendor(kvm, guest):
     frame tells where SYSCALL went."""
     g = guest("compat32-cpl3", SYSCALL_FROM_COMPAT)
     _msrs(g)
-    g.set_idt_gate(UD, "ud_handler")
+    g.set_idt_gate(UD_VECTOR, "ud_handler")
     rflags = g.vcpu.get_regs().rflags
     rip, cs, rcx, r11 = g.run_to_done()
     got = {"#UD at": rip, "saved CS": cs & 0xFFFF}

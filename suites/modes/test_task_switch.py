@@ -8,10 +8,10 @@ import pytest
 from kvmtest.exits import HltExit
 from kvmtest.guest import descriptors as D
 from kvmtest.guest import layout as L
+from kvmtest.x86 import RFLAGS_NT, SYS_TYPE_TASK_GATE, SYS_TYPE_TSS_AVAILABLE, SYS_TYPE_TSS_BUSY
 
 TSS_B, SEL_TSS_B = 0x3100, 0x60
 TASK_B_STACK = 0x6800
-EFLAGS_NT = 1 << 14
 TSS_LINK, TSS_EIP = 0x00, 0x20  # 32-bit TSS fields (SDM Vol. 3A Figure 7-2)
 
 SOURCE = """
@@ -53,9 +53,9 @@ def test_far_jump_to_a_tss_switches_tasks(guest):
     assert old_eip == g.labels["after_jmp"], f"old TSS EIP {old_eip:#x}, expected {g.labels['after_jmp']:#x}"
     new_type = D.Descriptor.decode(g.vm.read(L.GDT + SEL_TSS_B, 8)).type
     old_type = D.Descriptor.decode(g.vm.read(L.GDT + L.SEL_TSS, 8)).type
-    assert (new_type, old_type) == (D.TSS_BUSY, D.TSS_AVAILABLE), \
+    assert (new_type, old_type) == (SYS_TYPE_TSS_BUSY, SYS_TYPE_TSS_AVAILABLE), \
         f"TSS types after JMP: new {new_type:#x} (want busy 0xb), old {old_type:#x} (want available 0x9)"
-    assert not g.vcpu.get_regs().rflags & (1 << 14), "EFLAGS.NT set after a JMP task switch"
+    assert not g.vcpu.get_regs().rflags & RFLAGS_NT, "EFLAGS.NT set after a JMP task switch"
 
 
 def _tss_field(g, base, offset):
@@ -77,10 +77,10 @@ def _check_nested_entry(g, tr, eflags, old_eip):
     interrupt or exception through a task gate): TR = the new TSS, NT set in the new task,
     the new TSS's previous-task link = the old TR, both TSS busy, the old task's EIP saved."""
     assert tr == SEL_TSS_B, f"TR in the new task: {tr:#x}, expected {SEL_TSS_B:#x}"
-    assert eflags & EFLAGS_NT, f"EFLAGS {eflags:#x} in the new task: NT clear, a nested switch sets it"
+    assert eflags & RFLAGS_NT, f"EFLAGS {eflags:#x} in the new task: NT clear, a nested switch sets it"
     link = _tss_field(g, TSS_B, TSS_LINK) & 0xFFFF
     assert link == L.SEL_TSS, f"new TSS previous-task link {link:#x}, expected the old TR {L.SEL_TSS:#x}"
-    assert _tss_types(g) == (D.TSS_BUSY, D.TSS_BUSY), \
+    assert _tss_types(g) == (SYS_TYPE_TSS_BUSY, SYS_TYPE_TSS_BUSY), \
         f"TSS types (old, new) {_tss_types(g)}: both must stay busy (0xb) while nested"
     saved = _tss_field(g, L.TSS, TSS_EIP)
     assert saved == old_eip, f"old TSS EIP {saved:#x}, expected {old_eip:#x}"
@@ -112,8 +112,8 @@ def test_far_call_to_a_tss_nests_and_iret_returns(guest):
     _check_nested_entry(g, tr, eflags, g.labels["after_call"])
     back_tr, back_eflags = g.run_to_done()
     assert back_tr == L.SEL_TSS, f"TR after IRET: {back_tr:#x}, expected the calling task's {L.SEL_TSS:#x}"
-    assert not back_eflags & EFLAGS_NT, f"EFLAGS {back_eflags:#x} after IRET: NT set in the calling task"
-    assert _tss_types(g) == (D.TSS_BUSY, D.TSS_AVAILABLE), \
+    assert not back_eflags & RFLAGS_NT, f"EFLAGS {back_eflags:#x} after IRET: NT set in the calling task"
+    assert _tss_types(g) == (SYS_TYPE_TSS_BUSY, SYS_TYPE_TSS_AVAILABLE), \
         f"TSS types (old, new) after IRET {_tss_types(g)}: expected (busy 0xb, available 0x9)"
 
 
@@ -152,7 +152,7 @@ def test_exception_through_a_task_gate_switches_tasks(guest, name):
         GUEST_FAIL "the exception did not switch tasks"
     {TASK_B_REPORTS}""")
     _nested_task_b(g)
-    g.set_idt_gate(vector, 0, gate_type=D.TASK_GATE, selector=SEL_TSS_B)
+    g.set_idt_gate(vector, 0, gate_type=SYS_TYPE_TASK_GATE, selector=SEL_TSS_B)
     tr, eflags, esp, top = g.run_to_done()
     _check_nested_entry(g, tr, eflags, g.labels["saved"])
     if error_code is None:
@@ -177,7 +177,7 @@ def test_interrupt_through_a_task_gate_switches_tasks(guest, source):
         GUEST_FAIL "the interrupt did not switch tasks"
     {TASK_B_REPORTS}""")
     _nested_task_b(g)
-    g.set_idt_gate(vector, 0, gate_type=D.TASK_GATE, selector=SEL_TSS_B)
+    g.set_idt_gate(vector, 0, gate_type=SYS_TYPE_TASK_GATE, selector=SEL_TSS_B)
     if source != "int":
         g.expect_exit(HltExit)
         if source == "external":

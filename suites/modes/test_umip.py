@@ -2,12 +2,12 @@
 
 import pytest
 
-from kvmtest.guest.modes import CR4_UMIP
+from kvmtest.x86 import CR4_UMIP
 
 pytestmark = pytest.mark.requires_cpu("umip")
 
 
-@pytest.mark.modes("long64-cpl3", "compat32-cpl3")
+@pytest.mark.modes(long=True, cpl=3)
 @pytest.mark.parametrize("insn", ["sgdt [{b}]", "sidt [{b}]", "smsw ax", "str ax", "sldt ax"])
 def test_umip_makes_descriptor_table_reads_fault_at_cpl3(guest, mode, insn):
     """With CR4.UMIP set, SGDT, SIDT, SLDT, SMSW and STR at CPL3 raise #GP(0) (kvm-unit-tests umip.c)."""
@@ -19,7 +19,7 @@ def test_umip_makes_descriptor_table_reads_fault_at_cpl3(guest, mode, insn):
     g.run_to_done()
 
 
-@pytest.mark.modes("long64-cpl3", "compat32-cpl3")
+@pytest.mark.modes(long=True, cpl=3)
 def test_without_umip_sgdt_works_at_cpl3(guest, mode):
     """Without CR4.UMIP, SGDT at CPL3 stores the GDTR (limit and base) and raises nothing."""
     b = "rbx" if mode.startswith("long") else "ebx"

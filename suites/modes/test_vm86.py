@@ -3,8 +3,8 @@
 
 from kvmtest.abi.structs import kvm_segment
 from kvmtest.exits import IoExit
+from kvmtest.x86 import RFLAGS_FIXED, RFLAGS_IOPL, RFLAGS_VM, SEG_TYPE_CODE_RX_ACCESSED, SEG_TYPE_DATA_RW_ACCESSED
 
-RFLAGS_VM = 1 << 17
 CODE_SEG = 0x800      # CS:IP = 0800:0000 -> linear 0x8000, where the guest's code is
 
 
@@ -17,10 +17,11 @@ def test_vm86_segment_loads_use_real_mode_addressing(guest):
     sregs = g.vcpu.get_sregs()
     for name in ("cs", "ds", "es", "fs", "gs", "ss"):
         setattr(sregs, name, kvm_segment(base=CODE_SEG << 4, limit=0xFFFF, selector=CODE_SEG,
-                                         type=0xB if name == "cs" else 0x3, present=1, dpl=3, s=1))
+                                         type=SEG_TYPE_CODE_RX_ACCESSED if name == "cs" else SEG_TYPE_DATA_RW_ACCESSED,
+                                         present=1, dpl=3, s=1))
     g.vcpu.set_sregs(sregs)
     regs = g.vcpu.get_regs()
-    regs.rip, regs.rsp, regs.rflags = 0, 0x7000 - (CODE_SEG << 4) + 0x1000, 0x2 | 0x3000 | RFLAGS_VM
+    regs.rip, regs.rsp, regs.rflags = 0, 0x7000 - (CODE_SEG << 4) + 0x1000, RFLAGS_FIXED | RFLAGS_IOPL | RFLAGS_VM
     g.vcpu.set_regs(regs)
     assert g.vcpu.get_regs().rflags & RFLAGS_VM, \
         f"KVM_SET_REGS rflags={regs.rflags:#x} read back as {g.vcpu.get_regs().rflags:#x}: RFLAGS.VM dropped"

@@ -6,7 +6,7 @@ import struct
 
 from kvmtest.exits import ShutdownExit
 from kvmtest.guest import layout as L
-from kvmtest.guest.paging import P
+from kvmtest.x86 import PF_VECTOR, PTE_P, PTE_RW
 
 IST_STACK_TOP = 0x1F000  # a page of DATA serves as the #PF handler's IST stack
 
@@ -14,7 +14,7 @@ IST_STACK_TOP = 0x1F000  # a page of DATA serves as the #PF handler's IST stack
 def _unmap_kernel_stack(g):
     page = L.KERNEL_STACK_TOP - 0x1000
     entry = g.page_tables.read_entry(page, 3)
-    g.page_tables.write_entry(page, 3, entry & ~P)
+    g.page_tables.write_entry(page, 3, entry & ~PTE_P)
     return page
 
 
@@ -26,7 +26,7 @@ def test_pf_while_delivering_ud_is_reported_as_pf_with_the_stack_address(guest):
     tss = bytearray(g.vm.read(L.TSS, L.TSS_SIZE))
     struct.pack_into("<Q", tss, 36, IST_STACK_TOP)  # IST1
     g.vm.write(L.TSS, bytes(tss))
-    g.set_idt_gate(14, "kt_stub_14", ist=1)
+    g.set_idt_gate(PF_VECTOR, "kt_stub_14", ist=1)
     page = _unmap_kernel_stack(g)
     g.run_to_done()
     cr2 = g.exception_record()["cr2"]
@@ -50,7 +50,7 @@ def test_address_bits_above_a_smaller_guest_maxphyaddr_are_reserved(kvm, guest):
     import pytest
 
     from kvmtest.cpuid import find_entry, max_phys_addr
-    from kvmtest.guest.paging import KiB4, MiB2, P as PTE_P, RW
+    from kvmtest.guest.paging import KiB4, MiB2
 
     if not kvm.check_extension("KVM_CAP_SMALLER_MAXPHYADDR"):
         pytest.skip("needs KVM_CAP_SMALLER_MAXPHYADDR")
@@ -63,6 +63,6 @@ def test_address_bits_above_a_smaller_guest_maxphyaddr_are_reserved(kvm, guest):
     leaf = find_entry(table, 0x80000008)
     leaf.eax = (leaf.eax & ~0xFF) | 36
     g.vcpu.set_cpuid(table)
-    g.page_tables.map(va, 0x10000 | (1 << 40), KiB4, PTE_P | RW)
+    g.page_tables.map(va, 0x10000 | (1 << 40), KiB4, PTE_P | PTE_RW)
     g.run_to_done()
     assert g.exception_record()["cr2"] == va

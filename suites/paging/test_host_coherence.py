@@ -4,6 +4,7 @@ of the memory region are automatically reflected into the guest")."""
 
 import pytest
 
+from kvmtest.guest.mode_select import select
 from kvmtest.guest.paging import MiB2
 
 TARGET = 0x10000
@@ -15,7 +16,7 @@ READ_TWICE = f"""
     GUEST_SYNC rax
     GUEST_DONE
 """
-MODES = ["long64", "long64-cpl3", "pm32"]
+MODES = select(code_bits=64) + select(code_bits=32, paging=False, cpl=0)
 
 
 def _src(mode):

@@ -9,14 +9,16 @@ import pytest
 
 from kvmtest.guest import get_mode
 from kvmtest.guest import layout as L
-from kvmtest.guest.paging import A, MiB2, NX, P, RW, US, encode_entry
+from kvmtest.guest.mode_select import select
+from kvmtest.guest.paging import MiB2, encode_entry
 from kvmtest.paging_model import Context, Walk, describe_pfec, page_fault
+from kvmtest.x86 import PFEC_P, PFEC_U, PFEC_W, PTE_A, PTE_P, PTE_RW, PTE_US, PTE_XD
 
 VA = 0x80010000
 PAGE_A, PAGE_B = 0x10000, 0x11000
 ALIAS = {"pdpte": 0xC0010000, "pde": 0x80210000}   # shares VA's PD / PT through another entry
 LEVEL = {"pdpte": 1, "pde": 2}                      # 4-level index of the entry that is redirected
-MODES = ("long64", "long64-cpl3")
+MODES = select(code_bits=64)
 
 
 def _pfec(mode, access, *, present=True, writable=True, user=True, nx=False):
@@ -27,7 +29,7 @@ def _pfec(mode, access, *, present=True, writable=True, user=True, nx=False):
 
 
 def _user_bit(mode):
-    return 4 if get_mode(mode).cpl == 3 else 0
+    return PFEC_U if get_mode(mode).cpl == 3 else 0
 
 
 @pytest.mark.modes(*MODES)
@@ -46,13 +48,14 @@ def test_shared_table_keeps_each_paths_write_permission(guest, mode, level):
         GUEST_SYNC eax
         mov dword ptr [rbx], 0x11
         mov dword ptr [rbx + 0x1000], 0x22
-        GUEST_ASSERT_RAISES PF({0x3 | _user_bit(mode):#x}), mov dword ptr [rcx], 0x33
+        GUEST_ASSERT_RAISES PF({PFEC_P | PFEC_W | _user_bit(mode):#x}), mov dword ptr [rcx], 0x33
         GUEST_DONE""", page_size=MiB2)
     pt = g.page_tables
-    pt.map(VA, PAGE_A, flags=P | RW | US)
-    pt.map(VA + 0x1000, PAGE_B, flags=P | RW | US)
+    pt.map(VA, PAGE_A, flags=PTE_P | PTE_RW | PTE_US)
+    pt.map(VA + 0x1000, PAGE_B, flags=PTE_P | PTE_RW | PTE_US)
     shared_table = pt.read_entry(VA, LEVEL[level]) & ~0xFFF & ((1 << 52) - 1)
-    pt.write_entry(alias, LEVEL[level], int.from_bytes(encode_entry(pt.fmt, shared_table, P | US), "little"))
+    read_only = encode_entry(pt.fmt, shared_table, PTE_P | PTE_US)
+    pt.write_entry(alias, LEVEL[level], int.from_bytes(read_only, "little"))
     g.vm.write_u32(PAGE_A, 0xAAAA0001)
     first = g.expect_sync()
     assert first == 0xAAAA0001, f"read through the read-only path: {first:#x}, expected PAGE_A's 0xaaaa0001"
@@ -77,10 +80,10 @@ def test_two_huge_page_aliases_keep_their_own_write_permission(guest, mode):
         mov eax, dword ptr [rcx]
         mov eax, dword ptr [rbx]
         mov dword ptr [rbx], 0x44
-        GUEST_ASSERT_RAISES PF({0x3 | _user_bit(mode):#x}), mov dword ptr [rcx], 0x55
+        GUEST_ASSERT_RAISES PF({PFEC_P | PFEC_W | _user_bit(mode):#x}), mov dword ptr [rcx], 0x55
         GUEST_DONE""", page_size=MiB2)
-    g.page_tables.map(rw_alias, 0, MiB2, P | RW | US)
-    g.page_tables.map(ro_alias, 0, MiB2, P | US)
+    g.page_tables.map(rw_alias, 0, MiB2, PTE_P | PTE_RW | PTE_US)
+    g.page_tables.map(ro_alias, 0, MiB2, PTE_P | PTE_US)
     g.run_to_done()
     cr2 = g.exception_record()["cr2"]
     assert cr2 == ro_alias + off, f"#PF(P|W) through the read-only 2 MiB alias: CR2 {cr2:#x}, " \
@@ -118,9 +121,9 @@ def test_fault_on_a_neighbour_pte_reports_its_own_error_code(guest, mode, neighb
         {neighbour_access}
         GUEST_DONE""", page_size=MiB2)
     pt = g.page_tables
-    pt.map(VA, PAGE_A, flags=P | RW | US | A)
-    flags = A | (P if rights.get("present", True) else 0) | (RW if rights.get("writable", True) else 0) \
-        | (US if rights.get("user", True) else 0) | (NX if rights.get("nx") else 0)
+    pt.map(VA, PAGE_A, flags=PTE_P | PTE_RW | PTE_US | PTE_A)
+    flags = PTE_A | (PTE_P if rights.get("present", True) else 0) | (PTE_RW if rights.get("writable", True) else 0) \
+        | (PTE_US if rights.get("user", True) else 0) | (PTE_XD if rights.get("nx") else 0)
     pt.map(neighbour_va, PAGE_B, flags=flags)
     g.vm.write(PAGE_B, b"\xc3\x00\xbb\xbb")  # RET, should a fetch wrongly succeed; a marker for reads
     if pfec is None:

@@ -13,9 +13,10 @@ import pytest
 from kvmtest.cpuid import max_phys_addr
 from kvmtest.fingerprint import kvm_modules
 from kvmtest.guest import get_mode
-from kvmtest.guest.modes import CR0_WP, CR4_SMAP, CR4_SMEP
-from kvmtest.guest.paging import A, D, GiB1, KiB4, MiB2, MiB4, NX, P, RW, US, describe_flags
+from kvmtest.guest.mode_select import select
+from kvmtest.guest.paging import GiB1, KiB4, MiB2, MiB4, describe_flags
 from kvmtest.paging_model import Context, Walk, describe_pfec, page_fault
+from kvmtest.x86 import CR0_WP, CR4_SMAP, CR4_SMEP, PTE_A, PTE_D, PTE_P, PTE_RW, PTE_US, PTE_XD
 
 VA = 0x80010000   # the address every case accesses
 PA = 0x10000      # layout.DATA: where VA lands whatever the page size
@@ -47,7 +48,7 @@ class Case:
 
 
 def _cases():
-    for mode in ("long64", "long64-cpl3", "pae", "pae-cpl3", "paging32", "paging32-cpl3"):
+    for mode in select(sample="per-paging-form", order="widest"):
         m = get_mode(mode)
         for size, level, flags, (access, wp), feature in itertools.product(
                 m.page_sizes, ("leaf", "upper"), FLAG_SETS, ACCESSES, ("-", "smep", "smap")):
@@ -71,15 +72,15 @@ CASES = list(_cases())
 
 
 def _entry_flags(flags, rsvd_bit, pdpte=False):
-    value = P if pdpte else P | RW | US
+    value = PTE_P if pdpte else PTE_P | PTE_RW | PTE_US
     if "np" in flags:
-        value &= ~P
+        value &= ~PTE_P
     if "ro" in flags:
-        value &= ~RW
+        value &= ~PTE_RW
     if "sup" in flags:
-        value &= ~US
+        value &= ~PTE_US
     if "nx" in flags:
-        value |= NX
+        value |= PTE_XD
     if "rsvd" in flags:
         value |= 1 << rsvd_bit
     return value
@@ -139,15 +140,17 @@ def _check(guest, kvm, case, prefix=""):
     pt = g.page_tables
     leaf = pt.leaf_level(case.size)
     target = PA & ~(case.size - 1)
-    pt.map(VA & ~(case.size - 1), target, case.size, P | RW | US)
+    pt.map(VA & ~(case.size - 1), target, case.size, PTE_P | PTE_RW | PTE_US)
     level = leaf if case.level == "leaf" else leaf - 1
     entry = pt.read_entry(VA, level)
     pdpte = _is_pdpte(mode.paging, case.size, case.level)
-    pt.write_entry(VA, level, (entry & ~(P | RW | US)) & ~NX | _entry_flags(case.flags, maxphy, pdpte))
+    cleared = entry & ~(PTE_P | PTE_RW | PTE_US | PTE_XD)
+    pt.write_entry(VA, level, cleared | _entry_flags(case.flags, maxphy, pdpte))
     tr = g.vcpu.translate(VA)
     reachable = "np" not in case.flags and "rsvd" not in case.flags
     assert (tr.valid, tr.physical_address if tr.valid else None) == (int(reachable), PA if reachable else None), \
-        f"KVM_TRANSLATE({VA:#x}) = {tr}; the guest's tables {'map it to ' + hex(PA) if reachable else 'do not map it'} " \
+        f"KVM_TRANSLATE({VA:#x}) = {tr}; " \
+        f"the guest's tables {'map it to ' + hex(PA) if reachable else 'do not map it'} " \
         "(api.rst 4.15)"
     sregs = g.vcpu.get_sregs()
     sregs.cr0 = sregs.cr0 | CR0_WP if case.wp else sregs.cr0 & ~CR0_WP
@@ -159,10 +162,10 @@ def _check(guest, kvm, case, prefix=""):
         cr2 = g.exception_record()["cr2"]
         assert cr2 == VA, f"#PF({describe_pfec(leaf_fault)}): CR2 {cr2:#x}, expected {VA:#x}"
         return
-    problems = [f"{name} A clear ({describe_flags(value)})" for name, _, value in walk if not value & A]
+    problems = [f"{name} A clear ({describe_flags(value)})" for name, _, value in walk if not value & PTE_A]
     leaf_value = walk[-1][2]
-    if bool(leaf_value & D) != (case.access == "write"):
-        problems.append(f"leaf D={int(bool(leaf_value & D))} after a {case.access} ({describe_flags(leaf_value)})")
+    if bool(leaf_value & PTE_D) != (case.access == "write"):
+        problems.append(f"leaf D={int(bool(leaf_value & PTE_D))} after a {case.access} ({describe_flags(leaf_value)})")
     assert not problems, "after a successful access: " + "; ".join(problems)
 
 
@@ -179,7 +182,7 @@ def _expected(case, mode):
         v[at] = bool(flags & bit) if set_means else not (flags & bit)
         return tuple(v)
 
-    walk = Walk(vec(P, True, True), vec(RW, True, True), vec(US, True, True), vec(NX, False, True),
+    walk = Walk(vec(PTE_P, True, True), vec(PTE_RW, True, True), vec(PTE_US, True, True), vec(PTE_XD, False, True),
                 tuple(("rsvd" in case.flags) and i == at for i in range(levels)))
     ctx = Context(case.access, mode.cpl, wp=case.wp, nxe=mode.paging != "32", smep=case.feature == "smep",
                   smap=case.feature == "smap", paging32=mode.paging == "32")

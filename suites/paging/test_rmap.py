@@ -1,7 +1,8 @@
 """One physical page behind many translations (kvm-unit-tests rmap_chain): the shadow MMU's
 reverse map for the page grows long, and every alias must still read and write the same bytes."""
 
-from kvmtest.guest.paging import KiB4, MiB2, P, RW
+from kvmtest.guest.paging import KiB4, MiB2
+from kvmtest.x86 import PTE_P, PTE_RW
 
 ALIASES = 1000
 BASE = 0x80000000
@@ -28,7 +29,7 @@ def test_a_page_mapped_a_thousand_times(guest):
     Vol. 3A 4.4 translation; kvm-unit-tests rmap_chain)."""
     g = guest("long64", WALK, page_size=MiB2)
     for i in range(ALIASES):
-        g.page_tables.map(BASE + i * 0x1000, PAGE, KiB4, P | RW)
+        g.page_tables.map(BASE + i * 0x1000, PAGE, KiB4, PTE_P | PTE_RW)
     g.vm.write_u64(PAGE, 3)
     assert g.expect_sync() == 3 * ALIASES
     g.run_to_done()

@@ -2,13 +2,16 @@
 
 import pytest
 
-from kvmtest.guest.paging import KiB4, MiB2, P, RW, US
+from kvmtest.guest.mode_select import select
+from kvmtest.guest.paging import KiB4, MiB2
+from kvmtest.x86 import PTE_P, PTE_RW, PTE_US
 
 VA = 0x80010000
 
 
-@pytest.mark.modes("long64", "long64-cpl3", "pae", "paging32")
-@pytest.mark.parametrize("flags", [P | RW | US, P | US, P | RW], ids=["rw-user", "ro-user", "rw-supervisor"])
+@pytest.mark.modes(*select(code_bits=64) + select(paging=("pae", "32"), cpl=0, order="widest"))
+@pytest.mark.parametrize("flags", [PTE_P | PTE_RW | PTE_US, PTE_P | PTE_US, PTE_P | PTE_RW],
+                         ids=["rw-user", "ro-user", "rw-supervisor"])
 def test_translate_reports_the_physical_address(guest, mode, flags):
     """For a mapped address KVM_TRANSLATE returns valid=1 and the physical address the guest's
     tables give, whatever the page's rights. (writeable and usermode are not checked: api.rst
@@ -19,7 +22,7 @@ def test_translate_reports_the_physical_address(guest, mode, flags):
     assert (tr.valid, tr.physical_address) == (1, 0x12123), f"KVM_TRANSLATE({VA + 0x123:#x}): {tr}"
 
 
-@pytest.mark.modes("long64", "pae", "paging32")
+@pytest.mark.modes(sample="per-paging-form", cpl=0, order="widest")
 def test_translate_of_an_unmapped_address_is_invalid(guest, mode):
     """An address no present entry maps translates to valid=0."""
     g = guest(mode, "GUEST_DONE", page_size=MiB2 if mode != "paging32" else 0x400000)

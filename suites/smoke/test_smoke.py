@@ -8,13 +8,10 @@ import pytest
 
 from kvmtest.exits import HltExit, IoExit
 from kvmtest.guest import Sync
-from kvmtest.guest.modes import MODES
-
-CPL0 = [m for m in MODES if m != "reset" and not MODES[m].user]
-CPL3 = [m for m in MODES if MODES[m].user]
+from kvmtest.guest.mode_select import ANY
 
 
-@pytest.mark.modes(*CPL0)
+@pytest.mark.modes(cpl=0, feature=ANY)
 def test_out_then_hlt(guest, mode):
     """OUT imm8, AL exits with KVM_EXIT_IO (api.rst 5, "KVM_EXIT_IO": direction OUT, size 1,
     count 1, the byte at data_offset); HLT without an in-kernel irqchip exits with
@@ -24,7 +21,7 @@ def test_out_then_hlt(guest, mode):
     g.expect_exit(HltExit)
 
 
-@pytest.mark.modes(*CPL3)
+@pytest.mark.modes(cpl=3, feature=ANY)
 def test_out_at_cpl3_with_iopl3_then_hlt_faults(guest, mode):
     """At CPL3 with RFLAGS.IOPL=3, OUT is allowed (SDM Vol. 1 19.5.1: CPL <= IOPL) and exits
     with KVM_EXIT_IO (api.rst 5); HLT at CPL3 raises #GP(0) (SDM Vol. 2A HLT)."""

@@ -5,7 +5,9 @@ operations, 8.4.4 MP initialization, 11.6 ICR; api.rst 4.7, 4.24, 4.38 MP state)
 import pytest
 
 from kvmtest.abi import constants as C
-from kvmtest.guest.paging import PCD, KiB4, P, RW
+from kvmtest.exits import IntrExit
+from kvmtest.guest.paging import KiB4
+from kvmtest.x86 import PTE_P, PTE_PCD, PTE_RW
 
 COUNTER = 0x600
 ITERATIONS = 30000
@@ -81,7 +83,7 @@ def test_ap_starts_at_the_sipi_vector(guest):
     then a start-up IPI with vector 9 from the BSP starts it in real mode at 0900:0000 (SDM
     Vol. 3A 8.4.4.1, 11.6.1)."""
     g = guest("long64", BRINGUP, irqchip=True)
-    g.page_tables.map(APIC, APIC, KiB4, P | RW | PCD)
+    g.page_tables.map(APIC, APIC, KiB4, PTE_P | PTE_RW | PTE_PCD)
     ap = g.vm.create_vcpu(1)
     ap.set_cpuid(g.kvm.cached_supported_cpuid())
     assert ap.get_mp_state() == C.KVM_MP_STATE_UNINITIALIZED, C.MP_STATE_NAMES.name(ap.get_mp_state())
@@ -135,7 +137,7 @@ def test_xchg_spinlock_serialises_a_non_atomic_update(guest, group):
     first, others = SPINLOCK_GROUPS[group]
     vcpus = 1 + len(others)
     code = _spinlock_loop(64 if first == "long64" else 32, vcpus)
-    for i, (mode, bits, cpl) in enumerate(others):
+    for i, (_mode, bits, cpl) in enumerate(others):
         code += f".code{bits}\njoiner{i}:\nGUEST_AT_CPL {cpl}\n{_spinlock_loop(bits, vcpus)}GUEST_AT_CPL 0\n"
     g = guest(first, code, user_pages=True)
     joiners = [g.add_vcpu(f"joiner{i}", mode=mode) for i, (mode, _, _) in enumerate(others)]
@@ -192,3 +194,51 @@ def test_stores_are_seen_in_program_order_by_another_vcpu(guest):
         thread.join(120)
     stale = int.from_bytes(g.vm.read(MISMATCHES, 4), "little")
     assert stale == 0, f"{stale} of {MESSAGES} messages read stale data after their flag was seen"
+
+
+UNKNOWN_MSR = 0x4B564D7F      # no MSR has this index: RDMSR of it raises #GP(0) (SDM Vol. 2B RDMSR)
+OWN_RECORDS = f"""
+    GUEST_ASSERT_RAISES UD, GUEST_SYNC 1        # armed; the host injects #UD here, later
+    GUEST_DONE
+second:
+    mov ecx, {UNKNOWN_MSR:#x}
+    GUEST_ASSERT_RAISES GP(0), faulting_rdmsr: rdmsr
+    GUEST_DONE
+"""
+
+
+@pytest.mark.requires_cap("KVM_CAP_VCPU_EVENTS")
+def test_an_exception_on_one_vcpu_leaves_another_vcpus_pending_check_alone(guest):
+    """An exception is delivered to the processor that raised it, through that processor's IDT
+    and stack (SDM Vol. 3A 6.1, 6.12; a vCPU's events are its own, api.rst 4.31/4.32). vCPU 0
+    waits in a GUEST_ASSERT_RAISES for an #UD the host injects with KVM_SET_VCPU_EVENTS; in the
+    meantime vCPU 1 raises, catches and checks #GP(0) from RDMSR of an unknown MSR. vCPU 0's #UD
+    must then still be caught as expected, and each vCPU's exception record must hold its own
+    exception: saved RIP, error code and a count of one. vCPU 0's GUEST_SYNC OUT is completed
+    (KVM_RUN with immediate_exit) before its RIP is read and the #UD set: at a KVM_EXIT_IO the
+    operation and the guest state are complete only once KVM_RUN is re-entered (api.rst 5, the
+    note on KVM_EXIT_IO)."""
+    g = guest("long64", OWN_RECORDS)
+    second = g.add_vcpu("second")
+    assert g.expect_sync() == 1, "vCPU 0 did not reach its GUEST_ASSERT_RAISES"
+    g.run_to_done(vcpu=second)
+    g.vcpu.kvm_run.immediate_exit = 1
+    completed = g.vcpu.run()
+    assert isinstance(completed, IntrExit), f"KVM_RUN with immediate_exit: expected KVM_EXIT_INTR, got {completed}"
+    injected_at = g.vcpu.get_regs().rip
+    ev = g.vcpu.get_events()
+    ev.exception.injected, ev.exception.nr, ev.exception.has_error_code, ev.flags = 1, 6, 0, 0
+    g.vcpu.set_events(ev)
+    g.run_to_done()
+    first_rec, second_rec = g.exception_record(g.vcpu), g.exception_record(second)
+    want_first = {"rip": injected_at, "error_code": 0, "count": 1}
+    want_second = {"rip": g.labels["faulting_rdmsr"], "error_code": 0, "count": 1}
+    got_first = {k: first_rec[k] for k in want_first}
+    got_second = {k: second_rec[k] for k in want_second}
+    assert (got_first, got_second) == (want_first, want_second), \
+        f"exception records: vCPU 0 {_hex(got_first)}, expected {_hex(want_first)} (#UD injected at its RIP); " \
+        f"vCPU 1 {_hex(got_second)}, expected {_hex(want_second)} (#GP(0) at its RDMSR)"
+
+
+def _hex(record):
+    return "{" + ", ".join(f"{k}: {v:#x}" for k, v in record.items()) + "}"

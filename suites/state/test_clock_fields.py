@@ -11,6 +11,7 @@ import pytest
 from kvmtest import host_cpu
 from kvmtest.abi import constants as C
 from kvmtest.guest import layout as L
+from kvmtest.x86 import MSR_KVM_SYSTEM_TIME_NEW
 
 pytestmark = pytest.mark.requires_cap("KVM_CAP_ADJUST_CLOCK")
 FLAGS = C.KVM_CLOCK_TSC_STABLE | C.KVM_CLOCK_REALTIME | C.KVM_CLOCK_HOST_TSC
@@ -34,7 +35,8 @@ def test_clock_advances_with_the_hosts_monotonic_clock(kvm, vm):
     assert (t2 - t1) * (1 - slack) <= delta <= (t3 - t0) * (1 + slack), \
         f"KVM_GET_CLOCK advanced {delta} ns while CLOCK_MONOTONIC advanced {t2 - t1}-{t3 - t0} ns"
     allowed = kvm.check_extension("KVM_CAP_ADJUST_CLOCK")
-    assert first.flags & ~allowed == 0, f"KVM_GET_CLOCK flags {first.flags:#x} outside KVM_CAP_ADJUST_CLOCK {allowed:#x}"
+    assert first.flags & ~allowed == 0, \
+        f"KVM_GET_CLOCK flags {first.flags:#x} outside KVM_CAP_ADJUST_CLOCK {allowed:#x}"
 
 
 def test_realtime_and_host_tsc_are_the_hosts_at_the_call(vm):
@@ -55,7 +57,6 @@ def test_realtime_and_host_tsc_are_the_hosts_at_the_call(vm):
 
 
 PVCLOCK = L.DATA + 0x800         # struct pvclock_vcpu_time_info, 32 bytes (x86/msr.rst)
-MSR_KVM_SYSTEM_TIME_NEW = 0x4B564D01
 SET_TO = 5 * 10**12              # 5000 s
 
 
@@ -83,7 +84,7 @@ def test_clock_set_by_the_host_is_what_the_guests_kvmclock_reads(guest):
 
 
 @pytest.mark.requires_cap("KVM_CAP_VCPU_ATTRIBUTES")
-@pytest.mark.modes("long64", "long64-cpl3")
+@pytest.mark.modes(code_bits=64)
 def test_tsc_offset_is_the_guest_tsc_minus_the_hosts(guest, mode):
     """KVM_VCPU_TSC_OFFSET (devices/vcpu.rst: "the guest's TSC = host TSC + offset") read with
     KVM_GET_DEVICE_ATTR is what separates the guest's RDTSC from the host's own RDTSC taken

@@ -7,10 +7,20 @@ import pytest
 
 from kvmtest.abi import constants as C
 from kvmtest.exits import IoExit, IrqWindowOpenExit
-from kvmtest.guest.modes import CR0_AM, CR0_MP, CR4_OSFXSR, CR4_OSXMMEXCPT, EFER_SCE, RFLAGS_IF
+from kvmtest.guest.mode_select import select
+from kvmtest.x86 import (
+    CR0_AM,
+    CR0_MP,
+    CR3_PCD,
+    CR3_PWT,
+    CR4_OSFXSR,
+    CR4_OSXMMEXCPT,
+    EFER_SCE,
+    MSR_IA32_APIC_BASE,
+    MSR_IA32_EFER,
+    RFLAGS_IF,
+)
 
-MSR_EFER, MSR_APIC_BASE = 0xC0000080, 0x1B
-CR3_PWT_PCD = 0x18                 # CR3 bits 3 and 4 (SDM Vol. 3A 4.5, with CR4.PCIDE = 0)
 CR2_VALUE = 0x0000_7F12_3456_7000
 APIC_BASE_MOVED = 0xFEB00000       # IA32_APIC_BASE bits 35:12 are the base (SDM Vol. 3A 11.4.4)
 
@@ -21,25 +31,25 @@ GUEST_WRITES = f"""
     mov rax, {CR2_VALUE:#x}
     mov cr2, rax
     mov rax, cr3
-    or rax, {CR3_PWT_PCD:#x}
+    or rax, {CR3_PWT | CR3_PCD:#x}
     mov cr3, rax
     mov rax, cr4
     or rax, {CR4_OSFXSR | CR4_OSXMMEXCPT:#x}
     mov cr4, rax
     mov eax, 9
     mov cr8, rax
-    mov ecx, {MSR_EFER:#x}
+    mov ecx, {MSR_IA32_EFER:#x}
     rdmsr
     or eax, {EFER_SCE:#x}
     wrmsr
-    mov ecx, {MSR_APIC_BASE:#x}
+    mov ecx, {MSR_IA32_APIC_BASE:#x}
     rdmsr
     and eax, 0xFFF
     or eax, {APIC_BASE_MOVED:#x}
     wrmsr
     out 0x10, al
 """
-GUEST_READS = """
+GUEST_READS = f"""
     mov rax, cr0
     GUEST_SYNC rax
     mov rax, cr2
@@ -50,12 +60,12 @@ GUEST_READS = """
     GUEST_SYNC rax
     mov rax, cr8
     GUEST_SYNC rax
-    mov ecx, 0xC0000080
+    mov ecx, {MSR_IA32_EFER:#x}
     rdmsr
     shl rdx, 32
     or rax, rdx
     GUEST_SYNC rax
-    mov ecx, 0x1B
+    mov ecx, {MSR_IA32_APIC_BASE:#x}
     rdmsr
     shl rdx, 32
     or rax, rdx
@@ -75,7 +85,7 @@ def test_control_registers_the_guest_writes_are_what_get_sregs_reports(guest):
     g = guest("long64", GUEST_WRITES + GUEST_READS)
     start = g.vcpu.get_sregs()
     apic_base = (start.apic_base & 0xFFF) | APIC_BASE_MOVED
-    want = {"cr0": start.cr0 | CR0_MP | CR0_AM, "cr2": CR2_VALUE, "cr3": start.cr3 | CR3_PWT_PCD,
+    want = {"cr0": start.cr0 | CR0_MP | CR0_AM, "cr2": CR2_VALUE, "cr3": start.cr3 | CR3_PWT | CR3_PCD,
             "cr4": start.cr4 | CR4_OSFXSR | CR4_OSXMMEXCPT, "cr8": 9, "efer": start.efer | EFER_SCE,
             "apic_base": apic_base}
     g.expect_exit(IoExit, port=0x10)
@@ -85,15 +95,16 @@ def test_control_registers_the_guest_writes_are_what_get_sregs_reports(guest):
     if g.kvm.check_extension("KVM_CAP_SREGS2"):
         sregs2 = g.vcpu.get_sregs2()
         reported = {n: getattr(sregs2, n) for n in NAMES}
-        assert reported == want, f"KVM_GET_SREGS2 after the guest's writes: {_hex(reported)}; the guest wrote {_hex(want)}"
-    msrs = g.vcpu.get_msrs([MSR_EFER, MSR_APIC_BASE])
-    assert (msrs[MSR_EFER], msrs[MSR_APIC_BASE]) == (want["efer"], apic_base), \
-        f"KVM_GET_MSRS EFER {msrs[MSR_EFER]:#x} APIC_BASE {msrs[MSR_APIC_BASE]:#x}; the guest wrote " \
+        assert reported == want, \
+            f"KVM_GET_SREGS2 after the guest's writes: {_hex(reported)}; the guest wrote {_hex(want)}"
+    msrs = g.vcpu.get_msrs([MSR_IA32_EFER, MSR_IA32_APIC_BASE])
+    assert (msrs[MSR_IA32_EFER], msrs[MSR_IA32_APIC_BASE]) == (want["efer"], apic_base), \
+        f"KVM_GET_MSRS EFER {msrs[MSR_IA32_EFER]:#x} APIC_BASE {msrs[MSR_IA32_APIC_BASE]:#x}; the guest wrote " \
         f"{want['efer']:#x} and {apic_base:#x}"
     run = g.vcpu.kvm_run
     assert (run.cr8, run.apic_base) == (9, apic_base), \
         f"kvm_run.cr8 {run.cr8:#x} apic_base {run.apic_base:#x} at the exit; the guest wrote 0x9 and {apic_base:#x}"
-    seen = dict(zip(NAMES, g.run_to_done()))
+    seen = dict(zip(NAMES, g.run_to_done(), strict=True))
     assert seen == want, f"the guest read back {_hex(seen)}; it had written {_hex(want)}"
 
 
@@ -107,7 +118,7 @@ def test_control_registers_the_host_sets_are_what_the_guest_reads(guest):
     sregs = g.vcpu.get_sregs()
     sregs.cr0 |= CR0_MP | CR0_AM
     sregs.cr2 = CR2_VALUE
-    sregs.cr3 |= CR3_PWT_PCD
+    sregs.cr3 |= CR3_PWT | CR3_PCD
     sregs.cr4 |= CR4_OSFXSR | CR4_OSXMMEXCPT
     sregs.cr8 = 6
     g.vcpu.kvm_run.cr8 = 6
@@ -115,7 +126,7 @@ def test_control_registers_the_host_sets_are_what_the_guest_reads(guest):
     sregs.apic_base = (sregs.apic_base & 0xFFF) | APIC_BASE_MOVED
     g.vcpu.set_sregs(sregs)
     want = {n: getattr(sregs, n) for n in NAMES}
-    seen = dict(zip(NAMES, g.run_to_done()))
+    seen = dict(zip(NAMES, g.run_to_done(), strict=True))
     assert seen == want, f"the guest read {_hex(seen)}; KVM_SET_SREGS wrote {_hex(want)}"
 
 
@@ -130,7 +141,7 @@ def test_kvm_run_cr8_is_an_input_the_guest_sees(guest):
 PF_ADDRESS = 0x80001234            # PML4 entry 0 maps 0-512 GiB, but no PDPT entry covers 2 GiB up
 
 
-@pytest.mark.modes("long64", "long64-cpl3", "compat32", "compat32-cpl3")
+@pytest.mark.modes(long=True, order="widest")
 def test_cr2_after_a_page_fault_is_the_faulting_address(guest, mode):
     """After a #PF the guest handled, CR2 holds the linear address that faulted (SDM Vol. 3A 4.7,
     6.15 interrupt 14): the guest's own MOV from CR2 in its handler reads it and KVM_GET_SREGS
@@ -246,7 +257,7 @@ def test_ready_for_interrupt_injection_is_0_while_interrupts_are_off(guest):
         f"ready_for_interrupt_injection: {with_if_clear} with IF=0, {run.ready_for_interrupt_injection} at the window"
 
 
-@pytest.mark.modes("long64", "long64-cpl3", "real")
+@pytest.mark.modes(*select(code_bits=64) + select(protected=False))
 def test_kvm_run_flags_are_clear_outside_smm_and_nested_guests(guest, mode):
     """kvm_run.flags carries KVM_RUN_X86_SMM only while the vCPU is in system-management mode,
     KVM_RUN_X86_GUEST_MODE only while it runs a nested guest, and KVM_RUN_X86_BUS_LOCK only

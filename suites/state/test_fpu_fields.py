@@ -14,7 +14,8 @@ import pytest
 from kvmtest import host_cpu
 from kvmtest.abi import structs as S
 from kvmtest.guest import layout as L
-from kvmtest.guest.modes import CR4_OSXSAVE
+from kvmtest.guest.modes import with_sse_enabled
+from kvmtest.x86 import CR4_OSXSAVE
 
 FCW = 0x037B                 # all x87 exceptions masked except zero-divide (bit 2)
 MXCSR = 0x3F80               # exceptions masked, rounding toward -inf (RC = 01)
@@ -55,6 +56,7 @@ def _xmm_pattern(i):
 
 def _x87_guest(guest):
     g = guest("long64-cpl3", X87_GUEST)
+    g.vcpu.set_sregs(with_sse_enabled(g.vcpu.get_sregs()))   # LDMXCSR, MOVDQU: #UD without CR4.OSFXSR
     g.vm.write(SCRATCH, b"".join(_xmm_pattern(i) for i in range(16)))
     assert g.expect_sync() == 1
     return g

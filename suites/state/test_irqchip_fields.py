@@ -9,7 +9,8 @@ import pytest
 
 from kvmtest.abi import constants as C
 from kvmtest.abi import structs as S
-from kvmtest.guest.paging import PCD, KiB4, P, RW
+from kvmtest.guest.paging import KiB4
+from kvmtest.x86 import PTE_P, PTE_PCD, PTE_RW
 
 pytestmark = pytest.mark.requires_cap("KVM_CAP_IRQCHIP")
 IOAPIC = 0xFEC00000
@@ -118,7 +119,7 @@ REDIR_ENTRY = 0x0300_0000_0001_A035      # destination 3, masked, level, active 
 
 def _ioapic_guest(guest, body):
     g = guest("long64", f"mov rbx, {IOAPIC:#x}\n{body}", irqchip=True)
-    g.page_tables.map(IOAPIC, IOAPIC, KiB4, P | RW | PCD)
+    g.page_tables.map(IOAPIC, IOAPIC, KiB4, PTE_P | PTE_RW | PTE_PCD)
     return g
 
 

@@ -7,7 +7,8 @@ import struct
 
 import pytest
 
-from kvmtest.guest.paging import PCD, KiB4, P, RW
+from kvmtest.guest.paging import KiB4
+from kvmtest.x86 import PTE_P, PTE_PCD, PTE_RW
 
 pytestmark = pytest.mark.requires_cap("KVM_CAP_IRQCHIP")
 APIC = 0xFEE00000
@@ -34,7 +35,7 @@ SELF_IPI_VECTOR = 0x51           # ICR low: fixed, self shorthand (bits 19:18 = 
 
 def _apic_guest(guest, body):
     g = guest("long64", f"mov rbx, {APIC:#x}\n{body}", irqchip=True)
-    g.page_tables.map(APIC, APIC, KiB4, P | RW | PCD)
+    g.page_tables.map(APIC, APIC, KiB4, PTE_P | PTE_RW | PTE_PCD)
     return g
 
 
@@ -60,7 +61,7 @@ def test_registers_the_guest_writes_are_what_get_lapic_reports(guest):
     wrong = [f"{o:#05x}: wrote {v:#x}, KVM_GET_LAPIC {_reg(lapic, o):#x}" for o, (v, mask) in WRITABLE.items()
              if _reg(lapic, o) & mask != v & mask]
     assert not wrong, "KVM_GET_LAPIC after the guest's xAPIC writes: " + "; ".join(wrong)
-    seen = dict(zip(offsets, g.run_to_done()))
+    seen = dict(zip(offsets, g.run_to_done(), strict=True))
     wrong = [f"{o:#05x}: wrote {v:#x}, read {seen[o]:#x}" for o, (v, mask) in WRITABLE.items()
              if o != 0x380 and seen[o] & mask != v & mask]
     assert not wrong, "the guest's reads of its own xAPIC writes: " + "; ".join(wrong)
@@ -85,7 +86,7 @@ def test_registers_the_host_sets_are_what_the_guest_reads(guest):
         struct.pack_into("<I", raw, offset, value)
     lapic.regs[:] = list(raw)
     g.vcpu.set_lapic(lapic)
-    seen = dict(zip(WRITABLE, g.run_to_done()))
+    seen = dict(zip(WRITABLE, g.run_to_done(), strict=True))
     wrong = [f"{o:#05x}: KVM_SET_LAPIC {v:#x}, guest read {seen[o]:#x}" for o, (v, mask) in WRITABLE.items()
              if seen[o] & mask != v & mask]
     assert not wrong, "the guest's reads after KVM_SET_LAPIC: " + "; ".join(wrong)
@@ -169,7 +170,7 @@ def test_illegal_vector_ipi_is_recorded_in_esr(guest):
     the ESR (which "updates the ESR with any errors detected since the last write"), the ESR has
     Send Illegal Vector (bit 5) set, both as the guest reads it and in KVM_GET_LAPIC (SDM Vol. 3A
     11.5.3 Figure 11-9; api.rst 4.57)."""
-    g = _apic_guest(guest, f"""
+    g = _apic_guest(guest, """
         mov dword ptr [rbx + 0xF0], 0x1FF           # SVR: APIC software-enabled
         mov dword ptr [rbx + 0x370], 0x10047        # LVT error: masked
         mov dword ptr [rbx + 0x280], 0              # ESR: clear

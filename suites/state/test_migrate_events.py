@@ -9,8 +9,9 @@ import struct
 import pytest
 
 from kvmtest.abi import constants as C
+from kvmtest.guest.paging import KiB4
 from kvmtest.guest.pic import init_master_pic
-from kvmtest.guest.paging import PCD, RW, KiB4, P
+from kvmtest.x86 import PTE_P, PTE_PCD, PTE_RW
 
 APIC, IOAPIC = 0xFEE00000, 0xFEC00000
 irqchip = pytest.mark.requires_cap("KVM_CAP_IRQCHIP")
@@ -18,7 +19,7 @@ irqchip = pytest.mark.requires_cap("KVM_CAP_IRQCHIP")
 
 def _map_chips(g):
     for page in (APIC, IOAPIC):
-        g.page_tables.map(page, page, KiB4, P | RW | PCD)
+        g.page_tables.map(page, page, KiB4, PTE_P | PTE_RW | PTE_PCD)
 
 
 def _lapic_irr_has(vcpu, vector) -> bool:

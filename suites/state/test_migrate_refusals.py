@@ -9,6 +9,7 @@ import time
 import pytest
 
 from kvmtest.abi import constants as C
+from kvmtest.caps import enable_cap_struct
 from kvmtest.exits import IntrExit, IoExit, MmioExit, MsrExit
 from kvmtest.guest import layout as L
 from kvmtest.state import CannotCarry, ExitAwaitsResponse
@@ -52,6 +53,7 @@ def test_a_raw_vm_ioctl_nothing_records_is_refused_by_name(guest, vm):
     """KVM has no KVM_GET_* for KVM_SET_IDENTITY_MAP_ADDR (api.rst 4.40): issued raw on the VM fd,
     nothing records it for the copy, so migrating raises CannotCarry naming it instead of building
     a VM without it; the guest runs on in its VM."""
+    # Raw on purpose: Vm.set_identity_map_addr records the call; the test is about one nothing records.
     vm.ioctl("KVM_SET_IDENTITY_MAP_ADDR", ctypes.c_uint64(0xFFFBC000), args="addr=0xfffbc000")
     g = guest("long64", "GUEST_SYNC 1\nGUEST_DONE", vm=vm)
     assert g.expect_sync() == 1
@@ -67,7 +69,8 @@ def test_a_raw_vcpu_ioctl_nothing_records_is_refused_by_name(guest):
     through Vcpu.enable_cap, which records it, cannot be read back: migrating raises CannotCarry
     naming the vCPU and the ioctl."""
     g = guest("long64", "GUEST_SYNC 1\nGUEST_DONE")
-    g.vcpu.ioctl("KVM_ENABLE_CAP", g.vm.enable_cap_struct("KVM_CAP_ENFORCE_PV_FEATURE_CPUID", 1),
+    # Raw on purpose: Vcpu.enable_cap records the call; the test is about one nothing records.
+    g.vcpu.ioctl("KVM_ENABLE_CAP", enable_cap_struct("KVM_CAP_ENFORCE_PV_FEATURE_CPUID", 1),
                  args="KVM_CAP_ENFORCE_PV_FEATURE_CPUID")
     assert g.expect_sync() == 1
     with pytest.raises(CannotCarry, match=rf"{g.vcpu.name} .*KVM_ENABLE_CAP KVM_CAP_ENFORCE_PV_FEATURE_CPUID"):

@@ -13,10 +13,9 @@ from kvmtest.eventfd import EventFd
 from kvmtest.exits import DebugExit, HltExit, MmioExit
 from kvmtest.guest import layout as L
 from kvmtest.memory import HostMapping
+from kvmtest.x86 import DB_VECTOR, DR6_B0, DR6_BS, DR6_INIT, MSR_KVM_SYSTEM_TIME_NEW
 
 ENABLE = C.KVM_GUESTDBG_ENABLE
-DR6_FIXED = 0xFFFF0FF0          # DR6 bits that read as 1 (SDM Vol. 3A 18.2.3)
-DR6_BS = 1 << 14
 SLOT_A, SLOT_B = 0x300000, 0x380000   # inside the 4 MiB identity map, outside slot 0
 PAGE = 0x1000
 
@@ -32,10 +31,10 @@ def test_single_stepping_goes_on_after_migration(guest):
     SDM Vol. 3A 18.3.1.4). KVM has no KVM_GET_GUEST_DEBUG, so only a replayed call can carry it."""
     g = guest("long64", "i0: mov eax, 1\ni1: add eax, 2\ni2: xor ecx, ecx\ni3: nop\nGUEST_ASSERT_EQ eax, 3\nGUEST_DONE")
     g.vcpu.set_guest_debug(ENABLE | C.KVM_GUESTDBG_SINGLESTEP)
-    g.expect_exit(DebugExit, exception=1, pc=g.labels["i1"])
+    g.expect_exit(DebugExit, exception=DB_VECTOR, pc=g.labels["i1"])
     g.migrate()
     for label in ("i2", "i3"):
-        exit_ = g.expect_exit(DebugExit, exception=1, pc=g.labels[label])
+        exit_ = g.expect_exit(DebugExit, exception=DB_VECTOR, pc=g.labels[label])
         assert exit_.dr6 & DR6_BS, f"DR6 {exit_.dr6:#x} without BS after a single step in the new VM"
     g.vcpu.set_guest_debug(0)
     g.run_to_done()
@@ -50,7 +49,7 @@ def test_hardware_breakpoint_set_before_migration_fires_after_it(guest):
     g.vcpu.set_guest_debug(ENABLE | C.KVM_GUESTDBG_USE_HW_BP, [g.labels["target"], 0, 0, 0, 0, 0, 0, 1])
     assert g.expect_sync() == 1
     g.migrate()
-    g.expect_exit(DebugExit, exception=1, pc=g.labels["target"], dr6=DR6_FIXED | 1)
+    g.expect_exit(DebugExit, exception=DB_VECTOR, pc=g.labels["target"], dr6=DR6_INIT | DR6_B0)
 
 
 @pytest.mark.requires_cap("KVM_CAP_ENFORCE_PV_FEATURE_CPUID")
@@ -58,7 +57,7 @@ def test_enforced_pv_features_stay_enforced_after_migration(guest):
     """With KVM_CAP_ENFORCE_PV_FEATURE_CPUID enabled on the vCPU and KVM_FEATURE_CLOCKSOURCE2 (bit 3
     of CPUID 0x40000001 EAX) absent, WRMSR to MSR_KVM_SYSTEM_TIME_NEW (0x4b564d01) raises #GP(0),
     before the migration and after it (api.rst 7 KVM_CAP_ENFORCE_PV_FEATURE_CPUID; x86/msr.rst)."""
-    wrmsr = "mov ecx, 0x4b564d01\nxor eax, eax\nxor edx, edx\nGUEST_ASSERT_RAISES GP(0), wrmsr\n"
+    wrmsr = f"mov ecx, {MSR_KVM_SYSTEM_TIME_NEW:#x}\nxor eax, eax\nxor edx, edx\nGUEST_ASSERT_RAISES GP(0), wrmsr\n"
     g = guest("long64", f"{wrmsr}GUEST_SYNC 1\n{wrmsr}GUEST_DONE")
     g.vcpu.enforce_pv_features(0)
     assert g.expect_sync() == 1

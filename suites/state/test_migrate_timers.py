@@ -9,9 +9,9 @@ import time
 import pytest
 
 from kvmtest.guest import layout as L
+from kvmtest.guest.paging import KiB4
 from kvmtest.guest.pic import init_master_pic
-from kvmtest.guest.paging import PCD, RW, KiB4, P
-from kvmtest.msr_names import MSR_IA32_TSC_DEADLINE
+from kvmtest.x86 import MSR_IA32_TSC_DEADLINE, MSR_KVM_SYSTEM_TIME_NEW, PTE_P, PTE_PCD, PTE_RW
 
 pytestmark = pytest.mark.requires_cap("KVM_CAP_IRQCHIP")
 APIC = 0xFEE00000
@@ -22,7 +22,7 @@ DELAY = L.DATA
 
 def _apic_guest(guest, source, **kw):
     g = guest("long64", f"mov rbx, {APIC:#x}\n" + source, irqchip=True, **kw)
-    g.page_tables.map(APIC, APIC, KiB4, P | RW | PCD)
+    g.page_tables.map(APIC, APIC, KiB4, PTE_P | PTE_RW | PTE_PCD)
     return g
 
 
@@ -207,7 +207,6 @@ read_kvmclock_scale:
     jne read_kvmclock_retry
     ret
 """
-MSR_KVM_SYSTEM_TIME_NEW = 0x4B564D01
 
 
 @pytest.mark.requires_cap("KVM_CAP_ADJUST_CLOCK")

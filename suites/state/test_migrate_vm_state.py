@@ -8,7 +8,8 @@ import pytest
 
 from kvmtest.abi import constants as C
 from kvmtest.exits import IntrExit
-from kvmtest.guest.paging import PCD, RW, KiB4, P
+from kvmtest.guest.paging import KiB4
+from kvmtest.x86 import PTE_P, PTE_PCD, PTE_RW
 
 APIC = 0xFEE00000
 LOGGED = 0x200000         # a dirty-logged slot inside the guest's identity map
@@ -56,7 +57,7 @@ def test_split_irqchip_guest_keeps_its_local_apic_timer(guest, vm):
     timer:
         GUEST_SYNC 0x30
         GUEST_DONE""", vm=vm)
-    g.page_tables.map(APIC, APIC, KiB4, P | RW | PCD)
+    g.page_tables.map(APIC, APIC, KiB4, PTE_P | PTE_RW | PTE_PCD)
     g.set_idt_gate(0x30, "timer")
     assert g.expect_sync() == 1
     g.migrate()
@@ -91,7 +92,7 @@ def test_halted_second_vcpu_wakes_for_an_ipi_after_migration(guest):
     the new VM and wakes for a fixed IPI vCPU 0 sends there, taking its vector (api.rst 4.38/4.39;
     SDM Vol. 3A 11.6.1)."""
     g = guest("long64", IPI_AFTER_MIGRATION, irqchip=True)
-    g.page_tables.map(APIC, APIC, KiB4, P | RW | PCD)
+    g.page_tables.map(APIC, APIC, KiB4, PTE_P | PTE_RW | PTE_PCD)
     g.set_idt_gate(0x40, "ap_ipi")
     ap = g.add_vcpu("ap")
     ap.set_mp_state(C.KVM_MP_STATE_RUNNABLE)

@@ -8,7 +8,8 @@ import pytest
 
 from kvmtest.abi import constants as C
 from kvmtest.exits import IntrExit
-from kvmtest.guest.paging import PCD, KiB4, P, RW
+from kvmtest.guest.paging import KiB4
+from kvmtest.x86 import PTE_P, PTE_PCD, PTE_RW
 
 pytestmark = [pytest.mark.requires_cap("KVM_CAP_IRQCHIP"), pytest.mark.requires_cap("KVM_CAP_MP_STATE")]
 APIC = 0xFEE00000
@@ -30,7 +31,8 @@ def test_hlt_puts_the_vcpu_in_halted(guest):
         exit_ = g.vcpu.run(timeout=10)
     finally:
         kicker.cancel()
-    assert isinstance(exit_, IntrExit), f"KVM_RUN of a halted vCPU returned {exit_}, expected KVM_EXIT_INTR after the kick"
+    assert isinstance(exit_, IntrExit), \
+        f"KVM_RUN of a halted vCPU returned {exit_}, expected KVM_EXIT_INTR after the kick"
     state = g.vcpu.get_mp_state()
     assert state == C.KVM_MP_STATE_HALTED, f"after the guest's HLT: {_name(state)}, expected KVM_MP_STATE_HALTED"
     assert g.vcpu.get_regs().rip == g.labels["after_hlt"], "RIP is not past the HLT"
@@ -60,7 +62,7 @@ def test_init_then_sipi_moves_an_ap_through_its_states(guest):
     after the start-up IPI with vector 0x0A it is runnable and starts at CS 0x0A00 (api.rst 4.38;
     SDM Vol. 3A 8.4.4.1, 11.6.1)."""
     g = guest("long64", SEND_INIT_THEN_SIPI, irqchip=True)
-    g.page_tables.map(APIC, APIC, KiB4, P | RW | PCD)
+    g.page_tables.map(APIC, APIC, KiB4, PTE_P | PTE_RW | PTE_PCD)
     ap = g.vm.create_vcpu(1)
     ap.set_cpuid(g.kvm.cached_supported_cpuid())
     states = [ap.get_mp_state()]

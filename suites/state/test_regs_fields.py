@@ -5,13 +5,15 @@ import struct
 
 import pytest
 
+from kvmtest import x86
 from kvmtest.exits import MmioExit
 from kvmtest.guest import layout as L
+from kvmtest.x86 import RFLAGS_AF, RFLAGS_CF, RFLAGS_DF, RFLAGS_FIXED, RFLAGS_OF, RFLAGS_PF, RFLAGS_SF, RFLAGS_ZF
 
 GPRS = "rax rbx rcx rdx rsi rdi rsp rbp r8 r9 r10 r11 r12 r13 r14 r15".split()
 # CF, PF, AF, ZF, SF, DF, OF and the always-1 bit 1 (SDM Vol. 1 3.4.3): flags any CPL may set
-RFLAGS_STATUS = 0x1 | 0x4 | 0x10 | 0x40 | 0x80 | 0x400 | 0x800
-RFLAGS_SET = RFLAGS_STATUS | 0x2
+RFLAGS_STATUS = RFLAGS_CF | RFLAGS_PF | RFLAGS_AF | RFLAGS_ZF | RFLAGS_SF | RFLAGS_DF | RFLAGS_OF
+RFLAGS_SET = RFLAGS_STATUS | RFLAGS_FIXED
 
 
 def _value(i):
@@ -19,7 +21,7 @@ def _value(i):
     return (0x1111_0000_0000_1111 * (i + 1) + 0x0123_0000_4567) & 0x7FFF_FFFF_FFFF_FFF0
 
 
-@pytest.mark.modes("long64", "long64-cpl3")
+@pytest.mark.modes(code_bits=64)
 def test_registers_the_guest_loads_are_what_get_regs_reports(guest, mode):
     """The guest sets RFLAGS' status bits and DF with POPFQ, loads all sixteen general registers
     (RSP included) and exits with a store to unbacked memory: KVM_GET_REGS reports each register
@@ -42,12 +44,13 @@ def test_registers_the_guest_loads_are_what_get_regs_reports(guest, mode):
     wrong = [f"{r}: loaded {want[r]:#x}, got {got[r]:#x}" for r in GPRS if got[r] != want[r]]
     assert not wrong, f"KVM_GET_REGS at the exit ({mode}): " + "; ".join(wrong)
     assert regs.rip == g.labels["after_store"], f"RIP {regs.rip:#x}, expected {g.labels['after_store']:#x}"
-    assert regs.rflags & (RFLAGS_STATUS | 0x2) == RFLAGS_SET, \
-        f"RFLAGS {regs.rflags:#x}: status bits and DF {regs.rflags & RFLAGS_STATUS:#x}, the guest set {RFLAGS_STATUS:#x}"
+    assert regs.rflags & (RFLAGS_STATUS | RFLAGS_FIXED) == RFLAGS_SET, \
+        f"RFLAGS {regs.rflags:#x}: status bits and DF {regs.rflags & RFLAGS_STATUS:#x}, " \
+        f"the guest set {RFLAGS_STATUS:#x}"
     g.run_to_done()
 
 
-@pytest.mark.modes("long64", "long64-cpl3")
+@pytest.mark.modes(code_bits=64)
 def test_registers_the_host_sets_are_what_the_guest_finds(guest, mode):
     """Registers written with KVM_SET_REGS are the guest's: it starts at the RIP set (not the
     default entry), stores all sixteen general registers RIP-relatively before touching any,
@@ -76,17 +79,16 @@ def test_registers_the_host_sets_are_what_the_guest_finds(guest, mode):
     seen = {r: struct.unpack("<Q", g.vm.read(g.labels[f"slot_{r}"], 8))[0] for r in GPRS + ["rflags"]}
     wrong = [f"{r}: set {want[r]:#x}, guest found {seen[r]:#x}" for r in GPRS if seen[r] != want[r]]
     assert not wrong, f"general registers after KVM_SET_REGS ({mode}): " + "; ".join(wrong)
-    assert seen["rflags"] & (RFLAGS_STATUS | 0x2) == RFLAGS_SET, \
+    assert seen["rflags"] & (RFLAGS_STATUS | RFLAGS_FIXED) == RFLAGS_SET, \
         f"the guest's PUSHFQ read RFLAGS {seen['rflags']:#x}; KVM_SET_REGS set the status bits and DF {RFLAGS_SET:#x}"
 
 
-# Every RFLAGS bit the SDM defines (Vol. 1 3.4.3, Figure 3-8), by name for failure messages.
-RFLAGS_BITS = {"CF": 1 << 0, "1": 1 << 1, "PF": 1 << 2, "AF": 1 << 4, "ZF": 1 << 6, "SF": 1 << 7, "TF": 1 << 8,
-               "IF": 1 << 9, "DF": 1 << 10, "OF": 1 << 11, "IOPL": 3 << 12, "NT": 1 << 14, "RF": 1 << 16,
-               "VM": 1 << 17, "AC": 1 << 18, "VIF": 1 << 19, "VIP": 1 << 20, "ID": 1 << 21}
+# Every RFLAGS bit the SDM defines (Vol. 1 3.4.3, Figure 3-8), by name for failure messages
+# (FIXED is bit 1, which is always 1).
+RFLAGS_BITS = {name.removeprefix("RFLAGS_"): bit for name, bit in vars(x86).items() if name.startswith("RFLAGS_")}
 B = RFLAGS_BITS
 # What POPFQ loads at CPL0 in 64-bit mode: every bit but RF, VM, VIF and VIP (SDM Vol. 2B POPF).
-RFLAGS_POPF = sum(B[n] for n in "CF 1 PF AF ZF SF TF IF DF OF IOPL NT AC ID".split())
+RFLAGS_POPF = sum(B[n] for n in "CF FIXED PF AF ZF SF TF IF DF OF IOPL NT AC ID".split())
 RFLAGS_VIRTUAL = B["VIF"] | B["VIP"]   # IRETQ at CPL0 loads these (SDM Vol. 2A IRET); POPF leaves them
 # RF is left out of the comparisons: the processor sets and clears it itself around faults and
 # instruction completion (SDM Vol. 3A 18.3.1.1), and no guest instruction here sets it.
@@ -133,7 +135,7 @@ def _after_popf(start, value, cpl3):
     return (start & ~loaded) | (value & loaded)
 
 
-@pytest.mark.modes("long64", "long64-cpl3")
+@pytest.mark.modes(code_bits=64)
 def test_rflags_the_guest_loads_are_what_get_regs_reports(guest, mode):
     """Every RFLAGS bit a guest can load is what KVM_GET_REGS reports (api.rst 4.11): at CPL0
     the guest loads VIF and VIP with IRETQ, then CF, PF, AF, ZF, SF, TF, IF, DF, OF, IOPL, NT,
@@ -149,7 +151,7 @@ def test_rflags_the_guest_loads_are_what_get_regs_reports(guest, mode):
         push rax
         lea rax, [rsp + 8]
         push rax
-        push {RFLAGS_VIRTUAL | B['1']:#x}
+        push {RFLAGS_VIRTUAL | RFLAGS_FIXED:#x}
         mov ax, cs
         push rax
         lea rax, [rip + after_iretq]
@@ -164,7 +166,7 @@ def test_rflags_the_guest_loads_are_what_get_regs_reports(guest, mode):
     load:
         mov al, byte ptr [rdi]
     after_load:
-        push {B['1']:#x}
+        push {RFLAGS_FIXED:#x}
         popfq
         GUEST_DONE
     {DB_RECORDER}""")
@@ -185,7 +187,7 @@ def test_rflags_the_guest_loads_are_what_get_regs_reports(guest, mode):
                                                 + _rflags_diff(db_rflags & RFLAGS_COMPARED, want)
 
 
-@pytest.mark.modes("long64", "long64-cpl3")
+@pytest.mark.modes(code_bits=64)
 def test_rflags_the_host_sets_are_what_the_guest_pushes(guest, mode):
     """Every RFLAGS bit but RF and VM written with KVM_SET_REGS (api.rst 4.12) is the guest's:
     its first instruction, PUSHFQ, stores all of them (SDM Vol. 2B PUSHF: the image holds every
@@ -200,7 +202,7 @@ def test_rflags_the_host_sets_are_what_the_guest_pushes(guest, mode):
     after_pushfq:
         pop rax
         mov qword ptr [rip + pushed], rax
-        push {B['1']:#x}
+        push {RFLAGS_FIXED:#x}
         popfq
         GUEST_DONE
     .balign 8

@@ -6,12 +6,17 @@ MSRs that have been set successfully"; kvmtest.state)."""
 import pytest
 
 from kvmtest import state as st
-from kvmtest.msr_names import MSR_KVM_ASYNC_PF_INT
+from kvmtest.x86 import (
+    MSR_IA32_PAT,
+    MSR_IA32_SYSENTER_ESP,
+    MSR_IA32_TSC_ADJUST,
+    MSR_KVM_ASYNC_PF_INT,
+    MSR_KVM_POLL_CONTROL,
+)
 
-MSR_SYSENTER_ESP, MSR_TSC_ADJUST, MSR_PAT, MSR_KVM_POLL_CONTROL = 0x175, 0x3B, 0x277, 0x4B564D05
 # Values the guest writes itself: SYSENTER_ESP sits before MSR_KVM_ASYNC_PF_INT in KVM's list,
 # the other three after it, where a restore that stops at the first refusal never gets.
-WRITES = {MSR_SYSENTER_ESP: 0x5E5E5000, MSR_TSC_ADJUST: 0x12345000, MSR_PAT: 0x0007040600050406,
+WRITES = {MSR_IA32_SYSENTER_ESP: 0x5E5E5000, MSR_IA32_TSC_ADJUST: 0x12345000, MSR_IA32_PAT: 0x0007040600050406,
           MSR_KVM_POLL_CONTROL: 0}
 
 
@@ -41,10 +46,12 @@ def test_every_listed_msr_is_saved_and_restored(guest, kvm, irqchip):
     assert saved.skipped_msrs == [], f"KVM_GET_MSRS refused listed MSRs {[hex(i) for i in saved.skipped_msrs]}"
     want_excluded = set() if irqchip else {MSR_KVM_ASYNC_PF_INT} & set(listed)
     assert set(saved.excluded_msrs) == want_excluded, \
-        f"MSRs left out of the restore: {[hex(i) for i in saved.excluded_msrs]}, expected {[hex(i) for i in want_excluded]}"
+        f"MSRs left out of the restore: {[hex(i) for i in saved.excluded_msrs]}, " \
+        f"expected {[hex(i) for i in want_excluded]}"
     assert set(saved.msrs) == set(listed) - want_excluded
     for index, value in WRITES.items():
-        assert saved.msrs[index] == value, f"KVM_GET_MSRS {index:#x} = {saved.msrs[index]:#x}, the guest wrote {value:#x}"
+        assert saved.msrs[index] == value, \
+            f"KVM_GET_MSRS {index:#x} = {saved.msrs[index]:#x}, the guest wrote {value:#x}"
 
     with kvm.create_vm() as vm:
         if irqchip:

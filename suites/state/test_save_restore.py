@@ -4,9 +4,11 @@ if nothing happened (api.rst 4.11-4.45 get/set pairs; selftests state_test; kvmt
 import pytest
 
 from kvmtest.exits import IntrExit, IoExit
-from kvmtest.guest.modes import MODES
+from kvmtest.guest.mode_select import select
+from kvmtest.guest.modes import MODES, with_sse_enabled
+from kvmtest.x86 import MSR_IA32_SYSENTER_ESP
 
-MODES_TESTED = ["real", "pm16", "pm32", "long64", "compat32", "long64-cpl3", "compat32-cpl3", "pm32-cpl3"]
+MODES_TESTED = select(cpl=0, paging=(False, "4level")) + select(sample="per-code-size", cpl=3, order="widest")
 
 
 def _checks(mode):
@@ -49,17 +51,17 @@ def test_guest_continues_after_restore_into_a_new_vm(guest, mode):
     g.run_to_done()
 
 
-@pytest.mark.modes("long64", "compat32", "real")
+@pytest.mark.modes(*select(long=True, cpl=0) + select(protected=False))
 def test_msrs_survive_save_and_restore(guest, mode):
     """An MSR the guest wrote before the save reads back the same after the restore (the MSR
     list of KVM_GET_MSR_INDEX_LIST is saved and restored, api.rst 4.3, 4.18, 4.19)."""
-    g = guest(mode, """
-        mov ecx, 0x175
+    g = guest(mode, f"""
+        mov ecx, {MSR_IA32_SYSENTER_ESP:#x}
         mov eax, 0x5A5A5000
         xor edx, edx
         wrmsr
         GUEST_SYNC 1
-        mov ecx, 0x175
+        mov ecx, {MSR_IA32_SYSENTER_ESP:#x}
         rdmsr
         GUEST_SYNC eax
         GUEST_DONE""")
@@ -70,7 +72,8 @@ def test_msrs_survive_save_and_restore(guest, mode):
 
 def test_xmm_registers_survive_save_and_restore(guest):
     """SSE state set by the guest survives KVM_GET/SET_XSAVE (or FPU) into a new VM (api.rst 4.42,
-    4.43). CPL3, where MOVQ needs no emulation on any backend."""
+    4.43). CPL3, where MOVQ needs no emulation on any backend; SSE enabled in CR0/CR4 as the SDM
+    requires (MOVQ raises #UD while CR4.OSFXSR is 0)."""
     g = guest("long64-cpl3", """
         mov rax, 0x0123456789ABCDEF
         movq xmm3, rax
@@ -78,12 +81,13 @@ def test_xmm_registers_survive_save_and_restore(guest):
         movq rax, xmm3
         GUEST_SYNC rax
         GUEST_DONE""")
+    g.vcpu.set_sregs(with_sse_enabled(g.vcpu.get_sregs()))
     assert g.expect_sync() == 1
     g.migrate()
     assert g.run_to_done() == [0x0123456789ABCDEF]
 
 
-@pytest.mark.modes("real", "pm32", "long64", "compat32")
+@pytest.mark.modes(sample="per-code-size", cpl=0)
 def test_pending_in_is_completed_before_the_save(guest, mode):
     """An IN exit is completed by KVM_RUN with immediate_exit set (it returns EINTR at once,
     having stored the host's data into the guest register), so the saved state already holds

@@ -16,6 +16,17 @@ import pytest
 from kvmtest.abi.structs import SEGMENT_NAMES
 from kvmtest.guest import descriptors as D
 from kvmtest.guest import layout as L
+from kvmtest.guest.mode_select import select
+from kvmtest.x86 import (
+    SEG_TYPE_CODE_RX,
+    SEG_TYPE_CODE_RX_ACCESSED,
+    SEG_TYPE_DATA_RO_ACCESSED,
+    SEG_TYPE_DATA_RW,
+    SEG_TYPE_DATA_RW_ACCESSED,
+    SYS_TYPE_LDT,
+    SYS_TYPE_TSS_AVAILABLE,
+    SYS_TYPE_TSS_BUSY,
+)
 
 FIELDS = ("selector", "base", "limit", "type", "present", "dpl", "db", "s", "l", "g", "avl", "unusable")
 SEL = 0x60                       # first GDT slot a test may use (layout.GDT_ENTRIES)
@@ -31,17 +42,19 @@ def _descriptor(seg, mode):
     the load or mixes up shows. SS and CS keep DPL 0: at CPL0 their DPL must be 0 (SDM Vol. 3A 5.7, 5.8.1)."""
     if seg in ("ds", "es", "fs", "gs"):
         base = {"ds": 0x00101000, "es": 0x00102000, "fs": 0x00103000, "gs": 0x00104000}[seg]
-        return D.Descriptor(base=base, limit=0x0ABCD, type=0x2, dpl=3, avl=1, g=0), 0x3
+        data = D.Descriptor(base=base, limit=0x0ABCD, type=SEG_TYPE_DATA_RW, dpl=3, avl=1, g=0)
+        return data, SEG_TYPE_DATA_RW_ACCESSED
     if seg == "ss":
-        return D.Descriptor(base=0x1000, limit=0x7FFFF, type=0x2, avl=1, g=1), 0x3
+        return D.Descriptor(base=0x1000, limit=0x7FFFF, type=SEG_TYPE_DATA_RW, avl=1, g=1), SEG_TYPE_DATA_RW_ACCESSED
     if seg == "cs":
         long = mode == "long64"
-        return D.Descriptor(type=0xA, avl=1, l=int(long), db=int(not long)), 0xB
+        return D.Descriptor(type=SEG_TYPE_CODE_RX, avl=1, l=int(long), db=int(not long)), SEG_TYPE_CODE_RX_ACCESSED
     if seg == "tr":
         base = TSS_BASE_64 if mode == "long64" else TSS_BASE_32
-        return D.Descriptor(base=base, limit=0x67, type=D.TSS_AVAILABLE, s=0, dpl=2, db=0, g=0, avl=1), D.TSS_BUSY
+        tss = D.Descriptor(base=base, limit=0x67, type=SYS_TYPE_TSS_AVAILABLE, s=0, dpl=2, db=0, g=0, avl=1)
+        return tss, SYS_TYPE_TSS_BUSY
     base = LDT_BASE_64 if mode == "long64" else 0x00126000
-    return D.Descriptor(base=base, limit=0x2F, type=D.LDT, s=0, dpl=1, db=0, g=0, avl=1), D.LDT
+    return D.Descriptor(base=base, limit=0x2F, type=SYS_TYPE_LDT, s=0, dpl=1, db=0, g=0, avl=1), SYS_TYPE_LDT
 
 
 def _load(seg):
@@ -54,7 +67,8 @@ def _load(seg):
     return f"mov ax, {SEL:#x}\nmov {seg}, ax"
 
 
-LOAD_CASES = [(m, s) for m in ("pm32", "compat32") for s in SEGMENT_NAMES if not (m == "compat32" and s in ("tr", "ldt"))]
+LOAD_CASES = [(m, s) for m in ("pm32", "compat32") for s in SEGMENT_NAMES
+              if not (m == "compat32" and s in ("tr", "ldt"))]
 LOAD_CASES += [("long64", s) for s in ("cs", "fs", "gs", "tr", "ldt")]
 
 
@@ -92,7 +106,7 @@ HOST_SELECTORS = {"ds": 0x68, "es": 0x70, "fs": 0x78, "gs": 0x80, "ss": 0x88, "c
 READ_SELECTOR = {"tr": "str ax", "ldt": "sldt ax"}
 
 
-@pytest.mark.modes("pm32", "compat32", "long64")
+@pytest.mark.modes(*select(sample="per-code-size", code_bits=32, protected=True, cpl=0) + select(code_bits=64, cpl=0))
 def test_selectors_set_by_the_host_are_what_the_guest_reads(guest, mode):
     """The visible selector of each segment register written with KVM_SET_SREGS is what MOV r16,
     Sreg, STR and SLDT read in the guest (api.rst 4.14; SDM Vol. 2B MOV, STR, SLDT)."""
@@ -103,7 +117,7 @@ def test_selectors_set_by_the_host_are_what_the_guest_reads(guest, mode):
         getattr(sregs, seg).selector = selector
     sregs.ldt.present, sregs.ldt.unusable = 1, 0  # a loaded LDTR: SLDT of an unusable one is not defined here
     g.vcpu.set_sregs(sregs)
-    seen = dict(zip(SEGMENT_NAMES, (v & 0xFFFF for v in g.run_to_done())))
+    seen = dict(zip(SEGMENT_NAMES, (v & 0xFFFF for v in g.run_to_done()), strict=True))
     want = {s: HOST_SELECTORS[s] for s in SEGMENT_NAMES}
     assert seen == want, f"selectors the guest read: {_hex(seen)}; KVM_SET_SREGS set {_hex(want)}"
 
@@ -153,14 +167,14 @@ def test_segment_limit_set_by_the_host_is_enforced(guest, seg, vector):
 def test_read_only_data_type_set_by_the_host_refuses_writes(guest):
     """An ES type written with KVM_SET_SREGS as read-only data (type 1) is enforced: a load
     through ES works, a store raises #GP(0) (SDM Vol. 3A 3.4.5.1 Table 3-1, 5.5 type checking).
-    (ES, not DS: GUEST_ASSERT_RAISES itself stores through DS.)"""
+    (ES, not GS: GUEST_ASSERT_RAISES itself stores through GS, to the vCPU's exception record.)"""
     g = guest("compat32", f"""
         mov ebx, {L.DATA:#x}
         mov eax, dword ptr es:[ebx]
         GUEST_ASSERT_RAISES GP(0), mov dword ptr es:[ebx], eax
         GUEST_DONE""")
     sregs = g.vcpu.get_sregs()
-    sregs.es.type = 0x1
+    sregs.es.type = SEG_TYPE_DATA_RO_ACCESSED
     g.vcpu.set_sregs(sregs)
     g.run_to_done()
 

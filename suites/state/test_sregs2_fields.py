@@ -14,7 +14,7 @@ from kvmtest.abi import constants as C
 pytestmark = pytest.mark.requires_cap("KVM_CAP_SREGS2")
 
 
-@pytest.mark.modes("pae", "pae-cpl3")
+@pytest.mark.modes(paging="pae")
 def test_pdptrs_are_the_entries_cr3_points_at_in_pae_paging(guest, mode):
     """In PAE paging KVM_GET_SREGS2 sets KVM_SREGS2_FLAGS_PDPTRS_VALID and pdptrs[0..3] are the four
     PDPTEs in guest memory at CR3 (SDM Vol. 3A 4.4.1, Table 4-8), loaded when the mode was entered."""
@@ -28,7 +28,7 @@ def test_pdptrs_are_the_entries_cr3_points_at_in_pae_paging(guest, mode):
     g.run_to_done()
 
 
-@pytest.mark.modes("real", "pm32", "long64", "compat32")
+@pytest.mark.modes(sample="per-code-size", cpl=0)
 def test_pdptrs_are_not_valid_outside_pae_paging(guest, mode):
     """Outside PAE paging the processor holds no PDPTRs (SDM Vol. 3A 4.4.1: they are used only in
     PAE paging), so KVM_GET_SREGS2 leaves KVM_SREGS2_FLAGS_PDPTRS_VALID clear; the fields it shares

@@ -1,6 +1,6 @@
 """Checks that the bytes Keystone produced for a statement are what the statement says.
 
-kvmtest.asm places a label before every statement and reads the addresses back, so each
+kvmtest.asm.section places a label before every statement and reads the addresses back, so each
 statement's bytes are known. This module decodes an instruction's bytes with iced-x86 (an
 independent decoder) and compares mnemonic, prefixes, operands, immediates, branch targets,
 memory operands and operand size with the parsed source; data directives must hold exactly
@@ -10,7 +10,10 @@ merged with another or encoded differently fails here with the reason.
 
 from functools import lru_cache
 
-from .asm_syntax import DATA, REGISTERS, SIZES, Operand, Parsed, SyntaxProblem, evaluate, expr_text, fits as _fits
+from .expressions import SyntaxProblem, evaluate, expr_text, has_symbol
+from .expressions import fits as _fits
+from .lexer import DATA, REGISTERS, SIZES
+from .parsed import Operand, Parsed
 
 
 class Mismatch(ValueError):
@@ -117,18 +120,18 @@ def _canonical(mnemonic: str) -> str:
 @lru_cache(maxsize=1)
 def _iced():
     """Name tables of iced-x86, built once (the import and the tables take ~20 ms)."""
-    import iced_x86 as I
+    import iced_x86 as iced
 
     names = lambda enum: {v: k.lower() for k, v in vars(enum).items() if k.isupper()}  # noqa: E731
     sizes: dict[int, set] = {}
-    for name, code in vars(I.Code).items():
+    for name, code in vars(iced.Code).items():
         if name.isupper():
-            info = I.OpCodeInfo(code)
+            info = iced.OpCodeInfo(code)
             if info.operand_size:
                 sizes.setdefault(info.mnemonic, set()).add(info.operand_size)
-    K = I.OpKind
+    K = iced.OpKind
     return {
-        "I": I, "mnemonic": names(I.Mnemonic), "register": names(I.Register), "kind": names(K),
+        "iced": iced, "mnemonic": names(iced.Mnemonic), "register": names(iced.Register), "kind": names(K),
         # mnemonics that one name covers at several operand sizes (RET, PUSH, LGDT, ...): for
         # them the size comes from the operands or the code segment, not from the name
         "size_by_operands": {m for m, s in sizes.items() if len(s) > 1},
@@ -142,7 +145,7 @@ def _iced():
 
 
 def _text(instructions) -> str:
-    fmt = _iced()["I"].Formatter(_iced()["I"].FormatterSyntax.INTEL)  # for a message only
+    fmt = _iced()["iced"].Formatter(_iced()["iced"].FormatterSyntax.INTEL)  # for a message only
     return "; ".join(fmt.format(i) for i in instructions)
 
 
@@ -157,16 +160,16 @@ def _is_nop_xchg(p: Parsed, bits: int) -> bool:
 
 def _instruction(p: Parsed, bits: int, start: int, data: bytes, values, relocatable=None) -> None:
     t = _iced()
-    I = t["I"]
+    iced = t["iced"]
     if not data:
         raise Mismatch("Keystone produced no bytes for it (it dropped the statement)")
-    decoded = list(I.Decoder(bits, data, ip=start))
+    decoded = list(iced.Decoder(bits, data, ip=start))
     everything = decoded
 
     def said():  # built only for a message: formatting costs more than the checks
         return f"Keystone produced {data.hex()} ({_text(everything)})"
 
-    if any(i.code == I.Code.INVALID for i in decoded):
+    if any(i.code == iced.Code.INVALID for i in decoded):
         raise Mismatch(f"{said()}, which does not decode as one instruction")
     name = _canonical(_GAS_DEFAULT_SIZE.get(bits, {}).get(p.name, p.name))
     if _is_nop_xchg(p, bits) and len(decoded) == 1 and t["mnemonic"][decoded[0].mnemonic] == "nop":
@@ -191,13 +194,13 @@ def _instruction(p: Parsed, bits: int, start: int, data: bytes, values, relocata
 
 def _operands(p: Parsed, ins, bits, values, said, t, relocatable=None) -> None:
     kinds = [ins.op_kind(i) for i in range(ins.op_count)]
-    I = t["I"]
-    if not p.operands and all(k in (I.OpKind.REGISTER, I.OpKind.MEMORY) or k in t["implicit"] for k in kinds):
+    iced = t["iced"]
+    if not p.operands and all(k in (iced.OpKind.REGISTER, iced.OpKind.MEMORY) or k in t["implicit"] for k in kinds):
         return  # `rep outsb`, `fxch`, `xlatb`: the decoder lists what the mnemonic implies
     # Operands the source leaves implicit: string instructions' [esi]/[edi], x87's ST0.
     slots = list(range(len(kinds)))
     while len(slots) > len(p.operands):
-        skip = next((i for i in slots if kinds[i] in t["implicit"] or kinds[i] == I.OpKind.REGISTER
+        skip = next((i for i in slots if kinds[i] in t["implicit"] or kinds[i] == iced.OpKind.REGISTER
                      and t["register"][ins.op_register(i)] == "st0"), None)
         if skip is None:
             break
@@ -209,7 +212,7 @@ def _operands(p: Parsed, ins, bits, values, said, t, relocatable=None) -> None:
         orders.append(slots[::-1])
     problems = []
     for order in orders:
-        problem = next((why for n, (src, i) in enumerate(zip(p.operands, order), 1)
+        problem = next((why for n, (src, i) in enumerate(zip(p.operands, order, strict=True), 1)
                         if (why := _operand(src, n, ins, i, bits, values, t, relocatable))), None)
         if problem is None:
             return
@@ -228,19 +231,19 @@ def _reg_name(name: str) -> str:
 
 
 def _operand(src: Operand, n: int, ins, i: int, bits: int, values, t, relocatable=None) -> str | None:
-    I = t["I"]
+    iced = t["iced"]
     kind = ins.op_kind(i)
-    if src.kind == "reg":
-        if kind != I.OpKind.REGISTER:
+    if src.kind == "reg" and src.reg is not None:
+        if kind != iced.OpKind.REGISTER:
             return f"operand {n} is {t['kind'][kind]}, not register {src.reg}"
         got = t["register"][ins.op_register(i)]
         if got == _reg_name(src.reg):
             return None
         # LTR, LLDT, VERR, VERW, LMSW and ARPL use 16 bits whatever the operand size; iced-x86
         # names their register operand at the code segment's width (`ltr ax` decodes as eax).
-        full = I.RegisterExt.full_register
+        full = iced.RegisterExt.full_register
         if t["mnemonic"][ins.mnemonic] in _WORD_OPERAND and REGISTERS[src.reg] == 16 \
-                and full(ins.op_register(i)) == full(getattr(I.Register, src.reg.upper())):
+                and full(ins.op_register(i)) == full(getattr(iced.Register, src.reg.upper())):
             return None
         return f"operand {n} is {got}, not {src.reg}"
     if src.kind == "imm":
@@ -258,7 +261,7 @@ def _operand(src: Operand, n: int, ins, i: int, bits: int, values, t, relocatabl
             return f"immediate {value:#x} (operand {n}) does not fit in {width} bits"
         got = ins.immediate(i)
         return None if (got - value) % (1 << width) == 0 else f"immediate {got:#x}, not {value:#x} (operand {n})"
-    if src.kind == "far":
+    if src.kind == "far" and src.selector is not None and src.expr is not None:
         if kind not in t["far"]:
             return f"operand {n} is {t['kind'][kind]}, not a far pointer"
         width = t["far"][kind]
@@ -271,18 +274,16 @@ def _operand(src: Operand, n: int, ins, i: int, bits: int, values, t, relocatabl
     return _memory(src, n, ins, i, bits, values, t, relocatable)
 
 
-def _has_symbol(node) -> bool:
-    return node[0] == "sym" or any(isinstance(part, tuple) and _has_symbol(part) for part in node[1:])
-
-
 def _memory(src: Operand, n: int, ins, i: int, bits: int, values, t, relocatable=None) -> str | None:
-    I = t["I"]
+    iced = t["iced"]
     kind = ins.op_kind(i)
     if kind in t["implicit"]:
         return None
-    if kind != I.OpKind.MEMORY:
+    if kind != iced.OpKind.MEMORY:
         return f"operand {n} is {t['kind'][kind]}, not memory"
     m = src.mem
+    if m is None:
+        return f"operand {n} is memory, the source has no address"
     reg = t["register"]
     base = reg[ins.memory_base] if ins.memory_base else None
     index = reg[ins.memory_index] if ins.memory_index else None
@@ -301,7 +302,7 @@ def _memory(src: Operand, n: int, ins, i: int, bits: int, values, t, relocatable
         # addresses the label. A symbol that is not an address of this section (a layout
         # constant, another section's label, `end - start`) would silently be a raw displacement.
         width = 64 if m.base == "rip" else 32
-        if m.disp is None or not _has_symbol(m.disp):
+        if m.disp is None or not has_symbol(m.disp):
             ok = (ins.memory_displacement - ins.next_ip - disp) % (1 << width) == 0 \
                 and -(1 << 31) <= disp < (1 << 31)
         elif relocatable is not None and relocatable(m.disp) != 1:
@@ -311,13 +312,14 @@ def _memory(src: Operand, n: int, ins, i: int, bits: int, values, t, relocatable
         else:
             ok = (ins.memory_displacement - disp) % (1 << width) == 0
     else:
-        width = REGISTERS[m.base or m.index] if (m.base or m.index) else bits
+        address_reg = m.base or m.index
+        width = REGISTERS[address_reg] if address_reg else bits
         if not _fits(disp, width):
             return f"displacement {disp:#x} (operand {n}) does not fit {width}-bit addressing"
         ok = (ins.memory_displacement - disp) % (1 << width) == 0
     if not ok:
         return f"displacement {ins.memory_displacement:#x}, not {disp:#x} (operand {n})"
-    size = I.MemorySizeExt.size(ins.memory_size)
+    size = iced.MemorySizeExt.size(ins.memory_size)
     if src.size and size and size != SIZES[src.size]:
         return f"memory operand {n} is {size} byte(s), not {src.size} ({SIZES[src.size]})"
     return None
@@ -330,12 +332,12 @@ def _operand_size(p: Parsed, ins, bits: int, said, t) -> None:
     `call label` in 16-bit code become 32-bit (66 C3, 66 E8), `lgdt [ebx]` and `push cs` in
     32-bit code become 16-bit (66 0F 01, 66 0E).
     """
-    sized = "rex64" in p.prefixes or any(o.size or o.kind == "reg" and REGISTERS[o.reg] for o in p.operands)
+    sized = "rex64" in p.prefixes or any(o.size or o.reg and REGISTERS[o.reg] for o in p.operands)
     if sized or ins.mnemonic not in t["size_by_operands"]:
         return
-    I = t["I"]
+    iced = t["iced"]
     if ins.op_count and ins.op_kind(0) in t["near"] and ins.flow_control in (
-            I.FlowControl.UNCONDITIONAL_BRANCH, I.FlowControl.CONDITIONAL_BRANCH):
+            iced.FlowControl.UNCONDITIONAL_BRANCH, iced.FlowControl.CONDITIONAL_BRANCH):
         # A direct JMP/Jcc's operand size only truncates the target, which is compared exactly
         # above; Keystone gives 16-bit code a data32 jmp when rel16 would do.
         if not 0 <= ins.near_branch_target < (1 << bits):
