@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 
 from kvmtest import cli
-from kvmtest.kernelvm import KernelVmError, boot, console, fetch, inner, kernel, progress, resume, runner, vmrun
+from kvmtest.kernelvm import KernelVmError, boot, console, fetch, inner, kernel, progress, runner, vmrun
 from kvmtest.reports.results import read_junit
+
+BENCH_UPSTREAM_HOST = Path(__file__).parents[1] / "benchmarks/bench_upstream_host.py"
 
 # The tail of a real oops and panic as Linux 6.1 prints them (x86, printk.time=1).
 PANIC_LOG = """\
@@ -433,8 +435,9 @@ def test_a_panic_costs_one_test_and_the_run_goes_on(tmp_path):
     ktap_text = b.path(".ktap").read_text()
     # KTAP names are the JUnit ids, whose module part depends on where pytester put the demo
     not_ok = [line.strip() for line in ktap_text.splitlines() if line.strip().startswith("not ok ")]
-    assert any(line.startswith("not ok 2 ") and line.split(" #")[0].endswith("test_demo::test_b_panics") for line in not_ok), not_ok
-    assert any(line.startswith("not ok 4 ") and line.split(" #")[0].endswith("test_demo::test_d_fails") for line in not_ok), not_ok
+    for number, test in ((2, "test_demo::test_b_panics"), (4, "test_demo::test_d_fails")):
+        assert any(line.startswith(f"not ok {number} ") and line.split(" #")[0].endswith(test)
+                   for line in not_ok), not_ok
     assert not list(reports.glob("*.boot2.xml")), "per-boot JUnit left beside the merged one"
 
 
@@ -487,7 +490,7 @@ def test_summary_json_gives_boots_counts_and_crashes_and_the_benchmark_reads_it(
                           {"ended": "done", "boot_s": 28.5, "tests_s": 40.2}]
     assert (s["kvm_params"], s["accelerator"], s["crashes"]) == (
         ["kvm_amd.npt=0"], "tcg", [{"test": "suites/x.py::test_b", "kind": "qemu-abort"}])
-    spec = importlib.util.spec_from_file_location("bench", Path(__file__).parents[1] / "benchmarks/bench_upstream_host.py")
+    spec = importlib.util.spec_from_file_location("bench", BENCH_UPSTREAM_HOST)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     assert bench.main(["--from", str(tmp_path)]) == 0
@@ -499,7 +502,7 @@ def test_summary_json_gives_boots_counts_and_crashes_and_the_benchmark_reads_it(
 
 def test_benchmark_counts_host_skips_that_got_a_verdict_upstream(tmp_path):
     import importlib.util
-    spec = importlib.util.spec_from_file_location("bench", Path(__file__).parents[1] / "benchmarks/bench_upstream_host.py")
+    spec = importlib.util.spec_from_file_location("bench", BENCH_UPSTREAM_HOST)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     junit_file(tmp_path, "host", ["skipped", "xfailed", "passed", "skipped", "xfailed"])
@@ -508,3 +511,14 @@ def test_benchmark_counts_host_skips_that_got_a_verdict_upstream(tmp_path):
     text = bench.new_verdicts([summary], str(tmp_path / "host.xml"))
     assert "of the 4 checks that skip or xfail" in text
     assert "[kvm_amd.npt=1] 3 got a verdict (1 passed), 1 xfailed as known issues" in text
+
+
+def test_heartbeat_names_tests_in_flight_until_their_limit():
+    running = {"suites/a.py::t_slow": 100.0, "suites/a.py::t_stuck": 0.0}
+    assert progress.heartbeat_lines(running, 1000.0, 1800.0) == [
+        "kvmtest-vm: heartbeat: suites/a.py::t_slow running for 900 s",
+        "kvmtest-vm: heartbeat: suites/a.py::t_stuck running for 1000 s"]
+    # past the limit a test gets no heartbeat, so console silence ends it as a stall
+    assert progress.heartbeat_lines(running, 1850.0, 1800.0) == [
+        "kvmtest-vm: heartbeat: suites/a.py::t_slow running for 1750 s"]
+    assert progress.heartbeat_lines({}, 5.0, 1800.0) == []

@@ -72,7 +72,7 @@ def find_tools() -> dict[str, str]:
     missing = [f"{name} ({hints[name]})" for name, path in tools.items() if not path]
     if missing:
         raise KernelVmError(f"kvmtest run --kernel needs {', '.join(missing)}")
-    return tools
+    return {name: path for name, path in tools.items() if path}  # every one, after the check above
 
 
 def vng_command(vng: str, kernel: Kernel, accel: str, exec_cmd: str, *, rwdirs=(), append=(),
@@ -136,8 +136,9 @@ def watch(cmd: list[str], log_path: Path, *, timeout_s: float, stall_s: float, e
     if proc.poll() is None:
         _kill(proc)
     run.returncode = proc.wait()
-    proc.stdout.close()
-    proc.stderr.close()
+    for pipe in (proc.stdout, proc.stderr):
+        if pipe is not None:  # both are pipes (Popen above)
+            pipe.close()
     run.in_flight = partial["out"].decode("utf-8", "replace").strip()
     run.events, run.tail, run.seconds = list(console.events), console.last(25), clock() - start
     return run
@@ -161,7 +162,7 @@ def _read_console(proc, log_path, run, console, timeout_s, stall_s, echo, clock,
                 run.ended_by = "stall"
                 break
             for key, _ in sel.select(timeout=1.0):
-                chunk = os.read(key.fileobj.fileno(), 65536)
+                chunk = os.read(key.fd, 65536)
                 if not chunk:
                     sel.unregister(key.fileobj)
                     continue
@@ -180,7 +181,7 @@ def _read_console(proc, log_path, run, console, timeout_s, stall_s, echo, clock,
                     if event is not None and event.fatal and run.fatal is None:
                         run.fatal, run.ended_by, fatal_at = event, event.kind, clock()
             log.flush()
-        for stream, rest in partial.items():
+        for rest in partial.values():
             if rest:
                 line = rest.decode("utf-8", "replace")
                 log.write(line + "\n")

@@ -36,11 +36,14 @@ WHAT = {"panic": "kernel panic in the VM", "bug": "kernel BUG in the VM", "oops"
 
 @dataclass(frozen=True)
 class ConsoleEvent:
+    """Something a console line showed: its `kind` (a key of WHAT: panic, oops, BUG, WARNING, soft
+    lockup, hung task, RCU stall, QEMU abort), whether it is `fatal` to the VM, and the `line`."""
     kind: str    # one of WHAT's keys
     fatal: bool  # the VM cannot be trusted to go on (or is already gone)
     line: str    # the console line that showed it, timestamp removed
 
     def describe(self) -> str:
+        """The event for messages: what happened, then the console line ("kernel panic in the VM: ...")."""
         return f"{WHAT[self.kind]}: {self.line}"
 
 
@@ -68,6 +71,8 @@ class Console:
         self.events: list[ConsoleEvent] = []
 
     def feed(self, line: str) -> ConsoleEvent | None:
+        """Take one console line: keep it in the tail and return the event it shows (also kept in
+        `events`), or None."""
         self.tail.append(line.rstrip("\r\n"))
         event = classify(line)
         if event is not None:
@@ -76,7 +81,9 @@ class Console:
 
     @property
     def fatal(self) -> ConsoleEvent | None:
+        """The first fatal event seen (the one that ends the VM), or None."""
         return next((e for e in self.events if e.fatal), None)
 
     def last(self, n: int = 20) -> list[str]:
+        """The last `n` console lines (at most the `keep` the Console was made with)."""
         return list(self.tail)[-n:]

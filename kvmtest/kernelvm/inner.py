@@ -19,10 +19,13 @@ from .boot import MARK
 
 
 def mark(name: str, text: str = "") -> None:
+    """Print a `kvmtest-vm: NAME TEXT` progress line on the VM's stdout (the host times the boot by
+    these; boot.MARK)."""
     print(f"{MARK} {name} {text}".rstrip(), flush=True)
 
 
 def uptime() -> float:
+    """Seconds since the VM's kernel booted (/proc/uptime), or -1.0 when unreadable."""
     try:
         return float(Path("/proc/uptime").read_text().split()[0])
     except (OSError, ValueError, IndexError):
@@ -54,6 +57,10 @@ def load_kvm(device: str = "/dev/kvm") -> tuple[str | None, str]:
 
 
 def main(argv: list[str]) -> int:
+    """Inside the VM: load the vendor KVM module, then run each `kvmtest run` session of the spec
+    file `argv[0]` (JSON: status file, progress log, accelerator, sessions' arguments), writing the
+    stage reached (booted, kvm or no-kvm, done with pytest's exit status) to the status file. Returns
+    0: the verdict is in the status file and the reports, not in the VM's exit."""
     spec = json.loads(Path(argv[0]).read_text())
     status_path = Path(spec["status"])
 

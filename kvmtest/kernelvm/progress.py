@@ -13,14 +13,22 @@ Log lines: {"session": fingerprint}, {"start": nodeid}, {"report": serialized Te
 
 import json
 import os
+import threading
+import time
 from pathlib import Path
 
 ENV = "KVMTEST_VM_PROGRESS"
+# A test still running prints a heartbeat on the VM's console, so the host's stall detector
+# (--vm-stall, which only sees console silence) does not take a slow test under TCG for a hung
+# VM; past HEARTBEAT_LIMIT_ENV seconds (default 1800) of one test the heartbeat stops, and the
+# stall detector then ends it as a VM that stopped answering.
+HEARTBEAT_S = 60.0
+HEARTBEAT_LIMIT_ENV = "KVMTEST_VM_TEST_LIMIT"
 
 
 def read(path: Path) -> list[dict]:
     """The log's entries; a line cut short by a dying VM is dropped."""
-    entries = []
+    entries: list[dict] = []
     try:
         text = path.read_text()
     except OSError:
@@ -47,6 +55,8 @@ def in_flight(entries: list[dict]) -> list[str]:
 
 
 def append(path: Path, entry: dict) -> None:
+    """Append `entry` to the progress log at `path` as one JSON line and fsync it: the VM may die
+    on its next instruction, and the host must still read the line."""
     with open(path, "a") as f:
         f.write(json.dumps(entry, default=str) + "\n")
         f.flush()
@@ -62,6 +72,8 @@ def _controller(config) -> bool:
 
 
 def pytest_collection_modifyitems(session, config, items):
+    """pytest hook: deselect the tests the progress log already has a verdict for (a resumed run
+    in a fresh VM), reporting them as deselected."""
     path = _log_path()
     if path is None:
         return
@@ -76,6 +88,7 @@ def pytest_collection_modifyitems(session, config, items):
 
 
 def pytest_sessionstart(session):
+    """pytest hook: log the session's start with the VM kernel's fingerprint (controller only)."""
     path = _log_path()
     if path is not None and _controller(session.config):
         from ..plugin import FINGERPRINT_KEY
@@ -84,20 +97,52 @@ def pytest_sessionstart(session):
 
 
 def pytest_runtest_logstart(nodeid, location):
+    """pytest hook: log that test `nodeid` started, so a VM that dies now names it in flight."""
     path = _log_path()
     if path is not None and _controller(_CONFIG[0]):
+        _RUNNING[nodeid] = time.monotonic()
         append(path, {"start": nodeid})
 
 
 def pytest_runtest_logreport(report):
+    """pytest hook: log each phase report of a test in pytest's serialized form (as pytest-xdist
+    sends them), from which resume.py rebuilds the reports after a crash."""
     path = _log_path()
     if path is not None and _controller(_CONFIG[0]):
         config = _CONFIG[0]
         append(path, {"report": config.hook.pytest_report_to_serializable(config=config, report=report)})
+        if report.when == "teardown":
+            _RUNNING.pop(report.nodeid, None)
 
 
 _CONFIG: list = [None]  # logstart/logreport hooks get no config argument
+_RUNNING: dict[str, float] = {}  # tests in flight -> when they started (time.monotonic)
+
+
+def heartbeat_lines(running: dict[str, float], now: float, limit_s: float) -> list[str]:
+    """Console lines for the tests in flight younger than `limit_s` seconds (none once all are older)."""
+    return [f"kvmtest-vm: heartbeat: {nodeid} running for {now - started:.0f} s"
+            for nodeid, started in list(running.items()) if now - started < limit_s]
+
+
+def _heartbeat(limit_s: float) -> None:
+    while True:
+        time.sleep(HEARTBEAT_S)
+        lines = heartbeat_lines(_RUNNING, time.monotonic(), limit_s)
+        if not lines:
+            continue
+        try:  # the console itself: pytest's output capture owns stdout while a test runs in this process
+            with open("/dev/console", "w") as console:
+                console.write("\n".join(lines) + "\n")
+        except OSError:
+            pass
 
 
 def pytest_configure(config):
+    """pytest hook: remember the config (the log hooks get none) and, on the controller of a run
+    with a progress log, start the console heartbeat thread (KVMTEST_VM_TEST_LIMIT seconds per test,
+    default 1800)."""
     _CONFIG[0] = config
+    if _log_path() is not None and _controller(config):
+        limit = float(os.environ.get(HEARTBEAT_LIMIT_ENV) or 1800)
+        threading.Thread(target=_heartbeat, args=(limit,), name="kvmtest-vm-heartbeat", daemon=True).start()

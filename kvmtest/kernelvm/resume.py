@@ -14,6 +14,8 @@ ERROR_TEXT = "the VM died while this test ran; the run went on in a freshly boot
 
 
 def crash_outcome(entry: dict):
+    """The JUnit outcome (reports.junit.Outcome) of the test a logged crash `entry` names: an
+    error with what happened and the last console lines, tagged with the `vm_crash` property."""
     from ..reports.junit import Outcome
 
     o = Outcome(entry["crash"])
@@ -76,4 +78,6 @@ def exit_code(results) -> int:
 
 
 def record_crash(log: Path, nodeid: str, what: str, message: str, tail: list[str]) -> None:
+    """Log in progress log `log` that test `nodeid` killed the VM: `what` happened (console event
+    kind), `message`, and the console's last lines `tail`. A resumed run skips the test."""
     progress.append(log, {"crash": nodeid, "what": what, "message": message, "tail": tail})

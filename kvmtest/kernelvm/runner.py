@@ -29,6 +29,8 @@ UNTESTABLE_KINDS = ("no-boot", "no-kvm", "qemu-abort")              # nothing co
 
 
 def add_run_arguments(run: argparse.ArgumentParser) -> None:
+    """Add `kvmtest run`'s --kernel option group (--kernel, --kvm-param, --accel, --vm-timeout,
+    --vm-stall, --vm-max-crashes, --vm-cpus, --vm-memory) to the `run` parser."""
     g = run.add_argument_group("kernel under test (boots it in QEMU with virtme-ng and runs the suites inside)")
     g.add_argument("--kernel", default="", metavar="PATH|debian",
                    help="bzImage/vmlinuz, a built kernel tree, or 'debian' (after `kvmtest kernel fetch debian`)")
@@ -49,6 +51,7 @@ def add_run_arguments(run: argparse.ArgumentParser) -> None:
 
 
 def add_kernel_parser(sub) -> None:
+    """Add `kvmtest kernel fetch debian [--no-update]` to the subcommand parsers `sub`."""
     k = sub.add_parser("kernel", help="kernels for `kvmtest run --kernel`")
     ksub = k.add_subparsers(dest="kernel_command", required=True)
     f = ksub.add_parser("fetch", help="fetch Debian's current linux-image-*-amd64 through apt into the cache "
@@ -58,6 +61,8 @@ def add_kernel_parser(sub) -> None:
 
 
 def cmd_kernel(args) -> int:
+    """`kvmtest kernel fetch debian`: fetch Debian's current kernel package into the cache through
+    apt (fetch.fetch_debian). Returns 0, or 1 naming what failed."""
     from .fetch import fetch_debian
 
     try:
@@ -121,6 +126,9 @@ def boot_code(boot: "Boot", bisect: bool) -> int:
 
 
 def overall_code(codes: list[int], bisect: bool) -> int:
+    """The exit status of a --kvm-param matrix from each configuration's `codes`: the worst of them,
+    or with `bisect` git bisect's code (1 if any configuration is bad, else 125 if any could not be
+    tested, else 0)."""
     if not bisect:
         return max(codes)
     if BISECT_BAD in codes:
@@ -146,6 +154,8 @@ def write_summary(boot: "Boot", accel: str, kernel) -> Path:
 
 
 def summary(boot: "Boot", accel: str, release: str) -> str:
+    """One configuration's result for the terminal: boot and test seconds of each boot, the result
+    counts, the tests that killed the VM, console warnings, and how the last boot ended."""
     times = []
     for kind, booted, tests in boot.boots:
         t = f"booted in {booted:.0f} s" if booted >= 0 else "no boot"
@@ -168,6 +178,9 @@ def summary(boot: "Boot", accel: str, release: str) -> str:
 
 
 def cmd_run_kernel(args, extra) -> int:
+    """`kvmtest run --kernel ...`: boot the kernel once per --kvm-param combination, run the suites
+    inside, write each configuration's reports (and a merged matrix file). Returns the overall code
+    (overall_code); 2, or 125 with --bisect, when the kernel could not be tested."""
     from .vmrun import merge_suites, run_config
 
     skip = BISECT_SKIP if args.bisect else 2

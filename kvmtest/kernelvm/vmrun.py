@@ -39,9 +39,11 @@ class Boot:
 
     @property
     def label(self) -> str:
+        """The configuration's module parameters as written ("kvm_amd.npt=0"), or "default"."""
         return " ".join(self.params) or "default"
 
     def path(self, ext: str) -> Path:
+        """The configuration's file with extension `ext` (".xml", ".progress.jsonl", ...) beside its stem."""
         return self.stem.with_name(self.stem.name + ext)
 
 
@@ -53,7 +55,8 @@ def classify(run: VmRun, status: dict | None, timeout_s: float, stall_s: float) 
         return "timeout", f"the run went past --vm-timeout ({timeout_s:.0f} s) and was stopped"
     if run.ended_by == "stall":
         return "stall", f"the VM printed nothing for {stall_s:.0f} s (--vm-stall) and was stopped"
-    stage = (status or {}).get("stage")
+    status = status or {}
+    stage = status.get("stage")
     if stage == "done":
         return "done", ""
     if stage == "no-kvm":
@@ -143,6 +146,10 @@ def _boot(args, boot: Boot, kernel: Kernel, accel: str, report_dir: Path, tools,
 
 
 def run_config(args, extra, kernel: Kernel, accel: str, params: tuple[str, ...], report_dir: Path, tools) -> Boot:
+    """Run one --kvm-param configuration (`params`) of `kernel` under `accel` to its end: boot,
+    and after a VM that died in a test, boot again and resume (the tests in flight one at a time
+    first), until the tests are done, nothing would change, or --vm-max-crashes; then write its
+    reports (finish). Returns the Boot record."""
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     label = "-".join(params).replace("=", "")
     boot = Boot(params, report_dir / "-".join(filter(None, ("kvmtest-vm", accel, kernel.release, label, stamp))))
