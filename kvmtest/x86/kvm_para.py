@@ -1,0 +1,77 @@
+"""KVM's paravirtual interface: the CPUID leaves and feature bits (Documentation/virt/kvm/x86/
+cpuid.rst), the control bits of its MSRs (x86/msr.rst) and the hypercall numbers
+(x86/hypercalls.rst), under the names of <asm/kvm_para.h> and <linux/kvm_para.h>.
+
+KVM_FEATURE_* are bit numbers of CPUID 0x40000001 EAX, as cpuid.rst lists them.
+"""
+
+from .msr import (
+    MSR_KVM_ASYNC_PF_ACK,
+    MSR_KVM_ASYNC_PF_EN,
+    MSR_KVM_ASYNC_PF_INT,
+    MSR_KVM_POLL_CONTROL,
+    MSR_KVM_PV_EOI_EN,
+    MSR_KVM_STEAL_TIME,
+    MSR_KVM_SYSTEM_TIME,
+    MSR_KVM_SYSTEM_TIME_NEW,
+    MSR_KVM_WALL_CLOCK,
+    MSR_KVM_WALL_CLOCK_NEW,
+)
+
+KVM_CPUID_SIGNATURE = 0x40000000      # EBX, ECX, EDX = "KVMKVMKVM\0\0\0"
+KVM_CPUID_FEATURES = 0x40000001       # EAX: KVM_FEATURE_* bits; EDX: KVM_HINTS_*
+
+KVM_FEATURE_CLOCKSOURCE = 0           # MSR_KVM_WALL_CLOCK, MSR_KVM_SYSTEM_TIME
+KVM_FEATURE_NOP_IO_DELAY = 1
+KVM_FEATURE_MMU_OP = 2
+KVM_FEATURE_CLOCKSOURCE2 = 3          # MSR_KVM_WALL_CLOCK_NEW, MSR_KVM_SYSTEM_TIME_NEW
+KVM_FEATURE_ASYNC_PF = 4              # MSR_KVM_ASYNC_PF_EN
+KVM_FEATURE_STEAL_TIME = 5            # MSR_KVM_STEAL_TIME
+KVM_FEATURE_PV_EOI = 6                # MSR_KVM_PV_EOI_EN
+KVM_FEATURE_PV_UNHALT = 7             # KVM_HC_KICK_CPU
+KVM_FEATURE_PV_TLB_FLUSH = 9
+KVM_FEATURE_ASYNC_PF_VMEXIT = 10      # MSR_KVM_ASYNC_PF_EN bit 2
+KVM_FEATURE_PV_SEND_IPI = 11          # KVM_HC_SEND_IPI
+KVM_FEATURE_POLL_CONTROL = 12         # MSR_KVM_POLL_CONTROL
+KVM_FEATURE_PV_SCHED_YIELD = 13       # KVM_HC_SCHED_YIELD
+KVM_FEATURE_ASYNC_PF_INT = 14         # MSR_KVM_ASYNC_PF_INT, MSR_KVM_ASYNC_PF_ACK, MSR_KVM_ASYNC_PF_EN bit 3
+KVM_FEATURE_MSI_EXT_DEST_ID = 15
+KVM_FEATURE_HC_MAP_GPA_RANGE = 16     # KVM_HC_MAP_GPA_RANGE
+KVM_FEATURE_MIGRATION_CONTROL = 17    # MSR_KVM_MIGRATION_CONTROL
+KVM_FEATURE_CLOCKSOURCE_STABLE_BIT = 24   # PVCLOCK_TSC_STABLE_BIT may be set in pvclock flags
+
+# Each paravirtual MSR KVM implements and the feature bit that makes it available (msr.rst:
+# "Availability of this MSR must be checked via bit N in 0x40000001 cpuid leaf"; cpuid.rst).
+PV_MSR_FEATURES = {
+    MSR_KVM_WALL_CLOCK: KVM_FEATURE_CLOCKSOURCE,
+    MSR_KVM_SYSTEM_TIME: KVM_FEATURE_CLOCKSOURCE,
+    MSR_KVM_WALL_CLOCK_NEW: KVM_FEATURE_CLOCKSOURCE2,
+    MSR_KVM_SYSTEM_TIME_NEW: KVM_FEATURE_CLOCKSOURCE2,
+    MSR_KVM_ASYNC_PF_EN: KVM_FEATURE_ASYNC_PF,
+    MSR_KVM_STEAL_TIME: KVM_FEATURE_STEAL_TIME,
+    MSR_KVM_PV_EOI_EN: KVM_FEATURE_PV_EOI,
+    MSR_KVM_POLL_CONTROL: KVM_FEATURE_POLL_CONTROL,
+    MSR_KVM_ASYNC_PF_INT: KVM_FEATURE_ASYNC_PF_INT,
+    MSR_KVM_ASYNC_PF_ACK: KVM_FEATURE_ASYNC_PF_INT,
+}
+
+# MSR control bits (msr.rst)
+KVM_MSR_ENABLED = 1 << 0              # bit 0 of SYSTEM_TIME(_NEW), STEAL_TIME
+KVM_ASYNC_PF_ENABLED = 1 << 0         # MSR_KVM_ASYNC_PF_EN
+KVM_ASYNC_PF_SEND_ALWAYS = 1 << 1
+KVM_ASYNC_PF_DELIVERY_AS_PF_VMEXIT = 1 << 2
+KVM_ASYNC_PF_DELIVERY_AS_INT = 1 << 3
+KVM_ASYNC_PF_RESERVED = 3 << 4        # "Bits 5-4 of the MSR are reserved and should be zero"
+KVM_PV_EOI_ENABLED = 1 << 0           # MSR_KVM_PV_EOI_EN bit 0; bit 1 "reserved and must be zero"
+
+# pvclock_vcpu_time_info.flags (msr.rst; api.rst KVM_KVMCLOCK_CTRL)
+PVCLOCK_TSC_STABLE_BIT = 1 << 0
+PVCLOCK_GUEST_STOPPED = 1 << 1
+
+# Hypercall numbers (hypercalls.rst) and the error a hypercall returns
+KVM_HC_KICK_CPU = 5
+KVM_HC_CLOCK_PAIRING = 9
+KVM_HC_SEND_IPI = 10
+KVM_HC_SCHED_YIELD = 11
+KVM_HC_MAP_GPA_RANGE = 12
+KVM_ENOSYS = 1000                     # a hypercall returns -KVM_ENOSYS for an unknown or unavailable number
