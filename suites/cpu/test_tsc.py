@@ -9,6 +9,7 @@ import pytest
 
 from kvmtest import host_cpu
 from kvmtest.abi import constants as C
+from kvmtest.timing import bracketed_pair
 from kvmtest.x86 import MSR_IA32_TSC, MSR_IA32_TSC_ADJUST
 
 MASK64 = (1 << 64) - 1
@@ -127,17 +128,12 @@ def test_guest_tsc_runs_at_get_tsc_khz(guest, mode):
     readings 0.3 s apart (bracketed by the host's clock around each run), to 0.1%."""
     g = guest(mode, RDTSC64 + "GUEST_SYNC rax\n" + RDTSC64 + "GUEST_SYNC rax\nGUEST_DONE")
     khz = g.vcpu.get_tsc_khz()
-    t0 = time.monotonic_ns()
-    first = g.expect_sync()
-    t1 = time.monotonic_ns()
-    time.sleep(0.3)
-    t2 = time.monotonic_ns()
-    second = g.expect_sync()
-    t3 = time.monotonic_ns()
+    b = bracketed_pair(g.expect_sync, 0.3)
+    first, second, t21, t30 = b.first, b.second, b.inner_ns, b.outer_ns
     elapsed_ns = (second - first) * 10**6 / khz
-    assert (t2 - t1) * 0.999 <= elapsed_ns <= (t3 - t0) * 1.001, \
+    assert t21 * 0.999 <= elapsed_ns <= t30 * 1.001, \
         f"guest TSC advanced {second - first} ticks = {elapsed_ns:.0f} ns at KVM_GET_TSC_KHZ {khz} kHz, while the " \
-        f"host's CLOCK_MONOTONIC advanced {t2 - t1} .. {t3 - t0} ns"
+        f"host's CLOCK_MONOTONIC advanced {t21} .. {t30} ns"
     g.run_to_done()
 
 
@@ -151,17 +147,12 @@ def test_set_tsc_khz_sets_the_guest_tsc_rate(guest, mode):
     khz = g.vcpu.get_tsc_khz() * 3 // 4
     g.vcpu.set_tsc_khz(khz)
     assert g.vcpu.get_tsc_khz() == khz, f"KVM_GET_TSC_KHZ after KVM_SET_TSC_KHZ {khz}: {g.vcpu.get_tsc_khz()}"
-    t0 = time.monotonic_ns()
-    first = g.expect_sync()
-    t1 = time.monotonic_ns()
-    time.sleep(0.3)
-    t2 = time.monotonic_ns()
-    second = g.expect_sync()
-    t3 = time.monotonic_ns()
+    b = bracketed_pair(g.expect_sync, 0.3)
+    first, second, t21, t30 = b.first, b.second, b.inner_ns, b.outer_ns
     elapsed_ns = (second - first) * 10**6 / khz
-    assert (t2 - t1) * 0.999 <= elapsed_ns <= (t3 - t0) * 1.001, \
+    assert t21 * 0.999 <= elapsed_ns <= t30 * 1.001, \
         f"after KVM_SET_TSC_KHZ {khz}: the guest TSC advanced {second - first} ticks = {elapsed_ns:.0f} ns while the " \
-        f"host's CLOCK_MONOTONIC advanced {t2 - t1} .. {t3 - t0} ns"
+        f"host's CLOCK_MONOTONIC advanced {t21} .. {t30} ns"
     g.run_to_done()
 
 

@@ -6,7 +6,6 @@ KVM_GET_SUPPORTED_CPUID, KVM_GET_TSC_KHZ, KVM_GET_MSR_FEATURE_INDEX_LIST)."""
 import ctypes
 import platform
 import struct
-import time
 
 import pytest
 
@@ -16,6 +15,7 @@ from kvmtest.abi import structs as S
 from kvmtest.cpuid import find_entry
 from kvmtest.guest import layout as L
 from kvmtest.libc import PAGE_SIZE
+from kvmtest.timing import bracketed_pair
 from kvmtest.x86 import (
     MSR_AMD64_PERF_CTL0,
     MSR_AMD64_TSC_RATIO,
@@ -348,19 +348,12 @@ def test_tsc_khz_is_the_rate_the_guest_measures(guest, mode):
                     "or rax, rdx\nGUEST_SYNC rax\nGUEST_DONE")
     khz = g.vcpu.get_tsc_khz()
     assert g.expect_sync() == 0  # the first entry, with its one-time set-up, stays out of the brackets
-    t0 = time.monotonic_ns()
-    tsc1 = g.expect_sync()
-    t1 = time.monotonic_ns()
-    time.sleep(0.5)
-    t2 = time.monotonic_ns()
-    tsc2 = g.expect_sync()
-    t3 = time.monotonic_ns()
-    ticks = tsc2 - tsc1
-    # The first RDTSC ran in [t0, t1], the second in [t2, t3].
-    low_khz, high_khz = ticks / (t3 - t0) * 1e6, ticks / (t2 - t1) * 1e6
+    b = bracketed_pair(g.expect_sync, 0.5)
+    ticks = b.second - b.first
+    low_khz, high_khz = ticks / b.outer_ns * 1e6, ticks / b.inner_ns * 1e6
     assert low_khz - 1 <= khz <= high_khz + 1, \
-        f"KVM_GET_TSC_KHZ {khz} kHz; the guest's TSC advanced {ticks} ticks in {(t2 - t1) / 1e6:.3f}-" \
-        f"{(t3 - t0) / 1e6:.3f} ms: {low_khz:.0f}-{high_khz:.0f} kHz"
+        f"KVM_GET_TSC_KHZ {khz} kHz; the guest's TSC advanced {ticks} ticks in {b.inner_ns / 1e6:.3f}-" \
+        f"{b.outer_ns / 1e6:.3f} ms: {low_khz:.0f}-{high_khz:.0f} kHz"
     g.run_to_done()
 
 

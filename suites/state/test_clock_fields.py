@@ -11,6 +11,7 @@ import pytest
 from kvmtest import host_cpu
 from kvmtest.abi import constants as C
 from kvmtest.guest import layout as L
+from kvmtest.timing import bracketed_pair
 from kvmtest.x86 import MSR_KVM_SYSTEM_TIME_NEW
 
 pytestmark = pytest.mark.requires_cap("KVM_CAP_ADJUST_CLOCK")
@@ -23,17 +24,12 @@ def test_clock_advances_with_the_hosts_monotonic_clock(kvm, vm):
     two reads 0.2 s apart differ by the host's CLOCK_MONOTONIC interval around them (to 0.1%
     for a TSC-derived clock). flags carries only bits KVM_CHECK_EXTENSION(KVM_CAP_ADJUST_CLOCK)
     says it can return."""
-    t0 = time.monotonic_ns()
-    first = vm.get_clock()
-    t1 = time.monotonic_ns()
-    time.sleep(0.2)
-    t2 = time.monotonic_ns()
-    second = vm.get_clock()
-    t3 = time.monotonic_ns()
+    b = bracketed_pair(vm.get_clock, 0.2)
+    first, second = b.first, b.second
     delta = second.clock - first.clock
     slack = 0.001 if first.flags & C.KVM_CLOCK_TSC_STABLE else 0
-    assert (t2 - t1) * (1 - slack) <= delta <= (t3 - t0) * (1 + slack), \
-        f"KVM_GET_CLOCK advanced {delta} ns while CLOCK_MONOTONIC advanced {t2 - t1}-{t3 - t0} ns"
+    assert b.inner_ns * (1 - slack) <= delta <= b.outer_ns * (1 + slack), \
+        f"KVM_GET_CLOCK advanced {delta} ns while CLOCK_MONOTONIC advanced {b.inner_ns}-{b.outer_ns} ns"
     allowed = kvm.check_extension("KVM_CAP_ADJUST_CLOCK")
     assert first.flags & ~allowed == 0, \
         f"KVM_GET_CLOCK flags {first.flags:#x} outside KVM_CAP_ADJUST_CLOCK {allowed:#x}"

@@ -11,6 +11,7 @@ import pytest
 from kvmtest.abi import constants as C
 from kvmtest.guest import layout as L
 from kvmtest.pvclock import PvclockTimeInfo, PvclockWallClock
+from kvmtest.timing import bracketed_pair
 from kvmtest.x86 import (
     KVM_MSR_ENABLED,
     MSR_KVM_SYSTEM_TIME_NEW,
@@ -125,17 +126,11 @@ def test_kvmclock_advances_with_the_hosts_monotonic_clock(guest):
     it with the TSC: two guest readings 0.3 s of host time apart differ by the host's
     CLOCK_MONOTONIC interval around them, to 0.1% (the TSC-to-nanosecond scaling) plus 50 us."""
     g = _kvmclock_guest(guest, ENABLE + READ + "GUEST_SYNC rax\n" + READ + "GUEST_SYNC rax\nGUEST_DONE")
-    t0 = time.monotonic_ns()
-    first = g.expect_sync()
-    t1 = time.monotonic_ns()
-    time.sleep(0.3)
-    t2 = time.monotonic_ns()
-    second = g.expect_sync()
-    t3 = time.monotonic_ns()
-    low, high = (t2 - t1) * 0.999 - 50_000, (t3 - t0) * 1.001 + 50_000
-    assert low <= second - first <= high, \
-        f"guest kvmclock advanced {second - first} ns while the host's CLOCK_MONOTONIC advanced " \
-        f"{t2 - t1} .. {t3 - t0} ns"
+    b = bracketed_pair(g.expect_sync, 0.3)
+    low, high = b.inner_ns * 0.999 - 50_000, b.outer_ns * 1.001 + 50_000
+    assert low <= b.second - b.first <= high, \
+        f"guest kvmclock advanced {b.second - b.first} ns while the host's CLOCK_MONOTONIC advanced " \
+        f"{b.inner_ns} .. {b.outer_ns} ns"
     g.run_to_done()
 
 
