@@ -152,7 +152,13 @@ def test_dirty_log_with_a_writer_running_concurrently(guest):
     for iteration in range(2, 8):
         time.sleep(0.03)
         g.vm.write_u64(0x600, iteration)
-        time.sleep(0.03)
+        # Collect once every page holds this iteration, so each was written after the last
+        # collection (the host set the value after it): waiting for that, not for a fixed time,
+        # keeps a vCPU thread the host's scheduler starves from reading as a missed dirty page.
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and \
+                any(g.vm.read_u64(LOGGED + p * 0x1000) != iteration for p in range(32)):
+            time.sleep(0.001)
         dirty = g.vm.get_dirty_log(slot.slot)
         assert dirty == set(range(32)), f"round {iteration}: dirty pages {sorted(dirty)}, the guest writes all 32"
         stale = {p: v for p in dirty if (v := g.vm.read_u64(LOGGED + p * 0x1000)) not in (iteration - 1, iteration)}
