@@ -25,9 +25,22 @@ from pathlib import Path
 STATUSES = ("passed", "skipped", "xfailed", "xpassed", "failed", "error")
 
 
+class SummaryError(ValueError):
+    """A *.summary.json that is not what `kvmtest run --kernel` writes; names the file."""
+
+
 def load(report_dir: Path) -> list[dict]:
-    """Every configuration's summary in `report_dir`, oldest first."""
-    return [json.loads(p.read_text()) for p in sorted(report_dir.glob("*.summary.json"), key=os.path.getmtime)]
+    """Every configuration's summary in `report_dir`, oldest first (SummaryError for a bad one)."""
+    out = []
+    for p in sorted(report_dir.glob("*.summary.json"), key=os.path.getmtime):
+        try:
+            s = json.loads(p.read_text())
+            if not isinstance(s, dict) or not {"kvm_params", "boots", "counts", "junit"} <= set(s):
+                raise ValueError("not a configuration summary (kvm_params, boots, counts, junit)")
+        except (OSError, ValueError) as e:
+            raise SummaryError(f"{p}: {e}") from None
+        out.append(s)
+    return out
 
 
 def row(s: dict) -> str:
@@ -78,6 +91,20 @@ def main(argv=None) -> int:
                                          "that get a verdict upstream")
     ap.add_argument("tests", nargs="*", default=["suites"], help="pytest arguments (default: suites)")
     args = ap.parse_args(argv)
+    try:
+        return _main(args)
+    except SummaryError as e:
+        print(f"bench_upstream_host: {e}", file=sys.stderr)
+        return 2
+    except ValueError as e:  # kvmtest.reports.results.ReportError: a --host-junit file that cannot be read
+        print(f"bench_upstream_host: {e}", file=sys.stderr)
+        return 2
+
+
+def _main(args) -> int:
+    if args.from_dir and not Path(args.from_dir).is_dir():
+        print(f"bench_upstream_host: --from {args.from_dir}: no such directory", file=sys.stderr)
+        return 2
     if args.from_dir:
         summaries = load(Path(args.from_dir))
         if not summaries:

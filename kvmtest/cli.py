@@ -10,6 +10,7 @@ from pathlib import Path
 
 from . import fingerprint as fpmod
 from . import known_issue_verify
+from .kernelvm import KernelVmError
 from .kernelvm import runner as kernelvm  # stdlib only: QEMU and virtme-ng are needed only by --kernel
 from .reports.recorder import report_stem  # the plugin's --kvm-report-dir names files alike
 
@@ -356,7 +357,14 @@ def main(argv: list[str] | None = None) -> int:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
         return BISECT_SKIP if bisect and code != 0 else code
     if args.command == "run":
-        return kernelvm.cmd_run_kernel(args, extra) if args.kernel else cmd_run(args, extra)
+        if args.kernel is not None:
+            return kernelvm.cmd_run_kernel(args, extra)
+        try:
+            kernelvm.refuse_vm_options_without_kernel(args)
+        except KernelVmError as e:
+            print(f"kvmtest run: {e}", file=sys.stderr)
+            return 2
+        return cmd_run(args, extra)
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     return {"info": cmd_info, "compare": cmd_compare, "merge": cmd_merge, "import-tap": cmd_import_tap,

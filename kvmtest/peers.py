@@ -116,7 +116,10 @@ def _program(raw: dict, where: str, known_areas: list[str]) -> Program:
 def load(path: Path = PEERS_TOML, root: Path = ROOT) -> list[Program]:
     """The programs of the peer map, validated; PeersFileError names the first fault."""
     with open(path, "rb") as f:
-        data = tomllib.load(f)
+        try:
+            data = tomllib.load(f)
+        except tomllib.TOMLDecodeError as e:
+            raise PeersFileError(f"{path}: not valid TOML: {e}") from None
     if set(data) - {"source", "program"} or not isinstance(data.get("program"), list):
         raise PeersFileError(f"{path}: expected [source] and [[program]] tables, found {sorted(data)}")
     known_areas, seen, out = areas(root), set(), []

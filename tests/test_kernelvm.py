@@ -2,6 +2,7 @@
 command per accelerator, the crash oracle's console parser and watchdog, verdicts and exit codes."""
 
 import json
+import re
 import struct
 import sys
 from pathlib import Path
@@ -522,3 +523,71 @@ def test_heartbeat_names_tests_in_flight_until_their_limit():
     assert progress.heartbeat_lines(running, 1850.0, 1800.0) == [
         "kvmtest-vm: heartbeat: suites/a.py::t_slow running for 1750 s"]
     assert progress.heartbeat_lines({}, 5.0, 1800.0) == []
+
+
+@pytest.mark.parametrize("spec, why", [
+    ("kvm amd.npt=1", "names are letters"),
+    ("kvm_amd.npt=a b", "not one kernel command-line word"),
+    ('kvm_amd.npt="1"', "not one kernel command-line word"),
+    ("kvm_amd.npt=0;rm", "not one kernel command-line word"),
+    ("kvm_amd.npt=0,1,0", "listed twice"),
+])
+def test_param_matrix_refuses_what_the_kernel_command_line_would_mangle(spec, why):
+    with pytest.raises(KernelVmError, match=why):
+        runner.param_matrix([spec])
+
+
+@pytest.mark.parametrize("argv, why", [
+    (["--kernel", ""], "--kernel ''"),
+    (["--kernel", "debian", "--vm-timeout", "-5"], "--vm-timeout -5.0: expected seconds"),
+    (["--kernel", "debian", "--vm-stall", "0"], "--vm-stall 0.0: expected seconds"),
+    (["--kernel", "debian", "--vm-max-crashes", "-1"], "--vm-max-crashes -1"),
+    (["--kernel", "debian", "--vm-memory", "0"], "--vm-memory '0'"),
+    (["--kernel", "debian", "--vm-memory", "lots"], "--vm-memory 'lots'"),
+])
+def test_vm_options_that_cannot_mean_anything_are_refused(argv, why):
+    args = cli.build_parser().parse_args(["run", *argv])
+    with pytest.raises(KernelVmError, match=re.escape(why)):
+        runner.check_vm_options(args)
+
+
+@pytest.mark.parametrize("argv", [["--kvm-param", "kvm_amd.npt=0"], ["--accel", "tcg"], ["--vm-cpus", "4"]])
+def test_vm_options_without_kernel_are_refused(argv, capsys):
+    assert cli.main(["run", *argv, "suites/smoke"]) == 2
+    assert "add --kernel PATH|debian" in capsys.readouterr().err
+
+
+def test_sigterm_stops_the_vm_it_started(tmp_path):
+    # a "VM" that ignores nothing and runs for a minute, in its own session as vng's would
+    import os
+    import signal
+    import subprocess
+    import time
+    vm = tmp_path / "vm.py"
+    vm.write_text("import time, os\nprint(os.getpid(), flush=True)\ntime.sleep(60)\n")
+    pid_file = tmp_path / "pid"
+    code = f"""
+import signal, sys
+from pathlib import Path
+from kvmtest.kernelvm import boot, runner
+signal.signal(signal.SIGTERM, runner._terminate)
+def echo(line):
+    Path({str(pid_file)!r}).write_text(line)
+boot.watch([sys.executable, {str(vm)!r}], Path({str(tmp_path / 'log')!r}), timeout_s=120, stall_s=120, echo=echo)
+"""
+    kvmtest = subprocess.Popen([sys.executable, "-c", code])
+    deadline = time.monotonic() + 30
+    while not (pid_file.exists() and pid_file.read_text().strip()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    vm_pid = int(pid_file.read_text())
+    kvmtest.send_signal(signal.SIGTERM)
+    assert kvmtest.wait(30) == 128 + signal.SIGTERM
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(vm_pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+    os.kill(vm_pid, signal.SIGKILL)
+    raise AssertionError("the VM's process outlived a SIGTERM to kvmtest")

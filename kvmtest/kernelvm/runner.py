@@ -8,7 +8,9 @@ after a crash); the exit code follows pytest's, or git bisect's with --bisect: 0
 import argparse
 import itertools
 import os
+import re
 import shutil
+import signal
 import sys
 from collections import Counter
 from pathlib import Path
@@ -32,11 +34,11 @@ def add_run_arguments(run: argparse.ArgumentParser) -> None:
     """Add `kvmtest run`'s --kernel option group (--kernel, --kvm-param, --accel, --vm-timeout,
     --vm-stall, --vm-max-crashes, --vm-cpus, --vm-memory) to the `run` parser."""
     g = run.add_argument_group("kernel under test (boots it in QEMU with virtme-ng and runs the suites inside)")
-    g.add_argument("--kernel", default="", metavar="PATH|debian",
+    g.add_argument("--kernel", default=None, metavar="PATH|debian",
                    help="bzImage/vmlinuz, a built kernel tree, or 'debian' (after `kvmtest kernel fetch debian`)")
     g.add_argument("--kvm-param", action="append", default=[], metavar="MODULE.PARAM=V1[,V2]",
                    help="module parameter values; one boot per combination (e.g. kvm_amd.npt=0,1)")
-    g.add_argument("--accel", choices=("auto", "kvm", "tcg"), default=os.environ.get("KVMTEST_ACCEL", "auto"),
+    g.add_argument("--accel", choices=("auto", "kvm", "tcg"), default=None,
                    help="what runs the VM: nested KVM, or QEMU's TCG with -cpu max (auto: KVM when nested is on)")
     g.add_argument("--vm-timeout", type=float, default=os.environ.get("KVMTEST_VM_TIMEOUT", "10800"),
                    help="seconds one boot may take in all, boot and tests (default 10800)")
@@ -67,11 +69,18 @@ def cmd_kernel(args) -> int:
 
     try:
         kernel = fetch_debian(update=not args.no_update)
-    except KernelVmError as e:
+    except (KernelVmError, OSError) as e:
         print(f"kvmtest kernel fetch: {e}", file=sys.stderr)
         return 1
     print(f"kvmtest kernel fetch: {kernel.source}: --kernel debian boots {kernel.image}")
     return 0
+
+
+# what goes on the kernel command line and into report file names: word characters only
+# (module and parameter names are C identifiers, the kernel treats - and _ alike)
+_NAME = re.compile(r"[A-Za-z0-9_-]+")
+_VALUE = re.compile(r"[A-Za-z0-9_.:+-]+")
+VM_ONLY_OPTIONS = ("kvm_param", "accel", "vm_cpus")  # None (or []) unless given
 
 
 def param_matrix(specs: list[str]) -> list[tuple[str, ...]]:
@@ -82,11 +91,50 @@ def param_matrix(specs: list[str]) -> list[tuple[str, ...]]:
         module, dot, param = name.partition(".")
         if not sep or not dot or not module or not param or not values or "" in values.split(","):
             raise KernelVmError(f"--kvm-param {spec!r}: expected MODULE.PARAM=V1[,V2...], e.g. kvm_amd.npt=0,1")
+        if not _NAME.fullmatch(module) or not _NAME.fullmatch(param):
+            raise KernelVmError(f"--kvm-param {spec!r}: module and parameter names are letters, digits, _ and -")
+        bad = [v for v in values.split(",") if not _VALUE.fullmatch(v)]
+        if bad:
+            raise KernelVmError(f"--kvm-param {spec!r}: value {bad[0]!r} is not one kernel command-line word "
+                                "(letters, digits, and . : + _ -)")
+        if len(set(values.split(","))) != len(values.split(",")):
+            raise KernelVmError(f"--kvm-param {spec!r}: a value is listed twice (each one is a boot)")
         if name in seen:
             raise KernelVmError(f"--kvm-param {name} given twice; list its values once, comma-separated")
         seen.add(name)
         axes.append([f"{name}={v}" for v in values.split(",")])
     return list(itertools.product(*axes))
+
+
+def refuse_vm_options_without_kernel(args) -> None:
+    """--kvm-param, --accel and --vm-* mean nothing without --kernel: refused rather than ignored."""
+    given = [o for o in VM_ONLY_OPTIONS if getattr(args, o, None) not in (None, [])]
+    if given:
+        flag = "--" + given[0].replace("_", "-")
+        raise KernelVmError(f"{flag} applies to a kernel booted in a VM: add --kernel PATH|debian")
+
+
+def check_vm_options(args) -> None:
+    """Fill the VM options' defaults and refuse values that cannot mean anything (KernelVmError)."""
+    if args.kernel == "":
+        raise KernelVmError("--kernel '': expected a bzImage/vmlinuz path, a built kernel tree, or 'debian'")
+    args.accel = args.accel or os.environ.get("KVMTEST_ACCEL", "auto")
+    if args.accel not in ("auto", "kvm", "tcg"):
+        raise KernelVmError(f"KVMTEST_ACCEL={args.accel!r}: expected auto, kvm or tcg")
+    for name in ("vm_timeout", "vm_stall"):
+        if not float(getattr(args, name)) > 0:
+            raise KernelVmError(f"--{name.replace('_', '-')} {getattr(args, name)}: expected seconds, more than 0")
+    if args.vm_max_crashes < 0:
+        raise KernelVmError(f"--vm-max-crashes {args.vm_max_crashes}: expected 0 or more")
+    m = re.fullmatch(r"([0-9]+)([KMGT]?)", args.vm_memory)
+    if not m or int(m.group(1)) == 0:
+        raise KernelVmError(f"--vm-memory {args.vm_memory!r}: expected a size such as 2G or 2048M")
+
+
+def _terminate(signum, frame):
+    # SIGTERM/SIGHUP (a CI job cancelled, `timeout`) as an exception: boot.watch then stops the VM's
+    # whole process group, which runs in its own session and would otherwise outlive kvmtest
+    raise SystemExit(128 + signum)
 
 
 def _counts(junit: Path) -> Counter:
@@ -184,13 +232,17 @@ def cmd_run_kernel(args, extra) -> int:
     from .vmrun import merge_suites, run_config
 
     skip = BISECT_SKIP if args.bisect else 2
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _terminate)
     try:
+        check_vm_options(args)
         kernel = resolve(args.kernel)
-        tools = find_tools()
         combos = param_matrix(args.kvm_param)
-        if len(combos) > 1 and (args.ktap or args.html):
-            raise KernelVmError("--ktap/--html name one file, a --kvm-param matrix makes one per boot: "
-                                "use --report-dir")
+        one_file = [o for o in extra if o.split("=")[0] in ("--kvm-ktap", "--kvm-html", "--kvm-junit")]
+        if len(combos) > 1 and (args.ktap or args.html or one_file):
+            raise KernelVmError(f"{'/'.join(one_file) or '--ktap/--html'} name one file, a --kvm-param matrix "
+                                "makes one per boot: use --report-dir (and --junit for the merged JUnit)")
+        tools = find_tools()
     except KernelVmError as e:
         print(f"kvmtest run --kernel: {e}", file=sys.stderr)
         return skip
