@@ -14,11 +14,15 @@ from kvmtest.cpuid import max_phys_addr
 from kvmtest.fingerprint import kvm_modules
 from kvmtest.guest import get_mode
 from kvmtest.guest.mode_select import select
+from kvmtest.guest.modes import keep_tr_loadable
 from kvmtest.guest.paging import GiB1, KiB4, MiB2, MiB4, describe_flags
 from kvmtest.paging_model import Context, Walk, describe_pfec, page_fault
 from kvmtest.x86 import CR0_WP, CR4_SMAP, CR4_SMEP, PTE_A, PTE_D, PTE_P, PTE_RW, PTE_US, PTE_XD
 
-VA = 0x80010000   # the address every case accesses
+VA = 0x80010000   # the address every case accesses (below 4 GiB for the 32-bit paging forms)
+# With 4-level paging VA lies in the second PML4 slot, so no entry on its walk also maps the guest's
+# own code, stack or tables: the upper entry of a 1 GiB page is a PML4E, and PML4E 0 maps them all.
+VA_4LEVEL = 0x8000010000
 PA = 0x10000      # layout.DATA: where VA lands whatever the page size
 SIZES = {KiB4: "4k", MiB2: "2m", MiB4: "4m", GiB1: "1g"}
 FLAG_SETS = [(), ("ro",), ("sup",), ("nx",), ("ro", "sup"), ("ro", "nx"), ("sup", "nx"), ("ro", "sup", "nx"),
@@ -132,35 +136,38 @@ def _check(guest, kvm, case, prefix=""):
     if "rsvd" in case.flags and maxphy >= 52:
         pytest.skip("MAXPHYADDR is 52: no reserved address bits to set")
     b = "rbx" if mode.code_bits == 64 else "ebx"
+    va = VA_4LEVEL if mode.paging == "4level" else VA
     leaf_fault = _expected(case, mode)
     access = prefix + SOURCE[case.access].format(b=b)
     body = f"GUEST_ASSERT_RAISES PF({leaf_fault:#x}), fault: {access}" if leaf_fault is not None else access
-    g = guest(case.mode, f"mov {b}, {VA:#x}\n{body}\nGUEST_DONE", page_size=MiB2 if mode.paging != "32" else MiB4)
+    g = guest(case.mode, f"mov {b}, {va:#x}\n{body}\nGUEST_DONE", page_size=MiB2 if mode.paging != "32" else MiB4)
     g.vm.write(PA, b"\xc3")  # RET, for fetches
     pt = g.page_tables
     leaf = pt.leaf_level(case.size)
     target = PA & ~(case.size - 1)
-    pt.map(VA & ~(case.size - 1), target, case.size, PTE_P | PTE_RW | PTE_US)
+    pt.map(va & ~(case.size - 1), target, case.size, PTE_P | PTE_RW | PTE_US)
     level = leaf if case.level == "leaf" else leaf - 1
-    entry = pt.read_entry(VA, level)
+    entry = pt.read_entry(va, level)
     pdpte = _is_pdpte(mode.paging, case.size, case.level)
     cleared = entry & ~(PTE_P | PTE_RW | PTE_US | PTE_XD)
-    pt.write_entry(VA, level, cleared | _entry_flags(case.flags, maxphy, pdpte))
-    tr = g.vcpu.translate(VA)
-    reachable = "np" not in case.flags and "rsvd" not in case.flags
-    assert (tr.valid, tr.physical_address if tr.valid else None) == (int(reachable), PA if reachable else None), \
-        f"KVM_TRANSLATE({VA:#x}) = {tr}; " \
-        f"the guest's tables {'map it to ' + hex(PA) if reachable else 'do not map it'} " \
-        "(api.rst 4.15)"
+    pt.write_entry(va, level, cleared | _entry_flags(case.flags, maxphy, pdpte))
     sregs = g.vcpu.get_sregs()
     sregs.cr0 = sregs.cr0 | CR0_WP if case.wp else sregs.cr0 & ~CR0_WP
     sregs.cr4 |= {"-": 0, "smep": CR4_SMEP, "smap": CR4_SMAP}[case.feature]
-    g.vcpu.set_sregs(sregs)
+    # Before KVM_TRANSLATE: with PAE paging this CR3 load also reloads the PDPTE registers from the
+    # PDPT just written (SDM Vol. 3A 4.4.1), which the walk uses instead of memory.
+    g.vcpu.set_sregs(keep_tr_loadable(sregs))  # KVM_GET_SREGS reports TR busy on SVM
+    tr = g.vcpu.translate(va)
+    reachable = "np" not in case.flags and "rsvd" not in case.flags
+    assert (tr.valid, tr.physical_address if tr.valid else None) == (int(reachable), PA if reachable else None), \
+        f"KVM_TRANSLATE({va:#x}) = {tr}; " \
+        f"the guest's tables {'map it to ' + hex(PA) if reachable else 'do not map it'} " \
+        "(api.rst 4.15)"
     g.run_to_done()
-    walk = pt.walk(VA)
+    walk = pt.walk(va)
     if leaf_fault is not None:
         cr2 = g.exception_record()["cr2"]
-        assert cr2 == VA, f"#PF({describe_pfec(leaf_fault)}): CR2 {cr2:#x}, expected {VA:#x}"
+        assert cr2 == va, f"#PF({describe_pfec(leaf_fault)}): CR2 {cr2:#x}, expected {va:#x}"
         return
     problems = [f"{name} A clear ({describe_flags(value)})" for name, _, value in walk if not value & PTE_A]
     leaf_value = walk[-1][2]
