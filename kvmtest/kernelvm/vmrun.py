@@ -169,8 +169,10 @@ def run_config(args, extra, kernel: Kernel, accel: str, params: tuple[str, ...],
         boot.warnings += [e.describe() for e in run.events if not e.fatal]
         boot.kernel_warns += sum(1 for e in run.events if e.kind == "warn")
         marks = run.marks
+        # seconds of tests: from KVM loaded to the session's end, or to the VM's end when it died in a test
+        ended = marks.get("done", run.seconds if boot.kind in CRASH_KINDS else None)
         boot.boots.append((boot.kind, marks.get("booted", -1.0),
-                           marks["done"] - marks["kvm"] if "done" in marks and "kvm" in marks else -1.0))
+                           ended - marks["kvm"] if ended is not None and "kvm" in marks else -1.0))
         if boot.kind == "done":
             boot.pytest_exit = status.get("pytest_exit")
             break
