@@ -64,6 +64,10 @@ def _cases():
                 continue  # SMEP is about fetches, SMAP about data accesses
             if _is_pdpte(m.paging, size, level) and any(f in flags for f in ("ro", "sup", "nx")):
                 continue  # PAE PDPTEs have no R/W, U/S or NX bits (SDM Vol. 3A Table 4-8)
+            if _is_pdpte(m.paging, size, level) and "rsvd" in flags:
+                continue  # a reserved bit in a PAE PDPTE faults the CR3 load (#GP, SDM Vol. 3A 4.4.1), not an access
+            if size == MiB4 and level == "upper":
+                continue  # a 4 MiB page is mapped by a PDE, the root table's entry: nothing is above it
             yield Case(mode, size, level, flags, access, wp, feature)
 
 
@@ -151,18 +155,19 @@ def _check(guest, kvm, case, prefix=""):
     pdpte = _is_pdpte(mode.paging, case.size, case.level)
     cleared = entry & ~(PTE_P | PTE_RW | PTE_US | PTE_XD)
     pt.write_entry(va, level, cleared | _entry_flags(case.flags, maxphy, pdpte))
-    sregs = g.vcpu.get_sregs()
-    sregs.cr0 = sregs.cr0 | CR0_WP if case.wp else sregs.cr0 & ~CR0_WP
-    sregs.cr4 |= {"-": 0, "smep": CR4_SMEP, "smap": CR4_SMAP}[case.feature]
-    # Before KVM_TRANSLATE: with PAE paging this CR3 load also reloads the PDPTE registers from the
-    # PDPT just written (SDM Vol. 3A 4.4.1), which the walk uses instead of memory.
-    g.vcpu.set_sregs(keep_tr_loadable(sregs))  # KVM_GET_SREGS reports TR busy on SVM
+    # Load CR3 again, as an OS does after changing a PDPT: with PAE paging the walk uses the PDPTE
+    # registers loaded then, not memory (SDM Vol. 3A 4.4.1). KVM_GET_SREGS reports TR busy on SVM.
+    g.vcpu.set_sregs(keep_tr_loadable(g.vcpu.get_sregs()))
     tr = g.vcpu.translate(va)
     reachable = "np" not in case.flags and "rsvd" not in case.flags
     assert (tr.valid, tr.physical_address if tr.valid else None) == (int(reachable), PA if reachable else None), \
         f"KVM_TRANSLATE({va:#x}) = {tr}; " \
         f"the guest's tables {'map it to ' + hex(PA) if reachable else 'do not map it'} " \
         "(api.rst 4.15)"
+    sregs = g.vcpu.get_sregs()
+    sregs.cr0 = sregs.cr0 | CR0_WP if case.wp else sregs.cr0 & ~CR0_WP
+    sregs.cr4 |= {"-": 0, "smep": CR4_SMEP, "smap": CR4_SMAP}[case.feature]
+    g.vcpu.set_sregs(keep_tr_loadable(sregs))
     g.run_to_done()
     walk = pt.walk(va)
     if leaf_fault is not None:
