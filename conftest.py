@@ -24,6 +24,11 @@ pytest_plugins = ["pytester"] + ([] if _plugin_autoloaded() else ["kvmtest.plugi
 @pytest.fixture
 def pytester(pytester, monkeypatch):
     """pytester's sessions run in a temporary directory, not in this checkout, where kvmtest's
-    plugin stays dormant (kvmtest.plugin.activation): ask for it, as a user would."""
+    plugin stays dormant (kvmtest.plugin.activation): ask for it, as a user would, and load it where
+    kvmtest is used without being installed."""
     monkeypatch.setenv("KVMTEST_PLUGIN", "1")
+    if not _plugin_autoloaded():
+        # Not installed (e.g. PYTHONPATH pointing at a checkout): no entry point loads the plugin into
+        # the inner session, and its temporary directory has no conftest that would.
+        monkeypatch.setenv("PYTEST_PLUGINS", "kvmtest.plugin")
     return pytester
