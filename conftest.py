@@ -32,3 +32,20 @@ def pytester(pytester, monkeypatch):
         # the inner session, and its temporary directory has no conftest that would.
         monkeypatch.setenv("PYTEST_PLUGINS", "kvmtest.plugin")
     return pytester
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config):
+    """An unknown --hypothesis-profile is one usage error naming the profiles there are, before
+    hypothesis's own plugin turns it into an INTERNALERROR traceback."""
+    from hypothesis import settings
+    from hypothesis.errors import InvalidArgument
+
+    name = config.getoption("hypothesis_profile", None)
+    if name is None:
+        return
+    try:
+        settings.get_profile(name)
+    except InvalidArgument:
+        raise pytest.UsageError(f"--hypothesis-profile={name!r}: no such profile; kvmtest's are "
+                                f"kvmtest-fast (default) and kvmtest-deep") from None

@@ -77,6 +77,7 @@ def pytest_configure(config):
         config.pluginmanager.register(OneLinePerTest(config), "kvmtest-one-line-per-test")
     markers.register(config)
     config.stash[SETTINGS_KEY] = resolve_settings(config)
+    _check_asm_cache_settings()
     install_kick_handler()
     s = settings(config)
     files = [] if s["kvm_no_known_issues"] else (s["kvm_known_issues"] or [str(p) for p in ki.builtin_files()])
@@ -89,6 +90,18 @@ def pytest_configure(config):
         from .reports import recorder
 
         recorder.register(config, s, config.stash[FINGERPRINT_KEY])
+
+
+def _check_asm_cache_settings() -> None:
+    """A bad KVMTEST_ASM_CACHE_ENTRIES or _MB is one usage error at start, not one failure per guest."""
+    from .asm import cache as asm_cache
+    from .errors import BadArgumentError
+
+    try:
+        asm_cache.entries_limit()
+        asm_cache.disk_limit()
+    except BadArgumentError as e:
+        raise pytest.UsageError(str(e)) from None
 
 
 def pytest_report_header(config):

@@ -200,3 +200,14 @@ def test_several_processes_fill_and_prune_one_directory_at_once(fresh_cache):
     assert not list(fresh_cache.glob(".tmp-*")), "a half-written file was left behind"
     for path in fresh_cache.glob("k-*.json"):  # every file is whole
         json.loads(path.read_text())
+
+
+@pytest.mark.parametrize("var", ["KVMTEST_ASM_CACHE_ENTRIES", "KVMTEST_ASM_CACHE_MB"])
+def test_a_bad_setting_stops_the_session_with_one_usage_error(pytester, monkeypatch, var):
+    """The session ends before any test with the variable named, not with one failure per guest."""
+    monkeypatch.setenv(var, "lots")
+    pytester.makepyfile("def test_never_runs():\n    raise AssertionError('ran')\n")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"*{var}='lots': expected *"])
+    assert "ran" not in result.stdout.str()

@@ -59,6 +59,11 @@ def test_kernel_path_that_does_not_exist(tmp_path):
         kernel.resolve(str(tmp_path / "no-such-bzImage"), cache=tmp_path)
 
 
+def test_kernel_path_that_is_a_device_is_not_called_missing(tmp_path):
+    with pytest.raises(KernelVmError, match="/dev/null: not a regular file"):
+        kernel.resolve("/dev/null", cache=tmp_path)
+
+
 def test_cache_dir_honours_kvmtest_kernel_cache(monkeypatch, tmp_path):
     monkeypatch.setenv("KVMTEST_KERNEL_CACHE", str(tmp_path / "k"))
     assert kernel.cache_dir() == tmp_path / "k"

@@ -96,6 +96,9 @@ def resolve(spec: str, cache: Path | None = None) -> Kernel:
         if not image.is_file():
             raise KernelVmError(f"--kernel {spec}: a directory without arch/x86/boot/bzImage (build the kernel first)")
         return Kernel(image.resolve(), image_release(image), f"tree {path.resolve()}", None)
-    if not path.is_file():
+    if not path.exists():
         raise KernelVmError(f"--kernel {spec}: no such file (give a bzImage/vmlinuz path, a kernel tree or 'debian')")
+    if not path.is_file():
+        raise KernelVmError(f"--kernel {spec}: not a regular file (a device, socket or pipe); give a "
+                            "bzImage/vmlinuz path, a kernel tree or 'debian'")
     return Kernel(path.resolve(), image_release(path), str(path.resolve()), None)
