@@ -23,7 +23,7 @@ from . import exc_records
 from . import layout as L
 from . import protocol as P
 from .compose import Composer, guests_dir
-from .modes import CpuMode, gdt_entries, get_mode, initial_rflags, initial_stack, keep_tr_loadable, mode_sregs
+from .modes import CpuMode, gdt_entries, get_mode, initial_rflags, initial_stack, mode_sregs, tr_loaded_busy
 from .paging import GiB1, KiB4, PageTables
 from .runloop import DEFAULT_MAX_EXITS, GuestRunLoop
 
@@ -185,7 +185,7 @@ class Guest(GuestRunLoop):
         cr3 = self.page_tables.cr3 if self.page_tables else 0
         want = mode_sregs(mode, vcpu.get_sregs(), cr3, nx)
         exc_records.point_gs_at(want, self._record_index(vcpu), mode.protected)
-        vcpu.set_sregs(keep_tr_loadable(want))
+        self.set_sregs(want, vcpu)
         self._check_mode_entered(mode, want, vcpu.get_sregs())
         regs = vcpu.get_regs()
         regs.rip, regs.rsp, regs.rflags = rip, rsp, initial_rflags(mode)
@@ -337,6 +337,11 @@ class Guest(GuestRunLoop):
         saved = vm_state.save_vm(self.vm)
         new_vm = vm_state.restore_vm(self.kvm, saved)
         old, self.vm, self.vcpu = self.vm, new_vm, new_vm.vcpus[index]
+        if not tr_loaded_busy():
+            # restore_vm wrote (and checked) the saved TR, which SVM reports busy; under TCG the
+            # vCPUs that run on get it loadable again, as every other sregs write for a guest.
+            for vcpu in new_vm.vcpus:
+                self.set_sregs(vcpu.get_sregs(), vcpu)
         if self.page_tables:
             self.page_tables.vm = self.page_tables.alloc.vm = new_vm
         if self._owns_vm:

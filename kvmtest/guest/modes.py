@@ -5,10 +5,10 @@ compat32, long64-la57, and -cpl3 variants of the protected modes. `reset` leaves
 in the architectural reset state so the guest switches modes itself.
 """
 
-import os
 from dataclasses import dataclass
 
 from ..abi.structs import kvm_segment, kvm_sregs
+from ..accelerator import under_tcg
 from ..errors import UnknownModeError
 from ..x86 import (
     CR0_CD,
@@ -172,14 +172,15 @@ def tr_loaded_busy() -> bool:
     instruction reads TR's cached type (STR reads the selector, LAR the descriptor in the GDT,
     which stays busy). Reports name the accelerator, so every verdict says it ran this way.
     """
-    return os.environ.get("KVMTEST_ACCELERATOR") != "tcg"
+    return not under_tcg()
 
 
 def keep_tr_loadable(sregs: kvm_sregs) -> kvm_sregs:
     """`sregs` as a guest about to run gets them: under TCG with TR's busy type made available (see
     tr_loaded_busy), elsewhere unchanged. For the mode's own state (mode_sregs keeps the busy type
     LTR leaves, which ioctl round-trip checks write) and for state read back with KVM_GET_SREGS,
-    which on SVM always reports TR busy (arch/x86/kvm/svm/svm.c svm_get_segment sets the bit)."""
+    which on SVM always reports TR busy (arch/x86/kvm/svm/svm.c svm_get_segment sets the bit).
+    Guest.set_sregs applies it to every KVM_SET_SREGS for a guest's vCPU; call that, not this."""
     if not tr_loaded_busy() and sregs.tr.type == SYS_TYPE_TSS_BUSY:
         sregs.tr.type = SYS_TYPE_TSS_AVAILABLE
     return sregs

@@ -15,6 +15,7 @@ import threading
 
 from .. import ioctl as _ioctl
 from .. import validate
+from ..abi.structs import kvm_sregs
 from ..errors import GuestFailure, GuestTimeout
 from ..exits import Exit, IoExit, MmioExit
 from ..x86 import CR0_PG, CR4_PAE, EFER_LMA, vector_name
@@ -29,8 +30,8 @@ DEFAULT_MAX_EXITS = 100_000
 
 
 class GuestRunLoop(GuestDiagnostics):
-    """run(), run_to_done(), expect_sync(), expect_exit(), in_thread(), and the host's answers to
-    the guest's protocol exits."""
+    """run(), run_to_done(), expect_sync(), expect_exit(), in_thread(), set_sregs() for a vCPU about
+    to run, and the host's answers to the guest's protocol exits."""
 
     # Set by the builder (kvmtest.guest.builder.Guest), besides GuestDiagnostics's:
     max_exits: int                      # exits (and GUEST_SYNCs) one call may see before it fails
@@ -77,8 +78,19 @@ class GuestRunLoop(GuestDiagnostics):
                 continue
             sregs = vcpu.get_sregs()
             if sregs.cr0 & CR0_PG and sregs.cr4 & CR4_PAE and not sregs.efer & EFER_LMA:
-                vcpu.set_sregs(keep_tr_loadable(sregs))
+                self.set_sregs(sregs, vcpu)
         pt.pdptes_changed = False
+
+    def set_sregs(self, sregs: kvm_sregs, vcpu=None) -> None:
+        """KVM_SET_SREGS (api.rst 4.14) for one of this guest's vCPUs (default: the first) that is
+        to run on: `sregs` exactly, except that under QEMU's TCG a busy TR goes in with the available
+        type (kvmtest.guest.modes.keep_tr_loadable): TCG aborts the whole VM when the guest then
+        faults, and a read-modify-write would bring the busy type back, as KVM_GET_SREGS on SVM
+        always reports it. `sregs` itself stays as the caller wrote it. A check of KVM_SET_SREGS
+        itself, which must send exactly the state it tests, calls Vcpu.set_sregs instead."""
+        vcpu = self._own_vcpu(vcpu)
+        sregs = validate.instance(sregs, kvm_sregs, f"{self.name} set_sregs")
+        vcpu.set_sregs(keep_tr_loadable(kvm_sregs.from_buffer_copy(sregs)))
 
     def run_to_done(self, timeout: float | None = None, vcpu=None) -> list[int]:
         """Run to GUEST_DONE; returns the GUEST_SYNC values seen. Any other exit fails the test,

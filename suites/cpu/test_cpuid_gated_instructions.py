@@ -133,7 +133,7 @@ def test_with_its_cpuid_bit_gives_the_sdm_result(kvm, guest, mode, insn):
     if spec.feature == "xsave":
         sregs = g.vcpu.get_sregs()
         sregs.cr4 |= CR4_OSXSAVE
-        g.vcpu.set_sregs(sregs)
+        g.set_sregs(sregs)
         xcrs = g.vcpu.get_xcrs()
         xcrs.nr_xcrs, xcrs.xcrs[0].xcr, xcrs.xcrs[0].value = 1, 0, XCR0_X87_SSE
         g.vcpu.set_xcrs(xcrs)

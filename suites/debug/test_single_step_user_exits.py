@@ -116,7 +116,7 @@ def _guest(guest, mode, op, handler=""):
     if not MODES[mode].protected:
         sregs = g.vcpu.get_sregs()
         sregs.es.selector, sregs.es.base = REAL_MMIO_SEG, REAL_MMIO_SEG * 16
-        g.vcpu.set_sregs(sregs)
+        g.set_sregs(sregs)
     return g
 
 

@@ -89,7 +89,7 @@ def test_instruction_on_ram_operands_gives_the_sdm_result(kvm, guest, mode, case
             pytest.skip(f"needs {FEATURES[feature]}, which KVM_GET_SUPPORTED_CPUID does not report")
     p = "rdi" if get_mode(mode).code_bits == 64 else "edi"
     g = guest(mode, f"mov {p}, {L.DATA:#x}\n" + spec.body.format(p=p) + "\nGUEST_DONE")
-    g.vcpu.set_sregs(with_sse_enabled(g.vcpu.get_sregs()))
+    g.set_sregs(with_sse_enabled(g.vcpu.get_sregs()))
     got = g.run_to_done()
     assert got == list(spec.expected), \
         f"{case} in {mode}: guest results {[hex(v) for v in got]}, SDM gives {[hex(v) for v in spec.expected]}"

@@ -265,7 +265,7 @@ def test_load_straddling_two_mmio_pages(guest, mode):
 
 
 def _enable_sse(g):
-    g.vcpu.set_sregs(with_sse_enabled(g.vcpu.get_sregs()))
+    g.set_sregs(with_sse_enabled(g.vcpu.get_sregs()))
 
 
 @pytest.mark.modes(*MODES)

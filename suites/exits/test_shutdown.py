@@ -17,7 +17,7 @@ def test_fault_with_an_empty_idt_is_a_triple_fault(guest, mode):
     g = guest(mode, "ud2\nGUEST_DONE")
     sregs = g.vcpu.get_sregs()
     sregs.idt.limit = 0
-    g.vcpu.set_sregs(sregs)
+    g.set_sregs(sregs)
     g.expect_exit(ShutdownExit)
 
 

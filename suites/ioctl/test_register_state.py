@@ -167,7 +167,7 @@ def test_fpu_state_set_by_the_host_is_what_the_guest_runs_with(guest):
     afterwards reads the FCW (FNSTCW) and XMM1 (MOVQ) the host wrote. Runs at CPL3, where these
     instructions need no emulation on any backend, with SSE enabled as the SDM requires."""
     g = guest("long64-cpl3", "mov rbx, DATA\nfnstcw word ptr [rbx]\nmovq rax, xmm1\nGUEST_SYNC rax\nGUEST_DONE")
-    g.vcpu.set_sregs(with_sse_enabled(g.vcpu.get_sregs()))
+    g.set_sregs(with_sse_enabled(g.vcpu.get_sregs()))
     g.vcpu.set_fpu(_fpu_with_pattern(g.vcpu))
     (xmm1_low,) = g.run_to_done()
     fcw = g.vm.read_u32(g.symbols["DATA"]) & 0xFFFF
@@ -197,7 +197,7 @@ def test_xsave_state_set_by_the_host_is_what_the_guest_runs_with(guest):
     """State written with KVM_SET_XSAVE is the guest's (api.rst 4.43): a CPL3 guest reads
     XMM1 as the host wrote it (SSE enabled in CR0/CR4 as the SDM requires)."""
     g = guest("long64-cpl3", "movq rax, xmm1\nGUEST_SYNC rax\nGUEST_DONE")
-    g.vcpu.set_sregs(with_sse_enabled(g.vcpu.get_sregs()))
+    g.set_sregs(with_sse_enabled(g.vcpu.get_sregs()))
     raw = bytearray(bytes(g.vcpu.get_xsave()))
     raw[176:192] = bytes(range(1, 17))
     raw[512] |= 0x3

@@ -97,7 +97,7 @@ def _guest(guest, mode, access, hva):
     if not protected:
         sregs = g.vcpu.get_sregs()
         sregs.es.selector, sregs.es.base = gpa >> 4, gpa
-        g.vcpu.set_sregs(sregs)
+        g.set_sregs(sregs)
     return g
 
 

@@ -114,7 +114,7 @@ def test_alignment_check_at_cpl3(guest, mode):
     g = guest(mode, f"mov {b}, 0x601\nGUEST_ASSERT_RAISES AC(0), fault: mov eax, dword ptr [{b}]\nGUEST_DONE")
     sregs = g.vcpu.get_sregs()
     sregs.cr0 |= CR0_AM
-    g.vcpu.set_sregs(sregs)
+    g.set_sregs(sregs)
     regs = g.vcpu.get_regs()
     regs.rflags |= RFLAGS_AC
     g.vcpu.set_regs(regs)

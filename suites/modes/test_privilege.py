@@ -98,7 +98,7 @@ def _enable_syscall(g) -> None:
     code), its SYSCALL base the kernel's 64-bit code; LSTAR at `syscall_entry`; nothing masked."""
     sregs = g.vcpu.get_sregs()
     sregs.efer |= EFER_SCE
-    g.vcpu.set_sregs(sregs)
+    g.set_sregs(sregs)
     g.vcpu.set_msrs({MSR_IA32_STAR: (L.SEL_USER_CODE32 << 48) | (L.SEL_CODE64 << 32),
                      MSR_IA32_LSTAR: g.labels["syscall_entry"], MSR_IA32_FMASK: 0})
 

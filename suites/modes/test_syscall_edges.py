@@ -12,7 +12,6 @@ import pytest
 from kvmtest.cpuid import vendor
 from kvmtest.guest import layout as L
 from kvmtest.guest.fault_probe import expect_fault_at_probe, fault_probe_source, install_fault_probe
-from kvmtest.guest.modes import keep_tr_loadable
 from kvmtest.x86 import EFER_SCE, MSR_IA32_CSTAR, MSR_IA32_FMASK, MSR_IA32_LSTAR, MSR_IA32_STAR, UD_VECTOR
 
 # STAR[47:32]: SYSCALL's CS (SS = +8); STAR[63:48]: SYSRET's base: CS32 = base, SS = base + 8,
@@ -24,7 +23,7 @@ AMD_COMPATIBLE = ("AuthenticAMD", "HygonGenuine")
 def _msrs(g):
     sregs = g.vcpu.get_sregs()
     sregs.efer |= EFER_SCE
-    g.vcpu.set_sregs(keep_tr_loadable(sregs))  # KVM_GET_SREGS reports TR busy on SVM
+    g.set_sregs(sregs)
     g.vcpu.set_msrs({MSR_IA32_STAR: STAR_VALUE, MSR_IA32_LSTAR: g.labels["lstar_entry"],
                      MSR_IA32_CSTAR: g.labels["cstar_entry"], MSR_IA32_FMASK: 0})
 
@@ -38,7 +37,7 @@ def test_syscall_with_efer_sce_clear_raises_ud(guest, mode):
     install_fault_probe(g, UD_VECTOR)
     sregs = g.vcpu.get_sregs()
     sregs.efer &= ~EFER_SCE
-    g.vcpu.set_sregs(keep_tr_loadable(sregs))  # KVM_GET_SREGS reports TR busy on SVM
+    g.set_sregs(sregs)
     expect_fault_at_probe(g, UD_VECTOR, "SYSCALL with IA32_EFER.SCE = 0")
 
 

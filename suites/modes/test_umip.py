@@ -15,7 +15,7 @@ def test_umip_makes_descriptor_table_reads_fault_at_cpl3(guest, mode, insn):
     g = guest(mode, f"mov {b}, 0x600\nGUEST_ASSERT_RAISES GP(0), {insn.format(b=b)}\nGUEST_DONE")
     sregs = g.vcpu.get_sregs()
     sregs.cr4 |= CR4_UMIP
-    g.vcpu.set_sregs(sregs)
+    g.set_sregs(sregs)
     g.run_to_done()
 
 

@@ -4,7 +4,6 @@
 from kvmtest.abi.structs import kvm_segment
 from kvmtest.exits import IoExit
 from kvmtest.guest import layout as L
-from kvmtest.guest.modes import keep_tr_loadable
 from kvmtest.x86 import RFLAGS_FIXED, RFLAGS_IOPL, RFLAGS_VM, SEG_TYPE_CODE_RX_ACCESSED, SEG_TYPE_DATA_RW_ACCESSED
 
 CODE_SEG = 0x800      # CS:IP = 0800:0000 -> linear 0x8000, where the guest's code is
@@ -42,7 +41,7 @@ def test_vm86_segment_loads_use_real_mode_addressing(guest):
                                          type=SEG_TYPE_CODE_RX_ACCESSED if name == "cs" else SEG_TYPE_DATA_RW_ACCESSED,
                                          present=1, dpl=3, s=1))
     sregs.tr.limit = IO_MAP_BASE + len(IO_BITMAP) - 1
-    g.vcpu.set_sregs(keep_tr_loadable(sregs))  # KVM_GET_SREGS reports TR busy on SVM
+    g.set_sregs(sregs)
     regs = g.vcpu.get_regs()
     regs.rip, regs.rsp, regs.rflags = 0, 0x7000 - (CODE_SEG << 4) + 0x1000, RFLAGS_FIXED | RFLAGS_IOPL | RFLAGS_VM
     g.vcpu.set_regs(regs)

@@ -14,7 +14,6 @@ from kvmtest.cpuid import max_phys_addr
 from kvmtest.fingerprint import kvm_modules
 from kvmtest.guest import get_mode
 from kvmtest.guest.mode_select import select
-from kvmtest.guest.modes import keep_tr_loadable
 from kvmtest.guest.paging import GiB1, KiB4, MiB2, MiB4, describe_flags
 from kvmtest.paging_model import Context, Walk, describe_pfec, page_fault
 from kvmtest.x86 import CR0_WP, CR4_SMAP, CR4_SMEP, PTE_A, PTE_D, PTE_P, PTE_RW, PTE_US, PTE_XD
@@ -156,8 +155,8 @@ def _check(guest, kvm, case, prefix=""):
     cleared = entry & ~(PTE_P | PTE_RW | PTE_US | PTE_XD)
     pt.write_entry(va, level, cleared | _entry_flags(case.flags, maxphy, pdpte))
     # Load CR3 again, as an OS does after changing a PDPT: with PAE paging the walk uses the PDPTE
-    # registers loaded then, not memory (SDM Vol. 3A 4.4.1). KVM_GET_SREGS reports TR busy on SVM.
-    g.vcpu.set_sregs(keep_tr_loadable(g.vcpu.get_sregs()))
+    # registers loaded then, not memory (SDM Vol. 3A 4.4.1).
+    g.set_sregs(g.vcpu.get_sregs())
     tr = g.vcpu.translate(va)
     reachable = "np" not in case.flags and "rsvd" not in case.flags
     assert (tr.valid, tr.physical_address if tr.valid else None) == (int(reachable), PA if reachable else None), \
@@ -167,7 +166,7 @@ def _check(guest, kvm, case, prefix=""):
     sregs = g.vcpu.get_sregs()
     sregs.cr0 = sregs.cr0 | CR0_WP if case.wp else sregs.cr0 & ~CR0_WP
     sregs.cr4 |= {"-": 0, "smep": CR4_SMEP, "smap": CR4_SMAP}[case.feature]
-    g.vcpu.set_sregs(keep_tr_loadable(sregs))
+    g.set_sregs(sregs)
     g.run_to_done()
     walk = pt.walk(va)
     if leaf_fault is not None:

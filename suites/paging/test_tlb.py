@@ -79,7 +79,7 @@ def test_toggling_cr4_pge_flushes_global_translations(guest):
     g.vm.write_u32(PAGE_B, 0xBBBB0002)
     sregs = g.vcpu.get_sregs()
     sregs.cr4 |= 0x80
-    g.vcpu.set_sregs(sregs)
+    g.set_sregs(sregs)
     _point_rdi_at(g, pte)
     assert g.run_to_done() == [0xBBBB0002]
 

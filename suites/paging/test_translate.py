@@ -3,7 +3,6 @@
 import pytest
 
 from kvmtest.guest.mode_select import select
-from kvmtest.guest.modes import keep_tr_loadable
 from kvmtest.guest.paging import KiB4, MiB2
 from kvmtest.x86 import PTE_P, PTE_RW, PTE_US
 
@@ -20,8 +19,8 @@ def test_translate_reports_the_physical_address(guest, mode, flags):
     g = guest(mode, "GUEST_DONE", page_size=MiB2 if mode != "paging32" else 0x400000)
     g.page_tables.map(VA, 0x12000, KiB4, flags)
     # Load CR3 again, as an OS does after changing a PDPT: with PAE paging the walk uses the PDPTE
-    # registers loaded then, not memory (SDM Vol. 3A 4.4.1). KVM_GET_SREGS reports TR busy on SVM.
-    g.vcpu.set_sregs(keep_tr_loadable(g.vcpu.get_sregs()))
+    # registers loaded then, not memory (SDM Vol. 3A 4.4.1).
+    g.set_sregs(g.vcpu.get_sregs())
     tr = g.vcpu.translate(VA + 0x123)
     assert (tr.valid, tr.physical_address) == (1, 0x12123), f"KVM_TRANSLATE({VA + 0x123:#x}): {tr}"
 

@@ -124,7 +124,7 @@ def test_control_registers_the_host_sets_are_what_the_guest_reads(guest):
     g.vcpu.kvm_run.cr8 = 6
     sregs.efer |= EFER_SCE
     sregs.apic_base = (sregs.apic_base & 0xFFF) | APIC_BASE_MOVED
-    g.vcpu.set_sregs(sregs)
+    g.set_sregs(sregs)
     want = {n: getattr(sregs, n) for n in NAMES}
     seen = dict(zip(NAMES, g.run_to_done(), strict=True))
     assert seen == want, f"the guest read {_hex(seen)}; KVM_SET_SREGS wrote {_hex(want)}"
@@ -213,7 +213,7 @@ def test_interrupt_bitmap_set_by_the_host_is_delivered(guest):
     g = _interrupt_guest(guest)
     sregs = g.vcpu.get_sregs()
     sregs.interrupt_bitmap[0x41 // 64] |= 1 << (0x41 % 64)
-    g.vcpu.set_sregs(sregs)
+    g.set_sregs(sregs)
     ev = g.vcpu.get_events().interrupt
     assert (ev.injected, ev.nr) == (1, 0x41), \
         f"KVM_GET_VCPU_EVENTS after interrupt_bitmap bit 0x41: injected={ev.injected} nr={ev.nr:#x}"

@@ -56,7 +56,7 @@ def _xmm_pattern(i):
 
 def _x87_guest(guest):
     g = guest("long64-cpl3", X87_GUEST)
-    g.vcpu.set_sregs(with_sse_enabled(g.vcpu.get_sregs()))   # LDMXCSR, MOVDQU: #UD without CR4.OSFXSR
+    g.set_sregs(with_sse_enabled(g.vcpu.get_sregs()))   # LDMXCSR, MOVDQU: #UD without CR4.OSFXSR
     g.vm.write(SCRATCH, b"".join(_xmm_pattern(i) for i in range(16)))
     assert g.expect_sync() == 1
     return g
@@ -133,7 +133,7 @@ def _check_legacy_area(g, name, x):
 def _enable_avx(g, xcr0=0x7):
     sregs = g.vcpu.get_sregs()
     sregs.cr4 |= CR4_OSXSAVE
-    g.vcpu.set_sregs(sregs)
+    g.set_sregs(sregs)
     xcrs = S.kvm_xcrs(nr_xcrs=1)
     xcrs.xcrs[0].xcr, xcrs.xcrs[0].value = 0, xcr0
     g.vcpu.set_xcrs(xcrs)

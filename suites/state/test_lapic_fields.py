@@ -159,7 +159,7 @@ def test_cr8_and_the_tpr_are_one_register(guest):
     assert g.expect_sync() == 0
     sregs = g.vcpu.get_sregs()
     sregs.cr8 = 3
-    g.vcpu.set_sregs(sregs)
+    g.set_sregs(sregs)
     seen = g.run_to_done()
     assert seen == [3, 0x30], f"after KVM_SET_SREGS cr8 = 3 the guest read CR8 {seen[0]:#x} and TPR {seen[1]:#x}; " \
                               "expected 3 and 0x30"

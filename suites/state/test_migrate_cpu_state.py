@@ -82,7 +82,7 @@ def test_sse_and_x87_state_set_by_the_guest_survives_migration(guest):
         stmxcsr dword ptr [rdi + 0x204]
         GUEST_DONE""")
     g.vm.write(area, data)
-    g.vcpu.set_sregs(with_sse_enabled(g.vcpu.get_sregs()))   # LDMXCSR, MOVDQU: #UD without CR4.OSFXSR
+    g.set_sregs(with_sse_enabled(g.vcpu.get_sregs()))   # LDMXCSR, MOVDQU: #UD without CR4.OSFXSR
     assert g.expect_sync() == 1
     g.migrate()
     g.run_to_done()

@@ -81,7 +81,7 @@ def test_xmm_registers_survive_save_and_restore(guest):
         movq rax, xmm3
         GUEST_SYNC rax
         GUEST_DONE""")
-    g.vcpu.set_sregs(with_sse_enabled(g.vcpu.get_sregs()))
+    g.set_sregs(with_sse_enabled(g.vcpu.get_sregs()))
     assert g.expect_sync() == 1
     g.migrate()
     assert g.run_to_done() == [0x0123456789ABCDEF]

@@ -116,7 +116,7 @@ def test_selectors_set_by_the_host_are_what_the_guest_reads(guest, mode):
     for seg, selector in HOST_SELECTORS.items():
         getattr(sregs, seg).selector = selector
     sregs.ldt.present, sregs.ldt.unusable = 1, 0  # a loaded LDTR: SLDT of an unusable one is not defined here
-    g.vcpu.set_sregs(sregs)
+    g.set_sregs(sregs)
     seen = dict(zip(SEGMENT_NAMES, (v & 0xFFFF for v in g.run_to_done()), strict=True))
     want = {s: HOST_SELECTORS[s] for s in SEGMENT_NAMES}
     assert seen == want, f"selectors the guest read: {_hex(seen)}; KVM_SET_SREGS set {_hex(want)}"
@@ -136,7 +136,7 @@ def test_segment_base_set_by_the_host_is_what_guest_accesses_use(guest, seg):
     g.vm.write_u32(base + 0x20, 0x5E6B45E0 + SEGMENT_NAMES.index(seg))
     sregs = g.vcpu.get_sregs()
     getattr(sregs, seg).base = base
-    g.vcpu.set_sregs(sregs)
+    g.set_sregs(sregs)
     if seg == "cs":
         regs = g.vcpu.get_regs()
         regs.rip -= base
@@ -160,7 +160,7 @@ def test_segment_limit_set_by_the_host_is_enforced(guest, seg, vector):
         GUEST_DONE""")
     sregs = g.vcpu.get_sregs()
     getattr(sregs, seg).limit, getattr(sregs, seg).g = 0xFFF, 0
-    g.vcpu.set_sregs(sregs)
+    g.set_sregs(sregs)
     g.run_to_done()
 
 
@@ -175,7 +175,7 @@ def test_read_only_data_type_set_by_the_host_refuses_writes(guest):
         GUEST_DONE""")
     sregs = g.vcpu.get_sregs()
     sregs.es.type = SEG_TYPE_DATA_RO_ACCESSED
-    g.vcpu.set_sregs(sregs)
+    g.set_sregs(sregs)
     g.run_to_done()
 
 
@@ -190,7 +190,7 @@ def test_unusable_segment_set_by_the_host_faults_on_use(guest):
         GUEST_DONE""")
     sregs = g.vcpu.get_sregs()
     sregs.es.present, sregs.es.unusable, sregs.es.selector = 0, 1, 0
-    g.vcpu.set_sregs(sregs)
+    g.set_sregs(sregs)
     g.run_to_done()
 
 
@@ -209,7 +209,7 @@ def test_stack_size_set_by_the_host_picks_esp_or_sp(guest, db):
         GUEST_DONE""")
     sregs = g.vcpu.get_sregs()
     sregs.ss.db = db
-    g.vcpu.set_sregs(sregs)
+    g.set_sregs(sregs)
     (esp,) = g.run_to_done()
     # ESP 0x20000 minus 4: 0x1FFFC as a 32-bit pointer; as SP, 0x0000 - 4 wraps to 0xFFFC and
     # ESP[31:16] stays 0x0002.
@@ -236,7 +236,7 @@ def test_descriptor_tables_set_by_the_host_are_what_sgdt_and_sidt_store(guest):
     _copy_descriptor_tables(g)
     sregs = g.vcpu.get_sregs()
     sregs.gdt.base, sregs.gdt.limit, sregs.idt.base, sregs.idt.limit = GDT_COPY, 0x7FF, IDT_COPY, 0x7FF
-    g.vcpu.set_sregs(sregs)
+    g.set_sregs(sregs)
     g.run_to_done()
     gdt, idt = struct.unpack("<HQ", g.vm.read(L.DATA, 10)), struct.unpack("<HQ", g.vm.read(L.DATA + 0x10, 10))
     assert gdt == (0x7FF, GDT_COPY) and idt == (0x7FF, IDT_COPY), \
