@@ -164,6 +164,8 @@ def test_names_for_unknown_values_do_not_raise():
     assert abi.EXIT_REASON_NAMES.name(999) == "KVM_EXIT_unknown(999)"
     assert abi.CAPABILITY_NAMES[0x7FFF] == "KVM_CAP_unknown(32767)"
     assert abi.errno_name(17) == "EEXIST"
+    assert abi.errno_name(0) == "success (0)"  # "expected EINVAL, got success (0)", not "errno0"
+    assert abi.errno_name(4095) == "errno4095"
     assert numbers.ioctl_name(numbers.KVM_RUN) == "KVM_RUN"
 
 

@@ -220,5 +220,8 @@ STATS_BASES = {"KVM_STATS_BASE_POW10": 0, "KVM_STATS_BASE_POW2": 1}
 
 
 def errno_name(err: int) -> str:
-    """The symbolic name of errno value `err` ("EEXIST"), or "errno<n>" for one Python does not know."""
+    """The symbolic name of errno value `err` ("EEXIST"); "success (0)" for 0, which failure messages
+    print when a call expected to fail did not; "errno<n>" for one Python does not know."""
+    if err == 0:
+        return "success (0)"
     return _errno.errorcode.get(err, f"errno{err}")
