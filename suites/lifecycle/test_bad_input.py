@@ -46,6 +46,8 @@ def test_set_msrs_values_outside_their_fields(vcpu, msrs, what):
 
 
 def test_get_msrs_index_outside_u32(vcpu):
+    """KVM_GET_MSRS: kvm_msr_entry.index is a __u32 (api.rst 4.18); index -1 is one BadArgumentError
+    naming it, not an MSR 0xffffffff read silently."""
     with pytest.raises(BadArgumentError, match=r"KVM_GET_MSRS index = -0x1"):
         vcpu.get_msrs([-1])
 
@@ -65,6 +67,8 @@ def test_get_cpuid_buffer_smaller_than_the_table_is_e2big(kvm, vcpu):
 
 
 def test_set_cpuid_with_something_that_is_no_entry(vcpu):
+    """KVM_SET_CPUID2 takes an array of struct kvm_cpuid_entry2 (api.rst KVM_SET_CPUID2): a
+    (function, index) tuple in its place is refused naming the entry, not a ctypes TypeError."""
     with pytest.raises(BadArgumentError, match=r"KVM_SET_CPUID2 entry 0: expected a kvm_cpuid_entry2"):
         vcpu.set_cpuid([(1, 0)])
 
@@ -88,11 +92,15 @@ def test_enable_cap_with_more_args_than_the_struct_holds(vm, vcpu):
 
 
 def test_set_mp_state_outside_u32(vcpu):
+    """kvm_mp_state.mp_state is a __u32 (api.rst 4.39 KVM_SET_MP_STATE): -1 is refused by name,
+    not handed to KVM as 0xffffffff."""
     with pytest.raises(BadArgumentError, match=r"KVM_SET_MP_STATE mp_state = -0x1"):
         vcpu.set_mp_state(-1)
 
 
 def test_guest_memory_with_a_negative_length(vm_with_memory):
+    """A guest memory read of negative length is one GuestMemoryError naming the length and the
+    guest physical address, not a read of some other length or a ctypes error."""
     from kvmtest.errors import GuestMemoryError
 
     with pytest.raises(GuestMemoryError, match=r"negative length -4 at guest address 0x10"):
@@ -123,6 +131,9 @@ def test_state_setter_given_something_else(vcpu, setter, ioctl, kind, wrong):
     (lambda v: v.set_guest_debug(0, None), r"KVM_SET_GUEST_DEBUG debugreg: expected a list of integers"),
 ], ids=["set-msrs-list", "get-msrs-none", "get-msrs-int", "cpuid-none", "debugreg-none"])
 def test_collection_of_the_wrong_kind(vcpu, call, problem):
+    """KVM_SET_MSRS takes MSR index -> value, KVM_GET_MSRS a list of indices (api.rst 4.18, 4.19),
+    KVM_SET_CPUID2 kvm_cpuid_entry2s, KVM_SET_GUEST_DEBUG a debugreg list: another kind of
+    collection is one BadArgumentError naming what was expected, not a ctypes traceback."""
     with pytest.raises(BadArgumentError, match=problem):
         call(vcpu)
 
@@ -153,6 +164,9 @@ def test_get_xsave2_buffer_smaller_than_kvm_writes(vm, vcpu, size):
 
 
 def test_set_xsave_buffer_smaller_than_kvm_reads(vm, vcpu):
+    """KVM_SET_XSAVE copies KVM_CHECK_EXTENSION(KVM_CAP_XSAVE2) bytes, at least struct kvm_xsave's
+    4096 (api.rst 4.43): a struct of another type, or a plain kvm_xsave when KVM reads more, is
+    refused before KVM reads past its end."""
     needed = max(vm.check_extension("KVM_CAP_XSAVE2"), 4096)
     with pytest.raises(BadArgumentError, match=r"KVM_SET_XSAVE: expected a kvm_xsave"):
         vcpu.set_xsave(vcpu.get_regs())
@@ -170,6 +184,8 @@ def test_get_nested_state_size_outside_u32(vcpu, size):
 
 
 def test_set_nested_state_size_past_its_buffer(vcpu):
+    """KVM_SET_NESTED_STATE trusts kvm_nested_state.size as the buffer's length (api.rst 4.114,
+    4.115): a size past the buffer, or no kvm_nested_state at all, is refused before the ioctl."""
     state = nested_state_buffer(128)
     state.size = 4096  # claims more than the buffer holds
     with pytest.raises(BadArgumentError, match=r"KVM_SET_NESTED_STATE: size = 4096, but the buffer holds 128 bytes"):

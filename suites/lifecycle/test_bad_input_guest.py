@@ -32,6 +32,8 @@ def _tables(g) -> bytes:
     ("long64", 3, None, r"None is neither an address nor a label"),
 ])
 def test_idt_gate_outside_the_table_or_the_offset(guest, mode, vector, target, problem):
+    """The IDT/IVT has 256 vectors and a gate's offset is 64, 32 or 16 bits by mode (SDM Vol. 3A
+    6.11, 6.14.1, 20.1.4): a vector or handler outside them is refused by name, tables unchanged."""
     g = guest(mode, SOURCE)
     before = _tables(g)
     with pytest.raises(BadArgumentError, match=problem):
@@ -47,6 +49,8 @@ def test_idt_gate_outside_the_table_or_the_offset(guest, mode, vector, target, p
     ("long64", {"selector": 1 << 16}, r"IDT vector 3 gate selector = 0x10000: outside the 16-bit field"),
 ])
 def test_idt_gate_field_outside_its_width(guest, mode, kwargs, problem):
+    """Gate DPL is 2 bits, type 4, IST 3 and only in a 64-bit IDT, selector 16 (SDM Vol. 3A 6.11,
+    6.14.1): a value outside its field is refused by name and the tables stay unchanged."""
     g = guest(mode, SOURCE)
     before = _tables(g)
     with pytest.raises(BadArgumentError, match=problem):
@@ -63,6 +67,8 @@ def test_idt_gate_field_outside_its_width(guest, mode, kwargs, problem):
     (0x60, "abcdefgh", r"GDT descriptor at selector 0x60: expected bytes, got 'abcdefgh'"),
 ])
 def test_gdt_entry_outside_the_gdt_or_not_a_descriptor(guest, selector, raw, problem):
+    """A selector indexes 8-byte descriptors (SDM Vol. 3A 3.4.2): one that is no integer, unaligned,
+    in kvmtest's own entries or past the GDT page, or a descriptor not 8/16 bytes, is refused."""
     g = guest("long64", SOURCE)
     before = _tables(g)
     with pytest.raises(BadArgumentError, match=problem):
@@ -85,16 +91,22 @@ def test_add_vcpu_entry_or_stack_outside_the_mode(guest, mode, kwargs, problem):
 
 
 def test_symbols_that_are_not_names_to_integers(kvm):
+    """Guest symbols map assembler names to integers: a string value (once accepted) is one
+    BadArgumentError naming the guest and the symbol, raised before any VM exists."""
     with pytest.raises(BadArgumentError, match=r"Guest 'guest' symbol x = 'y': not an integer"):
         Guest(kvm, "long64", "GUEST_DONE", symbols={"x": "y"})
 
 
 def test_max_exits_that_is_no_count(kvm):
+    """max_exits bounds the exits one run() may pass; 0 would fail every run, so it is one
+    BadArgumentError naming the value and its range at construction."""
     with pytest.raises(BadArgumentError, match=r"Guest 'guest' max_exits = 0: outside 1 to"):
         Guest(kvm, "long64", "GUEST_DONE", max_exits=0)
 
 
 def test_migrate_after_close_is_closed_error(kvm):
+    """migrate() of a closed guest is ClosedError naming the guest and its closed VM (a VM is its
+    fd, api.rst 4.2), not the ValueError it used to be."""
     g = Guest(kvm, "long64", "GUEST_DONE")
     g.close()
     with pytest.raises(ClosedError, match=r"guest: cannot migrate a closed guest \(its VM vm\d+ is closed\)"):
@@ -116,6 +128,8 @@ def test_guest_construction_with_a_wrong_value(kvm, args, kwargs, problem):
 
 
 def test_run_with_a_vcpu_of_another_guest(guest):
+    """run()/run_to_done() with a vCPU that is not this guest's is one BadArgumentError naming it,
+    and the other guest's vCPU is not entered (its GUEST_SYNC 1 is still the next event)."""
     g, other = guest("long64", "GUEST_DONE"), guest("long64", "GUEST_SYNC 1\nGUEST_DONE")
     with pytest.raises(BadArgumentError,
                        match=r"guest: vcpu <Vcpu vm\d+/vcpu0 fd=\d+> is not one of this guest's vCPUs"):

@@ -25,6 +25,8 @@ def efd():
 
 @pytest.mark.parametrize("call", ["delete_memslot", "move_memslot", "set_memslot_flags", "get_dirty_log"])
 def test_memslot_that_does_not_exist(vm_with_memory, call):
+    """Deleting, moving, reflagging or reading the dirty log of a slot the VM lacks (api.rst 4.35,
+    4.8) is a GuestMemoryError naming the VM and its memslots, not a KeyError; slot 0 stays."""
     args = {"delete_memslot": (99,), "move_memslot": (99, 0x400000), "set_memslot_flags": (99, 0),
             "get_dirty_log": (99,)}[call]
     with pytest.raises(GuestMemoryError, match=r"vm\d+ has no memslot 99 \(memslots: 0 at 0x0-0x200000\)"):
@@ -35,6 +37,8 @@ def test_memslot_that_does_not_exist(vm_with_memory, call):
 @pytest.mark.parametrize("write, value, bits", [("write_u64", 1 << 64, 64), ("write_u64", -1, 64),
                                                 ("write_u32", 1 << 32, 32), ("write_u32", -1, 32)])
 def test_guest_memory_value_wider_than_the_write(vm_with_memory, write, value, bits):
+    """write_u64/write_u32 of a value outside 64/32 bits is one BadArgumentError naming the width,
+    and guest memory keeps its bytes instead of taking the wrapped value."""
     vm_with_memory.write(0x100, b"\x5a" * 8)
     with pytest.raises(BadArgumentError, match=rf"{write} value = {value:#x}: outside the {bits}-bit field"):
         getattr(vm_with_memory, write)(0x100, value)
@@ -49,6 +53,8 @@ def test_guest_memory_value_wider_than_the_write(vm_with_memory, write, value, b
     (lambda vm: vm.hva(-1), r"guest physical address = -0x1: outside the 64-bit field"),
 ], ids=["str-data", "none-data", "str-gpa", "str-length", "negative-gpa"])
 def test_guest_memory_access_with_a_wrong_type(vm_with_memory, call, problem):
+    """Guest memory access with non-bytes data, a non-integer GPA or length, or a GPA below 0
+    (guest_phys_addr is a __u64, api.rst 4.35) is one BadArgumentError naming it."""
     with pytest.raises(BadArgumentError, match=problem):
         call(vm_with_memory)
 
@@ -66,6 +72,8 @@ def test_memslot_field_outside_its_width(vm, field, args):
 
 
 def test_add_memory_slot_outside_u32_leaves_no_slot(vm):
+    """kvm_userspace_memory_region.slot is a __u32 (api.rst 4.35): add_memory(slot=2**32) is
+    refused by name, not made slot 0, and no memslot is recorded."""
     with pytest.raises(BadArgumentError, match=r"memslot slot = 0x100000000"):
         vm.add_memory(0x400000, 0x1000, slot=1 << 32)
     assert vm.memslots == {}
@@ -101,6 +109,9 @@ def test_clear_dirty_log_pages_outside_the_range(vm_with_memory):
         "uncoalesced-size", "irq-neg", "level-2^32", "vcpu-id-str", "vcpu-id-neg", "irqchip-neg", "pit-flags",
         "clock-none", "gsi-route-int", "msi-address"])
 def test_vm_argument_outside_its_field(vm, call, problem):
+    """VM ioctl arguments outside their UAPI field or of the wrong type (api.rst 4.7, 4.25, 4.26,
+    4.36, 4.40, 4.52, 4.116, KVM_CREATE_PIT2, KVM_SET_CLOCK) are refused by name before the ioctl:
+    no vCPU is created and nothing is recorded for migration."""
     with pytest.raises(BadArgumentError, match=problem):
         call(vm)
     assert vm.vcpus == [] and vm.setup_calls == [], "a refused call reached KVM or was recorded for migration"

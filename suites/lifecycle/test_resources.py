@@ -53,6 +53,8 @@ def test_a_failing_test_leaves_nothing_behind(kvm):
 
 
 def test_closed_objects_refuse_use(kvm):
+    """A VM is its fd (api.rst 4.2); after close() a VM method is ClosedError naming the VM,
+    not EBADF or an ioctl on whatever file reused the fd number."""
     vm = kvm.create_vm()
     vm.close()
     with pytest.raises(ClosedError, match="vm[0-9]+ is closed"):
@@ -84,12 +86,16 @@ def test_unaligned_memslot_error_says_what_is_unaligned(vm):
 
 
 def test_guest_address_outside_every_slot(vm_with_memory):
+    """A guest physical address no memslot covers (api.rst 4.35) is a GuestMemoryError naming the
+    address, the VM and its slots, not an IndexError or a fault from outside every mapping."""
     with pytest.raises(GuestMemoryError, match=r"guest address 0x300000 is outside every memslot of vm[0-9]+ "
                                                r"\(slots: 0:0x0-0x200000\)"):
         vm_with_memory.read(0x300000, 4)
 
 
 def test_unknown_mode_lists_the_modes(guest):
+    """A CPU mode kvmtest does not define is UnknownModeError naming it and listing the defined
+    modes, raised before any guest is built."""
     with pytest.raises(UnknownModeError, match="unknown CPU mode 'long128'; kvmtest defines: real, pm16"):
         guest("long128", "nop")
 
