@@ -179,13 +179,14 @@ def test_vng_command_tcg_uses_cpu_max_without_kvm():
     assert "--disable-kvm" in cmd and "--qemu-opts=-cpu max" in cmd
     assert cmd[cmd.index("--rwdir") + 1] == "/r"
     appended = [cmd[i + 1] for i, a in enumerate(cmd) if a == "--append"]
-    assert appended == ["printk.time=1", "kvm_amd.npt=0"]
+    assert appended == ["printk.time=1", "tsc=reliable", "kvm_amd.npt=0"]
     assert cmd[-2:] == ["--exec", "python -m x"]
 
 
 def test_vng_command_kvm_leaves_kvm_on():
     cmd = boot.vng_command("vng", K, "kvm", "true")
     assert "--disable-kvm" not in cmd and not any(a.startswith("--qemu-opts") for a in cmd)
+    assert "tsc=reliable" not in cmd  # nested KVM's TSC is the hardware's: the watchdog stays on
 
 
 def test_tcg_vm_gets_one_vcpu_unless_told(tmp_path, monkeypatch):

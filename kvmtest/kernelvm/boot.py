@@ -85,7 +85,15 @@ def vng_command(vng: str, kernel: Kernel, accel: str, exec_cmd: str, *, rwdirs=(
     for d in rwdirs:
         cmd += ["--rwdir", str(d)]
     # printk.time=1: console.py trusts only timestamped lines as kernel lines
-    for a in ("printk.time=1", *append):
+    fixed = ["printk.time=1"]
+    if accel == "tcg":
+        # QEMU's TSC follows the host's clock, but a starved TCG vCPU reads the HPET late and the
+        # clocksource watchdog then marks the TSC unstable (seen 33 min into a whole-suite run:
+        # "hpet read-back delay of 455790ns ... Marking TSC unstable"); from then on KVM rewrites
+        # each vCPU's TSC offset on every load (x86.c kvm_arch_vcpu_load, unstable-TSC catch-up),
+        # and every TSC-offset check after it fails for the VM's reason, not the kernel's.
+        fixed.append("tsc=reliable")
+    for a in (*fixed, *append):
         cmd += ["--append", a]
     if accel == "tcg":
         cmd += ["--disable-kvm", "--qemu-opts=-cpu max"]
