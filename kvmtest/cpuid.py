@@ -24,6 +24,7 @@ FEATURES = {f.name: f for f in [
     Feature("fpu", 1, 0, "edx", 0), Feature("vme", 1, 0, "edx", 1), Feature("de", 1, 0, "edx", 2),
     Feature("pse", 1, 0, "edx", 3), Feature("tsc", 1, 0, "edx", 4), Feature("msr", 1, 0, "edx", 5),
     Feature("pae", 1, 0, "edx", 6), Feature("apic", 1, 0, "edx", 9), Feature("sep", 1, 0, "edx", 11),
+    Feature("ds", 1, 0, "edx", 21),
     Feature("pge", 1, 0, "edx", 13), Feature("pat", 1, 0, "edx", 16), Feature("pse36", 1, 0, "edx", 17),
     Feature("fxsr", 1, 0, "edx", 24), Feature("sse", 1, 0, "edx", 25), Feature("sse2", 1, 0, "edx", 26),
     Feature("sse3", 1, 0, "ecx", 0), Feature("pcid", 1, 0, "ecx", 17), Feature("x2apic", 1, 0, "ecx", 21),
@@ -45,10 +46,13 @@ FEATURES = {f.name: f for f in [
     Feature("spec_ctrl", 7, 0, "edx", 26), Feature("intel_stibp", 7, 0, "edx", 27),
     Feature("flush_l1d", 7, 0, "edx", 28), Feature("arch_capabilities", 7, 0, "edx", 29),
     Feature("ssbd", 7, 0, "edx", 31),
-    Feature("abm", 0x80000001, 0, "ecx", 5),
+    Feature("abm", 0x80000001, 0, "ecx", 5), Feature("bmi1", 7, 0, "ebx", 3),
     Feature("rdpru", 0x80000008, 0, "ebx", 4), Feature("amd_ibpb", 0x80000008, 0, "ebx", 12),
     Feature("amd_ibrs", 0x80000008, 0, "ebx", 14), Feature("amd_stibp", 0x80000008, 0, "ebx", 15),
     Feature("amd_ssbd", 0x80000008, 0, "ebx", 24),
+    Feature("clflush", 1, 0, "edx", 19), Feature("monitor", 1, 0, "ecx", 3),
+    Feature("clflushopt", 7, 0, "ebx", 23), Feature("clwb", 7, 0, "ebx", 24), Feature("waitpkg", 7, 0, "ecx", 5),
+    Feature("aperfmperf", 6, 0, "ecx", 0), Feature("xsaves", 0xD, 1, "eax", 3),
 ]}
 
 

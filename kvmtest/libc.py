@@ -24,6 +24,7 @@ _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_
 _libc.fallocate.restype = ctypes.c_int
 _libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
 _libc.mincore.restype = ctypes.c_int
+_libc.syscall.restype = ctypes.c_long
 
 PROT_READ, PROT_WRITE, PROT_EXEC = 1, 2, 4
 FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE = 0x01, 0x02
@@ -78,6 +79,13 @@ def fallocate(fd: int, mode: int, offset: int, length: int) -> int:
     """fallocate(2); returns the errno (0 on success), for tests of files like guest_memfd."""
     ctypes.set_errno(0)
     return ctypes.get_errno() if _libc.fallocate(fd, mode, offset, length) != 0 else 0
+
+
+def syscall(number: int, *args: int) -> int:
+    """syscall(2) `number` with integer arguments (as C longs), for system calls glibc has no wrapper
+    for (userfaultfd); its result, -1 with get_errno() set on failure."""
+    ctypes.set_errno(0)
+    return _libc.syscall(ctypes.c_long(number), *(ctypes.c_long(a) for a in args))
 
 
 def mincore(addr: int, length: int) -> list[bool]:

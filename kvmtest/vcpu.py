@@ -226,6 +226,28 @@ class Vcpu(VcpuRegisters, VcpuMsrCpuid, VcpuEvents, CarriedIoctls, FdObject):
                                "VM's first vCPU is created (api.rst 8.29)")
         return self._dirty_ring
 
+    def _pre_fault(self, gpa, size, flags) -> tuple[S.kvm_pre_fault_memory, str]:
+        rng = S.kvm_pre_fault_memory(gpa=validate.uint(gpa, 64, f"{self.name} KVM_PRE_FAULT_MEMORY gpa"),
+                                     size=validate.uint(size, 64, f"{self.name} KVM_PRE_FAULT_MEMORY size"),
+                                     flags=validate.uint(flags, 64, f"{self.name} KVM_PRE_FAULT_MEMORY flags"))
+        return rng, f"gpa={rng.gpa:#x} size={rng.size:#x}" + (f" flags={rng.flags:#x}" if rng.flags else "")
+
+    def pre_fault_memory(self, gpa: int, size: int) -> int:
+        """KVM_PRE_FAULT_MEMORY (api.rst 4.143, KVM_CAP_PRE_FAULT_MEMORY): map [gpa, gpa + size) for
+        this vCPU ahead of its first access. KVM may stop early; returns the bytes it left (the
+        struct's size on return). KvmError when it maps nothing (ENOENT outside memslots, EINVAL
+        for a bad range, ...)."""
+        rng, text = self._pre_fault(gpa, size, 0)
+        self.ioctl("KVM_PRE_FAULT_MEMORY", rng, args=text)
+        return rng.size
+
+    def try_pre_fault_memory(self, gpa: int, size: int, flags: int = 0) -> tuple[int, int, int]:
+        """pre_fault_memory's twin for any range and flags: (errno, gpa, size), the last two as KVM
+        left them in the struct (errno 0 on success)."""
+        rng, text = self._pre_fault(gpa, size, flags)
+        err = self.try_ioctl("KVM_PRE_FAULT_MEMORY", rng, args=text)
+        return err, rng.gpa, rng.size
+
     # --- running ---------------------------------------------------------------------------
 
     @property

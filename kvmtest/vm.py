@@ -10,6 +10,7 @@ from .abi import structs as S
 from .abi.capabilities import CAPABILITY_NAMES
 from .caps import cap_number, enable_cap_args, enable_cap_struct
 from .carried import VM_STATE_IOCTLS, CarriedIoctls, carried, replayable
+from .errors import BadArgumentError
 from .fdobject import FdObject
 from .memory import HostMapping
 from .stats import Stats
@@ -147,6 +148,16 @@ class Vm(VmMemory, VmDirtyLog, VmIrq, VmIo, CarriedIoctls, FdObject):
         if not err and not self._in_setup:
             self.setup_calls.append(("set_boot_cpu_id", (vcpu_id,), {}))
         return err
+
+    @replayable
+    def set_tsc_khz(self, khz: int) -> None:
+        """KVM_SET_TSC_KHZ on the VM (api.rst 4.55, KVM_CAP_VM_TSC_CONTROL): the TSC frequency, in
+        kHz, of every vCPU created afterwards. 0 is refused here (KVM would read it as the host's
+        rate); a kHz value must fit the ioctl's 32-bit argument."""
+        khz = validate.uint(khz, 32, f"{self.name} KVM_SET_TSC_KHZ kHz")
+        if khz == 0:
+            raise BadArgumentError(f"{self.name} KVM_SET_TSC_KHZ kHz = 0: no frequency")
+        self.ioctl("KVM_SET_TSC_KHZ", khz, args=f"khz={khz}")
 
     @replayable
     def set_nr_mmu_pages(self, pages: int) -> None:

@@ -87,7 +87,26 @@ class VmIo(FdObject):
         """KVM_X86_SET_MSR_FILTER (api.rst 4.126) with `ranges` of (KVM_MSR_FILTER_READ/WRITE flags,
         first MSR, allowed: one bool per MSR from the first), at most 16; MSRs outside every range
         follow the default (deny with default_deny)."""
-        filt = S.kvm_msr_filter(flags=C.KVM_MSR_FILTER_DEFAULT_DENY if default_deny else C.KVM_MSR_FILTER_DEFAULT_ALLOW)
+        flags = C.KVM_MSR_FILTER_DEFAULT_DENY if default_deny else C.KVM_MSR_FILTER_DEFAULT_ALLOW
+        filt, _bitmaps, text = self._msr_filter(ranges, flags)  # the bitmaps live until KVM has copied them
+        self.ioctl("KVM_X86_SET_MSR_FILTER", filt, args=text)
+
+    def try_set_msr_filter(self, ranges: "list[tuple[int, int, list[bool]]]", *, default_deny: bool = False,
+                           filter_flags: int | None = None) -> int:
+        """set_msr_filter's twin for negative tests: the errno (0 on success). `filter_flags`, when
+        given, is kvm_msr_filter.flags as is (a __u32, undefined bits included) instead of the
+        default_deny choice; a range's flags already pass as given."""
+        if filter_flags is None:
+            filter_flags = C.KVM_MSR_FILTER_DEFAULT_DENY if default_deny else C.KVM_MSR_FILTER_DEFAULT_ALLOW
+        filter_flags = validate.uint(filter_flags, 32, "KVM_X86_SET_MSR_FILTER flags")
+        filt, _bitmaps, text = self._msr_filter(ranges, filter_flags)  # the bitmaps live until KVM has copied them
+        return self.try_ioctl("KVM_X86_SET_MSR_FILTER", filt, args=text)
+
+    @staticmethod
+    def _msr_filter(ranges, flags: int) -> "tuple[S.kvm_msr_filter, list, str]":
+        """A kvm_msr_filter with `flags` and `ranges` (see set_msr_filter), the bitmaps it points to
+        (keep them alive until KVM has copied them) and its text for messages."""
+        filt = S.kvm_msr_filter(flags=flags)
         if isinstance(ranges, (str, bytes)) or not hasattr(ranges, "__len__"):
             raise BadArgumentError(f"KVM_X86_SET_MSR_FILTER: expected a list of ranges, got {ranges!r:.80}")
         if len(ranges) > len(filt.ranges):
@@ -101,13 +120,14 @@ class VmIo(FdObject):
             validate.uint(rng[0], 32, f"KVM_X86_SET_MSR_FILTER range {i} flags")
             validate.uint(rng[1], 32, f"KVM_X86_SET_MSR_FILTER range {i} base")
             validate.uint(len(rng[2]), 32, f"KVM_X86_SET_MSR_FILTER range {i} nmsrs")
-        bitmaps = []  # kept alive until KVM has copied them
+        bitmaps = []
         # strict=False: kvm_msr_filter has KVM_MSR_FILTER_MAX_RANGES slots, the caller fills the first few.
-        for r, (flags, base, allowed) in zip(filt.ranges, ranges, strict=False):
+        for r, (range_flags, base, allowed) in zip(filt.ranges, ranges, strict=False):
             buf = (ctypes.c_uint8 * max(1, (len(allowed) + 7) // 8))()
             for i, ok in enumerate(allowed):
                 buf[i // 8] |= int(bool(ok)) << (i % 8)
             bitmaps.append(buf)
-            r.flags, r.base, r.nmsrs, r.bitmap = flags, base, len(allowed), ctypes.addressof(buf)
-        self.ioctl("KVM_X86_SET_MSR_FILTER", filt, args=" ".join(
-            f"[flags={flags:#x} {base:#x}+{len(allowed)}]" for flags, base, allowed in ranges))
+            r.flags, r.base, r.nmsrs, r.bitmap = range_flags, base, len(allowed), ctypes.addressof(buf)
+        text = f"flags={flags:#x} " + " ".join(
+            f"[flags={rf:#x} {base:#x}+{len(allowed)}]" for rf, base, allowed in ranges)
+        return filt, bitmaps, text

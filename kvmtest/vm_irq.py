@@ -139,23 +139,46 @@ class VmIrq(FdObject):
         msi, text = self._msi(address, data, flags, devid)
         return self.try_ioctl("KVM_SIGNAL_MSI", msi, args=text)
 
-    @replayable
-    def assign_irqfd(self, efd, gsi: int, *, resample=None) -> None:
-        """KVM_IRQFD (api.rst 4.75): signalling `efd` raises `gsi`; with `resample` (an EventFd) the
-        GSI is level-triggered and KVM signals `resample` at its EOI (KVM_IRQFD_FLAG_RESAMPLE)."""
+    def _irqfd(self, efd, gsi, resample=None, deassign=False) -> tuple[S.kvm_irqfd, str]:
+        """A kvm_irqfd (gsi is a __u32) and its text for messages."""
         gsi = validate.uint(gsi, 32, f"{self.name} KVM_IRQFD gsi")
         arg = S.kvm_irqfd(fd=eventfd_number(efd, "KVM_IRQFD"), gsi=gsi)
         if resample is not None:
             arg.flags, arg.resamplefd = C.KVM_IRQFD_FLAG_RESAMPLE, eventfd_number(resample, "KVM_IRQFD resample")
-        self.ioctl("KVM_IRQFD", arg, args=f"gsi={gsi}{' resample' if resample is not None else ''}")
+        if deassign:
+            arg.flags = C.KVM_IRQFD_FLAG_DEASSIGN
+        return arg, f"gsi={gsi}{' resample' if resample is not None else ''}{' deassign' if deassign else ''}"
+
+    @replayable
+    def assign_irqfd(self, efd, gsi: int, *, resample=None) -> None:
+        """KVM_IRQFD (api.rst 4.75): signalling `efd` raises `gsi`; with `resample` (an EventFd) the
+        GSI is level-triggered and KVM signals `resample` at its EOI (KVM_IRQFD_FLAG_RESAMPLE)."""
+        arg, text = self._irqfd(efd, gsi, resample)
+        self.ioctl("KVM_IRQFD", arg, args=text)
+
+    @carried  # records itself
+    def try_assign_irqfd(self, efd, gsi: int, *, resample=None) -> int:
+        """assign_irqfd's twin: the errno (0 on success, recorded for a copy of the VM)."""
+        arg, text = self._irqfd(efd, gsi, resample)
+        err = self.try_ioctl("KVM_IRQFD", arg, args=text)
+        if not err and not self._in_setup:
+            self.setup_calls.append(("assign_irqfd", (efd, gsi), {"resample": resample}))
+        return err
 
     @replayable
     def deassign_irqfd(self, efd, gsi: int) -> None:
         """KVM_IRQFD with KVM_IRQFD_FLAG_DEASSIGN (api.rst 4.75): detach `efd` from `gsi`."""
-        gsi = validate.uint(gsi, 32, f"{self.name} KVM_IRQFD gsi")
-        self.ioctl("KVM_IRQFD", S.kvm_irqfd(fd=eventfd_number(efd, "KVM_IRQFD"), gsi=gsi,
-                                            flags=C.KVM_IRQFD_FLAG_DEASSIGN),
-                   args=f"gsi={gsi} deassign")
+        arg, text = self._irqfd(efd, gsi, deassign=True)
+        self.ioctl("KVM_IRQFD", arg, args=text)
+
+    @carried  # records itself
+    def try_deassign_irqfd(self, efd, gsi: int) -> int:
+        """deassign_irqfd's twin: the errno (0 on success, recorded for a copy of the VM)."""
+        arg, text = self._irqfd(efd, gsi, deassign=True)
+        err = self.try_ioctl("KVM_IRQFD", arg, args=text)
+        if not err and not self._in_setup:
+            self.setup_calls.append(("deassign_irqfd", (efd, gsi), {}))
+        return err
 
     @replayable
     def create_pit2(self, flags: int = 0) -> None:

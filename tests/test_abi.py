@@ -29,6 +29,7 @@ GUARDS = {
     "kvm_run.exit.memory_fault": "KVM_EXIT_MEMORY_FAULT",
     "kvm_userspace_memory_region2": "KVM_SET_USER_MEMORY_REGION2",
     "kvm_create_guest_memfd": "KVM_CREATE_GUEST_MEMFD",
+    "kvm_pre_fault_memory": "KVM_PRE_FAULT_MEMORY",
 }
 
 # Values documented by upstream include/uapi/linux/kvm.h for what older headers lack.
@@ -42,6 +43,11 @@ DOCUMENTED = {
     "KVM_EXIT_MEMORY_FAULT": 39,
     "kvm_run.exit.memory_fault.gpa": 40,
     "KVM_MEM_GUEST_MEMFD": 4,
+    "sizeof(kvm_pre_fault_memory)": 64,
+    "kvm_pre_fault_memory.gpa": 0,
+    "kvm_pre_fault_memory.size": 8,
+    "kvm_pre_fault_memory.flags": 16,
+    "KVM_PRE_FAULT_MEMORY": IOWR(0xAE, 0xD5, 64),
 }
 
 

@@ -10,11 +10,13 @@ from hypothesis import settings
 
 from kvmtest.differential import profiles
 from kvmtest.differential.check import Divergence, check_form
-from kvmtest.differential.forms import FORMS, Form, forms
-from kvmtest.differential.inputs import OPERAND_OFFSETS, Inputs
+from kvmtest.differential.forms import FORMS, Form, forms, refused_forms
+from kvmtest.differential.inputs import MARGIN, OPERAND_OFFSETS, PAGE_SIZE, Inputs
 from kvmtest.differential.instruction import flag_names, instruction, undefined_flags
-from kvmtest.differential.outcome import Outcome
+from kvmtest.differential.outcome import GPRS_64, Outcome, disagreements, sdm_undefined
 from kvmtest.differential.reference import KNOWN_DEVIATIONS, UnicornPath
+from kvmtest.differential.refusal import NotRefused, check_refusal
+from kvmtest.x86 import RFLAGS_DF
 
 ADD = Form("alu", "add", "mr", 32, 64)   # add dword ptr [rbx], ecx
 SETTINGS = settings(settings.get_profile(profiles.FAST), max_examples=60)
@@ -23,9 +25,12 @@ SETTINGS = settings(settings.get_profile(profiles.FAST), max_examples=60)
 def test_the_table_has_every_family_in_every_code_size_and_unique_ids():
     ids = [f.id for f in FORMS]
     assert len(ids) == len(set(ids)), "duplicate form ids"
-    for family in ("alu", "unary", "shift", "bit", "cmov", "setcc", "muldiv", "xchg", "movx"):
+    for family in ("alu", "unary", "shift", "bit", "cmov", "setcc", "muldiv", "xchg", "movx", "cmpxchgnb", "bitscan",
+                   "byteswap", "dshift", "string", "stack", "sse", "refused"):
         assert {f.code_bits for f in forms(family)} == {16, 32, 64}, family
-    assert not [f.id for f in FORMS if f.size == 64 and f.code_bits != 64], "64-bit operands outside 64-bit code"
+    # 64-bit general-purpose operands exist only in 64-bit mode; CMPXCHG8B's m64 and MOVQ's m64 everywhere.
+    assert not [f.id for f in FORMS if f.size == 64 and f.code_bits != 64 and f.family not in ("cmpxchgnb", "sse")], \
+        "64-bit operands outside 64-bit code"
     assert len(FORMS) >= 300
 
 
@@ -99,12 +104,12 @@ def test_an_injected_wrong_memory_write_is_caught_and_shrunk():
     class OffByOne(InjectedBug):
         def run(self, insn, code, inputs):
             outcome = self.path.run(insn, code, inputs)
-            page = bytearray(outcome.page)
-            at = inputs.offset
-            page[at:at + 5] = b"\0" + page[at:at + 4]
-            if bytes(page) != outcome.page:
+            window = bytearray(outcome.window)
+            at = MARGIN + inputs.offset
+            window[at:at + 5] = b"\0" + window[at:at + 4]
+            if bytes(window) != outcome.window:
                 self.wrong.append(inputs)
-            return dataclasses.replace(outcome, page=bytes(page))
+            return dataclasses.replace(outcome, window=bytes(window))
 
     native, bad = UnicornPath(64), OffByOne("cpl0-mmio")
     native.name = "cpl3-ram"
@@ -118,7 +123,10 @@ def test_an_injected_wrong_memory_write_is_caught_and_shrunk():
 def test_agreeing_paths_pass():
     """The same model twice agrees with itself on every example: no false divergence from the
     comparison (masks, page, writes)."""
-    for form in (ADD, Form("muldiv", "idiv", "m", 16, 32), Form("bit", "btc", "mr", 64, 64)):
+    for form in (ADD, Form("muldiv", "idiv", "m", 16, 32), Form("bit", "btc", "mr", 64, 64),
+                 Form("string", "cmps", "str", 16, 16, rep="repe"), Form("string", "movs", "str", 64, 64, rep="rep"),
+                 Form("sse", "movdqu", "mx", 128, 32), Form("stack", "pop", "m", 64, 64),
+                 Form("cmpxchgnb", "cmpxchg8b", "m", 64, 64), Form("dshift", "shrd", "mrcl", 16, 32)):
         a, b = UnicornPath(form.code_bits), UnicornPath(form.code_bits)
         b.name = "cpl3-ram"
         check_form(form, [a, b], SETTINGS, seed=3)
@@ -131,10 +139,13 @@ def test_known_reference_deviations_still_show_on_their_witness(deviation):
     a real difference; and the entry applies to its own witness."""
     form, inputs, sdm_value = deviation.witness
     assert deviation.applies(form, inputs)
-    outcome = UnicornPath(form.code_bits).run(instruction(form), instruction(form).code, inputs)
-    assert outcome.gprs[deviation.fact] != sdm_value, \
-        f"{deviation.id}: Unicorn now gives the SDM's {deviation.fact}={sdm_value:#x}; remove the entry"
+    outcome = UnicornPath(form.code_bits, workarounds=False).run(instruction(form), instruction(form).code, inputs)
+    assert deviation.observe(outcome) != sdm_value, \
+        f"{deviation.id}: Unicorn now gives the SDM's value {sdm_value!r}; remove the entry"
     assert dict(outcome.unchecked).get(deviation.fact, "").startswith(deviation.id)
+    if deviation.rewrite:   # the workaround gives the SDM's value
+        fixed = UnicornPath(form.code_bits).run(instruction(form), instruction(form).code, inputs)
+        assert deviation.observe(fixed) == sdm_value
 
 
 def test_a_path_that_cannot_finish_is_a_divergence():
@@ -142,7 +153,70 @@ def test_a_path_that_cannot_finish_is_a_divergence():
     and the report names it; it is not skipped for lack of register values."""
     class Broken(InjectedBug):
         def run(self, insn, code, inputs):
-            return Outcome(gprs={}, rflags=0, page=b"", error="KVM_EXIT_INTERNAL_ERROR(emulation)")
+            return Outcome(gprs={}, rflags=0, window=b"", error="KVM_EXIT_INTERNAL_ERROR(emulation)")
 
     with pytest.raises(Divergence, match="KVM_EXIT_INTERNAL_ERROR"):
         check_form(ADD, [UnicornPath(64), Broken("cpl0-mmio")], SETTINGS, seed=4)
+
+
+def test_a_path_that_ignores_df_is_caught_and_shrunk():
+    """A string path that runs every instruction with DF=0 is caught for REP MOVSB and shrunk to
+    DF=1 with a single element: the smallest input where the direction matters."""
+    class IgnoresDf(InjectedBug):
+        def run(self, insn, code, inputs):
+            if inputs.flags & RFLAGS_DF:
+                self.wrong.append(inputs)
+            return self.path.run(insn, code, dataclasses.replace(inputs, flags=inputs.flags & ~RFLAGS_DF))
+
+    form = Form("string", "movs", "str", 8, 64, rep="rep")
+    native, bad = UnicornPath(64), IgnoresDf("cpl3-mmio")
+    native.name = "cpl3-ram"
+    with pytest.raises(Divergence, match="rsi|rdi|memory"):
+        check_form(form, [native, bad], SETTINGS, seed=5)
+    shrunk = bad.wrong[-1]
+    assert shrunk.flags == RFLAGS_DF and shrunk.rcx == 1, shrunk
+
+
+def test_straddling_offsets_put_the_operand_across_the_page_edges():
+    """Multi-byte operands are drawn half below the page and, outside 16-bit code, half past its
+    end; the window holds the operand there (the RAM either side of the page is in the window)."""
+    form = Form("alu", "add", "mr", 32, 64)
+    low = Inputs(rax=0, rcx=0, rdx=0, flags=0, mem=0x11223344, offset=-2)
+    high = dataclasses.replace(low, offset=PAGE_SIZE - 2)
+    assert low.window(form)[MARGIN - 2:MARGIN + 2] == bytes.fromhex("44332211")
+    assert high.window(form)[MARGIN + PAGE_SIZE - 2:MARGIN + PAGE_SIZE + 2] == bytes.fromhex("44332211")
+
+
+def test_bsf_destination_is_compared_only_for_a_nonzero_source():
+    """BSF's destination is undefined after a zero source (SDM Vol. 2A BSF) and left out then, and
+    only then: the same register difference is a divergence for a nonzero source."""
+    form = Form("bitscan", "bsf", "rm", 32, 64)
+    insn = instruction(form)
+    a = Outcome(gprs=dict.fromkeys(GPRS_64, 0), rflags=0x42, window=b"")
+    b = dataclasses.replace(a, gprs={**a.gprs, "rcx": 5})
+    zero = Inputs(rax=0, rcx=0, rdx=0, flags=0, mem=0, offset=0x800)
+    assert not disagreements(insn, insn.code, {"x": a, "y": b}, sdm_undefined(form, zero))
+    one = dataclasses.replace(zero, mem=1)
+    assert [k for k, _ in disagreements(insn, insn.code, {"x": a, "y": b}, sdm_undefined(form, one))] == ["rcx"]
+
+
+@pytest.mark.parametrize("form", refused_forms()[:1], ids=lambda f: f.id)
+def test_refusal_check_fails_when_an_mmio_path_completes_the_instruction(form):
+    """The refusal check fails, naming the path and what it expected, when an MMIO path completes a
+    refused instruction (Unicorn standing in for a KVM that emulated it) or ends it otherwise."""
+    class Completes(UnicornPath):
+        mmio = True
+        mode = type("M", (), {"cpl": 3, "name": "long64-cpl3"})()
+
+    class Refuses:
+        name, mmio, mode = "cpl0-mmio", True, type("M", (), {"cpl": 0, "name": "long64"})()
+
+        def run(self, insn, code, inputs):
+            return Outcome(gprs={}, rflags=0, window=b"", error="x",
+                           exit="KVM_EXIT_INTERNAL_ERROR(KVM_INTERNAL_ERROR_EMULATION)")
+
+    completes = Completes(form.code_bits)
+    completes.name = "cpl3-mmio"
+    check_refusal(form, [Refuses()])
+    with pytest.raises(NotRefused, match="cpl3-mmio \\(long64-cpl3\\): expected #UD, observed completed"):
+        check_refusal(form, [Refuses(), completes])

@@ -61,6 +61,19 @@ def test_tss64_rsp0_and_iomap():
     assert struct.unpack_from("<Q", t, 4)[0] == 0x7000 and struct.unpack_from("<H", t, 102)[0] == 0x68
 
 
+def test_tss32_task_fields_at_the_sdm_offsets():
+    """SDM Vol. 3A Figure 7-2: link 00h, CR3 1Ch, EIP 20h, EFLAGS 24h, ESP 38h, ES/CS/SS/DS/FS/GS
+    48h-5Ch, I/O map base 66h."""
+    t = D.tss32_task(0x8010, 0x6800, cs=0x18, data=0x10, eflags=0x20002, cr3=0x20000, link=0x48,
+                     segments={"ds": 0x1234})
+    assert len(t) == 0x68
+    assert struct.unpack_from("<I", t, 0x00)[0] == 0x48
+    assert struct.unpack_from("<III", t, 0x1C) == (0x20000, 0x8010, 0x20002)
+    assert struct.unpack_from("<I", t, 0x38)[0] == 0x6800
+    assert struct.unpack_from("<6I", t, 0x48) == (0x10, 0x18, 0x10, 0x1234, 0x10, 0x10)
+    assert struct.unpack_from("<H", t, 0x66)[0] == 0x68
+
+
 def test_ivt_entry_is_offset_then_segment():
     assert D.ivt_entry(0xF000, 0x1234) == bytes([0x34, 0x12, 0x00, 0xF0])
 

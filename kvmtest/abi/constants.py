@@ -93,6 +93,16 @@ KVM_MEM_LOG_DIRTY_PAGES = 1 << 0
 KVM_MEM_READONLY = 1 << 1
 KVM_MEM_GUEST_MEMFD = 1 << 2
 
+# KVM_CREATE_GUEST_MEMFD flags; KVM_CHECK_EXTENSION(KVM_CAP_GUEST_MEMFD_FLAGS) on a VM enumerates the
+# ones it takes (api.rst 4.142; values from upstream <linux/kvm.h>, newer than many installed headers).
+GUEST_MEMFD_FLAG_MMAP = 1 << 0
+GUEST_MEMFD_FLAG_INIT_SHARED = 1 << 1
+
+# KVM_CREATE_VM machine types on x86; KVM_CHECK_EXTENSION(KVM_CAP_VM_TYPES) is the mask of those the
+# host offers (api.rst 4.2 KVM_CREATE_VM and KVM_CAP_VM_TYPES; upstream arch/x86/include/uapi/asm/kvm.h).
+KVM_X86_DEFAULT_VM = 0
+KVM_X86_SW_PROTECTED_VM = 1
+
 # KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 argument bits.
 KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE = 1 << 0
 KVM_DIRTY_LOG_INITIALLY_SET = 1 << 1

@@ -95,6 +95,7 @@ _def("KVM_CLEAR_DIRTY_LOG", IOWR(KVMIO, 0xC0, s.kvm_clear_dirty_log), "vm", "KVM
 _def("KVM_X86_SET_MSR_FILTER", IOW(KVMIO, 0xC6, s.kvm_msr_filter), "vm", "KVM_CAP_X86_MSR_FILTER")
 _def("KVM_GET_STATS_FD", IO(KVMIO, 0xCE), "vm", "KVM_CAP_BINARY_STATS_FD", also=[("vcpu", "KVM_CAP_BINARY_STATS_FD")])
 _def("KVM_CREATE_GUEST_MEMFD", IOWR(KVMIO, 0xD4, s.kvm_create_guest_memfd), "vm", "KVM_CAP_GUEST_MEMFD")
+_def("KVM_PRE_FAULT_MEMORY", IOWR(KVMIO, 0xD5, s.kvm_pre_fault_memory), "vcpu", "KVM_CAP_PRE_FAULT_MEMORY")
 
 # VM and vCPU (KVM_ENABLE_CAP works on both with the right capability, api.rst 4.37)
 _def("KVM_ENABLE_CAP", IOW(KVMIO, 0xA3, s.kvm_enable_cap), "vm", "KVM_CAP_ENABLE_CAP_VM",
@@ -214,6 +215,7 @@ KVM_CLEAR_DIRTY_LOG = IOCTLS["KVM_CLEAR_DIRTY_LOG"].request
 KVM_X86_SET_MSR_FILTER = IOCTLS["KVM_X86_SET_MSR_FILTER"].request
 KVM_GET_STATS_FD = IOCTLS["KVM_GET_STATS_FD"].request
 KVM_CREATE_GUEST_MEMFD = IOCTLS["KVM_CREATE_GUEST_MEMFD"].request
+KVM_PRE_FAULT_MEMORY = IOCTLS["KVM_PRE_FAULT_MEMORY"].request
 KVM_ENABLE_CAP = IOCTLS["KVM_ENABLE_CAP"].request
 KVM_RUN = IOCTLS["KVM_RUN"].request
 KVM_GET_REGS = IOCTLS["KVM_GET_REGS"].request

@@ -13,7 +13,7 @@ from hypothesis import settings as Settings
 from .forms import Form
 from .inputs import Inputs, inputs
 from .instruction import Instruction, instruction
-from .outcome import Outcome, disagreements, groups, report
+from .outcome import Outcome, disagreements, groups, report, sdm_undefined
 
 NATIVE, REFERENCE = "cpl3-ram", "unicorn"
 
@@ -32,10 +32,10 @@ class Divergence(AssertionError):
     """The paths disagree; the message has everything needed to tell whose fault it is."""
 
 
-def attribution(insn: Instruction, code: bytes, outcomes: dict[str, Outcome]) -> str:
+def attribution(insn: Instruction, code: bytes, outcomes: dict[str, Outcome], undefined: tuple[str, ...] = ()) -> str:
     """Who agrees with whom, and so whom to suspect first: kvmtest or the reference when the CPU and
     the reference disagree; KVM's emulator when they agree and an emulated path differs."""
-    found = groups(insn, code, outcomes)
+    found = groups(insn, code, outcomes, undefined)
     text = "agreeing paths: " + " | ".join(", ".join(g) for g in found)
     group_of = {name: i for i, g in enumerate(found) for name in g}
     if NATIVE in outcomes and REFERENCE in outcomes:
@@ -57,9 +57,10 @@ def run_paths(insn: Instruction, paths, inputs: Inputs) -> tuple[bytes, dict[str
 
 def compare(insn: Instruction, code: bytes, inputs: Inputs, outcomes: dict[str, Outcome], note: str = "") -> None:
     """Divergence when the outcomes disagree on anything compared (kvmtest.differential.outcome)."""
-    rows = disagreements(insn, code, outcomes)
+    undefined = sdm_undefined(insn.form, inputs)
+    rows = disagreements(insn, code, outcomes, undefined)
     if rows:
-        message = report(insn, code, inputs, outcomes, rows, attribution(insn, code, outcomes))
+        message = report(insn, code, inputs, outcomes, rows, attribution(insn, code, outcomes, undefined))
         raise Divergence(message + (f"\n  {note}" if note else ""))
 
 

@@ -1,14 +1,20 @@
 """The architectural inputs of one differential run, and the hypothesis strategies that draw them.
 
-Every path gets the same Inputs: RAX, RCX, RDX, the status flags, the memory operand's value and
-its offset in the operand page, the immediate. The other general-purpose registers hold fixed
-canaries, so an instruction that writes a register it should not shows as a difference. Values
-lean on the edges where emulators go wrong: 0, 1, the sign boundary, all ones, carry and overflow
-neighbours, shift counts at and past the operand size, bit offsets before and past the operand,
-dividends whose quotient overflows; uniform values besides. Each strategy lists the uniform range
-first: hypothesis shrinks towards a strategy's first branch and, within a range, towards its
-smallest value, so a failure reads as the numerically smallest input that shows it (0x1234, not
-the edge 0xffffffff that happened to hit it first).
+Every path gets the same Inputs: RAX, RCX, RDX, the status flags (and DF), the memory operand's
+value and its offset from the operand page, the immediate; for some families more registers (RBX
+for CMPXCHG8B/16B, RSI and RDI for strings), XMM1, the qword at the top of the stack, and bytes laid
+over the memory window. The other general-purpose registers hold fixed canaries, so an instruction
+that writes a register it should not shows as a difference. Values lean on the edges where
+emulators go wrong: 0, 1, the sign boundary, all ones, carry and overflow neighbours, shift counts at
+and past the operand size, bit offsets before and past the operand, dividends whose quotient
+overflows, operands that straddle the operand page's edges; uniform values besides. Each strategy
+lists the uniform range first: hypothesis shrinks towards a strategy's first branch and, within a
+range, towards its smallest value, so a failure reads as the numerically smallest input that shows
+it (0x1234, not the edge 0xffffffff that happened to hit it first).
+
+The memory window is the operand page (RAM on one path, MMIO on another) and MARGIN bytes of RAM on
+each side, so that an operand straddling the page's edge, or a bit offset reaching past it, lands
+in memory every path starts with the same bytes and that is compared afterwards.
 """
 
 from dataclasses import dataclass, replace
@@ -16,19 +22,26 @@ from functools import cache
 
 from hypothesis import strategies as st
 
+from ..x86 import RFLAGS_DF
 from .forms import Form
 from .instruction import FLAG_NAMES, flag_names
 
 M64 = (1 << 64) - 1
 PAGE = 0xF000          # the operand page: RAM on one path, no memslot (MMIO) on another
 PAGE_SIZE = 0x1000
+MARGIN = 0x200         # RAM compared on each side of the page: BT offsets reach 256 bytes
+WINDOW = PAGE - MARGIN
+WINDOW_SIZE = PAGE_SIZE + 2 * MARGIN
 OPERAND_OFFSETS = (0x800, 0x801, 0x803, 0x806)   # aligned and not, inside the page
 BIT_OFFSET_REACH = 256 * 8   # register bit offsets reach 256 bytes either side of the operand
-# What the rest of the operand page holds: bytes with every bit pattern, so an access at the
-# wrong address (a BT offset applied wrongly) reads something other than the operand.
-PATTERN = bytes((i * 0x9D + 0x35) & 0xFF for i in range(PAGE_SIZE))
-CANARIES = {"rsi": 0x5151_5151_0000_0006, "rdi": 0x7171_7171_0000_0007, "rbp": 0x3131_3131_0000_0005,
-            **{f"r{i}": 0xC0DE_0000_0000_0000 | i << 32 | i for i in range(8, 16)}}
+# What the window holds: bytes with every bit pattern, so an access at the wrong address (a BT
+# offset applied wrongly) reads something other than the operand.
+PATTERN = bytes((i * 0x9D + 0x35) & 0xFF for i in range(WINDOW_SIZE))
+CANARIES = {"rbx": 0x2121_2121_0000_0003, "rsi": 0x5151_5151_0000_0006, "rdi": 0x7171_7171_0000_0007,
+            "rbp": 0x3131_3131_0000_0005, **{f"r{i}": 0xC0DE_0000_0000_0000 | i << 32 | i for i in range(8, 16)}}
+STACK_GAP = 0x100      # RSP starts this far below the mode's stack top (kvmtest.guest.modes.initial_stack)
+STACK_WINDOW = 32      # bytes compared around the starting RSP: 16 below (pushes), 16 from it (pops)
+STACK_PATTERN = bytes((i * 0x3B + 0x11) & 0xFF for i in range(STACK_WINDOW))
 
 
 @dataclass(frozen=True)
@@ -38,26 +51,54 @@ class Inputs:
     rax: int
     rcx: int
     rdx: int
-    flags: int      # status flags (RFLAGS bits CF PF AF ZF SF OF)
+    flags: int      # status flags (RFLAGS bits CF PF AF ZF SF OF), and DF for string instructions
     mem: int        # the memory operand's value (little-endian at PAGE + offset)
-    offset: int
+    offset: int     # from PAGE; negative or past PAGE_SIZE - size: the operand straddles the page's edge
     imm: int | None = None
+    regs: tuple[tuple[str, int], ...] = ()      # further register inputs (rbx, rsi, rdi)
+    xmm: int | None = None                      # XMM1
+    stack: int | None = None                    # the qword at the starting RSP
+    fill: tuple[tuple[int, bytes], ...] = ()    # (offset from PAGE, bytes) laid over the window
 
     def __repr__(self):
-        imm = "" if self.imm is None else f", imm={self.imm:#x}"
-        return (f"Inputs(rax={self.rax:#x}, rcx={self.rcx:#x}, rdx={self.rdx:#x}, flags={flag_names(self.flags)}, "
-                f"mem={self.mem:#x}, offset={self.offset:#x}{imm})")
+        extra = "" if self.imm is None else f", imm={self.imm:#x}"
+        extra += "".join(f", {name}={value:#x}" for name, value in self.regs)
+        extra += "" if self.xmm is None else f", xmm1={self.xmm:#x}"
+        extra += "" if self.stack is None else f", [rsp]={self.stack:#x}"
+        extra += "".join(f", [{PAGE + at:#x}]={data.hex()}" for at, data in self.fill)
+        flags = flag_names(self.flags) + ("|DF" if self.flags & RFLAGS_DF else "")
+        return (f"Inputs(rax={self.rax:#x}, rcx={self.rcx:#x}, rdx={self.rdx:#x}, flags={flags}, "
+                f"mem={self.mem:#x}, offset={self.offset:#x}{extra})")
 
     @property
     def address(self) -> int:
         """The memory operand's address (the base register's value; identity-mapped, so also GPA)."""
         return PAGE + self.offset
 
-    def page(self, form: Form) -> bytes:
-        """The operand page as every path starts with it: the pattern, the operand at `offset`."""
+    def registers(self, form: Form) -> dict[str, int]:
+        """Every general-purpose register's starting value but RSP (the harness's stack)."""
+        values = {**CANARIES, "rax": self.rax, "rcx": self.rcx, "rdx": self.rdx}
+        if form.base:
+            values[form.base] = self.address
+        return {**values, **dict(self.regs)}
+
+    def window(self, form: Form) -> bytes:
+        """The memory window (WINDOW, WINDOW_SIZE bytes) as every path starts with it: the pattern,
+        the operand at `offset`, then `fill`."""
         n = form.mem_size // 8
         data = bytearray(PATTERN)
-        data[self.offset:self.offset + n] = self.mem.to_bytes(n, "little")
+        if form.base:
+            at = MARGIN + self.offset
+            data[at:at + n] = self.mem.to_bytes(n, "little")
+        for offset, raw in self.fill:
+            data[MARGIN + offset:MARGIN + offset + len(raw)] = raw
+        return bytes(data)
+
+    def stack_window(self) -> bytes:
+        """The STACK_WINDOW bytes around the starting RSP (it at the middle), the qword `stack` at RSP."""
+        data = bytearray(STACK_PATTERN)
+        if self.stack is not None:
+            data[16:24] = self.stack.to_bytes(8, "little")
         return bytes(data)
 
 
@@ -133,9 +174,29 @@ def _with_dividend(form: Form):
     return draw_it
 
 
+def offsets(form: Form) -> st.SearchStrategy[int]:
+    """The memory operand's offset from PAGE: inside the page (aligned and not), and for a multi-byte
+    operand straddling either edge of the page (half in the RAM below it, half in the RAM above it),
+    so that the MMIO paths see KVM split the access (api.rst KVM_EXIT_MMIO). Not past the page's end in
+    16-bit code: 0xFFFF is the real-mode segment limit, and an access beyond it raises #GP (SDM Vol. 3A
+    21.1.3), which the reference model does not check."""
+    n = form.mem_size // 8
+    choices = list(OPERAND_OFFSETS)
+    if n == 16:   # a second 16-byte aligned offset: MOVAPS and CMPXCHG16B fault on the others
+        choices.append(0x810)
+    if n > 1:
+        choices.append(-(n // 2))
+        if form.code_bits != 16:
+            choices.append(PAGE_SIZE - n // 2)
+    return st.sampled_from(choices)
+
+
 @cache
 def inputs(form: Form) -> st.SearchStrategy[Inputs]:
     """The strategy for `form`'s inputs (see the module docstring); built once per form."""
+    from .family_inputs import FAMILIES
+    if form.family in FAMILIES:
+        return FAMILIES[form.family](form)
     size = form.size
     if form.family == "shift" and form.shape == "mcl":
         rcx = register(counts(8), 8)
@@ -147,7 +208,8 @@ def inputs(form: Form) -> st.SearchStrategy[Inputs]:
     if form.imm_bits:
         imm = counts(size) if form.family == "shift" else values(form.imm_bits)
     strategy = st.builds(Inputs, rax=register(values(size), size), rcx=rcx, rdx=register(values(size), size),
-                         flags=flags, mem=values(form.mem_size), offset=st.sampled_from(OPERAND_OFFSETS), imm=imm)
+                         flags=flags, mem=values(form.mem_size) if form.mem_size else st.just(0),
+                         offset=offsets(form), imm=imm)
     if form.mnemonic in ("div", "idiv"):
         strategy = strategy.flatmap(_with_dividend(form))
     return strategy

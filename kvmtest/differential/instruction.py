@@ -102,11 +102,15 @@ def defined_flags(code: bytes, code_bits: int) -> int:
 def instruction(form: Form) -> Instruction:
     """Assemble `form` at INSN_ADDR with kvmtest's assembler (checked against its source) and
     require the encoding the form names; AssemblyError otherwise."""
-    assembled = assemble(form.text, form.code_bits, base=INSN_ADDR, name=form.id)
+    assembled = assemble(form.source, form.code_bits, base=INSN_ADDR, name=form.id)
     decoder = Decoder(form.code_bits, assembled.code, ip=INSN_ADDR)
     insn = decoder.decode()
     want = getattr(Code, form.code_name, None)
-    if want is None or insn.code != want or insn.len != len(assembled.code):
+    rep = "repe" if insn.has_repe_prefix else "repne" if insn.has_repne_prefix else ""
+    if form.shape == "str" and rep and form.mnemonic not in ("cmps", "scas"):
+        rep = "rep"   # F3 is REP before MOVS/STOS/LODS (SDM Vol. 2B REP/REPE/REPZ/REPNE/REPNZ)
+    if want is None or insn.code != want or insn.len != len(assembled.code) or \
+            (form.shape == "str" and rep != form.rep):
         raise AssemblyError(f"{form.id}: `{form.text}` assembled to {assembled.code.hex()} "
                             f"({_CODE_NAMES.get(insn.code)}, {insn.len} bytes), expected {form.code_name}")
     offsets = decoder.get_constant_offsets(insn)

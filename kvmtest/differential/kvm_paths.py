@@ -17,16 +17,24 @@ compatibility mode (its 64-bit IDT returns from exceptions with IRETQ), 64-bit c
 An MMIO read is answered with the page's bytes at its address (as RAM would hold them), an MMIO
 write lands in the page's copy and is recorded in order. An exception is a value: the guest's
 handlers record it (kvmtest.guest.exc_records) and return to a GUEST_SYNC after the instruction.
+A KVM exit that ends the run otherwise (KVM_EXIT_INTERNAL_ERROR when the emulator refuses an
+instruction at CPL0) is an Outcome with `error` and `exit`, and the guest is rebuilt for the next run.
+
+Every guest has SSE enabled as the SDM requires before any SSE instruction (CR0.EM=0, CR0.MP=1,
+CR4.OSFXSR=1, CR4.OSXMMEXCPT=1; modes.with_sse_enabled; CR0.TS is 0) and the CPUID vcpu_cpuid()
+gives: KVM_GET_SUPPORTED_CPUID plus MOVBE where KVM_GET_EMULATED_CPUID offers it.
 """
 
+from ..abi import structs as S
+from ..cpuid import has_feature, set_feature
 from ..errors import BadArgumentError, KvmtestError
-from ..exits import MmioExit
+from ..exits import Exit, InternalErrorExit, MmioExit
 from ..guest import Done, Guest, Sync, exc_records
 from ..guest import layout as L
-from ..guest.modes import get_mode, initial_rflags, initial_stack
+from ..guest.modes import get_mode, initial_rflags, initial_stack, with_sse_enabled
 from ..vm import Vm
-from ..x86 import ERROR_CODE_VECTORS
-from .inputs import CANARIES, PAGE, PAGE_SIZE, Inputs
+from ..x86 import ERROR_CODE_VECTORS, RFLAGS_DF
+from .inputs import MARGIN, PAGE, PAGE_SIZE, STACK_GAP, STACK_WINDOW, WINDOW, WINDOW_SIZE, Inputs
 from .instruction import INSN_ADDR, SLOT, STATUS_FLAGS, Instruction
 from .outcome import Outcome, Write, gpr_names
 
@@ -34,6 +42,8 @@ MODES = {64: ("long64", "long64-cpl3"), 32: ("compat32", "compat32-cpl3"), 16: (
 NOP = b"\x90"
 RESUMED = 0xE1   # GUEST_SYNC value of the code an exception handler returns to
 MAX_ACCESSES = 64    # MMIO exits one instruction may take before the run is called stuck
+XMM1 = slice(176, 192)   # XMM1 in the XSAVE area's legacy region (SDM Vol. 1 Table 10-2)
+XSTATE_BV = 512          # the XSAVE header's XSTATE_BV: bit 1 marks the SSE state in use (13.4.2)
 
 GUEST = f"""
 diff_insn:
@@ -48,9 +58,9 @@ diff_resume:
 class KvmPath:
     """One KVM path (see the module docstring): `name`, and run() -> Outcome."""
 
-    def __init__(self, kvm, name: str, mode: str, mmio: bool, timeout: float | None = None):
+    def __init__(self, kvm, name: str, mode: str, mmio: bool, timeout: float | None = None, cpuid=None):
         self.kvm, self.name, self.mode, self.mmio = kvm, name, get_mode(mode), mmio
-        self.timeout = timeout
+        self.timeout, self.cpuid = timeout, cpuid
         self.guest: Guest | None = None
         self._vm: Vm | None = None
         self._resume = 0
@@ -63,6 +73,9 @@ class KvmPath:
             if not self.mmio:
                 vm.add_memory(PAGE, PAGE_SIZE)
             g = Guest(self.kvm, self.mode, GUEST, vm=vm, name=f"emulator-{self.name}", timeout=self.timeout)
+            if self.cpuid is not None:
+                g.vcpu.set_cpuid(self.cpuid)
+            g.set_sregs(with_sse_enabled(g.vcpu.get_sregs()))
         except BaseException:
             vm.close()
             raise
@@ -86,25 +99,36 @@ class KvmPath:
             self.guest = self._build()
         try:
             return self._run(self.guest, insn, code, inputs)
+        except _Ended as e:
+            self.close()
+            return Outcome(gprs={}, rflags=0, window=b"", error=str(e.exit), exit=e.name)
         except KvmtestError as e:
             self.close()
-            return Outcome(gprs={}, rflags=0, page=b"", error=f"{type(e).__name__}: {str(e).splitlines()[0]}")
+            return Outcome(gprs={}, rflags=0, window=b"", error=f"{type(e).__name__}: {str(e).splitlines()[0]}")
 
     def _run(self, g: Guest, insn: Instruction, code: bytes, inputs: Inputs) -> Outcome:
-        vm, vcpu, bits = g.vm, g.vcpu, insn.form.code_bits
+        vm, vcpu, form = g.vm, g.vcpu, insn.form
         vm.write(INSN_ADDR, code.ljust(SLOT, NOP))
-        page = bytearray(inputs.page(insn.form))
-        if not self.mmio:
-            vm.write(PAGE, bytes(page))
+        window = inputs.window(form)
+        page = bytearray(window[MARGIN:MARGIN + PAGE_SIZE])
+        if self.mmio:   # the margins are RAM on every path; the page is the host's copy here
+            vm.write(WINDOW, window[:MARGIN])
+            vm.write(PAGE + PAGE_SIZE, window[MARGIN + PAGE_SIZE:])
+        else:
+            vm.write(WINDOW, window)
+        rsp0 = initial_stack(self.mode) - STACK_GAP
+        vm.write(rsp0 - STACK_WINDOW // 2, inputs.stack_window())
         exc_records.clear(vm, 0)
         vm.write_u64(L.EXC_RESUME, self._resume)   # vCPU 0's record: GS base 0
+        if form.uses_xmm:
+            _set_xmm1(vcpu, inputs.xmm or 0)
         regs = vcpu.get_regs()
-        values = {**CANARIES, "rax": inputs.rax, "rcx": inputs.rcx, "rdx": inputs.rdx, "rbx": inputs.address}
-        width = (1 << 64) - 1 if bits == 64 else 0xFFFFFFFF
-        for name in gpr_names(bits):
+        values = inputs.registers(form)
+        width = (1 << 64) - 1 if form.code_bits == 64 else 0xFFFFFFFF
+        for name in gpr_names(form.code_bits):
             setattr(regs, name, values[name] & width)
-        regs.rip, regs.rsp = INSN_ADDR, initial_stack(self.mode)
-        regs.rflags = initial_rflags(self.mode) & ~STATUS_FLAGS | inputs.flags
+        regs.rip, regs.rsp = INSN_ADDR, rsp0
+        regs.rflags = initial_rflags(self.mode) & ~(STATUS_FLAGS | RFLAGS_DF) | inputs.flags
         vcpu.set_regs(regs)
         reads: list[Write] = []
         writes: list[Write] = []
@@ -133,22 +157,65 @@ class KvmPath:
             event = g.run()
         else:
             regs = vcpu.get_regs()
+        if isinstance(event, Exit):
+            raise _Ended(event)
         if not isinstance(event, Done):
             raise g.failure(f"expected GUEST_DONE after the instruction, got {event}")
-        gprs = {name: getattr(regs, name) for name in gpr_names(bits)}
-        memory = bytes(page) if self.mmio else vm.read(PAGE, PAGE_SIZE)
-        return Outcome(gprs=gprs, rflags=regs.rflags, page=memory, writes=tuple(writes) if self.mmio else None,
-                       exception=exception, reads=tuple(reads))
+        gprs = {name: getattr(regs, name) for name in gpr_names(form.code_bits)}
+        memory = vm.read(WINDOW, MARGIN) + bytes(page) + vm.read(PAGE + PAGE_SIZE, MARGIN) if self.mmio \
+            else vm.read(WINDOW, WINDOW_SIZE)
+        bits = 64 if form.code_bits == 64 else 32
+        moved = (regs.rsp - rsp0 + (1 << bits - 1)) % (1 << bits) - (1 << bits - 1)
+        return Outcome(gprs=gprs, rflags=regs.rflags, window=memory, writes=tuple(writes) if self.mmio else None,
+                       exception=exception, reads=tuple(reads), xmm=_xmm1(vcpu) if form.uses_xmm else None,
+                       rsp=moved, stack=vm.read(rsp0 - STACK_WINDOW // 2, STACK_WINDOW))
 
 
-def kvm_paths(kvm, code_bits: int, timeout: float | None = None) -> list[KvmPath]:
+class _Ended(KvmtestError):
+    """A KVM exit other than MMIO and the protocol's ended the run (the emulator refusing, say)."""
+
+    def __init__(self, exit_: Exit):
+        super().__init__(str(exit_))
+        self.exit = exit_
+        self.name = f"{exit_.reason_name}({exit_.suberror_name})" if isinstance(exit_, InternalErrorExit) \
+            else exit_.reason_name
+
+
+def _set_xmm1(vcpu, value: int) -> None:
+    """XMM1 := value through KVM_SET_XSAVE, with XSTATE_BV marking x87 and SSE in use: KVM_SET_FPU
+    would not reach the guest while they are not (kvm.toml kvm-set-fpu-not-marked-in-use)."""
+    raw = bytearray(bytes(vcpu.get_xsave()))
+    raw[XMM1] = value.to_bytes(16, "little")
+    raw[XSTATE_BV] |= 0x3
+    vcpu.set_xsave(S.kvm_xsave.from_buffer_copy(raw))
+
+
+def _xmm1(vcpu) -> int:
+    """XMM1 from KVM_GET_XSAVE (0, its initial value, where XSTATE_BV marks SSE not in use)."""
+    raw = bytes(vcpu.get_xsave())
+    return int.from_bytes(raw[XMM1], "little") if raw[XSTATE_BV] & 0x2 else 0
+
+
+def vcpu_cpuid(kvm) -> list:
+    """The CPUID every path's vCPU gets: KVM_GET_SUPPORTED_CPUID, plus MOVBE where KVM_GET_EMULATED_CPUID
+    offers it (api.rst 4.88: the features KVM emulates, for user space to give a vCPU; emulate.c
+    em_movbe honours the guest's MOVBE bit)."""
+    entries = kvm.supported_cpuid_copy()
+    if has_feature(kvm.emulated_cpuid(), "movbe"):
+        set_feature(entries, "movbe", True)
+    return entries
+
+
+def kvm_paths(kvm, code_bits: int, timeout: float | None = None, cpuid=None) -> list[KvmPath]:
     """The KVM paths for `code_bits` code: CPL3 (where the code size has a CPL3 mode) and CPL0,
-    each with RAM and with MMIO."""
+    each with RAM and with MMIO; their vCPUs get `cpuid` (None: KVM_GET_SUPPORTED_CPUID)."""
     if code_bits not in MODES:
         raise BadArgumentError(f"kvm_paths: code_bits {code_bits!r}: expected one of {sorted(MODES)}")
     cpl0, cpl3 = MODES[code_bits]
     paths = []
     if cpl3:
-        paths += [KvmPath(kvm, "cpl3-ram", cpl3, False, timeout), KvmPath(kvm, "cpl3-mmio", cpl3, True, timeout)]
-    paths += [KvmPath(kvm, "cpl0-ram", cpl0, False, timeout), KvmPath(kvm, "cpl0-mmio", cpl0, True, timeout)]
+        paths += [KvmPath(kvm, "cpl3-ram", cpl3, False, timeout, cpuid),
+                  KvmPath(kvm, "cpl3-mmio", cpl3, True, timeout, cpuid)]
+    paths += [KvmPath(kvm, "cpl0-ram", cpl0, False, timeout, cpuid),
+              KvmPath(kvm, "cpl0-mmio", cpl0, True, timeout, cpuid)]
     return paths

@@ -79,14 +79,16 @@ class Guest(GuestRunLoop):
     per KVM_RUN; `symbols`: extra assembler symbols (name -> int); `mem_size`: bytes of slot 0;
     `max_exits`: events one run() may pass; `vm`: build in this Vm (not closed with the guest);
     `identity_size`: bytes identity-mapped from 0; `user_pages`: U/S=1 in the page tables (default:
-    at CPL3); `irqchip`: KVM_CREATE_IRQCHIP first. Bad values raise BadArgumentError; a mode or page
-    size the host cannot give, KvmtestError; source that does not assemble, AssemblyError.
+    at CPL3); `irqchip`: KVM_CREATE_IRQCHIP first; `nxe`: IA32_EFER.NXE in PAE and 4/5-level paging
+    (default None: set where KVM reports NX; False: clear, so the XD bit is reserved). Bad values
+    raise BadArgumentError; a mode or page size the host cannot give, KvmtestError; source that
+    does not assemble, AssemblyError.
     """
 
     def __init__(self, kvm, mode, source: str, *, page_size: int = KiB4, timeout: float | None = None,
                  symbols: dict[str, int] | None = None, name: str = "guest", mem_size: int = L.MEM_SIZE,
                  max_exits: int = DEFAULT_MAX_EXITS, vm=None, identity_size: int = L.IDENTITY_SIZE,
-                 user_pages: bool | None = None, irqchip: bool = False):
+                 user_pages: bool | None = None, irqchip: bool = False, nxe: bool | None = None):
         from ..kvm import Kvm
 
         if not isinstance(name, str):
@@ -109,6 +111,9 @@ class Guest(GuestRunLoop):
         self.identity_size = identity_size
         # Pages carry U/S=1 at CPL3, or when a CPL0 guest will drop to CPL3 itself.
         self.user_pages = self.mode.user if user_pages is None else user_pages
+        if nxe is not None and not isinstance(nxe, bool):
+            raise BadArgumentError(f"Guest {name!r} nxe: expected True, False or None, got {nxe!r:.80}")
+        self.nxe = nxe
         self.output: list[str] = []
         self.syncs: list[int] = []
         self._vcpu_modes: dict[int, CpuMode] = {}
@@ -181,7 +186,9 @@ class Guest(GuestRunLoop):
         exception record, then at `rip` with stack `rsp` (KVM_SET_REGS)."""
         from ..cpuid import has_feature
 
-        nx = has_feature(self.kvm.cached_supported_cpuid(), "nx")
+        nx = has_feature(self.kvm.cached_supported_cpuid(), "nx") if self.nxe is None else self.nxe
+        if nx and self.nxe and not has_feature(self.kvm.cached_supported_cpuid(), "nx"):
+            raise KvmtestError(f"{self.name}: EFER.NXE needs CPU feature nx, which KVM does not report")
         cr3 = self.page_tables.cr3 if self.page_tables else 0
         want = mode_sregs(mode, vcpu.get_sregs(), cr3, nx)
         exc_records.point_gs_at(want, self._record_index(vcpu), mode.protected)

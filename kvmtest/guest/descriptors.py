@@ -120,6 +120,22 @@ def tss32(esp0: int, ss0: int, iomap_base: int = 0x68) -> bytes:
     return bytes(t)
 
 
+def tss32_task(eip: int, esp: int, *, cs: int, data: int, eflags: int = 0x2, cr3: int = 0, link: int = 0,
+               segments: dict[str, int] | None = None) -> bytes:
+    """104-byte 32-bit TSS of a task a task switch starts (SDM Vol. 3A Figure 7-2): EIP, EFLAGS,
+    ESP, CS, and `data` in ES, SS, DS, FS and GS unless `segments` names one ("es", "ss", "ds", "fs",
+    "gs"), CR3 (read only with paging on), the previous-task link; no I/O permission bitmap."""
+    t = bytearray(0x68)
+    selectors = {"es": data, "cs": cs, "ss": data, "ds": data, "fs": data, "gs": data, **(segments or {})}
+    struct.pack_into("<I", t, 0x00, link)
+    struct.pack_into("<III", t, 0x1C, cr3, eip, eflags)
+    struct.pack_into("<I", t, 0x38, esp)
+    for i, name in enumerate(("es", "cs", "ss", "ds", "fs", "gs")):
+        struct.pack_into("<I", t, 0x48 + 4 * i, selectors[name])
+    struct.pack_into("<H", t, 0x66, 0x68)
+    return bytes(t)
+
+
 def tss64(rsp0: int, ist: tuple[int, ...] = (), iomap_base: int = 0x68) -> bytes:
     """104-byte 64-bit TSS (SDM Vol. 3A Figure 8-11)."""
     t = bytearray(0x68)

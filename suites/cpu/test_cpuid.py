@@ -105,6 +105,35 @@ def test_osxsave_follows_cr4(kvm, guest):
     g = guest("long64", _cpuid_source(1, "e") + "\nGUEST_DONE")
     sregs = g.vcpu.get_sregs()
     sregs.cr4 |= CR4_OSXSAVE
-    g.vcpu.set_sregs(sregs)
+    g.set_sregs(sregs)
     ecx = g.run_to_done()[2]
     assert ecx >> 27 & 1, f"CPUID.1:ECX {ecx:#x} without OSXSAVE while CR4.OSXSAVE is set"
+
+
+@pytest.mark.requires_cpu("xsave")
+def test_osxsave_cleared_by_the_host_mid_run_and_set_again_by_the_guest(kvm, guest):
+    """CPUID.1:ECX.OSXSAVE (bit 27) "reflects the setting of CR4.OSXSAVE" (SDM Vol. 2A CPUID,
+    Figure 3-7) whoever changes CR4: the guest sets CR4.OSXSAVE and sees the bit; the host clears
+    CR4.OSXSAVE through KVM_SET_SREGS while the guest is stopped at a GUEST_SYNC and the next CPUID
+    shows it clear; the guest's own MOV to CR4 sets it again and CPUID shows it set (selftests
+    cr4_cpuid_sync_test)."""
+    cpuid = "mov eax, 1\nxor ecx, ecx\ncpuid\nshr ecx, 27\nand ecx, 1\nGUEST_SYNC rcx"
+    g = guest("long64", f"""
+        mov rdi, cr4
+        or rdi, {CR4_OSXSAVE:#x}
+        mov cr4, rdi
+        {cpuid}
+        GUEST_SYNC 0x5e7                        # the host clears CR4.OSXSAVE here
+        {cpuid}
+        mov cr4, rdi
+        {cpuid}
+        GUEST_DONE""")
+    assert g.expect_sync() == 1, "CPUID.1:ECX.OSXSAVE clear after the guest set CR4.OSXSAVE"
+    assert g.expect_sync() == 0x5E7
+    sregs = g.vcpu.get_sregs()
+    assert sregs.cr4 & CR4_OSXSAVE, f"KVM_GET_SREGS CR4 {sregs.cr4:#x} without the OSXSAVE the guest set"
+    sregs.cr4 &= ~CR4_OSXSAVE
+    g.set_sregs(sregs)
+    assert g.run_to_done() == [0, 1], \
+        "CPUID.1:ECX.OSXSAVE after KVM_SET_SREGS cleared CR4.OSXSAVE, then after the guest's MOV to CR4 set it: " \
+        "expected [0, 1]"

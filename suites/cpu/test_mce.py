@@ -251,3 +251,38 @@ def test_mci_ctl2_reserved_bits_raise_gp(kvm, guest, bit):
               + _rdmsr(msr_ia32_mci_ctl2(BANK)) + "GUEST_DONE")
     g.vcpu.setup_mce(_mcg_cap(kvm, MCG_CMCI_P))
     assert g.run_to_done() == [valid, valid], f"IA32_MCi_CTL2 before and after the refused WRMSR with bit {bit}"
+
+
+NONCANONICAL = 0xAAAA5555AAAA5555
+
+
+def test_bank_msr_write_rules(kvm, guest):
+    """Each bank's IA32_MCi_CTL takes all zeros and all ones and reads them back; IA32_MCi_STATUS
+    takes 0 ("software is responsible for clearing IA32_MCi_STATUS MSRs by explicitly writing 0s
+    to them; writing 1s to them causes a general-protection exception"), so a WRMSR of 1 raises
+    #GP(0); IA32_MCi_ADDR and IA32_MCi_MISC take any 64-bit value, non-canonical ones included,
+    and read them back (SDM Vol. 3B 16.3.2.1-16.3.2.4). The four MSRs of the first bank past the
+    count in IA32_MCG_CAP do not exist: RDMSR and WRMSR of 0 raise #GP(0) (SDM Vol. 2B RDMSR;
+    kvm-unit-tests msr.c test_mce_msrs)."""
+    src, want = "", []
+    for bank in range(BANKS):
+        for value in (0, ALL_ONES):
+            src += _wrmsr(msr_ia32_mci_ctl(bank), value) + _rdmsr(msr_ia32_mci_ctl(bank))
+            want.append(value)
+        src += _wrmsr(msr_ia32_mci_status(bank), 0) + _rdmsr(msr_ia32_mci_status(bank))
+        src += _load(msr_ia32_mci_status(bank), 1) + "GUEST_ASSERT_RAISES GP(0), wrmsr\n"
+        want.append(0)
+        for msr in (msr_ia32_mci_addr(bank), msr_ia32_mci_misc(bank)):
+            for value in (0, ALL_ONES, NONCANONICAL):
+                src += _wrmsr(msr, value) + _rdmsr(msr)
+                want.append(value)
+    for msr in (msr_ia32_mci_ctl(BANKS), msr_ia32_mci_status(BANKS), msr_ia32_mci_addr(BANKS),
+                msr_ia32_mci_misc(BANKS)):
+        src += f"mov ecx, {msr:#x}\nGUEST_ASSERT_RAISES GP(0), rdmsr\n" + _load(msr, 0) + \
+            "GUEST_ASSERT_RAISES GP(0), wrmsr\n"
+    g = guest("long64", src + "GUEST_DONE")
+    g.vcpu.setup_mce(_mcg_cap(kvm))
+    got = g.run_to_done()
+    wrong = [f"#{i}: {g_:#x} (wrote {w:#x})" for i, (g_, w) in enumerate(zip(got, want, strict=True)) if g_ != w]
+    assert not wrong, f"bank MSRs read back other than written (in order CTL 0/1s, STATUS 0, ADDR, MISC per bank): " \
+                      f"{', '.join(wrong)}"

@@ -19,6 +19,7 @@ from kvmtest.x86 import (
     DR7_L0,
     DR7_LEN0_SHIFT,
     DR7_RW0_SHIFT,
+    MSR_IA32_TSC_DEADLINE,
     RFLAGS_IF,
 )
 
@@ -141,3 +142,44 @@ def test_single_step_with_blockirq_holds_back_a_pending_interrupt(kvm, guest, mo
         f"steps went to {[hex(p) for p in pcs]}: the interrupt was delivered while BLOCKIRQ was set"
     g.vcpu.set_guest_debug(0)
     assert g.expect_sync() == 0x40
+
+
+@pytest.mark.modes(sample="per-code-size", protected=True, cpl=0)
+def test_host_dr7_gd_exits_before_the_debug_register_access(guest, mode):
+    """DR7.GD given through KVM_SET_GUEST_DEBUG (debugreg[7], KVM_GUESTDBG_USE_HW_BP) makes the
+    guest's MOV from DR0 a debug exception for the host: KVM_EXIT_DEBUG, exception 1 (#DB), pc =
+    the MOV (a fault: it has not run), DR6 = 0xffff0ff0 | BD (SDM Vol. 3A 18.2.4 "GD", 18.3.1.3
+    general-detect condition; api.rst 4.87 KVM_SET_GUEST_DEBUG; selftests debug_regs). With
+    debugging off again the MOV runs and the guest goes on."""
+    a = "rax" if MODES[mode].code_bits == 64 else "eax"
+    g = guest(mode, f"nop\naccess: mov {a}, dr0\nGUEST_DONE")
+    g.vcpu.set_guest_debug(ENABLE | C.KVM_GUESTDBG_USE_HW_BP, [0] * 7 + [DR7_INIT | DR7_GD])
+    g.expect_exit(DebugExit, exception=DB_VECTOR, pc=g.labels["access"], dr6=DR6_INIT | DR6_BD)
+    g.vcpu.set_guest_debug(0)
+    g.run_to_done()
+
+
+@pytest.mark.requires_cpu("tsc_deadline")
+def test_single_step_exits_after_cpuid_and_a_tsc_deadline_wrmsr(guest):
+    """Single-stepping (KVM_GUESTDBG_SINGLESTEP) exits after every instruction, including CPUID and
+    a WRMSR of IA32_TSC_DEADLINE, which KVM completes without going back through its full exit
+    path: each KVM_EXIT_DEBUG is exception 1 with DR6 = 0xffff0ff0 | BS and pc = the next
+    instruction (SDM Vol. 3A 18.3.1.4; api.rst 4.87; selftests debug_regs single-step test).
+    The WRMSR writes 0, which disarms the deadline timer (SDM Vol. 3A 11.5.4.1)."""
+    g = guest("long64", f"""
+        xor ecx, ecx
+        i0: xor eax, eax
+        i1: cpuid
+        i2: mov ecx, {MSR_IA32_TSC_DEADLINE:#x}
+        i3: xor eax, eax
+        i4: xor edx, edx
+        i5: wrmsr
+        i6: nop
+        GUEST_DONE""", irqchip=True)
+    g.vcpu.set_guest_debug(ENABLE | C.KVM_GUESTDBG_USE_HW_BP, [g.labels["i0"], 0, 0, 0, 0, 0, 0, DR7_INIT | DR7_L0])
+    g.expect_exit(DebugExit, exception=DB_VECTOR, pc=g.labels["i0"])
+    g.vcpu.set_guest_debug(ENABLE | C.KVM_GUESTDBG_SINGLESTEP)
+    for name in ("i1", "i2", "i3", "i4", "i5", "i6"):
+        g.expect_exit(DebugExit, exception=DB_VECTOR, pc=g.labels[name], dr6=DR6_INIT | DR6_BS)
+    g.vcpu.set_guest_debug(0)
+    g.run_to_done()

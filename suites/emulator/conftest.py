@@ -1,19 +1,29 @@
 """Shared set-up of the emulator area: the paths every differential check runs (made once per
-session, per xdist worker: guests are reused across checks), and the `differential` fixture that
-runs one form's property with the session's hypothesis profile and seed, recorded in the report."""
+session, per xdist worker: guests are reused across checks), the `differential` fixture that runs
+one form's property with the session's hypothesis profile and seed, recorded in the report, and the
+`refusal` fixture for the instructions KVM's emulator must refuse."""
 
 import pytest
 from hypothesis import settings as hypothesis_settings
 
+from kvmtest.cpuid import has_feature
 from kvmtest.differential import profiles
 from kvmtest.differential.check import check_form
-from kvmtest.differential.kvm_paths import kvm_paths
+from kvmtest.differential.kvm_paths import kvm_paths, vcpu_cpuid
 from kvmtest.differential.reference import UnicornPath
+from kvmtest.differential.refusal import check_refusal
 from kvmtest.options import settings
+from kvmtest.reports.skips import FEATURE_GROUP
 
 
 @pytest.fixture(scope="session")
-def emulator_paths(kvm, pytestconfig):
+def emulator_cpuid(kvm):
+    """The CPUID every path's vCPU gets (kvm_paths.vcpu_cpuid)."""
+    return vcpu_cpuid(kvm)
+
+
+@pytest.fixture(scope="session")
+def emulator_paths(kvm, pytestconfig, emulator_cpuid):
     """paths(code_bits) -> the KVM paths and the reference for that code size, built on first use
     and closed at the end of the session."""
     made = {}
@@ -21,7 +31,7 @@ def emulator_paths(kvm, pytestconfig):
 
     def paths(code_bits: int) -> list:
         if code_bits not in made:
-            made[code_bits] = kvm_paths(kvm, code_bits, timeout) + [UnicornPath(code_bits)]
+            made[code_bits] = kvm_paths(kvm, code_bits, timeout, emulator_cpuid) + [UnicornPath(code_bits)]
         return made[code_bits]
 
     yield paths
@@ -31,11 +41,20 @@ def emulator_paths(kvm, pytestconfig):
                 path.close()
 
 
+def _require_feature(form, cpuid) -> None:
+    """Skip, naming it, when the vCPUs lack the form's CPUID feature: the CPU runs such an instruction
+    whatever the guest's CPUID says (no VMX/SVM intercept exists for most), so there is nothing for
+    the emulated paths to agree with (suites/cpu/test_cpuid_gated_instructions.py checks the #UD)."""
+    if form.feature and not has_feature(cpuid, form.feature):
+        pytest.skip(f"{FEATURE_GROUP} {form.feature}")
+
+
 @pytest.fixture
-def differential(emulator_paths, request, record_property, pytestconfig):
+def differential(emulator_paths, emulator_cpuid, request, record_property, pytestconfig):
     """check(form): the differential property of one form (kvmtest.differential.check). The seed
     goes into the test's JUnit properties (hypothesis_seed) and every failure message, with the
-    command that replays it."""
+    command that replays it. A form KVM's emulator must refuse (forms.REFUSED) runs on the paths
+    that do not force emulation (the refusal fixture checks the others)."""
     seed = profiles.seed(pytestconfig.getoption("hypothesis_seed", None))
     name = profiles.profile_name(hypothesis_settings.get_current_profile_name())
     record_property("hypothesis_seed", seed)
@@ -45,6 +64,19 @@ def differential(emulator_paths, request, record_property, pytestconfig):
 
     def check(form) -> None:
         record_property("instruction", form.text)
-        check_form(form, emulator_paths(form.code_bits), profile, seed, note)
+        _require_feature(form, emulator_cpuid)
+        paths = [p for p in emulator_paths(form.code_bits) if form.emulated or not getattr(p, "mmio", False)]
+        check_form(form, paths, profile, seed, note)
+
+    return check
+
+
+@pytest.fixture
+def refusal(emulator_paths, record_property):
+    """check(form): a form KVM's emulator does not implement ends as documented on every MMIO path
+    (kvmtest.differential.refusal)."""
+    def check(form) -> None:
+        record_property("instruction", form.text)
+        check_refusal(form, emulator_paths(form.code_bits))
 
     return check

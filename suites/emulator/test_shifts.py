@@ -13,3 +13,12 @@ def test_shift_and_rotate_agree_across_paths(differential, form):
     defined only for 1-bit counts; result, defined flags and memory writes agree on every path
     (SDM Vol. 2B RCL/RCR/ROL/ROR, SAL/SAR/SHL/SHR)."""
     differential(form)
+
+
+@pytest.mark.parametrize("form", forms("dshift"), ids=lambda f: f.id)
+def test_double_precision_shift_agrees_across_paths(differential, form):
+    """SHLD/SHRD [m], r, imm8 and [m], r, CL shift the memory operand left/right filling from the
+    register, the count masked to 5 bits (6 with REX.W): a masked count of 0 changes nothing, CF is
+    the last bit shifted out, OF is defined for a 1-bit shift only, AF never (SDM Vol. 2B SHLD,
+    SHRD; with a 16-bit operand a masked count above 16 is undefined and not drawn)."""
+    differential(form)

@@ -93,3 +93,38 @@ def test_instruction_on_ram_operands_gives_the_sdm_result(kvm, guest, mode, case
     got = g.run_to_done()
     assert got == list(spec.expected), \
         f"{case} in {mode}: guest results {[hex(v) for v in got]}, SDM gives {[hex(v) for v in spec.expected]}"
+
+
+@pytest.mark.modes(paging=True, code_bits=32, cpl=0)
+def test_locked_cmpxchg8b_on_a_page_table_page(kvm, guest, mode):
+    """LOCK CMPXCHG8B from 32-bit code on the last quadword of the page that holds the top-level
+    page table (CR3): with EDX:EAX equal to the quadword it stores ECX:EBX and sets ZF (SDM Vol. 2A
+    CMPXCHG8B). A host that shadows the guest's page tables write-protects that page, so KVM runs
+    the instruction in its emulator (kvm-unit-tests cmpxchg8b). The host reads the quadword from
+    guest memory itself. The entry written, the top-level table's last, maps addresses the guest
+    never uses."""
+    if not kvm.has_feature("cx8"):
+        pytest.skip(f"needs {FEATURES['cx8']}, which KVM_GET_SUPPORTED_CPUID does not report")
+    g = guest(mode, """
+        mov edi, cr3
+        and edi, 0xfffff000
+        add edi, 4088
+        mov dword ptr [edi], 1
+        mov dword ptr [edi + 4], 2
+        mov eax, 1
+        mov edx, 2
+        mov ebx, 3
+        mov ecx, 4
+        lock cmpxchg8b qword ptr [edi]
+        setz al
+        movzx eax, al
+        GUEST_SYNC eax
+        GUEST_SYNC edi
+        GUEST_DONE""")
+    zf, address = g.run_to_done()
+    cr3_page = g.vcpu.get_sregs().cr3 & ~0xFFF
+    assert address == cr3_page + 4088, f"the guest's operand {address:#x} is not CR3's page {cr3_page:#x} + 4088"
+    stored = g.vm.read_u64(address)
+    assert (zf, stored) == (1, 0x0000000400000003), \
+        f"LOCK CMPXCHG8B on the page-table page at {address:#x} in {mode}: ZF {zf}, quadword {stored:#x}; expected " \
+        "ZF 1 and ECX:EBX = 0x400000003 stored"

@@ -7,6 +7,7 @@ import pytest
 from kvmtest.cpuid import find_entry
 from kvmtest.exits import HypercallExit
 from kvmtest.vcpu_cpuid_msr import KVM_CPUID_FEATURES
+from kvmtest.x86 import GP_VECTOR
 
 KVM_HC_MAP_GPA_RANGE = 12
 
@@ -96,3 +97,41 @@ def test_pv_hypercall_without_its_feature_bit_is_enosys_when_enforced(kvm, guest
     (rax,) = g.run_to_done()
     assert rax == (-1000) & (2**64 - 1), f"KVM_HC_SCHED_YIELD without its feature bit returned {rax:#x}, " \
                                          "expected -KVM_ENOSYS (-1000)"
+
+
+EDGE_PAGE = 0x00007FFFFFFFF000      # the last 4 KiB page below the non-canonical hole (48-bit)
+EDGE_BACKING = 0x1F000              # guest RAM for it, inside layout.DATA
+NATIVE_BYTES = {"vmcall": bytes.fromhex("0f01c1"), "vmmcall": bytes.fromhex("0f01d9")}
+
+
+@pytest.mark.modes("long64")
+@pytest.mark.guest_timeout(1)
+@pytest.mark.parametrize("which", ["native", "other-vendor"])
+def test_hypercall_ending_at_the_top_of_canonical_space(kvm, guest, mode, which):
+    """A hypercall whose three bytes end at the last canonical address (0x7ffffffffffd-0x7fffffffffff)
+    completes like any other (RAX = -KVM_ENOSYS for an unknown number, hypercalls.rst), and the
+    next instruction fetch, at the non-canonical 0x800000000000, raises #GP(0) with that RIP saved
+    (SDM Vol. 3A 3.3.7.1, 6.15 Interrupt 13; kvm-unit-tests hypercall test_edge). The other
+    vendor's instruction does the same, rewritten by KVM under KVM_X86_QUIRK_FIX_HYPERCALL_INSN,
+    which is in force by default (api.rst 7 KVM_CAP_DISABLE_QUIRKS2)."""
+    native = _hypercall_insn(kvm)
+    insn = native if which == "native" else WRONG[native][0]
+    g = guest(mode, f"""
+        mov rax, 0x7fff                         # no such hypercall
+        mov rbx, {EDGE_PAGE + 0xFFD:#x}
+        jmp rbx
+    gp_handler:
+        mov rbx, [rsp + 8]
+        GUEST_SYNC rbx                          # saved RIP
+        GUEST_SYNC rax
+        mov rbx, [rsp]
+        GUEST_SYNC rbx                          # error code
+        GUEST_DONE""")
+    g.vm.write(EDGE_BACKING, b"\xcc" * 0xFFD + NATIVE_BYTES[insn])
+    g.page_tables.map(EDGE_PAGE, EDGE_BACKING)
+    g.set_idt_gate(GP_VECTOR, "gp_handler")
+    rip, rax, error_code = g.run_to_done()
+    assert (rip, rax, error_code) == (EDGE_PAGE + 0x1000, (-1000) & (2**64 - 1), 0), \
+        f"{insn} at {EDGE_PAGE + 0xFFD:#x}, then #GP: saved RIP {rip:#x}, RAX {rax:#x}, error code " \
+        f"{error_code:#x}; expected RIP {EDGE_PAGE + 0x1000:#x} (the non-canonical fetch), RAX -KVM_ENOSYS, " \
+        "error code 0"

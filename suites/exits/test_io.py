@@ -111,3 +111,76 @@ def test_rep_insb_fills_memory_with_host_data(guest, mode, df):
     start = 0x600 + (7 if df else 0)
     values = [event.value] + g.run_to_done()
     assert values == [0, start, start - 8 if df else start + 8], f"RCX, RSI, RDI after REP INSB: {values}"
+
+
+BUFFER = 0x10000   # layout.DATA: 64 KiB the test may use
+GUARD = 16         # bytes checked on either side of the buffer for stray stores
+
+
+def _insb_guest(count):
+    return f"""
+        cld
+        mov rdi, {BUFFER:#x}
+        mov rcx, {count}
+        mov dx, 0x80
+        rep insb
+        GUEST_SYNC rcx
+        GUEST_SYNC rdi
+        GUEST_DONE"""
+
+
+def _run_insb(g, count, new_rcx=None):
+    """Answer every KVM_EXIT_IO of the REP INSB with 0xaa bytes, changing RCX through KVM_SET_REGS
+    at the first one when `new_rcx` is given; returns (RCX, RDI) the guest saw afterwards."""
+    g.vm.write(BUFFER - GUARD, b"\x55" * (GUARD + count + (new_rcx or 0) + GUARD))
+    first = True
+    while True:
+        event = g.run()
+        if not isinstance(event, IoExit):
+            break
+        assert event.port == 0x80 and event.size == 1 and event.is_in, f"unexpected {event} during REP INSB"
+        event.respond(b"\xaa" * event.count)
+        if first and new_rcx is not None:
+            regs = g.vcpu.get_regs()
+            assert regs.rcx == count, f"KVM_GET_REGS RCX {regs.rcx:#x} at the first REP INSB exit; expected {count}"
+            regs.rcx = new_rcx
+            g.vcpu.set_regs(regs)
+        first = False
+    return [event.value] + g.run_to_done()
+
+
+@pytest.mark.modes("long64")
+def test_rep_insb_of_8192_bytes_fills_the_whole_buffer(guest, mode):
+    """An 8192-byte REP INSB (more than one kvm_run page of data) stores every byte the host
+    supplies across its KVM_EXIT_IO exits and nothing beyond: RCX ends at 0, RDI at the buffer's
+    end (SDM Vol. 2A INS/REP; api.rst 5 KVM_EXIT_IO count, data_offset; selftests
+    userspace_io_test)."""
+    g = guest(mode, _insb_guest(8192))
+    rcx, rdi = _run_insb(g, 8192)
+    assert (rcx, rdi) == (0, BUFFER + 8192), f"RCX, RDI after REP INSB: {rcx:#x}, {rdi:#x}"
+    memory = g.vm.read(BUFFER - GUARD, 8192 + 2 * GUARD)
+    want = b"\x55" * GUARD + b"\xaa" * 8192 + b"\x55" * GUARD
+    unwritten = memory.find(b"\x55", GUARD, GUARD + 8192)
+    assert memory == want, "REP INSB of 8192 bytes: " + (
+        f"byte {unwritten - GUARD} of the buffer never written" if unwritten >= 0
+        else "a byte outside the buffer was written")
+
+
+@pytest.mark.modes("long64")
+@pytest.mark.parametrize(("count", "new_rcx"), [(2, 1), (3, 8192)], ids=["rcx-2-to-1", "rcx-3-to-8192"])
+def test_rep_insb_count_changed_at_the_exit_runs_on_the_new_count(guest, mode, count, new_rcx):
+    """User space rewriting RCX (KVM_SET_REGS) at the first KVM_EXIT_IO of a REP INSB: the
+    instruction goes on with the count it now finds, as REP does with RCX (SDM Vol. 2B REP), and
+    KVM stores no byte past that many: RCX ends at 0, RDI at the start plus the new count, and the
+    bytes after it keep their old value (selftests userspace_io_test: "doesn't explode or overflow
+    a buffer")."""
+    g = guest(mode, _insb_guest(count))
+    rcx, rdi = _run_insb(g, count, new_rcx)
+    assert (rcx, rdi) == (0, BUFFER + new_rcx), \
+        f"RCX, RDI after REP INSB with RCX {count} -> {new_rcx} at the exit: {rcx:#x}, {rdi:#x}; " \
+        f"expected 0, {BUFFER + new_rcx:#x}"
+    after = g.vm.read(BUFFER + new_rcx, GUARD)
+    before = g.vm.read(BUFFER - GUARD, GUARD)
+    assert (before, after) == (b"\x55" * GUARD, b"\x55" * GUARD), \
+        f"REP INSB with RCX {count} -> {new_rcx} wrote outside [buffer, buffer + {new_rcx}): " \
+        f"before {before.hex()}, after {after.hex()}"

@@ -62,3 +62,27 @@ def test_without_the_dirty_bit_the_sync_area_is_ignored(guest):
     g.vcpu.kvm_run.s.regs.regs.rbx = 0xCAFE
     g.vcpu.kvm_run.kvm_dirty_regs = 0
     assert g.run_to_done() == [7]
+
+
+COUNTER_LOOP = "top:\nout 0x10, al\nadd rbx, 1\njmp top"  # one KVM_EXIT_IO per pass; RBX counts them
+
+
+def test_with_both_bitmaps_clear_neither_side_is_copied(guest):
+    """With kvm_valid_regs and kvm_dirty_regs both 0, KVM_RUN neither loads s.regs into the vCPU
+    nor writes the vCPU's registers back into s.regs: RBX set through KVM_SET_REGS is what the
+    guest increments, and the value left in s.regs.regs.rbx stays (api.rst 5: kvm_valid_regs says
+    "which register sets are filled in", kvm_dirty_regs "which ... have been modified by userspace")."""
+    g = guest("long64", COUNTER_LOOP)
+    run = g.vcpu.kvm_run
+    run.kvm_valid_regs = C.KVM_SYNC_X86_VALID_FIELDS
+    g.expect_exit(IoExit, port=0x10)
+    run.kvm_valid_regs = run.kvm_dirty_regs = 0
+    run.s.regs.regs.rbx = 0xAAAA
+    regs = g.vcpu.get_regs()
+    regs.rbx = 0xBAC0
+    g.vcpu.set_regs(regs)
+    g.expect_exit(IoExit, port=0x10)
+    assert run.s.regs.regs.rbx == 0xAAAA, \
+        f"s.regs.regs.rbx = {run.s.regs.regs.rbx:#x} after KVM_RUN with no valid bit; expected 0xaaaa left alone"
+    assert g.vcpu.get_regs().rbx == 0xBAC1, \
+        f"KVM_GET_REGS rbx = {g.vcpu.get_regs().rbx:#x}; expected 0xbac1 (0xbac0 from KVM_SET_REGS, one ADD)"

@@ -1,14 +1,20 @@
 """VM setup ioctls: boot CPU id, TSS and identity-map addresses, ioeventfd, coalesced MMIO,
 KVM_GET_CPUID2 and KVM_TRANSLATE edge cases."""
 
+import ctypes
 import errno
+from itertools import zip_longest
 
 import pytest
 
+from kvmtest.abi import constants as C
+from kvmtest.abi import structs as S
 from kvmtest.abi.constants import errno_name
 from kvmtest.eventfd import EventFd
 from kvmtest.exits import IoExit, MmioExit
-from kvmtest.guest.layout import MMIO_BASE
+from kvmtest.guest.layout import CODE, MMIO_BASE
+from kvmtest.libc import PAGE_SIZE
+from kvmtest.x86 import APIC_BASE_BSP, MSR_IA32_APIC_BASE
 
 
 @pytest.mark.requires_cap("KVM_CAP_SET_BOOT_CPU_ID")
@@ -25,6 +31,30 @@ def test_boot_cpu_id_rules(kvm, vm):
     vm.create_vcpu(1)
     err = vm.try_set_boot_cpu_id(0)
     assert err == errno.EBUSY, f"KVM_SET_BOOT_CPU_ID after KVM_CREATE_VCPU: expected EBUSY, got {errno_name(err)}"
+
+
+@pytest.mark.requires_cap("KVM_CAP_SET_BOOT_CPU_ID")
+@pytest.mark.parametrize("boot_id", [None, 0, 1], ids=["default", "vcpu0", "vcpu1"])
+def test_boot_cpu_runs_with_the_bsp_flag_and_the_others_without(kvm, guest, boot_id):
+    """The vCPU KVM_SET_BOOT_CPU_ID names (vCPU 0 when the ioctl is not called) reads
+    IA32_APIC_BASE with BSP (bit 8) set, every other vCPU with it clear (api.rst 4.41; SDM Vol. 3A
+    11.4.4 IA32_APIC_BASE, 9.4.1: one processor is the BSP; selftests set_boot_cpu_id)."""
+    source = f"mov ecx, {MSR_IA32_APIC_BASE:#x}\nrdmsr\nGUEST_SYNC eax\nGUEST_DONE"
+    with kvm.create_vm() as vm:
+        vm.create_irqchip()  # the local APICs hold IA32_APIC_BASE
+        if boot_id is not None:
+            vm.set_boot_cpu_id(boot_id)
+        g = guest("long64", source, vm=vm)
+        g.add_vcpu(CODE)
+        bsp = 0 if boot_id is None else boot_id
+        for vcpu in g.vm.vcpus:
+            # An AP waits for INIT/SIPI (KVM_MP_STATE_UNINITIALIZED); this one runs at once.
+            vcpu.set_mp_state(C.KVM_MP_STATE_RUNNABLE)
+            (apic_base,) = g.run_to_done(vcpu=vcpu)
+            want = APIC_BASE_BSP if vcpu.id == bsp else 0
+            assert apic_base & APIC_BASE_BSP == want, \
+                f"vCPU {vcpu.id} read IA32_APIC_BASE {apic_base:#x}: BSP (bit 8) expected " \
+                f"{'set' if want else 'clear'} with boot CPU {bsp}"
 
 
 def test_tss_and_identity_map_addresses_before_vcpus(vm):
@@ -119,3 +149,70 @@ def test_coalesced_pio_writes_wait_in_the_ring(guest):
     g.expect_exit(IoExit, port=0x10)
     got = [(e.phys_addr, e.len, e.pio, e.data[0]) for e in g.vcpu.drain_coalesced_ring()]
     assert got == [(0x70, 1, 1, 0x11), (0x70, 1, 1, 0x22)], f"ring entries (port, len, pio, data) {got}"
+
+
+# struct kvm_coalesced_mmio_ring: u32 first, u32 last, then the entries filling the page
+# (<linux/kvm.h> KVM_COALESCED_MMIO_MAX). first == last means empty, so it holds one fewer.
+RING_ENTRIES = (PAGE_SIZE - ctypes.sizeof(S.kvm_coalesced_mmio_ring)) // ctypes.sizeof(S.kvm_coalesced_mmio)
+ZONE_GPA, ZONE_PORT = MMIO_BASE + 0x100, 0x80
+
+
+@pytest.mark.requires_cap("KVM_CAP_COALESCED_MMIO")
+@pytest.mark.requires_cap("KVM_CAP_COALESCED_PIO")
+def test_full_coalesced_ring_exits_with_the_write_it_cannot_hold(guest):
+    """Coalesced MMIO and PIO writes, interleaved, queue in one ring in the order made; the ring
+    holds KVM_COALESCED_MMIO_MAX - 1 of them (first == last means empty), and the write that finds
+    it full is not lost: it exits as an ordinary KVM_EXIT_MMIO or KVM_EXIT_IO with its data (api.rst
+    4.116 KVM_(UN)REGISTER_COALESCED_MMIO; <linux/kvm.h> struct kvm_coalesced_mmio_ring). Each round
+    drains the ring after the exit, so round k starts at entry -k mod KVM_COALESCED_MMIO_MAX and the
+    rounds between them start once at every index (selftests coalesced_io_test)."""
+    g = guest("long64", f"""
+        mov rbx, {ZONE_GPA:#x}
+        mov dx, {ZONE_PORT:#x}
+        xor edi, edi                            # round
+    round:
+        xor esi, esi                            # write number within the round
+    fill:
+        mov eax, edi
+        shl eax, 16
+        or eax, esi                             # data: round << 16 | write number
+        cmp esi, {RING_ENTRIES - 1}
+        je last                                 # the write that finds the ring full
+        test esi, 1
+        jnz fill_pio
+        mov qword ptr [rbx], rax
+        jmp next
+    fill_pio:
+        out dx, eax
+    next:
+        inc esi
+        jmp fill
+    last:
+        test edi, 1
+        jnz last_pio
+        mov qword ptr [rbx], rax
+        jmp done_round
+    last_pio:
+        out dx, eax
+    done_round:
+        inc edi
+        cmp edi, {RING_ENTRIES}
+        jb round
+        GUEST_DONE""")
+    g.vm.register_coalesced_mmio(ZONE_GPA, 8)
+    g.vm.register_coalesced_mmio(ZONE_PORT, 8, pio=True)
+    held = RING_ENTRIES - 1
+    for rnd in range(RING_ENTRIES):
+        value = rnd << 16 | held
+        if rnd % 2 == 0:
+            g.expect_exit(MmioExit, phys_addr=ZONE_GPA, len=8, is_write=True, data=value.to_bytes(8, "little"))
+        else:
+            g.expect_exit(IoExit, port=ZONE_PORT, size=4, count=1, data=value.to_bytes(4, "little"))
+        got = [(e.pio, e.phys_addr, e.len, int.from_bytes(bytes(e.data)[:e.len], "little"))
+               for e in g.vcpu.drain_coalesced_ring()]
+        want = [(1, ZONE_PORT, 4, rnd << 16 | i) if i % 2 else (0, ZONE_GPA, 8, rnd << 16 | i) for i in range(held)]
+        if got != want:
+            i, w, x = next((i, w, x) for i, (w, x) in enumerate(zip_longest(want, got)) if w != x)
+            pytest.fail(f"round {rnd}: the ring held {len(got)} entries, expected {held} (pio, addr, len, data); "
+                        f"first difference at entry {i}: expected {w}, got {x}")
+    g.run_to_done()

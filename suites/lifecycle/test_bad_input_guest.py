@@ -119,7 +119,8 @@ def test_migrate_after_close_is_closed_error(kvm):
     (("KVM", "long64", b"GUEST_DONE"), {}, r"Guest 'guest' source: expected assembly text"),
     (("KVM", "long64", "GUEST_DONE"), {"page_size": "4k"}, r"Guest 'guest' page_size = '4k': not an integer"),
     (("KVM", "long64", "GUEST_DONE"), {"identity_size": -1}, r"Guest 'guest' identity_size = -0x1"),
-], ids=["kvm-none", "source-none", "source-bytes", "page-size-str", "identity-size-neg"])
+    (("KVM", "long64", "GUEST_DONE"), {"nxe": 1}, r"Guest 'guest' nxe: expected True, False or None, got 1"),
+], ids=["kvm-none", "source-none", "source-bytes", "page-size-str", "identity-size-neg", "nxe-not-bool"])
 def test_guest_construction_with_a_wrong_value(kvm, args, kwargs, problem):
     """Refused before a VM exists; a negative identity_size used to build a guest with less mapped."""
     args = tuple(kvm if a == "KVM" else a for a in args)

@@ -4,8 +4,9 @@ prescribes (SDM Vol. 3A 6.15, "Exception and Interrupt Reference"; 6.13 error co
 import pytest
 
 from kvmtest.guest import descriptors as D
+from kvmtest.guest.mode_select import select
 from kvmtest.guest.modes import MODES
-from kvmtest.x86 import CR0_AM, RFLAGS_AC
+from kvmtest.x86 import CR0_AM, GP_VECTOR, RFLAGS_AC, RFLAGS_RF, UD_VECTOR
 
 
 def _r(mode, name):
@@ -119,3 +120,41 @@ def test_alignment_check_at_cpl3(guest, mode):
     regs.rflags |= RFLAGS_AC
     g.vcpu.set_regs(regs)
     _check(g, "#AC", "fault", AT)
+
+
+# Faults whose handler reads the RFLAGS image: the instruction, and how many words the CPU pushed
+# below RFLAGS (RIP, CS, plus the error code for #GP; SDM Vol. 3A 6.14.2 Figure 6-8, 6.12.1 Figure 6-4).
+RF_FAULTS = {"ud": (UD_VECTOR, "ud2", 2), "gp": (GP_VECTOR, "mov ds, ax", 3)}
+
+
+@pytest.mark.modes(*select(sample="per-code-size", code_bits=(32, 64)))
+@pytest.mark.parametrize("fault", sorted(RF_FAULTS))
+def test_fault_pushes_rflags_with_rf_set(guest, mode, fault):
+    """For a fault-class exception other than an instruction breakpoint, the RFLAGS image the
+    processor pushes has RF (bit 16) set (SDM Vol. 3A 18.3.1.1: "For any fault-class exception
+    except a debug exception generated in response to an instruction breakpoint, the value pushed
+    for RF is 1"): #UD from UD2 and #GP from loading DS with a selector beyond the GDT limit, with
+    the saved RIP at the faulting instruction (kvm-unit-tests idt_test). The handler reads the image
+    from its stack and ends the guest, so no IRET is involved."""
+    vector, insn, below = RF_FAULTS[fault]
+    m = MODES[mode]
+    a, sp, w = ("rax", "rsp", 8) if m.handler_bits == 64 else ("eax", "esp", 4)
+    switch = f".code{m.handler_bits}" if m.handler_bits != m.code_bits else ""
+    g = guest(mode, f"""
+        mov ax, 0x1233                          # index beyond the GDT limit (for the #GP case)
+    fault:
+        {insn}
+        GUEST_FAIL "no exception"
+    {switch}
+    handler:
+        GUEST_AT_CPL 0
+        mov {a}, [{sp} + {below * w}]
+        GUEST_SYNC {a}                          # the RFLAGS image
+        mov {a}, [{sp} + {(below - 2) * w}]
+        GUEST_SYNC {a}                          # the saved RIP
+        GUEST_DONE""")
+    g.set_idt_gate(vector, "handler")
+    rflags, rip = g.run_to_done()
+    assert rip == g.labels["fault"], \
+        f"#{fault.upper()}: saved RIP {rip:#x}, expected the {insn} at {g.labels['fault']:#x}"
+    assert rflags & RFLAGS_RF, f"#{fault.upper()} from {insn}: pushed RFLAGS {rflags:#x} without RF (bit 16)"

@@ -60,6 +60,13 @@ class kvm_create_guest_memfd(KvmStruct):
     _fields_ = [("size", u64), ("flags", u64), ("reserved", u64 * 6)]
 
 
+class kvm_pre_fault_memory(KvmStruct):
+    """A guest physical range for KVM_PRE_FAULT_MEMORY (api.rst 4.143): KVM maps [gpa, gpa + size)
+    ahead of use and leaves in gpa/size what it has not mapped yet; flags must be 0."""
+
+    _fields_ = [("gpa", u64), ("size", u64), ("flags", u64), ("padding", u64 * 5)]
+
+
 class kvm_coalesced_mmio_zone(KvmStruct):
     """A guest physical (or, with pio = 1, port) range whose writes are queued in the ring
     (KVM_(UN)REGISTER_COALESCED_MMIO, api.rst 4.116)."""

@@ -1,0 +1,25 @@
+"""KVM's forced-emulation prefix: the bytes of UD2 followed by "kvm" (0f 0b 6b 76 6d). With the kvm
+module parameter force_emulation_prefix set, KVM skips the prefix and runs the next instruction
+in its instruction emulator (arch/x86/kvm/x86.c, handle_ud); without it the UD2 is a real #UD.
+Tests that need it skip with SKIP_REASON where enabled() is False."""
+
+from .fingerprint import kvm_modules
+
+FEP = ".byte 0x0f, 0x0b, 0x6b, 0x76, 0x6d"  # guest source: put it on the line before the instruction
+SKIP_REASON = "the forced-emulation prefix needs the kvm module parameter force_emulation_prefix=1"
+
+
+def enabled() -> bool:
+    """Whether the host's kvm module has force_emulation_prefix set (bit 0 of the parameter)."""
+    value = kvm_modules().get("kvm", {}).get("force_emulation_prefix", "0")
+    return value.lstrip("-").isdigit() and bool(int(value) & 1)
+
+
+def forced(insn: str, bits: int) -> str:
+    """One `.byte` statement holding the prefix and `insn` assembled as `bits`-bit code, for the
+    macros that take one instruction (GUEST_ASSERT_RAISES): `FEP; insn` is two statements there, and
+    only the first would be covered. `insn` must not refer to labels (it is assembled on its own)."""
+    from .asm import assemble
+
+    code = bytes([0x0F, 0x0B, 0x6B, 0x76, 0x6D]) + assemble(insn, bits).code
+    return ".byte " + ", ".join(f"{b:#04x}" for b in code)
