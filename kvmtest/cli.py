@@ -4,6 +4,7 @@ import argparse
 import importlib.util
 import json
 import os
+import shlex
 import sys
 import textwrap
 from pathlib import Path
@@ -198,7 +199,7 @@ def cmd_run(args, extra) -> int:
             return BISECT_SKIP
         raise
     # the host line and the report paths come from the plugin (header, "kvmtest report:" lines)
-    print(f"kvmtest run: pytest {' '.join(argv)}", flush=True)
+    print(f"kvmtest run: pytest {shlex.join(argv)}", flush=True)  # quoted: the line can be pasted back
     try:
         code = int(pytest.main(argv))
     except Exception as e:  # an internal error must not look like a bad kernel to git bisect
