@@ -28,40 +28,15 @@ import time
 from kvmtest import Kvm
 from kvmtest.abi.constants import KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE, KVM_MEM_LOG_DIRTY_PAGES
 from kvmtest.guest import Guest
-from kvmtest.guest import layout as L
+from kvmtest.guest.page_loops import PAGE_WRITER, WRITER_CONTROL, WRITER_PROGRESS, set_page_range, writer_passes
 from kvmtest.guest.paging import MiB2
 
 BASE = 0x1000000
-CONTROL = L.DATA             # nonzero: stop at the end of the pass
-PROGRESS = L.DATA + 0x100    # vCPU i's completed passes at PROGRESS + 8 * i
-
-WRITER = f"""
-start:
-    mov r10, {CONTROL:#x}
-    xor r8d, r8d
-pass:
-    inc r8
-    mov rbx, rsi
-page:
-    mov qword ptr [rbx], r8
-    add rbx, 0x1000
-    cmp rbx, rdi
-    jb page
-    mov qword ptr [r9], r8
-    cmp qword ptr [r10], 0
-    je pass
-    GUEST_DONE
-"""
-
-
-def _passes(vm, n):
-    return [vm.read_u64(PROGRESS + 8 * i) for i in range(n)]
-
 
 def _full_pass(vm, n) -> float:
     """Seconds until every vCPU has completed a pass it began after now."""
-    start, t0 = _passes(vm, n), time.perf_counter()
-    while any(p < s + 2 for p, s in zip(_passes(vm, n), start, strict=True)):
+    start, t0 = writer_passes(vm, n), time.perf_counter()
+    while any(p < s + 2 for p, s in zip(writer_passes(vm, n), start, strict=True)):
         if time.perf_counter() - t0 > 120:
             sys.exit("bench_dirty_log: the vCPUs stopped making progress")
         time.sleep(0.0002)
@@ -76,7 +51,7 @@ def _timed(fn) -> float:
 
 def one_round(kvm, mode: str, vcpus: int, mib: int, iterations: int) -> dict[str, list[float]]:
     size = vcpus * (mib << 20)
-    g = Guest(kvm, "long64-cpl3", WRITER, page_size=MiB2, identity_size=BASE + size, name="bench", timeout=300)
+    g = Guest(kvm, "long64-cpl3", PAGE_WRITER, page_size=MiB2, identity_size=BASE + size, name="bench", timeout=300)
     out: dict[str, list[float]] = {}
     try:
         if mode == "get+clear":
@@ -84,12 +59,10 @@ def one_round(kvm, mode: str, vcpus: int, mib: int, iterations: int) -> dict[str
         slot = g.vm.add_memory(BASE, size).slot
         cpus = [g.vcpu] + [g.add_vcpu("start") for _ in range(vcpus - 1)]
         for i, vcpu in enumerate(cpus):
-            regs = vcpu.get_regs()
-            regs.rsi, regs.rdi, regs.r9 = BASE + i * (mib << 20), BASE + (i + 1) * (mib << 20), PROGRESS + 8 * i
-            vcpu.set_regs(regs)
+            set_page_range(vcpu, BASE + i * (mib << 20), BASE + (i + 1) * (mib << 20), WRITER_PROGRESS + 8 * i)
         t0 = time.perf_counter()
         threads = [g.in_thread(v, timeout=300) for v in cpus]
-        while min(_passes(g.vm, vcpus)) < 1:
+        while min(writer_passes(g.vm, vcpus)) < 1:
             time.sleep(0.0002)
         out["populate"] = [time.perf_counter() - t0]
         out["pass, log off"] = [_full_pass(g.vm, vcpus)]
@@ -107,7 +80,7 @@ def one_round(kvm, mode: str, vcpus: int, mib: int, iterations: int) -> dict[str
                 g.vm.clear_dirty_log(slot, 0, size >> 12, dirty)
                 out.setdefault("clear", []).append(time.perf_counter() - t0)
         out["logging off"] = [_timed(lambda: g.vm.set_memslot_flags(slot, 0))]
-        g.vm.write_u64(CONTROL, 1)
+        g.vm.write_u64(WRITER_CONTROL, 1)
         for t in threads:
             t.join(300)
     finally:

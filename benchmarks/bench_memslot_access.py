@@ -25,37 +25,16 @@ import time
 
 from kvmtest import Kvm, libc
 from kvmtest.guest import Guest
-from kvmtest.guest import layout as L
+from kvmtest.guest.page_loops import PAGE_WRITER, WRITER_CONTROL, WRITER_PROGRESS, set_page_range
 from kvmtest.guest.paging import MiB2
 from kvmtest.memory import HostMapping
 
 BASE = 0x1000000
-CONTROL = L.DATA            # nonzero: stop at the end of the pass
-PROGRESS = L.DATA + 0x100   # completed passes
-
-WRITER = f"""
-    mov r10, {CONTROL:#x}
-    mov r9, {PROGRESS:#x}
-    xor r8d, r8d
-pass:
-    inc r8
-    mov rbx, rsi
-page:
-    mov qword ptr [rbx], r8
-    add rbx, 0x1000
-    cmp rbx, rdi
-    jb page
-    mov qword ptr [r9], r8
-    cmp qword ptr [r10], 0
-    je pass
-    GUEST_DONE
-"""
-
 
 def _full_pass(vm) -> float:
     """Seconds until the vCPU has completed a pass it began after now."""
-    start, t0 = vm.read_u64(PROGRESS), time.perf_counter()
-    while vm.read_u64(PROGRESS) < start + 2:
+    start, t0 = vm.read_u64(WRITER_PROGRESS), time.perf_counter()
+    while vm.read_u64(WRITER_PROGRESS) < start + 2:
         if time.perf_counter() - t0 > 120:
             sys.exit("bench_memslot_access: the vCPU stopped making progress")
         time.sleep(0.0002)
@@ -65,17 +44,15 @@ def _full_pass(vm) -> float:
 def one_round(kvm, mib: int, nslots: int, passes: int) -> dict[str, float]:
     size = mib << 20
     slot_size = size // nslots
-    g = Guest(kvm, "long64-cpl3", WRITER, page_size=MiB2, identity_size=BASE + size, name="bench", timeout=300)
+    g = Guest(kvm, "long64-cpl3", PAGE_WRITER, page_size=MiB2, identity_size=BASE + size, name="bench", timeout=300)
     backing = HostMapping(size, name="bench memory")
     try:
         for i in range(nslots):
             g.vm.add_memory(BASE + i * slot_size, slot_size, mapping=backing, offset=i * slot_size)
-        regs = g.vcpu.get_regs()
-        regs.rsi, regs.rdi = BASE, BASE + size
-        g.vcpu.set_regs(regs)
+        set_page_range(g.vcpu, BASE, BASE + size, WRITER_PROGRESS)
         t0 = time.perf_counter()
         thread = g.in_thread(timeout=300)
-        while g.vm.read_u64(PROGRESS) < 1:
+        while g.vm.read_u64(WRITER_PROGRESS) < 1:
             time.sleep(0.0002)
         out = {"first pass": time.perf_counter() - t0,
                "pass": statistics.median(_full_pass(g.vm) for _ in range(passes))}
@@ -86,7 +63,7 @@ def one_round(kvm, mib: int, nslots: int, passes: int) -> dict[str, float]:
             unmaps.append(time.perf_counter() - t0)
         out["unmap per slot"] = statistics.median(unmaps)
         out["refault pass"] = _full_pass(g.vm)
-        g.vm.write_u64(CONTROL, 1)
+        g.vm.write_u64(WRITER_CONTROL, 1)
         thread.join(300)
     finally:
         g.close()

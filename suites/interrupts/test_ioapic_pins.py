@@ -7,6 +7,7 @@ test_ioapic_simultaneous, test_ioapic_level_coalesce, test_ioapic_edge_mask)."""
 import pytest
 
 from kvmtest.guest import layout as L
+from kvmtest.guest.interrupt_log import logging_handlers, read_interrupt_log
 from kvmtest.guest.paging import KiB4
 from kvmtest.x86 import APIC_DEFAULT_PHYS_BASE, PTE_P, PTE_PCD, PTE_RW
 
@@ -30,21 +31,8 @@ SETUP = f"""
     mov rdi, {LOG:#x}
 """
 
-LOGGING_HANDLER = """
-v{vector:x}:
-    mov eax, dword ptr [rdi]
-    inc dword ptr [rdi]
-    shl eax, 4
-    mov qword ptr [rdi + rax + 8], {vector:#x}
-    mov rdx, qword ptr [rsp]
-    mov qword ptr [rdi + rax + 16], rdx
-    mov dword ptr [rbx + 0xB0], 0               # EOI
-    iretq
-"""
-
-
 def _guest(guest, source, vectors):
-    g = guest("long64", SETUP + source + "".join(LOGGING_HANDLER.format(vector=v) for v in vectors), irqchip=True)
+    g = guest("long64", SETUP + source + logging_handlers(vectors), irqchip=True)
     for page in (APIC, IOAPIC):
         g.page_tables.map(page, page, KiB4, PTE_P | PTE_RW | PTE_PCD)
     for v in vectors:
@@ -53,8 +41,7 @@ def _guest(guest, source, vectors):
 
 
 def _log(g) -> list[tuple[int, int]]:
-    count = g.vm.read_u32(LOG)
-    return [(g.vm.read_u64(LOG + 8 + 16 * i), g.vm.read_u64(LOG + 16 + 16 * i)) for i in range(min(count, 8))]
+    return read_interrupt_log(g.vm, LOG)
 
 
 def _fmt(log) -> str:

@@ -6,6 +6,7 @@ Priority", 11.8.4; Vol. 2B STI; kvm-unit-tests eventinj.c "vec 32/33")."""
 import pytest
 
 from kvmtest.guest import layout as L
+from kvmtest.guest.interrupt_log import logging_handlers, read_interrupt_log
 from kvmtest.guest.paging import KiB4
 from kvmtest.x86 import APIC_DEFAULT_PHYS_BASE, PTE_P, PTE_PCD, PTE_RW
 
@@ -29,19 +30,6 @@ opened:
 {{handlers}}
 """
 
-HANDLER = """
-v{vector:x}:
-    mov eax, dword ptr [rdi]
-    inc dword ptr [rdi]
-    shl eax, 4
-    mov qword ptr [rdi + rax + 8], {vector:#x}
-    mov rdx, qword ptr [rsp]
-    mov qword ptr [rdi + rax + 16], rdx
-    mov dword ptr [rbx + 0xB0], 0               # EOI
-    iretq
-"""
-
-
 def test_pending_self_ipis_are_taken_highest_priority_first(guest):
     """Self IPIs of vectors 0x20, 0x50 and 0x21 sent with IF=0 all wait in IRR; after STI (whose
     shadow covers the next instruction) they are taken 0x50, 0x21, 0x20 — class 5 before class 2,
@@ -49,7 +37,7 @@ def test_pending_self_ipis_are_taken_highest_priority_first(guest):
     after the shadowed NOP: each EOI and IRET leaves IF=1, so the next is taken at that same
     boundary."""
     sends = "\n    ".join(f"mov dword ptr [rbx + 0x300], {0x44000 | v:#x}" for v in SENT)
-    handlers = "".join(HANDLER.format(vector=v) for v in SENT)
+    handlers = logging_handlers(SENT)
     g = guest("long64", GUEST.format(sends=sends, handlers=handlers), irqchip=True)
     g.page_tables.map(APIC, APIC, KiB4, PTE_P | PTE_RW | PTE_PCD)
     for v in SENT:
@@ -58,8 +46,7 @@ def test_pending_self_ipis_are_taken_highest_priority_first(guest):
     count = g.vm.read_u32(LOG)
     assert count == 0, f"{count} handlers ran with IF=0"
     g.run_to_done()
-    count = g.vm.read_u32(LOG)
-    got = [(g.vm.read_u64(LOG + 8 + 16 * i), g.vm.read_u64(LOG + 16 + 16 * i)) for i in range(min(count, 8))]
+    got = read_interrupt_log(g.vm, LOG)
     opened = g.labels["opened"]
     want = [(v, opened) for v in (0x50, 0x21, 0x20)]
     assert got == want, f"(vector, saved RIP) per handler run: {[(hex(v), hex(r)) for v, r in got]}; expected " \

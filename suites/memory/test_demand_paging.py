@@ -11,6 +11,7 @@ the copied contents. The vCPU that touched the page waits inside KVM_RUN meanwhi
 import pytest
 
 from kvmtest.guest.mode_select import select
+from kvmtest.guest.page_loops import page_checker, set_page_range
 from kvmtest.memory import HostMapping
 from kvmtest.userfaultfd import UserfaultFd
 
@@ -18,34 +19,6 @@ BASE = 0x200000
 PAGES = 64
 MAGIC = 0x5EED0000C0DE0000
 FAULT_WAIT = 10
-
-# rsi..rdi: this vCPU's pages. Each page's first qword should be its GPA ^ MAGIC; count matches.
-# {first}: the page's first access, a store of the GPA at offset 8 or nothing (the load comes first).
-SOURCE = """
-start:
-    xor ecx, ecx
-    mov rbx, {magic:#x}
-page:
-    {first}
-    mov rax, qword ptr [rsi]
-    xor rax, rsi
-    cmp rax, rbx
-    jne next
-    inc ecx
-next:
-    add rsi, 0x1000
-    cmp rsi, rdi
-    jb page
-    GUEST_SYNC rcx
-    GUEST_DONE
-"""
-
-
-def _set_range(vcpu, first, end):
-    regs = vcpu.get_regs()
-    regs.rsi, regs.rdi = first, end
-    vcpu.set_regs(regs)
-
 
 @pytest.mark.modes(*select(code_bits=64))
 @pytest.mark.parametrize("access", ["read", "write"])
@@ -56,16 +29,15 @@ def test_vcpus_fault_in_pages_user_space_supplies_through_userfaultfd(guest, mod
     the first access is a store, and answers each with UFFDIO_COPY of a page holding its GPA ^
     MAGIC; both vCPUs then read that value in all 32 of their pages, and the slot's host memory
     holds what was copied plus what the guest stored (api.rst 4.35; userfaultfd.rst)."""
-    first = "mov qword ptr [rsi + 8], rsi" if access == "write" else ""
-    g = guest(mode, SOURCE.format(magic=MAGIC, first=first))
+    g = guest(mode, page_checker(MAGIC, store_first=access == "write"))
     second = g.add_vcpu("start")
     backing = HostMapping(PAGES * 0x1000, name="userfaultfd-backed guest memory")
     with UserfaultFd() as uffd:
         uffd.register_missing(backing.addr, backing.size)
         g.vm.add_memory(BASE, backing.size, mapping=backing)
         half = BASE + PAGES // 2 * 0x1000
-        _set_range(g.vcpu, BASE, half)
-        _set_range(second, half, BASE + PAGES * 0x1000)
+        set_page_range(g.vcpu, BASE, half)
+        set_page_range(second, half, BASE + PAGES * 0x1000)
         threads = [g.in_thread(vcpu, timeout=FAULT_WAIT) for vcpu in (g.vcpu, second)]
         faults = []
         for _ in range(PAGES):

@@ -19,6 +19,7 @@ import os
 import pytest
 
 from kvmtest.abi.constants import GUEST_MEMFD_FLAG_INIT_SHARED, GUEST_MEMFD_FLAG_MMAP
+from kvmtest.guest.page_loops import page_checker, set_page_range
 from kvmtest.memory import HostMapping
 from kvmtest.userfaultfd import UFFD_FEATURE_MINOR_SHMEM, UserfaultFd
 
@@ -26,28 +27,6 @@ BASE = 0x200000
 PAGES = 64
 MAGIC = 0x0DDBA11C0FFEE000
 WAIT = 10
-
-# rsi..rdi: this vCPU's pages; {first} is its first access to each (a store at offset 8, or none);
-# rcx counts the pages whose first qword is GPA ^ MAGIC.
-SOURCE = """
-start:
-    xor ecx, ecx
-    mov rbx, {magic:#x}
-page:
-    {first}
-    mov rax, qword ptr [rsi]
-    xor rax, rsi
-    cmp rax, rbx
-    jne next
-    inc ecx
-next:
-    add rsi, 0x1000
-    cmp rsi, rdi
-    jb page
-    GUEST_SYNC rcx
-    GUEST_DONE
-"""
-
 
 def _file(vm, backing):
     if backing == "shmem":
@@ -82,8 +61,7 @@ def test_vcpus_wait_for_user_space_to_map_page_cache_pages(guest, mode, access, 
     access is a store, and maps each with UFFDIO_CONTINUE, copying nothing; both vCPUs then read
     GPA ^ MAGIC in all 32 of their pages, and their stores show through the alias (api.rst 4.35;
     userfaultfd.rst, MINOR mode)."""
-    first = "mov qword ptr [rsi + 8], rsi" if access == "write" else ""
-    g = guest(mode, SOURCE.format(magic=MAGIC, first=first))
+    g = guest(mode, page_checker(MAGIC, store_first=access == "write"))
     second = g.add_vcpu("start")
     fd = _file(g.vm, backing)
     alias = HostMapping(PAGES * 0x1000, fd=fd, name="alias")
@@ -100,10 +78,8 @@ def test_vcpus_wait_for_user_space_to_map_page_cache_pages(guest, mode, access, 
             _register_minor(uffd, view, backing)
             g.vm.add_memory(BASE, view.size, mapping=view)
             half = BASE + PAGES // 2 * 0x1000
-            for vcpu, (lo, hi) in ((g.vcpu, (BASE, half)), (second, (half, BASE + PAGES * 0x1000))):
-                regs = vcpu.get_regs()
-                regs.rsi, regs.rdi = lo, hi
-                vcpu.set_regs(regs)
+            set_page_range(g.vcpu, BASE, half)
+            set_page_range(second, half, BASE + PAGES * 0x1000)
             threads = [g.in_thread(v, timeout=WAIT) for v in (g.vcpu, second)]
             faults = []
             for _ in range(PAGES):

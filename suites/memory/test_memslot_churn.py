@@ -12,38 +12,12 @@ import time
 
 import pytest
 
-from kvmtest.guest import layout as L
+from kvmtest.guest.page_loops import PAGE_WRITER, WRITER_CONTROL, WRITER_PROGRESS, set_page_range, writer_passes
 
 BASE = 0x300000
 VCPUS = 4
 PAGES = 32                     # per vCPU
 CHURN = 100                    # add/delete pairs of an unrelated slot, at least
-CONTROL = L.DATA               # nonzero: stop after this pass
-PROGRESS = L.DATA + 0x100      # vCPU i's completed passes at PROGRESS + 8 * i
-
-# rsi..rdi: this vCPU's pages; r9: its progress word.
-WRITER = f"""
-start:
-    mov r10, {CONTROL:#x}
-    xor r8d, r8d
-pass:
-    inc r8
-    mov rbx, rsi
-page:
-    mov qword ptr [rbx], r8
-    add rbx, 0x1000
-    cmp rbx, rdi
-    jb page
-    mov qword ptr [r9], r8
-    cmp qword ptr [r10], 0
-    je pass
-    GUEST_DONE
-"""
-
-
-def _passes(vm) -> list[int]:
-    return [vm.read_u64(PROGRESS + 8 * i) for i in range(VCPUS)]
-
 
 @pytest.mark.modes(code_bits=64, cpl=3)
 def test_vcpus_keep_writing_all_their_memory_through_slot_churn(guest, mode):
@@ -51,38 +25,35 @@ def test_vcpus_keep_writing_all_their_memory_through_slot_churn(guest, mode):
     and deletes another 2 MiB slot (100 times at least): every vCPU completes two passes during the churn, ends
     with GUEST_DONE and no other exit, and its pages all hold its last pass number (api.rst 4.35;
     selftests memslot_modification_stress_test)."""
-    g = guest(mode, WRITER)
+    g = guest(mode, PAGE_WRITER)
     g.vm.add_memory(BASE, VCPUS * PAGES * 0x1000)
     vcpus = [g.vcpu] + [g.add_vcpu("start") for _ in range(VCPUS - 1)]
     for i, vcpu in enumerate(vcpus):
-        regs = vcpu.get_regs()
-        regs.rsi, regs.rdi = BASE + i * PAGES * 0x1000, BASE + (i + 1) * PAGES * 0x1000
-        regs.r9 = PROGRESS + 8 * i
-        vcpu.set_regs(regs)
+        set_page_range(vcpu, BASE + i * PAGES * 0x1000, BASE + (i + 1) * PAGES * 0x1000, WRITER_PROGRESS + 8 * i)
     threads = [g.in_thread(vcpu, timeout=30) for vcpu in vcpus]
     try:
         deadline = time.monotonic() + 10
-        while min(_passes(g.vm)) == 0 and time.monotonic() < deadline:
+        while min(writer_passes(g.vm, VCPUS)) == 0 and time.monotonic() < deadline:
             time.sleep(0.001)
-        before = _passes(g.vm)
+        before = writer_passes(g.vm, VCPUS)
         assert min(before) > 0, f"passes completed before the churn: {before}; every vCPU should have started"
         # At least CHURN cycles, and on until every vCPU completed two more passes (so each wrote
         # all its memory during the churn, however the host scheduled the threads), for 10 s at most.
         cycles, deadline = 0, time.monotonic() + 10
-        while cycles < CHURN or (any(p < b + 2 for p, b in zip(_passes(g.vm), before, strict=True))
+        while cycles < CHURN or (any(p < b + 2 for p, b in zip(writer_passes(g.vm, VCPUS), before, strict=True))
                                  and time.monotonic() < deadline):
             extra = g.vm.add_memory(0x10000000, 0x200000)
             g.vm.delete_memslot(extra.slot)
             cycles += 1
-        during = _passes(g.vm)
+        during = writer_passes(g.vm, VCPUS)
     finally:
-        g.vm.write_u64(CONTROL, 1)
+        g.vm.write_u64(WRITER_CONTROL, 1)
         results = [t.join(30) for t in threads]
     assert results == [[]] * VCPUS, f"run_to_done per vCPU returned {results}, expected GUEST_DONE and no syncs"
     stalled = [i for i in range(VCPUS) if during[i] < before[i] + 2]
     assert not stalled, f"vCPUs {stalled} did not complete two passes in 10 s of slot churn " \
                         f"(passes before {before}, after {during})"
-    final = _passes(g.vm)
+    final = writer_passes(g.vm, VCPUS)
     for i in range(VCPUS):
         pages = [g.vm.read_u64(BASE + (i * PAGES + p) * 0x1000) for p in range(PAGES)]
         wrong = {p: v for p, v in enumerate(pages) if v != final[i]}

@@ -10,6 +10,8 @@ guest reads. The guest runs at CPL3, natively everywhere.
 
 import pytest
 
+from kvmtest.guest.page_loops import page_loop
+
 BASE = 0x200000
 SLOTS = 256
 SLOT_SIZE = 0x2000
@@ -17,30 +19,16 @@ END = BASE + SLOTS * SLOT_SIZE
 MAGIC = 0x5EC0_0000_0000_5EC0
 
 # Stores each page's GPA to its first qword; then counts the pages whose second qword is GPA ^ MAGIC.
-SOURCE = f"""
-    mov rbx, {BASE:#x}
-store:
-    mov qword ptr [rbx], rbx
-    add rbx, 0x1000
-    cmp rbx, {END:#x}
-    jb store
-    GUEST_SYNC 0
-    mov rbx, {BASE:#x}
-    mov rcx, {MAGIC:#x}
-    xor edx, edx
-load:
-    mov rax, qword ptr [rbx + 8]
-    xor rax, rbx
-    cmp rax, rcx
-    jne next
-    inc edx
-next:
-    add rbx, 0x1000
-    cmp rbx, {END:#x}
-    jb load
-    GUEST_SYNC rdx
-    GUEST_DONE
-"""
+SOURCE = "\n".join([
+    page_loop("store", BASE, END, "mov qword ptr [rbx], rbx", reg="rbx"),
+    "GUEST_SYNC 0",
+    f"mov rcx, {MAGIC:#x}",
+    "xor edx, edx",
+    page_loop("load", BASE, END, "mov rax, qword ptr [rbx + 8]\nxor rax, rbx\ncmp rax, rcx\njne next\ninc edx\nnext:",
+              reg="rbx"),
+    "GUEST_SYNC rdx",
+    "GUEST_DONE",
+])
 
 
 @pytest.mark.modes(code_bits=64, cpl=3)

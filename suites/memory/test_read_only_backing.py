@@ -18,6 +18,7 @@ import pytest
 from kvmtest import libc
 from kvmtest.errors import KvmError
 from kvmtest.guest.mode_select import select
+from kvmtest.guest.page_loops import page_loop
 from kvmtest.x86 import CR0_WP
 
 BASE = 0x200000
@@ -27,48 +28,20 @@ STORE_LENGTH = 3   # 48 89 00, MOV [RAX], RAX: the store user space steps over a
 
 # Stage 0 writes each page's GPA to it and stage 1 GPA + 1; stage 2 sums the pages (read-only by
 # then); stage 3 tries to store each page's GPA again; stage 4 writes GPA + 4.
-SOURCE = f"""
-    mov rax, {BASE:#x}
-stage0:
-    mov qword ptr [rax], rax
-    add rax, 0x1000
-    cmp rax, {END:#x}
-    jb stage0
-    GUEST_SYNC 0
-    mov rax, {BASE:#x}
-stage1:
-    lea rbx, [rax + 1]
-    mov qword ptr [rax], rbx
-    add rax, 0x1000
-    cmp rax, {END:#x}
-    jb stage1
-    GUEST_SYNC 1
-    mov rax, {BASE:#x}
-    xor ecx, ecx
-stage2:
-    add rcx, qword ptr [rax]
-    add rax, 0x1000
-    cmp rax, {END:#x}
-    jb stage2
-    GUEST_SYNC rcx
-    mov rax, {BASE:#x}
-stage3:
-ro_store:
-    mov qword ptr [rax], rax
-    add rax, 0x1000
-    cmp rax, {END:#x}
-    jb stage3
-    GUEST_SYNC 3
-    mov rax, {BASE:#x}
-stage4:
-    lea rbx, [rax + 4]
-    mov qword ptr [rax], rbx
-    add rax, 0x1000
-    cmp rax, {END:#x}
-    jb stage4
-    GUEST_SYNC 4
-    GUEST_DONE
-"""
+SOURCE = "\n".join([
+    page_loop("stage0", BASE, END, "mov qword ptr [rax], rax"),
+    "GUEST_SYNC 0",
+    page_loop("stage1", BASE, END, "lea rbx, [rax + 1]\nmov qword ptr [rax], rbx"),
+    "GUEST_SYNC 1",
+    "xor ecx, ecx",
+    page_loop("stage2", BASE, END, "add rcx, qword ptr [rax]"),
+    "GUEST_SYNC rcx",
+    page_loop("stage3", BASE, END, "ro_store:\nmov qword ptr [rax], rax"),
+    "GUEST_SYNC 3",
+    page_loop("stage4", BASE, END, "lea rbx, [rax + 4]\nmov qword ptr [rax], rbx"),
+    "GUEST_SYNC 4",
+    "GUEST_DONE",
+])
 
 
 def _pages(slot):
