@@ -7,7 +7,7 @@ reserved bit or a non-canonical address; selftests msrs_test, kvm-unit-tests msr
 import pytest
 
 from kvmtest import forced_emulation
-from kvmtest.cpuid import FEATURES, set_feature
+from kvmtest.cpuid import FEATURES, set_feature, vendor
 from kvmtest.guest.fault_probe import (
     expect_fault_at_probe,
     fault_probe_source,
@@ -70,27 +70,46 @@ def _u64s(values: list[int]) -> list[int]:
     return [hi << 32 | lo for lo, hi in zip(values[::2], values[1::2], strict=True)]
 
 
-def test_pat_and_misc_enable_power_up_values_as_the_guest_reads_them(kvm, guest):
-    """A new vCPU's IA32_PAT reads the power-up value 0x0007040600070406 (SDM Vol. 3A 13.12.4), and
-    its IA32_MISC_ENABLE has BTS unavailable (bit 11) and PEBS unavailable (bit 12) set, as the
-    processor its CPUID describes has no debug store (CPUID.1:EDX.DS[21] clear; SDM Vol. 4 Table
-    2-2 IA32_MISC_ENABLE, Vol. 3B 18.6.1: BTS and PEBS need DS)."""
+def _skip_unless_intel(kvm):
+    """IA32_MISC_ENABLE's bit layout is Intel's (SDM Vol. 4 Table 2-2); the AMD APM defines no such
+    MSR, so its bit rules apply only to a GenuineIntel vCPU."""
+    found = vendor(kvm.supported_cpuid_copy())
+    if found != "GenuineIntel":
+        pytest.skip(f"IA32_MISC_ENABLE's bits are Intel's (SDM Vol. 4 Table 2-2; the APM has no such MSR); "
+                    f"this vCPU is {found}")
+
+
+def test_pat_power_up_value_as_the_guest_reads_it(guest):
+    """A new vCPU's IA32_PAT reads the power-up value 0x0007040600070406 (SDM Vol. 3A 13.12.4; APM
+    Vol. 2 "PAT Register" gives the same reset value)."""
+    g = guest("long64", _rd(MSR_IA32_PAT) + "GUEST_DONE")
+    (pat,) = _u64s(g.run_to_done())
+    assert pat == PAT_POWER_UP, f"guest RDMSR IA32_PAT = {pat:#x} on a new vCPU, expected {PAT_POWER_UP:#x}"
+
+
+def test_misc_enable_power_up_has_bts_and_pebs_unavailable(kvm, guest):
+    """On a GenuineIntel vCPU, a new vCPU's IA32_MISC_ENABLE has BTS unavailable (bit 11) and PEBS
+    unavailable (bit 12) set, as the processor its CPUID describes has no debug store
+    (CPUID.1:EDX.DS[21] clear; SDM Vol. 4 Table 2-2 IA32_MISC_ENABLE, Vol. 3B 18.6.1: BTS and PEBS
+    need DS)."""
+    _skip_unless_intel(kvm)
     table = kvm.supported_cpuid_copy()
     set_feature(table, "ds", False)
-    g = guest("long64", _rd(MSR_IA32_PAT) + _rd(MSR_IA32_MISC_ENABLE) + "GUEST_DONE")
+    g = guest("long64", _rd(MSR_IA32_MISC_ENABLE) + "GUEST_DONE")
     g.vcpu.set_cpuid(table)
-    pat, misc = _u64s(g.run_to_done())
-    assert pat == PAT_POWER_UP, f"guest RDMSR IA32_PAT = {pat:#x} on a new vCPU, expected {PAT_POWER_UP:#x}"
+    (misc,) = _u64s(g.run_to_done())
     unavailable = MISC_BTS_UNAVAILABLE | MISC_PEBS_UNAVAILABLE
     assert misc & unavailable == unavailable, \
         f"guest RDMSR IA32_MISC_ENABLE = {misc:#x}: bits 11 (BTS unavailable) and 12 (PEBS unavailable) expected set " \
         f"without {FEATURES['ds']}"
 
 
-def test_misc_enable_read_write_bits_take_a_write_and_read_only_bits_keep_theirs(guest):
-    """IA32_MISC_ENABLE's architectural R/W bits (0, 3, 16, 18, 22, 23, 34) take a WRMSR that flips
-    them all and read back as written, with the read-only bits (7, 11, 12) written as they were read
-    (SDM Vol. 4 Table 2-2; kvm-unit-tests msr.c); writing the first value back restores it."""
+def test_misc_enable_read_write_bits_take_a_write_and_read_only_bits_keep_theirs(kvm, guest):
+    """On a GenuineIntel vCPU, IA32_MISC_ENABLE's architectural R/W bits (0, 3, 16, 18, 22, 23, 34)
+    take a WRMSR that flips them all and read back as written, with the read-only bits (7, 11, 12)
+    written as they were read (SDM Vol. 4 Table 2-2; kvm-unit-tests msr.c); writing the first
+    value back restores it."""
+    _skip_unless_intel(kvm)
     flip = f"xor eax, {MISC_READ_WRITE & 0xFFFFFFFF:#x}\nxor edx, {MISC_READ_WRITE >> 32:#x}\nwrmsr\n"
     # Read, flip the R/W bits of what was read and write it, read; flip them back, write, read.
     g = guest("long64", _rd(MSR_IA32_MISC_ENABLE) + flip + "GUEST_SYNC 0x77\n" + _rd(MSR_IA32_MISC_ENABLE) + flip

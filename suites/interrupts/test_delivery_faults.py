@@ -26,6 +26,14 @@ from kvmtest.x86 import (
     PTE_P,
     PTE_PCD,
     PTE_RW,
+    RFLAGS_AF,
+    RFLAGS_CF,
+    RFLAGS_FIXED,
+    RFLAGS_IF,
+    RFLAGS_OF,
+    RFLAGS_PF,
+    RFLAGS_SF,
+    RFLAGS_ZF,
 )
 
 LOG = L.DATA                      # counters and values the handlers record, 8 bytes apart
@@ -34,6 +42,10 @@ STACK_PAGE = L.DATA + 0x5000      # the stack the faulting instruction runs on
 IST_STACK_TOP = L.DATA + 0xF000   # the #PF handler's own stack (IST1), always writable
 NOT_PRESENT_CS = L.GDT_ENTRIES * 8  # a 64-bit code descriptor with P = 0
 VECTOR = 0x21
+# Bytes below the stack top that the frame covers: SS, RSP, RFLAGS, CS, RIP, and for #NP the error
+# code (6.14.2 Figure 6-9). The SDM leaves open in which order the frame's writes happen, so the
+# first write to fault, and so CR2, may be anywhere in it.
+FRAME_BYTES = {"de": 40, "np": 48}
 
 PF_HANDLER = f"""
 pf:
@@ -139,10 +151,11 @@ def test_divide_error_delivered_after_the_page_fault_its_push_raised(guest, stac
     if stack == "writable":
         assert log["pf"] == 0, f"#PF with a writable stack: CR2 {log['cr2']:#x} error code {log['pf_error']:#x}"
         return
-    assert log["pf"] == 1 and log["pf_error"] == PFEC_P | PFEC_W and \
-        STACK_PAGE <= log["cr2"] < STACK_PAGE + 0x1000, \
+    low = STACK_PAGE + 0x1000 - FRAME_BYTES["de"]
+    assert log["pf"] == 1 and log["pf_error"] == PFEC_P | PFEC_W and low <= log["cr2"] < STACK_PAGE + 0x1000, \
         f"#PF while pushing the #DE frame: {log['pf']} taken, last error code {log['pf_error']:#x} CR2 " \
-        f"{log['cr2']:#x}; expected one, error code P|W ({PFEC_P | PFEC_W:#x}), CR2 in {STACK_PAGE:#x}"
+        f"{log['cr2']:#x}; expected one, error code P|W ({PFEC_P | PFEC_W:#x}), CR2 in the frame " \
+        f"[{low:#x}, {STACK_PAGE + 0x1000:#x})"
 
 
 @pytest.mark.parametrize("stack", ["writable", "read-only"])
@@ -161,17 +174,27 @@ def test_not_present_gate_segment_is_np_delivered_after_a_page_fault(guest, stac
     want_pf = 0 if stack == "writable" else 1
     assert log["pf"] == want_pf, f"#PF taken {log['pf']} times (CR2 {log['cr2']:#x}), expected {want_pf}"
     if want_pf:
-        assert log["pf_error"] == PFEC_P | PFEC_W and STACK_PAGE <= log["cr2"] < STACK_PAGE + 0x1000, \
-            f"#PF error code {log['pf_error']:#x} CR2 {log['cr2']:#x}; expected P|W and CR2 in {STACK_PAGE:#x}"
+        low = STACK_PAGE + 0x1000 - FRAME_BYTES["np"]
+        assert log["pf_error"] == PFEC_P | PFEC_W and low <= log["cr2"] < STACK_PAGE + 0x1000, \
+            f"#PF error code {log['pf_error']:#x} CR2 {log['cr2']:#x}; expected P|W and CR2 in the #NP frame " \
+            f"[{low:#x}, {STACK_PAGE + 0x1000:#x})"
 
 
 SHADOW = L.DATA + 0x6000          # a page that is the stack and, through itself, a paging structure
 SELF_MAP_VA = 2 << 39             # PML4 slot 2 -> SHADOW, whose entry 0 -> SHADOW at every level
 APIC = APIC_DEFAULT_PHYS_BASE
+STATUS_FLAGS = RFLAGS_CF | RFLAGS_PF | RFLAGS_AF | RFLAGS_ZF | RFLAGS_SF | RFLAGS_OF
+# Each way of raising vector 0x21: its code, the RFLAGS it runs with (loaded by POPFQ just before),
+# and the labels bounding the RIP the frame must hold. INT n is a trap: the saved RIP is the next
+# instruction's. The self IPI is taken at some instruction boundary of the wait loop after the ICR
+# write (6.12.1: the frame holds the return instruction pointer and RFLAGS at that point).
 RAISE = {
-    "int-n": f"int {VECTOR:#x}",
-    "self-ipi": f"sti\n    mov dword ptr [rbx + 0x300], {0x44000 | VECTOR:#x}\n"
-                "    mov ecx, 100000\n1:  cmp r12, 1\n    je 2f\n    dec ecx\n    jnz 1b\n2:  cli",
+    "int-n": (f"int {VECTOR:#x}\nint_return:", RFLAGS_FIXED | RFLAGS_CF | RFLAGS_PF | RFLAGS_ZF | RFLAGS_SF,
+              ("int_return", "int_return")),
+    "self-ipi": (f"mov dword ptr [rbx + 0x300], {0x44000 | VECTOR:#x}\nipi_sent:\n    mov ecx, 100000\n"
+                 "ipi_wait:\n    cmp r12, 1\n    je ipi_wait_end\n    dec ecx\n    jnz ipi_wait\n"
+                 "ipi_wait_end:\n    cli",
+                 RFLAGS_FIXED | RFLAGS_IF, ("ipi_sent", "ipi_wait_end")),
 }
 SHADOWED_STACK = f"""
     mov rbx, {APIC:#x}
@@ -180,15 +203,17 @@ SHADOWED_STACK = f"""
     mov rax, {SELF_MAP_VA:#x}
     mov qword ptr [rax + 8], 0                  # a write through the self-map: SHADOW is in use as
     mov r14, rsp                                # a page table at all four levels
+    push {{rflags:#x}}
+    popfq
     mov rsp, {SHADOW + 0x1000:#x}
     {{raise_}}
     mov rsp, r14
+    push {RFLAGS_FIXED:#x}
+    popfq
     GUEST_SYNC r12
-    GUEST_SYNC r13
     GUEST_DONE
 handler:
     inc r12
-    mov r13, qword ptr [rsp]                    # the saved RIP
     mov dword ptr [rbx + 0xB0], 0               # EOI (a self IPI needs it; harmless otherwise)
     iretq
 """
@@ -200,20 +225,28 @@ def test_interrupt_frame_written_into_a_page_that_is_also_a_page_table(guest, ev
     it, and the guest writes through that self-map first, so a shadow MMU treats the page as a
     page table. INT 0x21, or a self IPI of vector 0x21 with IF=1, on a stack at the page's top:
     the handler runs once, and the page then holds the 64-bit frame the delivery pushed, from the
-    top down SS, RSP, RFLAGS, CS, RIP (6.14.2 Figure 6-9, RSP aligned to 16 first) with the RIP the
-    handler saw and the RSP before delivery."""
-    g = guest("long64", SHADOWED_STACK.format(raise_=RAISE[event]), irqchip=True)
+    top down SS, RSP, RFLAGS, CS, RIP (6.14.2 Figure 6-9, RSP aligned to 16 first): the RSP before
+    delivery, the RFLAGS the guest ran with (all of it for INT n; for the IPI, IF=1 and the other
+    system flags, as the wait loop changes the status flags), and as RIP the instruction after the
+    INT, or one of the wait loop's instructions after the ICR write (6.12.1)."""
+    raise_, rflags, (first, last) = RAISE[event]
+    g = guest("long64", SHADOWED_STACK.format(raise_=raise_, rflags=rflags), irqchip=True)
     g.page_tables.map(APIC, APIC, KiB4, PTE_P | PTE_RW | PTE_PCD)
     g.vm.write_u64(g.page_tables.root + 2 * 8, SHADOW | PTE_P | PTE_RW)
     g.vm.write_u64(SHADOW, SHADOW | PTE_P | PTE_RW)
     g.set_idt_gate(VECTOR, "handler")
-    runs, saved_rip = g.run_to_done()
+    (runs,) = g.run_to_done()
     assert runs == 1, f"vector {VECTOR:#x} handler ran {runs} times, expected once"
-    frame = struct.unpack("<5Q", g.vm.read(SHADOW + 0x1000 - 40, 40))
+    rip, cs, saved_rflags, rsp, ss = struct.unpack("<5Q", g.vm.read(SHADOW + 0x1000 - 40, 40))
+    low, high = g.labels[first], g.labels[last]
+    assert low <= rip <= high, f"saved RIP {rip:#x}; expected in [{first} {low:#x}, {last} {high:#x}]"
+    ignored = STATUS_FLAGS if event == "self-ipi" else 0
+    assert saved_rflags & ~ignored == rflags, \
+        f"saved RFLAGS {saved_rflags:#x}; expected {rflags:#x} (ignoring status flags {ignored:#x})"
     sregs = g.vcpu.get_sregs()
-    want = (saved_rip, sregs.cs.selector, frame[2], SHADOW + 0x1000, sregs.ss.selector)
-    assert frame == want and frame[2] & 0x2, \
-        f"frame in the page-table page (RIP, CS, RFLAGS, RSP, SS): {[hex(v) for v in frame]}; expected " \
-        f"{[hex(v) for v in want]} with RFLAGS bit 1 set"
+    want = (sregs.cs.selector, SHADOW + 0x1000, sregs.ss.selector)
+    assert (cs, rsp, ss) == want, \
+        f"frame in the page-table page (CS, RSP, SS): {[hex(v) for v in (cs, rsp, ss)]}; " \
+        f"expected {[hex(v) for v in want]}"
     entry = g.vm.read_u64(SHADOW) & ~(PTE_A | PTE_D)  # the walks set accessed and dirty
     assert entry == SHADOW | PTE_P | PTE_RW, f"the self-map entry now {entry:#x}"
