@@ -54,8 +54,10 @@ def test_guest_nonzero_mci_status_write_needs_mcstatuswren(kvm, guest, wren):
     body = (write + "wrmsr\n" + _rdmsr_sync(status)) if wren else (write + "GUEST_ASSERT_RAISES GP(0), wrmsr\n")
     g = guest("long64", body + "GUEST_DONE")
     g.vcpu.setup_mce(4)  # four banks, no optional MCG_CAP features
-    assert g.vcpu.get_msr(MSR_IA32_MCG_CAP) & 0xFF == 4
-    assert g.vcpu.set_msrs({MSR_AMD64_HWCR: HWCR_MCSTATUSWREN if wren else 0}) == 1
+    assert g.vcpu.get_msr(MSR_IA32_MCG_CAP) & 0xFF == 4, \
+        "KVM_GET_MSRS MCG_CAP after KVM_X86_SETUP_MCE with 4 banks: expected Count (bits 7:0) 4"
+    assert g.vcpu.set_msrs({MSR_AMD64_HWCR: HWCR_MCSTATUSWREN if wren else 0}) == 1, \
+        f"KVM_SET_MSRS of HWCR with McStatusWrEn={int(wren)}: expected 1 MSR set (the return value counts them)"
     seen = g.run_to_done()
     if wren:
         host = g.vcpu.get_msr(status)

@@ -62,6 +62,8 @@ def test_each_split_lock_exits_as_a_bus_lock(kvm, guest):
             assert (rip, count) == want, \
                 f"lock {i}: RIP {rip:#x} and dword {count} at the bus-lock exit, expected RIP {want[0]:#x} and " \
                 f"{want[1]} ({'trap' if trap_like else 'fault'}-like exit)"
-        assert g.run_to_done() == [] and g.vm.read_u32(SPLIT) == LOCKS
+        assert g.run_to_done() == [] and g.vm.read_u32(SPLIT) == LOCKS, \
+            f"after the last bus-lock exit: expected GUEST_DONE with no GUEST_SYNC and the split-lock dword at " \
+            f"{LOCKS}, got dword {g.vm.read_u32(SPLIT)}"
     finally:
         vm.close()

@@ -138,7 +138,8 @@ def test_lgdt_lidt_with_a_16_bit_operand_size(guest, mode, insn, path):
         GUEST_SYNC 1
         l{insn[1:]} [{b} + 0x20]
         GUEST_DONE""")
-    assert g.expect_sync() == 1
+    assert g.expect_sync() == 1, f"{insn.upper()} ({path}) with an operand-size prefix in {mode}: expected " \
+                                 "GUEST_SYNC 1 after it, with no exception"
     table = getattr(g.vcpu.get_sregs(), "gdt" if insn == "lgdt" else "idt")
     want = 0x100000000 | 0x87654321 if wide else 0x00654321
     assert (table.limit, table.base) == (0xAB, want), \
@@ -231,7 +232,7 @@ def test_far_transfer_through_a_memory_operand(guest, mode, insn, where):
             f"far CALL pushed return {ret:#x}:{ret_cs:#x}, expected {g.labels['after']:#x}:{cs:#x}"
         assert g.run_to_done() == [0xAF], "RETF did not return after the far CALL"
     else:
-        assert g.expect_sync() == 0x7A
+        assert g.expect_sync() == 0x7A, f"far {insn} through {where}: expected the target's GUEST_SYNC 0x7a"
 
 
 # --- PUSH / POP of segment registers -----------------------------------------------------------

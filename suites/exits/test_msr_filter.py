@@ -97,10 +97,12 @@ def test_filter_replaced_between_runs_applies_to_the_next_access(guest):
     _exits(g)
     g.vm.set_msr_filter([(C.KVM_MSR_FILTER_READ, MSR_IA32_FS_BASE, [False])])
     g.expect_exit(MsrExit, index=MSR_IA32_FS_BASE, msr_reason=C.KVM_MSR_EXIT_REASON_FILTER).respond(0xF5)
-    assert g.expect_sync() == 0xF5
+    assert g.expect_sync() == 0xF5, \
+        "RDMSR of FS_BASE under the first filter: expected GUEST_SYNC 0xf5, the value KVM_EXIT_X86_RDMSR returned"
     g.vm.set_msr_filter([(C.KVM_MSR_FILTER_READ, MSR_IA32_GS_BASE, [False])])
     g.expect_exit(MsrExit, index=MSR_IA32_GS_BASE, msr_reason=C.KVM_MSR_EXIT_REASON_FILTER).respond(0x65)
-    assert g.expect_sync() == 0x65
+    assert g.expect_sync() == 0x65, \
+        "RDMSR of GS_BASE under the second filter: expected GUEST_SYNC 0x65, the value KVM_EXIT_X86_RDMSR returned"
     assert g.expect_sync() == fs, "RDMSR of FS_BASE under the second filter did not read the guest's FS base"
     g.vm.set_msr_filter([(RW, MSR_IA32_FS_BASE, [True, True])])
     assert g.run_to_done() == [gs], "RDMSR of GS_BASE under the allowing filter did not read the guest's GS base"

@@ -43,7 +43,8 @@ def test_backdoor_port_reaches_user_space_from_any_cpl(guest, mode):
     assert isinstance(event, IoExit) and event.is_in and (event.port, event.size) == (BACKDOOR_PORT, 4), \
         f"{mode}: expected KVM_EXIT_IO in port {BACKDOOR_PORT:#x} size 4, got {event}"
     event.respond(ANSWER)
-    assert g.run_to_done() == [ANSWER]
+    assert g.run_to_done() == [ANSWER], \
+        f"{mode}: expected GUEST_SYNC of the guest's EAX {ANSWER:#x}, what user space answered the KVM_EXIT_IO"
 
 
 def test_other_ports_stay_denied_at_cpl3(guest):

@@ -65,7 +65,7 @@ def test_two_edge_pins_raised_together_are_both_taken_highest_vector_first(guest
     taken first (the higher priority class, 11.8.3) and 0x66 right after its handler's EOI and
     IRET, at the same instruction boundary."""
     g = _guest(guest, TWO_PINS, (0x66, 0x78))
-    assert g.expect_sync() == 1
+    assert g.expect_sync() == 1, "expected GUEST_SYNC 1 (redirection entries of pins 20, 21 programmed, IF=0)"
     for pin in (20, 21):
         g.vm.irq_line(pin, 1)
         g.vm.irq_line(pin, 0)
@@ -103,9 +103,9 @@ def test_level_pin_raised_again_before_eoi_is_delivered_once(guest):
     cleared by the EOI with the matching vector)."""
     g = _guest(guest, COALESCE, ())
     g.set_idt_gate(0x98, "v98")
-    assert g.expect_sync() == 1
+    assert g.expect_sync() == 1, "expected GUEST_SYNC 1 (pin 22's level entry programmed, before KVM_IRQ_LINE)"
     g.vm.irq_line(22, 1)
-    assert g.expect_sync() == 0x98
+    assert g.expect_sync() == 0x98, "KVM_IRQ_LINE pin 22 level 1: expected GUEST_SYNC 0x98 from vector 0x98's handler"
     for level in (0, 1, 0):
         g.vm.irq_line(22, level)
     syncs = g.run_to_done()
@@ -134,11 +134,11 @@ def test_edge_on_a_masked_pin_is_dropped_not_held(guest):
     pending": unmasking the entry delivers nothing; the next edge, with the entry unmasked, is
     delivered once (82093AA 3.2.4 bit 16, Interrupt Mask)."""
     g = _guest(guest, EDGE_MASK, (0x81,))
-    assert g.expect_sync() == 1
+    assert g.expect_sync() == 1, "expected GUEST_SYNC 1 (pin 23's entry programmed masked)"
     g.vm.irq_line(23, 1)
     g.vm.irq_line(23, 0)
-    assert g.expect_sync() == 2
-    assert g.expect_sync() == 3
+    assert g.expect_sync() == 2, "expected GUEST_SYNC 2 (pin 23 unmasked with vector 0x81, STI executed)"
+    assert g.expect_sync() == 3, "expected GUEST_SYNC 3 (the guest's next step after GUEST_SYNC 2)"
     assert _log(g) == [], f"handler runs for the edge raised while masked: {_fmt(_log(g))}"
     g.vm.irq_line(23, 1)
     g.vm.irq_line(23, 0)

@@ -81,14 +81,15 @@ def test_physical_destination_interrupt_reaches_only_that_vcpu_with_its_tmr(gues
     g = guest("long64", OTHER_VCPU, irqchip=True)
     _map(g)
     g.set_idt_gate(VECTOR, "handler")
-    assert g.expect_sync() == 1
+    assert g.expect_sync() == 1, "vCPU 0: expected GUEST_SYNC 1 (pin 20 programmed for APIC ID 1)"
     ap = g.add_vcpu("ap")
     ap.set_mp_state(C.KVM_MP_STATE_RUNNABLE)
-    assert g.expect_sync(vcpu=ap) == 2
+    assert g.expect_sync(vcpu=ap) == 2, "vCPU 1 after KVM_SET_MP_STATE RUNNABLE: expected GUEST_SYNC 2 (ready)"
     g.vm.irq_line(PIN, 1)
     level_tmr = g.expect_sync(vcpu=ap)
     g.vm.irq_line(PIN, 0)
-    assert g.expect_sync(vcpu=ap) == 3
+    assert g.expect_sync(vcpu=ap) == 3, \
+        f"vCPU 1 after the level interrupt's EOI: expected GUEST_SYNC 3 (pin {PIN} made edge-triggered)"
     g.vm.irq_line(PIN, 1)
     g.vm.irq_line(PIN, 0)
     edge_tmr = g.expect_sync(vcpu=ap)
@@ -139,9 +140,10 @@ def test_eoi_clears_remote_irr_of_entries_reprogrammed_while_in_service(guest):
     _map(g)
     g.set_idt_gate(LOW[1], "low")
     g.set_idt_gate(HIGH[1], "high")
-    assert g.expect_sync() == 1
+    assert g.expect_sync() == 1, f"expected GUEST_SYNC 1 (pins {LOW[0]}, {HIGH[0]} programmed, before KVM_IRQ_LINE)"
     g.vm.irq_line(LOW[0], 1)
-    assert g.expect_sync() == LOW[1]
+    assert g.expect_sync() == LOW[1], \
+        f"KVM_IRQ_LINE pin {LOW[0]} level 1: expected GUEST_SYNC {LOW[1]:#x} from vector {LOW[1]:#x}'s handler"
     g.vm.irq_line(HIGH[0], 1)
     for pin, _ in (HIGH, LOW):
         g.vm.irq_line(pin, 0)

@@ -122,7 +122,8 @@ def test_vcpus_work_a_huge_page_slot_across_dirty_logging_on_and_off(guest, mode
     assert dirty == set(range(0, PAGES, 2)), \
         f"stores to the even pages: reported {len(dirty)} pages, odd ones among them " \
         f"{sorted(p for p in dirty if p % 2)[:8]}, even ones missing {sorted(set(range(0, PAGES, 2)) - dirty)[:8]}"
-    assert _first_qwords(g) == [4, 3] * (PAGES // 2)
+    assert _first_qwords(g) == [4, 3] * (PAGES // 2), \
+        "stores of value 4 to the even pages: expected first qwords 4, 3 alternating (odd pages keep stage 3's)"
 
     g.vm.set_memslot_flags(slot, 0)
     _stage(g, vcpus, 5)
@@ -133,4 +134,5 @@ def test_vcpus_work_a_huge_page_slot_across_dirty_logging_on_and_off(guest, mode
     assert dirty == set(range(1, PAGES, 2)), \
         f"logging on again, stores to the odd pages: {len(dirty)} reported, missing " \
         f"{sorted(set(range(1, PAGES, 2)) - dirty)[:8]}, extra {sorted(dirty - set(range(1, PAGES, 2)))[:8]}"
-    assert _first_qwords(g) == [5, 6] * (PAGES // 2)
+    assert _first_qwords(g) == [5, 6] * (PAGES // 2), \
+        "stores of value 6 to the odd pages: expected first qwords 5, 6 alternating (even pages keep stage 5's)"

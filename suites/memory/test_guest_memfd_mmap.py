@@ -144,7 +144,8 @@ def test_shared_mappings_see_one_file_and_a_punched_hole_reads_zero(shared_gmem)
     try:
         a.write(0, b"\xaa" * (4 * PAGE))
         assert b.read(0, 4 * PAGE) == b"\xaa" * (4 * PAGE), "a second mapping does not see the first one's bytes"
-        assert libc.fallocate(shared_gmem, libc.FALLOC_FL_PUNCH_HOLE | libc.FALLOC_FL_KEEP_SIZE, 0, PAGE) == 0
+        assert libc.fallocate(shared_gmem, libc.FALLOC_FL_PUNCH_HOLE | libc.FALLOC_FL_KEEP_SIZE, 0, PAGE) == 0, \
+            f"fallocate(PUNCH_HOLE|KEEP_SIZE) of the first page: expected 0, errno {errno_name(libc.get_errno())}"
         for name, m in (("first", a), ("second", b)):
             assert m.read(0, PAGE) == bytes(PAGE), f"the punched page does not read zero through the {name} mapping"
             assert m.read(PAGE, 3 * PAGE) == b"\xaa" * (3 * PAGE), \
@@ -196,8 +197,10 @@ def test_fstat_size_is_the_created_size(gmem_vm, pages):
     try:
         assert os.fstat(fd).st_size == pages * PAGE, \
             f"guest_memfd of {pages * PAGE:#x} bytes: fstat st_size {os.fstat(fd).st_size:#x}"
-        assert libc.fallocate(fd, libc.FALLOC_FL_KEEP_SIZE, 0, pages * PAGE) == 0
-        assert libc.fallocate(fd, libc.FALLOC_FL_PUNCH_HOLE | libc.FALLOC_FL_KEEP_SIZE, 0, PAGE) == 0
+        assert libc.fallocate(fd, libc.FALLOC_FL_KEEP_SIZE, 0, pages * PAGE) == 0, \
+            f"fallocate(KEEP_SIZE) of all {pages} pages: expected 0, errno {errno_name(libc.get_errno())}"
+        assert libc.fallocate(fd, libc.FALLOC_FL_PUNCH_HOLE | libc.FALLOC_FL_KEEP_SIZE, 0, PAGE) == 0, \
+            f"fallocate(PUNCH_HOLE|KEEP_SIZE) of the first page: expected 0, errno {errno_name(libc.get_errno())}"
         assert os.fstat(fd).st_size == pages * PAGE, f"st_size changed to {os.fstat(fd).st_size:#x} by fallocate"
     finally:
         os.close(fd)

@@ -133,19 +133,23 @@ def test_mprotect_read_only_lands_while_vcpus_write(guest, mode):
         while min(g.vm.read_u64(base + i * pages * 0x1000) for i in range(VCPUS)) < 3:
             assert time.monotonic() < deadline, "the vCPUs did not start their store passes within 10 s"
             time.sleep(0.001)
-        assert libc.mprotect(slot.hva, slot.size, libc.PROT_READ) == 0
+        assert libc.mprotect(slot.hva, slot.size, libc.PROT_READ) == 0, \
+            f"mprotect(PROT_READ) of the slot's backing: expected 0, errno " \
+            f"{errno.errorcode.get(libc.get_errno(), libc.get_errno())}"
         protected = True
         frozen = g.vm.read(base, slot.size)
     finally:
         g.vm.write_u64(CONTROL, 1)
         faults = [t.join(60) for t in threads]
-    assert protected
+    assert protected, "the backing was not made PROT_READ before the vCPUs were told to stop"
     short = {v.name: f for v, f in zip(vcpus, faults, strict=True) if f["final"] != pages}
     assert not short, f"the pass made after mprotect(PROT_READ) returned was refused {short} times, " \
                       f"expected {pages} EFAULTs per vCPU (every store)"
     assert g.vm.read(base, slot.size) == frozen, "a store landed after mprotect(PROT_READ) returned"
 
-    assert libc.mprotect(slot.hva, slot.size, libc.PROT_READ | libc.PROT_WRITE) == 0
+    assert libc.mprotect(slot.hva, slot.size, libc.PROT_READ | libc.PROT_WRITE) == 0, \
+        f"mprotect(PROT_READ|PROT_WRITE) of the slot's backing: expected 0, errno " \
+        f"{errno.errorcode.get(libc.get_errno(), libc.get_errno())}"
     _all_sync(g, vcpus, 4)
     words = memoryview(g.vm.read(base, slot.size)).cast("Q")[::0x1000 // 8]
     assert list(words) == [0x4444] * (VCPUS * pages), "with PROT_WRITE back, the stores did not all land"

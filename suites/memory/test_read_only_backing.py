@@ -65,12 +65,12 @@ def test_writes_to_a_read_only_backing_fail_with_efault_and_resume(guest, mode):
     slot = g.vm.add_memory(BASE, END - BASE)
     gpas = [BASE + i * 0x1000 for i in range(PAGES)]
 
-    assert g.run().value == 0
+    assert g.run().value == 0, "stage 0: expected GUEST_SYNC 0 after the guest stored each page's GPA"
     assert _pages(slot) == gpas, "stage 0: the host memory does not hold the GPAs the guest stored"
     sregs = g.vcpu.get_sregs()
     sregs.cr0 ^= CR0_WP
     g.vcpu.set_sregs(sregs)
-    assert g.run().value == 1
+    assert g.run().value == 1, "stage 1: expected GUEST_SYNC 1 after the CR0.WP toggle and the stores of GPA + 1"
     assert _pages(slot) == [gpa + 1 for gpa in gpas], "stage 1: the host memory does not hold GPA + 1 per page"
 
     _protect(slot, libc.PROT_READ)
@@ -97,6 +97,6 @@ def test_writes_to_a_read_only_backing_fail_with_efault_and_resume(guest, mode):
     assert _pages(slot) == [gpa + 1 for gpa in gpas], "stage 3: a store refused with EFAULT changed host memory"
 
     _protect(slot, libc.PROT_READ | libc.PROT_WRITE)
-    assert g.run().value == 4
+    assert g.run().value == 4, "stage 4: expected GUEST_SYNC 4 after the stores to the PROT_READ|PROT_WRITE backing"
     assert _pages(slot) == [gpa + 4 for gpa in gpas], "stage 4: after PROT_WRITE came back the stores did not land"
-    assert g.run_to_done() == []
+    assert g.run_to_done() == [], "after stage 4: expected GUEST_DONE with no further GUEST_SYNC"

@@ -101,7 +101,10 @@ def _guest(guest, mode, n, bases, **kw):
 
 def _check(g, n, counts, rounds, where):
     want = PRIMES_BELOW[n]
-    assert len(sieve_bitmap(n)) == n and sum(sieve_bitmap(n)) == want  # the host's bitmap agrees with pi(n)
+    # the host's bitmap agrees with pi(n)
+    assert len(sieve_bitmap(n)) == n and sum(sieve_bitmap(n)) == want, \
+        f"host sieve_bitmap({n}): {len(sieve_bitmap(n))} entries with {sum(sieve_bitmap(n))} primes, " \
+        f"expected {n} entries with pi({n}) = {want}"
     assert counts == [want] * rounds, \
         f"{where}: the guest's sieve over {n:#x} bytes counted {counts} primes, expected pi({n}) = {want} each round"
 
