@@ -43,18 +43,15 @@ from kvmtest.abi.constants import KVM_MP_STATE_RUNNABLE
 from kvmtest.errors import GuestFailure, GuestTimeout
 from kvmtest.guest import Guest
 from kvmtest.guest import layout as L
+from kvmtest.guest.apic_source import X2APIC_ON
 from kvmtest.guest.protocol import Done, Sync
 from kvmtest.x86 import (
-    APIC_BASE_EN,
-    APIC_BASE_EXTD,
     CR0_WP,
     CR4_PGE,
-    MSR_IA32_APIC_BASE,
     MSR_IA32_TSC_DEADLINE,
     MSR_IA32_X2APIC_EOI,
     MSR_IA32_X2APIC_ICR,
     MSR_IA32_X2APIC_LVT_TIMER,
-    MSR_IA32_X2APIC_SIVR,
 )
 
 VECTOR = 0x40
@@ -62,17 +59,6 @@ COUNT = L.DATA          # interrupts the handler has counted
 STOP = L.DATA + 8       # nonzero: the IPI target leaves its loop
 READY = L.DATA + 16     # nonzero: the IPI target has its APIC on and IF=1
 SPIN = 10_000_000       # bound on each wait for an interrupt
-
-X2APIC_ON = f"""
-    mov ecx, {MSR_IA32_APIC_BASE:#x}
-    rdmsr
-    or eax, {APIC_BASE_EN | APIC_BASE_EXTD:#x}
-    wrmsr
-    mov ecx, {MSR_IA32_X2APIC_SIVR:#x}
-    mov eax, 0x1FF
-    xor edx, edx
-    wrmsr
-"""
 
 # Counts the interrupt and EOIs it; keeps every register it uses.
 HANDLER = f"""

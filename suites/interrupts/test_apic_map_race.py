@@ -11,6 +11,7 @@ import pytest
 
 from kvmtest.abi import constants as C
 from kvmtest.abi.structs import kvm_lapic_state
+from kvmtest.guest.apic_source import X2APIC_ON
 from kvmtest.x86 import (
     APIC_BASE_EN,
     APIC_BASE_EXTD,
@@ -18,7 +19,6 @@ from kvmtest.x86 import (
     MSR_IA32_APIC_BASE,
     MSR_IA32_X2APIC_EOI,
     MSR_IA32_X2APIC_ICR,
-    MSR_IA32_X2APIC_SIVR,
 )
 
 pytestmark = [pytest.mark.requires_cap("KVM_CAP_IRQCHIP"), pytest.mark.requires_cpu("x2apic")]
@@ -28,28 +28,15 @@ EXTRA_VCPUS = 62                  # vCPUs 2-63: never run, only make the map big
 VECTOR = 0x40
 
 
-def _x2apic_on(msr_writes: str = "") -> str:
-    return f"""
-    mov ecx, {MSR_IA32_APIC_BASE:#x}
-    rdmsr
-    or eax, {APIC_BASE_EN | APIC_BASE_EXTD:#x}
-    wrmsr
-    mov ecx, {MSR_IA32_X2APIC_SIVR:#x}
-    mov eax, 0x1FF
-    xor edx, edx
-    wrmsr
-    {msr_writes}"""
-
-
 AFTER = f"""
-    {_x2apic_on()}
+    {X2APIC_ON}
     mov ecx, {MSR_IA32_X2APIC_ICR:#x}
     mov eax, {0x4000 | VECTOR:#x}               # fixed, physical
     mov edx, 1                                  # destination: x2APIC ID 1
     wrmsr
     GUEST_DONE
 ap:
-    {_x2apic_on()}
+    {X2APIC_ON}
     GUEST_SYNC 2
     sti
 1:  hlt

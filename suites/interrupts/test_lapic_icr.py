@@ -10,16 +10,13 @@ import pytest
 
 from kvmtest import lapic
 from kvmtest.guest import layout as L
+from kvmtest.guest.apic_source import X2APIC_ON
 from kvmtest.guest.paging import KiB4
 from kvmtest.x86 import (
-    APIC_BASE_EN,
-    APIC_BASE_EXTD,
     APIC_DEFAULT_PHYS_BASE,
     APIC_ICR,
     APIC_ICR2,
-    MSR_IA32_APIC_BASE,
     MSR_IA32_X2APIC_ICR,
-    MSR_IA32_X2APIC_SIVR,
     PTE_P,
     PTE_PCD,
     PTE_RW,
@@ -86,14 +83,7 @@ def test_xapic_icr_reads_back_through_get_lapic(guest):
 def _x2apic(source: str) -> str:
     return f"""
     cli
-    mov ecx, {MSR_IA32_APIC_BASE:#x}
-    rdmsr
-    or eax, {APIC_BASE_EN | APIC_BASE_EXTD:#x}
-    wrmsr
-    mov ecx, {MSR_IA32_X2APIC_SIVR:#x}
-    mov eax, 0x1FF
-    xor edx, edx
-    wrmsr
+    {X2APIC_ON}
     {source}
     """
 
