@@ -26,7 +26,7 @@ REASONS = {"nested": "nested virtualization", "pmu": "PMU",
 PEERS_BEGIN = "<!-- peers:begin: generated from suites/peers.toml by `python -m kvmtest.peers`, edit that file -->"
 PEERS_END = "<!-- peers:end -->"
 _KEYS = {"peer", "name", "sections", "area", "checks", "status", "tests", "benchmarks", "needs",
-         "missing", "reason", "note"}
+         "missing", "reason", "note", "undocumented"}
 
 
 class PeersFileError(KvmtestError):
@@ -38,7 +38,7 @@ class Program:
     """One peer-suite program of suites/peers.toml: its suite (`peer`) and `name`, what it checks, its
     status (full, partial, none or out-of-scope), the suite area it belongs to, the kvmtest tests
     and benchmarks that cover it, what it needs that the development host lacks, what is missing and
-    why."""
+    why, and (`undocumented`) what the peer program also asserts that no document defines."""
     peer: str
     name: str
     checks: str
@@ -51,6 +51,7 @@ class Program:
     missing: str = ""
     reason: str = ""
     note: str = ""
+    undocumented: str = ""
 
     @property
     def in_scope(self) -> bool:
@@ -103,6 +104,10 @@ def _program(raw: dict, where: str, known_areas: list[str]) -> Program:
             bad(f"`area` is required (a suite area with a README: {known_areas})")
     if status == "full" and (not raw.get("tests") or "missing" in raw):
         bad("a full equivalent names its `tests` and has no `missing`")
+    if "undocumented" in raw and (status != "full" or not isinstance(raw["undocumented"], str)
+                                  or not raw["undocumented"].strip()):
+        bad("`undocumented` (the peer's assertions no api.rst/SDM/APM text defines) is a non-empty string, "
+            "for a full equivalent only: anything documented that is not checked is `missing`")
     if status == "partial" and not (raw.get("tests") or raw.get("benchmarks")):
         bad("a partial equivalent names its `tests` or `benchmarks`")
     if status in ("partial", "none") and not str(raw.get("missing", "")).strip():
@@ -146,9 +151,12 @@ def figures(programs: list[Program]) -> dict:
         f: dict[str, float] = {s: sum(p.status == s for p in ps) for s in STATUSES}
         f.update({r: sum(p.reason == r for p in ps) for r in REASONS})
         f.update(programs=len(ps), in_scope=sum(p.in_scope for p in ps), runs_here=len(here),
-                 full_here=sum(p.status == "full" for p in here), partial_here=sum(p.status == "partial" for p in here))
+                 full_here=sum(p.status == "full" for p in here), partial_here=sum(p.status == "partial" for p in here),
+                 undocumented=sum(bool(p.undocumented) for p in ps),
+                 undocumented_here=sum(bool(p.undocumented) for p in here))
         f["coverage"] = (f["full"] + f["partial"] / 2) / f["in_scope"] if f["in_scope"] else 0.0
         f["coverage_here"] = (f["full_here"] + f["partial_here"] / 2) / len(here) if here else 0.0
+        f["full_here_share"] = f["full_here"] / len(here) if here else 0.0
         out[peer] = f
     return out
 
@@ -161,6 +169,10 @@ def _ids(p: Program, area: str) -> str:
     prefix = f"suites/{area}/" if area else "suites/"
     shown = [f"`{t.removeprefix(prefix).removeprefix('suites/')}`" for t in p.tests]
     return ", ".join(shown + [f"`{b}`" for b in p.benchmarks]) or "-"
+
+
+def _undocumented(p: Program) -> str:
+    return f"Not checked, as no document defines it: {p.undocumented}" if p.undocumented else ""
 
 
 def render_area(programs: list[Program], area: str) -> str:
@@ -177,7 +189,7 @@ def render_area(programs: list[Program], area: str) -> str:
         name = f"`{p.name}`" + (f" ({', '.join(p.sections)})" if p.sections and p.sections != (p.name,) else "")
         status = p.status + (f"; needs {', '.join(p.needs)}" if p.needs else "")
         lines.append(f"| {p.peer} | {_cell(name)} | {_cell(p.checks)} | {_cell(status)} | {_cell(_ids(p, area))} | "
-                     f"{_cell(' '.join(x for x in (p.missing, p.note) if x) or '-')} |")
+                     f"{_cell(' '.join(x for x in (p.missing, _undocumented(p), p.note) if x) or '-')} |")
     return "\n".join(lines) + ("" if rows else "\n| - | - | - | - | - | - |")
 
 
@@ -195,10 +207,15 @@ def render_summary(programs: list[Program]) -> str:
     lines = ["| | " + " | ".join(cols) + " |", "| --- |" + " --- |" * len(cols),
              row("programs listed", "programs")]
     lines += [row(f"out of scope: {REASONS[r]}", r) for r in REASONS]
-    lines += [row("in scope", "in_scope"), row("full equivalent", "full"), row("partial equivalent", "partial"),
+    lines += [row("in scope", "in_scope"), row("full equivalent", "full"),
+              row("of which leave out only assertions no document defines (`undocumented`)", "undocumented"),
+              row("partial equivalent", "partial"),
               row("no equivalent yet", "none"), row("coverage, (full + partial / 2) / in scope", "coverage", pct),
               row("in scope and runnable on the kvm_pvm host (no `needs`)", "runs_here"),
-              row("coverage of those", "coverage_here", pct)]
+              row("full equivalent among those", "full_here"),
+              row("of which leave out only assertions no document defines", "undocumented_here"),
+              row("full equivalents among those, share", "full_here_share", pct),
+              row("coverage of those, (full + partial / 2) / runnable", "coverage_here", pct)]
     lines += ["", "Out of scope:", "", "| peer | program | reason | what it checks |", "| --- | --- | --- | --- |"]
     for p in sorted((p for p in programs if not p.in_scope), key=lambda p: (p.reason, p.peer, p.name)):
         note = f" {p.note}" if p.note else ""

@@ -66,7 +66,13 @@ def test_the_figures_in_suites_readme_are_counted_from_the_map(programs):
     in_scope = [p for p in programs if p.status != "out-of-scope"]
     full = sum(p.status == "full" for p in in_scope)
     partial = sum(p.status == "partial" for p in in_scope)
+    runnable = [p for p in in_scope if not p.needs]
+    full_here = sum(p.status == "full" for p in runnable)
     want = {"programs listed": len(programs), "in scope": len(in_scope), "full equivalent": full,
+            "of which leave out only assertions no document defines (`undocumented`)":
+                sum(bool(p.undocumented) for p in in_scope),
+            "full equivalent among those": full_here,
+            "full equivalents among those, share": f"{100 * full_here / len(runnable):.0f} %",
             "partial equivalent": partial, "no equivalent yet": sum(p.status == "none" for p in in_scope),
             "coverage, (full + partial / 2) / in scope": f"{100 * (full + partial / 2) / len(in_scope):.0f} %"}
     for label, value in want.items():
@@ -86,6 +92,11 @@ BAD = [
     ("unknown-peer", ('peer = "selftests"', 'peer = "ltp"'), "peer 'ltp'"),
     ("kvm-unit-tests-without-sections", ('peer = "selftests"', 'peer = "kvm-unit-tests"'), "`sections`"),
     ("tests-not-a-list", ('tests = ["suites/memory/test_memslots.py::*"]', 'tests = "suites/x"'), "`tests`"),
+    # What a program leaves out that a document defines is `missing`; `undocumented` cannot stand in for it
+    ("partial-with-undocumented", ('missing =', 'undocumented = "KVM policy."\nmissing ='), "for a full equivalent only"),
+    ("empty-undocumented", ('status = "partial"\ntests = ["suites/memory/test_memslots.py::*"]\nmissing = "The rest."',
+                            'status = "full"\ntests = ["suites/memory/test_memslots.py::*"]\nundocumented = " "'),
+     "non-empty"),
 ]
 
 
