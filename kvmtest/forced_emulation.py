@@ -5,7 +5,8 @@ Tests that need it skip with SKIP_REASON where enabled() is False."""
 
 from .fingerprint import kvm_modules
 
-FEP = ".byte 0x0f, 0x0b, 0x6b, 0x76, 0x6d"  # guest source: put it on the line before the instruction
+PREFIX = bytes([0x0F, 0x0B, 0x6B, 0x76, 0x6D])   # the prefix as bytes (arch/x86/include/asm/emulate_prefix.h)
+FEP = ".byte " + ", ".join(f"{b:#04x}" for b in PREFIX)   # guest source: put it on the line before the instruction
 SKIP_REASON = "the forced-emulation prefix needs the kvm module parameter force_emulation_prefix=1"
 
 
@@ -21,5 +22,5 @@ def forced(insn: str, bits: int) -> str:
     only the first would be covered. `insn` must not refer to labels (it is assembled on its own)."""
     from .asm import assemble
 
-    code = bytes([0x0F, 0x0B, 0x6B, 0x76, 0x6D]) + assemble(insn, bits).code
+    code = PREFIX + assemble(insn, bits).code
     return ".byte " + ", ".join(f"{b:#04x}" for b in code)

@@ -205,11 +205,11 @@ def test_refusal_check_fails_when_an_mmio_path_completes_the_instruction(form):
     """The refusal check fails, naming the path and what it expected, when an MMIO path completes a
     refused instruction (Unicorn standing in for a KVM that emulated it) or ends it otherwise."""
     class Completes(UnicornPath):
-        mmio = True
+        mmio = forces_emulation = True
         mode = type("M", (), {"cpl": 3, "name": "long64-cpl3"})()
 
     class Refuses:
-        name, mmio, mode = "cpl0-mmio", True, type("M", (), {"cpl": 0, "name": "long64"})()
+        name, mmio, forces_emulation, mode = "cpl0-mmio", True, True, type("M", (), {"cpl": 0, "name": "long64"})()
 
         def run(self, insn, code, inputs):
             return Outcome(gprs={}, rflags=0, window=b"", error="x",

@@ -12,14 +12,23 @@ from functools import cache, lru_cache
 
 from iced_x86 import Code, Decoder, RflagsBits
 
+from .. import forced_emulation
 from ..asm import assemble
-from ..errors import AssemblyError
+from ..errors import AssemblyError, BadArgumentError
 from ..guest import layout as L
 from ..x86 import RFLAGS_AF, RFLAGS_CF, RFLAGS_DF, RFLAGS_OF, RFLAGS_PF, RFLAGS_SF, RFLAGS_ZF
 from .forms import Form
 
-INSN_ADDR = L.CODE   # where every path runs the instruction (the guests' first bytes, Unicorn's code page)
-SLOT = 16            # bytes reserved for it: the longest x86 instruction is 15 (SDM Vol. 2A 2.3.11)
+# The instruction slot: the guests' first bytes and Unicorn's code page hold PREFIX_ROOM bytes for
+# KVM's forced-emulation prefix, then the instruction at INSN_ADDR, then NOPs. The prefix goes
+# before INSN_ADDR, so the instruction has the same address on every path (a fault reports it, a
+# RIP-relative operand would be computed from it) and only the forced paths start at SLOT_ADDR.
+MAX_LENGTH = 15                        # the longest x86 instruction (SDM Vol. 2A 2.3.11)
+PREFIX_ROOM = len(forced_emulation.PREFIX)
+SLOT_ADDR = L.CODE
+INSN_ADDR = SLOT_ADDR + PREFIX_ROOM    # where every path runs the instruction
+SLOT = PREFIX_ROOM + MAX_LENGTH        # bytes reserved from SLOT_ADDR
+NOP = b"\x90"
 
 # The status flags (SDM Vol. 1 3.4.3.1): the only RFLAGS bits these instructions define, and the
 # only ones the checks set and compare. iced-x86 numbers them its own way.
@@ -67,6 +76,23 @@ class Instruction:
     def decoded_code(self) -> int:
         """The iced-x86 Code value the bytes decode to."""
         return getattr(Code, self.form.code_name)
+
+
+def slot_bytes(code: bytes, forced: bool) -> bytes:
+    """The SLOT bytes a path writes at SLOT_ADDR: KVM's forced-emulation prefix (`forced`) or NOPs
+    in the PREFIX_ROOM bytes before INSN_ADDR, `code` at INSN_ADDR, NOPs after it. BadArgumentError
+    for code that is empty or longer than an instruction can be."""
+    if not 0 < len(code) <= MAX_LENGTH:
+        raise BadArgumentError(f"instruction slot: {len(code)} bytes of code ({code.hex() or 'none'}); "
+                               f"an x86 instruction is 1 to {MAX_LENGTH} bytes (SDM Vol. 2A 2.3.11)")
+    head = forced_emulation.PREFIX if forced else NOP * PREFIX_ROOM
+    return (head + code).ljust(SLOT, NOP)
+
+
+def entry(forced: bool) -> int:
+    """Where a path starts the vCPU: at the prefix on a forced path (KVM skips it and emulates the
+    instruction at INSN_ADDR: x86.c handle_ud), at the instruction on the others."""
+    return SLOT_ADDR if forced else INSN_ADDR
 
 
 _ROTATES_THROUGH_CF = {"RCL", "RCR"}

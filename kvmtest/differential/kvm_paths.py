@@ -10,6 +10,14 @@ instruction with the same register values reaches either memory or KVM_EXIT_MMIO
   cpl0-ram    CPL0, RAM: natively on a host with hardware virtualization; on a host that emulates
               CPL0 code (kvm_pvm) KVM's emulator, one instruction at a time
   cpl0-mmio   CPL0, MMIO: KVM's emulator
+  cpl3-fep    CPL3, RAM, the instruction behind KVM's forced-emulation prefix: KVM's emulator
+  cpl0-fep    CPL0, the same (only where the kvm module has force_emulation_prefix set)
+
+The instruction sits at instruction.INSN_ADDR on every path; the five bytes before it hold the
+forced-emulation prefix on a fep path, which starts there (instruction.entry): the #UD of its UD2
+reaches KVM, which checks the bytes, skips them and emulates the instruction (x86.c handle_ud,
+EMULTYPE_TRAP_UD_FORCED). A #UD reported at the prefix itself means KVM did not take it, and ends
+the run as an error rather than as the instruction's exception.
 
 16-bit code runs in real mode (CPL0 only: no 16-bit CPL3 mode exists here), 32-bit code in
 compatibility mode (its 64-bit IDT returns from exceptions with IRETQ), 64-bit code in 64-bit mode.
@@ -33,21 +41,22 @@ from ..guest import Done, Guest, Sync, exc_records
 from ..guest import layout as L
 from ..guest.modes import get_mode, initial_rflags, initial_stack, with_sse_enabled
 from ..vm import Vm
-from ..x86 import ERROR_CODE_VECTORS, RFLAGS_DF
+from ..x86 import ERROR_CODE_VECTORS, RFLAGS_DF, UD_VECTOR
 from .inputs import MARGIN, PAGE, PAGE_SIZE, STACK_GAP, STACK_WINDOW, WINDOW, WINDOW_SIZE, Inputs
-from .instruction import INSN_ADDR, SLOT, STATUS_FLAGS, Instruction
+from .instruction import INSN_ADDR, MAX_LENGTH, PREFIX_ROOM, SLOT_ADDR, STATUS_FLAGS, Instruction, entry, slot_bytes
 from .outcome import Outcome, Write, gpr_names
 
 MODES = {64: ("long64", "long64-cpl3"), 32: ("compat32", "compat32-cpl3"), 16: ("real", None)}
-NOP = b"\x90"
 RESUMED = 0xE1   # GUEST_SYNC value of the code an exception handler returns to
 MAX_ACCESSES = 64    # MMIO exits one instruction may take before the run is called stuck
 XMM1 = slice(176, 192)   # XMM1 in the XSAVE area's legacy region (SDM Vol. 1 Table 10-2)
 XSTATE_BV = 512          # the XSAVE header's XSTATE_BV: bit 1 marks the SSE state in use (13.4.2)
 
 GUEST = f"""
+diff_slot:
+    {chr(10).join(['.byte 0x90'] * PREFIX_ROOM)}
 diff_insn:
-    {chr(10).join(['.byte 0x90'] * SLOT)}
+    {chr(10).join(['.byte 0x90'] * MAX_LENGTH)}
     GUEST_DONE
 diff_resume:
     GUEST_SYNC {RESUMED:#x}
@@ -56,14 +65,31 @@ diff_resume:
 
 
 class KvmPath:
-    """One KVM path (see the module docstring): `name`, and run() -> Outcome."""
+    """One KVM path (see the module docstring): `name`, and run() -> Outcome. `mmio`: the operand
+    page has no memslot; `fep`: the instruction runs behind the forced-emulation prefix."""
 
-    def __init__(self, kvm, name: str, mode: str, mmio: bool, timeout: float | None = None, cpuid=None):
-        self.kvm, self.name, self.mode, self.mmio = kvm, name, get_mode(mode), mmio
+    def __init__(self, kvm, name: str, mode: str, mmio: bool, timeout: float | None = None, cpuid=None,
+                 fep: bool = False):
+        if mmio and fep:
+            raise BadArgumentError(f"KvmPath {name}: mmio and fep both set; a forced path keeps its operand in RAM "
+                                   "so that only the prefix decides who runs the instruction")
+        self.kvm, self.name, self.mode, self.mmio, self.fep = kvm, name, get_mode(mode), mmio, fep
         self.timeout, self.cpuid = timeout, cpuid
         self.guest: Guest | None = None
         self._vm: Vm | None = None
         self._resume = 0
+
+    @property
+    def forces_emulation(self) -> bool:
+        """Whether only KVM's emulator can complete the instruction here (MMIO operand or the prefix)."""
+        return self.mmio or self.fep
+
+    @property
+    def vcpu(self):
+        """The path's vCPU, its guest built first if need be (a run that ends in error rebuilds it)."""
+        if self.guest is None:
+            self.guest = self._build()
+        return self.guest.vcpu
 
     def _build(self) -> Guest:
         vm = self.kvm.create_vm()
@@ -79,9 +105,10 @@ class KvmPath:
         except BaseException:
             vm.close()
             raise
-        if g.labels["diff_insn"] != INSN_ADDR:
+        if (g.labels["diff_slot"], g.labels["diff_insn"]) != (SLOT_ADDR, INSN_ADDR):
             vm.close()
-            raise KvmtestError(f"{g.name}: the instruction slot is at {g.labels['diff_insn']:#x}, not {INSN_ADDR:#x}")
+            raise KvmtestError(f"{g.name}: the instruction slot is at {g.labels['diff_slot']:#x} with the instruction "
+                               f"at {g.labels['diff_insn']:#x}, not {SLOT_ADDR:#x} and {INSN_ADDR:#x}")
         self._vm, self._resume = vm, g.labels["diff_resume"]
         return g
 
@@ -108,7 +135,7 @@ class KvmPath:
 
     def _run(self, g: Guest, insn: Instruction, code: bytes, inputs: Inputs) -> Outcome:
         vm, vcpu, form = g.vm, g.vcpu, insn.form
-        vm.write(INSN_ADDR, code.ljust(SLOT, NOP))
+        vm.write(SLOT_ADDR, slot_bytes(code, self.fep))
         window = inputs.window(form)
         page = bytearray(window[MARGIN:MARGIN + PAGE_SIZE])
         if self.mmio:   # the margins are RAM on every path; the page is the host's copy here
@@ -127,7 +154,7 @@ class KvmPath:
         width = (1 << 64) - 1 if form.code_bits == 64 else 0xFFFFFFFF
         for name in gpr_names(form.code_bits):
             setattr(regs, name, values[name] & width)
-        regs.rip, regs.rsp = INSN_ADDR, rsp0
+        regs.rip, regs.rsp = entry(self.fep), rsp0
         regs.rflags = initial_rflags(self.mode) & ~(STATUS_FLAGS | RFLAGS_DF) | inputs.flags
         vcpu.set_regs(regs)
         reads: list[Write] = []
@@ -151,6 +178,9 @@ class KvmPath:
         if isinstance(event, Sync) and event.value == RESUMED:
             record = exc_records.read(vm, 0)
             vector = record["vector"] & 0xFF
+            if self.fep and vector == UD_VECTOR and record["rip"] == SLOT_ADDR:
+                raise g.failure(f"#UD at the forced-emulation prefix ({SLOT_ADDR:#x}), not at the instruction "
+                                f"({INSN_ADDR:#x}): KVM did not take the prefix (kvm.force_emulation_prefix unset?)")
             code_known = self.mode.protected and vector in ERROR_CODE_VECTORS
             exception = (vector, record["error_code"] if code_known else None)
             regs = vcpu.get_regs()   # as the handler's IRET left them: the state at the fault
@@ -206,16 +236,17 @@ def vcpu_cpuid(kvm) -> list:
     return entries
 
 
-def kvm_paths(kvm, code_bits: int, timeout: float | None = None, cpuid=None) -> list[KvmPath]:
+def kvm_paths(kvm, code_bits: int, timeout: float | None = None, cpuid=None, fep: bool = False) -> list[KvmPath]:
     """The KVM paths for `code_bits` code: CPL3 (where the code size has a CPL3 mode) and CPL0,
-    each with RAM and with MMIO; their vCPUs get `cpuid` (None: KVM_GET_SUPPORTED_CPUID)."""
+    each with RAM and with MMIO, and with `fep` (for a host whose kvm module has
+    force_emulation_prefix set: kvmtest.forced_emulation.enabled()) each with the forced-emulation
+    prefix; their vCPUs get `cpuid` (None: KVM_GET_SUPPORTED_CPUID)."""
     if code_bits not in MODES:
         raise BadArgumentError(f"kvm_paths: code_bits {code_bits!r}: expected one of {sorted(MODES)}")
-    cpl0, cpl3 = MODES[code_bits]
     paths = []
-    if cpl3:
-        paths += [KvmPath(kvm, "cpl3-ram", cpl3, False, timeout, cpuid),
-                  KvmPath(kvm, "cpl3-mmio", cpl3, True, timeout, cpuid)]
-    paths += [KvmPath(kvm, "cpl0-ram", cpl0, False, timeout, cpuid),
-              KvmPath(kvm, "cpl0-mmio", cpl0, True, timeout, cpuid)]
+    for cpl, mode in zip(("cpl3", "cpl0"), MODES[code_bits][::-1], strict=True):
+        if mode:
+            paths += [KvmPath(kvm, f"{cpl}-ram", mode, False, timeout, cpuid),
+                      KvmPath(kvm, f"{cpl}-mmio", mode, True, timeout, cpuid)]
+            paths += [KvmPath(kvm, f"{cpl}-fep", mode, False, timeout, cpuid, fep=True)] if fep else []
     return paths

@@ -33,7 +33,7 @@ from ..guest import layout as L
 from ..x86 import CR0_EM, CR0_MP, CR4_OSFXSR, CR4_OSXMMEXCPT, GP_VECTOR, RFLAGS_FIXED, UD_VECTOR
 from .forms import Form
 from .inputs import PAGE, PAGE_SIZE, STACK_GAP, STACK_WINDOW, WINDOW, WINDOW_SIZE, Inputs
-from .instruction import INSN_ADDR, SLOT, Instruction
+from .instruction import INSN_ADDR, SLOT, SLOT_ADDR, Instruction, slot_bytes
 from .outcome import Outcome, Write, gpr_names
 
 MAX_MMIO_DATA = 8    # KVM_EXIT_MMIO carries at most 8 bytes (api.rst, kvm_run.mmio.data[8])
@@ -133,7 +133,7 @@ class UnicornPath:
 
     def _new(self) -> Uc:
         uc = Uc(UC_ARCH_X86, _MODES[self.code_bits])
-        uc.mem_map(INSN_ADDR & ~0xFFF, 0x1000)
+        uc.mem_map(SLOT_ADDR & ~0xFFF, 0x1000)   # the slot does not cross a page
         uc.mem_map(PAGE - PAGE_SIZE, 3 * PAGE_SIZE)        # the window: the page and RAM either side
         uc.mem_map((RSP0 & ~0xFFF) - PAGE_SIZE, 2 * PAGE_SIZE)   # the stack
         # SSE enabled as on the KVM paths (modes.with_sse_enabled); Unicorn's real mode starts without.
@@ -180,8 +180,8 @@ class UnicornPath:
         for d in KNOWN_DEVIATIONS if self.workarounds else ():
             if d.rewrite and d.applies(form, inputs):
                 code = d.rewrite(code)
-        uc.mem_write(INSN_ADDR, code.ljust(SLOT, b"\x90"))
-        uc.ctl_remove_cache(INSN_ADDR, INSN_ADDR + SLOT)   # drop code Unicorn translated for other bytes
+        uc.mem_write(SLOT_ADDR, slot_bytes(code, forced=False))
+        uc.ctl_remove_cache(SLOT_ADDR, SLOT_ADDR + SLOT)   # drop code Unicorn translated for other bytes
         uc.mem_write(WINDOW, inputs.window(form))
         uc.mem_write(RSP0 - STACK_WINDOW // 2, inputs.stack_window())
         regs = _REGS if bits == 64 else _REGS32

@@ -1,11 +1,16 @@
 """Shared set-up of the emulator area: the paths every differential check runs (made once per
 session, per xdist worker: guests are reused across checks), the `differential` fixture that runs
 one form's property with the session's hypothesis profile and seed, recorded in the report, and the
-`refusal` fixture for the instructions KVM's emulator must refuse."""
+`refusal` fixture for the instructions KVM's emulator must refuse.
+
+The forced-emulation paths (cpl3-fep, cpl0-fep) exist only where the kvm module has
+force_emulation_prefix set (kvmtest.forced_emulation.enabled()); elsewhere every check runs without
+them and records why in its `fep_paths` property (forced_emulation.SKIP_REASON)."""
 
 import pytest
 from hypothesis import settings as hypothesis_settings
 
+from kvmtest import forced_emulation
 from kvmtest.cpuid import has_feature
 from kvmtest.differential import profiles
 from kvmtest.differential.check import check_form
@@ -23,15 +28,22 @@ def emulator_cpuid(kvm):
 
 
 @pytest.fixture(scope="session")
-def emulator_paths(kvm, pytestconfig, emulator_cpuid):
-    """paths(code_bits) -> the KVM paths and the reference for that code size, built on first use
-    and closed at the end of the session."""
+def emulator_fep():
+    """Whether the forced-emulation paths run: the kvm module's force_emulation_prefix."""
+    return forced_emulation.enabled()
+
+
+@pytest.fixture(scope="session")
+def emulator_paths(kvm, pytestconfig, emulator_cpuid, emulator_fep):
+    """paths(code_bits) -> the KVM paths (with the forced-emulation ones where emulator_fep) and
+    the reference for that code size, built on first use and closed at the end of the session."""
     made = {}
     timeout = settings(pytestconfig)["kvm_guest_timeout"]
 
     def paths(code_bits: int) -> list:
         if code_bits not in made:
-            made[code_bits] = kvm_paths(kvm, code_bits, timeout, emulator_cpuid) + [UnicornPath(code_bits)]
+            made[code_bits] = kvm_paths(kvm, code_bits, timeout, emulator_cpuid, fep=emulator_fep) + \
+                [UnicornPath(code_bits)]
         return made[code_bits]
 
     yield paths
@@ -50,11 +62,12 @@ def _require_feature(form, cpuid) -> None:
 
 
 @pytest.fixture
-def differential(emulator_paths, emulator_cpuid, request, record_property, pytestconfig):
+def differential(emulator_paths, emulator_cpuid, emulator_fep, request, record_property, pytestconfig):
     """check(form): the differential property of one form (kvmtest.differential.check). The seed
     goes into the test's JUnit properties (hypothesis_seed) and every failure message, with the
-    command that replays it. A form KVM's emulator must refuse (forms.REFUSED) runs on the paths
-    that do not force emulation (the refusal fixture checks the others)."""
+    command that replays it; `fep_paths` says whether the forced-emulation paths ran, or why not.
+    A form KVM's emulator must refuse (forms.REFUSED) runs on the paths that do not force
+    emulation (the refusal fixture checks the others)."""
     seed = profiles.seed(pytestconfig.getoption("hypothesis_seed", None))
     name = profiles.profile_name(hypothesis_settings.get_current_profile_name())
     record_property("hypothesis_seed", seed)
@@ -65,7 +78,11 @@ def differential(emulator_paths, emulator_cpuid, request, record_property, pytes
     def check(form) -> None:
         record_property("instruction", form.text)
         _require_feature(form, emulator_cpuid)
-        paths = [p for p in emulator_paths(form.code_bits) if form.emulated or not getattr(p, "mmio", False)]
+        paths = [p for p in emulator_paths(form.code_bits)
+                 if form.emulated or not getattr(p, "forces_emulation", False)]
+        forced = [p.name for p in paths if getattr(p, "fep", False)]
+        record_property("fep_paths", (", ".join(forced) or "none: KVM's emulator refuses this form (test_refusals.py)")
+                        if emulator_fep else f"absent: {forced_emulation.SKIP_REASON}")
         check_form(form, paths, profile, seed, note)
 
     return check
@@ -73,8 +90,8 @@ def differential(emulator_paths, emulator_cpuid, request, record_property, pytes
 
 @pytest.fixture
 def refusal(emulator_paths, record_property):
-    """check(form): a form KVM's emulator does not implement ends as documented on every MMIO path
-    (kvmtest.differential.refusal)."""
+    """check(form): a form KVM's emulator does not implement ends as documented on every path that
+    forces emulation, MMIO and forced-emulation prefix (kvmtest.differential.refusal)."""
     def check(form) -> None:
         record_property("instruction", form.text)
         check_refusal(form, emulator_paths(form.code_bits))
