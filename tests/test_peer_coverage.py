@@ -93,7 +93,8 @@ BAD = [
     ("kvm-unit-tests-without-sections", ('peer = "selftests"', 'peer = "kvm-unit-tests"'), "`sections`"),
     ("tests-not-a-list", ('tests = ["suites/memory/test_memslots.py::*"]', 'tests = "suites/x"'), "`tests`"),
     # What a program leaves out that a document defines is `missing`; `undocumented` cannot stand in for it
-    ("partial-with-undocumented", ('missing =', 'undocumented = "KVM policy."\nmissing ='), "for a full equivalent only"),
+    ("partial-with-undocumented", ('missing =', 'undocumented = "KVM policy."\nmissing ='),
+     "for a full equivalent only"),
     ("empty-undocumented", ('status = "partial"\ntests = ["suites/memory/test_memslots.py::*"]\nmissing = "The rest."',
                             'status = "full"\ntests = ["suites/memory/test_memslots.py::*"]\nundocumented = " "'),
      "non-empty"),

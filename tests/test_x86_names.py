@@ -47,13 +47,19 @@ VALUES = [
     ("MSR_AMD64_HWCR", 0xC0010015), ("MSR_AMD64_VM_HSAVE_PA", 0xC0010117),
     ("MSR_KVM_SYSTEM_TIME", 0x12), ("MSR_KVM_SYSTEM_TIME_NEW", 0x4B564D01), ("MSR_KVM_PV_EOI_EN", 0x4B564D04),
     ("MSR_KVM_ASYNC_PF_INT", 0x4B564D06), ("HV_X64_MSR_TIME_REF_COUNT", 0x40000020),
+    ("PAT_UC", 0), ("PAT_WC", 1), ("PAT_WT", 4), ("PAT_WP", 5), ("PAT_WB", 6), ("PAT_UC_MINUS", 7),  # Vol. 3A 12.12
+    ("PAT_POWER_UP", 0x0007040600070406),
+    ("TSS32_LINK", 0), ("TSS32_ESP0", 4), ("TSS32_SS0", 8), ("TSS32_CR3", 28), ("TSS32_EIP", 32),  # Figure 8-2
+    ("TSS32_EFLAGS", 36), ("TSS32_ESP", 56), ("TSS32_ES", 72), ("TSS32_CS", 76), ("TSS32_SS", 80),
+    ("TSS32_DS", 84), ("TSS32_FS", 88), ("TSS32_GS", 92), ("TSS32_LDT", 96), ("TSS32_IOMAP_BASE", 102),
+    ("TSS64_RSP0", 4), ("TSS64_IST1", 36), ("TSS64_IOMAP_BASE", 102),  # Figure 8-11
 ]
 
 # Names whose value another name in its group has on purpose: bit 7 of a paging entry is PS
 # in a PDE or PDPTE and PAT in a 4-KByte PTE (SDM Vol. 3A Tables 4-18 to 4-20).
 ALIASES = {frozenset({"PTE_PS", "PTE_PAT"})}
 GROUPS = ["CR0_", "CR3_", "CR4_", "EFER_", "RFLAGS_", "XCR0_", "DR6_", "DR7_", "APIC_BASE_", "DEBUGCTL_", "PTE_",
-          "PFEC_", "SEG_TYPE_", "SYS_TYPE_", "MSR_"]
+          "PFEC_", "SEG_TYPE_", "SYS_TYPE_", "MSR_", "PAT_", "TSS32_"]
 
 
 def _group(prefix):

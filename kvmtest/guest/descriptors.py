@@ -7,7 +7,23 @@ import struct
 from dataclasses import dataclass
 
 from ..abi.structs import kvm_segment
-from ..x86 import SEG_TYPE_CODE_RX_ACCESSED, SEG_TYPE_DATA_RW_ACCESSED, SYS_TYPE_TSS_AVAILABLE, SYS_TYPE_TSS_BUSY
+from ..x86 import (
+    SEG_TYPE_CODE_RX_ACCESSED,
+    SEG_TYPE_DATA_RW_ACCESSED,
+    SYS_TYPE_TSS_AVAILABLE,
+    SYS_TYPE_TSS_BUSY,
+    TSS32_CR3,
+    TSS32_ES,
+    TSS32_ESP,
+    TSS32_ESP0,
+    TSS32_IOMAP_BASE,
+    TSS32_LINK,
+    TSS32_SIZE,
+    TSS64_IOMAP_BASE,
+    TSS64_IST1,
+    TSS64_RSP0,
+    TSS64_SIZE,
+)
 
 
 @dataclass(frozen=True)
@@ -112,35 +128,35 @@ def ivt_entry(segment: int, offset: int) -> bytes:
     return struct.pack("<HH", offset & 0xFFFF, segment & 0xFFFF)
 
 
-def tss32(esp0: int, ss0: int, iomap_base: int = 0x68) -> bytes:
-    """104-byte 32-bit TSS (SDM Vol. 3A Figure 7-2); only the fields kvmtest uses are set."""
-    t = bytearray(0x68)
-    struct.pack_into("<II", t, 4, esp0, ss0)
-    struct.pack_into("<H", t, 102, iomap_base)
+def tss32(esp0: int, ss0: int, iomap_base: int = TSS32_SIZE) -> bytes:
+    """104-byte 32-bit TSS (SDM Vol. 3A 8.2.1, Figure 8-2); only the fields kvmtest uses are set."""
+    t = bytearray(TSS32_SIZE)
+    struct.pack_into("<II", t, TSS32_ESP0, esp0, ss0)
+    struct.pack_into("<H", t, TSS32_IOMAP_BASE, iomap_base)
     return bytes(t)
 
 
 def tss32_task(eip: int, esp: int, *, cs: int, data: int, eflags: int = 0x2, cr3: int = 0, link: int = 0,
                segments: dict[str, int] | None = None) -> bytes:
-    """104-byte 32-bit TSS of a task a task switch starts (SDM Vol. 3A Figure 7-2): EIP, EFLAGS,
+    """104-byte 32-bit TSS of a task a task switch starts (SDM Vol. 3A 8.2.1, Figure 8-2): EIP, EFLAGS,
     ESP, CS, and `data` in ES, SS, DS, FS and GS unless `segments` names one ("es", "ss", "ds", "fs",
     "gs"), CR3 (read only with paging on), the previous-task link; no I/O permission bitmap."""
-    t = bytearray(0x68)
+    t = bytearray(TSS32_SIZE)
     selectors = {"es": data, "cs": cs, "ss": data, "ds": data, "fs": data, "gs": data, **(segments or {})}
-    struct.pack_into("<I", t, 0x00, link)
-    struct.pack_into("<III", t, 0x1C, cr3, eip, eflags)
-    struct.pack_into("<I", t, 0x38, esp)
+    struct.pack_into("<I", t, TSS32_LINK, link)
+    struct.pack_into("<III", t, TSS32_CR3, cr3, eip, eflags)     # CR3, EIP, EFLAGS are adjacent
+    struct.pack_into("<I", t, TSS32_ESP, esp)
     for i, name in enumerate(("es", "cs", "ss", "ds", "fs", "gs")):
-        struct.pack_into("<I", t, 0x48 + 4 * i, selectors[name])
-    struct.pack_into("<H", t, 0x66, 0x68)
+        struct.pack_into("<I", t, TSS32_ES + 4 * i, selectors[name])
+    struct.pack_into("<H", t, TSS32_IOMAP_BASE, TSS32_SIZE)
     return bytes(t)
 
 
-def tss64(rsp0: int, ist: tuple[int, ...] = (), iomap_base: int = 0x68) -> bytes:
-    """104-byte 64-bit TSS (SDM Vol. 3A Figure 8-11)."""
-    t = bytearray(0x68)
-    struct.pack_into("<Q", t, 4, rsp0)
+def tss64(rsp0: int, ist: tuple[int, ...] = (), iomap_base: int = TSS64_SIZE) -> bytes:
+    """104-byte 64-bit TSS (SDM Vol. 3A 8.7, Figure 8-11)."""
+    t = bytearray(TSS64_SIZE)
+    struct.pack_into("<Q", t, TSS64_RSP0, rsp0)
     for i, stack in enumerate(ist[:7]):
-        struct.pack_into("<Q", t, 36 + 8 * i, stack)
-    struct.pack_into("<H", t, 102, iomap_base)
+        struct.pack_into("<Q", t, TSS64_IST1 + 8 * i, stack)
+    struct.pack_into("<H", t, TSS64_IOMAP_BASE, iomap_base)
     return bytes(t)

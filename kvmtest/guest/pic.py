@@ -18,3 +18,18 @@ def init_master_pic(vector_base: int = 0x20, unmasked: tuple[int, ...] = ()) -> 
         "mov al, 0x01", "out 0x21, al",                 # ICW4: 8086 mode
         f"mov al, {mask:#x}", "out 0x21, al",           # OCW1: interrupt mask
     ]) + "\n"
+
+
+def counting_irq_handler(label: str) -> str:
+    """Guest source (64-bit) of an interrupt handler at `label` that counts its runs in R12 and
+    ends each with a non-specific EOI to the master 8259A (OCW2 0x20 to port 0x20, 8259A
+    datasheet), keeping every other register."""
+    return f"""
+{label}:
+    inc r12
+    push rax
+    mov al, 0x20
+    out 0x20, al            # OCW2: non-specific EOI
+    pop rax
+    iretq
+"""

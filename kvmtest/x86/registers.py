@@ -66,6 +66,18 @@ APIC_BASE_BSP = 1 << 8     # this processor is the bootstrap processor
 APIC_BASE_EXTD = 1 << 10   # x2APIC mode
 APIC_BASE_EN = 1 << 11     # APIC global enable
 
+# IA32_PAT (SDM Vol. 3A 12.12.2, Figure 12-9): entries PA0-PA7, one byte each, each holding a memory
+# type encoding (Table 12-10).
+PAT_UC = 0x00              # uncacheable
+PAT_WC = 0x01              # write combining
+PAT_WT = 0x04              # write through
+PAT_WP = 0x05              # write protected
+PAT_WB = 0x06              # write back
+PAT_UC_MINUS = 0x07        # UC-, uncached (overridable by an MTRR's WC)
+# The value after power-up or reset, PA0-PA7 = WB, WT, UC-, UC, WB, WT, UC-, UC (12.12.4,
+# Table 12-12; AMD APM Vol. 2, "PAT Register", gives the same reset value).
+PAT_POWER_UP = 0x0007040600070406
+
 # IA32_DEBUGCTL fields (SDM Vol. 3B 18.4.1, Vol. 4 Table 2-2)
 DEBUGCTL_LBR = 1 << 0
 DEBUGCTL_BTF = 1 << 1      # single-step on branches

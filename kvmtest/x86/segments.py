@@ -1,4 +1,5 @@
-"""Segment- and gate-descriptor type values (the 4-bit type field), by their SDM names.
+"""Segment- and gate-descriptor type values (the 4-bit type field), by their SDM names, and the
+field offsets of the task-state segment.
 
 The same number means a code/data type when the descriptor's S flag is 1 and a system type
 when it is 0, so the two groups have separate prefixes: SEG_TYPE_ (S = 1) and SYS_TYPE_ (S = 0).
@@ -31,3 +32,28 @@ SYS_TYPE_TSS_BUSY = 0xB
 SYS_TYPE_CALL_GATE = 0xC
 SYS_TYPE_INT_GATE = 0xE
 SYS_TYPE_TRAP_GATE = 0xF
+
+# 32-bit TSS field offsets (SDM Vol. 3A 8.2.1, Figure 8-2); each field is 32 bits wide, a
+# selector in its low 16 bits.
+TSS32_LINK = 0x00          # previous task link
+TSS32_ESP0 = 0x04
+TSS32_SS0 = 0x08
+TSS32_CR3 = 0x1C           # PDBR
+TSS32_EIP = 0x20
+TSS32_EFLAGS = 0x24
+TSS32_ESP = 0x38
+TSS32_ES = 0x48            # then CS, SS, DS, FS, GS, 4 bytes apart
+TSS32_CS = 0x4C
+TSS32_SS = 0x50
+TSS32_DS = 0x54
+TSS32_FS = 0x58
+TSS32_GS = 0x5C
+TSS32_LDT = 0x60           # LDT segment selector
+TSS32_IOMAP_BASE = 0x66    # I/O map base address, 16 bits
+TSS32_SIZE = 0x68          # 104 bytes: the smallest limit + 1 a 32-bit TSS may have (8.2.2)
+
+# 64-bit TSS field offsets (SDM Vol. 3A 8.7, Figure 8-11); the stack pointers are 64 bits wide.
+TSS64_RSP0 = 0x04
+TSS64_IST1 = 0x24          # IST1-IST7, 8 bytes apart
+TSS64_IOMAP_BASE = 0x66
+TSS64_SIZE = 0x68

@@ -14,6 +14,7 @@ import os
 import pytest
 
 from kvmtest.cpuid import set_feature
+from kvmtest.guest.msr_source import rdmsr64
 
 MSR_IA32_MPERF, MSR_IA32_APERF = 0xE7, 0xE8
 KVM_X86_DISABLE_EXITS_APERFMPERF = 1 << 4   # arch/x86/include/uapi/asm/kvm.h
@@ -55,15 +56,9 @@ def test_with_the_exits_disabled_the_guest_reads_the_host_counters(kvm, guest):
         vm.enable_cap("KVM_CAP_X86_DISABLE_EXITS", KVM_X86_DISABLE_EXITS_APERFMPERF)
         g = guest("long64", f"""
         again:
-            mov ecx, {MSR_IA32_APERF:#x}
-            rdmsr
-            shl rdx, 32
-            or rax, rdx
+            {rdmsr64(MSR_IA32_APERF)}
             GUEST_SYNC rax
-            mov ecx, {MSR_IA32_MPERF:#x}
-            rdmsr
-            shl rdx, 32
-            or rax, rdx
+            {rdmsr64(MSR_IA32_MPERF)}
             GUEST_SYNC rax
             jmp again
         """, vm=vm)

@@ -14,6 +14,7 @@ import os
 import pytest
 
 from kvmtest.guest import layout as L
+from kvmtest.guest.msr_source import wrmsr
 from kvmtest.guest.paging import KiB4
 from kvmtest.memory import HostMapping
 from kvmtest.x86 import (
@@ -41,15 +42,11 @@ FILE_SIZE = 0x10000
 OFFSET = 0x5008                  # the word the guest reads, in the file's sixth page
 
 
-def _wrmsr(msr: int, value: int) -> str:
-    return f"mov ecx, {msr:#x}\nmov eax, {value:#x}\nxor edx, edx\nwrmsr\n"
-
-
 GUEST = f"""
     mov rbx, {APIC_DEFAULT_PHYS_BASE:#x}
     mov dword ptr [rbx + 0xF0], 0x1FF           # SVR: software enable
-    {_wrmsr(MSR_KVM_ASYNC_PF_INT, READY_VECTOR)}
-    {_wrmsr(MSR_KVM_ASYNC_PF_EN, APF_DATA | KVM_ASYNC_PF_DELIVERY_AS_INT | KVM_ASYNC_PF_ENABLED)}
+    {wrmsr(MSR_KVM_ASYNC_PF_INT, READY_VECTOR)}
+    {wrmsr(MSR_KVM_ASYNC_PF_EN, APF_DATA | KVM_ASYNC_PF_DELIVERY_AS_INT | KVM_ASYNC_PF_ENABLED)}
     push SEL_USER_DATA | 3                      # to CPL3 with IF=1 (RFLAGS 0x202)
     push USER_STACK_TOP
     push 0x202
@@ -105,7 +102,7 @@ page_ready:                                     # 'page ready' interrupt
     mov rcx, {READY_COUNT:#x}
     inc qword ptr [rcx]
     mov dword ptr [rsi], 0                      # done: clear the token, then ACK (msr.rst)
-    {_wrmsr(MSR_KVM_ASYNC_PF_ACK, 1)}
+    {wrmsr(MSR_KVM_ASYNC_PF_ACK, 1)}
     mov dword ptr [rbx + 0xB0], 0               # EOI
     pop rsi
     pop rdx

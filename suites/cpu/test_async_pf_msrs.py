@@ -12,6 +12,7 @@ import pytest
 
 from kvmtest.cpuid import find_entry
 from kvmtest.guest import layout as L
+from kvmtest.guest.msr_source import load_msr, rdmsr64
 from kvmtest.x86 import (
     KVM_ASYNC_PF_DELIVERY_AS_INT,
     KVM_ASYNC_PF_DELIVERY_AS_PF_VMEXIT,
@@ -31,14 +32,6 @@ APF_DATA = L.DATA + 0xC00          # struct kvm_vcpu_pv_apf_data, 64 bytes, 64-b
 VECTOR = 0xEC                      # the 'page ready' vector
 
 
-def _wrmsr(msr: int, value: int) -> str:
-    return f"mov ecx, {msr:#x}\nmov eax, {value & 0xFFFFFFFF:#x}\nmov edx, {value >> 32:#x}\n"
-
-
-def _rdmsr64(msr: int) -> str:
-    return f"mov ecx, {msr:#x}\nrdmsr\nshl rdx, 32\nor rax, rdx\n"
-
-
 def _features(kvm) -> int:
     leaf = find_entry(kvm.cached_supported_cpuid(), KVM_CPUID_FEATURES)
     if leaf is None or leaf.function != KVM_CPUID_FEATURES:
@@ -56,8 +49,8 @@ def test_guest_reads_back_the_async_pf_setup_it_wrote(kvm, guest):
     values back and the host's KVM_GET_MSRS reads the same (api.rst 4.18)."""
     _features(kvm)
     enable = APF_DATA | KVM_ASYNC_PF_DELIVERY_AS_INT | KVM_ASYNC_PF_ENABLED
-    g = guest("long64", _wrmsr(MSR_KVM_ASYNC_PF_INT, VECTOR) + "wrmsr\n" + _wrmsr(MSR_KVM_ASYNC_PF_EN, enable)
-              + "wrmsr\n" + _rdmsr64(MSR_KVM_ASYNC_PF_INT) + "GUEST_SYNC rax\n" + _rdmsr64(MSR_KVM_ASYNC_PF_EN)
+    g = guest("long64", load_msr(MSR_KVM_ASYNC_PF_INT, VECTOR) + "wrmsr\n" + load_msr(MSR_KVM_ASYNC_PF_EN, enable)
+              + "wrmsr\n" + rdmsr64(MSR_KVM_ASYNC_PF_INT) + "GUEST_SYNC rax\n" + rdmsr64(MSR_KVM_ASYNC_PF_EN)
               + "GUEST_SYNC rax\nGUEST_DONE", irqchip=True)
     vector, en = g.run_to_done()
     assert (vector, en) == (VECTOR, enable), \
@@ -83,8 +76,8 @@ def test_reserved_async_pf_bits_raise_gp(kvm, guest, case):
     _features(kvm)
     msr, value = RESERVED[case]
     # ASYNC_PF_EN is enabled only after the vector is set (msr.rst); ASYNC_PF_INT is written alone
-    setup = _wrmsr(MSR_KVM_ASYNC_PF_INT, VECTOR) + "wrmsr\n" if msr == MSR_KVM_ASYNC_PF_EN else ""
-    g = guest("long64", setup + _wrmsr(msr, value) + "GUEST_ASSERT_RAISES GP(0), wrmsr\nGUEST_DONE", irqchip=True)
+    setup = load_msr(MSR_KVM_ASYNC_PF_INT, VECTOR) + "wrmsr\n" if msr == MSR_KVM_ASYNC_PF_EN else ""
+    g = guest("long64", setup + load_msr(msr, value) + "GUEST_ASSERT_RAISES GP(0), wrmsr\nGUEST_DONE", irqchip=True)
     g.run_to_done()
     assert g.vcpu.get_msr(msr) == 0, f"{case}: the refused WRMSR {value:#x} left the MSR at {g.vcpu.get_msr(msr):#x}"
 
@@ -110,10 +103,10 @@ def test_async_pf_delivery_bits_need_their_feature(kvm, guest, case, present):
         pytest.skip(f"KVM_GET_SUPPORTED_CPUID's leaf {KVM_CPUID_FEATURES:#x} EAX {features:#x} lacks bit {feature}")
     enable = APF_DATA | bits | KVM_ASYNC_PF_ENABLED
     needed = (1 << KVM_FEATURE_ASYNC_PF) | (1 << KVM_FEATURE_ASYNC_PF_INT if feature != KVM_FEATURE_ASYNC_PF_INT else 0)
-    check = (f"wrmsr\n{_rdmsr64(MSR_KVM_ASYNC_PF_EN)}GUEST_SYNC rax\n" if present
+    check = (f"wrmsr\n{rdmsr64(MSR_KVM_ASYNC_PF_EN)}GUEST_SYNC rax\n" if present
              else "GUEST_ASSERT_RAISES GP(0), wrmsr\n")
-    setup = _wrmsr(MSR_KVM_ASYNC_PF_INT, VECTOR) + "wrmsr\n" if needed >> KVM_FEATURE_ASYNC_PF_INT & 1 else ""
-    g = guest("long64", setup + _wrmsr(MSR_KVM_ASYNC_PF_EN, enable) + check + "GUEST_DONE", irqchip=True)
+    setup = load_msr(MSR_KVM_ASYNC_PF_INT, VECTOR) + "wrmsr\n" if needed >> KVM_FEATURE_ASYNC_PF_INT & 1 else ""
+    g = guest("long64", setup + load_msr(MSR_KVM_ASYNC_PF_EN, enable) + check + "GUEST_DONE", irqchip=True)
     g.vcpu.enforce_pv_features(needed | (1 << feature if present else 0))
     seen = g.run_to_done()
     if present:

@@ -10,6 +10,7 @@ import pytest
 
 from kvmtest.abi.constants import errno_name
 from kvmtest.exits import IntrExit, ShutdownExit
+from kvmtest.guest.msr_source import load_msr, rdmsr64, wrmsr
 from kvmtest.guest.paging import KiB4
 from kvmtest.x86 import (
     APIC_DEFAULT_PHYS_BASE,
@@ -67,22 +68,13 @@ def _mcg_cap(kvm, extra: int = 0) -> int:
 
 
 def _rdmsr(msr: int) -> str:
-    return f"mov ecx, {msr:#x}\nrdmsr\nshl rdx, 32\nor rax, rdx\nGUEST_SYNC rax\n"
-
-
-def _load(msr: int, value: int) -> str:
-    """ECX, EDX:EAX for a WRMSR of `value` to `msr`."""
-    return f"mov ecx, {msr:#x}\nmov eax, {value & 0xFFFFFFFF:#x}\nmov edx, {value >> 32:#x}\n"
-
-
-def _wrmsr(msr: int, value: int) -> str:
-    return _load(msr, value) + "wrmsr\n"
+    return rdmsr64(msr) + "GUEST_SYNC rax\n"
 
 
 # Machine checks enabled (SDM Vol. 3B 16.8 "Machine-Check Initialization"): CR4.MCE, then
 # IA32_MCG_CTL and the bank's IA32_MCi_CTL all ones, so that every error is signalled.
-ENABLE_MC = ("mov rax, cr4\nor rax, 0x40\nmov cr4, rax\n" + _wrmsr(MSR_IA32_MCG_CTL, ALL_ONES)
-             + _wrmsr(msr_ia32_mci_ctl(BANK), ALL_ONES))
+ENABLE_MC = ("mov rax, cr4\nor rax, 0x40\nmov cr4, rax\n" + wrmsr(MSR_IA32_MCG_CTL, ALL_ONES)
+             + wrmsr(msr_ia32_mci_ctl(BANK), ALL_ONES))
 
 
 def _complete_sync(g) -> None:
@@ -191,7 +183,7 @@ def test_uncorrected_error_with_the_bank_disabled_raises_no_machine_check(kvm, g
     """With IA32_MCi_CTL all zeros the bank signals no machine-check exception: "clearing [an EEj
     flag] disables signaling of the error" (SDM Vol. 3B 16.3.2.1), so the guest runs on to its
     end without #MC."""
-    g = guest("long64", ENABLE_MC.replace(_wrmsr(msr_ia32_mci_ctl(BANK), ALL_ONES), _wrmsr(msr_ia32_mci_ctl(BANK), 0))
+    g = guest("long64", ENABLE_MC.replace(wrmsr(msr_ia32_mci_ctl(BANK), ALL_ONES), wrmsr(msr_ia32_mci_ctl(BANK), 0))
               + "GUEST_SYNC 1\nGUEST_DONE")
     g.vcpu.setup_mce(_mcg_cap(kvm))
     assert g.expect_sync() == 1
@@ -227,7 +219,7 @@ def test_ucna_error_signals_cmci_not_machine_check(kvm, guest, cmci_en):
     IA32_MCi_CTL2.CMCI_EN is set (16.5: CMCI delivered through the LVT CMCI entry), never as #MC;
     with CMCI_EN clear it is only logged (selftests ucna_injection_test)."""
     mcg_cap = _mcg_cap(kvm, MCG_CMCI_P | MCG_SER_P)
-    ctl2 = _wrmsr(msr_ia32_mci_ctl2(BANK), MCI_CTL2_CMCI_EN if cmci_en else 0)
+    ctl2 = wrmsr(msr_ia32_mci_ctl2(BANK), MCI_CTL2_CMCI_EN if cmci_en else 0)
     g = guest("long64", UCNA_GUEST.format(ctl2=ctl2), irqchip=True)
     g.page_tables.map(APIC_DEFAULT_PHYS_BASE, APIC_DEFAULT_PHYS_BASE, KiB4, PTE_P | PTE_RW | PTE_PCD)
     g.set_idt_gate(CMCI_VECTOR, "cmci")
@@ -246,8 +238,8 @@ def test_mci_ctl2_reserved_bits_raise_gp(kvm, guest, bit):
     29:15 and 63:31 are reserved (SDM Vol. 3B 16.3.2.5), so a WRMSR setting one raises #GP(0)
     while CMCI_EN plus a threshold of 1 is accepted and reads back (selftests ucna_injection_test)."""
     valid = MCI_CTL2_CMCI_EN | 1
-    g = guest("long64", _wrmsr(msr_ia32_mci_ctl2(BANK), valid) + _rdmsr(msr_ia32_mci_ctl2(BANK))
-              + _load(msr_ia32_mci_ctl2(BANK), valid | 1 << bit) + "GUEST_ASSERT_RAISES GP(0), wrmsr\n"
+    g = guest("long64", wrmsr(msr_ia32_mci_ctl2(BANK), valid) + _rdmsr(msr_ia32_mci_ctl2(BANK))
+              + load_msr(msr_ia32_mci_ctl2(BANK), valid | 1 << bit) + "GUEST_ASSERT_RAISES GP(0), wrmsr\n"
               + _rdmsr(msr_ia32_mci_ctl2(BANK)) + "GUEST_DONE")
     g.vcpu.setup_mce(_mcg_cap(kvm, MCG_CMCI_P))
     assert g.run_to_done() == [valid, valid], f"IA32_MCi_CTL2 before and after the refused WRMSR with bit {bit}"
@@ -267,18 +259,18 @@ def test_bank_msr_write_rules(kvm, guest):
     src, want = "", []
     for bank in range(BANKS):
         for value in (0, ALL_ONES):
-            src += _wrmsr(msr_ia32_mci_ctl(bank), value) + _rdmsr(msr_ia32_mci_ctl(bank))
+            src += wrmsr(msr_ia32_mci_ctl(bank), value) + _rdmsr(msr_ia32_mci_ctl(bank))
             want.append(value)
-        src += _wrmsr(msr_ia32_mci_status(bank), 0) + _rdmsr(msr_ia32_mci_status(bank))
-        src += _load(msr_ia32_mci_status(bank), 1) + "GUEST_ASSERT_RAISES GP(0), wrmsr\n"
+        src += wrmsr(msr_ia32_mci_status(bank), 0) + _rdmsr(msr_ia32_mci_status(bank))
+        src += load_msr(msr_ia32_mci_status(bank), 1) + "GUEST_ASSERT_RAISES GP(0), wrmsr\n"
         want.append(0)
         for msr in (msr_ia32_mci_addr(bank), msr_ia32_mci_misc(bank)):
             for value in (0, ALL_ONES, NONCANONICAL):
-                src += _wrmsr(msr, value) + _rdmsr(msr)
+                src += wrmsr(msr, value) + _rdmsr(msr)
                 want.append(value)
     for msr in (msr_ia32_mci_ctl(BANKS), msr_ia32_mci_status(BANKS), msr_ia32_mci_addr(BANKS),
                 msr_ia32_mci_misc(BANKS)):
-        src += f"mov ecx, {msr:#x}\nGUEST_ASSERT_RAISES GP(0), rdmsr\n" + _load(msr, 0) + \
+        src += f"mov ecx, {msr:#x}\nGUEST_ASSERT_RAISES GP(0), rdmsr\n" + load_msr(msr, 0) + \
             "GUEST_ASSERT_RAISES GP(0), wrmsr\n"
     g = guest("long64", src + "GUEST_DONE")
     g.vcpu.setup_mce(_mcg_cap(kvm))

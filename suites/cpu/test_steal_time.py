@@ -13,6 +13,7 @@ import time
 import pytest
 
 from kvmtest.guest import layout as L
+from kvmtest.guest.msr_source import wrmsr
 from kvmtest.pvclock import StealTime
 from kvmtest.x86 import KVM_MSR_ENABLED, MSR_KVM_STEAL_TIME
 
@@ -55,10 +56,7 @@ def test_steal_time_covers_the_time_the_vcpu_thread_waited(guest):
     thread's whole wait since the run that produced the previous reading; version is even and flags 0 ("At this
     point, always zero") each time (msr.rst MSR_KVM_STEAL_TIME)."""
     g = guest("long64", f"""
-        mov ecx, {MSR_KVM_STEAL_TIME:#x}
-        mov eax, {STEAL | KVM_MSR_ENABLED:#x}
-        xor edx, edx
-        wrmsr
+        {wrmsr(MSR_KVM_STEAL_TIME, STEAL | KVM_MSR_ENABLED)}
         GUEST_SYNC 1
         GUEST_SYNC 2
         GUEST_SYNC 3

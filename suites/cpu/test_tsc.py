@@ -120,21 +120,31 @@ def test_rdtsc_after_a_host_tsc_write(guest, mode):
         f"guest RDTSC {tsc:#x} after KVM_SET_MSRS IA32_TSC = {written:#x}"
 
 
+# The guest reads its TSC twice, with a GUEST_SYNC of each reading.
+TWO_READS = RDTSC64 + "GUEST_SYNC rax\n" + RDTSC64 + "GUEST_SYNC rax\nGUEST_DONE"
+
+
+def _check_guest_tsc_rate(g, khz: int, what: str) -> None:
+    """Run TWO_READS with the readings 0.3 s apart, each run bracketed by the host's
+    CLOCK_MONOTONIC: the guest's TSC must advance by `khz` times the host's interval, to 0.1% (the
+    interval lies between the inner and the outer pair of host readings)."""
+    b = bracketed_pair(g.expect_sync, 0.3)
+    elapsed_ns = (b.second - b.first) * 10**6 / khz
+    assert b.inner_ns * 0.999 <= elapsed_ns <= b.outer_ns * 1.001, \
+        f"{what}: the guest TSC advanced {b.second - b.first} ticks = {elapsed_ns:.0f} ns while the host's " \
+        f"CLOCK_MONOTONIC advanced {b.inner_ns} .. {b.outer_ns} ns"
+    g.run_to_done()
+
+
 @pytest.mark.requires_cap("KVM_CAP_GET_TSC_KHZ")
 @pytest.mark.modes(code_bits=64)
 def test_guest_tsc_runs_at_get_tsc_khz(guest, mode):
     """KVM_GET_TSC_KHZ "returns the tsc frequency of the guest" in kHz (api.rst KVM_GET_TSC_KHZ):
     the guest's RDTSC advances by that rate times the host's CLOCK_MONOTONIC interval between two
     readings 0.3 s apart (bracketed by the host's clock around each run), to 0.1%."""
-    g = guest(mode, RDTSC64 + "GUEST_SYNC rax\n" + RDTSC64 + "GUEST_SYNC rax\nGUEST_DONE")
+    g = guest(mode, TWO_READS)
     khz = g.vcpu.get_tsc_khz()
-    b = bracketed_pair(g.expect_sync, 0.3)
-    first, second, t21, t30 = b.first, b.second, b.inner_ns, b.outer_ns
-    elapsed_ns = (second - first) * 10**6 / khz
-    assert t21 * 0.999 <= elapsed_ns <= t30 * 1.001, \
-        f"guest TSC advanced {second - first} ticks = {elapsed_ns:.0f} ns at KVM_GET_TSC_KHZ {khz} kHz, while the " \
-        f"host's CLOCK_MONOTONIC advanced {t21} .. {t30} ns"
-    g.run_to_done()
+    _check_guest_tsc_rate(g, khz, f"at KVM_GET_TSC_KHZ {khz} kHz")
 
 
 @pytest.mark.requires_cap("KVM_CAP_TSC_CONTROL")
@@ -143,17 +153,11 @@ def test_set_tsc_khz_sets_the_guest_tsc_rate(guest, mode):
     """KVM_SET_TSC_KHZ "specif[ies] the tsc frequency" of the vCPU in kHz (api.rst KVM_SET_TSC_KHZ):
     after setting 3/4 of the rate KVM_GET_TSC_KHZ first reported, KVM_GET_TSC_KHZ reads the new
     rate and the guest's TSC advances at it against the host's CLOCK_MONOTONIC, to 0.1%."""
-    g = guest(mode, RDTSC64 + "GUEST_SYNC rax\n" + RDTSC64 + "GUEST_SYNC rax\nGUEST_DONE")
+    g = guest(mode, TWO_READS)
     khz = g.vcpu.get_tsc_khz() * 3 // 4
     g.vcpu.set_tsc_khz(khz)
     assert g.vcpu.get_tsc_khz() == khz, f"KVM_GET_TSC_KHZ after KVM_SET_TSC_KHZ {khz}: {g.vcpu.get_tsc_khz()}"
-    b = bracketed_pair(g.expect_sync, 0.3)
-    first, second, t21, t30 = b.first, b.second, b.inner_ns, b.outer_ns
-    elapsed_ns = (second - first) * 10**6 / khz
-    assert t21 * 0.999 <= elapsed_ns <= t30 * 1.001, \
-        f"after KVM_SET_TSC_KHZ {khz}: the guest TSC advanced {second - first} ticks = {elapsed_ns:.0f} ns while the " \
-        f"host's CLOCK_MONOTONIC advanced {t21} .. {t30} ns"
-    g.run_to_done()
+    _check_guest_tsc_rate(g, khz, f"after KVM_SET_TSC_KHZ {khz}")
 
 
 @pytest.mark.requires_cap("KVM_CAP_VCPU_ATTRIBUTES")
@@ -194,7 +198,7 @@ def test_tsc_keeps_counting_across_migration(guest, mode):
     restores it with KVM_SET_MSRS in the new VM, api.rst 4.18/4.19) the guest's RDTSC is not below
     the one before, and ahead of it by no more than the host's CLOCK_MONOTONIC interval around
     both at the KVM_GET_TSC_KHZ rate (plus 1% and 1 ms)."""
-    g = guest(mode, RDTSC64 + "GUEST_SYNC rax\n" + RDTSC64 + "GUEST_SYNC rax\nGUEST_DONE")
+    g = guest(mode, TWO_READS)
     khz = g.vcpu.get_tsc_khz()
     t0 = time.monotonic_ns()
     before = g.expect_sync()

@@ -5,10 +5,10 @@ breakpoints for one instruction (SDM Vol. 3A 6.8.3; Vol. 2B MOV "Loading the SS 
 import pytest
 
 from kvmtest.guest import layout as L
+from kvmtest.guest.db_log import db_logger, expect_single_steps, format_db_log, install_db_logger, read_db_log, set_tf
 from kvmtest.guest.mode_select import select
-from kvmtest.guest.modes import MODES
+from kvmtest.guest.modes import MODES, regs_for
 from kvmtest.x86 import (
-    DB_VECTOR,
     DEBUGCTL_BLD,
     DR6_B0,
     DR6_BLD,
@@ -19,65 +19,10 @@ from kvmtest.x86 import (
     DR7_LEN0_SHIFT,
     DR7_RW0_SHIFT,
     MSR_IA32_DEBUGCTL,
-    RFLAGS_RF,
-    RFLAGS_TF,
 )
 
 LOG = L.DATA + 0x800          # the #DB handler's record: count, then (RIP, DR6) per exception
 LOG_SLOTS = 8
-
-
-def _regs(mode):
-    """(accumulator, scratch, stack pointer, word size) of the mode's handler code."""
-    return ("rax", "rbx", "rsp", 8) if MODES[mode].code_bits == 64 else ("eax", "ebx", "esp", 4)
-
-
-def _db_logger(mode, stop_label):
-    """A #DB handler that logs RIP and DR6 of each exception into LOG, resets DR6, sets the
-    saved RF (so an instruction breakpoint, a fault, does not hit again on return: SDM 18.3.1.1)
-    and clears the saved TF once the exception for `stop_label` came (single-stepping ends)."""
-    a, b, sp, w = _regs(mode)
-    ret = "iretq" if w == 8 else "iretd"
-    ptr = "qword" if w == 8 else "dword"
-    return f"""
-db_logger:
-        push {a}
-        push {b}
-        mov {b}, {LOG:#x}
-        mov eax, dword ptr [{b}]
-        cmp eax, {LOG_SLOTS}
-        jae db_logger_full
-        inc dword ptr [{b}]
-        shl eax, 4
-        add {a}, {b}
-        mov {b}, {ptr} ptr [{sp} + {2 * w}]
-        mov {ptr} ptr [{a} + 16], {b}
-        mov {b}, dr6
-        mov {ptr} ptr [{a} + 24], {b}
-db_logger_full:
-        mov {b}, {DR6_INIT:#x}
-        mov dr6, {b}
-        or {ptr} ptr [{sp} + {4 * w}], {RFLAGS_RF:#x}
-        mov {b}, {stop_label}
-        cmp {ptr} ptr [{sp} + {2 * w}], {b}
-        jne db_logger_out
-        and {ptr} ptr [{sp} + {4 * w}], ~{RFLAGS_TF:#x}
-db_logger_out:
-        pop {b}
-        pop {a}
-        {ret}
-"""
-
-
-def _log(g):
-    count = g.vm.read_u32(LOG)
-    return [(g.vm.read_u64(LOG + 16 + 16 * i), g.vm.read_u64(LOG + 24 + 16 * i))
-            for i in range(min(count, LOG_SLOTS))]
-
-
-def _fmt_log(g, log):
-    names = {v: k for k, v in g.labels.items()}
-    return ", ".join(f"RIP {names.get(rip, hex(rip))} DR6 {dr6:#x}" for rip, dr6 in log) or "no #DB"
 
 
 # The guest disarms its breakpoint again before it finishes: QEMU's TCG before 9.1 keeps a
@@ -132,12 +77,14 @@ def _arm_dr0(g, address, rw, length=0):
 
 
 def _logging_guest(guest, mode, body, stop_label="after"):
+    """`body`, then GUEST_DONE, with the #DB logger installed: it sets the saved RF (so an
+    instruction breakpoint, a fault, does not hit again on return: SDM 18.3.1.1) and ends
+    single-stepping at `stop_label`."""
     g = guest(mode, f"""
         {body}
         GUEST_DONE
-        {_db_logger(mode, stop_label)}""")
-    g.vm.write(LOG, bytes(16 + 16 * LOG_SLOTS))
-    g.set_idt_gate(DB_VECTOR, "db_logger")
+        {db_logger(MODES[mode].handler_bits, LOG, LOG_SLOTS, stop=stop_label, set_rf=True)}""")
+    install_db_logger(g, LOG, LOG_SLOTS)
     return g
 
 
@@ -146,7 +93,7 @@ def test_own_execute_breakpoint_faults_before_the_instruction(guest, mode):
     """An execute breakpoint in the guest's own DR0 raises #DB as a fault: saved RIP is the
     breakpoint address, DR6.B0 is set, and with RF set in the saved flags the instruction then
     runs once (SDM Vol. 3A 18.3.1.1). At CPL3 too: DR7.L0 is not limited to CPL0 code."""
-    b = _regs(mode)[1]
+    b = regs_for(mode)["bx"]
     g = _logging_guest(guest, mode, f"""
         mov {b}, 1
         target: add {b}, 1
@@ -154,9 +101,9 @@ def test_own_execute_breakpoint_faults_before_the_instruction(guest, mode):
         GUEST_SYNC {b}""")
     _arm_dr0(g, g.labels["target"], RW_EXECUTE)
     assert g.run_to_done() == [2], "the instruction at the breakpoint did not run exactly once"
-    log = _log(g)
+    log = read_db_log(g.vm, LOG, LOG_SLOTS)
     assert [(rip, dr6 & 0xF) for rip, dr6 in log] == [(g.labels["target"], DR6_B0)], \
-        f"execute-breakpoint #DBs: {_fmt_log(g, log)}; expected one at RIP target with DR6.B0"
+        f"execute-breakpoint #DBs: {format_db_log(g.labels, log)}; expected one at RIP target with DR6.B0"
 
 
 @pytest.mark.modes(*SS_MODES)
@@ -165,7 +112,7 @@ def test_own_data_breakpoint_traps_after_the_access(guest, mode, access, rw):
     """A data breakpoint in the guest's own DR0 raises #DB as a trap once the access is done:
     saved RIP after the accessing instruction, DR6.B0 set; R/W0 = 01 matches writes only and
     11 reads and writes (SDM Vol. 3A 18.2.4, 18.3.1.2)."""
-    b = _regs(mode)[1]
+    b = regs_for(mode)["bx"]
     insn = "mov word ptr [{b}], ax" if access == "write" else "mov ax, word ptr [{b}]"
     g = _logging_guest(guest, mode, f"""
         mov {b}, {L.DATA:#x}
@@ -173,10 +120,10 @@ def test_own_data_breakpoint_traps_after_the_access(guest, mode, access, rw):
         after: nop""")
     _arm_dr0(g, L.DATA, rw, LEN_2)
     g.run_to_done()
-    log = _log(g)
+    log = read_db_log(g.vm, LOG, LOG_SLOTS)
     assert [(rip, dr6 & 0xF) for rip, dr6 in log] == [(g.labels["after"], DR6_B0)], \
-        f"data-breakpoint #DBs after a {access} (R/W0={rw:02b}): {_fmt_log(g, log)}; expected one at RIP after " \
-        "with DR6.B0"
+        f"data-breakpoint #DBs after a {access} (R/W0={rw:02b}): {format_db_log(g.labels, log)}; expected one at " \
+        "RIP after with DR6.B0"
 
 
 @pytest.mark.modes(*SS_MODES)
@@ -184,30 +131,16 @@ def test_mov_ss_holds_a_single_step_trap_for_one_instruction(guest, mode):
     """With EFLAGS.TF set, the single-step trap for MOV SS is held back until the instruction
     after it has run: #DB comes with the saved RIP after that next instruction and DR6.BS, and
     no #DB points at the instruction following MOV SS (SDM Vol. 3A 6.8.3; Vol. 2B MOV)."""
-    w = _regs(mode)[3]
-    flags = "pushfq" if w == 8 else "pushfd"
-    popf = "popfq" if w == 8 else "popfd"
-    g = guest(mode, f"""
-        {flags}
-        or dword ptr [{_regs(mode)[2]}], {RFLAGS_TF:#x}
-        {popf}
+    g = _logging_guest(guest, mode, f"""
+        {set_tf(MODES[mode].code_bits)}
         step1: nop
         step2: mov ax, ss
         step3: mov ss, ax
         shadowed: nop
-        after_shadow: nop
-        GUEST_DONE
-        {_db_logger(mode, 'after_shadow')}""")
-    g.vm.write(LOG, bytes(16 + 16 * LOG_SLOTS))
-    g.set_idt_gate(DB_VECTOR, "db_logger")
+        after_shadow: nop""", "after_shadow")
     g.run_to_done()
-    log = _log(g)
-    rips = [rip for rip, _ in log]
-    want = [g.labels[n] for n in ("step2", "step3", "after_shadow")]
-    assert rips == want, f"single-step #DBs: {_fmt_log(g, log)}; expected RIP step2, step3, after_shadow " \
-                         "(none at `shadowed`, the instruction after MOV SS)"
-    bad = [f"{dr6:#x}" for _, dr6 in log if not dr6 & DR6_BS]
-    assert not bad, f"single-step #DB without DR6.BS: {bad}"
+    expect_single_steps(g, LOG, LOG_SLOTS, ["step2", "step3", "after_shadow"],
+                        "around MOV SS (none at `shadowed`, the instruction after it)")
 
 
 @pytest.mark.modes(*SS_MODES)
@@ -217,7 +150,7 @@ def test_mov_ss_holds_a_data_breakpoint_for_one_instruction(guest, mode):
     6.8.3: MOV SS inhibits data breakpoints for one instruction). The guest owns DR0/DR7,
     set through KVM_SET_DEBUGREGS so CPL3 code is covered too."""
     selector = L.DATA + 0x700
-    b = _regs(mode)[1]
+    b = regs_for(mode)["bx"]
     g = _logging_guest(guest, mode, f"""
         mov {b}, {selector:#x}
         mov ss, word ptr [{b}]
@@ -226,9 +159,10 @@ def test_mov_ss_holds_a_data_breakpoint_for_one_instruction(guest, mode):
     g.vm.write(selector, g.vcpu.get_sregs().ss.selector.to_bytes(2, "little"))  # reload the same SS
     _arm_dr0(g, selector, RW_READ_WRITE, LEN_2)
     g.run_to_done()
-    log = _log(g)
+    log = read_db_log(g.vm, LOG, LOG_SLOTS)
     assert [(rip, dr6 & 0xF) for rip, dr6 in log] == [(g.labels["after"], DR6_B0)], \
-        f"data-breakpoint #DBs: {_fmt_log(g, log)}; expected one at RIP after with DR6.B0 (held over `shadowed`)"
+        f"data-breakpoint #DBs: {format_db_log(g.labels, log)}; expected one at RIP after with DR6.B0 " \
+        "(held over `shadowed`)"
 
 
 @pytest.mark.requires_cpu("bus_lock_detect")

@@ -9,12 +9,12 @@ singlestep_emulated_instructions)."""
 import pytest
 
 from kvmtest.guest import layout as L
+from kvmtest.guest.db_log import db_logger, expect_single_steps, format_db_log, install_db_logger, read_db_log, set_tf
 from kvmtest.guest.mode_select import select
-from kvmtest.guest.modes import MODES
+from kvmtest.guest.modes import MODES, regs_for
 from kvmtest.guest.paging import KiB4
 from kvmtest.x86 import (
     APIC_DEFAULT_PHYS_BASE,
-    DB_VECTOR,
     DR6_BD,
     DR6_BS,
     DR6_INIT,
@@ -24,7 +24,6 @@ from kvmtest.x86 import (
     PTE_P,
     PTE_PCD,
     PTE_RW,
-    RFLAGS_TF,
 )
 
 LOG = L.DATA + 0x800              # count, then (saved RIP, DR6) per #DB
@@ -32,75 +31,12 @@ LOG_SLOTS = 16
 CPL0_MODES = select(code_bits=64, cpl=0) + select(code_bits=32, paging=False, cpl=0)
 
 
-def _regs(mode):
-    """(accumulator, scratch, stack pointer, word size) for the mode's code."""
-    return ("rax", "rbx", "rsp", 8) if MODES[mode].code_bits == 64 else ("eax", "ebx", "esp", 4)
-
-
-def _set_tf(mode) -> str:
-    """Set EFLAGS.TF with POPF: the first trap comes after the instruction that follows the POPF."""
-    w, sp = _regs(mode)[3], _regs(mode)[2]
-    suffix = "q" if w == 8 else "d"
-    return f"pushf{suffix}\n    or dword ptr [{sp}], {RFLAGS_TF:#x}\n    popf{suffix}"
-
-
-def _logger(mode, stop: str) -> str:
-    """#DB handler: log (saved RIP, DR6), reset DR6, and clear the saved TF at `stop`."""
-    a, b, sp, w = _regs(mode)
-    ptr, ret = ("qword", "iretq") if w == 8 else ("dword", "iretd")
-    return f"""
-db:
-    push {a}
-    push {b}
-    mov {b}, {LOG:#x}
-    mov eax, dword ptr [{b}]
-    cmp eax, {LOG_SLOTS}
-    jae 8f
-    inc dword ptr [{b}]
-    shl eax, 4
-    add {a}, {b}
-    mov {b}, {ptr} ptr [{sp} + {2 * w}]
-    mov {ptr} ptr [{a} + 16], {b}
-    mov {b}, dr6
-    mov {ptr} ptr [{a} + 24], {b}
-8:
-    mov {b}, {DR6_INIT:#x}
-    mov dr6, {b}
-    mov {b}, {stop}
-    cmp {ptr} ptr [{sp} + {2 * w}], {b}
-    jne 9f
-    and {ptr} ptr [{sp} + {4 * w}], ~{RFLAGS_TF:#x}
-9:
-    pop {b}
-    pop {a}
-    {ret}
-"""
-
-
 def _guest(guest, mode, body, stop, handlers="", **kw):
-    g = guest(mode, f"{body}\n    GUEST_DONE\n{handlers}{_logger(mode, stop)}", **kw)
-    g.vm.write(LOG, bytes(16 + 16 * LOG_SLOTS))
-    g.set_idt_gate(DB_VECTOR, "db")
+    """`body`, GUEST_DONE, `handlers`, and the #DB logger, which ends single-stepping at `stop`."""
+    logger = db_logger(MODES[mode].handler_bits, LOG, LOG_SLOTS, stop=stop)
+    g = guest(mode, f"{body}\n    GUEST_DONE\n{handlers}{logger}", **kw)
+    install_db_logger(g, LOG, LOG_SLOTS)
     return g
-
-
-def _log(g) -> list[tuple[int, int]]:
-    count = g.vm.read_u32(LOG)
-    return [(g.vm.read_u64(LOG + 16 + 16 * i), g.vm.read_u64(LOG + 24 + 16 * i)) for i in range(min(count, LOG_SLOTS))]
-
-
-def _fmt(g, log) -> str:
-    names = {v: k for k, v in g.labels.items()}
-    return ", ".join(f"{names.get(rip, hex(rip))} DR6 {dr6:#x}" for rip, dr6 in log) or "no #DB"
-
-
-def _check_steps(g, want: list[str], what: str) -> None:
-    log = _log(g)
-    rips = [rip for rip, _ in log]
-    assert rips == [g.labels[n] for n in want], \
-        f"single-step #DBs {what}: {_fmt(g, log)}; expected at {', '.join(want)}"
-    bad = [f"{dr6:#x}" for _, dr6 in log if not dr6 & DR6_BS]
-    assert not bad, f"single-step #DBs without DR6.BS: {bad}"
 
 
 @pytest.mark.modes(*CPL0_MODES)
@@ -111,14 +47,14 @@ def test_single_step_is_not_held_by_the_sti_shadow(guest, mode):
     exceptions, 6.8.3)."""
     g = _guest(guest, mode, f"""
     cli
-    {_set_tf(mode)}
+    {set_tf(MODES[mode].code_bits)}
     sti
     s1: nop
     s2: cli
     s3: nop
     stop: nop""", "stop")
     g.run_to_done()
-    _check_steps(g, ["s1", "s2", "s3", "stop"], "across STI")
+    expect_single_steps(g, LOG, LOG_SLOTS, ["s1", "s2", "s3", "stop"], "across STI")
 
 
 APIC = APIC_DEFAULT_PHYS_BASE
@@ -131,7 +67,7 @@ STI_HLT = f"""
     mov dword ptr [rbx + 0x3E0], 0xB            # divide by 1
     mov dword ptr [rbx + 0x320], {TIMER:#x}     # one-shot
     mov dword ptr [rbx + 0x380], 1000000        # about 1 ms
-    {_set_tf("long64")}
+    {set_tf(64)}
     sti
     halted: hlt
     s1: nop
@@ -166,7 +102,7 @@ def test_single_step_over_sti_hlt_woken_by_the_apic_timer(guest):
     g.page_tables.map(APIC, APIC, KiB4, PTE_P | PTE_RW | PTE_PCD)
     g.set_idt_gate(TIMER, "timer")
     assert g.run_to_done() == [1], "the APIC timer interrupt was not taken exactly once"
-    _check_steps(g, ["halted", "s1", "stop"], "across STI;HLT")
+    expect_single_steps(g, LOG, LOG_SLOTS, ["halted", "s1", "stop"], "across STI;HLT")
 
 
 @pytest.mark.modes(*CPL0_MODES)
@@ -176,30 +112,31 @@ def test_general_detect_fault_right_after_mov_ss_is_not_held(guest, mode):
     instruction, but "all other faults may still be generated" (6.8.3) and general detect is a
     fault (18.3.1.3): saved RIP = the MOV DR6, DR6.BD set. The processor clears DR7.GD on
     delivery (18.2.4), so the MOV DR6 then runs, and single-stepping goes on after it."""
-    a, b = _regs(mode)[:2]
+    a, b = regs_for(mode)["ax"], regs_for(mode)["bx"]
     g = _guest(guest, mode, f"""
     mov {b}, {DR6_INIT:#x}
     mov {a}, {DR7_INIT | DR7_GD:#x}
     mov dr7, {a}
     mov cx, ss
-    {_set_tf(mode)}
+    {set_tf(MODES[mode].code_bits)}
     mov ss, cx
     guarded: mov dr6, {b}
     s1: nop
     stop: nop""", "stop")
     g.run_to_done()
-    log = _log(g)
+    log = read_db_log(g.vm, LOG, LOG_SLOTS)
     assert log and log[0][0] == g.labels["guarded"] and log[0][1] & DR6_BD, \
-        f"first #DB: {_fmt(g, log)}; expected the general-detect fault at `guarded` with DR6.BD"
+        f"first #DB: {format_db_log(g.labels, log)}; expected the general-detect fault at `guarded` with DR6.BD"
     assert [rip for rip, _ in log[1:]] == [g.labels[n] for n in ("s1", "stop")] and \
         all(dr6 & DR6_BS for _, dr6 in log[1:]), \
-        f"#DBs after the general-detect fault: {_fmt(g, log[1:])}; expected single steps at s1, stop with DR6.BS"
+        f"#DBs after the general-detect fault: {format_db_log(g.labels, log[1:])}; expected single steps at s1, " \
+        "stop with DR6.BS"
 
 
 def _emulated(mode) -> str:
-    a = _regs(mode)[0]
+    a = regs_for(mode)["ax"]
     return f"""
-    {_set_tf(mode)}
+    {set_tf(MODES[mode].code_bits)}
     s0: xor eax, eax
     s1: cpuid
     s2: mov ecx, {MSR_IA32_APIC_BASE:#x}
@@ -217,4 +154,4 @@ def test_single_step_over_instructions_kvm_emulates(guest, mode):
     instruction and DR6.BS (18.3.1.4)."""
     g = _guest(guest, mode, _emulated(mode), "stop", irqchip=True)
     g.run_to_done()
-    _check_steps(g, ["s1", "s2", "s3", "s4", "s5", "stop"], "over emulated instructions")
+    expect_single_steps(g, LOG, LOG_SLOTS, ["s1", "s2", "s3", "s4", "s5", "stop"], "over emulated instructions")

@@ -10,6 +10,7 @@ import pytest
 from kvmtest.abi import constants as C
 from kvmtest.exits import DebugExit, IoExit, MmioExit
 from kvmtest.guest import layout as L
+from kvmtest.guest.db_log import db_logger, expect_single_steps, install_db_logger
 from kvmtest.guest.mode_select import select
 from kvmtest.guest.modes import MODES
 from kvmtest.guest.protocol import Done
@@ -39,64 +40,6 @@ def _es_base(mode):
 
 def _mmio_address(mode):
     return _es_base(mode) + (0x40 if not MODES[mode].protected else L.MMIO_BASE + 0x40)
-
-
-def _db_logger(mode):
-    """#DB handler: logs the saved RIP and DR6 of each trap into LOG and clears the saved TF once
-    the trap for `stop` came (stepping ends there). Written for the IDT's bitness."""
-    bits = MODES[mode].handler_bits
-    if bits == 16:
-        # All of EAX is saved: the handler reads DR6 through it, and the interrupted code may hold a
-        # 32-bit value there (the MMIO store's data).
-        return f"""
-db_log:
-        push bp
-        mov bp, sp
-        push eax
-        push bx
-        mov bx, {LOG:#x}
-        mov ax, word ptr [bx]
-        inc word ptr [bx]
-        shl ax, 4
-        add bx, ax
-        mov ax, word ptr [bp + 2]
-        mov word ptr [bx + 8], ax
-        mov eax, dr6
-        mov dword ptr [bx + 16], eax
-        cmp word ptr [bp + 2], stop
-        jne db_log_out
-        and word ptr [bp + 6], ~{RFLAGS_TF:#x}
-db_log_out:
-        pop bx
-        pop eax
-        pop bp
-        iret
-"""
-    a, b, sp, w, ptr, ret = (("rax", "rbx", "rsp", 8, "qword", "iretq") if bits == 64
-                             else ("eax", "ebx", "esp", 4, "dword", "iretd"))
-    return f"""
-{'.code64' if bits == 64 else ''}
-db_log:
-        push {a}
-        push {b}
-        mov {b}, {LOG:#x}
-        mov eax, dword ptr [{b}]
-        inc dword ptr [{b}]
-        shl eax, 4
-        add {b}, {a}
-        mov {a}, {ptr} ptr [{sp} + {2 * w}]
-        mov {ptr} ptr [{b} + 8], {a}
-        mov {a}, dr6
-        mov {ptr} ptr [{b} + 16], {a}
-        mov {a}, stop
-        cmp {ptr} ptr [{sp} + {2 * w}], {a}
-        jne db_log_out
-        and {ptr} ptr [{sp} + {4 * w}], ~{RFLAGS_TF:#x}
-db_log_out:
-        pop {b}
-        pop {a}
-        {ret}
-"""
 
 
 def _guest(guest, mode, op, handler=""):
@@ -190,9 +133,8 @@ def test_guest_single_step_traps_after_an_instruction_user_space_completed(guest
     instruction and DR6.BS set, including the instruction user space completed after
     KVM_EXIT_IO / KVM_EXIT_MMIO (SDM Vol. 3A 18.3.1.4 and 6.15 "Interrupt 1": a trap, after the
     instruction)."""
-    g = _guest(guest, mode, op, _db_logger(mode))
-    g.vm.write(LOG, bytes(8 + 16 * LOG_SLOTS))
-    g.set_idt_gate(DB_VECTOR, "db_log")
+    g = _guest(guest, mode, op, db_logger(MODES[mode].handler_bits, LOG, LOG_SLOTS, stop="stop"))
+    install_db_logger(g, LOG, LOG_SLOTS)
     regs = g.vcpu.get_regs()
     regs.rflags |= RFLAGS_TF
     g.vcpu.set_regs(regs)
@@ -203,13 +145,6 @@ def test_guest_single_step_traps_after_an_instruction_user_space_completed(guest
             continue
         break
     assert isinstance(exit_, Done), f"{op} in {mode}: expected GUEST_DONE, got {exit_}"
-    count = min(g.vm.read_u32(LOG), LOG_SLOTS)
-    log = [(g.vm.read_u64(LOG + 8 + 16 * i), g.vm.read_u64(LOG + 16 + 16 * i)) for i in range(count)]
-    rips = [rip for rip, _ in log]
-    want = [g.labels[n] for n in ("op", "after", "stop")]
-    assert rips == want, \
-        f"guest TF over {op} in {mode}: #DB saved RIPs {_names(g, rips)}, expected [op, after, stop] " \
-        f"({[hex(r) for r in rips]} vs {[hex(r) for r in want]}): a missing `after` means no trap for the " \
-        "instruction user space completed"
-    bad = [f"{dr6:#x}" for _, dr6 in log if not dr6 & DR6_BS]
-    assert not bad, f"guest TF over {op} in {mode}: #DB with DR6.BS clear: {bad}"
+    expect_single_steps(g, LOG, LOG_SLOTS, ["op", "after", "stop"],
+                        f"of the guest's TF over {op} in {mode} (a missing `after` means no trap for the instruction "
+                        "user space completed)")

@@ -13,14 +13,15 @@ import pytest
 
 from kvmtest import forced_emulation
 from kvmtest.guest import layout as L
+from kvmtest.guest.db_log import db_logger, expect_single_steps, install_db_logger, set_tf
 from kvmtest.guest.mode_select import select
 from kvmtest.guest.modes import get_mode
-from kvmtest.x86 import DB_VECTOR, DR6_BS, DR6_INIT, RFLAGS_TF
 
 LONG_CPL0 = select(long=True, cpl=0)     # long64, compat32: GUEST_ASSERT_RAISES returns with IRETQ
 NON_CANONICAL = 0x8000000000000000      # bit 63 set, bits 62:47 clear
 FEP_LEN = 5                             # UD2 + "kvm": KVM skips it before it emulates (x86.c handle_ud)
 LOG = L.DATA + 0x800                    # the #DB handler's record: count, then (RIP, DR6) per #DB
+LOG_SLOTS = 4
 
 
 def _insn(path, text, bits):
@@ -126,31 +127,6 @@ def test_near_transfer_to_a_non_canonical_address_raises_gp(guest, mode, insn, p
 
 # --- MOV SS and a single-step trap --------------------------------------------------------------
 
-DB_LOG = f"""
-db_log:
-        push rax
-        push rbx
-        mov rbx, {LOG:#x}
-        mov rax, qword ptr [rbx]
-        cmp rax, 4
-        jae db_log_full
-        inc qword ptr [rbx]
-        shl rax, 4
-        add rax, rbx
-        mov rbx, qword ptr [rsp + 16]
-        mov qword ptr [rax + 8], rbx
-        mov rbx, dr6
-        mov qword ptr [rax + 16], rbx
-db_log_full:
-        mov rbx, {DR6_INIT:#x}
-        mov dr6, rbx
-        and qword ptr [rsp + 32], {~RFLAGS_TF}
-        pop rbx
-        pop rax
-        iretq
-"""
-
-
 @pytest.mark.modes("long64", "long64-cpl3")
 @pytest.mark.parametrize("path", ["direct", "fep"])
 def test_mov_ss_holds_the_single_step_trap_past_the_next_instruction(guest, mode, path):
@@ -160,26 +136,17 @@ def test_mov_ss_holds_the_single_step_trap_past_the_next_instruction(guest, mode
     The guest's #DB handler logs each #DB's saved RIP and DR6 and clears TF."""
     g = guest(mode, f"""
         mov ax, ss
-        pushfq
-        or qword ptr [rsp], {RFLAGS_TF:#x}
-        popfq
+        {set_tf(64)}
         {_insn(path, "mov ss, eax", 64)}
     shadowed:
         mov ecx, 1
     after:
         nop
         GUEST_DONE
-        {DB_LOG}""")
-    g.vm.write(LOG, bytes(8 + 16 * 4))
-    g.set_idt_gate(DB_VECTOR, "db_log")
+        {db_logger(64, LOG, LOG_SLOTS)}""")
+    install_db_logger(g, LOG, LOG_SLOTS)
     g.run_to_done()
-    count = g.vm.read_u64(LOG)
-    log = [(g.vm.read_u64(LOG + 8 + 16 * i), g.vm.read_u64(LOG + 16 + 16 * i)) for i in range(min(count, 4))]
-    names = {v: k for k, v in g.labels.items()}
-    seen = ", ".join(f"RIP {names.get(rip, hex(rip))} DR6 {dr6:#x}" for rip, dr6 in log)
-    assert [rip for rip, _ in log] == [g.labels["after"]], \
-        f"single-step #DBs: [{seen}]; expected one, at RIP `after` (none at `shadowed`, the instruction after MOV SS)"
-    assert log[0][1] & DR6_BS, f"the #DB after the MOV SS shadow has DR6 {log[0][1]:#x}, without BS (bit 14)"
+    expect_single_steps(g, LOG, LOG_SLOTS, ["after"], "around MOV SS (none at `shadowed`, the instruction after it)")
 
 
 # --- LEA with a register source -----------------------------------------------------------------

@@ -14,6 +14,9 @@ from kvmtest.abi.constants import errno_name
 from kvmtest.exits import MsrExit
 from kvmtest.lapic import reg
 from kvmtest.x86 import (
+    APIC_BASE_EN,
+    APIC_BASE_EXTD,
+    MSR_IA32_APIC_BASE,
     MSR_IA32_EFER,
     MSR_IA32_FS_BASE,
     MSR_IA32_GS_BASE,
@@ -134,9 +137,9 @@ def test_x2apic_msrs_are_never_filtered(guest):
     guest's WRMSR and RDMSR of the TPR (0x808) reach the local APIC without an exit: KVM_GET_LAPIC
     shows the value and the guest reads it back (SDM Vol. 3A 11.12.1.2)."""
     g = guest("long64", f"""
-        mov ecx, 0x1b
+        mov ecx, {MSR_IA32_APIC_BASE:#x}
         rdmsr
-        or eax, 0xc00                           # IA32_APIC_BASE.EN | EXTD
+        or eax, {APIC_BASE_EN | APIC_BASE_EXTD:#x}     # x2APIC mode (SDM Vol. 3A 11.12.1)
         wrmsr
         mov ecx, {MSR_IA32_X2APIC_TPR:#x}
         mov eax, 0x30

@@ -9,9 +9,9 @@ import time
 
 import pytest
 
-from kvmtest.abi import constants as C
 from kvmtest.abi.structs import kvm_lapic_state
 from kvmtest.guest.apic_source import X2APIC_ON
+from kvmtest.guest.aps import ready_ap
 from kvmtest.x86 import (
     APIC_BASE_EN,
     APIC_BASE_EXTD,
@@ -91,8 +91,7 @@ def test_set_lapic_racing_apic_base_toggles_keeps_the_map_right(guest):
         racer.join(10)
     assert not errors, f"KVM_SET_LAPIC on {ap.name} failed during the race: {errors[0]!r}"
     assert toggles and count[0], f"no overlap: {toggles} IA32_APIC_BASE toggles, {count[0]} KVM_SET_LAPIC calls"
-    ap.set_mp_state(C.KVM_MP_STATE_RUNNABLE)
-    assert g.expect_sync(vcpu=ap) == 2
+    ready_ap(g, ap)
     thread = g.in_thread(ap, timeout=20)
     g.run_to_done()
     assert thread.join(30) == [VECTOR], f"vCPU 1 after the race did not take vector {VECTOR:#x} sent to x2APIC ID 1"

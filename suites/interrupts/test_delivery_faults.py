@@ -34,6 +34,7 @@ from kvmtest.x86 import (
     RFLAGS_PF,
     RFLAGS_SF,
     RFLAGS_ZF,
+    TSS64_IST1,
 )
 
 LOG = L.DATA                      # counters and values the handlers record, 8 bytes apart
@@ -118,9 +119,7 @@ def _guest(guest, event, stack_writable):
     source, vector, label = EVENTS[event]
     g = guest("long64", source + PF_HANDLER)
     g.vm.write_u64(LOG + PTE_ADDRESS, g.page_tables.entry_address(STACK_PAGE, 3))
-    tss = bytearray(g.vm.read(L.TSS, L.TSS_SIZE))
-    struct.pack_into("<Q", tss, 36, IST_STACK_TOP)  # IST1
-    g.vm.write(L.TSS, bytes(tss))
+    g.vm.write_u64(L.TSS + TSS64_IST1, IST_STACK_TOP)
     g.set_idt_gate(PF_VECTOR, "pf", ist=1)
     g.set_idt_gate(vector, label)
     if event == "np":

@@ -7,11 +7,13 @@ import time
 import pytest
 
 from kvmtest.eventfd import EventFd
+from kvmtest.guest.aps import ready_ap
+from kvmtest.guest.ioapic_source import IOAPIC_DEFAULT_BASE, IOREDTBL_LEVEL, IOREDTBL_MASKED, redirect, redirection_low
 from kvmtest.guest.paging import KiB4
-from kvmtest.x86 import PTE_P, PTE_PCD, PTE_RW
+from kvmtest.x86 import APIC_DEFAULT_PHYS_BASE, PTE_P, PTE_PCD, PTE_RW
 
 pytestmark = pytest.mark.requires_cap("KVM_CAP_IRQCHIP")
-APIC, IOAPIC = 0xFEE00000, 0xFEC00000
+APIC, IOAPIC = APIC_DEFAULT_PHYS_BASE, IOAPIC_DEFAULT_BASE
 
 SETUP = """
     mov rbx, 0xFEE00000
@@ -260,17 +262,12 @@ def test_logical_destination_reaches_every_vcpu_in_the_mask(guest):
     """An IOAPIC entry in logical destination mode with mask 0x0F delivers its fixed interrupt to
     every vCPU whose flat-model LDR bit is in the mask — four vCPUs here (82093AA; SDM Vol. 3A
     11.6.2.2; kvm-unit-tests ioapic.c with smp=4)."""
-    from kvmtest.abi import constants as C
-
     g = guest("long64", LOGICAL, irqchip=True)
     for page in (APIC, IOAPIC):
         g.page_tables.map(page, page, KiB4, PTE_P | PTE_RW | PTE_PCD)
     g.set_idt_gate(0x51, "handler")
-    vcpus = [g.vcpu] + [g.add_vcpu("start") for _ in range(3)]
-    for v in vcpus[1:]:
-        v.set_mp_state(C.KVM_MP_STATE_RUNNABLE)
-    for v in vcpus:
-        assert g.expect_sync(vcpu=v) == 1
+    assert g.expect_sync() == 1
+    vcpus = [g.vcpu] + [ready_ap(g, g.add_vcpu("start"), ready=1) for _ in range(3)]
     threads = [g.in_thread(v, timeout=20) for v in vcpus]
     g.vm.irq_line(20, 1)
     g.vm.irq_line(20, 0)
@@ -278,24 +275,26 @@ def test_logical_destination_reaches_every_vcpu_in_the_mask(guest):
     assert got == [0, 1, 2, 3], f"APIC IDs that took the interrupt: {got}"
 
 
+# Pin 21 (an IOAPIC-only GSI: those below 16 also reach the PIC), level-triggered, vector 0x52: masked,
+# then unmasked with a write of the low dword alone.
+MASKED_PIN_21 = redirect(21, IOREDTBL_LEVEL | IOREDTBL_MASKED | 0x52)
+UNMASK_PIN_21 = redirection_low(21, IOREDTBL_LEVEL | 0x52)
+
+
 def test_masked_level_pin_delivers_once_unmasked(guest):
     """A level interrupt on a masked redirection entry is held back; when the guest unmasks the
     entry while the line is still asserted, it is delivered (82093AA mask bit 16; kvm-unit-tests
     ioapic.c masking)."""
-    g = guest("long64", """
-        mov rbx, 0xFEE00000
+    g = guest("long64", f"""
+        mov rbx, {APIC:#x}
         mov dword ptr [rbx + 0xF0], 0x1FF
-        mov rsi, 0xFEC00000
-        mov dword ptr [rsi], 0x3A                   # pin 21 (GSIs below 16 also reach the PIC)
-        mov dword ptr [rsi + 0x10], 0x18052         # vector 0x52, level, masked
-        mov dword ptr [rsi], 0x3B
-        mov dword ptr [rsi + 0x10], 0
+        mov rsi, {IOAPIC:#x}
+        {MASKED_PIN_21}
         sti
         GUEST_SYNC 1
         nop
         GUEST_SYNC 2
-        mov dword ptr [rsi], 0x3A
-        mov dword ptr [rsi + 0x10], 0x8052          # unmask
+        {UNMASK_PIN_21}
     wait:
         hlt
         jmp wait

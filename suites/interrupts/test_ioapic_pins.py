@@ -8,20 +8,14 @@ import pytest
 
 from kvmtest.guest import layout as L
 from kvmtest.guest.interrupt_log import logging_handlers, read_interrupt_log
+from kvmtest.guest.ioapic_source import IOAPIC_DEFAULT_BASE, IOREDTBL_LEVEL, IOREDTBL_MASKED, redirect
 from kvmtest.guest.paging import KiB4
 from kvmtest.x86 import APIC_DEFAULT_PHYS_BASE, PTE_P, PTE_PCD, PTE_RW
 
 pytestmark = pytest.mark.requires_cap("KVM_CAP_IRQCHIP")
-APIC, IOAPIC = APIC_DEFAULT_PHYS_BASE, 0xFEC00000
-LEVEL, MASKED = 1 << 15, 1 << 16  # redirection entry trigger mode and mask bits
+APIC, IOAPIC = APIC_DEFAULT_PHYS_BASE, IOAPIC_DEFAULT_BASE
+LEVEL, MASKED = IOREDTBL_LEVEL, IOREDTBL_MASKED
 LOG = L.DATA                      # handler runs: a count, then (vector, saved RIP) pairs
-
-
-def redirect(pin: int, low: int, destination: int = 0) -> str:
-    """Guest code programming redirection entry `pin` (rsi = the IOAPIC's base): low dword, then the
-    destination APIC ID in bits 63:56 (82093AA 3.2.4)."""
-    return (f"mov dword ptr [rsi], {0x10 + 2 * pin:#x}\nmov dword ptr [rsi + 0x10], {low:#x}\n"
-            f"mov dword ptr [rsi], {0x11 + 2 * pin:#x}\nmov dword ptr [rsi + 0x10], {destination << 24:#x}\n")
 
 
 SETUP = f"""

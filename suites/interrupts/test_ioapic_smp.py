@@ -7,13 +7,14 @@ test_ioapic_*_tmr_smp, test_ioapic_self_reconfigure)."""
 
 import pytest
 
-from kvmtest.abi import constants as C
+from kvmtest.guest.aps import ready_ap
+from kvmtest.guest.ioapic_source import IOAPIC_DEFAULT_BASE, IOREDTBL_LEVEL, redirect
 from kvmtest.guest.paging import KiB4
 from kvmtest.x86 import APIC_DEFAULT_PHYS_BASE, PTE_P, PTE_PCD, PTE_RW
 
 pytestmark = pytest.mark.requires_cap("KVM_CAP_IRQCHIP")
-APIC, IOAPIC = APIC_DEFAULT_PHYS_BASE, 0xFEC00000
-LEVEL = 1 << 15                   # redirection entry trigger mode: level
+APIC, IOAPIC = APIC_DEFAULT_PHYS_BASE, IOAPIC_DEFAULT_BASE
+LEVEL = IOREDTBL_LEVEL
 PIN, VECTOR = 20, 0x79
 TMR_WORD = 0x180 + 0x10 * (VECTOR // 32)   # the TMR register holding VECTOR's bit
 TMR_BIT = 1 << VECTOR % 32
@@ -24,12 +25,6 @@ SETUP = f"""
     mov dword ptr [rbx + 0xF0], 0x1FF
     mov rsi, {IOAPIC:#x}
 """
-
-
-def redirect(pin: int, low: int, destination: int = 0) -> str:
-    """Guest code programming redirection entry `pin` (rsi = the IOAPIC's base)."""
-    return (f"mov dword ptr [rsi], {0x10 + 2 * pin:#x}\nmov dword ptr [rsi + 0x10], {low:#x}\n"
-            f"mov dword ptr [rsi], {0x11 + 2 * pin:#x}\nmov dword ptr [rsi + 0x10], {destination << 24:#x}\n")
 
 
 def _map(g):
@@ -82,9 +77,7 @@ def test_physical_destination_interrupt_reaches_only_that_vcpu_with_its_tmr(gues
     _map(g)
     g.set_idt_gate(VECTOR, "handler")
     assert g.expect_sync() == 1, "vCPU 0: expected GUEST_SYNC 1 (pin 20 programmed for APIC ID 1)"
-    ap = g.add_vcpu("ap")
-    ap.set_mp_state(C.KVM_MP_STATE_RUNNABLE)
-    assert g.expect_sync(vcpu=ap) == 2, "vCPU 1 after KVM_SET_MP_STATE RUNNABLE: expected GUEST_SYNC 2 (ready)"
+    ap = ready_ap(g, g.add_vcpu("ap"))
     g.vm.irq_line(PIN, 1)
     level_tmr = g.expect_sync(vcpu=ap)
     g.vm.irq_line(PIN, 0)

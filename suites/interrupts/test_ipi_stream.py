@@ -11,8 +11,8 @@ import time
 import pytest
 
 from kvmtest import libc
-from kvmtest.abi import constants as C
 from kvmtest.guest import layout as L
+from kvmtest.guest.aps import ready_ap
 from kvmtest.guest.paging import KiB4
 from kvmtest.x86 import APIC_DEFAULT_PHYS_BASE, PTE_P, PTE_PCD, PTE_RW
 
@@ -131,9 +131,7 @@ def test_every_ipi_of_a_stream_wakes_the_halted_vcpu(guest, move):
     g = guest("long64", STREAM, irqchip=True)
     g.page_tables.map(APIC, APIC, KiB4, PTE_P | PTE_RW | PTE_PCD)
     g.set_idt_gate(VECTOR, "handler")
-    halter = g.add_vcpu("halter")
-    halter.set_mp_state(C.KVM_MP_STATE_RUNNABLE)
-    assert g.expect_sync(vcpu=halter) == 2
+    halter = ready_ap(g, g.add_vcpu("halter"))
     assert g.expect_sync() == 1
     threads = [g.in_thread(halter, timeout=60), g.in_thread(timeout=60)]
     moves = 0

@@ -6,11 +6,14 @@ import struct
 
 import pytest
 
+from kvmtest.guest.apic_source import FIXED_IPI_TO_ID1, X2APIC_ON, XAPIC_AP_WAITS
+from kvmtest.guest.aps import run_with_waiting_aps
 from kvmtest.guest.paging import KiB4
 from kvmtest.x86 import (
     APIC_BASE_BSP,
     APIC_BASE_EN,
     APIC_BASE_EXTD,
+    APIC_DEFAULT_PHYS_BASE,
     MSR_IA32_APIC_BASE,
     MSR_IA32_TSC_DEADLINE,
     MSR_IA32_X2APIC_APICID,
@@ -21,7 +24,6 @@ from kvmtest.x86 import (
     MSR_IA32_X2APIC_ISR0,
     MSR_IA32_X2APIC_PPR,
     MSR_IA32_X2APIC_SELF_IPI,
-    MSR_IA32_X2APIC_SIVR,
     MSR_IA32_X2APIC_VERSION,
     PTE_P,
     PTE_PCD,
@@ -29,7 +31,7 @@ from kvmtest.x86 import (
 )
 
 pytestmark = pytest.mark.requires_cap("KVM_CAP_IRQCHIP")
-APIC = 0xFEE00000
+APIC = APIC_DEFAULT_PHYS_BASE
 
 
 def _apic_guest(guest, source, **kw):
@@ -128,45 +130,13 @@ def test_tsc_deadline_timer_fires_and_clears_the_msr(guest):
     assert values[-1] == 0, f"IA32_TSC_DEADLINE after the interrupt: {values[-1]:#x}, expected 0"
 
 
-# An AP's side: enable its APIC, report in, then wait for the IPI with interrupts on.
-AP_WAITS = """
-ap:
-    mov rbx, 0xFEE00000
-    mov dword ptr [rbx + 0xF0], 0x1FF
-    GUEST_SYNC 2
-    sti
-ap_wait:
-    hlt
-    jmp ap_wait
-"""
-
-IPI = """
-    mov dword ptr [rbx + 0xF0], 0x1FF
-    GUEST_SYNC 1
-    mov dword ptr [rbx + 0x310], 0x01000000     # destination APIC ID 1
-    mov dword ptr [rbx + 0x300], 0x00004040     # fixed, vector 0x40, assert
-    GUEST_DONE
-""" + AP_WAITS + """
-ap_ipi:
-    GUEST_SYNC 0x40
-    GUEST_DONE
-"""
-
-
 def test_fixed_ipi_between_vcpus(guest):
     """A fixed IPI written to the ICR by vCPU 0 reaches vCPU 1's handler for that vector
     (SDM Vol. 3A 11.6.1; kvm-unit-tests apic.c, selftests xapic_ipi_test)."""
-    from kvmtest.abi import constants as C
-
-    g = _apic_guest(guest, IPI)
+    g = _apic_guest(guest, FIXED_IPI_TO_ID1)
     g.set_idt_gate(0x40, "ap_ipi")
-    ap = g.add_vcpu("ap")
-    ap.set_mp_state(C.KVM_MP_STATE_RUNNABLE)
-    assert g.expect_sync(vcpu=ap) == 2
-    ap_thread = g.in_thread(ap, timeout=20)
-    assert g.expect_sync() == 1
-    g.run_to_done()
-    assert ap_thread.join(30) == [0x40], "vCPU 1 did not take the IPI"
+    got = run_with_waiting_aps(g, 1)
+    assert got == {0: [], 1: [0x40]}, f"GUEST_SYNC values after the IPI by vCPU: {got}; vCPU 1 must take vector 0x40"
 
 
 EN_EXTD = APIC_BASE_EN | APIC_BASE_EXTD   # IA32_APIC_BASE in x2APIC mode (SDM Vol. 3A 11.12.1)
@@ -225,27 +195,12 @@ def test_icr_reads_back_what_was_written_in_xapic_mode(guest):
     assert g.run_to_done() == expected
 
 
-def _bsp_signals_waiting_aps(g, count: int) -> dict[int, list[int]]:
-    """Add `count` APs at `ap`, let each report in (GUEST_SYNC 2) and wait on its own thread,
-    then run the BSP (GUEST_SYNC 1, its IPIs, GUEST_DONE); returns each AP's later syncs by id."""
-    from kvmtest.abi import constants as C
-
-    aps = [g.add_vcpu("ap") for _ in range(count)]
-    for ap in aps:
-        ap.set_mp_state(C.KVM_MP_STATE_RUNNABLE)
-        assert g.expect_sync(vcpu=ap) == 2, f"AP {ap.id} did not report in"
-    threads = [g.in_thread(ap, timeout=20) for ap in aps]
-    assert g.expect_sync() == 1
-    g.run_to_done()
-    return {ap.id: t.join(30) for ap, t in zip(aps, threads, strict=True)}
-
-
 BROADCAST = """
     mov dword ptr [rbx + 0xF0], 0x1FF
     GUEST_SYNC 1
     mov dword ptr [rbx + 0x300], 0x000C4040     # fixed, vector 0x40, all excluding self
     GUEST_DONE
-""" + AP_WAITS + """
+""" + XAPIC_AP_WAITS + """
 ap_ipi:
     mov eax, dword ptr [rbx + 0x20]
     shr eax, 24
@@ -260,8 +215,9 @@ def test_ipi_to_all_excluding_self_reaches_every_other_vcpu(guest):
     smptest with smp=3)."""
     g = _apic_guest(guest, BROADCAST)
     g.set_idt_gate(0x40, "ap_ipi")
-    got = sorted(syncs[0] for syncs in _bsp_signals_waiting_aps(g, 2).values())
-    assert got == [1, 2], f"APIC IDs that took the broadcast: {got}, expected [1, 2]"
+    got = run_with_waiting_aps(g, 2)
+    assert got == {0: [], 1: [1], 2: [2]}, \
+        f"GUEST_SYNC values by vCPU (the APIC ID each handler read): {got}; expected vCPUs 1 and 2 only, each once"
 
 
 FROM_DISABLED = f"""
@@ -289,24 +245,12 @@ def test_disabled_apic_transitions(guest):
     assert base & EN_EXTD == APIC_BASE_EN, f"IA32_APIC_BASE {base:#x} after disabled -> xAPIC"
 
 
-# Switch the APIC to x2APIC mode (IA32_APIC_BASE EN|EXTD) and software-enable it through the SVR MSR.
-TO_X2APIC_ENABLED = f"""
-        mov ecx, {MSR_IA32_APIC_BASE:#x}
-        rdmsr
-        or eax, {EN_EXTD:#x}
-        wrmsr
-        mov ecx, {MSR_IA32_X2APIC_SIVR:#x}
-        mov eax, 0x1ff
-        xor edx, edx
-        wrmsr
-"""
-
 
 @pytest.mark.requires_cpu("x2apic")
 def test_x2apic_icr_reads_back_as_one_64bit_msr(guest):
     """In x2APIC mode the ICR is MSR 0x830, written and read as one 64-bit value with the
     destination in bits 63:32 (SDM Vol. 3A 11.12.9; selftests xapic_state_test test_icr)."""
-    g = guest("long64", TO_X2APIC_ENABLED + f"""
+    g = guest("long64", X2APIC_ON + f"""
         mov ecx, {MSR_IA32_X2APIC_ICR:#x}
         mov eax, 0x4042
         mov edx, 0x55
@@ -344,7 +288,7 @@ def test_x2apic_msr_access_rules(guest, case):
     ICR high half at 0x831), a non-zero write to EOI or ESR and a write to SELF IPI's reserved
     bits 31:8 raise #GP(0) (SDM Vol. 3A 11.12.1.2 Table 11-6, 11.12.1.3, 11.12.11)."""
     insn, msr, value = X2APIC_GP[case]
-    g = guest("long64", TO_X2APIC_ENABLED + f"""
+    g = guest("long64", X2APIC_ON + f"""
         mov ecx, {msr:#x}
         mov eax, {value:#x}
         xor edx, edx
@@ -438,6 +382,6 @@ def test_logical_flat_ipi_reaches_exactly_the_vcpus_in_the_mask(guest):
     g = _apic_guest(guest, LOGICAL_FLAT)
     g.set_idt_gate(0x40, "ap_logical")
     g.set_idt_gate(0x30, "ap_other")
-    got = _bsp_signals_waiting_aps(g, 3)
-    assert got == {1: [0x40], 2: [0x30], 3: [0x40]}, \
+    got = run_with_waiting_aps(g, 3)
+    assert got == {0: [], 1: [0x40], 2: [0x30], 3: [0x40]}, \
         f"vectors each AP took first (APIC ID -> vectors): {got}; expected 0x40 for IDs 1 and 3 only"

@@ -7,18 +7,16 @@ aliased xAPIC physical IPIs)."""
 import pytest
 
 from kvmtest import lapic
-from kvmtest.abi import constants as C
+from kvmtest.guest.apic_source import X2APIC_ON
+from kvmtest.guest.aps import ready_ap, run_with_waiting_aps
+from kvmtest.guest.msr_source import wrmsr
 from kvmtest.guest.paging import KiB4
 from kvmtest.x86 import (
-    APIC_BASE_EN,
-    APIC_BASE_EXTD,
     APIC_DEFAULT_PHYS_BASE,
     APIC_ID,
-    MSR_IA32_APIC_BASE,
     MSR_IA32_X2APIC_APICID,
     MSR_IA32_X2APIC_EOI,
     MSR_IA32_X2APIC_ICR,
-    MSR_IA32_X2APIC_SIVR,
     PTE_P,
     PTE_PCD,
     PTE_RW,
@@ -30,26 +28,21 @@ VECTOR = 0x40
 FIXED = 0x4000 | VECTOR          # ICR low: fixed, assert, physical destination mode
 
 
-def _wrmsr(msr: int, low: int, high: int = 0) -> str:
-    return f"mov ecx, {msr:#x}\nmov eax, {low:#x}\nmov edx, {high:#x}\nwrmsr\n"
-
-
 XAPIC = {
     "enable": f"mov rbx, {APIC:#x}\nmov dword ptr [rbx + 0xF0], 0x1FF\n",
     "id": "mov eax, dword ptr [rbx + 0x20]\nshr eax, 24\n",
     "eoi": "mov dword ptr [rbx + 0xB0], 0\n",
 }
 X2APIC = {
-    "enable": f"mov ecx, {MSR_IA32_APIC_BASE:#x}\nrdmsr\nor eax, {APIC_BASE_EN | APIC_BASE_EXTD:#x}\nwrmsr\n"
-              + _wrmsr(MSR_IA32_X2APIC_SIVR, 0x1FF),
+    "enable": X2APIC_ON,
     "id": f"mov ecx, {MSR_IA32_X2APIC_APICID:#x}\nrdmsr\n",
-    "eoi": _wrmsr(MSR_IA32_X2APIC_EOI, 0),
+    "eoi": wrmsr(MSR_IA32_X2APIC_EOI, 0),
 }
 # destination -> (APIC mode, the instructions that send the IPI)
 SENDS = {
     "xapic-physical-ff": (XAPIC, f"mov dword ptr [rbx + 0x310], 0xFF000000\nmov dword ptr [rbx + 0x300], {FIXED:#x}\n"),
     "xapic-all-including-self": (XAPIC, f"mov dword ptr [rbx + 0x300], {0x80000 | FIXED:#x}\n"),
-    "x2apic-physical-ffffffff": (X2APIC, _wrmsr(MSR_IA32_X2APIC_ICR, FIXED, 0xFFFFFFFF)),
+    "x2apic-physical-ffffffff": (X2APIC, wrmsr(MSR_IA32_X2APIC_ICR, 0xFFFFFFFF << 32 | FIXED)),
 }
 
 BROADCAST = """
@@ -73,20 +66,6 @@ handler:
 """
 
 
-def _run_with_waiting_aps(g, count: int) -> dict[int, list[int]]:
-    """Add `count` APs at `ap`; each enables its APIC, reports in (GUEST_SYNC 2) and waits with
-    IF=1 on its own thread; then vCPU 0 runs to its end. Returns every vCPU's syncs after that."""
-    aps = [g.add_vcpu("ap") for _ in range(count)]
-    for ap in aps:
-        ap.set_mp_state(C.KVM_MP_STATE_RUNNABLE)
-        assert g.expect_sync(vcpu=ap) == 2, f"{ap.name} did not report in"
-    threads = [g.in_thread(ap, timeout=20) for ap in aps]
-    assert g.expect_sync() == 1
-    got = {0: g.run_to_done()}
-    got.update({ap.id: t.join(30) for ap, t in zip(aps, threads, strict=True)})
-    return got
-
-
 def _guest(guest, apic_mode, send):
     g = guest("long64", BROADCAST.format(send=send, **apic_mode), irqchip=True)
     g.page_tables.map(APIC, APIC, KiB4, PTE_P | PTE_RW | PTE_PCD)
@@ -103,7 +82,7 @@ def test_broadcast_ipi_reaches_every_vcpu_including_the_sender(kvm, guest, desti
     apic_mode, send = SENDS[destination]
     if apic_mode is X2APIC and not kvm.has_feature("x2apic"):
         pytest.skip("needs CPUID.1:ECX[21] (x2apic), which KVM_GET_SUPPORTED_CPUID does not report")
-    got = _run_with_waiting_aps(_guest(guest, apic_mode, send), 2)
+    got = run_with_waiting_aps(_guest(guest, apic_mode, send), 2)
     assert got == {0: [0], 1: [1], 2: [2]}, \
         f"handler syncs (vCPU -> APIC IDs read): {got}; expected each vCPU's handler to run once with its own ID"
 
@@ -146,8 +125,7 @@ def test_ipi_to_an_apic_id_two_vcpus_share_reaches_both(guest):
     lapic.set_reg(state, APIC_ID, 0)
     ap.set_lapic(state)
     assert lapic.reg(ap.get_lapic(), APIC_ID) == 0, "KVM_SET_LAPIC did not give vCPU 1 xAPIC ID 0"
-    ap.set_mp_state(C.KVM_MP_STATE_RUNNABLE)
-    assert g.expect_sync(vcpu=ap) == 2
+    ready_ap(g, ap)
     thread = g.in_thread(ap, timeout=20)
     assert g.expect_sync() == 1
     got = {0: g.run_to_done(), 1: thread.join(30)}

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from kvmtest.abi import constants as C
+from kvmtest.guest.aps import ready_ap
 from kvmtest.guest.paging import KiB4
 from kvmtest.x86 import APIC_DEFAULT_PHYS_BASE, NMI_VECTOR, PTE_P, PTE_PCD, PTE_RW
 
@@ -69,19 +69,29 @@ again:
 def test_nmis_sent_inside_the_nmi_handler_wait_for_its_iret(guest):
     """An NMI sent by ICR to the vCPU's own APIC ID runs the vector 2 handler (the ICR vector
     field is ignored for NMI, 11.6.1). NMIs the handler sends itself are held: the handler is
-    not entered again before its IRET, even across exits and re-entries, and the NMI held is
-    taken at the first instruction boundary after the IRET, with that address saved (6.7.1: NMIs
-    are blocked "until the next execution of the IRET instruction"; 6.9: a pending NMI is serviced
-    at the next boundary). How many of the 10 sent NMIs are kept is not documented; at least
-    one and at most 10 more handler entries must come."""
+    not entered again before its IRET, even across exits and re-entries, and a held NMI is
+    taken at the first instruction boundary after the IRET, with that address saved (6.7.1: the
+    processor "blocks delivery of subsequent NMIs until the next execution of the IRET
+    instruction"; 6.9: a pending NMI is serviced at the next boundary).
+
+    The number of handler entries has documented bounds only: at least 2, the first NMI and at
+    least one of the 10 the handler sent (6.7.1 blocks their delivery until the IRET, it does not
+    discard them), and at most 1 + 10, the NMIs sent (each ICR write with delivery mode NMI
+    delivers one NMI, 11.6.1; the handler runs for an NMI delivered, never without one). How many
+    of the 10 stay pending while NMIs are blocked the SDM does not say, so the count between the
+    two bounds is not checked."""
     g = _apic_guest(guest, HELD_UNTIL_IRET)
     for step in ("after the ICR writes", "after a re-entry"):
         entries = g.expect_sync()
         assert entries == 1, f"NMI handler entries inside the first NMI handler {step}: {entries}, " \
                              "expected 1 (NMIs blocked until IRET)"
     entries, saved_rip = g.run_to_done()
-    assert 2 <= entries <= 1 + NMIS_IN_HANDLER, \
-        f"NMI handler entries: {entries}; expected the first plus 1 to {NMIS_IN_HANDLER} held ones"
+    assert entries >= 2, \
+        f"NMI handler entries: {entries}; expected at least 2, the first NMI and one of the {NMIS_IN_HANDLER} it " \
+        "sent, held until its IRET (SDM Vol. 3A 6.7.1: their delivery is blocked, not discarded)"
+    assert entries <= 1 + NMIS_IN_HANDLER, \
+        f"NMI handler entries: {entries}; expected at most {1 + NMIS_IN_HANDLER}, the NMIs sent through the ICR " \
+        "(SDM Vol. 3A 11.6.1: one NMI per ICR write)"
     assert saved_rip == g.labels["after_iret"], \
         f"the held NMI came in at RIP {saved_rip:#x}, expected {g.labels['after_iret']:#x} (after_iret, the " \
         "first boundary after the IRET)"
@@ -125,9 +135,7 @@ def test_nmi_ipi_wakes_a_vcpu_halted_with_interrupts_off(guest):
     HLT; 11.6.1; kvm-unit-tests apic.c NMIs between CPUs). The NMI is sent only once vCPU 1's
     halt_exits statistic shows it halted."""
     g = _apic_guest(guest, NMI_WAKES)
-    ap = g.add_vcpu("ap")
-    ap.set_mp_state(C.KVM_MP_STATE_RUNNABLE)
-    assert g.expect_sync(vcpu=ap) == 2
+    ap = ready_ap(g, g.add_vcpu("ap"))
     with ap.stats() as stats:  # KVM_GET_STATS_FD needs the vCPU's lock: before it runs on
         halts = stats.value("halt_exits")
         ap_thread = g.in_thread(ap, timeout=20)

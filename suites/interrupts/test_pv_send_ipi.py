@@ -5,8 +5,8 @@ available with KVM_FEATURE_PV_SEND_IPI, x86/cpuid.rst; kvm-unit-tests apic.c tes
 
 import pytest
 
-from kvmtest.abi import constants as C
 from kvmtest.cpuid import find_entry
+from kvmtest.guest.aps import run_with_waiting_aps
 from kvmtest.guest.paging import KiB4
 from kvmtest.x86 import (
     APIC_DEFAULT_PHYS_BASE,
@@ -67,11 +67,6 @@ def test_pv_send_ipi_reaches_the_vcpus_of_its_bitmap(kvm, guest):
                                     vector=VECTOR), irqchip=True)
     g.page_tables.map(APIC, APIC, KiB4, PTE_P | PTE_RW | PTE_PCD)
     g.set_idt_gate(VECTOR, "handler")
-    ap = g.add_vcpu("ap")
-    ap.set_mp_state(C.KVM_MP_STATE_RUNNABLE)
-    assert g.expect_sync(vcpu=ap) == 2
-    thread = g.in_thread(ap, timeout=5)
-    assert g.expect_sync() == 1
-    (delivered,) = g.run_to_done()
-    assert delivered == 1, f"KVM_HC_SEND_IPI returned {delivered:#x} in RAX, expected 1 (one vCPU in the bitmap exists)"
-    assert thread.join(30) == [VECTOR], f"vCPU 1 did not take vector {VECTOR:#x}"
+    got = run_with_waiting_aps(g, 1, timeout=5)
+    assert got[0] == [1], f"KVM_HC_SEND_IPI returned {got[0]} in RAX, expected [1] (one vCPU in the bitmap exists)"
+    assert got[1] == [VECTOR], f"vCPU 1's GUEST_SYNC values {got[1]}: it did not take vector {VECTOR:#x}"

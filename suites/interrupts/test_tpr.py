@@ -8,18 +8,16 @@ self-IPI: the ICR's self shorthand in xAPIC mode, the SELF IPI register in x2API
 import pytest
 
 from kvmtest import lapic
+from kvmtest.guest.apic_source import X2APIC_ON
+from kvmtest.guest.msr_source import wrmsr
 from kvmtest.guest.paging import KiB4
 from kvmtest.x86 import (
-    APIC_BASE_EN,
-    APIC_BASE_EXTD,
     APIC_DEFAULT_PHYS_BASE,
     APIC_IRR,
     APIC_PPR,
     APIC_TPR,
-    MSR_IA32_APIC_BASE,
     MSR_IA32_X2APIC_EOI,
     MSR_IA32_X2APIC_SELF_IPI,
-    MSR_IA32_X2APIC_SIVR,
     MSR_IA32_X2APIC_TPR,
     PTE_P,
     PTE_PCD,
@@ -32,10 +30,6 @@ VECTOR = 0x50                      # priority class 5
 APIC = APIC_DEFAULT_PHYS_BASE
 
 
-def _x2apic_msr(msr: int, value: int) -> str:
-    return f"mov ecx, {msr:#x}\nmov eax, {value:#x}\nxor edx, edx\nwrmsr\n"
-
-
 SETUP = {
     "xapic": f"""
         mov rbx, {APIC:#x}
@@ -45,17 +39,13 @@ SETUP = {
         mov dword ptr [rbx + 0x300], {0x44000 | VECTOR:#x}  # ICR: fixed, assert, self
     """,
     "x2apic": f"""
-        mov ecx, {MSR_IA32_APIC_BASE:#x}
-        rdmsr
-        or eax, {APIC_BASE_EN | APIC_BASE_EXTD:#x}
-        wrmsr
-        {_x2apic_msr(MSR_IA32_X2APIC_SIVR, 0x1FF)}
-        {_x2apic_msr(MSR_IA32_X2APIC_TPR, VECTOR)}
+        {X2APIC_ON}
+        {wrmsr(MSR_IA32_X2APIC_TPR, VECTOR)}
         sti
-        {_x2apic_msr(MSR_IA32_X2APIC_SELF_IPI, VECTOR)}
+        {wrmsr(MSR_IA32_X2APIC_SELF_IPI, VECTOR)}
     """,
 }
-EOI = {"xapic": "mov dword ptr [rbx + 0xB0], 0\n", "x2apic": _x2apic_msr(MSR_IA32_X2APIC_EOI, 0)}
+EOI = {"xapic": "mov dword ptr [rbx + 0xB0], 0\n", "x2apic": wrmsr(MSR_IA32_X2APIC_EOI, 0)}
 RELEASE = {"host-set-lapic": "", "guest-mov-cr8": "mov eax, 4\nmov cr8, rax\n"}
 
 GUEST = """

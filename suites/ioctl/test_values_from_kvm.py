@@ -163,6 +163,8 @@ def test_io_exit_data_offset_points_at_the_guests_data_inside_the_mapping(guest)
     size = g.kvm.vcpu_mmap_size()
     assert C.KVM_PIO_PAGE_OFFSET * PAGE_SIZE <= io.data_offset and io.data_offset + io.size * io.count <= size, \
         f"{exit_}: data_offset {io.data_offset:#x} (+{io.size * io.count}) outside the PIO page / mapping of {size:#x}"
+    # The raw bytes at run + data_offset in the vCPU's mapping, which is what this test is about: not
+    # IoExit.data, which kvmtest's own exit parser took from the same offset.
     data = ctypes.string_at(g.vcpu.run_addr + io.data_offset, io.size * io.count)
     assert data == bytes.fromhex("01234567"), f"data at data_offset {data.hex()}; the guest sent 01234567"
     g.run_to_done()

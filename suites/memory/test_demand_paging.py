@@ -10,8 +10,9 @@ the copied contents. The vCPU that touched the page waits inside KVM_RUN meanwhi
 
 import pytest
 
+from kvmtest.guest.demand_paging import expect_one_fault_per_page, run_checkers_serving_faults
 from kvmtest.guest.mode_select import select
-from kvmtest.guest.page_loops import page_checker, set_page_range
+from kvmtest.guest.page_loops import page_checker
 from kvmtest.memory import HostMapping
 from kvmtest.userfaultfd import UserfaultFd
 
@@ -35,25 +36,13 @@ def test_vcpus_fault_in_pages_user_space_supplies_through_userfaultfd(guest, mod
     with UserfaultFd() as uffd:
         uffd.register_missing(backing.addr, backing.size)
         g.vm.add_memory(BASE, backing.size, mapping=backing)
-        half = BASE + PAGES // 2 * 0x1000
-        set_page_range(g.vcpu, BASE, half)
-        set_page_range(second, half, BASE + PAGES * 0x1000)
-        threads = [g.in_thread(vcpu, timeout=FAULT_WAIT) for vcpu in (g.vcpu, second)]
-        faults = []
-        for _ in range(PAGES):
-            fault = uffd.read_fault(timeout=FAULT_WAIT)
-            faults.append(fault)
+
+        def copy_page(fault):
             gpa = BASE + (fault.page - backing.addr)
             uffd.copy(fault.page, (gpa ^ MAGIC).to_bytes(8, "little"))
-        results = [t.join(FAULT_WAIT) for t in threads]
-    pages = sorted(f.page for f in faults)
-    assert pages == [backing.addr + i * 0x1000 for i in range(PAGES)], \
-        f"userfaultfd reported faults at {[hex(p) for p in pages]}, expected one per page of " \
-        f"{backing.addr:#x}+{backing.size:#x}"
-    assert [f.write for f in faults] == [access == "write"] * PAGES, \
-        f"userfaultfd write flags {[f.write for f in faults]}; every first access was a {access}"
-    assert results == [[PAGES // 2], [PAGES // 2]], \
-        f"the vCPUs found GPA ^ MAGIC in {results} of their {PAGES // 2} pages each, expected all of them"
+
+        run = run_checkers_serving_faults(g, [g.vcpu, second], BASE, PAGES, uffd, copy_page, timeout=FAULT_WAIT)
+    expect_one_fault_per_page(run, backing.addr, PAGES, write=access == "write")
     for i in range(PAGES):
         gpa = BASE + i * 0x1000
         assert g.vm.read_u64(gpa) == gpa ^ MAGIC, f"page {i} does not hold what was copied"

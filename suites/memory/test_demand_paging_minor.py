@@ -19,7 +19,8 @@ import os
 import pytest
 
 from kvmtest.abi.constants import GUEST_MEMFD_FLAG_INIT_SHARED, GUEST_MEMFD_FLAG_MMAP
-from kvmtest.guest.page_loops import page_checker, set_page_range
+from kvmtest.guest.demand_paging import expect_one_fault_per_page, run_checkers_serving_faults
+from kvmtest.guest.page_loops import page_checker
 from kvmtest.memory import HostMapping
 from kvmtest.userfaultfd import UFFD_FEATURE_MINOR_SHMEM, UserfaultFd
 
@@ -77,25 +78,10 @@ def test_vcpus_wait_for_user_space_to_map_page_cache_pages(guest, mode, access, 
         with uffd:
             _register_minor(uffd, view, backing)
             g.vm.add_memory(BASE, view.size, mapping=view)
-            half = BASE + PAGES // 2 * 0x1000
-            set_page_range(g.vcpu, BASE, half)
-            set_page_range(second, half, BASE + PAGES * 0x1000)
-            threads = [g.in_thread(v, timeout=WAIT) for v in (g.vcpu, second)]
-            faults = []
-            for _ in range(PAGES):
-                fault = uffd.read_fault(timeout=WAIT)
-                faults.append(fault)
-                uffd.cont(fault.page)
-            results = [t.join(WAIT) for t in threads]
-        pages = sorted(f.page for f in faults)
-        assert pages == [view.addr + i * 0x1000 for i in range(PAGES)], \
-            f"userfaultfd reported faults at {[hex(p) for p in pages]}, expected one per page of " \
-            f"{view.addr:#x}+{view.size:#x}"
-        assert all(f.minor for f in faults), "a fault on a page the page cache holds was not flagged minor"
-        assert [f.write for f in faults] == [access == "write"] * PAGES, \
-            f"userfaultfd write flags {[f.write for f in faults]}; every first access was a {access}"
-        assert results == [[PAGES // 2], [PAGES // 2]], \
-            f"the vCPUs found GPA ^ MAGIC in {results} of their {PAGES // 2} pages each, expected all of them"
+            run = run_checkers_serving_faults(g, [g.vcpu, second], BASE, PAGES, uffd, lambda f: uffd.cont(f.page),
+                                              timeout=WAIT)
+        assert all(f.minor for f in run.faults), "a fault on a page the page cache holds was not flagged minor"
+        expect_one_fault_per_page(run, view.addr, PAGES, write=access == "write")
         for i in range(PAGES):
             gpa = BASE + i * 0x1000
             stored = int.from_bytes(alias.read(i * 0x1000 + 8, 8), "little")

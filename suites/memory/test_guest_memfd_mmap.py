@@ -31,6 +31,8 @@ SHARED = GUEST_MEMFD_FLAG_MMAP | GUEST_MEMFD_FLAG_INIT_SHARED
 # The child maps the inherited guest_memfd (argv: fd, mapping length, offset to read) and reads one
 # byte: exit 0 when the read completes, death by SIGBUS when the page cannot be faulted in, exit 3
 # with the errno on stderr when mmap itself fails. It runs the venv's interpreter, so kvmtest imports.
+# The read is a raw ctypes load from the child's own mapping on purpose: the check is whether that
+# mapping faults (SIGBUS), which kvmtest's guarded accessors exist to keep from happening.
 CHILD = """
 import ctypes, sys
 from kvmtest import libc
@@ -55,11 +57,14 @@ def gmem_vm(vm):
     return vm
 
 
+def _require_flag(vm, flag: int, name: str) -> None:
+    if not _flags(vm) & flag:
+        pytest.skip(f"needs {name} in KVM_CAP_GUEST_MEMFD_FLAGS (the VM reports {_flags(vm):#x})")
+
+
 @pytest.fixture
 def mmap_vm(gmem_vm):
-    if not _flags(gmem_vm) & GUEST_MEMFD_FLAG_MMAP:
-        pytest.skip("needs GUEST_MEMFD_FLAG_MMAP in KVM_CAP_GUEST_MEMFD_FLAGS "
-                    f"(the VM reports {_flags(gmem_vm):#x})")
+    _require_flag(gmem_vm, GUEST_MEMFD_FLAG_MMAP, "GUEST_MEMFD_FLAG_MMAP")
     return gmem_vm
 
 
@@ -71,9 +76,7 @@ def _create(vm, size, flags):
 
 @pytest.fixture
 def shared_gmem(mmap_vm):
-    if not _flags(mmap_vm) & GUEST_MEMFD_FLAG_INIT_SHARED:
-        pytest.skip("needs GUEST_MEMFD_FLAG_INIT_SHARED in KVM_CAP_GUEST_MEMFD_FLAGS "
-                    f"(the VM reports {_flags(mmap_vm):#x})")
+    _require_flag(mmap_vm, GUEST_MEMFD_FLAG_INIT_SHARED, "GUEST_MEMFD_FLAG_INIT_SHARED")
     fd = _create(mmap_vm, 4 * PAGE, SHARED)
     yield fd
     os.close(fd)

@@ -10,7 +10,6 @@ resolve a guest page fault", as for a write to a read-only VMA, and user space m
 (or skip the access) and run again. The access did not happen: RIP still names the store.
 """
 
-import ctypes
 import errno
 
 import pytest
@@ -44,9 +43,10 @@ SOURCE = "\n".join([
 ])
 
 
-def _pages(slot):
-    """Each page's first qword as the host memory holds it."""
-    return [int.from_bytes(ctypes.string_at(slot.hva + i * 0x1000, 8), "little") for i in range(PAGES)]
+def _pages(vm):
+    """Each page's first qword as the slot's host memory holds it (read through the slot's mapping,
+    which PROT_READ leaves readable)."""
+    return [vm.read_u64(BASE + i * 0x1000) for i in range(PAGES)]
 
 
 def _protect(slot, prot):
@@ -66,12 +66,12 @@ def test_writes_to_a_read_only_backing_fail_with_efault_and_resume(guest, mode):
     gpas = [BASE + i * 0x1000 for i in range(PAGES)]
 
     assert g.run().value == 0, "stage 0: expected GUEST_SYNC 0 after the guest stored each page's GPA"
-    assert _pages(slot) == gpas, "stage 0: the host memory does not hold the GPAs the guest stored"
+    assert _pages(g.vm) == gpas, "stage 0: the host memory does not hold the GPAs the guest stored"
     sregs = g.vcpu.get_sregs()
     sregs.cr0 ^= CR0_WP
     g.vcpu.set_sregs(sregs)
     assert g.run().value == 1, "stage 1: expected GUEST_SYNC 1 after the CR0.WP toggle and the stores of GPA + 1"
-    assert _pages(slot) == [gpa + 1 for gpa in gpas], "stage 1: the host memory does not hold GPA + 1 per page"
+    assert _pages(g.vm) == [gpa + 1 for gpa in gpas], "stage 1: the host memory does not hold GPA + 1 per page"
 
     _protect(slot, libc.PROT_READ)
     want = sum(gpa + 1 for gpa in gpas) & (1 << 64) - 1
@@ -94,9 +94,9 @@ def test_writes_to_a_read_only_backing_fail_with_efault_and_resume(guest, mode):
         regs.rip += STORE_LENGTH
         g.vcpu.set_regs(regs)
     assert g.run().value == 3, "stage 3: the guest did not reach its sync after the last refused store"
-    assert _pages(slot) == [gpa + 1 for gpa in gpas], "stage 3: a store refused with EFAULT changed host memory"
+    assert _pages(g.vm) == [gpa + 1 for gpa in gpas], "stage 3: a store refused with EFAULT changed host memory"
 
     _protect(slot, libc.PROT_READ | libc.PROT_WRITE)
     assert g.run().value == 4, "stage 4: expected GUEST_SYNC 4 after the stores to the PROT_READ|PROT_WRITE backing"
-    assert _pages(slot) == [gpa + 4 for gpa in gpas], "stage 4: after PROT_WRITE came back the stores did not land"
+    assert _pages(g.vm) == [gpa + 4 for gpa in gpas], "stage 4: after PROT_WRITE came back the stores did not land"
     assert g.run_to_done() == [], "after stage 4: expected GUEST_DONE with no further GUEST_SYNC"

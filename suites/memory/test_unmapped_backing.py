@@ -9,7 +9,6 @@ gpa + size) is the range of the fault; flags without KVM_MEMORY_EXIT_FLAG_PRIVAT
 (ordinary) access. The note under KVM_CAP_MEMORY_FAULT_INFO expects user space to resolve the
 fault and run again: the access then completes."""
 
-import ctypes
 import errno
 
 import pytest
@@ -36,7 +35,10 @@ FAULT_MODES = select(sample="per-code-size", cpl=0) + select(sample="per-code-si
 class Backing:
     """Three anonymous host pages; the memslot uses the middle one (`hva`), so once that page is
     unmapped it stays a hole between two pages this test owns. close() unmaps only what is
-    still this test's."""
+    still this test's. The pages are mapped with libc directly, not as a kvmtest HostMapping,
+    because the test is about the raw mapping: it unmaps or mprotect()s one page of it under the
+    slot, which HostMapping (one mapping, unmapped whole) does not offer. Their contents are read
+    and written through the Vm's guest memory accessors."""
 
     def __init__(self):
         self.base = libc.mmap(3 * PAGE, libc.PROT_READ | libc.PROT_WRITE,
@@ -51,12 +53,6 @@ class Backing:
     def protect(self, prot: int) -> None:
         err = libc.mprotect(self.hva, PAGE, prot)
         assert err == 0, f"mprotect({self.hva:#x}, {PAGE:#x}, {prot}) failed: {errno.errorcode.get(err, err)}"
-
-    def read_u32(self, offset: int) -> int:
-        return int.from_bytes(ctypes.string_at(self.hva + offset, 4), "little")
-
-    def write_u32(self, offset: int, value: int) -> None:
-        ctypes.memmove(self.hva + offset, value.to_bytes(4, "little"), 4)
 
     def close(self) -> None:
         for i in (0, 1, 2):
@@ -156,10 +152,11 @@ def test_access_to_a_prot_none_backing_is_a_memory_fault_and_resumes(guest, back
     backing.protect(libc.PROT_READ | libc.PROT_WRITE)
     if access == "fetch":
         return
-    backing.write_u32(OFFSET, LOAD_VALUE)
+    gpa = _slot_gpa(mode) + OFFSET
+    g.vm.write_u32(gpa, LOAD_VALUE)
     syncs = g.run_to_done()
     if access == "read":
         assert syncs == [LOAD_VALUE], f"after restoring the page the load returned {syncs}, expected {LOAD_VALUE:#x}"
     else:
-        stored = backing.read_u32(OFFSET)
+        stored = g.vm.read_u32(gpa)
         assert stored == STORE_VALUE, f"after restoring the page the store left {stored:#x}, expected {STORE_VALUE:#x}"

@@ -5,12 +5,12 @@ with a selector RPL above its DPL. KVM carries task switches out in software, so
 counts. The simpler cases: test_task_switch.py.
 """
 
-import struct
 
 import pytest
 
 from kvmtest.guest import descriptors as D
 from kvmtest.guest import layout as L
+from kvmtest.guest.tasks import add_task, expect_nested_switch, tss_type
 from kvmtest.x86 import (
     RFLAGS_NT,
     RFLAGS_VM,
@@ -18,6 +18,13 @@ from kvmtest.x86 import (
     SYS_TYPE_TASK_GATE,
     SYS_TYPE_TSS_AVAILABLE,
     SYS_TYPE_TSS_BUSY,
+    TSS32_CS,
+    TSS32_DS,
+    TSS32_EFLAGS,
+    TSS32_EIP,
+    TSS32_ES,
+    TSS32_LINK,
+    TSS32_SIZE,
 )
 
 TSS_B, SEL_TSS_B = 0x3100, 0x60
@@ -25,38 +32,16 @@ SEL_GATE_B = 0x68              # a task gate in the GDT naming SEL_TSS_B
 TSS_C, SEL_TSS_C = 0x3200, 0x70
 SEL_CONFORMING = 0x78          # a conforming code segment, DPL 0
 TASK_B_STACK = 0x6800
-TSS_LINK, TSS_EIP, TSS_EFLAGS, TSS_ES, TSS_CS, TSS_DS = 0x00, 0x20, 0x24, 0x48, 0x4C, 0x54  # Figure 7-2
 UNMAPPED = 0x80010000          # no page-table entry maps it
-
-
-def _field(g, base, offset):
-    return struct.unpack_from("<I", g.vm.read(base, 0x68), offset)[0]
-
-
-def _type(g, selector):
-    return D.Descriptor.decode(g.vm.read(L.GDT + selector, 8)).type
 
 
 def _task(g, selector, base, label, **kw):
     """An available 32-bit TSS at `base`, GDT entry `selector`, whose task starts at `label`."""
-    g.set_gdt_entry(selector, D.tss(base, 0x67, busy=False).encode())
-    kw.setdefault("cs", L.SEL_CODE32)
-    kw.setdefault("data", L.SEL_DATA)
-    g.vm.write(base, D.tss32_task(g.labels[label], kw.pop("esp", TASK_B_STACK), **kw))
+    add_task(g, selector, base, label, esp=kw.pop("esp", TASK_B_STACK), **kw)
 
 
-def _check_nested(g, tr, eflags, old_eip, new=SEL_TSS_B, new_base=TSS_B, old=L.SEL_TSS, old_base=L.TSS):
-    """A nested switch (CALL, or an exception through a task gate; SDM Vol. 3A 7.3, Table 7-2, 7.4):
-    TR = the new TSS, NT set in the new task, its previous-task link = the old TR, both TSS busy,
-    the old task's EIP saved."""
-    assert tr == new, f"TR in the new task: {tr:#x}, expected {new:#x}"
-    assert eflags & RFLAGS_NT, f"EFLAGS {eflags:#x} in the new task: NT clear, a nested switch sets it"
-    link = _field(g, new_base, TSS_LINK) & 0xFFFF
-    assert link == old, f"new TSS previous-task link {link:#x}, expected the old TR {old:#x}"
-    assert (_type(g, old), _type(g, new)) == (SYS_TYPE_TSS_BUSY, SYS_TYPE_TSS_BUSY), \
-        f"TSS types (old, new) {_type(g, old):#x}, {_type(g, new):#x}: both must stay busy (0xb) while nested"
-    saved = _field(g, old_base, TSS_EIP)
-    assert saved == old_eip, f"old TSS EIP {saved:#x}, expected {old_eip:#x}"
+def _check_nested(g, tr, eflags, old_eip):
+    expect_nested_switch(g, tr, eflags, old_eip, new=SEL_TSS_B, new_base=TSS_B)
 
 
 REPORT = """
@@ -125,15 +110,15 @@ def test_far_transfer_through_a_gdt_task_gate_switches_tasks(guest, insn):
     if insn == "jmp":
         assert tr == SEL_TSS_B, f"TR after JMP through the task gate: {tr:#x}, expected {SEL_TSS_B:#x}"
         assert not eflags & RFLAGS_NT, f"EFLAGS {eflags:#x} after a JMP task switch: NT set"
-        assert (_type(g, L.SEL_TSS), _type(g, SEL_TSS_B)) == (SYS_TYPE_TSS_AVAILABLE, SYS_TYPE_TSS_BUSY), \
+        assert (tss_type(g, L.SEL_TSS), tss_type(g, SEL_TSS_B)) == (SYS_TYPE_TSS_AVAILABLE, SYS_TYPE_TSS_BUSY), \
             "TSS types (old, new) after JMP: expected (available 0x9, busy 0xb)"
-        saved = _field(g, L.TSS, TSS_EIP)
+        saved = g.vm.read_u32(L.TSS + TSS32_EIP)
         assert saved == g.labels["after"], f"old TSS EIP {saved:#x}, expected {g.labels['after']:#x}"
         return
     _check_nested(g, tr, eflags, g.labels["after"])
     assert g.run_to_done() == [0xAF], "the task's IRET did not return after the CALL"
     assert g.vcpu.get_sregs().tr.selector == L.SEL_TSS, "TR after IRET is not the calling task's"
-    assert _type(g, SEL_TSS_B) == SYS_TYPE_TSS_AVAILABLE, "the called TSS is still busy after IRET"
+    assert tss_type(g, SEL_TSS_B) == SYS_TYPE_TSS_AVAILABLE, "the called TSS is still busy after IRET"
 
 
 def test_a_task_called_again_resumes_after_its_iret(guest):
@@ -174,18 +159,16 @@ def test_iret_to_a_virtual_8086_task_and_back_through_a_task_gate(guest):
         GUEST_DONE
     vm86_start:""")
     g.vm.write(VM86_CS << 4, b"\x0f\x0b")                      # UD2
-    g.set_gdt_entry(SEL_TSS_B, D.tss(TSS_B, 0x67, busy=True).encode())
+    g.set_gdt_entry(SEL_TSS_B, D.tss(TSS_B, TSS32_SIZE - 1, busy=True).encode())
     g.vm.write(TSS_B, D.tss32_task(0, 0x1000, cs=VM86_CS, data=0x500, eflags=RFLAGS_VM | 0x2,
                                    segments={"ds": VM86_DS, "es": VM86_ES, "fs": 0, "gs": 0}))
-    tss = bytearray(g.vm.read(L.TSS, 0x68))
-    struct.pack_into("<I", tss, TSS_LINK, SEL_TSS_B)
-    g.vm.write(L.TSS, bytes(tss))
+    g.vm.write_u32(L.TSS + TSS32_LINK, SEL_TSS_B)
     _task(g, SEL_TSS_C, TSS_C, "task_c")
     g.set_idt_gate(6, 0, gate_type=SYS_TYPE_TASK_GATE, selector=SEL_TSS_C)
     (tr,) = g.run_to_done()
     assert tr == SEL_TSS_C, f"TR after the #UD in the virtual-8086 task: {tr:#x}, expected {SEL_TSS_C:#x}"
-    saved = {name: _field(g, TSS_B, off) for name, off in
-             (("eip", TSS_EIP), ("eflags", TSS_EFLAGS), ("cs", TSS_CS), ("ds", TSS_DS), ("es", TSS_ES))}
+    saved = {name: g.vm.read_u32(TSS_B + off) for name, off in
+             (("eip", TSS32_EIP), ("eflags", TSS32_EFLAGS), ("cs", TSS32_CS), ("ds", TSS32_DS), ("es", TSS32_ES))}
     want = {"eip": 0, "cs": VM86_CS, "ds": VM86_DS, "es": VM86_ES}
     got = {k: saved[k] & 0xFFFF if k != "eip" else saved[k] for k in want}
     assert got == want and saved["eflags"] & RFLAGS_VM, \

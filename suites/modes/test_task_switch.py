@@ -1,18 +1,15 @@
 """Hardware task switches in 32-bit protected mode (SDM Vol. 3A 7.3 task switching; kvm-unit-tests
 taskswitch.c). KVM carries them out in software, so every field counts."""
 
-import struct
-
 import pytest
 
 from kvmtest.exits import HltExit
-from kvmtest.guest import descriptors as D
 from kvmtest.guest import layout as L
-from kvmtest.x86 import RFLAGS_NT, SYS_TYPE_TASK_GATE, SYS_TYPE_TSS_AVAILABLE, SYS_TYPE_TSS_BUSY
+from kvmtest.guest.tasks import add_task, expect_nested_switch, tss_type
+from kvmtest.x86 import RFLAGS_NT, SYS_TYPE_TASK_GATE, SYS_TYPE_TSS_AVAILABLE, SYS_TYPE_TSS_BUSY, TSS32_EIP
 
 TSS_B, SEL_TSS_B = 0x3100, 0x60
 TASK_B_STACK = 0x6800
-TSS_LINK, TSS_EIP = 0x00, 0x20  # 32-bit TSS fields (SDM Vol. 3A Figure 7-2)
 
 SOURCE = """
     FARJMP 0x60, 0
@@ -26,64 +23,35 @@ task_b:
 """
 
 
-def _tss32(eip, esp):
-    t = bytearray(0x68)
-    struct.pack_into("<I", t, 0x20, eip)           # EIP
-    struct.pack_into("<I", t, 0x24, 0x2)           # EFLAGS
-    struct.pack_into("<I", t, 0x38, esp)           # ESP
-    for off, sel in ((0x48, L.SEL_DATA), (0x4C, L.SEL_CODE32), (0x50, L.SEL_DATA), (0x54, L.SEL_DATA),
-                     (0x58, L.SEL_DATA), (0x5C, L.SEL_DATA)):
-        struct.pack_into("<I", t, off, sel)        # ES, CS, SS, DS, FS, GS
-    struct.pack_into("<H", t, 0x66, 0x68)          # no I/O bitmap
-    return bytes(t)
-
-
 def test_far_jump_to_a_tss_switches_tasks(guest):
     """JMP FAR to an available 32-bit TSS descriptor saves the current task's state in its TSS
     (EIP = the instruction after the JMP), loads the new task's registers from the new TSS, loads
     TR with the new selector, marks the new TSS busy and the old one available, and leaves
     EFLAGS.NT clear (SDM Vol. 3A 7.3, Table 7-2)."""
     g = guest("pm32", SOURCE)
-    g.set_gdt_entry(SEL_TSS_B, D.tss(TSS_B, 0x67, busy=False).encode())
-    g.vm.write(TSS_B, _tss32(g.labels["task_b"], 0x6800))
+    add_task(g, SEL_TSS_B, TSS_B, "task_b", esp=TASK_B_STACK)
     tr, esp = g.run_to_done()
     assert tr == SEL_TSS_B, f"TR after the switch: {tr:#x}, expected {SEL_TSS_B:#x}"
-    assert esp == 0x6800, f"ESP in the new task {esp:#x}, expected 0x6800 from its TSS"
-    old_eip = struct.unpack_from("<I", g.vm.read(L.TSS, 0x68), 0x20)[0]
+    assert esp == TASK_B_STACK, f"ESP in the new task {esp:#x}, expected {TASK_B_STACK:#x} from its TSS"
+    old_eip = g.vm.read_u32(L.TSS + TSS32_EIP)
     assert old_eip == g.labels["after_jmp"], f"old TSS EIP {old_eip:#x}, expected {g.labels['after_jmp']:#x}"
-    new_type = D.Descriptor.decode(g.vm.read(L.GDT + SEL_TSS_B, 8)).type
-    old_type = D.Descriptor.decode(g.vm.read(L.GDT + L.SEL_TSS, 8)).type
+    new_type, old_type = tss_type(g, SEL_TSS_B), tss_type(g, L.SEL_TSS)
     assert (new_type, old_type) == (SYS_TYPE_TSS_BUSY, SYS_TYPE_TSS_AVAILABLE), \
         f"TSS types after JMP: new {new_type:#x} (want busy 0xb), old {old_type:#x} (want available 0x9)"
     assert not g.vcpu.get_regs().rflags & RFLAGS_NT, "EFLAGS.NT set after a JMP task switch"
 
 
-def _tss_field(g, base, offset):
-    return struct.unpack_from("<I", g.vm.read(base, 0x68), offset)[0]
-
-
 def _tss_types(g):
     """(old task's TSS type, new task's TSS type) as the GDT holds them now."""
-    return tuple(D.Descriptor.decode(g.vm.read(L.GDT + sel, 8)).type for sel in (L.SEL_TSS, SEL_TSS_B))
+    return tss_type(g, L.SEL_TSS), tss_type(g, SEL_TSS_B)
 
 
 def _nested_task_b(g):
-    g.set_gdt_entry(SEL_TSS_B, D.tss(TSS_B, 0x67, busy=False).encode())
-    g.vm.write(TSS_B, _tss32(g.labels["task_b"], TASK_B_STACK))
+    add_task(g, SEL_TSS_B, TSS_B, "task_b", esp=TASK_B_STACK)
 
 
 def _check_nested_entry(g, tr, eflags, old_eip):
-    """What SDM Vol. 3A 7.3 / Table 7-2 and 7.4 give a nested task switch (CALL, or an
-    interrupt or exception through a task gate): TR = the new TSS, NT set in the new task,
-    the new TSS's previous-task link = the old TR, both TSS busy, the old task's EIP saved."""
-    assert tr == SEL_TSS_B, f"TR in the new task: {tr:#x}, expected {SEL_TSS_B:#x}"
-    assert eflags & RFLAGS_NT, f"EFLAGS {eflags:#x} in the new task: NT clear, a nested switch sets it"
-    link = _tss_field(g, TSS_B, TSS_LINK) & 0xFFFF
-    assert link == L.SEL_TSS, f"new TSS previous-task link {link:#x}, expected the old TR {L.SEL_TSS:#x}"
-    assert _tss_types(g) == (SYS_TYPE_TSS_BUSY, SYS_TYPE_TSS_BUSY), \
-        f"TSS types (old, new) {_tss_types(g)}: both must stay busy (0xb) while nested"
-    saved = _tss_field(g, L.TSS, TSS_EIP)
-    assert saved == old_eip, f"old TSS EIP {saved:#x}, expected {old_eip:#x}"
+    expect_nested_switch(g, tr, eflags, old_eip, new=SEL_TSS_B, new_base=TSS_B)
 
 
 def test_far_call_to_a_tss_nests_and_iret_returns(guest):

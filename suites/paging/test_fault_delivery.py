@@ -2,7 +2,6 @@
 Interrupt 8 and 14: a #PF during delivery is reported as #PF; a second fault while delivering
 that one is a #DF; a fault while delivering #DF shuts the processor down)."""
 
-import struct
 
 import pytest
 
@@ -11,7 +10,7 @@ from kvmtest.exits import ShutdownExit
 from kvmtest.guest import get_mode
 from kvmtest.guest import layout as L
 from kvmtest.guest.paging import KiB4, MiB2
-from kvmtest.x86 import PF_VECTOR, PFEC_P, PFEC_RSVD, PFEC_U, PTE_P, PTE_RW, PTE_US
+from kvmtest.x86 import PF_VECTOR, PFEC_P, PFEC_RSVD, PFEC_U, PTE_P, PTE_RW, PTE_US, TSS64_IST1
 
 IST_STACK_TOP = 0x1F000  # a page of DATA serves as the #PF handler's IST stack
 
@@ -28,9 +27,7 @@ def test_pf_while_delivering_ud_is_reported_as_pf_with_the_stack_address(guest):
     (error code W, not P, supervisor) with CR2 in that page, not #UD. The #PF handler runs on
     an IST stack so it can be delivered (SDM Vol. 3A 6.14.5 IST, 6.15 Interrupt 14)."""
     g = guest("long64", "GUEST_ASSERT_RAISES PF(2), ud2\nGUEST_DONE")
-    tss = bytearray(g.vm.read(L.TSS, L.TSS_SIZE))
-    struct.pack_into("<Q", tss, 36, IST_STACK_TOP)  # IST1
-    g.vm.write(L.TSS, bytes(tss))
+    g.vm.write_u64(L.TSS + TSS64_IST1, IST_STACK_TOP)
     g.set_idt_gate(PF_VECTOR, "kt_stub_14", ist=1)
     page = _unmap_kernel_stack(g)
     g.run_to_done()

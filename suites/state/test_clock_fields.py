@@ -11,8 +11,9 @@ import pytest
 from kvmtest import host_cpu
 from kvmtest.abi import constants as C
 from kvmtest.guest import layout as L
+from kvmtest.guest.msr_source import wrmsr
 from kvmtest.timing import bracketed_pair
-from kvmtest.x86 import MSR_KVM_SYSTEM_TIME_NEW
+from kvmtest.x86 import KVM_MSR_ENABLED, MSR_KVM_SYSTEM_TIME_NEW
 
 pytestmark = pytest.mark.requires_cap("KVM_CAP_ADJUST_CLOCK")
 FLAGS = C.KVM_CLOCK_TSC_STABLE | C.KVM_CLOCK_REALTIME | C.KVM_CLOCK_HOST_TSC
@@ -62,10 +63,7 @@ def test_clock_set_by_the_host_is_what_the_guests_kvmclock_reads(guest):
     system_time of the pvclock structure lies between the value set and that value plus the host
     time elapsed since the ioctl (api.rst KVM_SET_CLOCK: "Sets the current timestamp of kvmclock")."""
     g = guest("long64", f"""
-        mov ecx, {MSR_KVM_SYSTEM_TIME_NEW:#x}
-        mov eax, {PVCLOCK | 1:#x}
-        xor edx, edx
-        wrmsr
+        {wrmsr(MSR_KVM_SYSTEM_TIME_NEW, PVCLOCK | KVM_MSR_ENABLED)}
         GUEST_SYNC 1
         GUEST_DONE""")
     t0 = time.monotonic_ns()

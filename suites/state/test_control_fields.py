@@ -8,6 +8,7 @@ import pytest
 from kvmtest.abi import constants as C
 from kvmtest.exits import IoExit, IrqWindowOpenExit
 from kvmtest.guest.mode_select import select
+from kvmtest.guest.msr_source import rdmsr64
 from kvmtest.x86 import (
     CR0_AM,
     CR0_MP,
@@ -60,15 +61,9 @@ GUEST_READS = f"""
     GUEST_SYNC rax
     mov rax, cr8
     GUEST_SYNC rax
-    mov ecx, {MSR_IA32_EFER:#x}
-    rdmsr
-    shl rdx, 32
-    or rax, rdx
+    {rdmsr64(MSR_IA32_EFER)}
     GUEST_SYNC rax
-    mov ecx, {MSR_IA32_APIC_BASE:#x}
-    rdmsr
-    shl rdx, 32
-    or rax, rdx
+    {rdmsr64(MSR_IA32_APIC_BASE)}
     GUEST_SYNC rax
     GUEST_DONE
 """

@@ -9,11 +9,12 @@ import struct
 import pytest
 
 from kvmtest.abi import constants as C
+from kvmtest.guest.ioapic_source import IOAPIC_DEFAULT_BASE, IOREDTBL_LEVEL, IOREDTBL_MASKED, redirect, redirection_low
 from kvmtest.guest.paging import KiB4
-from kvmtest.guest.pic import init_master_pic
-from kvmtest.x86 import PTE_P, PTE_PCD, PTE_RW
+from kvmtest.guest.pic import counting_irq_handler, init_master_pic
+from kvmtest.x86 import APIC_DEFAULT_PHYS_BASE, PTE_P, PTE_PCD, PTE_RW
 
-APIC, IOAPIC = 0xFEE00000, 0xFEC00000
+APIC, IOAPIC = APIC_DEFAULT_PHYS_BASE, IOAPIC_DEFAULT_BASE
 irqchip = pytest.mark.requires_cap("KVM_CAP_IRQCHIP")
 
 
@@ -78,14 +79,10 @@ def test_level_interrupt_held_by_a_masked_ioapic_pin_is_delivered_after_migratio
         mov rbx, {APIC:#x}
         mov dword ptr [rbx + 0xF0], 0x1FF
         mov rsi, {IOAPIC:#x}
-        mov dword ptr [rsi], 0x3A                   # pin 21
-        mov dword ptr [rsi + 0x10], 0x18052         # vector 0x52, level, masked
-        mov dword ptr [rsi], 0x3B
-        mov dword ptr [rsi + 0x10], 0
+        {redirect(21, IOREDTBL_LEVEL | IOREDTBL_MASKED | 0x52)}
         sti
         GUEST_SYNC 1
-        mov dword ptr [rsi], 0x3A
-        mov dword ptr [rsi + 0x10], 0x8052          # unmask
+        {redirection_low(21, IOREDTBL_LEVEL | 0x52)}
     wait:
         hlt
         jmp wait
@@ -110,14 +107,8 @@ def test_level_interrupt_held_by_a_masked_ioapic_pin_is_delivered_after_migratio
 def test_irq_waiting_in_the_pic_is_delivered_after_migration(guest):
     """IRQ1 raised while the guest has IF=0 waits in the master PIC's IRR (8259A); saved with
     KVM_GET_IRQCHIP, it reaches the guest in the new VM as vector ICW2+1, once."""
-    g = guest("long64", init_master_pic(0x20, unmasked=(1,)) + TAKE_PENDING + """
-    irq1:
-        inc r12
-        push rax
-        mov al, 0x20
-        out 0x20, al            # EOI
-        pop rax
-        iretq""", irqchip=True)
+    g = guest("long64", init_master_pic(0x20, unmasked=(1,)) + TAKE_PENDING + counting_irq_handler("irq1"),
+              irqchip=True)
     g.set_idt_gate(0x21, "irq1")
     assert g.expect_sync() == 1
     g.vm.irq_line(1, 1)

@@ -9,9 +9,11 @@ import time
 import pytest
 
 from kvmtest.guest import layout as L
+from kvmtest.guest.msr_source import wrmsr
 from kvmtest.guest.paging import KiB4
-from kvmtest.guest.pic import init_master_pic
-from kvmtest.x86 import MSR_IA32_TSC_DEADLINE, MSR_KVM_SYSTEM_TIME_NEW, PTE_P, PTE_PCD, PTE_RW
+from kvmtest.guest.pic import counting_irq_handler, init_master_pic
+from kvmtest.guest.pit import LATCH_COUNTER0
+from kvmtest.x86 import KVM_MSR_ENABLED, MSR_IA32_TSC_DEADLINE, MSR_KVM_SYSTEM_TIME_NEW, PTE_P, PTE_PCD, PTE_RW
 
 pytestmark = pytest.mark.requires_cap("KVM_CAP_IRQCHIP")
 APIC = 0xFEE00000
@@ -145,13 +147,7 @@ def test_pit_keeps_counting_and_ticking_after_migration(guest):
         in al, 0x40
         and eax, 0x3F
         GUEST_SYNC rax
-        xor eax, eax
-        out 0x43, al            # counter latch, channel 0
-        in al, 0x40
-        mov bl, al
-        in al, 0x40
-        mov bh, al
-        movzx eax, bx
+        {LATCH_COUNTER0}
         GUEST_SYNC rax
         sti
     ticks_after:
@@ -159,13 +155,7 @@ def test_pit_keeps_counting_and_ticking_after_migration(guest):
         cmp r12, 4
         jb ticks_after
         GUEST_DONE
-    irq0:
-        inc r12
-        push rax
-        mov al, 0x20
-        out 0x20, al            # EOI
-        pop rax
-        iretq""", irqchip=True)
+        {counting_irq_handler("irq0")}""", irqchip=True)
     g.vm.create_pit2()
     g.set_idt_gate(0x20, "irq0")
     assert g.expect_sync() == 1
@@ -178,37 +168,6 @@ def test_pit_keeps_counting_and_ticking_after_migration(guest):
 
 
 PVCLOCK = L.DATA + 0x100
-READ_KVMCLOCK = f"""
-read_kvmclock:                      # rax = kvmclock in ns (x86/msr.rst, pvclock_vcpu_time_info)
-    mov r9, {PVCLOCK:#x}
-read_kvmclock_retry:
-    mov r8d, dword ptr [r9]         # version: odd while KVM updates the structure
-    test r8d, 1
-    jnz read_kvmclock_retry
-    lfence
-    rdtsc
-    shl rdx, 32
-    or rax, rdx
-    sub rax, qword ptr [r9 + 8]     # - tsc_timestamp
-    movsx ecx, byte ptr [r9 + 28]   # tsc_shift
-    test ecx, ecx
-    js read_kvmclock_right
-    shl rax, cl
-    jmp read_kvmclock_scale
-read_kvmclock_right:
-    neg ecx
-    shr rax, cl
-read_kvmclock_scale:
-    mov ecx, dword ptr [r9 + 24]    # tsc_to_system_mul
-    mul rcx
-    shrd rax, rdx, 32
-    add rax, qword ptr [r9 + 16]    # + system_time
-    cmp r8d, dword ptr [r9]
-    jne read_kvmclock_retry
-    ret
-"""
-
-
 @pytest.mark.requires_cap("KVM_CAP_ADJUST_CLOCK")
 def test_kvmclock_runs_on_across_migration(guest, kvm):
     """The guest's kvmclock (MSR_KVM_SYSTEM_TIME_NEW) after migration reads no less than before it
@@ -218,17 +177,15 @@ def test_kvmclock_runs_on_across_migration(guest, kvm):
     if MSR_KVM_SYSTEM_TIME_NEW not in kvm.msr_index_list():
         pytest.skip("KVM_GET_MSR_INDEX_LIST has no MSR_KVM_SYSTEM_TIME_NEW")
     g = guest("long64", f"""
-        mov ecx, {MSR_KVM_SYSTEM_TIME_NEW:#x}
-        mov eax, {PVCLOCK | 1:#x}
-        xor edx, edx
-        wrmsr
+        .include "pvclock64.S"
+        {wrmsr(MSR_KVM_SYSTEM_TIME_NEW, PVCLOCK | KVM_MSR_ENABLED)}
         GUEST_SYNC 0
-        call read_kvmclock
+        mov esi, {PVCLOCK:#x}
+        call pvclock_read
         GUEST_SYNC rax
-        call read_kvmclock
+        call pvclock_read
         GUEST_SYNC rax
-        GUEST_DONE
-        {READ_KVMCLOCK}""")
+        GUEST_DONE""")
     assert g.expect_sync() == 0
     t0 = time.monotonic_ns()   # both guest reads happen after this and before t1
     before = g.expect_sync()

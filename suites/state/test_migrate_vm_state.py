@@ -8,10 +8,12 @@ import pytest
 
 from kvmtest.abi import constants as C
 from kvmtest.exits import IntrExit
+from kvmtest.guest.apic_source import FIXED_IPI_TO_ID1
+from kvmtest.guest.aps import ready_ap
 from kvmtest.guest.paging import KiB4
-from kvmtest.x86 import PTE_P, PTE_PCD, PTE_RW
+from kvmtest.x86 import APIC_DEFAULT_PHYS_BASE, PTE_P, PTE_PCD, PTE_RW
 
-APIC = 0xFEE00000
+APIC = APIC_DEFAULT_PHYS_BASE
 LOGGED = 0x200000         # a dirty-logged slot inside the guest's identity map
 PAGE = 0x1000
 
@@ -65,38 +67,15 @@ def test_split_irqchip_guest_keeps_its_local_apic_timer(guest, vm):
     assert g.run_to_done() == [0x30]
 
 
-IPI_AFTER_MIGRATION = """
-    mov rbx, 0xFEE00000
-    mov dword ptr [rbx + 0xF0], 0x1FF
-    GUEST_SYNC 1
-    mov dword ptr [rbx + 0x310], 0x01000000     # destination APIC ID 1
-    mov dword ptr [rbx + 0x300], 0x00004040     # fixed, vector 0x40
-    GUEST_DONE
-ap:
-    mov rbx, 0xFEE00000
-    mov dword ptr [rbx + 0xF0], 0x1FF
-    GUEST_SYNC 2
-    sti
-ap_wait:
-    hlt
-    jmp ap_wait
-ap_ipi:
-    GUEST_SYNC 0x40
-    GUEST_DONE
-"""
-
-
 @pytest.mark.requires_cap("KVM_CAP_IRQCHIP")
 def test_halted_second_vcpu_wakes_for_an_ipi_after_migration(guest):
     """Both vCPUs move: vCPU 1, halted in HLT (KVM_MP_STATE_HALTED) at the save, is halted in
     the new VM and wakes for a fixed IPI vCPU 0 sends there, taking its vector (api.rst 4.38/4.39;
     SDM Vol. 3A 11.6.1)."""
-    g = guest("long64", IPI_AFTER_MIGRATION, irqchip=True)
+    g = guest("long64", FIXED_IPI_TO_ID1, irqchip=True)
     g.page_tables.map(APIC, APIC, KiB4, PTE_P | PTE_RW | PTE_PCD)
     g.set_idt_gate(0x40, "ap_ipi")
-    ap = g.add_vcpu("ap")
-    ap.set_mp_state(C.KVM_MP_STATE_RUNNABLE)
-    assert g.expect_sync(vcpu=ap) == 2
+    ap = ready_ap(g, g.add_vcpu("ap"))
     halted = g.in_thread(ap, until_done=False)
     time.sleep(0.2)  # vCPU 1 runs STI; HLT. (Its ioctls would wait for KVM_RUN, so no polling.)
     ap.kick()

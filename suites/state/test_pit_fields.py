@@ -8,6 +8,7 @@ import time
 import pytest
 
 from kvmtest.abi import constants as C
+from kvmtest.guest.pit import LATCH_COUNTER0
 
 pytestmark = [pytest.mark.requires_cap("KVM_CAP_PIT2"), pytest.mark.requires_cap("KVM_CAP_PIT_STATE2")]
 KVM_PIT_SPEAKER_DUMMY = 1        # KVM_CREATE_PIT2 flag: port 0x61 handled in the kernel (api.rst)
@@ -76,14 +77,7 @@ def test_pit_state_is_what_the_guest_programmed(guest):
     g.run_to_done()
 
 
-READ_COUNT = """
-    mov al, 0x00                # counter latch command for counter 0
-    out 0x43, al
-    in al, 0x40
-    mov bl, al
-    in al, 0x40
-    mov bh, al
-    movzx eax, bx
+READ_COUNT = LATCH_COUNTER0 + """
     GUEST_SYNC rax
     GUEST_DONE
 """
