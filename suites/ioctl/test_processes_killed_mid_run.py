@@ -18,6 +18,9 @@ import time
 from kvmtest.exits import IoExit
 
 ROUNDS = 3
+# Seconds a child may take to start Python, import kvmtest, build its guest and enter KVM_RUN: under
+# QEMU's TCG (`kvmtest run --kernel` without nested virtualization) that took over 20 s on a loaded host.
+READY_WAIT = 120
 READY = b"vcpus running\n"
 # The child: one VM, a CPL0 and a CPL3 vCPU spinning inside KVM_RUN on threads of their own. It
 # says so once both are in KVM_RUN and waits to be killed (its 60 s KVM_RUN limit ends it if not).
@@ -43,7 +46,7 @@ def _start_child():
 
 
 def _wait_ready(child):
-    ready, _, _ = select.select([child.stdout], [], [], 20)
+    ready, _, _ = select.select([child.stdout], [], [], READY_WAIT)
     line = child.stdout.readline() if ready else b""
     if line != READY:
         child.kill()

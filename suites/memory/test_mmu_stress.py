@@ -175,6 +175,20 @@ load:
 """
 
 
+HEADROOM = 512 << 20   # beyond the guest memory itself: page tables, the other slots, the test process
+
+
+def _require_free_memory(needed: int) -> None:
+    """Skip, naming both figures, when the host has less than `needed` bytes available (MemAvailable
+    of /proc/meminfo): every page of the backing is touched, so a smaller host (the 2 GiB VM of
+    `kvmtest run --kernel`) would reclaim or OOM-kill instead of testing KVM."""
+    with open("/proc/meminfo") as f:
+        fields = dict(line.split(":", 1) for line in f)
+    available = int(fields["MemAvailable"].split()[0]) << 10
+    if available < needed:
+        pytest.skip(f"needs {needed >> 20} MiB of host memory available, MemAvailable is {available >> 20} MiB")
+
+
 @pytest.mark.modes(code_bits=64, cpl=3)
 @pytest.mark.parametrize("page_size,base,size", [
     pytest.param(MiB2, 0x1000000, 64 << 20, id="2m-64mib"),
@@ -185,6 +199,7 @@ def test_many_large_slots_deleted_with_half_their_backing_unmapped(guest, mode, 
     four vCPUs store each 4 KiB page's GPA to it and sum them back (the sum of the GPAs); the host
     reads the same values; then half of the backing is munmap()ed and every slot deleted, each
     deletion succeeding (api.rst 4.35; selftests mmu_stress_test)."""
+    _require_free_memory(size + HEADROOM)
     g = guest(mode, SCALE, page_size=page_size, identity_size=base + size)
     backing = HostMapping(size, name="mmu stress backing")
     slot_size = size // 8
