@@ -17,6 +17,14 @@ Shapes (operand order as Intel writes it):
   mrcl [m], r, CL      mrib [m], r, imm8   r    r (no memory operand: BSWAP)
   str  a string instruction, its operands implicit ([RSI], [RDI], the accumulator), `rep` its prefix
   xm   xmm1, [m]       mx   [m], xmm1
+
+Register shapes (REGISTER_SHAPES): `g` is a general-purpose register in ModRM.rm (mod=3) where the
+shapes above have [m]: RDX (DL, DX, EDX), RCX for the one-operand multiply and divide, whose RDX:RAX
+is implicit. No memory operand, so no MMIO path applies (Form.memory); the CPU, KVM's emulator where
+it runs the code (CPL0 on kvm_pvm, behind the forced-emulation prefix) and the reference compare.
+  gr   g, r            rg   r, g           gg   g, g (the same register both sides: xor edx, edx)
+  g    g               gcl  g, CL          gib  g, imm8
+  rgi  r, g, imm       rgi8 r, g, imm8
 """
 
 from dataclasses import dataclass
@@ -25,6 +33,11 @@ CODE_SIZES = (64, 32, 16)
 PTR = {8: "byte", 16: "word", 32: "dword", 64: "qword", 128: "xmmword"}
 REG_C = {8: "cl", 16: "cx", 32: "ecx", 64: "rcx"}
 REG_D = {8: "dl", 16: "dx", 32: "edx", 64: "rdx"}
+REGISTER_SHAPES = ("gr", "rg", "gg", "g", "gcl", "gib", "rgi", "rgi8")
+# ModRM.reg numbers (SDM Vol. 2A Table 2-2) and the FF/FE group's /digit for INC and DEC, for the
+# forms written as bytes (Form.source).
+REG_NUMBER = {"rcx": 1, "rdx": 2}
+INC_DEC_DIGIT = {"inc": 0, "dec": 1}
 ACC = {8: "AL", 16: "AX", 32: "EAX", 64: "RAX"}
 STRING_SUFFIX = {8: "b", 16: "w", 32: "d", 64: "q"}
 # Placeholder immediates: wide enough that the assembler must use the encoding the shape names
@@ -71,21 +84,35 @@ class Form:
     @property
     def mem_size(self) -> int:
         """Bits of the memory operand (0: none)."""
-        return 0 if self.shape == "r" else self.src_size or self.size
+        return self.src_size or self.size if self.memory else 0
+
+    @property
+    def memory(self) -> bool:
+        """Whether the form has a memory operand: only such a form can reach KVM's emulator through
+        an MMIO access (the MMIO paths run only these)."""
+        return self.shape != "r" and self.shape not in REGISTER_SHAPES
+
+    @property
+    def rm_reg(self) -> str | None:
+        """The register in ModRM.rm of a register shape (rdx; rcx for MUL/IMUL/DIV/IDIV g, whose
+        RDX is implicit), None for the others."""
+        if self.shape not in REGISTER_SHAPES:
+            return None
+        return "rcx" if self.family == "muldiv" and self.shape == "g" else "rdx"
 
     @property
     def imm_bits(self) -> int:
         """Bits of the immediate in the encoding (0: none)."""
-        if self.shape in ("mi8", "mib", "rmi8", "mrib"):
+        if self.shape in ("mi8", "mib", "rmi8", "mrib", "gib", "rgi8"):
             return 8
-        if self.shape in ("mi", "rmi"):
+        if self.shape in ("mi", "rmi", "rgi"):
             return min(self.size, 32)
         return 0
 
     @property
     def base(self) -> str | None:
         """The register holding the memory operand's address (rbx, rdi), None without one."""
-        if self.shape in ("r", "str"):
+        if not self.memory or self.shape == "str":
             return None
         return "rdi" if self.mnemonic in ("cmpxchg8b", "cmpxchg16b") else "rbx"
 
@@ -119,12 +146,15 @@ class Form:
             return f"{self.rep} {self.mnemonic}{STRING_SUFFIX[self.size]}".strip()
         m = f"{PTR[self.mem_size]} ptr [{self.base_name}]" if self.base else ""
         r = (REG_D if self.family == "dshift" else REG_C)[self.size] if self.size <= 64 else ""
+        g = {"rcx": REG_C, "rdx": REG_D}[self.rm_reg][self.size] if self.rm_reg else ""
         imm = f"{IMM_PLACEHOLDER.get(self.imm_bits, 0):#x}"
         body = {
             "mr": f"{m}, {r}", "rm": f"{r}, {m}", "m": m, "mi": f"{m}, {imm}", "mi8": f"{m}, {imm}",
             "m1": f"{m}, 1", "mcl": f"{m}, cl", "mib": f"{m}, {imm}", "rmi": f"{r}, {m}, {imm}",
             "rmi8": f"{r}, {m}, {imm}", "rm8": f"{r}, {m}", "rm16": f"{r}, {m}", "rm32": f"{r}, {m}",
             "mrcl": f"{m}, {r}, cl", "mrib": f"{m}, {r}, {imm}", "r": r, "xm": f"xmm1, {m}", "mx": f"{m}, xmm1",
+            "gr": f"{g}, {r}", "rg": f"{r}, {g}", "gg": f"{g}, {g}", "g": g, "gcl": f"{g}, cl", "gib": f"{g}, {imm}",
+            "rgi": f"{r}, {g}, {imm}", "rgi8": f"{r}, {g}, {imm}",
         }[self.shape]
         return f"{'lock ' if self.lock else ''}{self.mnemonic} {body}"
 
@@ -138,11 +168,17 @@ class Form:
     def source(self) -> str:
         """What the assembler gets: `text`, except where Keystone knows only another instruction by
         the name (MOVSD is SSE2's scalar move to it), which is written as bytes: the prefixes and
-        A5 (SDM Vol. 2B MOVS/MOVSB/MOVSW/MOVSD/MOVSQ)."""
+        A5 (SDM Vol. 2B MOVS/MOVSB/MOVSW/MOVSD/MOVSQ), and INC/DEC of a 16/32-bit register outside
+        64-bit mode, for which assemblers pick the one-byte 40+rd/48+rd encoding: written as FF /0 and
+        FF /1 with ModRM mod=3 (SDM Vol. 2A INC, DEC), the form the fastops run."""
         if self.shape == "str" and self.mnemonic == "movs" and self.size == 32:
             prefix = ["0xf3"] if self.rep else []
             prefix += ["0x66"] if self.code_bits == 16 else []
             return ".byte " + ", ".join(prefix + ["0xa5"])
+        if self.shape == "g" and self.mnemonic in INC_DEC_DIGIT and self.size > 8 and self.code_bits != 64:
+            prefix = ["0x66"] if (self.size == 16) != (self.code_bits == 16) else []
+            modrm = 0xC0 | INC_DEC_DIGIT[self.mnemonic] << 3 | REG_NUMBER["rdx"]   # rm_reg of `g`
+            return ".byte " + ", ".join(prefix + ["0xff", f"{modrm:#x}"])
         return self.text
 
     @property
@@ -171,6 +207,10 @@ class Form:
             "rmi8": f"{mn}_R{n}_RM{n}_IMM8", "rm8": f"{mn}_R{n}_RM{s}", "rm16": f"{mn}_R{n}_RM{s}",
             "rm32": f"{mn}_R{n}_RM{s}", "mrcl": f"{mn}_RM{n}_R{n}_CL", "mrib": f"{mn}_RM{n}_R{n}_IMM8",
             "r": f"{mn}_R{n}",
+            "gr": f"{mn}_RM{n}_R{n}", "rg": f"{mn}_R{n}_RM{n}", "g": f"{mn}_RM{n}", "gcl": f"{mn}_RM{n}_CL",
+            "gib": f"{mn}_RM{n}_IMM8", "rgi": f"{mn}_R{n}_RM{n}_IMM{self.imm_bits}", "rgi8": f"{mn}_R{n}_RM{n}_IMM8",
+            # the same register both sides: the r/m,reg encoding, or reg,r/m where that is the only one
+            "gg": f"{mn}_R{n}_RM{n}" if self.mnemonic in R_RM_ONLY else f"{mn}_RM{n}_R{n}",
         }[self.shape]
 
 
@@ -219,6 +259,26 @@ SSE = [
     (("movd",), ("xm", "mx"), 32),
     (("movq",), ("xm", "mx"), 64),
 ]
+# Register forms (REGISTER_SHAPES): the fastops of KVM's emulator (emulate.c FASTOP*) that
+# selftests' x86/fastops_test runs on registers behind the forced-emulation prefix, same rules:
+# ALU and TEST r/m,reg; INC/DEC/NEG/NOT; shifts and rotates by CL and imm8; BT/BTS/BTR/BTC by a
+# register and an immediate offset (taken modulo the operand size with a register base: SDM Vol. 2A
+# BT); BSF/BSR; MUL/IMUL/DIV/IDIV r/m and IMUL r, r/m (, imm). The `gg` rows alias source and
+# destination (xor edx, edx; imul edx, edx; bsf edx, edx; btc edx, edx).
+REGISTER = [
+    ("alu", ("add", "adc", "sub", "sbb", "and", "or", "xor", "cmp", "test"), ("gr",), 8),
+    ("alu", ("xor", "sub"), ("gg",), 8),
+    ("unary", ("inc", "dec", "neg", "not"), ("g",), 8),
+    ("shift", ("rol", "ror", "rcl", "rcr", "shl", "shr", "sar"), ("gcl", "gib"), 8),
+    ("bit", ("bt", "bts", "btr", "btc"), ("gr", "gib"), 16),
+    ("bit", ("btc",), ("gg",), 16),
+    ("bitscan", ("bsf", "bsr"), ("rg",), 16),
+    ("bitscan", ("bsf",), ("gg",), 16),
+    ("muldiv", ("mul", "imul", "div", "idiv"), ("g",), 8),
+    ("muldiv", ("imul",), ("rg", "gg", "rgi", "rgi8"), 16),
+]
+# Instructions whose only two-operand encoding is reg, r/m (the `gg` shape's code name).
+R_RM_ONLY = ("imul", "bsf", "bsr")
 # Instructions only the refusal check runs (REFUSED): SSE arithmetic, an x87 load, CRC32.
 REFUSAL_ONLY = [Form("refused", "addps", "xm", 128, 0), Form("refused", "fild", "m", 32, 0),
                 Form("refused", "crc32", "rm", 32, 0)]
@@ -226,7 +286,7 @@ REFUSAL_ONLY = [Form("refused", "addps", "xm", 128, 0), Form("refused", "fild", 
 
 def _generate() -> list[Form]:
     forms = []
-    for table, lock in ((TABLE, False), (LOCKED, True)):
+    for table, lock in ((TABLE, False), (LOCKED, True), (REGISTER, False)):
         for family, mnemonics, shapes, smallest in table:
             for code_bits in CODE_SIZES:
                 for size in _sizes(code_bits, smallest):

@@ -67,8 +67,9 @@ class Inputs:
         extra += "" if self.stack is None else f", [rsp]={self.stack:#x}"
         extra += "".join(f", [{PAGE + at:#x}]={data.hex()}" for at, data in self.fill)
         flags = flag_names(self.flags) + ("|DF" if self.flags & RFLAGS_DF else "")
-        return (f"Inputs(rax={self.rax:#x}, rcx={self.rcx:#x}, rdx={self.rdx:#x}, flags={flags}, "
-                f"mem={self.mem:#x}, offset={self.offset:#x}{extra})")
+        # no memory operand (register forms; strings, whose are RSI/RDI): mem and offset stay 0, unshown
+        memory = "" if (self.mem, self.offset) == (0, 0) else f", mem={self.mem:#x}, offset={self.offset:#x}"
+        return f"Inputs(rax={self.rax:#x}, rcx={self.rcx:#x}, rdx={self.rdx:#x}, flags={flags}{memory}{extra})"
 
     @property
     def address(self) -> int:
@@ -154,7 +155,8 @@ flags = st.integers(0, (1 << len(FLAG_BITS)) - 1).map(
 @st.composite
 def _dividend_high(draw, form: Form, rax: int, mem: int) -> int:
     """RDX for DIV/IDIV (the dividend's upper half; AH for 8-bit operands, in RAX): often one that
-    gives a quotient in range, often one that does not (#DE, SDM Vol. 2A DIV, IDIV)."""
+    gives a quotient in range, often one that does not (#DE, SDM Vol. 2A DIV, IDIV). `mem`: the
+    divisor (the memory operand, or RCX for the register form)."""
     bits = form.size
     mask = (1 << bits) - 1
     low = rax & mask
@@ -167,7 +169,7 @@ def _with_dividend(form: Form):
     """DIV/IDIV inputs with the dividend's upper half drawn against the divisor."""
     @st.composite
     def draw_it(draw, case: Inputs) -> Inputs:
-        high = draw(_dividend_high(form, case.rax, case.mem))
+        high = draw(_dividend_high(form, case.rax, case.mem if form.memory else case.rcx))
         if form.size == 8:   # the dividend is AX: AH is its upper half
             return replace(case, rax=case.rax & ~0xFF00 | high << 8)
         return replace(case, rdx=case.rdx & ~((1 << form.size) - 1) | high)
@@ -198,10 +200,14 @@ def inputs(form: Form) -> st.SearchStrategy[Inputs]:
     if form.family in FAMILIES:
         return FAMILIES[form.family](form)
     size = form.size
-    if form.family == "shift" and form.shape == "mcl":
+    if form.family == "shift" and form.shape in ("mcl", "gcl"):
         rcx = register(counts(8), 8)
     elif form.family == "bit" and form.shape == "mr":
         rcx = register(bit_offsets(size), size)
+    elif form.family == "bit" and form.shape == "gr":
+        # with a register base the offset is taken modulo the operand size (SDM Vol. 2A BT): small
+        # offsets and those around the size and its multiples, and any value
+        rcx = register(st.one_of(counts(size), values(size)), size)
     else:
         rcx = register(values(size), size)
     imm: st.SearchStrategy[int | None] = st.none()
@@ -209,7 +215,7 @@ def inputs(form: Form) -> st.SearchStrategy[Inputs]:
         imm = counts(size) if form.family == "shift" else values(form.imm_bits)
     strategy = st.builds(Inputs, rax=register(values(size), size), rcx=rcx, rdx=register(values(size), size),
                          flags=flags, mem=values(form.mem_size) if form.mem_size else st.just(0),
-                         offset=offsets(form), imm=imm)
+                         offset=offsets(form) if form.memory else st.just(0), imm=imm)
     if form.mnemonic in ("div", "idiv"):
         strategy = strategy.flatmap(_with_dividend(form))
     return strategy

@@ -10,7 +10,7 @@ undefined; by 1 defines it), so the mask is taken from each run's own bytes.
 from dataclasses import dataclass
 from functools import cache, lru_cache
 
-from iced_x86 import Code, Decoder, RflagsBits
+from iced_x86 import Code, Decoder, OpKind, RflagsBits
 
 from .. import forced_emulation
 from ..asm import assemble
@@ -139,6 +139,9 @@ def instruction(form: Form) -> Instruction:
             (form.shape == "str" and rep != form.rep):
         raise AssemblyError(f"{form.id}: `{form.text}` assembled to {assembled.code.hex()} "
                             f"({_CODE_NAMES.get(insn.code)}, {insn.len} bytes), expected {form.code_name}")
+    if not form.memory and any(insn.op_kind(i) == OpKind.MEMORY for i in range(insn.op_count)):
+        raise AssemblyError(f"{form.id}: `{form.text}` assembled to {assembled.code.hex()}, which has a memory "
+                            "operand; a register form must have none (ModRM mod=3)")
     offsets = decoder.get_constant_offsets(insn)
     imm_offset, imm_size = (offsets.immediate_offset, offsets.immediate_size) if offsets.has_immediate else (0, 0)
     if form.imm_bits and imm_size * 8 != form.imm_bits:

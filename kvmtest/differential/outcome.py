@@ -40,9 +40,12 @@ class Write:
 def sdm_undefined(form: Form, inputs: Inputs) -> tuple[str, ...]:
     """Registers whose value after `form` with `inputs` the SDM leaves undefined: BSF/BSR's
     destination when the source is 0 (SDM Vol. 2A BSF, BSR: "the content of the destination operand
-    is undefined"; AMD's APM keeps it unchanged, Intel processors write it in part)."""
-    if form.mnemonic in ("bsf", "bsr") and inputs.mem & ((1 << form.mem_size) - 1) == 0:
-        return ("rcx",)
+    is undefined"; AMD's APM keeps it unchanged, Intel processors write it in part). The source is
+    the memory operand, or the register in ModRM.rm (RDX, also the destination of `bsf edx, edx`)."""
+    if form.mnemonic in ("bsf", "bsr"):
+        source = inputs.mem if form.memory else inputs.rdx   # BSF/BSR's register source is RDX (rm_reg)
+        if source & ((1 << form.size) - 1) == 0:
+            return ("rdx",) if form.shape == "gg" else ("rcx",)
     return ()
 
 

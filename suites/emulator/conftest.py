@@ -67,7 +67,8 @@ def differential(emulator_paths, emulator_cpuid, emulator_fep, request, record_p
     goes into the test's JUnit properties (hypothesis_seed) and every failure message, with the
     command that replays it; `fep_paths` says whether the forced-emulation paths ran, or why not.
     A form KVM's emulator must refuse (forms.REFUSED) runs on the paths that do not force
-    emulation (the refusal fixture checks the others)."""
+    emulation (the refusal fixture checks the others). A form without a memory operand (a register
+    form, BSWAP) runs on the paths without MMIO: there its MMIO twin would only repeat the RAM run."""
     seed = profiles.seed(pytestconfig.getoption("hypothesis_seed", None))
     name = profiles.profile_name(hypothesis_settings.get_current_profile_name())
     record_property("hypothesis_seed", seed)
@@ -79,7 +80,8 @@ def differential(emulator_paths, emulator_cpuid, emulator_fep, request, record_p
         record_property("instruction", form.text)
         _require_feature(form, emulator_cpuid)
         paths = [p for p in emulator_paths(form.code_bits)
-                 if form.emulated or not getattr(p, "forces_emulation", False)]
+                 if (form.emulated or not getattr(p, "forces_emulation", False))
+                 and (form.memory or not getattr(p, "mmio", False))]
         forced = [p.name for p in paths if getattr(p, "fep", False)]
         record_property("fep_paths", (", ".join(forced) or "none: KVM's emulator refuses this form (test_refusals.py)")
                         if emulator_fep else f"absent: {forced_emulation.SKIP_REASON}")

@@ -1,5 +1,5 @@
-"""Bit test instructions on a memory operand with register and immediate bit offsets: every
-path agrees (kvmtest.differential)."""
+"""Bit test instructions on a memory operand and on a register, with register and immediate bit
+offsets: every path agrees (kvmtest.differential)."""
 
 import pytest
 
@@ -10,6 +10,8 @@ from kvmtest.differential.forms import forms
 def test_bit_test_agrees_across_paths(differential, form):
     """BT, BTS, BTR and BTC [m], reg take a signed bit offset that may select a bit outside the
     operand (the access moves by offset / size operands, before or after it), [m], imm8 take the
-    offset modulo the operand size; CF gets the bit, BTS/BTR/BTC write it back at the same address
-    (SDM Vol. 2A BT, BTC, BTR, BTS; KVM's emulator has had this address wrong before)."""
+    offset modulo the operand size; with a register base (ModRM mod=3: `bt edx, ecx`, `bt edx, imm8`,
+    `btc edx, edx`) the offset is taken modulo the operand size whatever its source; CF gets the bit,
+    BTS/BTR/BTC write it back at the same address or into the register (SDM Vol. 2A BT, BTC, BTR, BTS;
+    KVM's emulator has had the memory address wrong before)."""
     differential(form)
