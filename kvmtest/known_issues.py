@@ -118,6 +118,42 @@ class KnownIssue:
         return f"known issue {self.id}: {self.reason}{note} [{self.source}]"
 
 
+class IssueIndex:
+    """Which entry covers a test id: the first of `issues`, in order, with a glob matching it, as
+    `next(i for i in issues if i.matches_test(nodeid))` says, without trying every glob of every
+    entry on every test (a whole-suite collection tried about 2 million).
+
+    Almost every glob names its file literally ("suites/x/test_y.py::..."); such a glob can only
+    match a test id that has that very text before its first "::", so each test id is tried only
+    against the globs of its own file and those whose file part has a wildcard (or no "::")."""
+
+    def __init__(self, issues):
+        self.issues = list(issues)
+        self._by_file: dict[str, list[tuple[int, re.Pattern]]] = {}
+        self._anywhere: list[tuple[int, re.Pattern]] = []
+        for n, issue in enumerate(self.issues):
+            # an entry made without its compiled globs matches nothing, as in matches_test
+            for glob, pattern in zip(issue.tests, issue._patterns, strict=False):
+                file, sep, _ = glob.partition("::")
+                if sep and "*" not in file and "?" not in file:
+                    self._by_file.setdefault(file, []).append((n, pattern))
+                else:
+                    self._anywhere.append((n, pattern))
+        self._merged: dict[str, list[tuple[int, re.Pattern]]] = {}  # file -> its globs and the others, in entry order
+
+    def first(self, nodeid: str) -> "KnownIssue | None":
+        """The first entry with a glob that matches `nodeid` (KnownIssue.matches_test), or None."""
+        file = nodeid.partition("::")[0]
+        candidates = self._merged.get(file)
+        if candidates is None:
+            candidates = sorted(self._by_file.get(file, []) + self._anywhere, key=lambda c: c[0])
+            self._merged[file] = candidates
+        for n, pattern in candidates:
+            if pattern.fullmatch(nodeid):
+                return self.issues[n]
+        return None
+
+
 def glob_to_regex(pattern: str) -> re.Pattern:
     """Test-id globs: `*` and `?` are wildcards; brackets are literal (test ids contain them)."""
     return re.compile(re.escape(pattern).replace(r"\*", ".*").replace(r"\?", "."))

@@ -76,6 +76,9 @@ def pytest_configure(config):
 
         config.pluginmanager.register(OneLinePerTest(config), "kvmtest-one-line-per-test")
     markers.register(config)
+    from .reports import tb_source
+
+    tb_source.install()  # a known issue's xfails share their tracebacks' files: parse each once
     config.stash[SETTINGS_KEY] = resolve_settings(config)
     _check_asm_cache_settings()
     install_kick_handler()
@@ -144,8 +147,9 @@ def _verify_selection(config, issues, items):
                                     f"this host; applying: {', '.join(i.id for i in issues) or 'none'}")
         issues = [i for i in issues if i.id in ids]
     keep, drop = [], []
+    index = ki.IssueIndex(issues)
     for item in items:
-        owner = next((i for i in issues if i.matches_test(item.nodeid)), None)
+        owner = index.first(item.nodeid)
         if owner is None:
             drop.append(item)
         else:
@@ -165,16 +169,16 @@ def pytest_collection_modifyitems(config, items):
     fp = config.stash[FINGERPRINT_KEY]
     build = fpmod.build_id(fp)
     issues = _verify_selection(config, [i for i in config.stash[ISSUES_KEY] if i.matches_host(fp)], items)
+    index = ki.IssueIndex(issues)  # the first entry whose glob matches a test covers it
     for item in items:
-        for issue in issues:
-            if issue.matches_test(item.nodeid):
-                if issue.run:
-                    item.add_marker(pytest.mark.xfail(strict=issue.strict_on(build),
-                                                      reason=issue.xfail_reason(build), raises=ki.HOST_FAILURES))
-                else:
-                    item.add_marker(pytest.mark.skip(reason=issue.skip_reason()))
-                item.user_properties.append(("known_issue", issue.id))
-                break
+        issue = index.first(item.nodeid)
+        if issue is not None:
+            if issue.run:
+                item.add_marker(pytest.mark.xfail(strict=issue.strict_on(build),
+                                                  reason=issue.xfail_reason(build), raises=ki.HOST_FAILURES))
+            else:
+                item.add_marker(pytest.mark.skip(reason=issue.skip_reason()))
+            item.user_properties.append(("known_issue", issue.id))
         item.user_properties += markers.regression(item)
         params = item.callspec.params if hasattr(item, "callspec") else {}
         mode = params.get("mode") or getattr(params.get("case"), "mode", None)

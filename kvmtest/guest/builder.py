@@ -11,6 +11,7 @@ its mode. Running and the host half of the guest/host protocol are kvmtest.guest
 (g.failure(), g.state(), g.exception_record()); Guest has both as bases.
 """
 
+import functools
 import struct
 
 from .. import validate
@@ -52,7 +53,16 @@ def _user_symbols(symbols, guest: str) -> dict[str, int]:
 
 def _handler_section(mode) -> Section:
     """Per-vector stubs (push error code if the CPU does not, push vector, jump) + common handler."""
-    bits = mode.handler_bits
+    path = guests_dir() / f"handlers{mode.handler_bits}.S"
+    return _handler_section_of(mode.handler_bits, mode.protected, path.name, path.read_text())
+
+
+@functools.lru_cache(maxsize=16)
+def _handler_section_of(bits: int, protected: bool, common_name: str, common_text: str) -> Section:
+    """The handler section of a mode with `bits`-bit handlers, `protected` or not, whose common
+    handler is `common_text` (guests/handlers<bits>.S). Splitting its ~1,000 statements took longer
+    than the rest of a guest's build, and every guest of a mode has the same: each is split once.
+    A Section is frozen (its statements a tuple of frozen Statements), so guests can share one."""
     lines = []
 
     def push(value):
@@ -62,12 +72,11 @@ def _handler_section(mode) -> Section:
 
     for v in range(256):
         lines.append(f"kt_stub_{v}:")
-        if v not in ERROR_CODE_VECTORS or not mode.protected:
+        if v not in ERROR_CODE_VECTORS or not protected:
             lines.append(push(0))
         lines += [push(v), "jmp kt_exc_common"]
     stubs = Section.from_text("stubs", L.HANDLERS, bits, "\n".join(lines))
-    path = guests_dir() / f"handlers{bits}.S"
-    common = Section.from_text(path.name, 0, bits, path.read_text())
+    common = Section.from_text(common_name, 0, bits, common_text)
     return Section("handlers", L.HANDLERS, bits, stubs.statements + common.statements)
 
 

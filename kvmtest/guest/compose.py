@@ -35,10 +35,14 @@ def _error(st: Statement, why: str) -> AssemblyError:
     return AssemblyError(f"{st.origin}: `{st.text}`: {why}")
 
 
+# Resolved once: resolve() costs a system call per path component, and every guest asks.
+_BUILTIN_GUESTS = Path(__file__).resolve().parents[2] / "guests"
+
+
 def guests_dir() -> Path:
     """The shared guest snippets: KVMTEST_GUESTS_DIR, else guests/ beside the kvmtest package."""
     env = os.environ.get("KVMTEST_GUESTS_DIR")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "guests"
+    return Path(env) if env else _BUILTIN_GUESTS
 
 
 def _split_operands(text: str) -> list[str]:

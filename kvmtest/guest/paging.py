@@ -48,9 +48,12 @@ LEVEL_NAMES = {
 }
 
 
+_FRAME = ~0xFFF & ((1 << 52) - 1)  # the address bits an entry keeps
+
+
 def encode_entry(fmt: PagingFormat, address: int, flags: int) -> bytes:
     """One paging-structure entry: the frame address with the flag bits."""
-    value = (address & ~0xFFF & ((1 << 52) - 1)) | flags
+    value = (address & _FRAME) | flags
     if fmt.entry_size == 4:
         if address >> 32 or flags >> 32:
             raise ValueError(f"32-bit paging cannot hold address {address:#x} or flags {flags:#x}")
@@ -110,12 +113,15 @@ class PageTables:
             raise ValueError(f"{self.fmt.name} paging has no {page_size:#x}-byte pages")
         return self.fmt.large_pages[page_size]
 
-    def map(self, va: int, pa: int, page_size: int = KiB4, flags: int = PTE_P | PTE_RW,
-            table_flags: int = PTE_P | PTE_RW | PTE_US) -> int:
-        """Map one page; returns the guest physical address of its leaf entry."""
+    def _leaf_of(self, va: int, pa: int, page_size: int) -> int:
         leaf = self.leaf_level(page_size)
         if va % page_size or pa % page_size:
             raise ValueError(f"va {va:#x} / pa {pa:#x} not aligned to the {page_size:#x}-byte page")
+        return leaf
+
+    def _make_tables(self, va: int, leaf: int, table_flags: int) -> None:
+        """Allocate the tables above level `leaf` on the walk of `va` that do not exist yet, each
+        pointed to by an entry with `table_flags` (a PAE PDPTE keeps only P, PWT and PCD)."""
         for level in range(leaf):
             key = (level + 1, self._prefix(va, level + 1))
             if key not in self.tables:
@@ -124,17 +130,56 @@ class PageTables:
                 tflags = PTE_P | (PTE_PWT | PTE_PCD) & table_flags if pdpte else table_flags
                 self.vm.write(self.entry_address(va, level), encode_entry(self.fmt, self.tables[key], tflags))
                 self.pdptes_changed |= self.fmt.name == "pae" and level == 0
-        leaf_flags = flags | (PTE_PS if leaf != self.fmt.levels - 1 else 0)
+
+    def _leaf_flags(self, leaf: int, flags: int) -> int:
+        return flags | (PTE_PS if leaf != self.fmt.levels - 1 else 0)
+
+    def map(self, va: int, pa: int, page_size: int = KiB4, flags: int = PTE_P | PTE_RW,
+            table_flags: int = PTE_P | PTE_RW | PTE_US) -> int:
+        """Map one page; returns the guest physical address of its leaf entry."""
+        leaf = self._leaf_of(va, pa, page_size)
+        self._make_tables(va, leaf, table_flags)
         addr = self.entry_address(va, leaf)
-        self.vm.write(addr, encode_entry(self.fmt, pa, leaf_flags))
+        self.vm.write(addr, encode_entry(self.fmt, pa, self._leaf_flags(leaf, flags)))
         return addr
 
     def map_range(self, va: int, pa: int, size: int, page_size: int = KiB4, flags: int = PTE_P | PTE_RW,
                   table_flags: int = PTE_P | PTE_RW | PTE_US) -> None:
         """Map [`va`, `va` + `size`) to [`pa`, ...) with pages of `page_size` bytes, each leaf with
-        `flags` and each table entry created on the way with `table_flags` (see map())."""
-        for off in range(0, size, page_size):
-            self.map(va + off, pa + off, page_size, flags, table_flags)
+        `flags` and each table entry created on the way with `table_flags` (see map()).
+
+        The same entries map() page by page would write, in the same order, but the entries that
+        fall in one leaf table go to guest memory in one write, encoded together, and the tables
+        above it are looked at once: every paged guest identity-maps 1,536 4-KiB pages, and an
+        entry at a time was most of its build."""
+        offsets = range(0, size, page_size)
+        if not offsets:
+            return
+        leaf = self._leaf_of(va, pa, page_size)  # every page is aligned as the first one is
+        leaf_flags, entry_size = self._leaf_flags(leaf, flags), self.fmt.entry_size
+        # A leaf entry's index grows by one per page (the leaf level's shift is the page size's).
+        per_table = 1 << self.fmt.index_bits[leaf]
+        done = 0
+        while done < len(offsets):
+            page_va = va + offsets[done]
+            self._make_tables(page_va, leaf, table_flags)
+            index = self._index(page_va, leaf)
+            first = pa + offsets[done]
+            addresses = range(first, first + min(len(offsets) - done, per_table - index) * page_size, page_size)
+            if entry_size == 4 and (addresses[-1] >> 32 or leaf_flags >> 32):
+                # What fits is written, then encode_entry refuses the first page that does not, as in map().
+                addresses = addresses[:0] if leaf_flags >> 32 else range(first, 1 << 32, page_size)
+                refused = first + len(addresses) * page_size
+            else:
+                refused = None
+            if addresses:
+                values = [address & _FRAME | leaf_flags for address in addresses]  # encode_entry's value
+                table = self.tables[(leaf, self._prefix(page_va, leaf))]
+                self.vm.write(table + index * entry_size,
+                              struct.pack(f"<{len(values)}{'I' if entry_size == 4 else 'Q'}", *values))
+            if refused is not None:
+                encode_entry(self.fmt, refused, leaf_flags)  # raises ValueError naming the address
+            done += len(addresses)
 
     def walk(self, va: int) -> list[tuple[str, int, int]]:
         """(level name, entry address, entry value) from the root to the leaf."""
