@@ -9,8 +9,9 @@ KVM_EXIT_IO, api.rst 5); RDPMC of the pseudo counters 10000h (host TSC), 10001h 
 10002h (apparent time) is allowed at any privilege level. Everything else keeps the SDM's rules:
 IN at CPL > IOPL with the port's bit set (or no bitmap) raises #GP(0) (SDM Vol. 1 19.5.2); RDPMC
 at CPL > 0 with CR4.PCE = 0, or of a counter that does not exist, raises #GP(0) (SDM Vol. 2B RDPMC).
-kvmtest's TSS has no I/O bitmap and CR4.PCE is 0, so every other port and counter is denied at CPL3
-(those two checks hold with or without the backdoor and run on every host).
+kvmtest's TSS has no I/O bitmap and CR4.PCE is 0; kvmtest's CPL3 modes start with IOPL 3, so the port
+check clears IOPL first. Then every other port and counter is denied at CPL3 (those two checks hold
+with or without the backdoor and run on every host).
 """
 
 import pytest
@@ -18,6 +19,7 @@ import pytest
 from kvmtest.exits import IoExit
 from kvmtest.fingerprint import kvm_modules
 from kvmtest.guest.mode_select import select
+from kvmtest.x86 import RFLAGS_IOPL
 
 BACKDOOR_PORT = 0x5658
 OTHER_PORT = 0x1234
@@ -48,8 +50,13 @@ def test_backdoor_port_reaches_user_space_from_any_cpl(guest, mode):
 
 
 def test_other_ports_stay_denied_at_cpl3(guest):
-    """IN from another port at CPL3, without I/O permission, raises #GP(0) (SDM Vol. 1 19.5.2)."""
-    g = guest("long64-cpl3", f"mov edx, {OTHER_PORT:#x}\nGUEST_ASSERT_RAISES GP(0), in eax, dx\nGUEST_DONE")
+    """IN from another port at CPL3 > IOPL 0, without an I/O bitmap, raises #GP(0) (SDM Vol. 1
+    19.5.2). The guest checks IOPL itself, since at CPL3 with IOPL 3 the IN is allowed (19.5.1)."""
+    g = guest("long64-cpl3", f"pushfq\npop rax\nand eax, {RFLAGS_IOPL:#x}\nGUEST_ASSERT_EQ rax, 0\n"
+                             f"mov edx, {OTHER_PORT:#x}\nGUEST_ASSERT_RAISES GP(0), in eax, dx\nGUEST_DONE")
+    regs = g.vcpu.get_regs()
+    regs.rflags &= ~RFLAGS_IOPL    # the CPL3 modes start with IOPL 3 (kvmtest.guest.modes.initial_rflags)
+    g.vcpu.set_regs(regs)
     g.run_to_done()
 
 
