@@ -13,7 +13,8 @@ from . import fingerprint as fpmod
 from . import known_issue_verify
 from .kernelvm import KernelVmError
 from .kernelvm import runner as kernelvm  # stdlib only: QEMU and virtme-ng are needed only by --kernel
-from .reports.recorder import report_stem  # the plugin's --kvm-report-dir names files alike
+from .options import jobs_value
+from .reports.recorder import report_stem, unwritable  # the plugin's --kvm-report-dir names files alike
 
 REPO_SUITES = Path(__file__).resolve().parent.parent / "suites"
 
@@ -128,6 +129,8 @@ def absorb_run_settings(args, extra: list[str]) -> list[str]:
     for flag, value in options:
         if flag in _RUN_SETTINGS and value is not None:
             setattr(args, _RUN_SETTINGS[flag], value)
+            if flag == "--kvm-device":
+                args.device_source = flag
         elif flag == "--kvm-baseline" and value is not None:
             args.baseline = list(args.baseline) + [p.strip() for p in value.split(",") if p.strip()]
         else:
@@ -184,9 +187,54 @@ def bisect_code(pytest_code: int, junit: Path) -> int:
     return BISECT_BAD if pytest_code == 1 else BISECT_GOOD
 
 
+def resolve_device(args) -> None:
+    """`run --device` unset: KVMTEST_DEVICE, else /dev/kvm. `args.device_source` says who named the
+    device ("" for the default), for refusing a named device that is no KVM device (run_problem)."""
+    if args.device is not None:
+        args.device_source = "--device"
+    elif "KVMTEST_DEVICE" in os.environ:
+        args.device, args.device_source = os.environ["KVMTEST_DEVICE"], "environment KVMTEST_DEVICE"
+    else:
+        args.device, args.device_source = "/dev/kvm", ""
+
+
+def run_baseline(args) -> list[str]:
+    """The baseline runs `kvmtest run` compares with: --baseline/--kvm-baseline, else KVMTEST_BASELINE."""
+    if args.baseline:
+        return list(args.baseline)
+    return [p.strip() for p in os.environ.get("KVMTEST_BASELINE", "").split(",") if p.strip()]
+
+
+def run_problem(args, paths: dict, fp: dict) -> str:
+    """What makes this `kvmtest run` pointless before it starts, or "": a report path that cannot be
+    written, a baseline that is no JUnit report, a named device (or, with --bisect, any device) on
+    which KVM cannot be opened. Checked up front: the run would otherwise end in a traceback or in
+    every test skipped."""
+    from .reports.recorder import load_baseline
+    from .reports.results import ReportError
+
+    source = getattr(args, "device_source", "")
+    if fp.get("kvm") is None and (source or args.bisect):
+        why = "empty device path" if not args.device else fp.get("kvm_error")
+        return f"{source or '--device'} {args.device!r}: {why}: nothing can be tested"
+    checks = [("--report-dir", unwritable(args.report_dir, directory=True))]
+    checks += [(f"--{kind}", unwritable(path)) for kind, path in paths.items()]
+    for flag, problem in checks:
+        if problem:
+            return f"{flag} {problem}"
+    baseline = run_baseline(args)
+    try:
+        if baseline:
+            load_baseline(baseline)  # cached: the plugin's recorder uses these results
+    except ReportError as e:
+        return f"--baseline: {e}"
+    return ""
+
+
 def cmd_run(args, extra) -> int:
     """`kvmtest run [pytest args]`: fingerprint the device, run pytest in this process, and return
-    pytest's exit status, or with --bisect the git bisect code (bisect_code)."""
+    pytest's exit status, or with --bisect the git bisect code (bisect_code). Bad input (run_problem)
+    is one line and exit 2 (125 with --bisect) before any test runs."""
     import pytest
 
     extra = absorb_run_settings(args, extra)  # --kvm-device among them names the device to fingerprint
@@ -198,6 +246,10 @@ def cmd_run(args, extra) -> int:
             print(e, file=sys.stderr)
             return BISECT_SKIP
         raise
+    problem = run_problem(args, paths, fp)
+    if problem:
+        print(f"kvmtest run: {problem}", file=sys.stderr)
+        return BISECT_SKIP if args.bisect else 2
     # the host line and the report paths come from the plugin (header, "kvmtest report:" lines)
     print(f"kvmtest run: pytest {shlex.join(argv)}", flush=True)  # quoted: the line can be pasted back
     try:
@@ -240,6 +292,16 @@ def cmd_merge(args) -> int:
 
     by_host: defaultdict[str, list] = defaultdict(list)
     props: dict[str, dict] = {}  # host (kernel) -> its suite's properties
+    real = [os.path.realpath(p) for p in args.inputs]  # one file twice would count its results twice
+    again = next((p for i, p in enumerate(args.inputs) if real[i] in real[:i]), None)
+    if again is not None:
+        print(f"kvmtest merge: {again} is given twice (as the same file): its results would count twice",
+              file=sys.stderr)
+        return 2
+    problem = unwritable(args.output)
+    if problem:
+        print(f"kvmtest merge: -o {problem}", file=sys.stderr)
+        return 2
     try:
         for path in args.inputs:
             for r in read_junit(path):
@@ -255,7 +317,11 @@ def cmd_merge(args) -> int:
         return 2
     suites = [junit.suite_from_results(rs, f"kvmtest@{host}", host.split(" ")[0], props.get(host, {}))
               for host, rs in sorted(by_host.items())]
-    junit.write(args.output, suites)
+    try:
+        junit.write(args.output, suites)
+    except OSError as e:
+        print(f"kvmtest merge: -o {args.output}: {e.strerror or e}", file=sys.stderr)
+        return 2
     print(f"kvmtest merge: {sum(len(r) for r in by_host.values())} results from {len(args.inputs)} files, "
           f"{len(suites)} host(s) -> {args.output}")
     return 0
@@ -266,6 +332,10 @@ def cmd_import_tap(args) -> int:
     from .reports import junit
     from .reports.results import read_tap
 
+    problem = unwritable(args.output)
+    if problem:
+        print(f"kvmtest import-tap: -o {problem}", file=sys.stderr)
+        return 2
     try:
         text = sys.stdin.read() if args.input == "-" else Path(args.input).read_text(errors="replace")
     except OSError as e:
@@ -275,7 +345,11 @@ def cmd_import_tap(args) -> int:
     if not results:
         print(f"kvmtest import-tap: no TAP/KTAP result lines in {args.input}", file=sys.stderr)
         return 2
-    junit.write(args.output, [junit.suite_from_results(results, args.suite, args.host, {"source": args.input})])
+    try:
+        junit.write(args.output, [junit.suite_from_results(results, args.suite, args.host, {"source": args.input})])
+    except OSError as e:
+        print(f"kvmtest import-tap: -o {args.output}: {e.strerror or e}", file=sys.stderr)
+        return 2
     bad = sum(r.status in ("failed", "error") for r in results)
     print(f"kvmtest import-tap: {len(results)} results ({bad} failed or errors) -> {args.output}")
     return 0
@@ -312,17 +386,22 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--report-dir", default=os.environ.get("KVMTEST_REPORT_DIR", "reports"),
                      help="directory for the JUnit, KTAP and HTML reports (default reports; env KVMTEST_REPORT_DIR)")
     run.add_argument("--junit", default="", help="JUnit path (default: reports/kvmtest-<host>-<kernel>-<time>.xml)")
-    run.add_argument("--device", default=os.environ.get("KVMTEST_DEVICE", "/dev/kvm"),
-                     help="the KVM device to test (default /dev/kvm; env KVMTEST_DEVICE)")
+    run.add_argument("--device", default=None,  # resolve_device: a named device must be one
+                     help="the KVM device to test (default /dev/kvm; env KVMTEST_DEVICE); a named device "
+                          "that is no KVM device is an error, where /dev/kvm missing skips every test")
     run.add_argument("--ktap", default="", help="KTAP path (default: reports/kvmtest-<host>-<kernel>-<time>.ktap)")
     run.add_argument("--html", default="", help="HTML path (default: reports/kvmtest-<host>-<kernel>-<time>.html)")
     run.add_argument("--baseline", action="append", default=[], help="JUnit file/dir to compare with in the HTML")
     run.add_argument("--bisect", action="store_true",
                      help="git-bisect exit codes: 0 pass/xfail, 1 real failure, 125 nothing could be tested")
-    run.add_argument("-j", "--jobs", default="auto", help="pytest-xdist workers ('auto', a number, or 0 for none)")
+    run.add_argument("-j", "--jobs", default="auto", type=jobs_value,
+                     help="pytest-xdist workers ('auto', a number, or 0 for none)")
     kernelvm.add_run_arguments(run)  # --kernel, --kvm-param, --accel, --vm-*
     kernelvm.add_kernel_parser(sub)  # kvmtest kernel fetch debian
-    cmp_ = sub.add_parser("compare", help="compare two runs (JUnit files or directories); exit 1 on regressions")
+    cmp_ = sub.add_parser("compare", help="compare two runs (JUnit files or directories); exit 1 on regressions",
+                          usage="kvmtest compare [-h] [--json] BASE NEW\n"
+                                "       kvmtest compare [-h] [--json] BASE [BASE ...] --new NEW [NEW ...]\n"
+                                "(a run in several files: list them all before --new, the new run's after it)")
     cmp_.add_argument("base", nargs="+", help="baseline JUnit file(s) or directories; end with --")
     cmp_.add_argument("--new", nargs="+", required=True, help="the new run's JUnit file(s) or directories")
     cmp_.add_argument("--json", action="store_true")
@@ -358,6 +437,7 @@ def main(argv: list[str] | None = None) -> int:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
         return BISECT_SKIP if bisect and code != 0 else code
     if args.command == "run":
+        resolve_device(args)
         if args.kernel is not None:
             return kernelvm.cmd_run_kernel(args, extra)
         try:

@@ -6,7 +6,7 @@ one call. Each tier closes what it made when the test ends, passed or failed.
                         -> vm_with_memory
     kvm + guest_timeout -> guest(mode, source, ...)     (mode: from @pytest.mark.modes)
 
-Registered by kvmtest.plugin (its pytest_plugins); in a session where the plugin is dormant the
+Registered by kvmtest.plugin (its pytest_addoption); in a session where the plugin is dormant the
 fixtures exist but refuse to run, saying how to wake the plugin (kvmtest.options.settings).
 """
 

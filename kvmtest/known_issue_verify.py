@@ -21,6 +21,7 @@ from pathlib import Path
 
 from . import fingerprint as fpmod
 from . import known_issues as ki
+from .options import jobs_value
 from .reports.junit import split_nodeid
 from .reports.results import ReportError, read_junit
 from .vcpu import DEFAULT_RUN_TIMEOUT
@@ -251,4 +252,5 @@ def add_parser(sub) -> None:
     v.add_argument("--runs", type=int, default=20, help="runs for intermittent entries (default 20)")
     v.add_argument("--write", action="store_true", help="record verified entries as [[issue.seen]] for this build")
     v.add_argument("--device", default=os.environ.get("KVMTEST_DEVICE", "/dev/kvm"))
-    v.add_argument("-j", "--jobs", default="auto", help="pytest-xdist workers ('auto', a number, or 0)")
+    v.add_argument("-j", "--jobs", default="auto", type=jobs_value,
+                   help="pytest-xdist workers ('auto', a number, or 0)")

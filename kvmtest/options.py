@@ -5,7 +5,9 @@ default. A bad value is refused at start-up naming the value and where it came f
 (`--kvm-guest-timeout='x' (from environment KVMTEST_GUEST_TIMEOUT): not a number of seconds`).
 """
 
+import argparse
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,6 +70,14 @@ OPTIONS = [
            "(used by `kvmtest known-issues verify`)", "", env="KVMTEST_VERIFY_KNOWN_ISSUES"),
 ]
 
+def jobs_value(text: str) -> str:
+    """The -j/--jobs argparse type of `kvmtest run` and `kvmtest known-issues verify`: 'auto', 0 (no
+    pytest-xdist workers) or a number of workers; anything else is refused, not passed on to -n."""
+    if text == "auto" or re.fullmatch(r"[0-9]+", text):
+        return text
+    raise argparse.ArgumentTypeError(f"{text!r}: expected 'auto', 0 (no workers) or a number of workers")
+
+
 ACTIVE_KEY = pytest.StashKey[str]()     # why the session is kvmtest's ("" when dormant)
 SETTINGS_KEY = pytest.StashKey[dict]()  # option name -> converted value
 
@@ -118,6 +128,9 @@ def _convert(opt: Option, raw, source: str):
         return paths
     if opt.kind == "modes":
         modes = [m.strip() for m in str(raw).split(",") if m.strip()]
+        if not modes and (str(raw).strip() or source == "command line"):  # `--kvm-modes=` or `,`: not "all"
+            raise pytest.UsageError(f"{where}: names no CPU mode; known: {', '.join(MODES)} "
+                                    f"(leave the option out to run every mode)")
         bad = [m for m in modes if m not in MODES]
         if bad:
             raise pytest.UsageError(f"{where}: unknown CPU mode(s) {', '.join(bad)}; known: {', '.join(MODES)}")

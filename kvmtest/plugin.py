@@ -3,27 +3,26 @@ the reports into a pytest session.
 
 Registered through the `pytest11` entry point (and by the repository's conftest.py when kvmtest
 is not installed). What each piece means lives beside it: options in kvmtest.options, fixtures
-in kvmtest.fixtures (registered through pytest_plugins below), markers in kvmtest.markers, CPU
+in kvmtest.fixtures (registered in pytest_addoption below), markers in kvmtest.markers, CPU
 mode selection in kvmtest.guest.mode_select, reports in kvmtest.reports.
 
 Installed, the plugin is loaded into every pytest session on the machine, but it stays dormant
 (no /dev/kvm, no header, no hooks acting) unless the session is kvmtest's: see `activation`.
 """
 
+import os
 import sys
 from pathlib import Path
 
 import pytest
 
 from . import fingerprint as fpmod
+from . import fixtures, markers
 from . import ioctl as _ioctl
 from . import known_issues as ki
-from . import markers
 from .fixtures import GUESTS_KEY, close_session_kvm
 from .options import ACTIVE_KEY, SETTINGS_KEY, active, add_options, asked_for, resolve_settings, settings
 from .vcpu import install_kick_handler
-
-pytest_plugins = ["kvmtest.fixtures"]
 
 FINGERPRINT_KEY = pytest.StashKey[dict]()
 ISSUES_KEY = pytest.StashKey[list]()
@@ -60,9 +59,15 @@ def pytest_plugin_registered(plugin, plugin_name, manager):
         manager.set_blocked(ENTRY_POINT)
 
 
-def pytest_addoption(parser):
-    """kvmtest's options, each with its ini twin (kvmtest.options.OPTIONS)."""
+def pytest_addoption(parser, pluginmanager):
+    """kvmtest's options, each with its ini twin (kvmtest.options.OPTIONS), and its fixtures.
+
+    The fixtures module is registered as the imported module it is: named in `pytest_plugins`,
+    pytest would mark it for assertion rewriting after this module imported it and warn, in every
+    session, that it cannot be rewritten."""
     add_options(parser)
+    if pluginmanager.get_plugin(fixtures.__name__) is None:
+        pluginmanager.register(fixtures, fixtures.__name__)
 
 
 def pytest_configure(config):
@@ -80,7 +85,8 @@ def pytest_configure(config):
 
     tb_source.install()  # a known issue's xfails share their tracebacks' files: parse each once
     config.stash[SETTINGS_KEY] = resolve_settings(config)
-    _check_asm_cache_settings()
+    _check_asm_cache_settings(config)
+    _check_hypothesis_profile(config)
     install_kick_handler()
     s = settings(config)
     files = [] if s["kvm_no_known_issues"] else (s["kvm_known_issues"] or [str(p) for p in ki.builtin_files()])
@@ -95,14 +101,38 @@ def pytest_configure(config):
         recorder.register(config, s, config.stash[FINGERPRINT_KEY])
 
 
-def _check_asm_cache_settings() -> None:
-    """A bad KVMTEST_ASM_CACHE_ENTRIES or _MB is one usage error at start, not one failure per guest."""
+def _check_asm_cache_settings(config) -> None:
+    """A bad KVMTEST_ASM_CACHE_ENTRIES or _MB is one usage error at start, not one failure per guest;
+    a disk cache directory that cannot be written is one warning (the cache then stays off)."""
     from .asm import cache as asm_cache
     from .errors import BadArgumentError
+    from .reports.recorder import unwritable
 
     try:
         asm_cache.entries_limit()
-        asm_cache.disk_limit()
+        disk = asm_cache.disk_limit()
+    except BadArgumentError as e:
+        raise pytest.UsageError(str(e)) from None
+    folder = asm_cache.cache_dir()
+    if disk and folder is not None and not hasattr(config, "workerinput"):  # once: on the controller
+        problem = unwritable(folder, directory=True)
+        if problem:
+            where = asm_cache.DIR_VAR if os.environ.get(asm_cache.DIR_VAR) else "the default assembler cache"
+            config.issue_config_time_warning(pytest.PytestConfigWarning(
+                f"{where} {problem}: guests are assembled without the disk cache"), stacklevel=2)
+
+
+def _check_hypothesis_profile(config) -> None:
+    """A bad KVMTEST_HYPOTHESIS_PROFILE is one usage error at start, not one setup error per
+    emulator test (kvmtest.differential.profiles, which imports hypothesis: only when it is set)."""
+    from .errors import BadArgumentError
+
+    if not os.environ.get("KVMTEST_HYPOTHESIS_PROFILE"):
+        return
+    from .differential import profiles
+
+    try:
+        profiles.profile_name(config.getoption("hypothesis_profile", None))
     except BadArgumentError as e:
         raise pytest.UsageError(str(e)) from None
 

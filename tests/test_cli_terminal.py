@@ -24,11 +24,13 @@ def test_run_keeps_pytests_full_summary(tmp_path):
 
 
 def test_run_prints_the_host_and_each_report_path_once(tmp_path, capfd, monkeypatch):
-    for var in ("KVMTEST_GUEST_TIMEOUT", "KVMTEST_KNOWN_ISSUES", "KVMTEST_MODES", "KVMTEST_REPORT_DIR"):
+    for var in ("KVMTEST_GUEST_TIMEOUT", "KVMTEST_KNOWN_ISSUES", "KVMTEST_MODES", "KVMTEST_REPORT_DIR",
+                "KVMTEST_DEVICE"):
         monkeypatch.delenv(var, raising=False)
     test = tmp_path / "test_one.py"
     test.write_text("def test_one():\n    pass\n")
-    code = cli.main(["run", "-j", "0", "--report-dir", str(tmp_path / "reports"), "--device", "/nonexistent/kvm",
+    # the default device: a named one that is missing is refused (tests/test_cli_bad_input.py)
+    code = cli.main(["run", "-j", "0", "--report-dir", str(tmp_path / "reports"),
                      str(test), "-p", "no:cacheprovider", f"--rootdir={tmp_path}"])
     out = capfd.readouterr().out
     assert code == 0, out

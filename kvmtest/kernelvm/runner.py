@@ -40,10 +40,12 @@ def add_run_arguments(run: argparse.ArgumentParser) -> None:
                    help="module parameter values; one boot per combination (e.g. kvm_amd.npt=0,1)")
     g.add_argument("--accel", choices=("auto", "kvm", "tcg"), default=None,
                    help="what runs the VM: nested KVM, or QEMU's TCG with -cpu max (auto: KVM when nested is on)")
-    g.add_argument("--vm-timeout", type=float, default=os.environ.get("KVMTEST_VM_TIMEOUT", "10800"),
-                   help="seconds one boot may take in all, boot and tests (default 10800)")
-    g.add_argument("--vm-stall", type=float, default=os.environ.get("KVMTEST_VM_STALL", "600"),
-                   help="seconds without any VM output before the VM is declared stuck (default 600)")
+    # None unless given: check_vm_options reads KVMTEST_VM_TIMEOUT/_STALL, naming the variable if bad
+    g.add_argument("--vm-timeout", type=float, default=None,
+                   help="seconds one boot may take in all, boot and tests (default 10800; env KVMTEST_VM_TIMEOUT)")
+    g.add_argument("--vm-stall", type=float, default=None,
+                   help="seconds without any VM output before the VM is declared stuck (default 600; "
+                        "env KVMTEST_VM_STALL)")
     g.add_argument("--vm-max-crashes", type=int, default=5,
                    help="tests that may kill the VM before the run stops resuming in fresh VMs (default 5)")
     g.add_argument("--vm-cpus", type=int, default=None,
@@ -99,9 +101,11 @@ def param_matrix(specs: list[str]) -> list[tuple[str, ...]]:
                                 "(letters, digits, and . : + _ -)")
         if len(set(values.split(","))) != len(values.split(",")):
             raise KernelVmError(f"--kvm-param {spec!r}: a value is listed twice (each one is a boot)")
-        if name in seen:
-            raise KernelVmError(f"--kvm-param {name} given twice; list its values once, comma-separated")
-        seen.add(name)
+        key = name.replace("-", "_")  # the kernel reads kvm-amd.npt and kvm_amd.npt as one parameter
+        if key in seen:
+            raise KernelVmError(f"--kvm-param {name} given twice (the kernel treats - and _ in names alike); "
+                                "list its values once, comma-separated")
+        seen.add(key)
         axes.append([f"{name}={v}" for v in values.split(",")])
     return list(itertools.product(*axes))
 
@@ -121,7 +125,18 @@ def check_vm_options(args) -> None:
     args.accel = args.accel or os.environ.get("KVMTEST_ACCEL", "auto")
     if args.accel not in ("auto", "kvm", "tcg"):
         raise KernelVmError(f"KVMTEST_ACCEL={args.accel!r}: expected auto, kvm or tcg")
-    for name in ("vm_timeout", "vm_stall"):
+    for name, default in (("vm_timeout", 10800.0), ("vm_stall", 600.0)):
+        env = "KVMTEST_" + name.upper()
+        if getattr(args, name) is None and env in os.environ:  # named as the variable, not as the flag
+            try:
+                seconds = float(os.environ[env])
+            except ValueError:
+                seconds = float("nan")
+            if not seconds > 0:
+                raise KernelVmError(f"{env}={os.environ[env]!r}: expected seconds, more than 0")
+            setattr(args, name, seconds)
+        elif getattr(args, name) is None:
+            setattr(args, name, default)
         if not float(getattr(args, name)) > 0:
             raise KernelVmError(f"--{name.replace('_', '-')} {getattr(args, name)}: expected seconds, more than 0")
     if args.vm_max_crashes < 0:
@@ -129,6 +144,24 @@ def check_vm_options(args) -> None:
     m = re.fullmatch(r"([0-9]+)([KMGT]?)", args.vm_memory)
     if not m or int(m.group(1)) == 0:
         raise KernelVmError(f"--vm-memory {args.vm_memory!r}: expected a size such as 2G or 2048M")
+
+
+def refuse_unusable_outputs(args) -> None:
+    """A report path that cannot be written or a baseline that is no JUnit report is refused
+    (KernelVmError) before any VM boots, not found after the last one."""
+    from ..reports.recorder import load_baseline, unwritable
+    from ..reports.results import ReportError
+
+    checks = [("--report-dir", unwritable(args.report_dir, directory=True))]
+    checks += [(f"--{o}", unwritable(getattr(args, o))) for o in ("junit", "ktap", "html") if getattr(args, o)]
+    for flag, problem in checks:
+        if problem:
+            raise KernelVmError(f"{flag} {problem}")
+    try:
+        if args.baseline:
+            load_baseline(args.baseline)
+    except ReportError as e:
+        raise KernelVmError(f"--baseline: {e}") from None
 
 
 def _terminate(signum, frame):
@@ -236,6 +269,7 @@ def cmd_run_kernel(args, extra) -> int:
         signal.signal(sig, _terminate)
     try:
         check_vm_options(args)
+        refuse_unusable_outputs(args)  # before the kernel is looked for: the cheap checks first
         kernel = resolve(args.kernel)
         combos = param_matrix(args.kvm_param)
         one_file = [o for o in extra if o.split("=")[0] in ("--kvm-ktap", "--kvm-html", "--kvm-junit")]
@@ -258,7 +292,7 @@ def cmd_run_kernel(args, extra) -> int:
     print(f"kvmtest run --kernel: {kernel.release} ({kernel.source}), accelerator {accel} ({why}), "
           f"{args.vm_cpus} vCPU(s), {len(combos)} boot(s)", flush=True)
     report_dir = Path(args.report_dir).resolve()
-    report_dir.mkdir(parents=True, exist_ok=True)
+    report_dir.mkdir(parents=True, exist_ok=True)  # refuse_unusable_outputs made sure it can be
     boots = []
     for params in combos:
         try:

@@ -3,6 +3,7 @@ under pytest-xdist) and writes the JUnit, KTAP and HTML reports at the end of th
 
 import datetime
 import re
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -35,11 +36,77 @@ def report_paths(settings: dict, fp: dict) -> dict[str, str]:
     return paths
 
 
+def unwritable(path, directory: bool = False) -> str:
+    """Why a report cannot be written at `path` (with `directory`, into the directory `path`), as
+    "PATH: reason", or "" when it can. Checked before a run, not after it, by doing what writing
+    the report does (make the missing directories, create the file); what it had to create to
+    find out is removed again (the writers make their directories themselves)."""
+    p = Path(path)
+    folder = p if directory else p.parent
+    made = [d for d in (folder, *folder.parents) if not d.exists()]  # deepest first
+    try:
+        if folder.exists() and not folder.is_dir():
+            return f"{path}: {folder} is not a directory"
+        folder.mkdir(parents=True, exist_ok=True)
+        if directory:
+            tempfile.TemporaryFile(dir=folder).close()  # the reports are new files in it
+        else:
+            existed = p.exists()
+            with open(p, "a"):
+                pass
+            if not existed:
+                p.unlink()
+    except OSError as e:
+        return f"{path}: {e.strerror or e}"
+    finally:
+        for d in made:
+            try:
+                d.rmdir()
+            except OSError:
+                break  # not made here after all, or no longer empty
+    return ""
+
+
+_baselines: dict[tuple, list] = {}  # `kvmtest run` checks the baseline; its plugin then uses what was read
+
+
+def load_baseline(paths) -> list:
+    """The baseline runs' results (reports.results.read_any), read once per process and before the
+    run; raises ReportError naming the file that is no JUnit report."""
+    from .results import read_any
+
+    key = tuple(str(Path(p).resolve()) for p in paths)
+    if key not in _baselines:
+        _baselines[key] = read_any(paths)
+    return _baselines[key]
+
+
+def check(settings: dict, fp: dict) -> list:
+    """Refuse report paths that cannot be written and a baseline that cannot be read, before any
+    test runs (pytest.UsageError naming the option and the path); returns the baseline's results."""
+    from .results import ReportError
+
+    problems = []
+    if settings.get("kvm_report_dir"):
+        problems.append(("--kvm-report-dir", unwritable(settings["kvm_report_dir"], directory=True)))
+    for kind, path in report_paths(settings, fp).items():
+        problems.append((f"--kvm-{kind}", unwritable(path)))
+    for flag, problem in problems:
+        if problem:
+            raise pytest.UsageError(f"{flag} {problem}")
+    baseline = [p.strip() for p in settings.get("kvm_baseline", "").split(",") if p.strip()]
+    try:
+        return load_baseline(baseline) if baseline else []
+    except ReportError as e:
+        raise pytest.UsageError(f"--kvm-baseline: {e}") from None
+
+
 def register(config, settings: dict, fp: dict) -> None:
-    """Record this session's reports when any is asked for (called on the controller only)."""
+    """Record this session's reports when any is asked for (called on the controller only); refuses
+    an unwritable report path or an unreadable baseline first (check)."""
+    baseline = check(settings, fp)
     paths = report_paths(settings, fp)
     if paths:
-        baseline = [p.strip() for p in settings.get("kvm_baseline", "").split(",") if p.strip()]
         config.pluginmanager.register(RunRecorder(config, fp, junit_path=paths.get("junit", ""),
                                                   ktap_path=paths.get("ktap", ""), html_path=paths.get("html", ""),
                                                   baseline=baseline), "kvmtest-reports")
@@ -49,7 +116,7 @@ class RunRecorder:
     def __init__(self, config, fp: dict, *, junit_path="", ktap_path="", html_path="", baseline=()):
         self.config, self.fp = config, fp
         self.junit_path, self.ktap_path, self.html_path = junit_path, ktap_path, html_path
-        self.baseline = list(baseline)
+        self.baseline = list(baseline)  # the baseline runs' results (load_baseline)
         self.outcomes: dict[str, junit.Outcome] = {}
         self.written: list[str] = []
         self.started = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")  # the run's date
@@ -81,7 +148,11 @@ class RunRecorder:
                 outcome.status, outcome.message = "error", f"no result: {why} before this test finished"
 
     def results(self):
-        return junit.to_results(self.outcomes, self.fp.get("host", ""))
+        from .results import run_host
+
+        # labelled as read_junit labels this run's file, so a baseline from this host compares as one
+        return junit.to_results(self.outcomes, run_host(self.fp.get("host", ""),
+                                                         (self.fp.get("kernel") or {}).get("release")))
 
     def pytest_sessionfinish(self, session, exitstatus):
         self._mark_unfinished(exitstatus)
@@ -97,9 +168,8 @@ class RunRecorder:
             comparison = None
             if self.baseline:
                 from .compare import compare
-                from .results import read_any
 
-                comparison = compare(read_any(self.baseline), results)
+                comparison = compare(self.baseline, results)
             Path(self.html_path).parent.mkdir(parents=True, exist_ok=True)
             from ..plugin import ISSUES_KEY
 

@@ -91,6 +91,12 @@ def _props_from_stdout(case: ET.Element) -> tuple:
     return tuple(props)
 
 
+def run_host(host: str, kernel: str | None) -> str:
+    """The host a result ran on as every report names it, "host (kernel release)": the same label for
+    a run read back from its JUnit file and for the run being recorded (its HTML baseline comparison)."""
+    return f"{host} ({kernel})" if kernel else host
+
+
 def read_junit(path: str | Path) -> list[Result]:
     path = Path(path)
     try:
@@ -103,9 +109,8 @@ def read_junit(path: str | Path) -> list[Result]:
     results = []
     for suite in suites:
         props = {p.get("name"): p.get("value") for p in suite.findall("properties/property")}
-        host = props.get("kvmtest.host") or suite.get("hostname") or ""
-        kernel = props.get("kvmtest.kernel.release")
-        host_label = f"{host} ({kernel})" if kernel else host
+        host_label = run_host(props.get("kvmtest.host") or suite.get("hostname") or "",
+                              props.get("kvmtest.kernel.release"))
         for case in suite.iter("testcase"):
             status, message, text = _status(case)
             results.append(Result(case.get("classname", ""), case.get("name", ""), status, message, text,
@@ -126,6 +131,8 @@ def read_any(paths) -> list[Result]:
                 results += read_junit(f)
         elif p.is_file():
             results += read_junit(p)
+        elif p.exists():  # /dev/null, a FIFO: there, but no report
+            raise ReportError(f"{p}: not a regular file or directory")
         else:
             raise ReportError(f"{p}: no such file or directory")
     return results

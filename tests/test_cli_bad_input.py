@@ -1,0 +1,331 @@
+"""Bad input to the `kvmtest` command is one error line naming what was wrong, before any test runs:
+never a traceback after the run, never every test skipped, never a silently changed meaning."""
+
+import re
+
+import pytest
+
+from kvmtest import cli
+from kvmtest.kernelvm import KernelVmError, runner
+from kvmtest.reports import junit
+from kvmtest.reports.results import Result
+
+UNWRITABLE = "/proc/kvmtest-no-such-dir"  # /proc takes no new directories, even from root
+
+
+@pytest.fixture
+def clean_env(monkeypatch):
+    for var in ("KVMTEST_DEVICE", "KVMTEST_BASELINE", "KVMTEST_REPORT_DIR", "KVMTEST_VM_TIMEOUT",
+                "KVMTEST_VM_STALL", "KVMTEST_MODES", "KVMTEST_HYPOTHESIS_PROFILE"):
+        monkeypatch.delenv(var, raising=False)
+
+
+@pytest.fixture
+def probe_test(tmp_path):
+    """A test file that leaves a file behind if it ran: the refused runs must not run it."""
+    test = tmp_path / "test_probe.py"
+    test.write_text(f"def test_probe():\n    open({str(tmp_path / 'ran')!r}, 'w').close()\n")
+    return test
+
+
+def _run(tmp_path, probe_test, *words):
+    report_dir = [] if "--report-dir" in words else ["--report-dir", str(tmp_path / "reports")]
+    return cli.main(["run", "-j", "0", *report_dir, *words, str(probe_test), "-p", "no:cacheprovider",
+                     f"--rootdir={tmp_path}"])
+
+
+def _one_error(capsys, *needles) -> str:
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    for needle in needles:
+        assert needle in lines[0], (needle, err)
+    return lines[0]
+
+
+def _write_junit(path, host="h", kernel="6.1"):
+    results = [Result("suites.a.test_x", "t1", "passed", host=host)]
+    junit.write(path, [junit.suite_from_results(results, "s", host,
+                                                {"kvmtest.host": host, "kvmtest.kernel.release": kernel})])
+    return str(path)
+
+
+# --- 1. report paths that cannot be written ---------------------------------------------------
+
+
+@pytest.mark.parametrize("option", ["--report-dir", "--junit", "--ktap", "--html", "file-as-report-dir"])
+def test_unwritable_report_path_is_refused_before_the_run(tmp_path, probe_test, capsys, clean_env, option):
+    if option == "file-as-report-dir":
+        regular = tmp_path / "a-file"
+        regular.write_text("")
+        words, named = ["--report-dir", str(regular)], str(regular)
+    else:
+        named = UNWRITABLE if option == "--report-dir" else f"{UNWRITABLE}/r.{option[2:]}"
+        words = [option, named]
+    assert _run(tmp_path, probe_test, *words) == 2
+    _one_error(capsys, "kvmtest run:", named)
+    assert not (tmp_path / "ran").exists()
+
+
+def test_unwritable_report_path_with_bisect_is_untestable(tmp_path, probe_test, capsys, clean_env):
+    assert _run(tmp_path, probe_test, "--bisect", "--junit", f"{UNWRITABLE}/r.xml") == cli.BISECT_SKIP
+    _one_error(capsys, UNWRITABLE)
+
+
+def test_plugin_refuses_an_unwritable_report_path_at_start(pytester):
+    pytester.makepyfile("def test_x():\n    pass\n")
+    result = pytester.runpytest(f"--kvm-junit={UNWRITABLE}/r.xml")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"*--kvm-junit {UNWRITABLE}/r.xml: *"])
+    assert "Traceback" not in result.stdout.str() + result.stderr.str()
+
+
+@pytest.mark.parametrize("bisect", [False, True])
+def test_kernel_run_refuses_an_unwritable_report_dir_before_booting(tmp_path, capsys, clean_env, bisect):
+    words = ["run", "--kernel", str(tmp_path / "no-bzImage"), "--report-dir", UNWRITABLE]
+    assert cli.main(words + (["--bisect"] if bisect else [])) == (cli.BISECT_SKIP if bisect else 2)
+    _one_error(capsys, f"kvmtest run --kernel: --report-dir {UNWRITABLE}: ")
+
+
+def test_kernel_run_refuses_a_bad_baseline_before_booting(tmp_path, capsys, clean_env):
+    bad = _bad_baseline(tmp_path, "other xml")
+    assert cli.main(["run", "--kernel", str(tmp_path / "no-bzImage"), "--report-dir", str(tmp_path / "r"),
+                     "--baseline", bad]) == 2
+    _one_error(capsys, "kvmtest run --kernel: --baseline:", bad)
+
+
+# --- 2. a baseline that is no JUnit report ------------------------------------------------------
+
+
+def _bad_baseline(tmp_path, kind) -> str:
+    if kind == "text":
+        (tmp_path / "notes.txt").write_text("hello\n")
+        return str(tmp_path / "notes.txt")
+    if kind == "empty dir":
+        (tmp_path / "empty").mkdir()
+        return str(tmp_path / "empty")
+    if kind == "other xml":
+        (tmp_path / "pom.xml").write_text("<project/>")
+        return str(tmp_path / "pom.xml")
+    return str(tmp_path / "missing.xml")
+
+
+@pytest.mark.parametrize("kind", ["text", "missing", "empty dir", "other xml"])
+@pytest.mark.parametrize("how", ["--baseline", "--kvm-baseline", "KVMTEST_BASELINE"])
+def test_bad_baseline_is_refused_before_the_run(tmp_path, probe_test, capsys, clean_env, monkeypatch, kind, how):
+    bad = _bad_baseline(tmp_path, kind)
+    if how == "KVMTEST_BASELINE":
+        monkeypatch.setenv(how, bad)
+        words = []
+    else:
+        words = [how, bad]
+    assert _run(tmp_path, probe_test, *words) == 2
+    _one_error(capsys, "--baseline", bad)
+    assert not (tmp_path / "ran").exists()
+
+
+def test_plugin_refuses_a_bad_baseline_at_start(pytester, tmp_path):
+    pytester.makepyfile("def test_x():\n    pass\n")
+    result = pytester.runpytest(f"--kvm-html={tmp_path}/r.html", f"--kvm-baseline={tmp_path}/missing.xml")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"*--kvm-baseline: {tmp_path}/missing.xml: no such file or directory*"])
+
+
+# --- 3. merge and import-tap outputs ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("output", [f"{UNWRITABLE}/all.xml", "a directory"])
+def test_merge_to_an_unwritable_output_is_one_error(tmp_path, capsys, output):
+    a, b = _write_junit(tmp_path / "a.xml"), _write_junit(tmp_path / "b.xml")
+    output = str(tmp_path) if output == "a directory" else output
+    assert cli.main(["merge", a, b, "-o", output]) == 2
+    _one_error(capsys, "kvmtest merge: -o", output)
+
+
+def test_import_tap_to_an_unwritable_output_is_one_error(tmp_path, capsys):
+    tap = tmp_path / "t.tap"
+    tap.write_text("TAP version 13\n1..1\nok 1 - x\n")
+    assert cli.main(["import-tap", str(tap), "-o", f"{UNWRITABLE}/y.xml"]) == 2
+    _one_error(capsys, "kvmtest import-tap: -o", f"{UNWRITABLE}/y.xml")
+
+
+@pytest.mark.parametrize("spelling", ["same", "other"])
+def test_merging_one_file_twice_is_refused(tmp_path, capsys, spelling):
+    a = _write_junit(tmp_path / "a.xml")
+    b = _write_junit(tmp_path / "b.xml")
+    again = a if spelling == "same" else str(tmp_path / "." / "a.xml")
+    assert cli.main(["merge", a, b, again, "-o", str(tmp_path / "all.xml")]) == 2
+    _one_error(capsys, "kvmtest merge:", again, "given twice")
+    assert not (tmp_path / "all.xml").exists()
+    assert cli.main(["merge", a, b, "-o", str(tmp_path / "all.xml")]) == 0
+
+
+# --- 4, 5. a named device that is no KVM device ------------------------------------------------
+
+
+@pytest.mark.parametrize("device, how", [("/nonexistent/kvm", "--device"), ("", "--device"),
+                                         ("/dev/null", "--device"), ("/nonexistent/kvm", "--kvm-device"),
+                                         ("", "KVMTEST_DEVICE"), ("/nonexistent/kvm", "KVMTEST_DEVICE")])
+@pytest.mark.parametrize("bisect", [False, True])
+def test_named_device_that_is_no_kvm_device_is_refused(tmp_path, probe_test, capsys, clean_env, monkeypatch,
+                                                      device, how, bisect):
+    """Exit 2 naming the device (not every test skipped and exit 0); with --bisect 125: nothing
+    could be tested (not 1, which would call the kernel bad)."""
+    if how == "KVMTEST_DEVICE":
+        monkeypatch.setenv(how, device)
+        words = []
+    else:
+        words = [how, device] if how == "--device" else [f"{how}={device}"]
+    code = _run(tmp_path, probe_test, *words, *(["--bisect"] if bisect else []))
+    assert code == (cli.BISECT_SKIP if bisect else 2)
+    line = _one_error(capsys, repr(device), "nothing can be tested")
+    assert (how if how != "KVMTEST_DEVICE" else "environment KVMTEST_DEVICE") in line
+    assert not (tmp_path / "ran").exists()
+
+
+# --- 6. --jobs ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("jobs", ["-3", "1.5", "", "many"])
+@pytest.mark.parametrize("command", [["run"], ["run", "--kernel", "debian"], ["known-issues", "verify"]])
+def test_jobs_other_than_auto_or_a_count_is_refused(capsys, command, jobs):
+    assert cli.main([*command, f"--jobs={jobs}"]) == 2
+    err = capsys.readouterr().err
+    assert f"argument -j/--jobs: {jobs!r}: expected 'auto'" in err and "Traceback" not in err
+
+
+def test_jobs_auto_and_counts_are_accepted():
+    for jobs in ("auto", "0", "3"):
+        assert cli.build_parser().parse_args(["run", "-j", jobs]).jobs == jobs
+
+
+# --- 7. --vm-timeout from the environment -------------------------------------------------------
+
+
+@pytest.mark.parametrize("var", ["KVMTEST_VM_TIMEOUT", "KVMTEST_VM_STALL"])
+@pytest.mark.parametrize("value", ["abc", "-1", "nan"])
+def test_bad_vm_time_from_the_environment_names_the_variable(monkeypatch, clean_env, var, value):
+    monkeypatch.setenv(var, value)
+    args = cli.build_parser().parse_args(["run", "--kernel", "debian"])
+    with pytest.raises(KernelVmError, match=re.escape(f"{var}={value!r}: expected seconds")):
+        runner.check_vm_options(args)
+
+
+def test_vm_times_from_the_environment_and_defaults(monkeypatch, clean_env):
+    monkeypatch.setenv("KVMTEST_VM_TIMEOUT", "60")
+    args = cli.build_parser().parse_args(["run", "--kernel", "debian"])
+    runner.check_vm_options(args)
+    assert (args.vm_timeout, args.vm_stall) == (60.0, 600.0)
+    args = cli.build_parser().parse_args(["run", "--kernel", "debian", "--vm-timeout", "30"])
+    runner.check_vm_options(args)
+    assert args.vm_timeout == 30.0  # the flag beats the variable
+
+
+# --- 8. KVMTEST_HYPOTHESIS_PROFILE --------------------------------------------------------------
+
+
+def test_bad_hypothesis_profile_variable_is_one_usage_error(pytester, monkeypatch):
+    monkeypatch.setenv("KVMTEST_HYPOTHESIS_PROFILE", "bogus")
+    pytester.makepyfile("def test_a():\n    pass\n\ndef test_b():\n    pass\n")
+    result = pytester.runpytest()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*KVMTEST_HYPOTHESIS_PROFILE='bogus': expected kvmtest-fast or kvmtest-deep*"])
+
+
+# --- 9. --kvm-param names the kernel reads as one -----------------------------------------------
+
+
+def test_kvm_param_spelt_with_dash_and_underscore_is_one_parameter():
+    with pytest.raises(KernelVmError, match="kvm_amd.npt given twice"):
+        runner.param_matrix(["kvm-amd.npt=1", "kvm_amd.npt=0"])
+    with pytest.raises(KernelVmError, match="given twice"):
+        runner.param_matrix(["kvm.force_emulation_prefix=1", "kvm.force-emulation-prefix=0"])
+
+
+# --- 10, 12. compare ----------------------------------------------------------------------------
+
+
+def test_compare_usage_shows_base_new_first(capsys):
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["compare", "--help"])
+    usage = capsys.readouterr().out.split("\n\n")[0]
+    assert usage.startswith("usage: kvmtest compare [-h] [--json] BASE NEW\n"), usage
+    assert "BASE [BASE ...] --new NEW [NEW ...]" in usage
+
+
+def test_compare_with_a_device_file_says_it_is_not_a_regular_file(tmp_path, capsys):
+    a = _write_junit(tmp_path / "a.xml")
+    assert cli.main(["compare", a, "/dev/null"]) == 2
+    _one_error(capsys, "/dev/null: not a regular file")
+
+
+# --- 11. the HTML's baseline comparison names this host as compare does --------------------------
+
+
+def test_baseline_from_the_same_host_is_not_a_different_host(pytester, tmp_path):
+    """The recorder labels its own results "host (kernel)" as read_junit labels the file it wrote:
+    a baseline from an earlier run on this host compares as the same host."""
+    pytester.makepyfile("def test_x():\n    pass\n")
+    first = tmp_path / "first.xml"
+    assert pytester.runpytest(f"--kvm-junit={first}").ret == 0
+    html = tmp_path / "second.html"
+    assert pytester.runpytest(f"--kvm-html={html}", f"--kvm-baseline={first}").ret == 0
+    text = html.read_text()
+    assert "different hosts" not in text
+    from kvmtest.reports.compare import compare
+    from kvmtest.reports.results import read_junit
+
+    assert "different hosts" not in compare(read_junit(first), read_junit(first)).text()
+
+
+# --- 12. --kvm-modes naming no mode --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["", ","])
+def test_kvm_modes_naming_no_mode_is_refused(pytester, value):
+    pytester.makepyfile("def test_x():\n    pass\n")
+    result = pytester.runpytest(f"--kvm-modes={value}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--kvm-modes=*names no CPU mode*"])
+
+
+# --- no PytestAssertRewriteWarning ---------------------------------------------------------------
+
+
+def test_a_run_prints_no_assert_rewrite_warning(tmp_path, probe_test, clean_env):
+    """kvmtest.plugin imports kvmtest.fixtures; named in its pytest_plugins, pytest marked the module
+    for rewriting only afterwards and warned on every run. A child process: in this one, pytest's
+    own warning capture would swallow the warning."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(sys.executable).with_name("kvmtest")  # as a user runs it: the installed console script
+    if not script.exists():
+        pytest.skip(f"no kvmtest console script next to {sys.executable}")
+    proc = subprocess.run([str(script), "run", "-j", "0", "--report-dir", str(tmp_path / "r"),
+                           str(probe_test), "-p", "no:cacheprovider", f"--rootdir={tmp_path}"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and (tmp_path / "ran").exists(), proc.stdout + proc.stderr
+    assert "PytestAssertRewriteWarning" not in proc.stdout + proc.stderr
+
+
+# --- 12. an assembler cache directory that cannot be written ---------------------------------------
+
+
+def test_unwritable_cache_dir_is_one_warning_naming_it(pytester, monkeypatch):
+    monkeypatch.setenv("KVMTEST_CACHE_DIR", UNWRITABLE)
+    monkeypatch.delenv("KVMTEST_ASM_CACHE_MB", raising=False)
+    pytester.makepyfile("def test_a():\n    pass\n\ndef test_b():\n    pass\n")
+    result = pytester.runpytest()
+    result.assert_outcomes(passed=2, warnings=1)
+    result.stdout.fnmatch_lines([f"*KVMTEST_CACHE_DIR {UNWRITABLE}: *without the disk cache*"])
+
+
+def test_checking_a_report_path_leaves_nothing_behind(tmp_path):
+    from kvmtest.reports.recorder import unwritable
+
+    assert unwritable(tmp_path / "a" / "b" / "r.xml") == "" and unwritable(tmp_path / "c" / "d", directory=True) == ""
+    assert sorted(tmp_path.iterdir()) == []
+    (tmp_path / "kept.xml").write_text("x")
+    assert unwritable(tmp_path / "kept.xml") == "" and (tmp_path / "kept.xml").read_text() == "x"
