@@ -95,10 +95,30 @@ def pytest_configure(config):
     except ki.KnownIssueError as e:
         raise pytest.UsageError(str(e)) from None
     config.stash[FINGERPRINT_KEY] = fpmod.collect(s["kvm_device"])
+    _check_named_device(config, s["kvm_device"], config.stash[FINGERPRINT_KEY])
     if not hasattr(config, "workerinput"):  # reports are written on the controller (or the only process)
         from .reports import recorder
 
         recorder.register(config, s, config.stash[FINGERPRINT_KEY])
+
+
+def _check_named_device(config, device: str, fp: dict) -> None:
+    """A device named with --kvm-device, KVMTEST_DEVICE or the ini key that KVM cannot be opened on
+    (missing, empty, not a KVM device) is one usage error at start, as `kvmtest run` refuses it: not
+    every test skipped with exit 0, nor one setup error per test. The default /dev/kvm missing still
+    skips every suite test (no KVM on this machine)."""
+    if fp.get("kvm") is not None:
+        return
+    if config.getoption("kvm_device") is not None:
+        source = "--kvm-device"
+    elif "KVMTEST_DEVICE" in os.environ:
+        source = "environment KVMTEST_DEVICE"
+    elif config.getini("kvm_device") not in (None, "", []):
+        source = "ini kvm_device"
+    else:
+        return
+    why = "empty device path" if not device else fp.get("kvm_error")
+    raise pytest.UsageError(f"{source} {device!r}: {why}: nothing can be tested")
 
 
 def _check_asm_cache_settings(config) -> None:

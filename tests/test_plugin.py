@@ -1,5 +1,6 @@
 """The pytest plugin, driven through pytester: options, markers, skips, known issues, JUnit."""
 
+import dataclasses
 import textwrap
 
 import pytest
@@ -98,18 +99,35 @@ def test_unknown_mode_in_marker_fails_collection(run):
     result.stdout.fnmatch_lines(["*unknown CPU mode 'long128'*"])
 
 
-def test_missing_device_skips_with_the_reason(run):
+def test_missing_default_device_skips_with_the_reason(run, monkeypatch):
+    """No KVM on the machine (the default device absent): every test needing it skips, saying so."""
+    from kvmtest import options
+
+    opts = [dataclasses.replace(o, default="/nonexistent/kvm") if o.name == "kvm_device" else o
+            for o in options.OPTIONS]
+    monkeypatch.setattr(options, "OPTIONS", opts)
     run.makepyfile("def test_k(kvm):\n    pass\n")
-    result = run.runpytest("-rs", "--kvm-device=/nonexistent/kvm")
+    result = run.runpytest("-rs")
     result.assert_outcomes(skipped=1)
     result.stdout.fnmatch_lines(["*no /nonexistent/kvm (is KVM loaded?)*"])
 
 
-def test_unopenable_device_is_an_error_not_a_skip(run, tmp_path):
+@pytest.mark.parametrize("how", ["option", "environment"])
+def test_named_missing_device_is_one_usage_error(run, monkeypatch, how):
+    """A device the user named that does not exist: one usage error at start, not every test skipped."""
+    run.makepyfile("def test_k(kvm):\n    pass\n")
+    if how == "environment":
+        monkeypatch.setenv("KVMTEST_DEVICE", "/nonexistent/kvm")
+    result = run.runpytest(*(["--kvm-device=/nonexistent/kvm"] if how == "option" else []))
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*'/nonexistent/kvm': no /nonexistent/kvm (is KVM loaded?): nothing can be tested*"])
+
+
+def test_unopenable_device_is_one_usage_error(run, tmp_path):
     run.makepyfile("def test_k(kvm):\n    pass\n")
     result = run.runpytest(f"--kvm-device={tmp_path}")  # a directory: exists, cannot be opened read-write
-    result.assert_outcomes(errors=1)
-    result.stdout.fnmatch_lines([f"*{tmp_path}: cannot open*"])
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"*{tmp_path}: cannot open*"])
 
 
 def test_requires_cap_skips_naming_the_capability(run):
