@@ -3,9 +3,9 @@
 
 Runs `kvmtest run --kernel KERNEL --kvm-param ...` (one boot per combination of module
 parameters, e.g. kvm_amd.npt=1 and npt=0: two-dimensional and shadow paging on upstream KVM)
-and prints, side by side, each configuration's boots (seconds to boot, seconds of tests),
-crashes and counts (passed, skipped, xfailed, failed, error), read from the `.summary.json`
-files the runner writes. `--from DIR` prints the table for a run already made.
+and prints, side by side, each configuration's VMs (shards run at once), boots (seconds to boot,
+seconds of tests in the busiest VM, wall seconds of the configuration), crashes and counts
+(passed, skipped, xfailed, failed, error), read from the `.summary.json` files the runner writes. `--from DIR` prints the table for a run already made.
 
     python benchmarks/bench_upstream_host.py --kernel debian --param kvm_amd.npt=1,0 suites
     python benchmarks/bench_upstream_host.py --from reports/upstream
@@ -44,19 +44,28 @@ def load(report_dir: Path) -> list[dict]:
 
 
 def row(s: dict) -> str:
+    """One configuration: VMs at once (shards), boots, the busiest VM's seconds of booting and of tests
+    (its boots added up), the wall time of the whole configuration, counts, crashes."""
     boots = s["boots"]
-    boot_s = sum(b["boot_s"] for b in boots if b["boot_s"] >= 0)
-    tests_s = sum(b["tests_s"] for b in boots if b["tests_s"] >= 0)
+    booting: dict = {}
+    testing: dict = {}
+    for b in boots:
+        vm = b.get("shard", 1)
+        booting[vm] = booting.get(vm, 0.0) + max(b["boot_s"], 0.0)
+        testing[vm] = testing.get(vm, 0.0) + max(b["tests_s"], 0.0)
+    wall = s.get("wall_s")  # written since the runner splits a configuration over VMs
     counts = s["counts"]
     cells = "  ".join(f"{counts.get(k, 0):>7}" for k in STATUSES)
     label = " ".join(s["kvm_params"]) or "default"
-    return (f"{label:<24} {s['accelerator']:<5} {len(boots):>5} {boot_s:>7.0f} {tests_s:>8.0f} "
-            f"{sum(counts.values()):>6}  {cells}  {len(s['crashes']):>7}  {s['outcome']}")
+    return (f"{label:<24} {s['accelerator']:<5} {s.get('shards', 1):>3} {len(boots):>5} "
+            f"{max(booting.values(), default=0):>7.0f} {max(testing.values(), default=0):>8.0f} "
+            f"{'-' if wall is None else f'{wall:.0f}':>7} {sum(counts.values()):>6}  {cells}  "
+            f"{len(s['crashes']):>7}  {s['outcome']}")
 
 
 def table(summaries: list[dict]) -> str:
-    head = (f"{'configuration':<24} {'accel':<5} {'boots':>5} {'boot s':>7} {'tests s':>8} {'total':>6}  "
-            + "  ".join(f"{k:>7}" for k in STATUSES) + f"  {'crashes':>7}  outcome")
+    head = (f"{'configuration':<24} {'accel':<5} {'VMs':>3} {'boots':>5} {'boot s':>7} {'tests s':>8} {'wall s':>7} "
+            f"{'total':>6}  " + "  ".join(f"{k:>7}" for k in STATUSES) + f"  {'crashes':>7}  outcome")
     lines = [head, "-" * len(head)] + [row(s) for s in summaries]
     for s in summaries:
         for c in s["crashes"]:

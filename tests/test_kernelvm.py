@@ -1,6 +1,7 @@
 """`kvmtest run --kernel` without booting anything: kernel lookup, Debian fetch parsing, the vng
 command per accelerator, the crash oracle's console parser and watchdog, verdicts and exit codes."""
 
+import argparse
 import json
 import re
 import struct
@@ -448,6 +449,89 @@ def test_a_panic_costs_one_test_and_the_run_goes_on(tmp_path):
     assert not list(reports.glob("*.boot2.xml")), "per-boot JUnit left beside the merged one"
 
 
+def test_a_configuration_split_over_two_vms_runs_each_test_once_and_resumes_per_shard(tmp_path):
+    """--vm-shards 2: each VM runs every other test; the VM that panics resumes on its own; one report."""
+    vng = tmp_path / "vng"
+    vng.write_text(f"#!{sys.executable}\n{FAKE_VNG}")
+    vng.chmod(0o755)
+    demo = tmp_path / "demo"
+    demo.mkdir()
+    (demo / "test_demo.py").write_text(DEMO_TESTS)
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    args = cli.build_parser().parse_args(["run", "--report-dir", str(reports), "--vm-stall", "60",
+                                          "--vm-timeout", "240"])
+    args.vm_shards, args.vm_cpus = 2, 1
+    b = vmrun.run_config(args, ["-s", "-pno:cacheprovider", str(demo)], K, "tcg", ("kvm_amd.npt=0",), reports,
+                         {"vng": str(vng)})
+    # shard 1 runs test_a and test_c; shard 2 test_b_panics, then in a fresh VM test_d_fails
+    assert sorted(zip(b.boot_shards, [k for k, _, _ in b.boots])) == [(1, "done"), (2, "done"), (2, "panic")]
+    assert b.kind == "done" and b.wall_s > 0
+    assert [kind for _, kind in b.crashes] == ["panic"] and b.crashes[0][0].endswith("test_demo.py::test_b_panics")
+    results = read_junit(b.path(".xml"))
+    assert sorted((r.name, r.status) for r in results) == [
+        ("test_a", "passed"), ("test_b_panics", "error"), ("test_c", "passed"), ("test_d_fails", "failed")]
+    assert b.pytest_exit == 1 and runner.boot_code(b, bisect=True) == 1
+    left = sorted(p.name.split(".shard")[1] for p in reports.glob("*.shard*"))
+    assert left == ["1.console.log", "2.boot2.console.log", "2.console.log"], "shard files left beside the merged report"
+    s = json.loads(runner.write_summary(b, "tcg", K).read_text())
+    assert s["shards"] == 2 and sorted(x["shard"] for x in s["boots"]) == [1, 2, 2]
+
+
+def test_shards_take_every_nth_test_and_refuse_a_bad_spec():
+    items = list("abcdefg")
+    assert progress.shard_items(items, (1, 3)) == (["a", "d", "g"], ["b", "c", "e", "f"])
+    assert progress.shard_items(items, (3, 3))[0] == ["c", "f"]
+    assert progress.shard_items(items, None) == (items, [])
+    assert progress.shard_value("2/3") == (2, 3)
+    for bad in ("0/2", "3/2", "2", "a/b", "1/0"):
+        with pytest.raises(argparse.ArgumentTypeError, match="expected K/N"):
+            progress.shard_value(bad)
+
+
+def test_default_shards_follow_host_cpus_and_memory_under_tcg_only():
+    assert boot.default_shards("tcg", 1, "2G", host_cpus=2, available=24 << 30) == 2
+    assert boot.default_shards("tcg", 1, "2G", host_cpus=16, available=5 << 30) == 2  # memory for two VMs
+    assert boot.default_shards("tcg", 2, "2G", host_cpus=2, available=24 << 30) == 1
+    assert boot.default_shards("tcg", 1, "4096M", host_cpus=8, available=1 << 30) == 1
+    assert boot.default_shards("kvm", 2, "2G", host_cpus=64, available=1 << 40) == 1
+    assert boot.memory_bytes("2G") == 2 << 30 and boot.memory_bytes("512") == 512 << 20
+
+
+def test_shard_exit_combines_the_vms_verdicts():
+    assert vmrun.shard_exit(1, [0, 0]) == 1
+    assert vmrun.shard_exit(0, [0, 5]) == 0      # one VM got none of a short selection
+    assert vmrun.shard_exit(0, [5, 5]) == 5      # nothing selected anywhere
+    assert vmrun.shard_exit(0, [0, 4]) == 4      # a usage error stands
+    assert vmrun.shard_exit(0, [None, 0]) == 0   # a crashed shard's results are in the rebuilt reports
+
+
+def test_a_one_vcpu_vm_runs_pytest_without_xdist_workers(tmp_path):
+    args = cli.build_parser().parse_args(["run", "--report-dir", str(tmp_path)])
+    args.vm_cpus = 1
+    assert vmrun.vm_jobs(args, "tcg") == "0"
+    args.vm_cpus = 4
+    assert vmrun.vm_jobs(args, "tcg") == "4"
+    args.jobs = "2"
+    assert vmrun.vm_jobs(args, "tcg") == "2"   # -j as given
+    out = vmrun.session_args(args, [], tmp_path / "b", tmp_path, jobs="0", shard=(2, 3))
+    assert out[out.index("-j") + 1] == "0" and "--kvm-vm-shard=2/3" in out
+    suspects = vmrun.session_args(args, [], tmp_path / "b", tmp_path, ["t.py::x"], jobs="0", shard=(2, 3))
+    assert not any(a.startswith("--kvm-vm-shard") for a in suspects)
+
+
+def test_progress_log_holds_phase_reports_until_teardown(tmp_path):
+    log = progress._Log(tmp_path / "p.jsonl")
+    log.write({"start": "t.py::a"})
+    log.pending.append({"report": serialized("t.py::a", "setup")})
+    assert progress.in_flight(progress.read(log.path)) == ["t.py::a"]
+    log.write({"report": serialized("t.py::a", "teardown")})
+    assert [e["report"]["when"] for e in progress.read(log.path) if "report" in e] == ["setup", "teardown"]
+    log.pending.append({"report": serialized("t.py::b", "setup")})
+    log.close()
+    assert progress.read(log.path)[-1]["report"]["nodeid"] == "t.py::b" and log.file is None
+
+
 def serialized(nodeid, when, outcome="passed", longrepr=None):
     return pytest.TestReport(nodeid, ("t.py", 0, nodeid), {}, outcome, longrepr, when)._to_json()
 
@@ -503,7 +587,8 @@ def test_summary_json_gives_boots_counts_and_crashes_and_the_benchmark_reads_it(
     assert bench.main(["--from", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     line = next(x for x in out.splitlines() if x.startswith("kvm_amd.npt=0"))
-    assert line.split()[1:6] == ["tcg", "2", "58", "140", "4"]  # accel, boots, boot s, tests s, total
+    # accel, VMs, boots, boot s, tests s, wall s, total
+    assert line.split()[1:8] == ["tcg", "1", "2", "58", "140", "-1", "4"]
     assert "the VM died in suites/x.py::test_b (qemu-abort)" in out
 
 

@@ -62,6 +62,35 @@ def default_cpus(accel: str) -> int:
     return TCG_CPUS if accel == "tcg" else KVM_CPUS
 
 
+def memory_bytes(size: str) -> int:
+    """'2G' -> 2 GiB in bytes (QEMU's -m suffixes K, M, G, T; no suffix is MiB, as for QEMU)."""
+    scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    return int(size[:-1]) * scale[size[-1]] if size[-1:] in scale else int(size) << 20
+
+
+def mem_available(meminfo: str = "/proc/meminfo") -> int:
+    """The host's MemAvailable in bytes (0 when unreadable)."""
+    try:
+        for line in Path(meminfo).read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def default_shards(accel: str, cpus: int, memory: str, host_cpus: int | None = None, available: int | None = None) -> int:
+    """VMs one configuration is split over when --vm-shards is not given. Under TCG as many as the
+    host has CPUs for (each VM's vCPUs run on host threads of their own; one VM is limited to
+    TCG_CPUS, see above) and memory for; under nested KVM one VM, whose vCPUs run pytest-xdist workers."""
+    if accel != "tcg":
+        return 1
+    host_cpus = host_cpus if host_cpus is not None else os.cpu_count() or 1
+    available = available if available is not None else mem_available()
+    by_memory = available // memory_bytes(memory) if available else 1
+    return max(1, min(host_cpus // max(cpus, 1), by_memory))
+
+
 def find_tools() -> dict[str, str]:
     """vng (beside this Python first: the venv's bin need not be on PATH), QEMU, busybox."""
     venv_vng = Path(sys.executable).parent / "vng"
@@ -114,6 +143,16 @@ class VmRun:
     seconds: float = 0.0
 
 
+_LIVE: set[subprocess.Popen] = set()  # the VMs being watched, by every thread (shards of a configuration)
+
+
+def kill_all() -> None:
+    """Stop every VM still being watched (a signal reaches the main thread only; the shards' VMs
+    are watched by other threads and run in sessions of their own)."""
+    for proc in list(_LIVE):
+        _kill(proc)
+
+
 def _kill(proc: subprocess.Popen) -> None:
     """The whole process group: vng, virtme-run, QEMU."""
     for sig, wait in ((signal.SIGTERM, 5), (signal.SIGKILL, 5)):
@@ -136,11 +175,14 @@ def watch(cmd: list[str], log_path: Path, *, timeout_s: float, stall_s: float, e
     partial = {"out": b"", "err": b""}
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             start_new_session=True, env=env)
+    _LIVE.add(proc)
     try:
         _read_console(proc, log_path, run, console, timeout_s, stall_s, echo, clock, start, partial)
     except BaseException:  # Ctrl-C or a bug here: the VM runs in its own session and would outlive us
         _kill(proc)
         raise
+    finally:
+        _LIVE.discard(proc)
     if proc.poll() is None:
         _kill(proc)
     run.returncode = proc.wait()

@@ -9,6 +9,12 @@ already has a verdict for, and the tests the host recorded as having crashed the
 
 Log lines: {"session": fingerprint}, {"start": nodeid}, {"report": serialized TestReport},
 {"crash": nodeid, "what", "message", "tail"} (written by the host), {"suspects": [nodeid, ...]}.
+
+The log stays open for the whole session and a test's phase reports are written together when its
+teardown is reported: over the VM's 9p share every open costs milliseconds, and a test without its
+teardown report counts as in flight whatever else was logged for it (resume.py replaces it by the
+crash). With `--kvm-vm-shard=K/N` (a configuration split over N VMs, vmrun.py) the session keeps
+every N-th collected test, starting with the K-th: each VM collects the same tests in the same order.
 """
 
 import json
@@ -58,9 +64,34 @@ def append(path: Path, entry: dict) -> None:
     """Append `entry` to the progress log at `path` as one JSON line and fsync it: the VM may die
     on its next instruction, and the host must still read the line."""
     with open(path, "a") as f:
-        f.write(json.dumps(entry, default=str) + "\n")
-        f.flush()
-        os.fsync(f.fileno())  # the VM may die on the next instruction
+        _write(f, [entry])
+
+
+def _write(f, entries: list[dict]) -> None:
+    f.write("".join(json.dumps(e, default=str) + "\n" for e in entries))
+    f.flush()
+    os.fsync(f.fileno())  # the VM may die on the next instruction
+
+
+class _Log:
+    """The session's progress log, open from the first line to the session's end (one open over 9p,
+    not one per line); phase reports wait for the test's teardown and go out in one write."""
+
+    def __init__(self, path: Path):
+        self.path, self.file, self.pending = path, None, []
+
+    def write(self, entry: dict) -> None:
+        if self.file is None:
+            self.file = open(self.path, "a")
+        _write(self.file, [*self.pending, entry])
+        self.pending = []
+
+    def close(self) -> None:
+        if self.pending:
+            self.write(self.pending.pop())
+        if self.file is not None:
+            self.file.close()
+            self.file = None
 
 
 def _log_path():
@@ -71,20 +102,42 @@ def _controller(config) -> bool:
     return not hasattr(config, "workerinput")  # pytest-xdist workers have it
 
 
+def pytest_addoption(parser):
+    """pytest hook: --kvm-vm-shard=K/N (set by vmrun.py for a configuration split over N VMs)."""
+    parser.addoption("--kvm-vm-shard", default=None, type=shard_value, metavar="K/N",
+                     help="run every N-th collected test starting with the K-th (kvmtest run --kernel sets it)")
+
+
+def shard_value(text: str) -> tuple[int, int]:
+    """'2/3' -> (2, 3); the argparse type of --kvm-vm-shard (1 <= K <= N)."""
+    import argparse
+
+    k, sep, n = text.partition("/")
+    if sep and k.isdigit() and n.isdigit() and 1 <= int(k) <= int(n):
+        return int(k), int(n)
+    raise argparse.ArgumentTypeError(f"{text!r}: expected K/N with 1 <= K <= N, e.g. 1/2")
+
+
+def shard_items(items: list, shard: tuple[int, int] | None) -> tuple[list, list]:
+    """(kept, dropped): every N-th of the collected `items` starting with the K-th for shard (K, N)."""
+    if shard is None:
+        return list(items), []
+    k, n = shard
+    return ([i for at, i in enumerate(items) if at % n == k - 1],
+            [i for at, i in enumerate(items) if at % n != k - 1])
+
+
 def pytest_collection_modifyitems(session, config, items):
-    """pytest hook: deselect the tests the progress log already has a verdict for (a resumed run
-    in a fresh VM), reporting them as deselected."""
+    """pytest hook: keep this VM's shard of the tests (--kvm-vm-shard), then deselect the tests the
+    progress log already has a verdict for (a resumed run in a fresh VM), reporting both as
+    deselected."""
+    kept, deselected = shard_items(items, config.getoption("kvm_vm_shard", None))
     path = _log_path()
-    if path is None:
-        return
-    skip = finished(read(path))
-    if not skip:
-        return
-    kept = [i for i in items if i.nodeid not in skip]
-    deselected = [i for i in items if i.nodeid in skip]
+    skip = finished(read(path)) if path is not None else set()
+    deselected += [i for i in kept if i.nodeid in skip]
     if deselected:
         config.hook.pytest_deselected(items=deselected)
-        items[:] = kept
+        items[:] = [i for i in kept if i.nodeid not in skip]
 
 
 def pytest_sessionstart(session):
@@ -93,28 +146,40 @@ def pytest_sessionstart(session):
     if path is not None and _controller(session.config):
         from ..plugin import FINGERPRINT_KEY
 
-        append(path, {"session": session.config.stash.get(FINGERPRINT_KEY, {})})
+        _LOG[0] = _Log(path)
+        _LOG[0].write({"session": session.config.stash.get(FINGERPRINT_KEY, {})})
+
+
+def pytest_sessionfinish(session):
+    """pytest hook: close the progress log (writing any phase report still held)."""
+    if _LOG[0] is not None:
+        _LOG[0].close()
 
 
 def pytest_runtest_logstart(nodeid, location):
     """pytest hook: log that test `nodeid` started, so a VM that dies now names it in flight."""
-    path = _log_path()
-    if path is not None and _controller(_CONFIG[0]):
+    log = _LOG[0]
+    if log is not None:
         _RUNNING[nodeid] = time.monotonic()
-        append(path, {"start": nodeid})
+        log.write({"start": nodeid})
 
 
 def pytest_runtest_logreport(report):
     """pytest hook: log each phase report of a test in pytest's serialized form (as pytest-xdist
-    sends them), from which resume.py rebuilds the reports after a crash."""
-    path = _log_path()
-    if path is not None and _controller(_CONFIG[0]):
+    sends them), from which resume.py rebuilds the reports after a crash; held until the test's
+    teardown report, then written together."""
+    log = _LOG[0]
+    if log is not None:
         config = _CONFIG[0]
-        append(path, {"report": config.hook.pytest_report_to_serializable(config=config, report=report)})
+        entry = {"report": config.hook.pytest_report_to_serializable(config=config, report=report)}
         if report.when == "teardown":
+            log.write(entry)
             _RUNNING.pop(report.nodeid, None)
+        else:
+            log.pending.append(entry)
 
 
+_LOG: list = [None]  # the controller's open progress log (set at session start)
 _CONFIG: list = [None]  # logstart/logreport hooks get no config argument
 _RUNNING: dict[str, float] = {}  # tests in flight -> when they started (time.monotonic)
 

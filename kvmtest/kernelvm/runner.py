@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import KernelVmError
-from .boot import default_cpus, detect_accelerator, find_tools
+from .boot import default_cpus, default_shards, detect_accelerator, find_tools
 from .kernel import resolve
 
 # vmrun (and the progress plugin it imports) loads only for --kernel: imported here, the plugin
@@ -52,6 +52,9 @@ def add_run_arguments(run: argparse.ArgumentParser) -> None:
                    help="vCPUs of the VM (default: 1 under TCG, where QEMU's multi-threaded TCG can livelock an "
                         "SMP kernel that patches its own code, see boot.TCG_CPUS; 2 under nested KVM)")
     g.add_argument("--vm-memory", default="2G", help="memory of the VM (default 2G)")
+    g.add_argument("--vm-shards", type=int, default=None,
+                   help="VMs each configuration is split over, running at once, each every N-th test (default: "
+                        "under TCG one per host CPU the memory allows, see boot.default_shards; 1 under nested KVM)")
 
 
 def add_kernel_parser(sub) -> None:
@@ -82,7 +85,7 @@ def cmd_kernel(args) -> int:
 # (module and parameter names are C identifiers, the kernel treats - and _ alike)
 _NAME = re.compile(r"[A-Za-z0-9_-]+")
 _VALUE = re.compile(r"[A-Za-z0-9_.:+-]+")
-VM_ONLY_OPTIONS = ("kvm_param", "accel", "vm_cpus")  # None (or []) unless given
+VM_ONLY_OPTIONS = ("kvm_param", "accel", "vm_cpus", "vm_shards")  # None (or []) unless given
 
 
 def param_matrix(specs: list[str]) -> list[tuple[str, ...]]:
@@ -225,8 +228,10 @@ def write_summary(boot: "Boot", accel: str, kernel) -> Path:
     counts = _counts(boot.path(".xml")) if boot.pytest_exit is not None else Counter()
     data = {"kvm_params": list(boot.params), "kernel": kernel.release, "kernel_source": kernel.source,
             "accelerator": accel, "outcome": boot.kind, "pytest_exit": boot.pytest_exit,
-            "boots": [{"ended": kind, "boot_s": round(booted, 1), "tests_s": round(tests, 1)}
-                      for kind, booted, tests in boot.boots],
+            "boots": [{"ended": kind, "boot_s": round(booted, 1), "tests_s": round(tests, 1),
+                       **({"shard": boot.boot_shards[i]} if boot.boot_shards else {})}
+                      for i, (kind, booted, tests) in enumerate(boot.boots)],
+            "shards": max(boot.boot_shards, default=1), "wall_s": round(boot.wall_s, 1),
             "counts": dict(sorted(counts.items())), "crashes": [{"test": t, "kind": k} for t, k in boot.crashes],
             "warnings": boot.warnings, "junit": str(boot.path(".xml"))}
     path = boot.path(".summary.json")
@@ -238,10 +243,13 @@ def summary(boot: "Boot", accel: str, release: str) -> str:
     """One configuration's result for the terminal: boot and test seconds of each boot, the result
     counts, the tests that killed the VM, console warnings, and how the last boot ended."""
     times = []
-    for kind, booted, tests in boot.boots:
-        t = f"booted in {booted:.0f} s" if booted >= 0 else "no boot"
+    for i, (kind, booted, tests) in enumerate(boot.boots):
+        t = f"shard {boot.boot_shards[i]}: " if boot.boot_shards else ""
+        t += f"booted in {booted:.0f} s" if booted >= 0 else "no boot"
         t += f", tests {tests:.0f} s" if tests >= 0 else f", {kind}"
         times.append(t)
+    if boot.boot_shards and boot.wall_s >= 0:
+        times.append(f"{boot.wall_s:.0f} s in all")
     counts = _counts(boot.path(".xml")) if boot.pytest_exit is not None else Counter()
     text = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) if counts else boot.message
     out = f"kvmtest run --kernel: [{boot.label}] {release} under {accel}: {'; '.join(times) or 'no boot'}: {text}"
@@ -289,8 +297,14 @@ def cmd_run_kernel(args, extra) -> int:
     elif args.vm_cpus < 1:
         print(f"kvmtest run --kernel: --vm-cpus {args.vm_cpus}: expected a number of vCPUs, 1 or more", file=sys.stderr)
         return skip
+    if args.vm_shards is None:
+        args.vm_shards = default_shards(accel, args.vm_cpus, args.vm_memory)
+    elif args.vm_shards < 1:
+        print(f"kvmtest run --kernel: --vm-shards {args.vm_shards}: expected a number of VMs, 1 or more", file=sys.stderr)
+        return skip
+    shards = f", {args.vm_shards} VMs at once per configuration" if args.vm_shards > 1 else ""
     print(f"kvmtest run --kernel: {kernel.release} ({kernel.source}), accelerator {accel} ({why}), "
-          f"{args.vm_cpus} vCPU(s), {len(combos)} boot(s)", flush=True)
+          f"{args.vm_cpus} vCPU(s){shards}, {len(combos)} configuration(s)", flush=True)
     report_dir = Path(args.report_dir).resolve()
     report_dir.mkdir(parents=True, exist_ok=True)  # refuse_unusable_outputs made sure it can be
     boots = []
@@ -311,6 +325,8 @@ def cmd_run_kernel(args, extra) -> int:
         for ext in (".xml", ".ktap", ".html", ".console.log", ".summary.json"):
             if boot.path(ext).exists():
                 print(f"kvmtest run --kernel: {ext[1:]} {boot.path(ext)}")
+        for log in sorted(boot.stem.parent.glob(f"{boot.stem.name}.shard*.console.log")):
+            print(f"kvmtest run --kernel: console.log {log}")
     xmls = [b.path(".xml") for b in boots]
     if len(boots) > 1:
         merged = Path(args.junit) if args.junit else boots[0].stem.with_name(boots[0].stem.name + "-matrix.xml")
