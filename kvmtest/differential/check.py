@@ -77,4 +77,9 @@ def check_form(form: Form, paths: list[Path], settings: Settings, seed: int | st
         code, outcomes = run_paths(insn, paths, case)
         compare(insn, code, case, outcomes, note)
 
+    # The example-database key: with no database (profiles.py) hypothesis has no use for it, but
+    # without one set it hashes the test's source on every run (inspect.getsource: file stats and a
+    # parse per check, slow over 9p in a VM). hypothesis.find() presets this private attribute the same
+    # way; were it renamed, only this saving would be lost (tests/test_differential.py notices).
+    differential._hypothesis_internal_database_key = None   # type: ignore[attr-defined]
     differential()

@@ -12,12 +12,19 @@ lists the uniform range first: hypothesis shrinks towards a strategy's first bra
 range, towards its smallest value, so a failure reads as the numerically smallest input that shows
 it (0x1234, not the edge 0xffffffff that happened to hit it first).
 
+A form's inputs are one st.composite that draws every value straight from its own st.one_of: no
+st.builds, .map or .flatmap layer around them, since hypothesis's work per draw, not the guests, was
+most of the emulator suite's time (issue 18). Each value stays its own one_of because that is what
+hypothesis's shrinker re-encodes under the uniform branch (an edge branch and its index, replaced by
+the same value drawn from the range, which then shrinks); drawing the branches of several values at
+once would save draws but leave failures shrunk to the edge they were found with.
+
 The memory window is the operand page (RAM on one path, MMIO on another) and MARGIN bytes of RAM on
 each side, so that an operand straddling the page's edge, or a bit offset reaching past it, lands
 in memory every path starts with the same bytes and that is compared afterwards.
 """
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import cache
 
 from hypothesis import strategies as st
@@ -117,13 +124,18 @@ def values(bits: int) -> st.SearchStrategy[int]:
 
 
 @cache
-def register(low: st.SearchStrategy[int], bits: int) -> st.SearchStrategy[int]:
-    """A 64-bit register whose low `bits` come from `low`; the upper bits are zero, all ones or
-    any (an 8/16-bit write must keep them, a 32-bit one clear them: SDM Vol. 1 3.4.1.1)."""
-    if bits >= 64:
-        return low
-    upper = st.one_of(st.integers(0, M64 >> bits), st.sampled_from([0, M64 >> bits]))
-    return st.builds(lambda hi, lo: (hi << bits | lo) & M64, upper, low)
+def _upper(bits: int) -> st.SearchStrategy[int]:
+    """The bits of a register above its low `bits`: any, zero or all ones."""
+    return st.one_of(st.integers(0, M64 >> bits), st.sampled_from([0, M64 >> bits]))
+
+
+def register(draw, low: st.SearchStrategy[int] | int, bits: int) -> int:
+    """A 64-bit register whose low `bits` are `low` (drawn from it if a strategy); the upper bits are
+    zero, all ones or any (an 8/16-bit write must keep them, a 32-bit one clear them: SDM Vol. 1
+    3.4.1.1). `draw`: the st.composite's."""
+    upper = draw(_upper(bits)) if bits < 64 else 0
+    value = draw(low) if isinstance(low, st.SearchStrategy) else low
+    return (upper << bits | value & ((1 << bits) - 1)) & M64
 
 
 @cache
@@ -137,43 +149,35 @@ def counts(bits: int) -> st.SearchStrategy[int]:
 
 @cache
 def bit_offsets(bits: int) -> st.SearchStrategy[int]:
-    """A register bit offset for BT/BTS/BTR/BTC [m], r as the register's low `bits` (two's
-    complement): inside the operand, just past it either way, and up to BIT_OFFSET_REACH bits
-    away (SDM Vol. 2A BT: with a memory operand the offset is signed and selects a bit anywhere
-    relative to the operand's address)."""
+    """A register bit offset for BT/BTS/BTR/BTC [m], r, signed (register() keeps its low `bits`: two's
+    complement): inside the operand, just past it either way, and up to BIT_OFFSET_REACH bits away
+    (SDM Vol. 2A BT: with a memory operand the offset is signed and selects a bit anywhere relative
+    to the operand's address)."""
     edges = [0, 1, bits - 1, bits, bits + 1, 2 * bits - 1, -1, -bits, -bits - 1, BIT_OFFSET_REACH - 1,
              -BIT_OFFSET_REACH]
-    signed = st.one_of(st.integers(-BIT_OFFSET_REACH, BIT_OFFSET_REACH - 1), st.sampled_from(edges))
-    return signed.map(lambda o: o & ((1 << bits) - 1))
+    return st.one_of(st.integers(-BIT_OFFSET_REACH, BIT_OFFSET_REACH - 1), st.sampled_from(edges))
 
 
 FLAG_BITS = sorted(FLAG_NAMES)
-flags = st.integers(0, (1 << len(FLAG_BITS)) - 1).map(
-    lambda n: sum(bit for i, bit in enumerate(FLAG_BITS) if n >> i & 1))
+_FLAG_SETS = st.integers(0, (1 << len(FLAG_BITS)) - 1)
 
 
-@st.composite
-def _dividend_high(draw, form: Form, rax: int, mem: int) -> int:
+def draw_flags(draw) -> int:
+    """Any combination of the status flags (RFLAGS bits), drawn with `draw` (an st.composite's)."""
+    n = draw(_FLAG_SETS)
+    return sum(bit for i, bit in enumerate(FLAG_BITS) if n >> i & 1)
+
+
+def _dividend_high(draw, form: Form, rax: int, divisor: int) -> int:
     """RDX for DIV/IDIV (the dividend's upper half; AH for 8-bit operands, in RAX): often one that
-    gives a quotient in range, often one that does not (#DE, SDM Vol. 2A DIV, IDIV). `mem`: the
-    divisor (the memory operand, or RCX for the register form)."""
+    gives a quotient in range, often one that does not (#DE, SDM Vol. 2A DIV, IDIV). `divisor`: the
+    memory operand, or RCX for the register form."""
     bits = form.size
     mask = (1 << bits) - 1
     low = rax & mask
     sign_ext = mask if low >> (bits - 1) & 1 else 0
-    choices = [0, sign_ext, (mem & mask) - 1 if mem & mask else 0, mask]
+    choices = [0, sign_ext, (divisor & mask) - 1 if divisor & mask else 0, mask]
     return draw(st.one_of(st.integers(0, mask), st.sampled_from(choices)))
-
-
-def _with_dividend(form: Form):
-    """DIV/IDIV inputs with the dividend's upper half drawn against the divisor."""
-    @st.composite
-    def draw_it(draw, case: Inputs) -> Inputs:
-        high = draw(_dividend_high(form, case.rax, case.mem if form.memory else case.rcx))
-        if form.size == 8:   # the dividend is AX: AH is its upper half
-            return replace(case, rax=case.rax & ~0xFF00 | high << 8)
-        return replace(case, rdx=case.rdx & ~((1 << form.size) - 1) | high)
-    return draw_it
 
 
 def offsets(form: Form) -> st.SearchStrategy[int]:
@@ -194,28 +198,48 @@ def offsets(form: Form) -> st.SearchStrategy[int]:
 
 
 @cache
+def _rcx(form: Form) -> tuple[st.SearchStrategy[int], int]:
+    """RCX's low part and its width: a count in CL for shifts by CL, a bit offset for BT-family forms,
+    else a value of the operand size."""
+    size = form.size
+    if form.family == "shift" and form.shape in ("mcl", "gcl"):
+        return counts(8), 8
+    if form.family == "bit" and form.shape == "mr":
+        return bit_offsets(size), size
+    if form.family == "bit" and form.shape == "gr":
+        # with a register base the offset is taken modulo the operand size (SDM Vol. 2A BT): small
+        # offsets and those around the size and its multiples, and any value
+        return st.one_of(counts(size), values(size)), size
+    return values(size), size
+
+
+@st.composite
+def _inputs(draw, form: Form) -> Inputs:
+    """RAX, RCX, RDX, the flags, the memory operand and its offset, the immediate, in the order
+    st.builds(Inputs, ...) drew them (see the module docstring for why a composite)."""
+    size = form.size
+    rax = register(draw, values(size), size)
+    rcx = register(draw, *_rcx(form))
+    rdx = register(draw, values(size), size)
+    flags = draw_flags(draw)
+    mem = draw(values(form.mem_size)) if form.mem_size else 0
+    offset = draw(offsets(form)) if form.memory else 0
+    imm = None
+    if form.imm_bits:
+        imm = draw(counts(size) if form.family == "shift" else values(form.imm_bits))
+    if form.mnemonic in ("div", "idiv"):
+        high = _dividend_high(draw, form, rax, mem if form.memory else rcx)
+        if size == 8:   # the dividend is AX: AH is its upper half
+            rax = rax & ~0xFF00 | high << 8
+        else:
+            rdx = rdx & ~((1 << size) - 1) | high
+    return Inputs(rax=rax, rcx=rcx, rdx=rdx, flags=flags, mem=mem, offset=offset, imm=imm)
+
+
+@cache
 def inputs(form: Form) -> st.SearchStrategy[Inputs]:
     """The strategy for `form`'s inputs (see the module docstring); built once per form."""
     from .family_inputs import FAMILIES
     if form.family in FAMILIES:
         return FAMILIES[form.family](form)
-    size = form.size
-    if form.family == "shift" and form.shape in ("mcl", "gcl"):
-        rcx = register(counts(8), 8)
-    elif form.family == "bit" and form.shape == "mr":
-        rcx = register(bit_offsets(size), size)
-    elif form.family == "bit" and form.shape == "gr":
-        # with a register base the offset is taken modulo the operand size (SDM Vol. 2A BT): small
-        # offsets and those around the size and its multiples, and any value
-        rcx = register(st.one_of(counts(size), values(size)), size)
-    else:
-        rcx = register(values(size), size)
-    imm: st.SearchStrategy[int | None] = st.none()
-    if form.imm_bits:
-        imm = counts(size) if form.family == "shift" else values(form.imm_bits)
-    strategy = st.builds(Inputs, rax=register(values(size), size), rcx=rcx, rdx=register(values(size), size),
-                         flags=flags, mem=values(form.mem_size) if form.mem_size else st.just(0),
-                         offset=offsets(form) if form.memory else st.just(0), imm=imm)
-    if form.mnemonic in ("div", "idiv"):
-        strategy = strategy.flatmap(_with_dividend(form))
-    return strategy
+    return _inputs(form)

@@ -20,7 +20,9 @@ from ..errors import BadArgumentError
 FAST, DEEP = "kvmtest-fast", "kvmtest-deep"
 PROFILE_ENV, SEED_ENV = "KVMTEST_HYPOTHESIS_PROFILE", "KVMTEST_HYPOTHESIS_SEED"
 
-# No example database: a run is reproduced by its seed, and a checkout stays free of .hypothesis/.
+# No example database: a run is reproduced by its seed. (Hypothesis still caches the integer constants it
+# reads from kvmtest's sources, once per module and process, in .hypothesis/constants, which it git-ignores;
+# HYPOTHESIS_STORAGE_DIRECTORY moves that.)
 # No deadline: KVM_RUN's time varies with the host's load. The health checks that judge data size
 # and speed are about generators run in microseconds, not ones that start guests.
 settings.register_profile(FAST, max_examples=6, deadline=None, database=None, print_blob=False,
