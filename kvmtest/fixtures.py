@@ -4,7 +4,7 @@ one call. Each tier closes what it made when the test ends, passed or failed.
 
     kvm (session) -> vm -> vcpu
                         -> vm_with_memory
-    kvm + guest_timeout -> guest(mode, source, ...)     (mode: from @pytest.mark.modes)
+    kvm (+ guest_timeout) -> guest(mode, source, ...)   (mode: from @pytest.mark.modes)
 
 Registered by kvmtest.plugin (its pytest_addoption); in a session where the plugin is dormant the
 fixtures exist but refuse to run, saying how to wake the plugin (kvmtest.options.settings).
@@ -96,18 +96,16 @@ def mode(request):
                 f"one (e.g. @pytest.mark.modes(code_bits=64); kvmtest.guest.mode_select)", pytrace=False)
 
 
-@pytest.fixture
-def guest_timeout(request, pytestconfig) -> float:
-    """The per-KVM_RUN timeout in seconds: the guest_timeout marker, else --kvm-guest-timeout.
-
-    A marker that is not one finite number of seconds above 0 raises InvalidTimeoutError naming
-    the test."""
+def guest_timeout_of(node, config) -> float:
+    """The per-KVM_RUN timeout in seconds for test `node`: its guest_timeout marker, else
+    --kvm-guest-timeout. A marker that is not one finite number of seconds above 0 raises
+    InvalidTimeoutError naming the test."""
     from .validate import timeout
 
-    marker = request.node.get_closest_marker("guest_timeout")
+    marker = node.get_closest_marker("guest_timeout")
     if marker is None:
-        return settings(pytestconfig)["kvm_guest_timeout"]
-    where = f"@pytest.mark.guest_timeout on {request.node.nodeid}"
+        return settings(config)["kvm_guest_timeout"]
+    where = f"@pytest.mark.guest_timeout on {node.nodeid}"
     if len(marker.args) != 1 or marker.kwargs:
         from .errors import InvalidTimeoutError
 
@@ -117,14 +115,26 @@ def guest_timeout(request, pytestconfig) -> float:
 
 
 @pytest.fixture
-def guest(kvm, guest_timeout, request):
+def guest_timeout(request) -> float:
+    """The per-KVM_RUN timeout in seconds: the guest_timeout marker, else --kvm-guest-timeout.
+
+    A marker that is not one finite number of seconds above 0 raises InvalidTimeoutError naming
+    the test."""
+    return guest_timeout_of(request.node, request.config)
+
+
+@pytest.fixture
+def guest(kvm, request):
     """Factory: guest(mode, source, *, page_size=KiB4, **kw) -> kvmtest.guest.Guest, a VM with one
     vCPU set up in CPU mode `mode` to run the assembly `source` (see Guest for the keywords);
     every guest made is closed after the test, and a failing test's report shows their state.
+    Guests get the test's timeout, the guest_timeout fixture's value, looked up here rather than
+    requested: one fixture fewer to set up and tear down for every test that makes a guest.
 
     A mode or page size that needs a CPU feature KVM_GET_SUPPORTED_CPUID does not report skips
     the test, naming the feature.
     """
+    guest_timeout = guest_timeout_of(request.node, request.config)
     made: list[Guest] = []
     request.node.stash[GUESTS_KEY] = made
 

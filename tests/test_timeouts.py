@@ -113,3 +113,48 @@ def test_a_day_is_the_longest_marker_accepted(run):
             pass
     """)
     run.runpytest("-p", "no:cacheprovider", "test_marker.py").assert_outcomes(passed=1, errors=1)
+
+
+def test_guests_get_the_marker_timeout_else_the_option(run):
+    """The guest fixture hands every guest the test's timeout (the guest_timeout fixture's value)
+    without setting that fixture up. (A stand-in Guest: no KVM needed.)"""
+    run.makeconftest("""
+        import pytest
+        import kvmtest.fixtures
+
+        class Recorded:
+            def __init__(self, kvm, mode, source, **kw):
+                self.kw = kw
+
+            def close(self):
+                pass
+
+        @pytest.fixture
+        def kvm():
+            return object()
+
+        @pytest.fixture(autouse=True)
+        def recorded_guests(monkeypatch):
+            monkeypatch.setattr(kvmtest.fixtures, "Guest", Recorded)
+    """)
+    run.makepyfile(test_guests="""
+        import pytest
+
+        @pytest.mark.guest_timeout(7)
+        def test_marked(guest, guest_timeout):
+            assert guest("long64", "hlt").kw["timeout"] == guest_timeout == 7
+
+        def test_unmarked(guest, guest_timeout):
+            assert guest("long64", "hlt").kw["timeout"] == guest_timeout == 3
+
+        def test_a_guest_may_still_name_its_own(guest):
+            assert guest("long64", "hlt", timeout=9).kw["timeout"] == 9
+
+        @pytest.mark.guest_timeout(0)
+        def test_a_bad_marker_is_refused_naming_the_test(guest):
+            pass
+    """)
+    result = run.runpytest("--kvm-guest-timeout=3", "test_guests.py")
+    result.assert_outcomes(passed=3, errors=1)
+    result.stdout.fnmatch_lines(["*@pytest.mark.guest_timeout on test_guests.py::test_a_bad_marker_is_refused_naming*"
+                                 "must be more than 0 seconds*"])

@@ -23,6 +23,7 @@ are written whole and renamed into place, so no reader sees half of one; several
 trouble (full, read-only) only costs the cache.
 """
 
+import errno
 import hashlib
 import json
 import os
@@ -43,6 +44,7 @@ DIR_VAR = "KVMTEST_CACHE_DIR"
 SECTIONS_INTERNED = 64    # distinct sections kept by digest (handler sections and recent guests)
 SHARED_SECTION_BYTES = 2048  # sections this large (the handlers) get a file of their own, stored once
 TMP_GRACE_S = 600         # a half-written file younger than this may be another process's
+_REFUSED = {errno.EROFS, errno.EACCES, errno.EPERM}  # the file system will not let this process write
 _DIGEST = re.compile(r"[0-9a-f]{40}")
 _OURS = re.compile(r"(?:[ks]-)?[0-9a-f]{32,64}\.json|\.tmp-.*")  # never remove anything else
 
@@ -136,14 +138,15 @@ def cache_dir() -> Path | None:
 
 def key(sections, symbols: dict[str, int]) -> str:
     """The cache key of assembling `sections` (kvmtest.asm.source.Section) with `symbols`:
-    a SHA-256 hex digest over their text, bases, code sizes, the symbols, kvmtest's assembler
-    version and Keystone's."""
+    a SHA-256 hex digest over each section's digest (its name, base, code size and statements'
+    text: Section.digest, computed once per section), the symbols, kvmtest's assembler version
+    and Keystone's."""
     import keystone
 
     payload = json.dumps({
         "v": ASM_VERSION, "ks": getattr(keystone, "__version__", "?"),
         "symbols": sorted(symbols.items()),
-        "sections": [[s.name, s.base, s.bits, [st.text for st in s.statements]] for s in sections],
+        "sections": [s.digest for s in sections],
     })
     return hashlib.sha256(payload.encode()).hexdigest()
 
@@ -192,6 +195,11 @@ class DiskCache:
         self.directory = Path(directory)
         self.limit = limit
         self.written: int | None = None  # bytes written since this process last listed the directory; None: never
+        # Set when the file system refuses us (a read-only root inside `kvmtest run --kernel`'s VM, a
+        # directory of another user): this process then stops trying, instead of paying a refused
+        # system call (over 9p, milliseconds) for every guest it loads or assembles. Reading goes on.
+        self.no_touch = False
+        self.no_write = False
 
     def load(self, cache_key: str) -> list[Assembled] | None:
         """The sections stored under `cache_key`, or None: missing, pruned meanwhile or unreadable."""
@@ -221,7 +229,10 @@ class DiskCache:
     def store(self, cache_key: str, result: list[Assembled]) -> None:
         """Write `result` under `cache_key`, small sections inline, large ones (the shared
         handlers) in a file of their own that is only touched when it is there already; then
-        prune if this process has written an eighth of the cap since it last looked."""
+        prune if this process has written an eighth of the cap since it last looked. Nothing
+        once the file system has refused a write (no_write)."""
+        if self.no_write:
+            return
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             parts: list = []
@@ -235,11 +246,12 @@ class DiskCache:
                 digest = hashlib.sha256(text.encode()).hexdigest()[:40]
                 _SECTIONS.put(digest, a)
                 path = self.directory / f"s-{digest}.json"
-                if not self._touch(path):
+                if not (self._touch(path) if not self.no_touch else path.exists()):
                     self._write(path, text)
                 parts.append(digest)
             self._write(self.directory / f"k-{cache_key}.json", json.dumps(parts, separators=(",", ":")))
-        except OSError:
+        except OSError as e:
+            self.no_write |= e.errno in _REFUSED
             return
         if self.written is None or self.written >= self.limit // 8:
             self.prune()
@@ -260,13 +272,16 @@ class DiskCache:
             raise
         self.written = (self.written or 0) + -(-len(text) // block) * block  # whole blocks, as usage() counts
 
-    @staticmethod
-    def _touch(path: Path) -> bool:
-        """Mark a file as used now (its mtime orders pruning); False if it is not there."""
+    def _touch(self, path: Path) -> bool:
+        """Mark a file as used now (its mtime orders pruning); False if it is not there or could
+        not be touched. After a refusal (no_touch) it does not try again and says False."""
+        if self.no_touch:
+            return False
         try:
             os.utime(path)
             return True
-        except OSError:
+        except OSError as e:
+            self.no_touch |= e.errno in _REFUSED
             return False
 
     def usage(self) -> list[tuple[float, int, str]]:

@@ -5,6 +5,8 @@ A statement is a line, or a part of one between `;`, without its comment (`#` or
 outside quotes). Lines are numbered as an editor numbers them (source_lines).
 """
 
+import hashlib
+import json
 import re
 from dataclasses import dataclass, field
 
@@ -34,6 +36,23 @@ class Section:
     def from_text(cls, name: str, base: int, bits: int, text: str, origin: str | None = None) -> "Section":
         """A section of `text` split into statements, each named `origin` (default `name`):line."""
         return cls(name, base, bits, tuple(split_statements(text, origin or name)))
+
+    @property
+    def digest(self) -> str:
+        """SHA-256 (hex) of what assembling the section depends on besides the symbols: its name,
+        base, code size and every statement's text (not where it came from: that only names errors).
+
+        Computed once per Section (kept beside its fields, outside the frozen ones): the handler
+        section every guest of a mode shares has about a thousand statements, and encoding them
+        all for each guest's cache key cost more than the rest of the key. A Section is frozen and
+        its statements a tuple of frozen Statements, so the digest cannot go stale."""
+        digest = self.__dict__.get("_digest")
+        if digest is None:
+            payload = json.dumps([self.name, self.base, self.bits, [st.text for st in self.statements]])
+            digest = hashlib.sha256(payload.encode()).hexdigest()
+            if isinstance(self.statements, tuple):  # a list could change under the digest: never kept
+                self.__dict__["_digest"] = digest
+        return digest
 
 
 @dataclass(frozen=True)

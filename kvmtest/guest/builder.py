@@ -12,7 +12,9 @@ its mode. Running and the host half of the guest/host protocol are kvmtest.guest
 """
 
 import functools
+import operator
 import struct
+from pathlib import Path
 
 from .. import validate
 from ..asm import Section, assemble_sections
@@ -32,7 +34,13 @@ RESET_ROM = 0xFFFF0000  # 64 KiB at the top of 4 GiB: the reset vector of a mode
 
 
 def _symbols() -> dict[str, int]:
-    """The assembler symbols every guest has: the layout's names and the protocol's ports."""
+    """The assembler symbols every guest has: the layout's names and the protocol's ports (a new
+    dict each call; the modules' constants are read once)."""
+    return dict(_base_symbols())
+
+
+@functools.cache
+def _base_symbols() -> dict[str, int]:
     names = {k: v for k, v in vars(L).items() if k.isupper() and isinstance(v, int)}
     names.update({k: v for k, v in vars(P).items() if k.startswith("PORT_") and isinstance(v, int)})
     return names
@@ -53,8 +61,18 @@ def _user_symbols(symbols, guest: str) -> dict[str, int]:
 
 def _handler_section(mode) -> Section:
     """Per-vector stubs (push error code if the CPU does not, push vector, jump) + common handler."""
-    path = guests_dir() / f"handlers{mode.handler_bits}.S"
-    return _handler_section_of(mode.handler_bits, mode.protected, path.name, path.read_text())
+    return _handler_section_in(guests_dir(), mode.handler_bits, mode.protected)
+
+
+@functools.lru_cache(maxsize=16)
+def _handler_section_in(folder: Path, bits: int, protected: bool) -> Section:
+    """The handler section with the common handler guests/handlers<bits>.S of `folder`, its file
+    read once per process and folder: every guest needs it, and reading it for each one cost a
+    file read per guest (over 9p, milliseconds inside a VM under `kvmtest run --kernel`). Guest
+    sources do not change during a session; a new process, or another KVMTEST_GUESTS_DIR, reads
+    the file afresh."""
+    path = folder / f"handlers{bits}.S"
+    return _handler_section_of(bits, protected, path.name, path.read_text())
 
 
 @functools.lru_cache(maxsize=16)
@@ -78,6 +96,44 @@ def _handler_section_of(bits: int, protected: bool, common_name: str, common_tex
     stubs = Section.from_text("stubs", L.HANDLERS, bits, "\n".join(lines))
     common = Section.from_text(common_name, 0, bits, common_text)
     return Section("handlers", L.HANDLERS, bits, stubs.statements + common.statements)
+
+
+_stub_addresses = operator.itemgetter(*(f"kt_stub_{v}" for v in range(256)))  # labels -> 256 addresses
+
+
+@functools.cache
+def _gdt_runs() -> tuple[tuple[int, bytes], ...]:
+    """The GDT every protected-mode guest gets (modes.gdt_entries) as (offset, bytes) writes, in
+    its order, entries that follow each other joined: one write instead of one per descriptor."""
+    runs: list[tuple[int, bytes]] = []
+    for selector, raw in gdt_entries().items():
+        if runs and runs[-1][0] + len(runs[-1][1]) == selector:
+            runs[-1] = (runs[-1][0], runs[-1][1] + raw)
+        else:
+            runs.append((selector, raw))
+    return tuple(runs)
+
+
+@functools.lru_cache(maxsize=16)
+def _ivt(stubs: tuple[int, ...]) -> bytes:
+    """The real-mode IVT: vector v at 0:stubs[v]. Encoded once per handler layout, not per guest."""
+    return b"".join(D.ivt_entry(0, stub) for stub in stubs)
+
+
+@functools.lru_cache(maxsize=16)
+def _idt(bits: int, selector: int, stubs: tuple[int, ...]) -> bytes:
+    """The IDT of a mode with `bits`-bit handlers in code segment `selector`: vector v an
+    interrupt gate to stubs[v], in 32- and 64-bit IDTs with DPL 3 for #BP and #OF (INT3 and INTO
+    from CPL3), else DPL 0. Encoded once per handler layout, not per guest: 256 gates were a
+    large part of a build."""
+    if bits == 64:
+        gates = [D.gate(stub, selector, SYS_TYPE_INT_GATE, 3 if v in (3, 4) else 0, bits=64)
+                 for v, stub in enumerate(stubs)]
+    elif bits == 32:
+        gates = [D.gate(stub, selector, SYS_TYPE_INT_GATE, 3 if v in (3, 4) else 0) for v, stub in enumerate(stubs)]
+    else:
+        gates = [D.gate(stub, selector, SYS_TYPE_INT_GATE16, 0, bits=16) for stub in stubs]
+    return b"".join(gates)
 
 
 class Guest(GuestRunLoop):
@@ -209,27 +265,18 @@ class Guest(GuestRunLoop):
 
     def _install_tables(self):
         mode, vm = self.mode, self.vm
-
-        def stub(v):
-            return self.labels[f"kt_stub_{v}"]
-
         if mode.uses_gdt:
-            for selector, raw in gdt_entries().items():
-                vm.write(L.GDT + selector, raw)
+            for offset, raw in _gdt_runs():
+                vm.write(L.GDT + offset, raw)
+        stubs = _stub_addresses(self.labels)
         if not mode.protected:
-            vm.write(L.IVT, b"".join(D.ivt_entry(0, stub(v)) for v in range(256)))
+            vm.write(L.IVT, _ivt(stubs))
             return
-        selector = mode.handler_code_selector
         if mode.handler_bits == 64:
             vm.write(L.TSS, D.tss64(L.KERNEL_STACK_TOP))
-            gates = [D.gate(stub(v), selector, SYS_TYPE_INT_GATE, 3 if v in (3, 4) else 0, bits=64) for v in range(256)]
-        elif mode.handler_bits == 32:
-            vm.write(L.TSS, D.tss32(L.KERNEL_STACK_TOP, L.SEL_DATA))
-            gates = [D.gate(stub(v), selector, SYS_TYPE_INT_GATE, 3 if v in (3, 4) else 0) for v in range(256)]
         else:
-            vm.write(L.TSS, D.tss32(L.KERNEL_STACK_TOP, L.SEL_DATA16))
-            gates = [D.gate(stub(v), selector, SYS_TYPE_INT_GATE16, 0, bits=16) for v in range(256)]
-        vm.write(L.IDT, b"".join(gates))
+            vm.write(L.TSS, D.tss32(L.KERNEL_STACK_TOP, L.SEL_DATA if mode.handler_bits == 32 else L.SEL_DATA16))
+        vm.write(L.IDT, _idt(mode.handler_bits, mode.handler_code_selector, stubs))
 
     def _install_reset_vector(self):
         # The vCPU starts at F000:FFF0 (linear 0xFFFFFFF0, SDM Vol. 3A 10.1.4): a far jump to 0:CODE.

@@ -11,6 +11,7 @@ the macro's line, and the host reads the value the assembler computed), and thos
 symbol values are range-checked by check() once the guest is assembled.
 """
 
+import functools
 import os
 import re
 from pathlib import Path
@@ -43,6 +44,28 @@ def guests_dir() -> Path:
     """The shared guest snippets: KVMTEST_GUESTS_DIR, else guests/ beside the kvmtest package."""
     env = os.environ.get("KVMTEST_GUESTS_DIR")
     return Path(env) if env else _BUILTIN_GUESTS
+
+
+class _IncludeRefused(Exception):
+    """Why an `.include` names no snippet that can be read (the message after its name)."""
+
+
+@functools.lru_cache(maxsize=64)
+def _include_text(folder: str, name: str) -> str:
+    """The text of snippet `name` in the guests folder `folder`; _IncludeRefused for a name
+    outside it, missing or unreadable. Read once per process: the snippets do not change during a
+    session, and resolving and reading them for each guest cost several file-system calls per
+    guest (over 9p, milliseconds inside a VM under `kvmtest run --kernel`). A refusal is not kept."""
+    root = Path(folder).resolve()
+    path = (root / name).resolve()
+    if not path.is_relative_to(root):
+        raise _IncludeRefused(f"outside {root}; only the shared snippets in guests/ can be included")
+    if not path.is_file():
+        raise _IncludeRefused(f"no such file in {root}")
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise _IncludeRefused(f"cannot read it: {e}") from None
 
 
 def _split_operands(text: str) -> list[str]:
@@ -145,17 +168,10 @@ class Composer:
             flush(n + 1)
             if depth >= 8:
                 raise AssemblyError(f"{name}:{n}: includes nested deeper than 8")
-            root = guests_dir().resolve()
-            path = (root / m.group(1)).resolve()
-            if not path.is_relative_to(root):
-                raise AssemblyError(f"{name}:{n}: .include \"{m.group(1)}\": outside {root}; only the shared "
-                                    "snippets in guests/ can be included")
-            if not path.is_file():
-                raise AssemblyError(f"{name}:{n}: .include \"{m.group(1)}\": no such file in {root}")
             try:
-                text = path.read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError) as e:
-                raise AssemblyError(f"{name}:{n}: .include \"{m.group(1)}\": cannot read it: {e}") from None
+                text = _include_text(str(guests_dir()), m.group(1))
+            except _IncludeRefused as e:
+                raise AssemblyError(f"{name}:{n}: .include \"{m.group(1)}\": {e}") from None
             out.extend(self._lines(text, m.group(1), depth + 1))
         flush(0)
         return out

@@ -5,6 +5,7 @@ compat32, long64-la57, and -cpl3 variants of the protected modes. `reset` leaves
 in the architectural reset state so the guest switches modes itself.
 """
 
+import functools
 from dataclasses import dataclass
 
 from ..abi.structs import kvm_segment, kvm_sregs
@@ -144,7 +145,13 @@ def get_mode(name: str | CpuMode) -> CpuMode:
 
 
 def gdt_entries() -> dict[int, bytes]:
-    """The GDT every protected-mode guest gets (selector -> encoded descriptor)."""
+    """The GDT every protected-mode guest gets (selector -> encoded descriptor); a new dict each
+    call, the descriptors encoded once per process."""
+    return dict(_gdt_entries())
+
+
+@functools.cache
+def _gdt_entries() -> dict[int, bytes]:
     tss = D.tss(L.TSS, L.TSS_SIZE - 1, busy=True)
     return {
         L.SEL_CODE64: D.code64().encode(),
