@@ -5,7 +5,8 @@ Runs `kvmtest run --kernel KERNEL --kvm-param ...` (one boot per combination of 
 parameters, e.g. kvm_amd.npt=1 and npt=0: two-dimensional and shadow paging on upstream KVM)
 and prints, side by side, each configuration's VMs (shards run at once), boots (seconds to boot,
 seconds of tests in the busiest VM, wall seconds of the configuration), crashes and counts
-(passed, skipped, xfailed, failed, error), read from the `.summary.json` files the runner writes. `--from DIR` prints the table for a run already made.
+(passed, skipped, xfailed, failed, error), read from the `.summary.json` files the runner writes.
+`--from DIR` prints the table for a run already made.
 
     python benchmarks/bench_upstream_host.py --kernel debian --param kvm_amd.npt=1,0 suites
     python benchmarks/bench_upstream_host.py --from reports/upstream

@@ -3,16 +3,21 @@ module parameter force_emulation_prefix set, KVM skips the prefix and runs the n
 in its instruction emulator (arch/x86/kvm/x86.c, handle_ud); without it the UD2 is a real #UD.
 Tests that need it skip with SKIP_REASON where enabled() is False."""
 
-from .fingerprint import kvm_modules
+from pathlib import Path
 
 PREFIX = bytes([0x0F, 0x0B, 0x6B, 0x76, 0x6D])   # the prefix as bytes (arch/x86/include/asm/emulate_prefix.h)
 FEP = ".byte " + ", ".join(f"{b:#04x}" for b in PREFIX)   # guest source: put it on the line before the instruction
 SKIP_REASON = "the forced-emulation prefix needs the kvm module parameter force_emulation_prefix=1"
 
 
-def enabled() -> bool:
-    """Whether the host's kvm module has force_emulation_prefix set (bit 0 of the parameter)."""
-    value = kvm_modules().get("kvm", {}).get("force_emulation_prefix", "0")
+def enabled(sys_module: str = "/sys/module") -> bool:
+    """Whether the host's kvm module has force_emulation_prefix set (bit 0 of the parameter). Reads
+    that one parameter file each call (it is writable while kvm is loaded), not every parameter of
+    every KVM module."""
+    try:
+        value = (Path(sys_module) / "kvm" / "parameters" / "force_emulation_prefix").read_text().strip()
+    except OSError:  # kvm not loaded, or a kernel without the parameter
+        return False
     return value.lstrip("-").isdigit() and bool(int(value) & 1)
 
 

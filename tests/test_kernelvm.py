@@ -465,7 +465,8 @@ def test_a_configuration_split_over_two_vms_runs_each_test_once_and_resumes_per_
     b = vmrun.run_config(args, ["-s", "-pno:cacheprovider", str(demo)], K, "tcg", ("kvm_amd.npt=0",), reports,
                          {"vng": str(vng)})
     # shard 1 runs test_a and test_c; shard 2 test_b_panics, then in a fresh VM test_d_fails
-    assert sorted(zip(b.boot_shards, [k for k, _, _ in b.boots])) == [(1, "done"), (2, "done"), (2, "panic")]
+    ended = sorted(zip(b.boot_shards, [k for k, _, _ in b.boots], strict=True))
+    assert ended == [(1, "done"), (2, "done"), (2, "panic")]
     assert b.kind == "done" and b.wall_s > 0
     assert [kind for _, kind in b.crashes] == ["panic"] and b.crashes[0][0].endswith("test_demo.py::test_b_panics")
     results = read_junit(b.path(".xml"))
@@ -473,7 +474,7 @@ def test_a_configuration_split_over_two_vms_runs_each_test_once_and_resumes_per_
         ("test_a", "passed"), ("test_b_panics", "error"), ("test_c", "passed"), ("test_d_fails", "failed")]
     assert b.pytest_exit == 1 and runner.boot_code(b, bisect=True) == 1
     left = sorted(p.name.split(".shard")[1] for p in reports.glob("*.shard*"))
-    assert left == ["1.console.log", "2.boot2.console.log", "2.console.log"], "shard files left beside the merged report"
+    assert left == ["1.console.log", "2.boot2.console.log", "2.console.log"], "shard files beside the merged report"
     s = json.loads(runner.write_summary(b, "tcg", K).read_text())
     assert s["shards"] == 2 and sorted(x["shard"] for x in s["boots"]) == [1, 2, 2]
 

@@ -79,7 +79,8 @@ def mem_available(meminfo: str = "/proc/meminfo") -> int:
     return 0
 
 
-def default_shards(accel: str, cpus: int, memory: str, host_cpus: int | None = None, available: int | None = None) -> int:
+def default_shards(accel: str, cpus: int, memory: str, host_cpus: int | None = None,
+                   available: int | None = None) -> int:
     """VMs one configuration is split over when --vm-shards is not given. Under TCG as many as the
     host has CPUs for (each VM's vCPUs run on host threads of their own; one VM is limited to
     TCG_CPUS, see above) and memory for; under nested KVM one VM, whose vCPUs run pytest-xdist workers."""

@@ -78,8 +78,11 @@ def main(argv: list[str]) -> int:
                     if p.name in ("npt", "ept", "nested", "avic", "enable_apicv"))
     mark("kvm", f"{module} {' '.join(params)}")
     status(stage="kvm", module=module)
+    # hypothesis keeps a cache of constants it found in kvmtest's sources under its storage directory,
+    # by default .hypothesis/ in the checkout: read-only here and 9p besides, so the VM's own tmpfs
     env = {**os.environ, "KVMTEST_ACCELERATOR": spec["accelerator"], "PYTHONUNBUFFERED": "1",
-           "PYTHONDONTWRITEBYTECODE": "1", progress.ENV: spec["progress"]}
+           "PYTHONDONTWRITEBYTECODE": "1", progress.ENV: spec["progress"],
+           "HYPOTHESIS_STORAGE_DIRECTORY": "/tmp/kvmtest-hypothesis"}
     started = time.monotonic()
     for run_args in spec["sessions"]:  # suspects of an earlier crash one at a time first, then the rest
         code = subprocess.call([sys.executable, "-m", "kvmtest.cli", "run", *run_args], env=env)

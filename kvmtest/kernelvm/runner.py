@@ -300,7 +300,8 @@ def cmd_run_kernel(args, extra) -> int:
     if args.vm_shards is None:
         args.vm_shards = default_shards(accel, args.vm_cpus, args.vm_memory)
     elif args.vm_shards < 1:
-        print(f"kvmtest run --kernel: --vm-shards {args.vm_shards}: expected a number of VMs, 1 or more", file=sys.stderr)
+        print(f"kvmtest run --kernel: --vm-shards {args.vm_shards}: expected a number of VMs, 1 or more",
+              file=sys.stderr)
         return skip
     shards = f", {args.vm_shards} VMs at once per configuration" if args.vm_shards > 1 else ""
     print(f"kvmtest run --kernel: {kernel.release} ({kernel.source}), accelerator {accel} ({why}), "
