@@ -83,6 +83,8 @@ def main(argv: list[str]) -> int:
     env = {**os.environ, "KVMTEST_ACCELERATOR": spec["accelerator"], "PYTHONUNBUFFERED": "1",
            "PYTHONDONTWRITEBYTECODE": "1", progress.ENV: spec["progress"],
            "HYPOTHESIS_STORAGE_DIRECTORY": "/tmp/kvmtest-hypothesis"}
+    if spec.get("asm_cache"):  # the host's assembly cache, shared writable (vmrun.shared_asm_cache)
+        env["KVMTEST_CACHE_DIR"] = spec["asm_cache"]
     started = time.monotonic()
     for run_args in spec["sessions"]:  # suspects of an earlier crash one at a time first, then the rest
         code = subprocess.call([sys.executable, "-m", "kvmtest.cli", "run", *run_args], env=env)

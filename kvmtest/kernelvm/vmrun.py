@@ -149,14 +149,33 @@ def session_args(args, extra: list[str], files: Path, report_dir: Path, suspects
     return out + extra
 
 
+def shared_asm_cache() -> Path | None:
+    """The host's assembly disk cache (kvmtest.asm.cache), created if missing, for the VM to read
+    and fill (written whole and renamed, so several VMs at once are safe): the rest of the shared
+    root is read-only there, and every guest the host already assembled need not be assembled again
+    under the VM's slower CPU. None when the disk cache is off or cannot be created."""
+    from ..asm.cache import cache_dir
+
+    directory = cache_dir()
+    if directory is None:
+        return None
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None
+    return directory
+
+
 def _boot(args, boot: Boot, kernel: Kernel, accel: str, report_dir: Path, tools, sessions, timeout_s, n):
     status_path = boot.path(f".boot{n}.status.json")
     spec_path = boot.path(f".boot{n}.spec.json")
+    asm_cache = shared_asm_cache()
     spec_path.write_text(json.dumps({"accelerator": accel, "status": str(status_path),
-                                     "progress": str(boot.path(".progress.jsonl")), "sessions": sessions},
-                                    indent=2) + "\n")
+                                     "progress": str(boot.path(".progress.jsonl")), "sessions": sessions,
+                                     "asm_cache": str(asm_cache) if asm_cache else ""}, indent=2) + "\n")
     exec_cmd = f"{sys.executable} -m kvmtest.kernelvm.inner {spec_path}"
-    cmd = vng_command(tools["vng"], kernel, accel, exec_cmd, rwdirs=[report_dir], append=boot.params,
+    rwdirs = [report_dir] + ([asm_cache] if asm_cache else [])
+    cmd = vng_command(tools["vng"], kernel, accel, exec_cmd, rwdirs=rwdirs, append=boot.params,
                       cpus=args.vm_cpus or default_cpus(accel), memory=args.vm_memory)
     env = {**os.environ, "PATH": f"{Path(tools['vng']).parent}:{os.environ.get('PATH', '')}"}
     print(f"kvmtest run --kernel: boot {n} [{boot.display}]: {' '.join(cmd)}", flush=True)
