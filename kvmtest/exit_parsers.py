@@ -32,8 +32,16 @@ from .exits import (
 
 _REASON = struct.Struct("<I")
 _IO = struct.Struct("<BBHIQ")
+_MMIO = struct.Struct("<Q8sIB")  # phys_addr, data[8], len, is_write (api.rst 5, KVM_EXIT_MMIO)
 _EXIT_UNION = kvm_run.exit.offset
 _EXIT_UNION_SIZE = kvm_run.exit.size
+_ONE_BYTE = tuple(bytes((i,)) for i in range(256))  # what an OUT of one byte wrote, without a copy
+
+# The I/O and MMIO exits, the run loop's frequent ones, are built with one __dict__ store instead
+# of the frozen dataclass __init__'s object.__setattr__ per field (half the cost of an exit). The
+# result is the same object; tests/test_exits.py checks it against the one __init__ builds.
+_new = object.__new__
+_set = object.__setattr__
 
 # A parser turns (exit reason, kvm_run, memoryview of the kvm_run mapping, what the exit keeps
 # for respond()) into the Exit for that reason.
@@ -43,14 +51,27 @@ ExitParser = Callable[[int, kvm_run, memoryview, object], Exit]
 def _io(reason: int, run: kvm_run, view: memoryview, src) -> Exit:
     # Read straight from the mapping: the run loop's most frequent exit.
     direction, size, port, count, data_offset = _IO.unpack_from(view, _EXIT_UNION)
-    data = bytes(view[data_offset: data_offset + size * count]) if direction else b""
-    return IoExit(reason, src, direction, size, port, count, data_offset, data)
+    if not direction:
+        data = b""
+    elif size == 1 and count == 1:
+        try:
+            data = _ONE_BYTE[view[data_offset]]
+        except IndexError:  # data_offset (KVM's) outside the mapping: no bytes, as a slice gives
+            data = b""
+    else:  # a slice stops at the mapping's end, wherever KVM's data_offset points
+        data = bytes(view[data_offset: data_offset + size * count])
+    exit_ = _new(IoExit)
+    _set(exit_, "__dict__", {"reason": reason, "_run": src, "direction": direction, "size": size, "port": port,
+                             "count": count, "data_offset": data_offset, "data": data})
+    return exit_
 
 
 def _mmio(reason: int, run: kvm_run, view: memoryview, src) -> Exit:
-    m = run.exit.mmio
-    data = bytes(m.data[: m.len]) if m.is_write else b""
-    return MmioExit(reason, src, m.phys_addr, m.len, bool(m.is_write), data)
+    phys_addr, data, length, is_write = _MMIO.unpack_from(view, _EXIT_UNION)
+    exit_ = _new(MmioExit)
+    _set(exit_, "__dict__", {"reason": reason, "_run": src, "phys_addr": phys_addr, "len": length,
+                             "is_write": bool(is_write), "data": data[:length] if is_write else b""})
+    return exit_
 
 
 def _internal_error(reason: int, run: kvm_run, view: memoryview, src) -> Exit:
@@ -94,6 +115,8 @@ def _payloadless(cls: type[Exit]) -> ExitParser:
 def _unknown(reason: int, run: kvm_run, view: memoryview, src) -> Exit:
     return UnknownExit(reason, src, run.exit.hw.hardware_exit_reason, _union_bytes(view))
 
+
+UNPARSED: ExitParser = _unparsed  # the parser of a reason PARSERS lacks
 
 # Exit reason -> its parser (api.rst 5, struct kvm_run). A reason not here is unparsed.
 PARSERS: dict[int, ExitParser] = {

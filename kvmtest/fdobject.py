@@ -38,8 +38,16 @@ class FdObject:
     def ioctl(self, request, arg=None, *, args: str = "", hint=None, wrong_fd: bool = False) -> int:
         """Issue `request` on this fd; raise KvmError naming it and this object on failure
         (MissingCapabilityError where the capability gating it reports 0; kvmtest.ioctl.ioctl)."""
-        return _ioctl.ioctl(self.fd, request, arg, obj=self.name, args=args, hint=hint, scope=self.SCOPE,
-                            wrong_fd=wrong_fd, has_capability=self.has_capability)
+        # kvmtest.ioctl.ioctl written out (try_ioctl, then raise_error on failure) and self.fd
+        # without its property: every setup ioctl comes through here or CarriedIoctls.ioctl.
+        fd = self._fd
+        if fd is None:
+            raise ClosedError(f"{self.name} is closed")
+        ret, err = _ioctl.try_ioctl(fd, request, arg, obj=self.name, args=args, scope=self.SCOPE, wrong_fd=wrong_fd)
+        if err:
+            _ioctl.raise_error(err, request, obj=self.name, args=args, hint=hint, scope=self.SCOPE,
+                               has_capability=self.has_capability)
+        return ret
 
     def try_ioctl(self, request, arg=None, *, args: str = "", wrong_fd: bool = False) -> int:
         """Issue `request` on this fd and return the errno (0 on success), for negative tests;
@@ -72,7 +80,10 @@ class FdObject:
         self.close()
 
     def __del__(self):
-        # A forgotten object must not leak its fd or mappings for the rest of the session.
+        # A forgotten object must not leak its fd or mappings for the rest of the session. One
+        # already closed has nothing left (a Vm's memslot mappings unmap themselves when freed).
+        if getattr(self, "_fd", None) is None:
+            return
         try:
             self.close()
         except Exception:

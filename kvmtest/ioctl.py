@@ -16,14 +16,16 @@ Two checks use the ioctl table (kvmtest.abi.numbers):
 
 import ctypes
 import errno
+import functools
 import threading
 from collections import deque
 from collections.abc import Callable
+from typing import NoReturn
 
 from .abi.constants import errno_name
 from .abi.numbers import IOCTLS, KVM_RUN, IoctlDef, ioctl_def
 from .errors import BadArgumentError, KvmError, MissingCapabilityError, WrongFdError
-from .libc import get_errno, ioctl_function, raw_ioctl
+from .libc import get_errno, kvm_run_function, raw_ioctl
 
 TRACE_LENGTH = 64
 # A signal that lands during an ioctl makes it return EINTR once; its handler has run by the
@@ -32,6 +34,10 @@ TRACE_LENGTH = 64
 EINTR_RETRIES = 100
 _trace: deque = deque(maxlen=TRACE_LENGTH)
 _trace_lock = threading.Lock()
+# The ioctl paths and the exit loop add entries with this, skipping note()'s call and lock: one
+# deque.append is atomic under the GIL (and a maxlen deque drops the oldest entry in the same
+# step), so the lock only keeps recent() and clear_trace() apart from each other.
+trace_append = _trace.append
 
 # How messages name each kind of fd (kvmtest.abi.numbers.SCOPES).
 FD_KINDS = {"system": "system (/dev/kvm)", "vm": "VM", "vcpu": "vCPU", "device": "device"}
@@ -58,6 +64,12 @@ def clear_trace() -> None:
     """Empty the trace ring (a new test starts with its own history)."""
     with _trace_lock:
         _trace.clear()
+
+
+# (ioctl name, fd kind, wrong_fd) -> (request number, name) for every named call that passed
+# _request and check_scope once: both depend on nothing else, so later calls skip them. At most
+# every name in IOCTLS times every kind of fd, twice; a refused call is never stored.
+_resolved: dict[tuple[str, str | None, bool], tuple[int, str]] = {}
 
 
 def _request(request: int | str, scope: str | None) -> tuple[int, str, IoctlDef | None]:
@@ -95,6 +107,11 @@ def check_scope(d: IoctlDef | None, scope: str | None, obj: str, wrong_fd: bool)
                            "fd; a negative test that wants KVM's answer passes wrong_fd=True")
 
 
+# ctypes objects an ioctl takes by pointer (_arg hands them to ctypes.byref as well).
+_BY_POINTER = (ctypes.Structure, ctypes.Union, ctypes.Array, ctypes._SimpleCData, ctypes._Pointer)
+_byref = ctypes.byref
+
+
 def _arg(arg, name: str, obj: str):
     """The ioctl's third argument: an integer (an unsigned long, or a signed one for a negative
     test) or a pointer to a ctypes object. Anything else is refused naming the ioctl, rather than
@@ -127,9 +144,22 @@ def try_ioctl(fd: int, request: int | str, arg=None, *, obj: str = "?", args: st
     Raises BadArgumentError (an unknown name, an argument ctypes cannot pass) or WrongFdError
     before any system call.
     """
-    number, name, d = _request(request, scope)
-    check_scope(d, scope, obj, wrong_fd)
-    pointer = _arg(arg, name, obj)
+    resolved = _resolved.get((request, scope, wrong_fd)) if type(request) is str else None
+    if resolved is None:
+        number, name, d = _request(request, scope)
+        check_scope(d, scope, obj, wrong_fd)
+        if type(request) is str:
+            _resolved[(request, scope, wrong_fd)] = number, name
+    else:
+        number, name = resolved
+    if arg is None:
+        pointer = None
+    elif isinstance(arg, _BY_POINTER):  # a UAPI struct, the usual case: what _arg would do
+        pointer = _byref(arg)
+    elif type(arg) is int and arg == 0:  # a zero argument (an id, a type): what _arg would do
+        pointer = None
+    else:
+        pointer = _arg(arg, name, obj)
     tries = EINTR_RETRIES if retry_eintr and number != KVM_RUN else 0
     while True:
         ret, err = raw_ioctl(fd, number, pointer)
@@ -137,7 +167,8 @@ def try_ioctl(fd: int, request: int | str, arg=None, *, obj: str = "?", args: st
             break
         tries -= 1
     if trace or err:
-        note(obj, name, args, f"-> {errno_name(err)}" if err else f"-> {ret}")
+        # recent() joins the parts with spaces: "-> 5" / "-> EINVAL", formatted only when read.
+        trace_append((obj, name, args, "->", errno_name(err) if err else ret))
     return ret, err
 
 
@@ -150,12 +181,19 @@ def ioctl(fd: int, request: int | str, arg=None, *, obj: str = "?", args: str = 
     gates the ioctl on this kind of fd reports 0 raises MissingCapabilityError naming it."""
     ret, err = try_ioctl(fd, request, arg, obj=obj, args=args, scope=scope, wrong_fd=wrong_fd)
     if err:
-        _, name, d = _request(request, scope)
-        missing = _missing_capability(d, scope, err, has_capability)
-        if missing:
-            raise MissingCapabilityError(err, name, obj, args, missing, recent())
-        raise KvmError(err, name, obj, args, hint(err) if hint else "", recent())
+        raise_error(err, request, obj=obj, args=args, hint=hint, scope=scope, has_capability=has_capability)
     return ret
+
+
+def raise_error(err: int, request: int | str, *, obj: str = "?", args: str = "", hint=None,
+                scope: str | None = None, has_capability: Callable[[str], int] | None = None) -> NoReturn:
+    """Raise what ioctl() raises for `request` failing with `err` (its arguments, the same
+    meaning): MissingCapabilityError or KvmError. For callers that issued it with try_ioctl."""
+    _, name, d = _request(request, scope)
+    missing = _missing_capability(d, scope, err, has_capability)
+    if missing:
+        raise MissingCapabilityError(err, name, obj, args, missing, recent())
+    raise KvmError(err, name, obj, args, hint(err) if hint else "", recent())
 
 
 def _missing_capability(d, scope, err, has_capability) -> str | None:
@@ -175,13 +213,17 @@ def _missing_capability(d, scope, err, has_capability) -> str | None:
         return None
 
 
-def run_vcpu(fd: int) -> int:
-    """KVM_RUN, the hot path of the choke point: returns the errno (0 on success).
+def kvm_run_entry(fd: int) -> Callable[[], int]:
+    """KVM_RUN on vCPU fd `fd`, the hot path of the choke point, prepared once per vCPU: each
+    call of the returned callable is one KVM_RUN system call, returning 0, or -1 with the errno
+    in last_errno(). EINTR is an answer here and never retried; the caller records the exit in
+    the trace (and raises KvmError with this module's trace for any other errno). No scope
+    check: only Vcpu calls it, on its own fd, and only while its kvm_run is mapped (the fd open).
 
-    EINTR is an answer here and never retried; the caller records the exit in the trace
-    (and raises KvmError with this module's trace for any other errno). No scope check: only
-    Vcpu calls it, on its own fd.
-    """
-    if ioctl_function(fd, KVM_RUN, None) == -1:
-        return get_errno()
-    return 0
+    A partial of the ctypes function is the cheapest call Python can make: no Python frame and
+    no argtypes conversion between the caller and the system call (benchmarks/bench_harness.py
+    measures the same call as the floor of any Python harness)."""
+    return functools.partial(kvm_run_function, fd, KVM_RUN, None)
+
+
+last_errno = get_errno  # the errno of the last failed kvm_run_entry() call on this thread

@@ -196,6 +196,7 @@ class Kvm(FdObject):
     def create_vm(self, vm_type: int = 0) -> Vm:
         """KVM_CREATE_VM (api.rst 4.2) of `vm_type` (an unsigned long; 0 is the default x86 VM).
         The returned Vm owns its fd; close it or use `with`."""
-        vm_type = validate.uint(vm_type, 64, f"{self.name} KVM_CREATE_VM type")
+        if type(vm_type) is not int or not 0 <= vm_type < 1 << 64:  # else no message to build
+            vm_type = validate.uint(vm_type, 64, f"{self.name} KVM_CREATE_VM type")
         fd = self.ioctl("KVM_CREATE_VM", vm_type, args=f"type={vm_type}")
         return Vm(self, fd, f"vm{next(self._vm_ids)}")

@@ -19,7 +19,8 @@ class HostMapping:
     """
 
     def __init__(self, size: int, *, shared: bool = False, name: str | None = None, fd: int | None = None):
-        if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size <= 0 or size % libc.PAGE_SIZE:
+        integral = type(size) is int or (not isinstance(size, bool) and isinstance(size, numbers.Integral))
+        if not integral or size <= 0 or size % libc.PAGE_SIZE:
             raise GuestMemoryError(f"a host mapping needs a positive multiple of {libc.PAGE_SIZE:#x} bytes, "
                                    f"not {size!r}")
         if fd is not None and (isinstance(fd, bool) or not isinstance(fd, numbers.Integral) or fd < 0):

@@ -49,6 +49,8 @@ def timeout(value, where: str) -> float:
 
 def uint(value, bits: int, what: str) -> int:
     """`value` if it is an integer that fits an unsigned `bits`-bit field; BadArgumentError otherwise."""
+    if type(value) is int and 0 <= value < 1 << bits:  # the usual case, without the ABC check below
+        return value
     if not isinstance(value, numbers.Integral):
         raise BadArgumentError(f"{what} = {value!r}: not an integer")
     value = int(value)

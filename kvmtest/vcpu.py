@@ -23,7 +23,7 @@ from .abi.constants import errno_name
 from .carried import VCPU_STATE_IOCTLS, CarriedIoctls
 from .dirty_ring import DirtyRing
 from .errors import ClosedError, GuestTimeout, KvmError, KvmtestError, StaleExitError
-from .exit_parsers import parse_exit
+from .exit_parsers import PARSERS, UNPARSED, parse_exit
 from .exits import IntrExit
 from .fdobject import FdObject
 from .mapped import GuardedView, MappingGuard
@@ -40,6 +40,14 @@ __all__ = ["DEFAULT_RUN_TIMEOUT", "Vcpu", "describe_mode", "install_kick_handler
 
 DEFAULT_RUN_TIMEOUT = 10.0  # seconds for one KVM_RUN; override per call or KVMTEST_GUEST_TIMEOUT
 CLOSE_WAIT = 5.0  # seconds close() waits for a KVM_RUN on another thread to return after its kick
+
+# Looked up once: run() is the exit loop's hot path (benchmarks/bench_harness.py).
+_get_ident = threading.get_ident
+_monotonic = time.monotonic
+_parser = PARSERS.get
+_trace_append = _ioctl.trace_append
+_last_errno = _ioctl.last_errno
+_EAGAIN, _EINTR = errno.EAGAIN, errno.EINTR
 
 
 def describe_mode(sregs: S.kvm_sregs) -> str:
@@ -74,6 +82,7 @@ class Vcpu(VcpuRegisters, VcpuMsrCpuid, VcpuEvents, CarriedIoctls, FdObject):
         # close() unmaps kvm_run only through this guard and with _run_lock held, which run()
         # holds from KVM_RUN until it has read the exit: nothing reads the mapping after munmap.
         self._guard = MappingGuard(f"{self.name}'s kvm_run")
+        self._guard_lock = self._guard.lock
         self._run_lock = threading.Lock()
         self._dirty_ring = None
         self._cpuid_nent = None  # entries last given to KVM_SET_CPUID2, a hint for get_cpuid()
@@ -89,6 +98,7 @@ class Vcpu(VcpuRegisters, VcpuMsrCpuid, VcpuEvents, CarriedIoctls, FdObject):
             self.close()
             raise
         self._kvm_run = S.kvm_run.from_address(self.run_addr)
+        self._enter_kvm_run = _ioctl.kvm_run_entry(fd)  # KVM_RUN on this fd; used only while _kvm_run is set
         self._timeout = DEFAULT_RUN_TIMEOUT
         self._deadline: float | None = None
         self._run_thread: int | None = None
@@ -289,43 +299,49 @@ class Vcpu(VcpuRegisters, VcpuMsrCpuid, VcpuEvents, CarriedIoctls, FdObject):
         after `timeout` seconds (default self.timeout).
         """
         timeout = self._timeout if timeout is None else validate.timeout(timeout, f"{self.name} run() timeout")
-        with self._run_lock:
-            run, fd = self._kvm_run, self._fd
-            if run is None or fd is None:
+        # The exit loop's hot path: locks taken with acquire/release, not `with` (half the cost),
+        # and _enter(timeout) written out.
+        run_lock = self._run_lock
+        run_lock.acquire()
+        try:
+            run = self._kvm_run
+            if run is None:
                 raise ClosedError(f"{self.name} is closed")
-            # _enter(timeout, retry_eagain=True), written out: this is the exit loop's hot path.
-            guard = self._guard.lock
+            guard = self._guard_lock  # see _expire
             guard.acquire()
-            self.exits += 1
+            self.exits = generation = self.exits + 1
             self._timed_out = False
-            self._run_thread = threading.get_ident()
-            self._deadline = deadline = time.monotonic() + timeout
+            self._run_thread = _get_ident()
+            self._deadline = deadline = _monotonic() + timeout
             guard.release()
             try:
-                err = _ioctl.run_vcpu(fd)
-                if err == errno.EAGAIN:
-                    err = self._enter_again(fd, deadline)
+                err = _last_errno() if self._enter_kvm_run() == -1 else 0
+                if err == _EAGAIN:
+                    err = self._enter_again(deadline)
             finally:
                 self._deadline = None
                 self._run_thread = None
             timed_out = self._timed_out
-            if timed_out or err == errno.EINTR:
+            if timed_out or err == _EINTR:
                 # The kick (or the caller's immediate_exit) must not make the next KVM_RUN
                 # return at once; an exit that came just as the watchdog kicked is kept.
                 run.immediate_exit = 0
             if err == 0:
-                self._exited = self.exits
-                exit_ = parse_exit(run, self._view, (self, self.exits))
-                _ioctl.note(self.name, "exit", exit_)
+                self._exited = generation
+                reason = run.exit_reason
+                exit_ = _parser(reason, UNPARSED)(reason, run, self._view, (self, generation))
+                _trace_append((self.name, "exit", exit_))
                 return exit_
-            if err == errno.EINTR and not timed_out:
-                return IntrExit(C.KVM_EXIT_INTR, (self, self.exits))
+            if err == _EINTR and not timed_out:
+                return IntrExit(C.KVM_EXIT_INTR, (self, generation))
+        finally:
+            run_lock.release()
         if timed_out and err in (errno.EINTR, errno.EAGAIN):
             self._raise_timeout(timeout)
         _ioctl.note(self.name, "KVM_RUN", f"-> {errno_name(err)}")
         raise KvmError(err, "KVM_RUN", self.name, "", "", _ioctl.recent())
 
-    def _enter_again(self, fd: int, deadline: float) -> int:
+    def _enter_again(self, deadline: float) -> int:
         """An AP waiting for INIT/SIPI (KVM_MP_STATE_UNINITIALIZED) comes back with EAGAIN once
         an event arrives; KVM expects user space to simply enter again, until the deadline
         (checked here too, in case no kick can reach this thread)."""
@@ -334,20 +350,19 @@ class Vcpu(VcpuRegisters, VcpuMsrCpuid, VcpuEvents, CarriedIoctls, FdObject):
             if time.monotonic() > deadline:
                 self._timed_out = True
                 break
-            err = _ioctl.run_vcpu(fd)
+            err = _last_errno() if self._enter_kvm_run() == -1 else 0
         return err
 
     def _enter(self, timeout: float) -> int:
         """One KVM_RUN under the watchdog's deadline, nothing retried; returns the errno. Call
-        with _run_lock held (run() has the same steps written out)."""
-        fd = self.fd  # ClosedError once closed
+        with _run_lock held and _kvm_run set (run() has the same steps written out)."""
         with self._guard.lock:  # see _expire
             self.exits += 1
             self._timed_out = False
             self._run_thread = threading.get_ident()
             self._deadline = time.monotonic() + timeout
         try:
-            return _ioctl.run_vcpu(fd)
+            return _last_errno() if self._enter_kvm_run() == -1 else 0
         finally:
             self._deadline = None
             self._run_thread = None

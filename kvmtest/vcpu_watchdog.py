@@ -49,32 +49,39 @@ class Watchdog:
     tick = 0.02
 
     def __init__(self):
-        self.running: weakref.WeakSet = weakref.WeakSet()
+        # Plain weak references, dropped by the loop once dead: a WeakSet's per-vCPU callback
+        # and its removal bookkeeping cost every VM lifecycle several microseconds.
+        self.running: list[weakref.ref] = []
         self.lock = threading.Lock()
         self.thread: threading.Thread | None = None
 
     def watch(self, vcpu) -> None:
         """Check `vcpu` from now on (starting the thread on first use)."""
         with self.lock:
-            self.running.add(vcpu)
+            self.running.append(weakref.ref(vcpu))
             if self.thread is None:
                 self.thread = threading.Thread(target=self._loop, name="kvmtest-watchdog", daemon=True)
                 self.thread.start()
+
+    def watched(self) -> list:
+        """The vCPUs watched now (alive), dropping the references of those that are gone."""
+        with self.lock:
+            self.running = live = [ref for ref in self.running if ref() is not None]
+        return [vcpu for vcpu in (ref() for ref in live) if vcpu is not None]  # one may go meanwhile
 
     def _loop(self):
         while True:
             time.sleep(self.tick)
             now = time.monotonic()
-            with self.lock:
-                vcpus = list(self.running)
+            vcpus = self.watched()
             for vcpu in vcpus:
                 generation = vcpu.exits  # read before the deadline: see Vcpu._expire
                 deadline, tid = vcpu._deadline, vcpu._run_thread
                 if deadline is not None and tid is not None and now > deadline and not vcpu._timed_out:
                     vcpu._expire(generation, tid)
             # Hold no vCPU while asleep: these locals kept every vCPU ever watched alive (the next
-            # list(self.running) ran while they still did), about 2 kB of RSS per closed guest.
-            vcpus.clear()  # a copy of self.running, ours alone
+            # watched() ran while they still did), about 2 kB of RSS per closed guest.
+            vcpus.clear()  # a list of our own
             vcpu = None
 
 

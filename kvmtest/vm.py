@@ -84,7 +84,11 @@ class Vm(VmMemory, VmDirtyLog, VmIrq, VmIo, CarriedIoctls, FdObject):
 
     def _vcpu_id(self, vcpu_id) -> int:
         # KVM_CREATE_VCPU's argument is an unsigned long (api.rst 4.7).
-        return len(self.vcpus) if vcpu_id is None else validate.uint(vcpu_id, 64, f"{self.name} KVM_CREATE_VCPU id")
+        if vcpu_id is None:
+            return len(self.vcpus)
+        if type(vcpu_id) is int and 0 <= vcpu_id < 1 << 64:  # the usual case: no message to build
+            return vcpu_id
+        return validate.uint(vcpu_id, 64, f"{self.name} KVM_CREATE_VCPU id")
 
     def create_vcpu(self, vcpu_id: int | None = None) -> Vcpu:
         """KVM_CREATE_VCPU (api.rst 4.7) with id `vcpu_id` (default: the number of vCPUs so far);

@@ -7,7 +7,6 @@ set_user_memory_region calls, which keep it up to date (kvmtest.vm_state copies 
 """
 
 import errno
-import itertools
 import struct
 from dataclasses import dataclass
 
@@ -65,6 +64,10 @@ def memslot_args(slot, flags, gpa, size, hva=None) -> str:
 def _region_fields(vm, slot, flags, gpa, size, hva) -> tuple[int, int, int, int, int]:
     """kvm_userspace_memory_region's fields checked against their widths (api.rst 4.35): slot and
     flags are __u32, the addresses and size __u64; ctypes would wrap anything wider unseen."""
+    if (type(slot) is int and type(flags) is int and type(gpa) is int and type(size) is int and type(hva) is int
+            and 0 <= slot < 1 << 32 and 0 <= flags < 1 << 32 and 0 <= gpa < 1 << 64 and 0 <= size < 1 << 64
+            and 0 <= hva < 1 << 64):
+        return slot, flags, gpa, size, hva  # the usual case: plain ints that fit, no message to build
     what = f"{vm.name} KVM_SET_USER_MEMORY_REGION"
     return (validate.uint(slot, 32, f"{what} slot"), validate.uint(flags, 32, f"{what} flags"),
             validate.uint(gpa, 64, f"{what} guest_phys_addr"), validate.uint(size, 64, f"{what} memory_size"),
@@ -175,7 +178,10 @@ class VmMemory(FdObject):
 
     def free_slot(self) -> int:
         """The lowest slot number no memslot of this VM uses."""
-        return next(i for i in itertools.count() if i not in self.memslots)
+        slot = 0
+        while slot in self.memslots:
+            slot += 1
+        return slot
 
     @carried
     def add_memory(self, gpa: int, size: int, *, slot: int | None = None, flags: int = 0,
@@ -184,8 +190,13 @@ class VmMemory(FdObject):
         multiple of 4 KiB), or with `mapping` from `offset` on (several slots may share one
         mapping: they alias each other). KVM_SET_USER_MEMORY_REGION, api.rst 4.35; GuestMemoryError
         for a slot in use or a size that does not fit, KvmError if KVM refuses."""
-        gpa = validate.uint(gpa, 64, f"{self.name} memslot guest_phys_addr")
-        slot = self.free_slot() if slot is None else validate.uint(slot, 32, f"{self.name} memslot slot")
+        # Plain ints that fit skip validate.uint, and with it the message it is handed.
+        if type(gpa) is not int or not 0 <= gpa < 1 << 64:
+            gpa = validate.uint(gpa, 64, f"{self.name} memslot guest_phys_addr")
+        if slot is None:
+            slot = self.free_slot()
+        elif type(slot) is not int or not 0 <= slot < 1 << 32:
+            slot = validate.uint(slot, 32, f"{self.name} memslot slot")
         if mapping is not None and not isinstance(mapping, HostMapping):
             raise BadArgumentError(f"{self.name}: memslot mapping {mapping!r:.80}: expected a HostMapping")
         if slot in self.memslots:
@@ -197,7 +208,8 @@ class VmMemory(FdObject):
                 raise GuestMemoryError(f"{self.name}: memslot size {size:#x} is not a positive multiple "
                                        f"of {PAGE_SIZE:#x}")
             mapping = HostMapping(size, name=f"{self.name} memory of slot {slot} at {gpa:#x}")
-        offset = validate.uint(offset, 64, f"{self.name} memslot offset in its mapping")
+        if type(offset) is not int or not 0 <= offset < 1 << 64:
+            offset = validate.uint(offset, 64, f"{self.name} memslot offset in its mapping")
         if isinstance(size, int) and offset + size > mapping.size:
             raise GuestMemoryError(f"{self.name}: slot {slot} of {size:#x} bytes at offset {offset:#x} does not fit "
                                    f"its {mapping.size:#x}-byte mapping")
@@ -248,11 +260,12 @@ class VmMemory(FdObject):
     def slot_for(self, gpa: int) -> Memslot:
         """The memslot holding guest physical address `gpa`; GuestMemoryError listing the slots if
         none does, ClosedError once the VM is closed."""
-        gpa = validate.uint(gpa, 64, f"{self.name} guest physical address")
-        if self.closed:
+        if type(gpa) is not int or not 0 <= gpa < 1 << 64:
+            gpa = validate.uint(gpa, 64, f"{self.name} guest physical address")
+        if self._fd is None:  # self.closed
             raise ClosedError(f"{self.name} is closed; its guest memory is unmapped (guest address {gpa:#x})")
         for m in self.memslots.values():
-            if gpa in m:
+            if m.gpa <= gpa < m.gpa + m.size:  # gpa in m
                 return m
         slots = ", ".join(f"{m.slot}:{m.gpa:#x}-{m.end:#x}" for m in self.memslots.values()) or "none"
         raise GuestMemoryError(f"guest address {gpa:#x} is outside every memslot of {self.name} (slots: {slots})")
@@ -270,11 +283,23 @@ class VmMemory(FdObject):
 
     def read(self, gpa: int, length: int) -> bytes:
         """`length` bytes of guest physical memory from `gpa`, through the host mappings (may span slots)."""
+        if type(length) is int and length > 0:  # within one slot, the usual case, without _chunks
+            m = self.slot_for(gpa)
+            start = gpa - m.gpa
+            if start + length <= m.size:
+                return m.mapping.read(m.offset + start, length)
         return b"".join(m.mapping.read(off, n) for m, off, n in self._chunks(gpa, length))
 
     def write(self, gpa: int, data: bytes) -> None:
         """Write `data` to guest physical memory at `gpa` through the host mappings (may span slots)."""
-        data = validate.data(data, f"{self.name} write at guest address {_addr(gpa)}")
+        if type(data) is not bytes:
+            data = validate.data(data, f"{self.name} write at guest address {_addr(gpa)}")
+        if data:  # within one slot, the usual case, without _chunks (which checks as slot_for does)
+            m = self.slot_for(gpa)
+            start = gpa - m.gpa
+            if start + len(data) <= m.size:
+                m.mapping.write(m.offset + start, data)
+                return
         pos = 0
         for m, off, n in self._chunks(gpa, len(data)):
             m.mapping.write(off, data[pos: pos + n])

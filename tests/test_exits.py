@@ -130,3 +130,55 @@ def test_every_parsed_reason_gives_its_own_exit_type(page):
         page.run.exit_reason = reason
         e = parse_exit(page.run)
         assert e.reason == reason and isinstance(e, UnknownExit) == (reason == C.KVM_EXIT_UNKNOWN), (reason, e)
+
+
+def _same_as_init(e):
+    """`e` against the exit its dataclass __init__ builds from the same fields: equal, the same
+    __dict__ (every field, in order, nothing more) and the same text."""
+    import dataclasses
+
+    built = type(e)(**{f.name: getattr(e, f.name) for f in dataclasses.fields(e)})
+    assert e == built and e.__dict__ == built.__dict__, f"{e!r} != {built!r}"
+    assert list(e.__dict__) == [f.name for f in dataclasses.fields(e)]
+    assert str(e) == str(built) and repr(e) == repr(built) and hash(e) == hash(built)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        e.reason = 0
+
+
+@pytest.mark.parametrize("direction,size,count", [(1, 1, 1), (1, 1, 3), (1, 4, 1), (0, 1, 1), (0, 2, 2)])
+def test_io_exit_built_by_the_parser_is_the_dataclass(page, direction, size, count):
+    """The I/O parser builds IoExit without its __init__ (the exit loop's hot path): the result
+    must be the very object __init__ builds, OUT data included (one byte or several)."""
+    run = page.run
+    run.exit_reason = C.KVM_EXIT_IO
+    run.exit.io.direction, run.exit.io.size, run.exit.io.port, run.exit.io.count = direction, size, 0x80, count
+    run.exit.io.data_offset = ctypes.sizeof(kvm_run)
+    page.extra[0:8] = [0xA5, 2, 3, 4, 5, 6, 7, 8]
+    e = parse_exit(run)
+    _same_as_init(e)
+    assert (e.reason, e.direction, e.size, e.port, e.count, e.data_offset) == \
+        (C.KVM_EXIT_IO, direction, size, 0x80, count, ctypes.sizeof(kvm_run))
+    assert e.data == (bytes(page.extra[: size * count]) if direction else b"")
+
+
+def test_io_data_offset_past_the_mapping_gives_no_bytes_not_a_crash(page):
+    run = page.run
+    run.exit_reason = C.KVM_EXIT_IO
+    run.exit.io.direction, run.exit.io.size, run.exit.io.count = 1, 1, 1
+    run.exit.io.data_offset = ctypes.sizeof(page) + 0x100
+    e = parse_exit(run)
+    assert e.data == b"" and e.data_offset == ctypes.sizeof(page) + 0x100
+
+
+@pytest.mark.parametrize("is_write,length", [(1, 1), (1, 8), (0, 4), (1, 12)])
+def test_mmio_exit_built_by_the_parser_is_the_dataclass(page, is_write, length):
+    """As for I/O: MmioExit from the parser equals the one __init__ builds; a write's data is the
+    first `len` bytes of kvm_run.mmio.data (at most its 8)."""
+    run = page.run
+    run.exit_reason = C.KVM_EXIT_MMIO
+    run.exit.mmio.phys_addr, run.exit.mmio.len, run.exit.mmio.is_write = 0xFEE00030, length, is_write
+    run.exit.mmio.data[:] = [1, 2, 3, 4, 5, 6, 7, 8]
+    e = parse_exit(run)
+    _same_as_init(e)
+    assert e.phys_addr == 0xFEE00030 and e.len == length and e.is_write is bool(is_write)
+    assert e.data == (bytes(range(1, 9))[:length] if is_write else b"")
