@@ -51,6 +51,7 @@ class Vm(VmMemory, VmDirtyLog, VmIrq, VmIo, CarriedIoctls, FdObject):
         self.carried_dirty: dict[int, set[int]] = {}
         self._in_setup = False
         self._extra_mappings: list[HostMapping] = []
+        self._slot_mappings: dict[int, list] = {}  # kvmtest.vm_memory.VmMemory: mappings behind memslots
 
     # --- capabilities --------------------------------------------------------------------
 
@@ -216,6 +217,7 @@ class Vm(VmMemory, VmDirtyLog, VmIrq, VmIo, CarriedIoctls, FdObject):
         for m in self.memslots.values():
             m.mapping.close()
         self.memslots.clear()
+        self._slot_mappings.clear()
         for mapping in self._extra_mappings:
             mapping.close()
         self._extra_mappings.clear()

@@ -102,6 +102,22 @@ class VmMemory(FdObject):
     memslots: dict[int, Memslot]
     uncarried: list[str]
     _extra_mappings: list[HostMapping]
+    # id(HostMapping) -> [mapping, number of memslots backed by it]: finding the mapping behind a new
+    # slot's host address looks at each mapping once, not at every slot (32,764 slots sharing one
+    # mapping made that quadratic: 40 s of Python for the slot-limit check)
+    _slot_mappings: dict[int, list]
+
+    def _hold(self, mapping) -> None:
+        if isinstance(mapping, HostMapping):
+            held = self._slot_mappings.setdefault(id(mapping), [mapping, 0])
+            held[1] += 1
+
+    def _release_slot_mapping(self, mapping) -> None:
+        held = self._slot_mappings.get(id(mapping)) if isinstance(mapping, HostMapping) else None
+        if held is not None:
+            held[1] -= 1
+            if not held[1]:
+                del self._slot_mappings[id(mapping)]
 
     @carried
     def set_user_memory_region(self, slot: int, flags: int, gpa: int, size: int, hva: int) -> None:
@@ -156,24 +172,28 @@ class VmMemory(FdObject):
         if not size:
             if old is not None:
                 del self.memslots[slot]
+                self._release_slot_mapping(old.mapping)
                 if isinstance(old.mapping, HostMapping) and not self._mapping_in_use(old.mapping):
                     self._extra_mappings.append(old.mapping)  # the caller may add it back; unmapped at close()
             return
         if old is not None:
             old.gpa, old.flags = gpa, flags
             return
-        self.memslots[slot] = Memslot(slot, gpa, size, flags, *self._backing_of(hva, size))
+        self.memslots[slot] = new = Memslot(slot, gpa, size, flags, *self._backing_of(hva, size))
+        self._hold(new.mapping)
 
     def _backing_of(self, hva: int, size: int) -> tuple:
         """(mapping, offset) for host memory [hva, hva+size): one of this VM's mappings if it lies
         inside one, else a ForeignMemory that reads it without owning it."""
-        for mapping in [m.mapping for m in self.memslots.values()] + self._extra_mappings:
-            if isinstance(mapping, HostMapping) and not mapping.closed and \
-                    mapping.addr <= hva and hva + size <= mapping.addr + mapping.size:
+        for mapping in [held[0] for held in self._slot_mappings.values()] + self._extra_mappings:
+            if not mapping.closed and mapping.addr <= hva and hva + size <= mapping.addr + mapping.size:
                 return mapping, hva - mapping.addr
         return ForeignMemory(hva, size, name=f"{self.name} host memory at {hva:#x}"), 0
 
     def _mapping_in_use(self, mapping) -> bool:
+        """Whether a memslot of this VM, or its list of mappings kept for re-use, holds `mapping`."""
+        if isinstance(mapping, HostMapping):
+            return id(mapping) in self._slot_mappings or mapping in self._extra_mappings
         return any(m.mapping is mapping for m in self.memslots.values()) or mapping in self._extra_mappings
 
     def free_slot(self) -> int:
@@ -219,8 +239,9 @@ class VmMemory(FdObject):
             if not self._mapping_in_use(mapping):
                 mapping.close()
             raise
-        self.memslots[slot] = Memslot(slot, gpa, size, flags, mapping, offset)
-        return self.memslots[slot]
+        self.memslots[slot] = new = Memslot(slot, gpa, size, flags, mapping, offset)
+        self._hold(mapping)
+        return new
 
     @carried
     def move_memslot(self, slot: int, new_gpa: int) -> None:
@@ -243,6 +264,7 @@ class VmMemory(FdObject):
         m = self.memslot(slot)
         self._set_region(slot, m.flags, m.gpa, 0, m.hva)
         del self.memslots[m.slot]
+        self._release_slot_mapping(m.mapping)
         if not self._mapping_in_use(m.mapping):
             m.mapping.close()
 
