@@ -22,6 +22,7 @@ import os
 import threading
 import time
 from pathlib import Path
+from typing import TextIO
 
 ENV = "KVMTEST_VM_PROGRESS"
 # A test still running prints a heartbeat on the VM's console, so the host's stall detector
@@ -78,7 +79,9 @@ class _Log:
     not one per line); phase reports wait for the test's teardown and go out in one write."""
 
     def __init__(self, path: Path):
-        self.path, self.file, self.pending = path, None, []
+        self.path = path
+        self.file: TextIO | None = None
+        self.pending: list[dict] = []
 
     def write(self, entry: dict) -> None:
         if self.file is None:

@@ -227,8 +227,7 @@ def _run_shards(parts: list[Boot], args, extra, kernel: Kernel, accel: str, repo
             errors.append(e)
             kill_all()
 
-    threads = [threading.Thread(target=one, args=(p,), name=f"kvmtest-shard{p.shard[0]}", daemon=True)
-               for p in parts]
+    threads = [threading.Thread(target=one, args=(p,), name=f"kvmtest-{p.display}", daemon=True) for p in parts]
     try:
         for t in threads:
             t.start()
@@ -297,15 +296,16 @@ def finish_shards(boot: Boot, parts: list[Boot], args, kernel: Kernel, accel: st
     ended is the first shard's that did not finish (else done); the JUnit/KTAP/HTML are rebuilt from
     all shards' progress logs, and the shards' own files, but their console logs, are removed."""
     for part in parts:
+        k, n = part.shard or (1, 1)
         boot.boots += part.boots
-        boot.boot_shards += [part.shard[0]] * len(part.boots)
+        boot.boot_shards += [k] * len(part.boots)
         boot.crashes += part.crashes
-        boot.warnings += [f"[shard {part.shard[0]}/{part.shard[1]}] {w}" for w in part.warnings]
+        boot.warnings += [f"[shard {k}/{n}] {w}" for w in part.warnings]
         boot.kernel_warns += part.kernel_warns
     failed = [p for p in parts if p.kind != "done"]
     last = failed[0] if failed else parts[-1]
     boot.kind, boot.run = last.kind, last.run
-    boot.message = f"shard {last.shard[0]}/{last.shard[1]}: {last.message}" if failed else ""
+    boot.message = f"{last.display.removeprefix(last.label).strip()}: {last.message}" if failed else ""
     entries = [e for p in parts for e in progress.read(p.path(".progress.jsonl"))]
     if resume.fingerprint(entries):
         if failed:  # the run stopped short: say so in the report itself
