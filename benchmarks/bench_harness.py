@@ -360,13 +360,33 @@ def render(result: dict) -> str:
     return "\n".join(lines)
 
 
+def positive(text: str) -> int:
+    """argparse type: a whole number, 1 or more (a median of no rounds, a time per zero exits, mean nothing)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number, 1 or more")
+    return value
+
+
+def writable_file(text: str) -> Path:
+    """argparse type: a file path whose directory exists and is writable (checked before measuring)."""
+    path = Path(text)
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir() or not os.access(folder, os.W_OK) or path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: cannot be written (no such directory, not writable, or a directory)")
+    return path
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--exits", type=int, default=20000)
-    p.add_argument("--cycles", type=int, default=200)
+    p.add_argument("--rounds", type=positive, default=5)
+    p.add_argument("--exits", type=positive, default=20000)
+    p.add_argument("--cycles", type=positive, default=200)
     p.add_argument("--no-parts", action="store_true", help="leave out the part-by-part figures of the exit loop")
-    p.add_argument("--json", type=Path, default=None, help="also write every figure to this JSON file")
+    p.add_argument("--json", type=writable_file, default=None, help="also write every figure to this JSON file")
     args = p.parse_args(argv)
     result = measure(args.rounds, args.exits, args.cycles, parts=not args.no_parts)
     print(render(result))

@@ -36,6 +36,8 @@ sys.path.insert(0, str(HERE))  # the sibling benchmarks, imported as modules
 import bench_harness  # noqa: E402
 import bench_upstream_host  # noqa: E402
 
+from kvmtest.options import jobs_value  # noqa: E402
+
 SUITE_TARGET_S = 30.0
 UPSTREAM_TARGET_S = 30 * 60.0
 
@@ -102,7 +104,7 @@ def figures(s: dict) -> dict:
     return {"label": " ".join(s["kvm_params"]) or "default", "kernel": s["kernel"], "accelerator": s["accelerator"],
             "vms": s.get("shards", 1), "boots": len(s["boots"]), "boot_s": max(booting.values(), default=0.0),
             "tests_s": max(testing.values(), default=0.0), "wall_s": s.get("wall_s", -1.0), "counts": s["counts"],
-            "outcome": s["outcome"], "crashes": len(s["crashes"])}
+            "outcome": s["outcome"], "crashes": len(s.get("crashes", []))}
 
 
 def verdict(value: float, target: float) -> str:
@@ -136,8 +138,8 @@ def counts_text(counts: dict) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--jobs", default="2", help="kvmtest run -j for the host suite (default 2)")
-    ap.add_argument("--rounds", type=int, default=7, help="bench_harness rounds (default 7)")
+    ap.add_argument("--jobs", default="2", type=jobs_value, help="kvmtest run -j for the host suite (default 2)")
+    ap.add_argument("--rounds", type=bench_harness.positive, default=7, help="bench_harness rounds (default 7)")
     up = ap.add_mutually_exclusive_group()
     up.add_argument("--upstream-from", type=Path, metavar="DIR",
                     help="take the upstream figure from the newest *.summary.json in DIR instead of running it")
@@ -145,11 +147,19 @@ def main(argv=None) -> int:
     ap.add_argument("--kernel", default="debian", help="what the upstream part boots (default: debian)")
     ap.add_argument("--kvm-param", action="append", default=[], help="module parameters of the upstream configuration")
     ap.add_argument("--report-dir", type=Path, default=None, help="where the reports go (default: a temporary one)")
-    ap.add_argument("--json", type=Path, default=None, help="also write every figure to this JSON file")
+    ap.add_argument("--json", type=bench_harness.writable_file, default=None,
+                    help="also write every figure to this JSON file")
     args = ap.parse_args(argv)
-    if args.upstream_from is not None and not args.upstream_from.is_dir():
-        print(f"bench_speed: --upstream-from {args.upstream_from}: no such directory", file=sys.stderr)
-        return 2
+    up_fig = None
+    if args.upstream_from is not None:  # checked before the host parts, which take minutes
+        if not args.upstream_from.is_dir():
+            print(f"bench_speed: --upstream-from {args.upstream_from}: no such directory", file=sys.stderr)
+            return 2
+        try:
+            up_fig = upstream_from(args.upstream_from)
+        except (RuntimeError, bench_upstream_host.SummaryError) as e:
+            print(f"bench_speed: {e}", file=sys.stderr)
+            return 2
     with tempfile.TemporaryDirectory(prefix="bench_speed-") as tmp:
         report_dir = args.report_dir or Path(tmp)
         report_dir.mkdir(parents=True, exist_ok=True)
@@ -164,17 +174,14 @@ def main(argv=None) -> int:
             harness = bench_harness.measure(rounds=args.rounds)
             print(f"2-3. bench_harness, {args.rounds} rounds ({before} -> {stamp()}):", flush=True)
             print(bench_harness.render(harness), flush=True)
-            up_fig = None
-            if args.upstream_from is not None:
-                up_fig = upstream_from(args.upstream_from)
-            elif not args.no_upstream:
+            if args.upstream_from is None and not args.no_upstream:
                 up_fig = upstream(args.kernel, args.kvm_param, report_dir / "upstream", [])
             if up_fig is not None:
                 print(f"4. upstream {up_fig['kernel']} [{up_fig['label']}] under {up_fig['accelerator']}, "
                       f"{up_fig['vms']} VM(s), {up_fig['boots']} boot(s), {up_fig['crashes']} crash(es), "
                       f"{up_fig['outcome']} ({up_fig['before']}{' -> ' + up_fig['after'] if up_fig['after'] else ''}): "
                       f"{counts_text(up_fig['counts'])}", flush=True)
-        except (RuntimeError, OSError) as e:
+        except (RuntimeError, OSError, bench_upstream_host.SummaryError) as e:
             print(f"bench_speed: {e}", file=sys.stderr)
             return 2
         print(f"\nbench_speed: side by side ({stamp()}):")

@@ -38,6 +38,12 @@ def load(report_dir: Path) -> list[dict]:
             s = json.loads(p.read_text())
             if not isinstance(s, dict) or not {"kvm_params", "boots", "counts", "junit"} <= set(s):
                 raise ValueError("not a configuration summary (kvm_params, boots, counts, junit)")
+            if not isinstance(s["boots"], list) or not all(
+                    isinstance(b, dict) and isinstance(b.get("boot_s"), (int, float))
+                    and isinstance(b.get("tests_s"), (int, float)) for b in s["boots"]):
+                raise ValueError("its boots are not a list of {ended, boot_s, tests_s}")
+            if not isinstance(s["counts"], dict) or not isinstance(s.get("crashes", []), list):
+                raise ValueError("its counts are not a mapping of status to number, or its crashes not a list")
         except (OSError, ValueError) as e:
             raise SummaryError(f"{p}: {e}") from None
         out.append(s)
@@ -61,7 +67,7 @@ def row(s: dict) -> str:
     return (f"{label:<24} {s['accelerator']:<5} {s.get('shards', 1):>3} {len(boots):>5} "
             f"{max(booting.values(), default=0):>7.0f} {max(testing.values(), default=0):>8.0f} "
             f"{'-' if wall is None else f'{wall:.0f}':>7} {sum(counts.values()):>6}  {cells}  "
-            f"{len(s['crashes']):>7}  {s['outcome']}")
+            f"{len(s.get('crashes', [])):>7}  {s['outcome']}")
 
 
 def table(summaries: list[dict]) -> str:
@@ -69,7 +75,7 @@ def table(summaries: list[dict]) -> str:
             f"{'total':>6}  " + "  ".join(f"{k:>7}" for k in STATUSES) + f"  {'crashes':>7}  outcome")
     lines = [head, "-" * len(head)] + [row(s) for s in summaries]
     for s in summaries:
-        for c in s["crashes"]:
+        for c in s.get("crashes", []):
             lines.append(f"  [{' '.join(s['kvm_params']) or 'default'}] the VM died in {c['test']} ({c['kind']})")
     return "\n".join(lines)
 

@@ -499,6 +499,28 @@ def test_default_shards_follow_host_cpus_and_memory_under_tcg_only():
     assert boot.memory_bytes("2G") == 2 << 30 and boot.memory_bytes("512") == 512 << 20
 
 
+def test_more_shards_than_memory_holds_are_refused():
+    assert runner.shards_too_many(2, "2G", available=24 << 30) == ""
+    why = runner.shards_too_many(64, "2G", available=23 << 30)
+    assert why.startswith("64 VMs of 2G need 131072 MiB at once, more than the host's MemAvailable (23552 MiB)")
+    assert runner.shards_too_many(64, "2G", available=0) == ""  # MemAvailable unreadable: not checked
+
+
+def test_shards_split_the_tests_left_after_keyword_deselection(tmp_path):
+    """-k deselects first; each shard then gets every N-th of what is left (progress.py, trylast)."""
+    import subprocess
+    demo = tmp_path / "test_k.py"
+    # picks at 0 and 2: sharded before -k, both would land in shard 1 and shard 2 would get none
+    demo.write_text("".join(f"def test_{i}_{'pick' if i in (0, 2) else 'other'}():\n    pass\n" for i in range(6)))
+    ran = []
+    for k in (1, 2):
+        out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:kvmtest",
+                              "-pkvmtest.kernelvm.progress", f"--kvm-vm-shard={k}/2", "-kpick", "-rA", str(demo)],
+                             capture_output=True, text=True, cwd=tmp_path).stdout
+        ran.append(re.findall(r"PASSED \S*::(test_\w+)", out))
+    assert ran == [["test_0_pick"], ["test_2_pick"]], ran
+
+
 def test_shard_exit_combines_the_vms_verdicts():
     assert vmrun.shard_exit(1, [0, 0]) == 1
     assert vmrun.shard_exit(0, [0, 5]) == 0      # one VM got none of a short selection

@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 from typing import TextIO
 
+import pytest
+
 ENV = "KVMTEST_VM_PROGRESS"
 # A test still running prints a heartbeat on the VM's console, so the host's stall detector
 # (--vm-stall, which only sees console silence) does not take a slow test under TCG for a hung
@@ -130,6 +132,7 @@ def shard_items(items: list, shard: tuple[int, int] | None) -> tuple[list, list]
             [i for at, i in enumerate(items) if at % n != k - 1])
 
 
+@pytest.hookimpl(trylast=True)  # after -k/-m deselection: the shards split the tests that will run
 def pytest_collection_modifyitems(session, config, items):
     """pytest hook: keep this VM's shard of the tests (--kvm-vm-shard), then deselect the tests the
     progress log already has a verdict for (a resumed run in a fresh VM), reporting both as

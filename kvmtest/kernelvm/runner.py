@@ -149,6 +149,19 @@ def check_vm_options(args) -> None:
         raise KernelVmError(f"--vm-memory {args.vm_memory!r}: expected a size such as 2G or 2048M")
 
 
+def shards_too_many(shards: int, memory: str, available: int | None = None) -> str:
+    """Why `shards` VMs of `memory` each cannot run at once here ("" when they can): more memory than
+    the host's MemAvailable (unknown: not checked)."""
+    from .boot import mem_available, memory_bytes
+
+    available = mem_available() if available is None else available
+    need = shards * memory_bytes(memory)
+    if available and need > available:
+        return (f"{shards} VMs of {memory} need {need >> 20} MiB at once, more than the host's MemAvailable "
+                f"({available >> 20} MiB); use fewer VMs or a smaller --vm-memory")
+    return ""
+
+
 def refuse_unusable_outputs(args) -> None:
     """A report path that cannot be written or a baseline that is no JUnit report is refused
     (KernelVmError) before any VM boots, not found after the last one."""
@@ -302,6 +315,9 @@ def cmd_run_kernel(args, extra) -> int:
     elif args.vm_shards < 1:
         print(f"kvmtest run --kernel: --vm-shards {args.vm_shards}: expected a number of VMs, 1 or more",
               file=sys.stderr)
+        return skip
+    elif why := shards_too_many(args.vm_shards, args.vm_memory):
+        print(f"kvmtest run --kernel: --vm-shards {args.vm_shards}: {why}", file=sys.stderr)
         return skip
     shards = f", {args.vm_shards} VMs at once per configuration" if args.vm_shards > 1 else ""
     print(f"kvmtest run --kernel: {kernel.release} ({kernel.source}), accelerator {accel} ({why}), "
