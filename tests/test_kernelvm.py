@@ -418,7 +418,8 @@ def test_d_fails():
 """
 
 
-def test_a_panic_costs_one_test_and_the_run_goes_on(tmp_path):
+def fake_vm_files(tmp_path):
+    """(the fake vng, the demo test folder, an empty report folder) under `tmp_path`."""
     vng = tmp_path / "vng"
     vng.write_text(f"#!{sys.executable}\n{FAKE_VNG}")
     vng.chmod(0o755)
@@ -427,6 +428,11 @@ def test_a_panic_costs_one_test_and_the_run_goes_on(tmp_path):
     (demo / "test_demo.py").write_text(DEMO_TESTS)
     reports = tmp_path / "reports"
     reports.mkdir()
+    return vng, demo, reports
+
+
+def test_a_panic_costs_one_test_and_the_run_goes_on(tmp_path):
+    vng, demo, reports = fake_vm_files(tmp_path)
     args = cli.build_parser().parse_args(["run", "--report-dir", str(reports), "-j", "0", "--vm-stall", "60",
                                           "--vm-timeout", "240"])
     b = vmrun.run_config(args, ["-s", "-pno:cacheprovider", str(demo)], K, "tcg", (), reports, {"vng": str(vng)})
@@ -451,14 +457,7 @@ def test_a_panic_costs_one_test_and_the_run_goes_on(tmp_path):
 
 def test_a_configuration_split_over_two_vms_runs_each_test_once_and_resumes_per_shard(tmp_path):
     """--vm-shards 2: each VM runs every other test; the VM that panics resumes on its own; one report."""
-    vng = tmp_path / "vng"
-    vng.write_text(f"#!{sys.executable}\n{FAKE_VNG}")
-    vng.chmod(0o755)
-    demo = tmp_path / "demo"
-    demo.mkdir()
-    (demo / "test_demo.py").write_text(DEMO_TESTS)
-    reports = tmp_path / "reports"
-    reports.mkdir()
+    vng, demo, reports = fake_vm_files(tmp_path)
     args = cli.build_parser().parse_args(["run", "--report-dir", str(reports), "--vm-stall", "60",
                                           "--vm-timeout", "240"])
     args.vm_shards, args.vm_cpus = 2, 1
