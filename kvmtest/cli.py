@@ -11,6 +11,7 @@ from pathlib import Path
 
 from . import fingerprint as fpmod
 from . import known_issue_verify
+from .bytecode import keep_bytecode_outside_the_tree
 from .kernelvm import KernelVmError
 from .kernelvm import runner as kernelvm  # stdlib only: QEMU and virtme-ng are needed only by --kernel
 from .options import jobs_value
@@ -250,6 +251,7 @@ def cmd_run(args, extra) -> int:
     if problem:
         print(f"kvmtest run: {problem}", file=sys.stderr)
         return BISECT_SKIP if args.bisect else 2
+    keep_bytecode_outside_the_tree()  # PYTHONDONTWRITEBYTECODE: every xdist worker would compile everything
     # the host line and the report paths come from the plugin (header, "kvmtest report:" lines)
     print(f"kvmtest run: pytest {shlex.join(argv)}", flush=True)  # quoted: the line can be pasted back
     try:

@@ -17,6 +17,12 @@ on it is non-strict, so a deviation that went away shows as an XPASS of that ent
 An entry with `run = false` is for a test that takes the host itself down (a QEMU abort, a host
 panic): on matching hosts that test is skipped, naming the entry, instead of run.
 
+An entry whose deviation is a guest that never completes (KVM_RUN keeps running until the
+watchdog kicks it) may give `hang_timeout`, seconds: on matching hosts its tests run with that
+per-KVM_RUN timeout instead of their own (a spinning vCPU burns a CPU for the whole timeout, on
+every run). A host without the deviation completes such a guest in milliseconds, so a fixed host
+still XPASSes; `kvmtest known-issues verify` applies no entry and so waits the test's own timeout.
+
 A known issue covers what the host does, never a harness error: only failures raised as
 AssertionError (guest verdicts, GuestFailure), KvmError (an ioctl's errno) or GuestTimeout
 become xfails; anything else (a permission error on /dev/kvm, an AssemblyError, a TypeError)
@@ -35,6 +41,7 @@ stays an error.
     mmu = "shadow"                          # optional: fingerprint MMU mode
     accelerator = "tcg"                     # optional: what runs the kernel ("none" on bare metal or a
                                             # host's own VM; "tcg"/"kvm" under `kvmtest run --kernel`)
+    # hang_timeout = 0.2                    # optional, at top level: the deviation is a hang (above)
     [issue.evidence]
     contract = "SDM Vol. 3A 4.1.1: ..."
     observed = "..."
@@ -53,7 +60,8 @@ from pathlib import Path
 from .errors import GuestTimeout, KvmError, KvmtestError
 
 BUILTIN_DIR = Path(__file__).parent / "known_issues"
-_ISSUE_KEYS = {"id", "tests", "reason", "host", "evidence", "url", "commit", "intermittent", "seen", "run"}
+_ISSUE_KEYS = {"id", "tests", "reason", "host", "evidence", "url", "commit", "intermittent", "seen", "run",
+               "hang_timeout"}
 _SEEN_KEYS = {"build", "date", "result"}
 
 # What a host deviation can raise. Anything else is kvmtest's own error or bad set-up and must
@@ -85,6 +93,7 @@ class KnownIssue:
     intermittent: bool = False
     seen: tuple[dict, ...] = ()
     run: bool = True  # False: the test takes the host itself down there (e.g. aborts QEMU), so it is not run
+    hang_timeout: float | None = None  # seconds per KVM_RUN for its tests where it applies (a hang deviation)
     _patterns: tuple = field(default=(), compare=False, repr=False)
 
     def skip_reason(self) -> str:
@@ -269,9 +278,24 @@ def _validate(entry: dict, where: str, source: str) -> KnownIssue:
         raise KnownIssueError(f"{where}: 'run' must be true or false (false: the test takes the host down there)")
     if not run and intermittent:
         raise KnownIssueError(f"{where}: an entry that is not run cannot be intermittent")
+    hang_timeout = _validate_hang_timeout(entry.get("hang_timeout"), run, where)
     return KnownIssue(entry["id"], tuple(tests), entry["reason"], host, evidence, source,
-                      entry.get("url"), entry.get("commit"), intermittent, seen, run,
+                      entry.get("url"), entry.get("commit"), intermittent, seen, run, hang_timeout,
                       tuple(glob_to_regex(t) for t in tests))
+
+
+HANG_TIMEOUT_MAX = 5.0  # seconds: a "hang" timeout longer than this saves nothing worth an entry key
+
+
+def _validate_hang_timeout(value, run: bool, where: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= HANG_TIMEOUT_MAX:
+        raise KnownIssueError(f"{where}: 'hang_timeout' must be a number of seconds above 0 and at most "
+                              f"{HANG_TIMEOUT_MAX:g}, got {value!r}")
+    if not run:
+        raise KnownIssueError(f"{where}: an entry that is not run cannot have a 'hang_timeout'")
+    return float(value)
 
 
 # What the fingerprint can hold for the host keys with a closed set of values (kvmtest.fingerprint).

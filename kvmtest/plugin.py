@@ -226,6 +226,8 @@ def pytest_collection_modifyitems(config, items):
             if issue.run:
                 item.add_marker(pytest.mark.xfail(strict=issue.strict_on(build),
                                                   reason=issue.xfail_reason(build), raises=ki.HOST_FAILURES))
+                if issue.hang_timeout is not None:  # first, so it is the closest guest_timeout marker
+                    item.add_marker(pytest.mark.guest_timeout(issue.hang_timeout), append=False)
             else:
                 item.add_marker(pytest.mark.skip(reason=issue.skip_reason()))
             item.user_properties.append(("known_issue", issue.id))

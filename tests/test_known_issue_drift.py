@@ -1,6 +1,7 @@
 """Known issues against drifting hosts: strict only on the builds an entry was verified on, never
 covering a harness error, and `kvmtest known-issues verify` re-checking and recording them."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -229,3 +230,48 @@ def test_verify_runs_with_the_default_guest_timeout_whatever_the_environment_say
     monkeypatch.setenv("KVMTEST_GUEST_TIMEOUT", "0.001")
     args = kv._common(["k.toml"], "/dev/kvm", ["demo"])
     assert f"--kvm-guest-timeout={DEFAULT_RUN_TIMEOUT}" in args  # the command line beats the environment
+
+
+HANG_DEMO = """import pathlib, pytest
+
+@pytest.mark.guest_timeout(2)
+def test_bad(guest_timeout):
+    pathlib.Path("bad.txt").write_text(repr(guest_timeout))
+    assert False, "the guest never completed"
+
+@pytest.mark.guest_timeout(2)
+def test_good(guest_timeout):
+    pathlib.Path("good.txt").write_text(repr(guest_timeout))
+"""
+
+
+def test_a_hang_entry_shortens_the_guest_timeout_of_its_tests_only(run):
+    run.makepyfile(test_demo=HANG_DEMO)
+    issues = run.makefile(".toml", known=_issue(["test_demo.py::test_bad"], extra="hang_timeout = 0.2")
+                          + seen(this_build()))
+    run.runpytest(f"--kvm-known-issues={issues}").assert_outcomes(xfailed=1, passed=1)
+    assert (run.path / "bad.txt").read_text() == "0.2"   # over the test's own marker
+    assert (run.path / "good.txt").read_text() == "2.0"
+
+
+def test_verifying_a_hang_entry_waits_the_tests_own_timeout(run):
+    run.makepyfile(test_demo=HANG_DEMO)
+    issues = run.makefile(".toml", known=_issue(["test_demo.py::test_bad"], extra="hang_timeout = 0.2")
+                          + seen(this_build()))
+    run.runpytest(f"--kvm-known-issues={issues}", "--kvm-verify-known-issues=demo").assert_outcomes(failed=1)
+    assert (run.path / "bad.txt").read_text() == "2.0"
+
+
+@pytest.mark.parametrize("extra,message", [
+    ("hang_timeout = 0", "'hang_timeout' must be a number of seconds above 0 and at most 5, got 0"),
+    ("hang_timeout = -1.5", "got -1.5"),
+    ("hang_timeout = 6", "got 6"),
+    ("hang_timeout = true", "got True"),
+    ('hang_timeout = "0.2"', "got '0.2'"),
+    ("hang_timeout = 0.2\nrun = false", "an entry that is not run cannot have a 'hang_timeout'"),
+])
+def test_a_bad_hang_timeout_is_refused_naming_it(tmp_path, extra, message):
+    path = tmp_path / "k.toml"
+    path.write_text(_issue(["x"], extra=extra))
+    with pytest.raises(ki.KnownIssueError, match=f"issue 'demo'.*{re.escape(message)}"):
+        ki.load(path)

@@ -85,6 +85,9 @@ def main(argv: list[str]) -> int:
            "HYPOTHESIS_STORAGE_DIRECTORY": "/tmp/kvmtest-hypothesis"}
     if spec.get("asm_cache"):  # the host's assembly cache, shared writable (vmrun.shared_asm_cache)
         env["KVMTEST_CACHE_DIR"] = spec["asm_cache"]
+    if spec.get("pycache"):  # the host's bytecode, shared writable (vmrun.shared_pycache)
+        env["PYTHONPYCACHEPREFIX"] = spec["pycache"]
+        del env["PYTHONDONTWRITEBYTECODE"]
     started = time.monotonic()
     for run_args in spec["sessions"]:  # suspects of an earlier crash one at a time first, then the rest
         code = subprocess.call([sys.executable, "-m", "kvmtest.cli", "run", *run_args], env=env)

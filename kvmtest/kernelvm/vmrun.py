@@ -166,15 +166,31 @@ def shared_asm_cache() -> Path | None:
     return directory
 
 
+def shared_pycache() -> Path | None:
+    """The host's bytecode tree (kvmtest.bytecode.cache_prefix), created if missing, for the VM's
+    Python to read and fill: the checkout is read-only there, and compiling kvmtest and rewriting
+    the suites' asserts is half of a collection, minutes under TCG. Python writes each file whole
+    and renames it, so several VMs at once are safe. None when it cannot be created."""
+    from ..bytecode import cache_prefix
+
+    directory = cache_prefix()
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None
+    return directory
+
+
 def _boot(args, boot: Boot, kernel: Kernel, accel: str, report_dir: Path, tools, sessions, timeout_s, n):
     status_path = boot.path(f".boot{n}.status.json")
     spec_path = boot.path(f".boot{n}.spec.json")
-    asm_cache = shared_asm_cache()
+    asm_cache, pycache = shared_asm_cache(), shared_pycache()
     spec_path.write_text(json.dumps({"accelerator": accel, "status": str(status_path),
                                      "progress": str(boot.path(".progress.jsonl")), "sessions": sessions,
-                                     "asm_cache": str(asm_cache) if asm_cache else ""}, indent=2) + "\n")
+                                     "asm_cache": str(asm_cache) if asm_cache else "",
+                                     "pycache": str(pycache) if pycache else ""}, indent=2) + "\n")
     exec_cmd = f"{sys.executable} -m kvmtest.kernelvm.inner {spec_path}"
-    rwdirs = [report_dir] + ([asm_cache] if asm_cache else [])
+    rwdirs = [report_dir] + [d for d in (asm_cache, pycache) if d]
     cmd = vng_command(tools["vng"], kernel, accel, exec_cmd, rwdirs=rwdirs, append=boot.params,
                       cpus=args.vm_cpus or default_cpus(accel), memory=args.vm_memory)
     env = {**os.environ, "PATH": f"{Path(tools['vng']).parent}:{os.environ.get('PATH', '')}"}
