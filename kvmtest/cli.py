@@ -10,7 +10,7 @@ import textwrap
 from pathlib import Path
 
 from . import fingerprint as fpmod
-from . import known_issue_verify
+from . import host_shards, known_issue_verify
 from .bytecode import keep_bytecode_outside_the_tree
 from .kernelvm import KernelVmError
 from .kernelvm import runner as kernelvm  # stdlib only: QEMU and virtme-ng are needed only by --kernel
@@ -139,6 +139,38 @@ def absorb_run_settings(args, extra: list[str]) -> list[str]:
     return rest + (["--"] if any(t.startswith("-") for t in targets) else []) + targets
 
 
+def plugin_option_problem(argv: list[str], environ=None) -> str:
+    """What kvmtest's pytest plugin would refuse at start in the pytest arguments `argv` and, unless
+    `environ` is given ({}: none), the KVMTEST_* variables, or "": a --kvm-* value (checked by the
+    plugin's own kvmtest.options.check_given) or a --kvm-known-issues file the loader refuses. Found
+    here, it is one line before the pytest command line is printed, not pytest's exit 4 after it."""
+    import pytest
+
+    from . import known_issues as ki
+    from .options import check_given
+
+    options, _ = split_pytest_args(argv)
+    try:
+        values = check_given(options, environ)
+        if values.get("kvm_known_issues") and not values.get("kvm_no_known_issues"):
+            ki.load_all(values["kvm_known_issues"])  # as the plugin's pytest_configure loads them
+    except (pytest.UsageError, ki.KnownIssueError) as e:
+        return str(e)
+    return ""
+
+
+def known_issue_entries(argv: list[str]) -> list:
+    """The known-issue entries the plugin would load for pytest arguments `argv` (and the KVMTEST_*
+    variables): for the HTML report of a sharded run, which names their reasons and evidence."""
+    from . import known_issues as ki
+    from .options import check_given
+
+    values = check_given(split_pytest_args(argv)[0])
+    if values.get("kvm_no_known_issues"):
+        return []
+    return ki.load_all(values.get("kvm_known_issues") or [str(p) for p in ki.builtin_files()])
+
+
 def _xdist_wanted(args, options) -> bool:
     if args.jobs == "0" or importlib.util.find_spec("xdist") is None:
         return False
@@ -148,6 +180,16 @@ def _xdist_wanted(args, options) -> bool:
         if (flag, value) == ("-p", "no:xdist") or flag in ("-pno:xdist", "-p=no:xdist"):
             return False  # xdist disabled: -n would be an unknown option
     return True
+
+
+def shards_wanted(args, extra: list[str]) -> int:
+    """How many shards `kvmtest run` runs (kvmtest.host_shards), 0 for one pytest process: more
+    than one job, xdist not chosen (--xdist) or turned off, and no option only one process can honour."""
+    options, _ = split_pytest_args(extra)
+    if args.xdist or not _xdist_wanted(args, options) or not host_shards.shardable(options):
+        return 0
+    n = host_shards.shard_count(args.jobs)
+    return n if n > 1 else 0
 
 
 def pytest_args(args, extra: list[str], fp: dict) -> tuple[list[str], dict]:
@@ -234,8 +276,9 @@ def run_problem(args, paths: dict, fp: dict) -> str:
 
 def cmd_run(args, extra) -> int:
     """`kvmtest run [pytest args]`: fingerprint the device, run pytest in this process, and return
-    pytest's exit status, or with --bisect the git bisect code (bisect_code). Bad input (run_problem)
-    is one line and exit 2 (125 with --bisect) before any test runs."""
+    pytest's exit status, or with --bisect the git bisect code (bisect_code). Bad input (a --kvm-*
+    value the plugin would refuse, plugin_option_problem; run_problem) is one line and exit 2 (125
+    with --bisect) before the pytest command line is printed."""
     import pytest
 
     extra = absorb_run_settings(args, extra)  # --kvm-device among them names the device to fingerprint
@@ -247,15 +290,20 @@ def cmd_run(args, extra) -> int:
             print(e, file=sys.stderr)
             return BISECT_SKIP
         raise
-    problem = run_problem(args, paths, fp)
+    problem = plugin_option_problem(argv) or run_problem(args, paths, fp)
     if problem:
         print(f"kvmtest run: {problem}", file=sys.stderr)
         return BISECT_SKIP if args.bisect else 2
-    keep_bytecode_outside_the_tree()  # PYTHONDONTWRITEBYTECODE: every xdist worker would compile everything
+    keep_bytecode_outside_the_tree()  # PYTHONDONTWRITEBYTECODE: every process would compile everything
+    shards = shards_wanted(args, extra)
     # the host line and the report paths come from the plugin (header, "kvmtest report:" lines)
-    print(f"kvmtest run: pytest {shlex.join(argv)}", flush=True)  # quoted: the line can be pasted back
+    print(f"kvmtest run: {f'{shards} shards of: ' if shards else ''}pytest {shlex.join(argv)}",
+          flush=True)  # quoted: the line can be pasted back
     try:
-        code = int(pytest.main(argv))
+        if shards:
+            code = host_shards.run(argv, shards, paths, fp, run_baseline(args), known_issue_entries(argv))
+        else:
+            code = int(pytest.main(argv))
     except Exception as e:  # an internal error must not look like a bad kernel to git bisect
         if not args.bisect:
             raise
@@ -397,7 +445,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--bisect", action="store_true",
                      help="git-bisect exit codes: 0 pass/xfail, 1 real failure, 125 nothing could be tested")
     run.add_argument("-j", "--jobs", default="auto", type=jobs_value,
-                     help="pytest-xdist workers ('auto', a number, or 0 for none)")
+                     help="pytest processes: 'auto' (one per CPU), a number, or 0 for none. More than one runs "
+                          "as shards, each every N-th test, reports merged at the end (kvmtest.host_shards); "
+                          "with --xdist, or pytest options a shard cannot honour (--pdb, -x, --lf, ...), as "
+                          "pytest-xdist workers")
+    run.add_argument("--xdist", action="store_true",
+                     help="run -j JOBS as pytest-xdist workers rather than shards")
     kernelvm.add_run_arguments(run)  # --kernel, --kvm-param, --accel, --vm-*
     kernelvm.add_kernel_parser(sub)  # kvmtest kernel fetch debian
     cmp_ = sub.add_parser("compare", help="compare two runs (JUnit files or directories); exit 1 on regressions",

@@ -209,8 +209,7 @@ def main(args) -> int:
     if args.id:
         unknown = sorted(set(args.id) - {i.id for i in applying})
         if unknown:
-            print(f"kvmtest known-issues verify: {', '.join(unknown)}: no such entry applies to this host "
-                  f"(applying: {', '.join(i.id for i in applying) or 'none'})", file=sys.stderr)
+            print(unknown_ids_text(unknown, issues, applying, fp), file=sys.stderr)
             return 2
         applying = [i for i in applying if i.id in args.id]
     if not applying:
@@ -238,6 +237,27 @@ def main(args) -> int:
                 write_seen(Path(path), mine, build, date)
                 print(f"kvmtest known-issues verify: recorded {len(mine)} entries as seen on this build in {path}")
     return 1 if bad else 0
+
+
+def unknown_ids_text(unknown: list[str], issues: list[ki.KnownIssue], applying: list[ki.KnownIssue],
+                     fp: dict) -> str:
+    """The error for --id values that name no entry verify can run here: one line per unknown id
+    saying why (no such entry in the files, its host predicate does not match, or it is not run
+    because it takes the host down), then how many entries do apply, one id per line."""
+    by_id = {i.id: i for i in issues}
+    lines = []
+    for name in unknown:
+        issue = by_id.get(name)
+        if issue is None:
+            why = "no such entry in the known-issue files"
+        elif not issue.matches_host(fp):
+            why = f"the entry ({issue.source}) does not apply to this host"
+        else:
+            why = f"the entry ({issue.source}) is not run here (it would take the host down)"
+        lines.append(f"kvmtest known-issues verify: --id {name}: {why}")
+    lines.append(f"{len(applying)} entries apply to this host and can be verified"
+                 + (":" if applying else "") + "".join(f"\n  {name}" for name in sorted(i.id for i in applying)))
+    return "\n".join(lines)
 
 
 def add_parser(sub) -> None:

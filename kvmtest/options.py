@@ -157,6 +157,31 @@ def resolve_settings(config) -> dict:
     return settings
 
 
+def check_given(given: list[tuple[str, str | None]], environ=None) -> dict:
+    """Refuse now what resolve_settings would refuse at pytest_configure: the --kvm-* options in
+    `given` ((flag, value or None) pairs as on a command line; the last of a flag wins, as in
+    argparse) and, for the options not given, their KVMTEST_* variables in `environ` (default
+    os.environ; {} to check the command line only). For `kvmtest run`, which checks its input before
+    it starts pytest. Returns the converted values of the options checked (option name -> value).
+    Raises pytest.UsageError with the plugin's own message. Ini keys are not read here (pytest finds
+    the ini file); the plugin still refuses a bad one."""
+    environ = os.environ if environ is None else environ
+    by_flag = {o.flag: o for o in OPTIONS}
+    cli = {by_flag[flag].name: value for flag, value in given if flag in by_flag}
+    values = {}
+    for opt in OPTIONS:
+        if opt.name in cli:
+            raw = cli[opt.name]
+            if opt.kind == "bool" and raw is not None:  # a store_true flag: pytest's argparse would refuse it
+                raise pytest.UsageError(f"{opt.flag}={raw!r} (from command line): takes no value")
+            if opt.kind != "bool" and raw is None:
+                raise pytest.UsageError(f"{opt.flag} (from command line): expects a value ({opt.flag}=VALUE)")
+            values[opt.name] = True if raw is None else _convert(opt, raw, "command line")
+        elif opt.env_name in environ:
+            values[opt.name] = _convert(opt, environ[opt.env_name], f"environment {opt.env_name}")
+    return values
+
+
 def asked_for(config) -> str:
     """Which option, ini key or KVMTEST_* variable asks for kvmtest in this session, or ""."""
     for opt in OPTIONS:

@@ -244,8 +244,9 @@ def pytest_collection_modifyitems(config, items):
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_terminal_summary(terminalreporter, config):
     """After pytest's own summary sections: the known-issue entries this build was never verified
-    on and those whose tests XPASSed, then the short test summary for -r chars f, E, s, x, X
-    in kvmtest's form (reasons uncut, skips and xfails grouped: kvmtest.reports.terminal)."""
+    on (of those a test of which ran here) and those whose tests XPASSed, then the short test
+    summary for -r chars f, E, s, x, X in kvmtest's form (reasons uncut, skips and xfails grouped:
+    kvmtest.reports.terminal)."""
     if not active(config):
         return (yield)
     from .reports import terminal
@@ -269,7 +270,9 @@ def _known_issue_summary(terminalreporter, config):
         issue_id = dict(getattr(report, "user_properties", [])).get("known_issue")
         if issue_id:
             xpassed.setdefault(issue_id, []).append(report.nodeid)
-    unverified = sorted(i for i, issue in applying.items() if issue.run and not issue.seen_on(build))
+    ran = _entries_that_ran(terminalreporter.stats)
+    # only entries a test of which ran here: `known-issues verify` can verify nothing that only skips
+    unverified = sorted(i for i, issue in applying.items() if i in ran and issue.run and not issue.seen_on(build))
     if not (xpassed or unverified):
         return
     terminalreporter.section("kvmtest known issues")
@@ -280,6 +283,24 @@ def _known_issue_summary(terminalreporter, config):
         terminalreporter.write_line(f"{len(unverified)} entries apply to this host but were never verified on its "
                                     f"build ({build}); their xfails are not strict here: {', '.join(unverified)}")
         terminalreporter.write_line("re-verify them on this host with: kvmtest known-issues verify --write")
+
+
+RAN = ("passed", "failed", "xfailed", "xpassed")  # terminal stats categories of a test whose body ran
+
+
+def _entries_that_ran(stats: dict) -> set[str]:
+    """Ids of the known-issue entries at least one of whose tests ran its body in this session
+    (passed, failed, xfailed or xpassed), from the reports in the terminal's `stats`: under
+    pytest-xdist the controller has the workers' reports (with their user_properties), not the items.
+    A test skipped or deselected, or one that errored in setup, verifies nothing."""
+    ran: set[str] = set()
+    for category in RAN:
+        for report in stats.get(category, []):
+            if getattr(report, "when", None) != "call":  # an xfail(run=False) is xfailed in setup
+                continue
+            props = dict(getattr(report, "user_properties", []))
+            ran.update(filter(None, (props.get("known_issue"), props.get("verifying_known_issue"))))
+    return ran
 
 
 def pytest_runtest_setup(item):

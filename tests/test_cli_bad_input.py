@@ -16,7 +16,8 @@ UNWRITABLE = "/proc/kvmtest-no-such-dir"  # /proc takes no new directories, even
 @pytest.fixture
 def clean_env(monkeypatch):
     for var in ("KVMTEST_DEVICE", "KVMTEST_BASELINE", "KVMTEST_REPORT_DIR", "KVMTEST_VM_TIMEOUT",
-                "KVMTEST_VM_STALL", "KVMTEST_MODES", "KVMTEST_HYPOTHESIS_PROFILE"):
+                "KVMTEST_VM_STALL", "KVMTEST_MODES", "KVMTEST_HYPOTHESIS_PROFILE", "KVMTEST_GUEST_TIMEOUT",
+                "KVMTEST_KNOWN_ISSUES", "KVMTEST_NO_KNOWN_ISSUES"):
         monkeypatch.delenv(var, raising=False)
 
 
@@ -289,23 +290,98 @@ def test_kvm_modes_naming_no_mode_is_refused(pytester, value):
     result.stderr.fnmatch_lines(["*--kvm-modes=*names no CPU mode*"])
 
 
+# --- 13. --kvm-* values the plugin would refuse: refused by kvmtest run before its command line ---
+
+
+MALFORMED_ISSUES = "[[issue]]\nid = 'x'\n"  # no tests, reason or evidence: the loader refuses it
+
+
+def _bad_plugin_value(tmp_path, monkeypatch, case) -> list[str]:
+    """The pytest words (or, for "env", the environment) of one bad value, as `kvmtest run` gets them."""
+    if case == "env":
+        monkeypatch.setenv("KVMTEST_GUEST_TIMEOUT", "-5")
+        return []
+    if case == "malformed":
+        (tmp_path / "k.toml").write_text(MALFORMED_ISSUES)
+        return [f"--kvm-known-issues={tmp_path / 'k.toml'}"]
+    return case.split(" ")
+
+
+BAD_PLUGIN_VALUES = [
+    ("--kvm-modes=", "--kvm-modes='' (from command line): names no CPU mode"),
+    ("--kvm-modes ,", "--kvm-modes=',' (from command line): names no CPU mode"),
+    ("--kvm-modes=long64,bogus", "unknown CPU mode(s) bogus"),
+    ("--kvm-guest-timeout=-5", "--kvm-guest-timeout='-5' (from command line): must be more than 0 seconds"),
+    ("--kvm-guest-timeout soon", "--kvm-guest-timeout='soon' (from command line): not a number of seconds"),
+    ("--kvm-known-issues=/nonexistent/k.toml", "no such file: /nonexistent/k.toml"),
+    ("malformed", "k.toml"),
+    ("env", "--kvm-guest-timeout='-5' (from environment KVMTEST_GUEST_TIMEOUT): must be more than 0"),
+]
+
+
+@pytest.mark.parametrize("case, needle", BAD_PLUGIN_VALUES)
+@pytest.mark.parametrize("bisect", [False, True])
+def test_a_kvm_value_the_plugin_would_refuse_is_one_line_before_the_pytest_command_line(
+        tmp_path, probe_test, capsys, clean_env, monkeypatch, case, needle, bisect):
+    """Not pytest's usage error (exit 4) after `kvmtest run: pytest ...` was printed: one line naming
+    the value, exit 2 (125 with --bisect: nothing could be tested), nothing run."""
+    words = _bad_plugin_value(tmp_path, monkeypatch, case)
+    code = _run(tmp_path, probe_test, *words, *(["--bisect"] if bisect else []))
+    assert code == (cli.BISECT_SKIP if bisect else 2)
+    out = capsys.readouterr()
+    assert "kvmtest run: pytest" not in out.out, out.out
+    lines = [line for line in out.err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("kvmtest run: ") and needle in lines[0], out.err
+    assert not (tmp_path / "ran").exists()
+
+
+@pytest.mark.parametrize("case, needle", BAD_PLUGIN_VALUES)
+def test_kvmtest_run_refuses_a_value_with_the_plugins_own_words(pytester, tmp_path, monkeypatch, clean_env,
+                                                               case, needle):
+    """The same value given to plain pytest: the plugin's usage error carries the same text."""
+    pytester.makepyfile("def test_x():\n    pass\n")
+    result = pytester.runpytest(*_bad_plugin_value(tmp_path, monkeypatch, case))
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert needle in result.stderr.str(), result.stderr.str()
+
+
+def test_a_store_true_kvm_flag_given_a_value_is_one_line(tmp_path, probe_test, capsys, clean_env):
+    assert _run(tmp_path, probe_test, "--kvm-no-known-issues=yes") == 2
+    _one_error(capsys, "kvmtest run: --kvm-no-known-issues='yes'", "takes no value")
+    assert not (tmp_path / "ran").exists()
+
+
+def test_kernel_run_refuses_a_bad_kvm_value_before_booting(tmp_path, capsys, clean_env):
+    assert cli.main(["run", "--kernel", str(tmp_path / "no-bzImage"), "--report-dir", str(tmp_path / "r"),
+                     "--kvm-guest-timeout=-5"]) == 2
+    _one_error(capsys, "kvmtest run --kernel: --kvm-guest-timeout='-5' (from command line)")
+
+
 # --- no PytestAssertRewriteWarning ---------------------------------------------------------------
 
 
-def test_a_run_prints_no_assert_rewrite_warning(tmp_path, probe_test, clean_env):
+@pytest.mark.parametrize("how", ["console script", "python -m in the checkout"])
+def test_a_run_prints_no_assert_rewrite_warning(tmp_path, probe_test, clean_env, how):
     """kvmtest.plugin imports kvmtest.fixtures; named in its pytest_plugins, pytest marked the module
-    for rewriting only afterwards and warned on every run. A child process: in this one, pytest's
-    own warning capture would swallow the warning."""
+    for rewriting only afterwards and warned on every run. And `python -m kvmtest.cli run` from the
+    checkout (as the --kernel VM runs it, kernelvm/inner.py) finds the checkout's kvmtest.egg-info
+    too: pytest marked the package `kvmtest`, which cli had imported, and warned twice a session
+    (kvmtest/__init__.py: PYTEST_DONT_REWRITE). A child process: in this one, pytest's own warning
+    capture would swallow the warning."""
     import subprocess
     import sys
     from pathlib import Path
 
-    script = Path(sys.executable).with_name("kvmtest")  # as a user runs it: the installed console script
-    if not script.exists():
-        pytest.skip(f"no kvmtest console script next to {sys.executable}")
-    proc = subprocess.run([str(script), "run", "-j", "0", "--report-dir", str(tmp_path / "r"),
+    if how == "console script":
+        script = Path(sys.executable).with_name("kvmtest")  # as a user runs it: the installed console script
+        if not script.exists():
+            pytest.skip(f"no kvmtest console script next to {sys.executable}")
+        command, cwd = [str(script)], None
+    else:
+        command, cwd = [sys.executable, "-m", "kvmtest.cli"], Path(cli.__file__).resolve().parent.parent
+    proc = subprocess.run([*command, "run", "-j", "0", "--report-dir", str(tmp_path / "r"),
                            str(probe_test), "-p", "no:cacheprovider", f"--rootdir={tmp_path}"],
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300, cwd=cwd)
     assert proc.returncode == 0 and (tmp_path / "ran").exists(), proc.stdout + proc.stderr
     assert "PytestAssertRewriteWarning" not in proc.stdout + proc.stderr
 

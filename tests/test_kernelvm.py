@@ -431,6 +431,21 @@ def fake_vm_files(tmp_path):
     return vng, demo, reports
 
 
+def assert_console_reports_exist_or_are_intermediate(reports: Path, b: "vmrun.Boot") -> list[str]:
+    """Every "kvmtest report:" line the VMs printed (kept in the console logs) names a file that is
+    there after the run, or says it is intermediate and names the configuration's merged reports,
+    which are there. Returns the lines."""
+    lines = [line for log in sorted(reports.glob("*console.log")) for line in log.read_text().splitlines()
+             if "kvmtest report:" in line]
+    for line in lines:
+        path = Path(re.search(r"kvmtest report: (?:JUnit|KTAP|HTML) (\S+)", line).group(1))
+        merged = f"(intermediate: kvmtest merges this session's results into {b.stem}.xml, .ktap and .html"
+        assert path.exists() or merged in line, f"the console points at {path}, which is gone: {line}"
+    for ext in (".xml", ".ktap", ".html"):
+        assert b.path(ext).exists()
+    return lines
+
+
 def test_a_panic_costs_one_test_and_the_run_goes_on(tmp_path):
     vng, demo, reports = fake_vm_files(tmp_path)
     args = cli.build_parser().parse_args(["run", "--report-dir", str(reports), "-j", "0", "--vm-stall", "60",
@@ -453,6 +468,8 @@ def test_a_panic_costs_one_test_and_the_run_goes_on(tmp_path):
         assert any(line.startswith(f"not ok {number} ") and line.split(" #")[0].endswith(test)
                    for line in not_ok), not_ok
     assert not list(reports.glob("*.boot2.xml")), "per-boot JUnit left beside the merged one"
+    lines = assert_console_reports_exist_or_are_intermediate(reports, b)
+    assert len(lines) == 3 and all(".boot2." in line for line in lines), lines  # the first boot died in a test
 
 
 def test_a_configuration_split_over_two_vms_runs_each_test_once_and_resumes_per_shard(tmp_path):
@@ -474,6 +491,8 @@ def test_a_configuration_split_over_two_vms_runs_each_test_once_and_resumes_per_
     assert b.pytest_exit == 1 and runner.boot_code(b, bisect=True) == 1
     left = sorted(p.name.split(".shard")[1] for p in reports.glob("*.shard*"))
     assert left == ["1.console.log", "2.boot2.console.log", "2.console.log"], "shard files beside the merged report"
+    lines = assert_console_reports_exist_or_are_intermediate(reports, b)
+    assert len(lines) == 6 and all(".shard" in line for line in lines), lines  # shard 1's boot, shard 2's second
     s = json.loads(runner.write_summary(b, "tcg", K).read_text())
     assert s["shards"] == 2 and sorted(x["shard"] for x in s["boots"]) == [1, 2, 2]
 

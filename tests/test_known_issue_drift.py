@@ -275,3 +275,62 @@ def test_a_bad_hang_timeout_is_refused_naming_it(tmp_path, extra, message):
     path.write_text(_issue(["x"], extra=extra))
     with pytest.raises(ki.KnownIssueError, match=f"issue 'demo'.*{re.escape(message)}"):
         ki.load(path)
+
+
+def test_verify_with_an_unknown_id_names_it_and_lists_the_applying_ids_one_per_line(tmp_path, monkeypatch, capsys):
+    """`--id nosuch`: exit 2, one line per unknown id saying why it cannot be verified here, then how
+    many entries apply and their ids one per line (not every id on one line of thousands of characters)."""
+    from kvmtest import cli, fingerprint
+
+    fp = fingerprint.collect("/nonexistent/kvm")
+    fp["kvm"] = {"api_version": 12}  # stands in for a usable KVM: verify stops before opening anything
+    monkeypatch.setattr(kv.fpmod, "collect", lambda device: fp)
+    ids = [f"demo-entry-{n:02}-with-a-name-as-long-as-the-real-ones" for n in range(12)]
+    entries = [_issue(["t::x"]).replace('"demo"', f'"{i}"') for i in ids]
+    entries.append(_issue(["t::y"], host='kernel_max = "2.6"').replace('"demo"', '"elsewhere"'))
+    entries.append(_issue(["t::z"], extra="run = false").replace('"demo"', '"down"'))
+    path = tmp_path / "k.toml"
+    path.write_text("\n".join(entries))
+    argv = ["known-issues", "verify", "--file", str(path), "--id", "nosuch", "--id", "elsewhere", "--id", "down"]
+    assert cli.main(argv) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert re.fullmatch(r"kvmtest known-issues verify: --id down: the entry \(k\.toml:\d+\) is not run here "
+                        r"\(it would take the host down\)", lines[0]), lines
+    assert re.fullmatch(r"kvmtest known-issues verify: --id elsewhere: the entry \(k\.toml:\d+\) does not apply "
+                        r"to this host", lines[1]), lines
+    assert lines[2] == "kvmtest known-issues verify: --id nosuch: no such entry in the known-issue files", lines
+    assert lines[3:] == ["12 entries apply to this host and can be verified:", *[f"  {i}" for i in sorted(ids)]]
+
+
+ENTRY_TESTS = """import pytest
+
+def test_bad():
+    assert False
+
+@pytest.mark.skip(reason="no such feature here")
+def test_skipped_by_marker():
+    assert False
+
+def test_skipped_in_its_body():
+    pytest.skip("no such feature here")
+
+def test_deselected():
+    assert False
+"""
+
+
+@pytest.mark.parametrize("workers", [["-p", "no:xdist"], ["-n", "2"]])
+def test_never_verified_entries_are_listed_only_when_one_of_their_tests_ran(run, workers):
+    """The summary asks to re-verify only entries a test of which ran here: `known-issues verify` has
+    nothing to verify for one whose tests all skipped (or were deselected). Under pytest-xdist the
+    controller sees the workers' reports, not the items."""
+    run.makepyfile(test_demo=ENTRY_TESTS)
+    entries = [_issue(["test_demo.py::test_bad"]).replace('"demo"', '"ran"'),
+               _issue(["test_demo.py::test_skipped_*"]).replace('"demo"', '"all-skipped"'),
+               _issue(["test_demo.py::test_deselected"]).replace('"demo"', '"deselected"')]
+    issues = run.makefile(".toml", known="\n".join(entries))
+    result = run.runpytest(f"--kvm-known-issues={issues}", "-k", "not deselected", *workers)
+    result.assert_outcomes(xfailed=1, skipped=2, deselected=0 if "-n" in workers else 1)  # xdist: on the workers
+    result.stdout.fnmatch_lines(["1 entries apply to this host but were never verified on its build *: ran",
+                                 "re-verify them on this host with: kvmtest known-issues verify --write"])
+    assert "all-skipped" not in result.stdout.str()

@@ -108,9 +108,14 @@ def _controller(config) -> bool:
 
 
 def pytest_addoption(parser):
-    """pytest hook: --kvm-vm-shard=K/N (set by vmrun.py for a configuration split over N VMs)."""
+    """pytest hook: --kvm-vm-shard=K/N (set by vmrun.py for a configuration split over N VMs) and
+    --kvm-vm-merged-into=STEM (set by vmrun.py for a session whose reports the host merges)."""
     parser.addoption("--kvm-vm-shard", default=None, type=shard_value, metavar="K/N",
-                     help="run every N-th collected test starting with the K-th (kvmtest run --kernel sets it)")
+                     help="run every N-th collected test starting with the K-th (kvmtest run sets it for "
+                          "shards, in VMs with --kernel and on the host: kvmtest.host_shards)")
+    parser.addoption("--kvm-vm-merged-into", default=None, metavar="STEM",
+                     help="this session's reports are intermediate: the host rebuilds STEM.{xml,ktap,html} "
+                          "from the progress logs and removes them (kvmtest run --kernel sets it)")
 
 
 def shard_value(text: str) -> tuple[int, int]:
@@ -210,10 +215,17 @@ def _heartbeat(limit_s: float) -> None:
 
 
 def pytest_configure(config):
-    """pytest hook: remember the config (the log hooks get none) and, on the controller of a run
-    with a progress log, start the console heartbeat thread (KVMTEST_VM_TEST_LIMIT seconds per test,
+    """pytest hook: remember the config (the log hooks get none); with --kvm-vm-merged-into, have
+    each "kvmtest report:" line say its file is intermediate; and on the controller of a run with a
+    progress log, start the console heartbeat thread (KVMTEST_VM_TEST_LIMIT seconds per test,
     default 1800)."""
     _CONFIG[0] = config
+    merged = config.getoption("kvm_vm_merged_into", None)
+    if merged:  # a shard, a resumed boot or suspects: the console must not offer these files as the run's
+        from ..reports.recorder import NOTE_KEY
+
+        config.stash[NOTE_KEY] = (f"intermediate: kvmtest merges this session's results into {merged}.xml, "
+                                  ".ktap and .html and removes this file")
     if _log_path() is not None and _controller(config):
         limit = float(os.environ.get(HEARTBEAT_LIMIT_ENV) or 1800)
         threading.Thread(target=_heartbeat, args=(limit,), name="kvmtest-vm-heartbeat", daemon=True).start()

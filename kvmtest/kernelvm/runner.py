@@ -180,6 +180,17 @@ def refuse_unusable_outputs(args) -> None:
         raise KernelVmError(f"--baseline: {e}") from None
 
 
+def refuse_bad_plugin_options(extra: list[str]) -> None:
+    """A --kvm-* value among the pytest arguments that kvmtest's plugin would refuse in the VM is
+    refused (KernelVmError) before any VM boots, not once per boot minutes later. The command line
+    only: the host's KVMTEST_* variables are not the VM's."""
+    from ..cli import plugin_option_problem
+
+    problem = plugin_option_problem(extra, environ={})
+    if problem:
+        raise KernelVmError(problem)
+
+
 def _terminate(signum, frame):
     # SIGTERM/SIGHUP (a CI job cancelled, `timeout`) as an exception: boot.watch then stops the VM's
     # whole process group, which runs in its own session and would otherwise outlive kvmtest
@@ -291,6 +302,7 @@ def cmd_run_kernel(args, extra) -> int:
     try:
         check_vm_options(args)
         refuse_unusable_outputs(args)  # before the kernel is looked for: the cheap checks first
+        refuse_bad_plugin_options(extra)
         kernel = resolve(args.kernel)
         combos = param_matrix(args.kvm_param)
         one_file = [o for o in extra if o.split("=")[0] in ("--kvm-ktap", "--kvm-html", "--kvm-junit")]

@@ -45,6 +45,7 @@ class Boot:
     shard: tuple[int, int] | None = None  # (K, N): this is the K-th of N VMs running one configuration
     boot_shards: list[int] = field(default_factory=list)  # the shard (K) of each entry of `boots`; [] unsharded
     wall_s: float = -1.0         # seconds from the first boot's start to the last VM's end
+    merged_into: Path | None = None  # a shard's: the configuration's stem, whose reports finish_shards rebuilds
 
     @property
     def label(self) -> str:
@@ -132,16 +133,21 @@ def vm_jobs(args, accel: str) -> str:
 
 
 def session_args(args, extra: list[str], files: Path, report_dir: Path, suspects=(), *, jobs: str | None = None,
-                 shard: tuple[int, int] | None = None) -> list[str]:
+                 shard: tuple[int, int] | None = None, merged_into: Path | None = None) -> list[str]:
     """`kvmtest run` arguments for one pytest session in the VM; suspects run alone, one at a time;
-    `jobs` (default -j as given) the VM's xdist workers; `shard` (K, N) this VM's share of the tests."""
+    `jobs` (default -j as given) the VM's xdist workers; `shard` (K, N) this VM's share of the tests;
+    `merged_into` the configuration's stem when the host rebuilds its reports from the progress logs
+    and removes this session's files (the session's "kvmtest report:" lines then say so)."""
     out = ["--report-dir", str(report_dir), "--junit", f"{files}.xml", "--ktap", f"{files}.ktap",
-           "--html", f"{files}.html", "-j", "0" if suspects else jobs or args.jobs]
+           "--html", f"{files}.html", "-j", "0" if suspects else jobs or args.jobs,
+           "--xdist"]  # in the VM, workers under one controller: it alone writes the progress log
     for b in args.baseline:
         out += ["--baseline", str(Path(b).resolve())]
     # the shared root is read-only in the VM: no .pytest_cache (one token: a bare word reads as a test path);
     # the progress plugin keeps the log a crash cannot take away
     out += ["-pno:cacheprovider", "-pkvmtest.kernelvm.progress"]
+    if merged_into is not None:
+        out.append(f"--kvm-vm-merged-into={merged_into}")
     if suspects:  # named by id: already this shard's
         return out + [a for a in extra if a.startswith("-")] + list(suspects)
     if shard is not None and shard[1] > 1:
@@ -223,7 +229,8 @@ def run_config(args, extra, kernel: Kernel, accel: str, params: tuple[str, ...],
         n = _run_boots(args, extra, boot, kernel, accel, report_dir, tools, deadline)
         finish(boot, args, kernel, accel, n)
     else:
-        parts = [Boot(params, boot.path(f".shard{k}"), shard=(k, shards)) for k in range(1, shards + 1)]
+        parts = [Boot(params, boot.path(f".shard{k}"), shard=(k, shards), merged_into=boot.stem)
+                 for k in range(1, shards + 1)]
         _run_shards(parts, args, extra, kernel, accel, report_dir, tools, deadline)
         finish_shards(boot, parts, args, kernel, accel)
     boot.wall_s = time.monotonic() - started
@@ -270,8 +277,13 @@ def _run_boots(args, extra, boot: Boot, kernel: Kernel, accel: str, report_dir: 
     while True:
         n += 1
         files = boot.stem if n == 1 else boot.path(f".boot{n}")
-        sessions = ([session_args(args, extra, boot.path(f".boot{n}-suspects"), report_dir, suspects)]
-                    if suspects else []) + [session_args(args, extra, files, report_dir, jobs=jobs, shard=boot.shard)]
+        # the reports stand as the VM wrote them only for an unsharded configuration's first boot
+        # (finish); those of a shard, a later boot or suspects are rebuilt from the progress logs
+        final = boot.merged_into or boot.stem
+        merged = final if boot.merged_into is not None or n > 1 else None
+        sessions = ([session_args(args, extra, boot.path(f".boot{n}-suspects"), report_dir, suspects,
+                                  merged_into=final)] if suspects else []) \
+            + [session_args(args, extra, files, report_dir, jobs=jobs, shard=boot.shard, merged_into=merged)]
         run, status = _boot(args, boot, kernel, accel, report_dir, tools, sessions,
                             max(deadline - time.monotonic(), 1.0), n)
         boot.run = run

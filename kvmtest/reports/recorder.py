@@ -101,6 +101,12 @@ def check(settings: dict, fp: dict) -> list:
         raise pytest.UsageError(f"--kvm-baseline: {e}") from None
 
 
+# A note every "kvmtest report:" line of the session carries: set by a plugin whose session writes
+# files someone else merges and removes (kernelvm.progress, --kvm-vm-merged-into), so the console
+# never points at a file as if it were the run's report.
+NOTE_KEY = pytest.StashKey[str]()
+
+
 def register(config, settings: dict, fp: dict) -> None:
     """Record this session's reports when any is asked for (called on the controller only); refuses
     an unwritable report path or an unreadable baseline first (check)."""
@@ -180,5 +186,6 @@ class RunRecorder:
             self.written.append(f"HTML {self.html_path}")
 
     def pytest_terminal_summary(self, terminalreporter):
+        note = self.config.stash.get(NOTE_KEY, "")
         for line in self.written:
-            terminalreporter.write_line(f"kvmtest report: {line}")
+            terminalreporter.write_line(f"kvmtest report: {line}" + (f" ({note})" if note else ""))

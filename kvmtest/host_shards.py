@@ -1,0 +1,196 @@
+"""`kvmtest run -j N` on the host: N pytest processes, each running every N-th test, in place of
+pytest-xdist's workers.
+
+Why: pytest-xdist sends every phase report of every test (three per test) through execnet to a
+controller process, which unpickles, re-hooks and reports each one: on this project's 2-core
+development host that was about 1.2 ms of CPU per test, 11 s of a 7,637-check run's 78 s (measured
+side by side, benchmarks/bench_speed.py). Shards share nothing while they run: each collects the
+same tests in the same order and keeps its share (kernelvm.progress, --kvm-vm-shard=K/N, applied
+after -k/-m), logs each test's reports to its own progress log, and when all are done the run's
+JUnit, KTAP and HTML are rebuilt from those logs (kernelvm.resume, as for a --kernel configuration
+split over VMs). Every shard's output reaches the console line by line, prefixed "[K/N]".
+
+What xdist gives that shards do not (a debugger, stopping the whole run at the first failure,
+re-running the last failures first) keeps xdist: see `shardable`.
+"""
+
+import datetime
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+# pytest options that need one process to see every test (a debugger on the console, stop-at-first
+# failure across the run, the cache's last-failed order, plain listings): with these, xdist stays.
+_WHOLE_RUN_OPTIONS = ("--pdb", "--trace", "-x", "--exitfirst", "--maxfail", "--lf", "--last-failed", "--ff",
+                      "--failed-first", "--nf", "--new-first", "--sw", "--stepwise", "--stepwise-skip", "--co",
+                      "--collect-only", "--collectonly", "--setup-only", "--setup-plan", "--fixtures",
+                      "--fixtures-per-test", "--markers", "--cache-show", "--cache-clear", "-h", "--help",
+                      "--version", "-V")
+
+
+# pytest's one-letter options that take a value (-k EXPR, -kEXPR): letters after one are that value
+_SHORT_WITH_VALUE = set("kmpcorWn")
+
+
+def _short_flags(flag: str) -> str:
+    """The one-letter options in a single-dash argument: "-sx" -> "sx", "-kexpr" -> "k"."""
+    letters = ""
+    for ch in flag[1:]:
+        letters += ch
+        if ch in _SHORT_WITH_VALUE:
+            break
+    return letters
+
+
+def shardable(options: list[tuple[str, str | None]]) -> bool:
+    """Whether pytest options `options` ((flag, value) pairs, cli.split_pytest_args) allow a sharded
+    run: none of them needs one process seeing every test (--pdb, -x, --lf, ... or -x among
+    combined one-letter options such as -sx)."""
+    for flag, _ in options:
+        name = flag.split("=", 1)[0]
+        if name in _WHOLE_RUN_OPTIONS:
+            return False
+        if not name.startswith("--") and ("x" in _short_flags(name) or "h" in _short_flags(name)):
+            return False
+    return True
+
+
+def shard_count(jobs: str) -> int:
+    """`-j JOBS` as a number of shards: 'auto' is the CPUs this process may use."""
+    if jobs == "auto":
+        return max(1, len(os.sched_getaffinity(0)))
+    return int(jobs)
+
+
+# The shards write JUnit only, and only where told: the run's own files are the merge's.
+_SHARD_DROPS = ("--kvm-junit=", "--kvm-ktap=", "--kvm-html=", "--kvm-report-dir=", "--kvm-baseline=")
+_SHARD_ENV_DROPS = ("KVMTEST_JUNIT", "KVMTEST_KTAP", "KVMTEST_HTML", "KVMTEST_REPORT_DIR", "KVMTEST_BASELINE")
+
+
+def shard_argv(argv: list[str], k: int, n: int, junit: Path, stem: Path) -> list[str]:
+    """Shard k of n's pytest arguments: `argv` (kvmtest run's command line, whose report options all
+    have the --opt=value form) without xdist's -n and the report options, writing its JUnit to
+    `junit` (intermediate, merged into `stem`.xml/.ktap/.html)."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "-n":
+            skip = True
+        elif not arg.startswith(_SHARD_DROPS):
+            out.append(arg)
+    return out + ["-p", "no:xdist", "-p", "kvmtest.kernelvm.progress", f"--kvm-vm-shard={k}/{n}",
+                  f"--kvm-vm-merged-into={stem}", f"--kvm-junit={junit}"]
+
+
+def _pump(k: int, n: int, stream, lock: threading.Lock) -> None:
+    prefix = f"[{k}/{n}] "
+    for line in stream:
+        with lock:
+            sys.stdout.write(prefix + line)
+            sys.stdout.flush()
+
+
+def run(argv: list[str], n: int, paths: dict[str, Path], fp: dict, baseline=(), issues=()) -> int:
+    """Run pytest `argv` (kvmtest run's command line) as `n` shards and write the run's reports to
+    `paths` {"junit", "ktap", "html"} from theirs: the JUnit merged, KTAP and HTML (with `baseline`'s
+    results compared, `issues` the known-issue entries) from it; `fp`: the host's fingerprint. Returns
+    pytest's exit status for the whole run (vmrun.shard_exit: 1 when anything failed or a shard died,
+    a usage or internal error of any shard, 5 only when no shard collected a test)."""
+    started = time.monotonic()
+    date = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
+    stem = Path(paths["junit"]).with_suffix("")
+    Path(paths["junit"]).parent.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix=".kvmtest-shards-", dir=Path(paths["junit"]).parent))
+    parts = [workdir / f"shard{k}.xml" for k in range(1, n + 1)]
+    env = {key: value for key, value in os.environ.items() if key not in _SHARD_ENV_DROPS}
+    lock = threading.Lock()
+    procs, pumps = [], []
+    try:
+        try:
+            for k in range(1, n + 1):
+                proc = subprocess.Popen([sys.executable, "-m", "pytest", *shard_argv(argv, k, n, parts[k - 1], stem)],
+                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                                        errors="replace")
+                procs.append(proc)
+                pumps.append(threading.Thread(target=_pump, args=(k, n, proc.stdout, lock), daemon=True))
+                pumps[-1].start()
+            exits = [proc.wait() for proc in procs]
+            for pump in pumps:
+                pump.join()
+        except KeyboardInterrupt:  # the shards got the SIGINT too: let them write their reports
+            exits = [proc.wait() for proc in procs]
+        return _finish(parts, exits, paths, fp, baseline, issues, started, date)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _lost_shard_case(k: int, n: int, code: int | None):
+    from .reports import junit
+
+    why = f"killed by signal {-code}" if code is not None and code < 0 else f"exit status {code}"
+    return junit.testcase("kvmtest-shard", f"shard{k}of{n}", "error",
+                          f"shard {k}/{n} wrote no report ({why}): its tests have no verdict")
+
+
+def merge_junit(parts: list[Path], exits: list, out: Path, fp: dict) -> None:
+    """The shards' JUnit files `parts` as one suite in `out`, test cases in test-id order; a shard
+    that wrote none (it died) is one error case naming it."""
+    import xml.etree.ElementTree as ET
+
+    from .reports import junit
+
+    cases, properties, base = [], None, None
+    for k, (part, code) in enumerate(zip(parts, exits, strict=True), 1):
+        try:
+            suite = ET.parse(part).getroot().find("testsuite")
+        except (OSError, ET.ParseError):
+            suite = None
+        if suite is None:
+            cases.append(_lost_shard_case(k, len(parts), code))
+            continue
+        base = base if base is not None else suite
+        properties = properties or {e.get("name"): e.get("value") for e in suite.findall("properties/property")}
+        cases += suite.findall("testcase")
+    cases.sort(key=lambda c: (c.get("classname", ""), c.get("name", "")))
+    name = (base.get("name") if base is not None else None) or f"kvmtest@{fp.get('host', '?')}"
+    junit.write(out, [junit.testsuite(name, cases, hostname=fp.get("host"), properties=properties,
+                                      timestamp=datetime.datetime.now().isoformat(timespec="seconds"))])
+
+
+def _finish(parts, exits, paths, fp, baseline, issues, started: float, date: str) -> int:
+    from . import fingerprint as fpmod
+    from .kernelvm.vmrun import shard_exit
+    from .reports import html as html_report
+    from .reports import ktap
+    from .reports.results import read_junit
+
+    merge_junit(parts, exits, Path(paths["junit"]), fp)
+    results = read_junit(paths["junit"])
+    title = fpmod.short(fp) if fp.get("cpu") else fp.get("host", "")
+    Path(paths["ktap"]).write_text(ktap.render(results, [f"kvmtest on {title}"]))
+    comparison = None
+    if baseline:
+        from .reports.compare import compare
+        from .reports.results import read_any
+
+        comparison = compare(read_any(baseline), results)
+    Path(paths["html"]).write_text(html_report.render(results, fp, comparison, title=f"kvmtest: {title}",
+                                                      issues=issues, date=date))
+    counts: dict[str, int] = {}
+    for r in results:
+        counts[r.status] = counts.get(r.status, 0) + 1
+    order = ["failed", "error", "passed", "skipped", "xfailed", "xpassed"]  # pytest's summary order
+    summary = ", ".join(f"{counts[k]} {k}" for k in sorted(counts, key=lambda k: (order + [k]).index(k)))
+    print(f"kvmtest run: {len(parts)} shards: {summary or 'no tests'} in {time.monotonic() - started:.1f}s",
+          flush=True)
+    for kind, key in (("JUnit", "junit"), ("KTAP", "ktap"), ("HTML", "html")):
+        print(f"kvmtest report: {kind} {paths[key]}", flush=True)
+    lost = any(code is None or code < 0 for code in exits)
+    code = 1 if lost or any(r.status in ("failed", "error") for r in results) else 0
+    return shard_exit(code, [c if c is not None and c >= 0 else 1 for c in exits])
