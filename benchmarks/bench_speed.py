@@ -6,7 +6,8 @@
     python benchmarks/bench_speed.py --no-upstream         # the three host figures only
 
 1. the whole conformance suite on this host: `kvmtest run -j JOBS suites`, wall seconds (target
-   under 30 s on 2 cores), with its result counts;
+   under 30 s on 2 cores) and CPU seconds, with its result counts; then, for comparison, the same
+   with `--xdist` (pytest-xdist workers instead of shards; --no-xdist-row leaves it out);
 2. the exit loop through `Vcpu.run()` against C (benchmarks/bench_harness.py; target 1.05x of C,
    or the ctypes floor, which the same run measures, with the reason stated);
 3. the VM lifecycle against C (target 1.10x);
@@ -24,6 +25,7 @@ import argparse
 import datetime
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -47,24 +49,30 @@ def stamp() -> str:
     return f"{datetime.datetime.now().isoformat(timespec='seconds')}, load {os.getloadavg()[0]:.2f}"
 
 
-def host_suite(jobs: str, report_dir: Path) -> dict:
-    """Part 1: `kvmtest run -j JOBS suites` on this host; wall seconds and result counts."""
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def host_suite(jobs: str, report_dir: Path, xdist: bool = False) -> dict:
+    """Part 1: `kvmtest run -j JOBS suites` on this host (its shards; with `xdist`, pytest-xdist
+    workers instead); wall and CPU seconds (user + system, every process of the run) and result counts."""
     from kvmtest.reports.results import read_junit
 
-    junit = report_dir / "host-suite.xml"
-    cmd = [sys.executable, "-m", "kvmtest.cli", "run", "-j", jobs, "--report-dir", str(report_dir),
-           "--junit", str(junit), "suites"]
+    junit = report_dir / ("host-suite-xdist.xml" if xdist else "host-suite.xml")
+    cmd = [sys.executable, "-m", "kvmtest.cli", "run", "-j", jobs, *(["--xdist"] if xdist else []),
+           "--report-dir", str(report_dir), "--junit", str(junit), "suites"]
     before = stamp()
-    t0 = time.monotonic()
+    cpu0, t0 = _children_cpu(), time.monotonic()
     proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    wall = time.monotonic() - t0
+    wall, cpu = time.monotonic() - t0, _children_cpu() - cpu0
     if not junit.exists():
         raise RuntimeError(f"{' '.join(cmd)} wrote no JUnit file (exit {proc.returncode}): {proc.stderr[-2000:]}")
     counts: dict = {}
     for r in read_junit(junit):
         counts[r.status] = counts.get(r.status, 0) + 1
-    return {"wall_s": wall, "exit": proc.returncode, "counts": counts, "before": before, "after": stamp(),
-            "command": " ".join(cmd[2:])}
+    return {"wall_s": wall, "cpu_s": cpu, "exit": proc.returncode, "counts": counts, "before": before,
+            "after": stamp(), "command": " ".join(cmd[2:])}
 
 
 def upstream(kernel: str, params: list[str], report_dir: Path, extra: list[str]) -> dict:
@@ -111,10 +119,15 @@ def verdict(value: float, target: float) -> str:
     return "met" if value <= target else "not met"
 
 
-def table(suite: dict, harness: dict, up: dict | None) -> str:
-    """The four figures side by side: what, measured, target, met or not."""
+def table(suite: dict, harness: dict, up: dict | None, xdist: dict | None = None) -> str:
+    """The four figures side by side: what, measured, target, met or not (and the host suite under
+    pytest-xdist, for comparison)."""
     rows = [("whole suite on this host (wall)", f"{suite['wall_s']:.1f} s", f"< {SUITE_TARGET_S:.0f} s",
-             verdict(suite["wall_s"], SUITE_TARGET_S))]
+             verdict(suite["wall_s"], SUITE_TARGET_S)),
+            ("whole suite on this host (CPU, all processes)", f"{suite['cpu_s']:.1f} s", "(info)", "")]
+    if xdist is not None:
+        rows += [("the same with --xdist (wall)", f"{xdist['wall_s']:.1f} s", "(info)", ""),
+                 ("the same with --xdist (CPU, all processes)", f"{xdist['cpu_s']:.1f} s", "(info)", "")]
     for name, target in (("exit loop", bench_harness.TARGETS["exit loop"]),
                          ("VM lifecycle", bench_harness.TARGETS["VM lifecycle"])):
         ratio = harness[name]["ratio"]
@@ -140,6 +153,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--jobs", default="2", type=jobs_value, help="kvmtest run -j for the host suite (default 2)")
     ap.add_argument("--rounds", type=bench_harness.positive, default=7, help="bench_harness rounds (default 7)")
+    ap.add_argument("--no-xdist-row", action="store_true",
+                    help="leave out the host suite's second run with --xdist (pytest-xdist workers, for comparison)")
     up = ap.add_mutually_exclusive_group()
     up.add_argument("--upstream-from", type=Path, metavar="DIR",
                     help="take the upstream figure from the newest *.summary.json in DIR instead of running it")
@@ -168,8 +183,14 @@ def main(argv=None) -> int:
             for sub in ("host", "upstream"):
                 (report_dir / sub).mkdir(exist_ok=True)
             suite = host_suite(args.jobs, report_dir / "host")
-            print(f"1. host suite: {suite['wall_s']:.1f} s wall ({suite['before']} -> {suite['after']}), "
-                  f"exit {suite['exit']}: {counts_text(suite['counts'])}", flush=True)
+            print(f"1. host suite: {suite['wall_s']:.1f} s wall, {suite['cpu_s']:.1f} s CPU ({suite['before']} -> "
+                  f"{suite['after']}), exit {suite['exit']}: {counts_text(suite['counts'])}", flush=True)
+            xdist = None
+            if not args.no_xdist_row:
+                xdist = host_suite(args.jobs, report_dir / "host", xdist=True)
+                print(f"1b. host suite with --xdist: {xdist['wall_s']:.1f} s wall, {xdist['cpu_s']:.1f} s CPU "
+                      f"({xdist['before']} -> {xdist['after']}), exit {xdist['exit']}: {counts_text(xdist['counts'])}",
+                      flush=True)
             before = stamp()
             harness = bench_harness.measure(rounds=args.rounds)
             print(f"2-3. bench_harness, {args.rounds} rounds ({before} -> {stamp()}):", flush=True)
@@ -185,9 +206,10 @@ def main(argv=None) -> int:
             print(f"bench_speed: {e}", file=sys.stderr)
             return 2
         print(f"\nbench_speed: side by side ({stamp()}):")
-        print(table(suite, harness, up_fig))
+        print(table(suite, harness, up_fig, xdist))
         if args.json:
-            args.json.write_text(json.dumps({"suite": suite, "harness": harness, "upstream": up_fig}, indent=2,
+            args.json.write_text(json.dumps({"suite": suite, "suite_xdist": xdist, "harness": harness,
+                                             "upstream": up_fig}, indent=2,
                                             default=str) + "\n")
     return 0
 

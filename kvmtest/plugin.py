@@ -10,6 +10,7 @@ Installed, the plugin is loaded into every pytest session on the machine, but it
 (no /dev/kvm, no header, no hooks acting) unless the session is kvmtest's: see `activation`.
 """
 
+import gc
 import os
 import sys
 from pathlib import Path
@@ -211,6 +212,15 @@ def _verify_selection(config, issues, items):
     return []
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_collection_finish(session):
+    """pytest hook: move everything collection built (thousands of items, their marks, the suites'
+    modules and hypothesis strategies), alive for the whole session, out of the garbage collector's
+    view: each full collection during the run would walk it all again (gc.freeze). Undone when the
+    session ends (pytest_sessionfinish), so a session run inside another (pytester) leaks nothing."""
+    gc.freeze()
+
+
 def pytest_collection_modifyitems(config, items):
     """Known issues become xfail (or skip) marks; each item's report properties are set: known
     issue, regression (CVE, commit), CPU mode, and for mmu_dependent tests the host's MMU mode."""
@@ -311,7 +321,9 @@ def pytest_runtest_setup(item):
 
 
 def pytest_sessionfinish(session):
-    """Close the session's KVM device if only a marker check opened it (the kvm fixture closes its own)."""
+    """Close the session's KVM device if only a marker check opened it (the kvm fixture closes its own);
+    give what pytest_collection_finish froze back to the garbage collector."""
+    gc.unfreeze()
     if active(session.config):
         close_session_kvm(session.config)
 
