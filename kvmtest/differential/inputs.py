@@ -180,6 +180,7 @@ def _dividend_high(draw, form: Form, rax: int, divisor: int) -> int:
     return draw(st.one_of(st.integers(0, mask), st.sampled_from(choices)))
 
 
+@cache
 def offsets(form: Form) -> st.SearchStrategy[int]:
     """The memory operand's offset from PAGE: inside the page (aligned and not), and for a multi-byte
     operand straddling either edge of the page (half in the RAM below it, half in the RAM above it),

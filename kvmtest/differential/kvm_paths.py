@@ -78,6 +78,8 @@ class KvmPath:
         self.guest: Guest | None = None
         self._vm: Vm | None = None
         self._resume = 0
+        self._record = b""            # vCPU 0's exception record as each run starts (_build)
+        self._regs = S.kvm_regs()     # the registers as the guest was built (_build): each run's base
 
     @property
     def forces_emulation(self) -> bool:
@@ -110,6 +112,13 @@ class KvmPath:
             raise KvmtestError(f"{g.name}: the instruction slot is at {g.labels['diff_slot']:#x} with the instruction "
                                f"at {g.labels['diff_insn']:#x}, not {SLOT_ADDR:#x} and {INSN_ADDR:#x}")
         self._vm, self._resume = vm, g.labels["diff_resume"]
+        # The record each run starts with: cleared ("not armed, nothing caught") and armed to resume
+        # at diff_resume, written whole in one store per run (read back once, so its layout stays
+        # exc_records's).
+        exc_records.clear(vm, 0)
+        vm.write_u64(L.EXC_RESUME, self._resume)   # vCPU 0's record: GS base 0
+        self._record = vm.read(exc_records.record_address(0), L.EXC_RECORD_SIZE)
+        self._regs = g.vcpu.get_regs()
         return g
 
     def close(self) -> None:
@@ -145,11 +154,12 @@ class KvmPath:
             vm.write(WINDOW, window)
         rsp0 = initial_stack(self.mode) - STACK_GAP
         vm.write(rsp0 - STACK_WINDOW // 2, inputs.stack_window())
-        exc_records.clear(vm, 0)
-        vm.write_u64(L.EXC_RESUME, self._resume)   # vCPU 0's record: GS base 0
+        vm.write(exc_records.record_address(0), self._record)
         if form.uses_xmm:
             _set_xmm1(vcpu, inputs.xmm or 0)
-        regs = vcpu.get_regs()
+        # Every register KVM_SET_REGS takes is set from the inputs but, in 16/32-bit code, R8-R15:
+        # those start as the guest was built on every run, not as the last run left them.
+        regs = S.kvm_regs.from_buffer_copy(self._regs)
         values = inputs.registers(form)
         width = (1 << 64) - 1 if form.code_bits == 64 else 0xFFFFFFFF
         for name in gpr_names(form.code_bits):
