@@ -206,7 +206,7 @@ def run_parts(kvm, n: int = 50000, repeats: int = 7) -> dict:
     nop.restype = ctypes.c_int
     nop_call = functools.partial(nop, vcpu.fd, KVM_RUN, None)  # labs(fd): never -1, "success"
     vcpu._enter_kvm_run = nop_call
-    run, kvm_run, view, name = vcpu.run, vcpu._kvm_run, vcpu._view, vcpu.name
+    run, kvm_run, view = vcpu.run, vcpu._kvm_run, vcpu._view
     lock_a, lock_b = threading.Lock(), threading.Lock()
     get = PARSERS.get
 
@@ -227,7 +227,7 @@ def run_parts(kvm, n: int = 50000, repeats: int = 7) -> dict:
 
     def loop_trace(k):
         for _ in range(k):
-            trace_append((name, "exit", exit_))
+            trace_append(exit_)  # as Vcpu.run() records it
 
     def loop_locks(k):
         for _ in range(k):
@@ -237,15 +237,14 @@ def run_parts(kvm, n: int = 50000, repeats: int = 7) -> dict:
             lock_a.release()
 
     class Armed:
-        _run_thread = _deadline = None
+        _run_thread = _run_timeout = None
 
-    armed, get_ident, monotonic = Armed(), threading.get_ident, time.monotonic
+    armed, get_ident = Armed(), threading.get_ident
 
     def loop_watchdog(k):
         for _ in range(k):
+            armed._run_timeout = 10.0
             armed._run_thread = get_ident()
-            armed._deadline = monotonic() + 10.0
-            armed._deadline = None
             armed._run_thread = None
 
     def loop_empty(k):
@@ -273,8 +272,8 @@ WHY = {
     "trace entry": "failure reports list the recent ioctls and exits (kvmtest.ioctl.recent)",
     "run lock and guard lock": "close() on another thread waits for a KVM_RUN in flight before it unmaps "
                                "kvm_run; the watchdog never kicks a KVM_RUN that has already ended",
-    "watchdog deadline": "a guest that never exits is kicked at its deadline (GuestTimeout): the running "
-                         "thread and the deadline are set before KVM_RUN and cleared after it",
+    "watchdog deadline": "a guest that never exits is kicked after its timeout (GuestTimeout): the running "
+                         "thread and the timeout are set before KVM_RUN, the thread cleared after it",
     "the rest": "the method call, the use-after-close check, the KVM_RUN count a stale exit is refused by, "
                 "the errno and timeout checks",
 }

@@ -6,6 +6,7 @@ reason's member of the exit union (api.rst 5, "The kvm_run structure") into its 
 import ctypes
 import struct
 from collections.abc import Callable
+from typing import Any
 
 from .abi import constants as C
 from .abi.structs import kvm_run
@@ -37,11 +38,22 @@ _EXIT_UNION = kvm_run.exit.offset
 _EXIT_UNION_SIZE = kvm_run.exit.size
 _ONE_BYTE = tuple(bytes((i,)) for i in range(256))  # what an OUT of one byte wrote, without a copy
 
-# The I/O and MMIO exits, the run loop's frequent ones, are built with one __dict__ store instead
-# of the frozen dataclass __init__'s object.__setattr__ per field (half the cost of an exit). The
-# result is the same object; tests/test_exits.py checks it against the one __init__ builds.
-_new = object.__new__
-_set = object.__setattr__
+
+# The I/O and MMIO exits, the run loop's frequent ones, are built without the frozen dataclass
+# __init__, whose object.__setattr__ per field is most of the cost of an exit: the parser makes an
+# instance of a plain class with the same layout (a __dict__ and a __weakref__ slot, nothing else),
+# stores the fields in field order with ordinary attribute stores (the fastest Python has; no
+# __init__ call), and assigning __class__ then makes that object the frozen exit, as immutable as
+# one __init__ built. tests/test_exits.py checks the result against the one __init__ builds.
+# One class per exit type: each keeps its own attribute names in order, which is what makes the
+# stores fast.
+class _IoExitFields:
+    pass
+
+
+class _MmioExitFields:
+    pass
+
 
 # A parser turns (exit reason, kvm_run, memoryview of the kvm_run mapping, what the exit keeps
 # for respond()) into the Exit for that reason.
@@ -60,17 +72,29 @@ def _io(reason: int, run: kvm_run, view: memoryview, src) -> Exit:
             data = b""
     else:  # a slice stops at the mapping's end, wherever KVM's data_offset points
         data = bytes(view[data_offset: data_offset + size * count])
-    exit_ = _new(IoExit)
-    _set(exit_, "__dict__", {"reason": reason, "_run": src, "direction": direction, "size": size, "port": port,
-                             "count": count, "data_offset": data_offset, "data": data})
+    exit_: Any = _IoExitFields()  # becomes an IoExit below: typed as what it ends as
+    exit_.reason = reason
+    exit_._run = src
+    exit_.direction = direction
+    exit_.size = size
+    exit_.port = port
+    exit_.count = count
+    exit_.data_offset = data_offset
+    exit_.data = data
+    exit_.__class__ = IoExit
     return exit_
 
 
 def _mmio(reason: int, run: kvm_run, view: memoryview, src) -> Exit:
     phys_addr, data, length, is_write = _MMIO.unpack_from(view, _EXIT_UNION)
-    exit_ = _new(MmioExit)
-    _set(exit_, "__dict__", {"reason": reason, "_run": src, "phys_addr": phys_addr, "len": length,
-                             "is_write": bool(is_write), "data": data[:length] if is_write else b""})
+    exit_: Any = _MmioExitFields()  # becomes a MmioExit below
+    exit_.reason = reason
+    exit_._run = src
+    exit_.phys_addr = phys_addr
+    exit_.len = length
+    exit_.is_write = bool(is_write)
+    exit_.data = data[:length] if is_write else b""
+    exit_.__class__ = MmioExit
     return exit_
 
 

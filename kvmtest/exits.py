@@ -37,6 +37,12 @@ class Exit:
         )
         return f"{self.reason_name}({details})" if details else self.reason_name
 
+    def trace_parts(self) -> tuple:
+        """This exit's entry in the trace of recent ioctls and exits (kvmtest.ioctl.recent), where
+        Vcpu.run() puts each exit it returns: the vCPU's name, "exit" and the exit."""
+        source = self._run
+        return (source[0].name if isinstance(source, tuple) else "?", "exit", self)
+
     def _write_response(self, write) -> None:
         """Call write(run, mapping_size) on the kvm_run this exit was read from.
 

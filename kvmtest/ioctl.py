@@ -36,7 +36,9 @@ _trace: deque = deque(maxlen=TRACE_LENGTH)
 _trace_lock = threading.Lock()
 # The ioctl paths and the exit loop add entries with this, skipping note()'s call and lock: one
 # deque.append is atomic under the GIL (and a maxlen deque drops the oldest entry in the same
-# step), so the lock only keeps recent() and clear_trace() apart from each other.
+# step), so the lock only keeps recent() and clear_trace() apart from each other. An entry is a
+# tuple of parts, or an object whose trace_parts() gives them when read: Vcpu.run() appends each
+# exit itself (kvmtest.exits.Exit.trace_parts), a tuple less to build on every exit.
 trace_append = _trace.append
 
 # How messages name each kind of fd (kvmtest.abi.numbers.SCOPES).
@@ -57,7 +59,7 @@ def recent(n: int = 20) -> list[str]:
     """The last `n` trace entries as text, oldest first."""
     with _trace_lock:
         entries = list(_trace)[-n:]
-    return [" ".join(str(p) for p in parts) for parts in entries]
+    return [" ".join(str(p) for p in (entry if type(entry) is tuple else entry.trace_parts())) for entry in entries]
 
 
 def clear_trace() -> None:

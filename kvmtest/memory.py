@@ -47,7 +47,8 @@ class HostMapping:
 
     def _check(self, offset: int, length: int, what: str) -> int:
         """The mapping's address, once the range is checked. Call with the guard's lock held."""
-        self._guard.check(f"{what} {length:#x} bytes at offset {offset:#x}")
+        if not self._guard.open:  # the message only when it is raised: every guest read and write comes here
+            self._guard.check(f"{what} {length:#x} bytes at offset {offset:#x}")
         if self._addr is None:  # unmapped by a close() that began before the guard was set up
             raise ClosedError(f"{what}: {self._guard.name} is unmapped")
         if offset < 0 or length < 0 or offset + length > self.size:

@@ -43,7 +43,6 @@ CLOSE_WAIT = 5.0  # seconds close() waits for a KVM_RUN on another thread to ret
 
 # Looked up once: run() is the exit loop's hot path (benchmarks/bench_harness.py).
 _get_ident = threading.get_ident
-_monotonic = time.monotonic
 _parser = PARSERS.get
 _trace_append = _ioctl.trace_append
 _last_errno = _ioctl.last_errno
@@ -100,8 +99,12 @@ class Vcpu(VcpuRegisters, VcpuMsrCpuid, VcpuEvents, CarriedIoctls, FdObject):
         self._kvm_run = S.kvm_run.from_address(self.run_addr)
         self._enter_kvm_run = _ioctl.kvm_run_entry(fd)  # KVM_RUN on this fd; used only while _kvm_run is set
         self._timeout = DEFAULT_RUN_TIMEOUT
-        self._deadline: float | None = None
+        # The KVM_RUN in flight, for the watchdog (kvmtest.vcpu_watchdog): the thread inside it
+        # (None: none in flight) and its timeout; _watch_seen is the watchdog's own note of when
+        # it first saw that run.
         self._run_thread: int | None = None
+        self._run_timeout = DEFAULT_RUN_TIMEOUT
+        self._watch_seen: tuple[int, float] | None = None
         self._timed_out = False
         self.exits = 0  # KVM_RUN calls so far; an exit remembers which one it came from
         self._view = memoryview((ctypes.c_char * self._mmap_size).from_address(self.run_addr)).cast("B")
@@ -272,10 +275,10 @@ class Vcpu(VcpuRegisters, VcpuMsrCpuid, VcpuEvents, CarriedIoctls, FdObject):
 
     def _expire(self, generation: int, thread_id: int) -> None:
         """The watchdog's kick for KVM_RUN number `generation`. Under the lock _enter takes to
-        start a run, so a deadline read just before that run ended never kicks the next one."""
+        start a run, so a run seen in flight just before it ended never gets the next one kicked."""
         with self._guard.lock:
             run = self._kvm_run
-            if self.exits != generation or self._deadline is None or not self._guard.open or run is None:
+            if self.exits != generation or self._run_thread is None or not self._guard.open or run is None:
                 return
             self._timed_out = True
             run.immediate_exit = 1
@@ -309,17 +312,16 @@ class Vcpu(VcpuRegisters, VcpuMsrCpuid, VcpuEvents, CarriedIoctls, FdObject):
                 raise ClosedError(f"{self.name} is closed")
             guard = self._guard_lock  # see _expire
             guard.acquire()
+            self._run_timeout = timeout  # stored before the run is counted: see Watchdog._loop
             self.exits = generation = self.exits + 1
             self._timed_out = False
             self._run_thread = _get_ident()
-            self._deadline = deadline = _monotonic() + timeout
             guard.release()
             try:
                 err = _last_errno() if self._enter_kvm_run() == -1 else 0
                 if err == _EAGAIN:
-                    err = self._enter_again(deadline)
+                    err = self._enter_again(timeout)
             finally:
-                self._deadline = None
                 self._run_thread = None
             timed_out = self._timed_out
             if timed_out or err == _EINTR:
@@ -330,7 +332,7 @@ class Vcpu(VcpuRegisters, VcpuMsrCpuid, VcpuEvents, CarriedIoctls, FdObject):
                 self._exited = generation
                 reason = run.exit_reason
                 exit_ = _parser(reason, UNPARSED)(reason, run, self._view, (self, generation))
-                _trace_append((self.name, "exit", exit_))
+                _trace_append(exit_)  # read back as (self.name, "exit", exit_): Exit.trace_parts
                 return exit_
             if err == _EINTR and not timed_out:
                 return IntrExit(C.KVM_EXIT_INTR, (self, generation))
@@ -341,10 +343,12 @@ class Vcpu(VcpuRegisters, VcpuMsrCpuid, VcpuEvents, CarriedIoctls, FdObject):
         _ioctl.note(self.name, "KVM_RUN", f"-> {errno_name(err)}")
         raise KvmError(err, "KVM_RUN", self.name, "", "", _ioctl.recent())
 
-    def _enter_again(self, deadline: float) -> int:
+    def _enter_again(self, timeout: float) -> int:
         """An AP waiting for INIT/SIPI (KVM_MP_STATE_UNINITIALIZED) comes back with EAGAIN once
-        an event arrives; KVM expects user space to simply enter again, until the deadline
-        (checked here too, in case no kick can reach this thread)."""
+        an event arrives; KVM expects user space to simply enter again, until the watchdog's
+        kick. In case none comes (its thread stalled), this stops on its own `timeout` seconds
+        after the first EAGAIN."""
+        deadline = time.monotonic() + timeout
         err = errno.EAGAIN
         while err == errno.EAGAIN and not self._timed_out:
             if time.monotonic() > deadline:
@@ -354,17 +358,16 @@ class Vcpu(VcpuRegisters, VcpuMsrCpuid, VcpuEvents, CarriedIoctls, FdObject):
         return err
 
     def _enter(self, timeout: float) -> int:
-        """One KVM_RUN under the watchdog's deadline, nothing retried; returns the errno. Call
+        """One KVM_RUN under the watchdog's timeout, nothing retried; returns the errno. Call
         with _run_lock held and _kvm_run set (run() has the same steps written out)."""
         with self._guard.lock:  # see _expire
+            self._run_timeout = timeout  # see Watchdog._loop
             self.exits += 1
             self._timed_out = False
             self._run_thread = threading.get_ident()
-            self._deadline = time.monotonic() + timeout
         try:
             return _last_errno() if self._enter_kvm_run() == -1 else 0
         finally:
-            self._deadline = None
             self._run_thread = None
 
     def try_run(self, timeout: float | None = None) -> int:

@@ -1,4 +1,4 @@
-"""The KVM_RUN watchdog: one thread per process that kicks vCPUs whose KVM_RUN passed its deadline.
+"""The KVM_RUN watchdog: one thread per process that kicks vCPUs whose KVM_RUN has outrun its timeout.
 
 A kick sets kvm_run.immediate_exit and sends SIG_KICK to the thread inside KVM_RUN; KVM_RUN then
 returns EINTR (api.rst 5, "immediate_exit"; 4.10 KVM_RUN: "an unmasked signal is pending").
@@ -39,11 +39,14 @@ def send_kick(thread_id: int) -> None:
 
 
 class Watchdog:
-    """Kicks every watched vCPU whose KVM_RUN deadline (Vcpu._deadline, monotonic seconds) has
-    passed, checking every `tick` seconds.
+    """Kicks every watched vCPU whose KVM_RUN has been in flight longer than its timeout, checking
+    every `tick` seconds.
 
-    Registering costs a couple of attribute writes per KVM_RUN, so the exit loop stays
-    close to C speed. vCPUs are held weakly: a forgotten vCPU is not kept alive by it.
+    KVM_RUN number N is in flight while Vcpu._run_thread is set and Vcpu.exits is N; its timeout
+    is Vcpu._run_timeout. The watchdog notes when it first sees each run in flight (always after
+    that run began, so a kick never comes early) and kicks once more than the timeout has passed
+    since: at most two ticks late. The run itself reads no clock, so the exit loop stays close
+    to C speed. vCPUs are held weakly: a forgotten vCPU is not kept alive by it.
     """
 
     tick = 0.02
@@ -70,14 +73,23 @@ class Watchdog:
         return [vcpu for vcpu in (ref() for ref in live) if vcpu is not None]  # one may go meanwhile
 
     def _loop(self):
+        monotonic = time.monotonic
         while True:
             time.sleep(self.tick)
-            now = time.monotonic()
             vcpus = self.watched()
             for vcpu in vcpus:
-                generation = vcpu.exits  # read before the deadline: see Vcpu._expire
-                deadline, tid = vcpu._deadline, vcpu._run_thread
-                if deadline is not None and tid is not None and now > deadline and not vcpu._timed_out:
+                # The run number first: the timeout read next is that run's or a later one's
+                # (Vcpu.run() stores it before it counts the run), and _expire kicks only if that
+                # run is still the one in flight.
+                generation = vcpu.exits
+                tid, timeout = vcpu._run_thread, vcpu._run_timeout
+                if tid is None or vcpu._timed_out:
+                    continue
+                now = monotonic()  # after reading the run number: never before that run began
+                seen = vcpu._watch_seen
+                if seen is None or seen[0] != generation:
+                    vcpu._watch_seen = (generation, now)
+                elif now - seen[1] > timeout:
                     vcpu._expire(generation, tid)
             # Hold no vCPU while asleep: these locals kept every vCPU ever watched alive (the next
             # watched() ran while they still did), about 2 kB of RSS per closed guest.

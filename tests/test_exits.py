@@ -155,6 +155,7 @@ def test_io_exit_built_by_the_parser_is_the_dataclass(page, direction, size, cou
     run.exit.io.data_offset = ctypes.sizeof(kvm_run)
     page.extra[0:8] = [0xA5, 2, 3, 4, 5, 6, 7, 8]
     e = parse_exit(run)
+    assert type(e) is IoExit
     _same_as_init(e)
     assert (e.reason, e.direction, e.size, e.port, e.count, e.data_offset) == \
         (C.KVM_EXIT_IO, direction, size, 0x80, count, ctypes.sizeof(kvm_run))
@@ -179,6 +180,23 @@ def test_mmio_exit_built_by_the_parser_is_the_dataclass(page, is_write, length):
     run.exit.mmio.phys_addr, run.exit.mmio.len, run.exit.mmio.is_write = 0xFEE00030, length, is_write
     run.exit.mmio.data[:] = [1, 2, 3, 4, 5, 6, 7, 8]
     e = parse_exit(run)
+    assert type(e) is MmioExit
     _same_as_init(e)
     assert e.phys_addr == 0xFEE00030 and e.len == length and e.is_write is bool(is_write)
     assert e.data == (bytes(range(1, 9))[:length] if is_write else b"")
+
+
+def test_an_exit_in_the_trace_reads_back_with_its_vcpu(page):
+    """Vcpu.run() puts each exit itself in the trace of recent ioctls and exits; recent() shows it
+    as the vCPU's name, "exit" and the exit's text, like a tuple entry of those parts."""
+    from types import SimpleNamespace
+
+    from kvmtest import ioctl
+
+    run = page.run
+    run.exit_reason = C.KVM_EXIT_HLT
+    e = parse_exit(run, None, (SimpleNamespace(name="vm7/vcpu3"), 1))
+    ioctl.clear_trace()
+    ioctl.trace_append(e)
+    ioctl.note("vm7/vcpu3", "exit", e)
+    assert ioctl.recent() == ["vm7/vcpu3 exit KVM_EXIT_HLT"] * 2
