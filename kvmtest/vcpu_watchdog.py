@@ -67,9 +67,12 @@ class Watchdog:
                 self.thread.start()
 
     def watched(self) -> list:
-        """The vCPUs watched now (alive), dropping the references of those that are gone."""
+        """The vCPUs watched now (alive and open), dropping the references of those that are gone or
+        closed (Vcpu._kvm_run None: it never runs again). A closed vCPU can stay alive long after its
+        test (a report's traceback, a trace entry holds it); kept here, each one cost every tick."""
         with self.lock:
-            self.running = live = [ref for ref in self.running if ref() is not None]
+            self.running = live = [ref for ref in self.running
+                                   if (vcpu := ref()) is not None and vcpu._kvm_run is not None]
         return [vcpu for vcpu in (ref() for ref in live) if vcpu is not None]  # one may go meanwhile
 
     def _loop(self):

@@ -14,6 +14,7 @@ class FakeVcpu:
     def __init__(self, timeout: float):
         self.exits, self._run_thread, self._run_timeout = 0, None, timeout
         self._timed_out, self._watch_seen = False, None
+        self._kvm_run: object | None = object()  # Vcpu's mapping: None once closed
         self.kicks: list[tuple[int, float]] = []
 
     def start_run(self) -> float:
@@ -65,3 +66,12 @@ def test_an_idle_vcpu_is_never_kicked():
     vcpu.end_run()
     time.sleep(0.5)
     assert vcpu.kicks == []
+
+
+def test_a_closed_vcpu_is_no_longer_watched_though_still_alive():
+    vcpu = FakeVcpu(timeout=0.2)
+    watchdog.watch(vcpu)
+    assert vcpu in watchdog.watched()
+    vcpu._kvm_run = None  # what Vcpu.close() leaves
+    assert vcpu not in watchdog.watched()
+    assert all(ref() is not vcpu for ref in watchdog.running)
