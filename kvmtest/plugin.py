@@ -212,12 +212,18 @@ def _verify_selection(config, issues, items):
     return []
 
 
+_NESTED_KEY = pytest.StashKey[bool]()
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_collection_finish(session):
     """pytest hook: move everything collection built (thousands of items, their marks, the suites'
     modules and hypothesis strategies), alive for the whole session, out of the garbage collector's
-    view: each full collection during the run would walk it all again (gc.freeze). Undone when the
-    session ends (pytest_sessionfinish), so a session run inside another (pytester) leaks nothing."""
+    view: each full collection during the run would walk it all again (gc.freeze). A session run
+    inside another's test (pytester; PYTEST_CURRENT_TEST is the outer test) undoes it when it ends
+    (pytest_sessionfinish), so it leaks nothing into the outer process; any other session ends its
+    process, and leaves it frozen: pytest's own ten full collections at exit then skip it too."""
+    session.config.stash[_NESTED_KEY] = "PYTEST_CURRENT_TEST" in os.environ
     gc.freeze()
 
 
@@ -322,8 +328,10 @@ def pytest_runtest_setup(item):
 
 def pytest_sessionfinish(session):
     """Close the session's KVM device if only a marker check opened it (the kvm fixture closes its own);
-    give what pytest_collection_finish froze back to the garbage collector."""
-    gc.unfreeze()
+    in a session inside another's test, give what pytest_collection_finish froze back to the garbage
+    collector."""
+    if session.config.stash.get(_NESTED_KEY, False):
+        gc.unfreeze()
     if active(session.config):
         close_session_kvm(session.config)
 
