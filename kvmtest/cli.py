@@ -301,7 +301,7 @@ def cmd_run(args, extra) -> int:
           flush=True)  # quoted: the line can be pasted back
     try:
         if shards:
-            code = host_shards.run(argv, shards, paths, fp, run_baseline(args), known_issue_entries(argv))
+            code = host_shards.run(argv, shards, paths, fp, run_baseline(args), lambda: known_issue_entries(argv))
         else:
             code = int(pytest.main(argv))
     except Exception as e:  # an internal error must not look like a bad kernel to git bisect

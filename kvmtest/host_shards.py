@@ -96,10 +96,11 @@ def _pump(k: int, n: int, stream, lock: threading.Lock) -> None:
             sys.stdout.flush()
 
 
-def run(argv: list[str], n: int, paths: dict[str, Path], fp: dict, baseline=(), issues=()) -> int:
+def run(argv: list[str], n: int, paths: dict[str, Path], fp: dict, baseline=(), issues=list) -> int:
     """Run pytest `argv` (kvmtest run's command line) as `n` shards and write the run's reports to
     `paths` {"junit", "ktap", "html"} from theirs: the JUnit merged, KTAP and HTML (with `baseline`'s
-    results compared, `issues` the known-issue entries) from it; `fp`: the host's fingerprint. Returns
+    results compared, `issues()` the known-issue entries, asked for once the shards run) from it;
+    `fp`: the host's fingerprint. Returns
     pytest's exit status for the whole run (vmrun.shard_exit: 1 when anything failed or a shard died,
     a usage or internal error of any shard, 5 only when no shard collected a test)."""
     started = time.monotonic()
@@ -121,12 +122,14 @@ def run(argv: list[str], n: int, paths: dict[str, Path], fp: dict, baseline=(), 
                 procs.append(proc)
                 pumps.append(threading.Thread(target=_pump, args=(k, n, proc.stdout, lock), daemon=True))
                 pumps[-1].start()
+            entries = issues()  # for the HTML report, read while the shards run
             exits = [proc.wait() for proc in procs]
             for pump in pumps:
                 pump.join()
         except KeyboardInterrupt:  # the shards got the SIGINT too: let them write their reports
             exits = [proc.wait() for proc in procs]
-        return _finish(parts, exits, paths, fp, baseline, issues, started, date)
+            entries = []
+        return _finish(parts, exits, paths, fp, baseline, entries, started, date)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
