@@ -14,8 +14,11 @@ from pathlib import Path
 
 
 def cache_prefix() -> Path:
-    """$XDG_CACHE_HOME/kvmtest/pycache, else ~/.cache/kvmtest/pycache."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    """$XDG_CACHE_HOME/kvmtest/pycache, else ~/.cache/kvmtest/pycache (a relative XDG_CACHE_HOME is
+    ignored, as the XDG base directory specification says: it would put the cache in the checkout)."""
+    base = os.environ.get("XDG_CACHE_HOME", "")
+    if not os.path.isabs(base):
+        base = str(Path.home() / ".cache")
     return Path(base) / "kvmtest" / "pycache"
 
 

@@ -175,8 +175,8 @@ def _xdist_wanted(args, options) -> bool:
     if args.jobs == "0" or importlib.util.find_spec("xdist") is None:
         return False
     for flag, value in options:
-        if flag in ("-n", "--numprocesses", "--dist"):
-            return False  # the user's own choice
+        if flag in ("-n", "--numprocesses", "--dist") or flag.startswith("-n") and not flag.startswith("--"):
+            return False  # the user's own choice (-n 3, or -n3 / -nauto written as one argument)
         if (flag, value) == ("-p", "no:xdist") or flag in ("-pno:xdist", "-p=no:xdist"):
             return False  # xdist disabled: -n would be an unknown option
     return True
@@ -296,8 +296,10 @@ def cmd_run(args, extra) -> int:
         return BISECT_SKIP if args.bisect else 2
     keep_bytecode_outside_the_tree()  # PYTHONDONTWRITEBYTECODE: every process would compile everything
     shards = shards_wanted(args, extra)
-    # the host line and the report paths come from the plugin (header, "kvmtest report:" lines)
-    print(f"kvmtest run: {f'{shards} shards of: ' if shards else ''}pytest {shlex.join(argv)}",
+    # the host line and the report paths come from the plugin (header, "kvmtest report:" lines);
+    # shards run without xdist's -n (host_shards.shard_argv), so the line does not show it
+    shown = host_shards.without_workers(argv) if shards else argv
+    print(f"kvmtest run: {f'{shards} shards of: ' if shards else ''}pytest {shlex.join(shown)}",
           flush=True)  # quoted: the line can be pasted back
     try:
         if shards:

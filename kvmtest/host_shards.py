@@ -6,9 +6,11 @@ controller process, which unpickles, re-hooks and reports each one: on this proj
 development host that was about 1.2 ms of CPU per test, 11 s of a 7,637-check run's 78 s (measured
 side by side, benchmarks/bench_speed.py). Shards share nothing while they run: each collects the
 same tests in the same order and keeps its share (kernelvm.progress, --kvm-vm-shard=K/N, applied
-after -k/-m), logs each test's reports to its own progress log, and when all are done the run's
-JUnit, KTAP and HTML are rebuilt from those logs (kernelvm.resume, as for a --kernel configuration
-split over VMs). Every shard's output reaches the console line by line, prefixed "[K/N]".
+after -k/-m) and writes its own JUnit file; when all are done those are merged into the run's JUnit,
+from which its KTAP and HTML are written (merge_junit: a shard that wrote none is one error naming it).
+Every shard's output reaches the console line by line, prefixed "[K/N]". Each shard runs in a process
+group of its own and dies with `kvmtest run`: an interrupt (Ctrl-C, SIGINT, SIGTERM) reaches the
+shards once, from `run`, so each ends its session and writes its report.
 
 What xdist gives that shards do not (a debugger, stopping the whole run at the first failure,
 re-running the last failures first) keeps xdist: see `shardable`.
@@ -17,6 +19,7 @@ re-running the last failures first) keeps xdist: see `shardable`.
 import datetime
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -72,18 +75,24 @@ _SHARD_DROPS = ("--kvm-junit=", "--kvm-ktap=", "--kvm-html=", "--kvm-report-dir=
 _SHARD_ENV_DROPS = ("KVMTEST_JUNIT", "KVMTEST_KTAP", "KVMTEST_HTML", "KVMTEST_REPORT_DIR", "KVMTEST_BASELINE")
 
 
-def shard_argv(argv: list[str], k: int, n: int, junit: Path, stem: Path) -> list[str]:
-    """Shard k of n's pytest arguments: `argv` (kvmtest run's command line, whose report options all
-    have the --opt=value form) without xdist's -n and the report options, writing its JUnit to
-    `junit` (intermediate, merged into `stem`.xml/.ktap/.html)."""
+def without_workers(argv: list[str]) -> list[str]:
+    """pytest arguments `argv` without xdist's `-n JOBS` (kvmtest run's own; a shard runs no xdist)."""
     out, skip = [], False
     for arg in argv:
         if skip:
             skip = False
         elif arg == "-n":
             skip = True
-        elif not arg.startswith(_SHARD_DROPS):
+        else:
             out.append(arg)
+    return out
+
+
+def shard_argv(argv: list[str], k: int, n: int, junit: Path, stem: Path) -> list[str]:
+    """Shard k of n's pytest arguments: `argv` (kvmtest run's command line, whose report options all
+    have the --opt=value form) without xdist's -n and the report options, writing its JUnit to
+    `junit` (intermediate, merged into `stem`.xml/.ktap/.html)."""
+    out = [arg for arg in without_workers(argv) if not arg.startswith(_SHARD_DROPS)]
     return out + ["-p", "no:xdist", "-p", "kvmtest.kernelvm.progress", f"--kvm-vm-shard={k}/{n}",
                   f"--kvm-vm-merged-into={stem}", f"--kvm-junit={junit}"]
 
@@ -101,8 +110,9 @@ def run(argv: list[str], n: int, paths: dict[str, Path], fp: dict, baseline=(), 
     `paths` {"junit", "ktap", "html"} from theirs: the JUnit merged, KTAP and HTML (with `baseline`'s
     results compared, `issues()` the known-issue entries, asked for once the shards run) from it;
     `fp`: the host's fingerprint. Returns
-    pytest's exit status for the whole run (vmrun.shard_exit: 1 when anything failed or a shard died,
-    a usage or internal error of any shard, 5 only when no shard collected a test)."""
+    pytest's exit status for the whole run: a shard's 2, 3 or 4 (interrupted or a collection error,
+    internal error, usage error; the highest), else vmrun.shard_exit's (1 when anything failed or a
+    shard died, 5 only when no shard collected a test)."""
     started = time.monotonic()
     date = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
     stem = Path(paths["junit"]).with_suffix("")
@@ -110,28 +120,54 @@ def run(argv: list[str], n: int, paths: dict[str, Path], fp: dict, baseline=(), 
     workdir = Path(tempfile.mkdtemp(prefix=".kvmtest-shards-", dir=Path(paths["junit"]).parent))
     parts = [workdir / f"shard{k}.xml" for k in range(1, n + 1)]
     env = {key: value for key, value in os.environ.items() if key not in _SHARD_ENV_DROPS}
+    env["KVMTEST_SHARD_PARENT"] = str(os.getpid())  # shard_main: die with this process
     lock = threading.Lock()
     procs, pumps = [], []
+    on_main = threading.current_thread() is threading.main_thread()
+    old_term = signal.signal(signal.SIGTERM, _sigterm_interrupts) if on_main else None
     try:
         try:
             for k in range(1, n + 1):
+                # each shard in its own process group: a Ctrl-C reaches this process alone, which
+                # forwards exactly one SIGINT (_stop); a second one could cut a shard's report short
                 proc = subprocess.Popen([sys.executable, "-m", "kvmtest.host_shards",
                                          *shard_argv(argv, k, n, parts[k - 1], stem)],
-                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                                        errors="replace")
+                                        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                        text=True, env=env, errors="replace", process_group=0)
                 procs.append(proc)
                 pumps.append(threading.Thread(target=_pump, args=(k, n, proc.stdout, lock), daemon=True))
                 pumps[-1].start()
             entries = issues()  # for the HTML report, read while the shards run
             exits = [proc.wait() for proc in procs]
-            for pump in pumps:
-                pump.join()
-        except KeyboardInterrupt:  # the shards got the SIGINT too: let them write their reports
-            exits = [proc.wait() for proc in procs]
-            entries = []
+        except KeyboardInterrupt:  # Ctrl-C, SIGINT or SIGTERM to this process: the shards write their reports
+            exits, entries = _stop(procs), []
+        finally:
+            if on_main:
+                signal.signal(signal.SIGTERM, old_term)
+        for pump in pumps:
+            pump.join()
         return _finish(parts, exits, paths, fp, baseline, entries, started, date)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _sigterm_interrupts(signum, frame):
+    raise KeyboardInterrupt  # a cancelled CI job or `timeout`: stop as for Ctrl-C, with reports
+
+
+def _stop(procs: list) -> list:
+    """Interrupt the shards still running (one SIGINT each: pytest then writes its report) and their
+    exit statuses; asked to stop again meanwhile, kill those still running (they write none)."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+    try:
+        return [proc.wait() for proc in procs]
+    except KeyboardInterrupt:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+        return [proc.wait() for proc in procs]
 
 
 def _lost_shard_case(k: int, n: int, code: int | None):
@@ -195,6 +231,9 @@ def _finish(parts, exits, paths, fp, baseline, issues, started: float, date: str
           flush=True)
     for kind, key in (("JUnit", "junit"), ("KTAP", "ktap"), ("HTML", "html")):
         print(f"kvmtest report: {kind} {paths[key]}", flush=True)
+    stopped = [c for c in exits if c in (2, 3, 4)]
+    if stopped:  # interrupted (or a collection error), internal or usage error: pytest's exit whatever
+        return max(stopped)  # else failed, as one pytest gives it (--bisect: untestable, not a bad kernel)
     lost = any(code is None or code < 0 for code in exits)
     code = 1 if lost or any(r.status in ("failed", "error") for r in results) else 0
     return shard_exit(code, [c if c is not None and c >= 0 else 1 for c in exits])
@@ -206,10 +245,17 @@ def shard_main(argv: list[str]) -> None:
     by one (1.2 s of a 28 s shard here) after pytest has written and closed everything; the exit
     handlers (pytest's temporary-directory lock removal among them) still run."""
     import atexit
+    import ctypes
 
     import pytest
 
+    # the shards run in process groups of their own: if `kvmtest run` dies (SIGKILL, OOM) nothing
+    # else would stop them, so they go with it (PR_SET_PDEATHSIG; the parent check closes the race)
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)
+    if os.environ.get("KVMTEST_SHARD_PARENT", str(os.getppid())) != str(os.getppid()):
+        os._exit(1)
     code = int(pytest.main(argv))
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # done: an interrupt now would only cut the exit short
     sys.stdout.flush()
     sys.stderr.flush()
     atexit._run_exitfuncs()

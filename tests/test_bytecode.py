@@ -43,3 +43,9 @@ def test_a_cache_that_cannot_be_created_leaves_bytecode_off(no_bytecode):
     (no_bytecode / "kvmtest").write_text("a file where the directory would go")
     assert bytecode.keep_bytecode_outside_the_tree() is None
     assert sys.dont_write_bytecode and "PYTHONPYCACHEPREFIX" not in os.environ
+
+
+def test_a_relative_xdg_cache_home_is_ignored(no_bytecode, monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", "rel")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert bytecode.cache_prefix() == tmp_path / "home" / ".cache" / "kvmtest" / "pycache"

@@ -200,6 +200,16 @@ def test_jobs_auto_and_counts_are_accepted():
         assert cli.build_parser().parse_args(["run", "-j", jobs]).jobs == jobs
 
 
+@pytest.mark.parametrize("workers", [["-n3"], ["-nauto"], ["-n", "3"], ["--numprocesses=3"]])
+def test_a_worker_count_of_the_users_own_is_xdist_not_shards(workers):
+    """`kvmtest run -n3` is pytest-xdist with the user's count, as `-n 3` is: shards (which run with
+    `-p no:xdist`) would each fail on the unknown -n3, and no -n of kvmtest's own is added."""
+    args, extra = cli.build_parser().parse_known_args(["run", "-j", "2", *workers, "suites/smoke"])
+    assert cli.shards_wanted(args, extra) == 0
+    argv, _ = cli.pytest_args(args, extra, {"host": "h", "kernel": {"release": "6.18"}})
+    assert argv.count("-n") == workers.count("-n")
+
+
 # --- 7. --vm-timeout from the environment -------------------------------------------------------
 
 
@@ -405,3 +415,15 @@ def test_checking_a_report_path_leaves_nothing_behind(tmp_path):
     assert sorted(tmp_path.iterdir()) == []
     (tmp_path / "kept.xml").write_text("x")
     assert unwritable(tmp_path / "kept.xml") == "" and (tmp_path / "kept.xml").read_text() == "x"
+
+
+def test_a_sharded_runs_command_line_shows_no_xdist_worker_count(tmp_path, probe_test, capsys, clean_env,
+                                                                 monkeypatch):
+    """The "kvmtest run: N shards of: pytest ..." line is meant to be pasted back: it must not carry the
+    `-n JOBS` the shards never get (pasted, it would run pytest-xdist instead)."""
+    from kvmtest import host_shards
+
+    monkeypatch.setattr(host_shards, "run", lambda *a, **k: 0)
+    assert cli.main(["run", "-j", "2", "--report-dir", str(tmp_path / "r"), str(probe_test)]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("kvmtest run:"))
+    assert line.startswith("kvmtest run: 2 shards of: pytest ") and " -n " not in line, line

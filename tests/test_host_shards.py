@@ -86,3 +86,106 @@ def test_a_shard_that_dies_is_an_error_naming_it(tmp_path, monkeypatch, capsys):
     assert len(lost) == 1 and lost[0].status == "error"
     assert f"killed by signal {signal.SIGKILL}" in lost[0].message and "its tests have no verdict" in lost[0].message
     assert code == 1
+
+
+def _run_argv(tmp_path, monkeypatch, argv, n=2):
+    (tmp_path / "test_demo.py").write_text(DEMO)
+    monkeypatch.chdir(tmp_path)
+    paths = {kind: tmp_path / "r" / f"run.{suffix}" for kind, suffix in (("junit", "xml"), ("ktap", "ktap"),
+                                                                          ("html", "html"))}
+    code = host_shards.run(["test_demo.py", "-p", "no:cacheprovider", *argv], n, paths, {"host": "demo-host"})
+    return code, paths
+
+
+def test_a_usage_error_of_the_shards_is_pytests_usage_error_not_a_failure(tmp_path, monkeypatch, capsys):
+    """One pytest exits 4 on a usage error (kvmtest run --bisect: 125, untestable); the shards must too,
+    not 1 (--bisect: a bad kernel) from the error cases of shards that wrote no report."""
+    code, _ = _run_argv(tmp_path, monkeypatch, ["--tb=bogus"])
+    assert code == 4
+    assert "invalid choice: 'bogus'" in capsys.readouterr().out
+    assert not list((tmp_path / "r").glob(".kvmtest-shards-*"))
+
+
+def test_an_interrupted_shard_run_exits_as_pytest_interrupted_and_reports_unfinished_tests(tmp_path, monkeypatch,
+                                                                                            capsys):
+    """A shard interrupted (KeyboardInterrupt in a test, as Ctrl-C gives) exits 2 as one pytest does
+    (--bisect: 125), not 1; the tests it never finished are errors in the merged JUnit, never green."""
+    (tmp_path / "test_stop.py").write_text("def test_stop():\n    raise KeyboardInterrupt\n\n"
+                                           "def test_other_shard():\n    pass\n\n"
+                                           "def test_never_run():\n    pass\n")
+    code, paths = _run_argv(tmp_path, monkeypatch, ["test_stop.py"])  # demo's 8 tests, then these: 1/2, 2/2, 1/2
+    assert code == 2
+    status = {r.name: (r.status, r.message) for r in read_junit(paths["junit"])}
+    assert status["test_other_shard"][0] == "passed"
+    assert status["test_never_run"][0] == "error" and "interrupted" in status["test_never_run"][1]
+
+
+SLOW = """import os, time
+from pathlib import Path
+
+def test_slow_a():
+    Path(os.environ["DEMO_PIDS"], str(os.getpid())).touch()
+    time.sleep(60)
+
+def test_slow_b():
+    Path(os.environ["DEMO_PIDS"], str(os.getpid())).touch()
+    time.sleep(60)
+"""
+
+CONTROLLER = """import sys
+from pathlib import Path
+from kvmtest import host_shards
+r = Path("r")
+paths = {"junit": r / "run.xml", "ktap": r / "run.ktap", "html": r / "run.html"}
+sys.exit(host_shards.run(["test_slow.py", "-p", "no:cacheprovider"], 2, paths, {"host": "demo-host"}))
+"""
+
+
+def _start_controller(tmp_path):
+    import os
+    import subprocess
+    import sys
+    import time
+
+    (tmp_path / "test_slow.py").write_text(SLOW)
+    (tmp_path / "pids").mkdir()
+    proc = subprocess.Popen([sys.executable, "-c", CONTROLLER], cwd=tmp_path, stdout=subprocess.DEVNULL,
+                            env={**os.environ, "DEMO_PIDS": str(tmp_path / "pids")})
+    deadline = time.monotonic() + 60
+    while len(list((tmp_path / "pids").iterdir())) < 2:  # both shards are in their test
+        assert time.monotonic() < deadline and proc.poll() is None, "the shards never started their tests"
+        time.sleep(0.05)
+    return proc, [int(p.name) for p in (tmp_path / "pids").iterdir()]
+
+
+def test_sigterm_to_kvmtest_run_stops_the_shards_with_reports(tmp_path):
+    """SIGTERM (a cancelled CI job, `timeout`) reaches `kvmtest run` alone: it must stop its shards
+    and write the reports, the unfinished tests as errors, leaving no shard directory behind (it died
+    at once, leaving the shards running and .kvmtest-shards-* in the report directory)."""
+    proc, _ = _start_controller(tmp_path)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 2
+    status = {r.name: (r.status, r.message) for r in read_junit(tmp_path / "r" / "run.xml")}
+    assert {name: s for name, (s, _) in status.items()} == {"test_slow_a": "error", "test_slow_b": "error"}
+    assert not list((tmp_path / "r").glob(".kvmtest-shards-*"))
+
+
+def test_shards_do_not_outlive_a_killed_kvmtest_run(tmp_path):
+    """`kvmtest run` killed outright (SIGKILL, the OOM killer) takes its shards with it: they must not
+    run the rest of the suite unseen."""
+    import time
+
+    proc, pids = _start_controller(tmp_path)
+    proc.kill()
+    proc.wait()
+    deadline = time.monotonic() + 10
+    while any(_running(pid) for pid in pids):
+        assert time.monotonic() < deadline, f"shard processes {pids} still run after their controller died"
+        time.sleep(0.05)
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
