@@ -2,9 +2,9 @@
 pytest-xdist's workers.
 
 Why: pytest-xdist sends every phase report of every test (three per test) through execnet to a
-controller process, which unpickles, re-hooks and reports each one: on this project's 2-core
-development host that was about 1.2 ms of CPU per test, 11 s of a 7,637-check run's 78 s (measured
-side by side, benchmarks/bench_speed.py). Shards share nothing while they run: each collects the
+controller process, which deserializes, re-hooks and reports each one: on this project's 2-core
+development host that was 8.5-11 s of a 7,637-check run's 60-64 s of CPU (measured side by side,
+benchmarks/bench_speed.py, 2026-12-01). Shards share nothing while they run: each collects the
 same tests in the same order and keeps its share (kernelvm.progress, --kvm-vm-shard=K/N, applied
 after -k/-m) and writes its own JUnit file; when all are done those are merged into the run's JUnit,
 from which its KTAP and HTML are written (merge_junit: a shard that wrote none is one error naming it).
