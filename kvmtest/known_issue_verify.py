@@ -254,7 +254,8 @@ def unknown_ids_text(unknown: list[str], issues: list[ki.KnownIssue], applying: 
             why = f"the entry ({issue.source}) does not apply to this host"
         else:
             why = f"the entry ({issue.source}) is not run here (it would take the host down)"
-        lines.append(f"kvmtest known-issues verify: --id {name}: {why}")
+        shown = name if name and name.strip() == name else repr(name)  # an empty or padded id, visibly
+        lines.append(f"kvmtest known-issues verify: --id {shown}: {why}")
     lines.append(f"{len(applying)} entries apply to this host and can be verified"
                  + (":" if applying else "") + "".join(f"\n  {name}" for name in sorted(i.id for i in applying)))
     return "\n".join(lines)

@@ -334,3 +334,9 @@ def test_never_verified_entries_are_listed_only_when_one_of_their_tests_ran(run,
     result.stdout.fnmatch_lines(["1 entries apply to this host but were never verified on its build *: ran",
                                  "re-verify them on this host with: kvmtest known-issues verify --write"])
     assert "all-skipped" not in result.stdout.str()
+
+
+def test_an_empty_or_padded_unknown_id_is_shown_quoted():
+    text = kv.unknown_ids_text(["", " x"], [], [], {})
+    assert text.splitlines()[:2] == ["kvmtest known-issues verify: --id '': no such entry in the known-issue files",
+                                     "kvmtest known-issues verify: --id ' x': no such entry in the known-issue files"]
