@@ -239,22 +239,20 @@ def _finish(parts, exits, paths, fp, baseline, issues, started: float, date: str
     return shard_exit(code, [c if c is not None and c >= 0 else 1 for c in exits])
 
 
-PR_SET_PDEATHSIG = 1  # <linux/prctl.h>: the signal this process gets when its parent dies
-
-
 def shard_main(argv: list[str]) -> None:
     """One shard's process (`python -m kvmtest.host_shards PYTEST_ARGS`): pytest.main, then exit
     without the interpreter's finalization, which frees every object of a whole-suite session one
     by one (1.2 s of a 28 s shard here) after pytest has written and closed everything; the exit
     handlers (pytest's temporary-directory lock removal among them) still run."""
     import atexit
-    import ctypes
 
     import pytest
 
+    from .libc import die_with_parent
+
     # the shards run in process groups of their own: if `kvmtest run` dies (SIGKILL, OOM) nothing
     # else would stop them, so they go with it (PR_SET_PDEATHSIG; the parent check closes the race)
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    die_with_parent(signal.SIGKILL)
     if os.environ.get("KVMTEST_SHARD_PARENT", str(os.getppid())) != str(os.getppid()):
         os._exit(1)
     code = int(pytest.main(argv))

@@ -25,11 +25,14 @@ _libc.fallocate.restype = ctypes.c_int
 _libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
 _libc.mincore.restype = ctypes.c_int
 _libc.syscall.restype = ctypes.c_long
+_libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+_libc.prctl.restype = ctypes.c_int
 
 PROT_READ, PROT_WRITE, PROT_EXEC = 1, 2, 4
 FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE = 0x01, 0x02
 MAP_SHARED, MAP_PRIVATE, MAP_ANONYMOUS, MAP_NORESERVE = 0x01, 0x02, 0x20, 0x4000
 MADV_DONTNEED = 4
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 MAP_FAILED = ctypes.c_void_p(-1).value
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
@@ -102,3 +105,11 @@ def mincore(addr: int, length: int) -> list[bool]:
         err = ctypes.get_errno()
         raise OSError(err, f"mincore of {length:#x} bytes at {addr:#x}: {os.strerror(err)}")
     return [bool(v & 1) for v in vec]
+
+
+def die_with_parent(signum: int) -> None:
+    """prctl(PR_SET_PDEATHSIG, `signum`): this process gets `signum` when the thread that started it
+    exits; OSError when the call fails."""
+    if _libc.prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"prctl(PR_SET_PDEATHSIG, {signum}): {os.strerror(err)}")
