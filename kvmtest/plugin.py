@@ -223,6 +223,8 @@ def pytest_collection_finish(session):
     inside another's test (pytester; PYTEST_CURRENT_TEST is the outer test) undoes it when it ends
     (pytest_sessionfinish), so it leaks nothing into the outer process; any other session ends its
     process, and leaves it frozen: pytest's own ten full collections at exit then skip it too."""
+    if not active(session.config):
+        return  # another project's session: the plugin stays inert there
     session.config.stash[_NESTED_KEY] = "PYTEST_CURRENT_TEST" in os.environ
     gc.freeze()
 
