@@ -1,12 +1,13 @@
-"""`kvmtest run -j N` on the host: N pytest processes, each running every N-th test, in place of
-pytest-xdist's workers.
+"""`kvmtest run -j N` on the host: N pytest processes claiming their tests one by one from a shared
+counter (kvmtest.shard_claims), in place of pytest-xdist's workers.
 
 Why: pytest-xdist sends every phase report of every test (three per test) through execnet to a
 controller process, which deserializes, re-hooks and reports each one: on this project's 2-core
 development host that was 8.5-11 s of a 7,637-check run's 60-64 s of CPU (measured side by side,
-benchmarks/bench_speed.py, 2026-12-01). Shards share nothing while they run: each collects the
-same tests in the same order and keeps its share (kernelvm.progress, --kvm-vm-shard=K/N, applied
-after -k/-m) and writes its own JUnit file; when all are done those are merged into the run's JUnit,
+benchmarks/bench_speed.py, 2026-12-01). Shards share one counter while they run: each collects the
+same tests in the same order (after -k/-m), claims the next unclaimed one, runs it, and so on, so
+they end together whichever draws the slow tests (an every-N-th split ended up to 3 s apart); each
+writes its own JUnit file; when all are done those are merged into the run's JUnit,
 from which its KTAP and HTML are written (merge_junit: a shard that wrote none is one error naming it).
 Every shard's output reaches the console line by line, prefixed "[K/N]". Each shard runs in a process
 group of its own and dies with `kvmtest run`: an interrupt (Ctrl-C, SIGINT, SIGTERM) reaches the
@@ -88,13 +89,16 @@ def without_workers(argv: list[str]) -> list[str]:
     return out
 
 
-def shard_argv(argv: list[str], k: int, n: int, junit: Path, stem: Path) -> list[str]:
-    """Shard k of n's pytest arguments: `argv` (kvmtest run's command line, whose report options all
-    have the --opt=value form) without xdist's -n and the report options, writing its JUnit to
-    `junit` (intermediate, merged into `stem`.xml/.ktap/.html)."""
+def shard_argv(argv: list[str], claims: Path, junit: Path, stem: Path) -> list[str]:
+    """A shard's pytest arguments: `argv` (kvmtest run's command line, whose report options all
+    have the --opt=value form) without xdist's -n and the report options, claiming its tests from
+    the counter file `claims` (kvmtest.shard_claims), writing its JUnit to `junit` (intermediate,
+    merged into `stem`.xml/.ktap/.html). Its -v lines end without pytest's percentage done, which a
+    shard cannot know (the command line may still ask for a style; "times" costs O(tests) a line)."""
     out = [arg for arg in without_workers(argv) if not arg.startswith(_SHARD_DROPS)]
-    return out + ["-p", "no:xdist", "-p", "kvmtest.kernelvm.progress", f"--kvm-vm-shard={k}/{n}",
-                  f"--kvm-vm-merged-into={stem}", f"--kvm-junit={junit}"]
+    return ["-o", "console_output_style=classic", *out, "-p", "no:xdist", "-p", "kvmtest.shard_claims",
+            f"--kvm-shard-claims={claims}", "-p", "kvmtest.kernelvm.progress", f"--kvm-vm-merged-into={stem}",
+            f"--kvm-junit={junit}"]
 
 
 def _pump(k: int, n: int, stream, lock: threading.Lock) -> None:
@@ -119,6 +123,9 @@ def run(argv: list[str], n: int, paths: dict[str, Path], fp: dict, baseline=(), 
     Path(paths["junit"]).parent.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix=".kvmtest-shards-", dir=Path(paths["junit"]).parent))
     parts = [workdir / f"shard{k}.xml" for k in range(1, n + 1)]
+    # the claims counter in the temporary directory, not beside the reports: O_APPEND must be atomic
+    fd, claims = tempfile.mkstemp(prefix="kvmtest-claims-")
+    os.close(fd)
     env = {key: value for key, value in os.environ.items() if key not in _SHARD_ENV_DROPS}
     env["KVMTEST_SHARD_PARENT"] = str(os.getpid())  # shard_main: die with this process
     lock = threading.Lock()
@@ -131,7 +138,7 @@ def run(argv: list[str], n: int, paths: dict[str, Path], fp: dict, baseline=(), 
                 # each shard in its own process group: a Ctrl-C reaches this process alone, which
                 # forwards exactly one SIGINT (_stop); a second one could cut a shard's report short
                 proc = subprocess.Popen([sys.executable, "-m", "kvmtest.host_shards",
-                                         *shard_argv(argv, k, n, parts[k - 1], stem)],
+                                         *shard_argv(argv, Path(claims), parts[k - 1], stem)],
                                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                         text=True, env=env, errors="replace", process_group=0)
                 procs.append(proc)
@@ -149,6 +156,7 @@ def run(argv: list[str], n: int, paths: dict[str, Path], fp: dict, baseline=(), 
         return _finish(parts, exits, paths, fp, baseline, entries, started, date)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+        os.unlink(claims)
 
 
 def _sigterm_interrupts(signum, frame):

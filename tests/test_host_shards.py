@@ -1,5 +1,6 @@
-"""kvmtest.host_shards: `kvmtest run -j N` as N pytest processes each running every N-th test, their
-JUnit merged into the run's reports (no /dev/kvm needed: the demo tests touch no KVM)."""
+"""kvmtest.host_shards: `kvmtest run -j N` as N pytest processes claiming tests from a shared counter
+(kvmtest.shard_claims), their JUnit merged into the run's reports (no /dev/kvm needed: the demo tests
+touch no KVM)."""
 
 import signal
 import xml.etree.ElementTree as ET
@@ -44,13 +45,13 @@ def test_only_options_every_shard_can_honour_allow_shards(options, ok):
     assert host_shards.shardable(options) is ok
 
 
-def test_a_shard_drops_xdist_and_the_report_options_and_takes_its_share(tmp_path):
+def test_a_shard_drops_xdist_and_the_report_options_and_claims_its_tests(tmp_path):
     argv = ["suites", "-v", "--kvm-junit=r/x.xml", "--kvm-ktap=r/x.ktap", "--kvm-html=r/x.html",
             "--kvm-report-dir=r", "--kvm-baseline=old.xml", "--kvm-device=/dev/kvm", "-n", "2", "-k", "smoke"]
-    out = host_shards.shard_argv(argv, 2, 3, tmp_path / "s2.xml", Path("r/x"))
-    assert out == ["suites", "-v", "--kvm-device=/dev/kvm", "-k", "smoke", "-p", "no:xdist",
-                   "-p", "kvmtest.kernelvm.progress", "--kvm-vm-shard=2/3", "--kvm-vm-merged-into=r/x",
-                   f"--kvm-junit={tmp_path / 's2.xml'}"]
+    out = host_shards.shard_argv(argv, tmp_path / "claims", tmp_path / "s2.xml", Path("r/x"))
+    assert out == ["-o", "console_output_style=classic", "suites", "-v", "--kvm-device=/dev/kvm", "-k", "smoke",
+                   "-p", "no:xdist", "-p", "kvmtest.shard_claims", f"--kvm-shard-claims={tmp_path / 'claims'}",
+                   "-p", "kvmtest.kernelvm.progress", "--kvm-vm-merged-into=r/x", f"--kvm-junit={tmp_path / 's2.xml'}"]
 
 
 def _run(tmp_path, monkeypatch, n, capsys):
@@ -70,7 +71,7 @@ def test_shards_run_every_test_once_and_the_reports_hold_them_all(tmp_path, monk
                       "test_demo::test_c_skip": "skipped", "test_demo::test_d_xfail": "xfailed",
                       **{f"test_demo::test_e_param[{i}]": "passed" for i in range(4)}}
     assert code == 1  # a test failed
-    assert "[1/2] " in out and "[2/2] " in out and "deselected" in out
+    assert "[1/2] " in out and "[2/2] " in out
     assert "kvmtest run: 2 shards: 1 failed, 5 passed, 1 skipped, 1 xfailed" in out
     assert "ok 1 " in paths["ktap"].read_text() and "test_b_fail" in paths["html"].read_text()
     suite = ET.parse(paths["junit"]).getroot().find("testsuite")
@@ -109,25 +110,30 @@ def test_a_usage_error_of_the_shards_is_pytests_usage_error_not_a_failure(tmp_pa
 def test_an_interrupted_shard_run_exits_as_pytest_interrupted_and_reports_unfinished_tests(tmp_path, monkeypatch,
                                                                                             capsys):
     """A shard interrupted (KeyboardInterrupt in a test, as Ctrl-C gives) exits 2 as one pytest does
-    (--bisect: 125), not 1; the tests it never finished are errors in the merged JUnit, never green."""
+    (--bisect: 125), not 1; every test appears once in the merged JUnit, and one that did not run to
+    its end (the interrupted one, one its shard had claimed next, those nobody had claimed) is an
+    error there, never green."""
     (tmp_path / "test_stop.py").write_text("def test_stop():\n    raise KeyboardInterrupt\n\n"
-                                           "def test_other_shard():\n    pass\n\n"
-                                           "def test_never_run():\n    pass\n")
-    code, paths = _run_argv(tmp_path, monkeypatch, ["test_stop.py"])  # demo's 8 tests, then these: 1/2, 2/2, 1/2
+                                           + "".join(f"def test_after_{i}():\n    pass\n\n" for i in range(20)))
+    code, paths = _run_argv(tmp_path, monkeypatch, ["test_stop.py"])  # demo's 8 tests, then these 21
     assert code == 2
-    status = {r.name: (r.status, r.message) for r in read_junit(paths["junit"])}
-    assert status["test_other_shard"][0] == "passed"
-    assert status["test_never_run"][0] == "error" and "interrupted" in status["test_never_run"][1]
+    results = read_junit(paths["junit"])
+    assert len(results) == len({r.name for r in results}) == 29
+    status = {r.name: (r.status, r.message) for r in results}
+    assert status["test_stop"][0] == "error"
+    unrun = [name for name, (s, m) in status.items() if s == "error" and "no result: the run was interrupted" in m]
+    assert unrun  # at least the test the stopped shard had claimed after test_stop
+    assert all(s in ("passed", "error") for name, (s, _) in status.items() if name.startswith("test_after_"))
 
 
+# Four: a shard claims the test after its own before running it, so with two the first shard could
+# hold both and the second never start one.
 SLOW = """import os, time
+import pytest
 from pathlib import Path
 
-def test_slow_a():
-    Path(os.environ["DEMO_PIDS"], str(os.getpid())).touch()
-    time.sleep(60)
-
-def test_slow_b():
+@pytest.mark.parametrize("i", range(4))
+def test_slow(i):
     Path(os.environ["DEMO_PIDS"], str(os.getpid())).touch()
     time.sleep(60)
 """
@@ -166,7 +172,7 @@ def test_sigterm_to_kvmtest_run_stops_the_shards_with_reports(tmp_path):
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 2
     status = {r.name: (r.status, r.message) for r in read_junit(tmp_path / "r" / "run.xml")}
-    assert {name: s for name, (s, _) in status.items()} == {"test_slow_a": "error", "test_slow_b": "error"}
+    assert {name: s for name, (s, _) in status.items()} == {f"test_slow[{i}]": "error" for i in range(4)}
     assert not list((tmp_path / "r").glob(".kvmtest-shards-*"))
 
 

@@ -111,8 +111,8 @@ def pytest_addoption(parser):
     """pytest hook: --kvm-vm-shard=K/N (set by vmrun.py for a configuration split over N VMs) and
     --kvm-vm-merged-into=STEM (set by vmrun.py for a session whose reports the host merges)."""
     parser.addoption("--kvm-vm-shard", default=None, type=shard_value, metavar="K/N",
-                     help="run every N-th collected test starting with the K-th (kvmtest run sets it for "
-                          "shards, in VMs with --kernel and on the host: kvmtest.host_shards)")
+                     help="run every N-th collected test starting with the K-th (kvmtest run --kernel sets it "
+                          "for a configuration split over N VMs; host shards claim theirs: kvmtest.shard_claims)")
     parser.addoption("--kvm-vm-merged-into", default=None, metavar="STEM",
                      help="this session's reports are intermediate: the host rebuilds STEM.{xml,ktap,html} "
                           "from the progress logs and removes them (kvmtest run --kernel sets it)")
