@@ -448,7 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="git-bisect exit codes: 0 pass/xfail, 1 real failure, 125 nothing could be tested")
     run.add_argument("-j", "--jobs", default="auto", type=jobs_value,
                      help="pytest processes: 'auto' (one per CPU), a number, or 0 for none. More than one runs "
-                          "as shards, each every N-th test, reports merged at the end (kvmtest.host_shards); "
+                          "as shards claiming tests one at a time, reports merged at the end (kvmtest.host_shards); "
                           "with --xdist, or pytest options a shard cannot honour (--pdb, -x, --lf, ...), as "
                           "pytest-xdist workers")
     run.add_argument("--xdist", action="store_true",
