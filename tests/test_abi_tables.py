@@ -103,6 +103,9 @@ def test_cpuid2_buffer_copies_entries_and_sizes_for_reads():
     assert buf.nent == 1 and (buf.entries[0].function, buf.entries[0].index, buf.entries[0].eax) == (7, 1, 0xAB)
     room = B.cpuid2_buffer(nent=5)
     assert room.nent == 5 and len(room.entries) == 5
+    many = [S.kvm_cpuid_entry2(function=f, index=f + 1, flags=1, eax=f << 8, edx=~f & 0xFFFFFFFF) for f in range(3)]
+    buf = B.cpuid2_buffer(many, nent=4)  # each in its place, the room after them zero
+    assert [bytes(buf.entries[i]) for i in range(4)] == [bytes(e) for e in many] + [bytes(S.kvm_cpuid_entry2())]
 
 
 @pytest.mark.parametrize("call, problem", [

@@ -4,6 +4,7 @@ The builder writes entries into guest memory through a Vm and remembers where ea
 entry lives, so tests can change a PTE and check what the guest then sees.
 """
 
+import functools
 import struct
 from dataclasses import dataclass
 
@@ -59,6 +60,15 @@ def encode_entry(fmt: PagingFormat, address: int, flags: int) -> bytes:
             raise ValueError(f"32-bit paging cannot hold address {address:#x} or flags {flags:#x}")
         return struct.pack("<I", value)
     return struct.pack("<Q", value)
+
+
+@functools.lru_cache(maxsize=64)
+def _leaf_entries(first: int, count: int, page_size: int, leaf_flags: int, entry_size: int) -> bytes:
+    """`count` leaf entries mapping pages of `page_size` from `first` up, each with `leaf_flags`
+    (encode_entry's value), packed: every paged guest writes the same identity map, so its tables'
+    bytes are made once per process, not per guest."""
+    values = [address & _FRAME | leaf_flags for address in range(first, first + count * page_size, page_size)]
+    return struct.pack(f"<{count}{'I' if entry_size == 4 else 'Q'}", *values)
 
 
 class PageTables:
@@ -173,10 +183,9 @@ class PageTables:
             else:
                 refused = None
             if addresses:
-                values = [address & _FRAME | leaf_flags for address in addresses]  # encode_entry's value
                 table = self.tables[(leaf, self._prefix(page_va, leaf))]
                 self.vm.write(table + index * entry_size,
-                              struct.pack(f"<{len(values)}{'I' if entry_size == 4 else 'Q'}", *values))
+                              _leaf_entries(addresses.start, len(addresses), page_size, leaf_flags, entry_size))
             if refused is not None:
                 encode_entry(self.fmt, refused, leaf_flags)  # raises ValueError naming the address
             done += len(addresses)
