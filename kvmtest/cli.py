@@ -172,9 +172,11 @@ def known_issue_entries(argv: list[str]) -> list:
 
 
 def _xdist_wanted(args, options) -> bool:
-    if args.jobs == "0" or importlib.util.find_spec("xdist") is None:
-        return False
+    if host_shards.shard_count(args.jobs) <= 1 or importlib.util.find_spec("xdist") is None:
+        return False  # -j 0 or 1 (or auto on one CPU): one pytest, not a controller with one worker
     for flag, value in options:
+        if flag.split("=", 1)[0] in ("--pdb", "--trace"):
+            return False  # a debugger needs the console: one pytest (xdist refuses them)
         if flag in ("-n", "--numprocesses", "--dist") or flag.startswith("-n") and not flag.startswith("--"):
             return False  # the user's own choice (-n 3, or -n3 / -nauto written as one argument)
         if (flag, value) == ("-p", "no:xdist") or flag in ("-pno:xdist", "-p=no:xdist"):
@@ -447,7 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--bisect", action="store_true",
                      help="git-bisect exit codes: 0 pass/xfail, 1 real failure, 125 nothing could be tested")
     run.add_argument("-j", "--jobs", default="auto", type=jobs_value,
-                     help="pytest processes: 'auto' (one per CPU), a number, or 0 for none. More than one runs "
+                     help="pytest processes: 'auto' (one per CPU) or a number (0 or 1: one pytest). More than one runs "
                           "as shards claiming tests one at a time, reports merged at the end (kvmtest.host_shards); "
                           "with --xdist, or pytest options a shard cannot honour (--pdb, -x, --lf, ...), as "
                           "pytest-xdist workers")

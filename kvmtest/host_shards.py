@@ -17,6 +17,7 @@ What xdist gives that shards do not (a debugger, stopping the whole run at the f
 re-running the last failures first) keeps xdist: see `shardable`.
 """
 
+import contextlib
 import datetime
 import os
 import shutil
@@ -34,7 +35,7 @@ _WHOLE_RUN_OPTIONS = ("--pdb", "--trace", "-x", "--exitfirst", "--maxfail", "--l
                       "--failed-first", "--nf", "--new-first", "--sw", "--stepwise", "--stepwise-skip", "--co",
                       "--collect-only", "--collectonly", "--setup-only", "--setup-plan", "--fixtures",
                       "--fixtures-per-test", "--markers", "--cache-show", "--cache-clear", "-h", "--help",
-                      "--version", "-V")
+                      "--version", "-V", "--junitxml", "--junit-xml")  # pytest's own JUnit: one file, one writer
 
 
 # pytest's one-letter options that take a value (-k EXPR, -kEXPR): letters after one are that value
@@ -120,7 +121,8 @@ def run(argv: list[str], n: int, paths: dict[str, Path], fp: dict, baseline=(), 
     started = time.monotonic()
     date = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
     stem = Path(paths["junit"]).with_suffix("")
-    Path(paths["junit"]).parent.mkdir(parents=True, exist_ok=True)
+    for report in paths.values():  # as the recorder does in one pytest: --junit/--html may name new folders
+        Path(report).parent.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix=".kvmtest-shards-", dir=Path(paths["junit"]).parent))
     parts = [workdir / f"shard{k}.xml" for k in range(1, n + 1)]
     # the claims counter in the temporary directory, not beside the reports: O_APPEND must be atomic
@@ -145,9 +147,10 @@ def run(argv: list[str], n: int, paths: dict[str, Path], fp: dict, baseline=(), 
                 pumps.append(threading.Thread(target=_pump, args=(k, n, proc.stdout, lock), daemon=True))
                 pumps[-1].start()
             entries = issues()  # for the HTML report, read while the shards run
-            exits = [proc.wait() for proc in procs]
+            exits: list[int | None] = [proc.wait() for proc in procs]
         except KeyboardInterrupt:  # Ctrl-C, SIGINT or SIGTERM to this process: the shards write their reports
             exits, entries = _stop(procs), []
+            exits += [None] * (n - len(exits))  # interrupted while starting them: the rest never ran
         finally:
             if on_main:
                 signal.signal(signal.SIGTERM, old_term)
@@ -156,7 +159,9 @@ def run(argv: list[str], n: int, paths: dict[str, Path], fp: dict, baseline=(), 
         return _finish(parts, exits, paths, fp, baseline, entries, started, date)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-        os.unlink(claims)
+        for leftover in (claims, f"{claims}.collected"):  # the counter, the digest of what was collected
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(leftover)
 
 
 def _sigterm_interrupts(signum, frame):
@@ -181,7 +186,8 @@ def _stop(procs: list) -> list:
 def _lost_shard_case(k: int, n: int, code: int | None):
     from .reports import junit
 
-    why = f"killed by signal {-code}" if code is not None and code < 0 else f"exit status {code}"
+    why = ("never started: the run was interrupted first" if code is None else
+           f"killed by signal {-code}" if code < 0 else f"exit status {code}")
     return junit.testcase("kvmtest-shard", f"shard{k}of{n}", "error",
                           f"shard {k}/{n} wrote no report ({why}): its tests have no verdict")
 
@@ -263,6 +269,9 @@ def shard_main(argv: list[str]) -> None:
     die_with_parent(signal.SIGKILL)
     if os.environ.get("KVMTEST_SHARD_PARENT", str(os.getppid())) != str(os.getppid()):
         os._exit(1)
+    # `kvmtest run` stops its shards with one SIGINT each (_stop), also for a SIGTERM it got: one started
+    # where SIGINT is ignored (a script's background job) inherits SIG_IGN and would run on to the end
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     code = int(pytest.main(argv))
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # done: an interrupt now would only cut the exit short
     sys.stdout.flush()

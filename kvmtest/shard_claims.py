@@ -9,7 +9,8 @@ test of each other instead of up to seconds apart.
 
 The counter is FILE's length: a claim appends one byte (O_APPEND: the kernel makes each append
 land at the end, one after the other, whoever writes) and reads this shard's file position after
-it, which is the length just after its own byte: claim number length - 1, unique to this shard.
+it, which is the length just after its own byte: claim number length - 1, unique to this shard. Before
+claiming, each shard checks that it collected what the first one did (FILE.collected: a digest).
 FILE must be on a local file system (kvmtest.host_shards makes it in the temporary directory);
 NFS does not keep O_APPEND atomic across opens.
 
@@ -18,17 +19,26 @@ it claimed and did not finish is an error in its report). A shard whose loop end
 internal error) first claims every test still unclaimed, so each test nobody ran is an error in one
 shard's report, as in a run cut short in one process.
 
+pytest's cache of last failures (--lf) is written by every shard at its end: each would write its own
+view, the last one's winning. Each shard instead applies only what it changed (tests it saw fail added,
+tests it saw pass or skip removed) to what is in the cache then, under a lock on FILE.
+
 Which shard runs a test differs from run to run, as under pytest-xdist's load scheduling; each
 shard still runs its tests in collection order, so a module's or class's fixtures are set up at
 most once per shard, and pytest tears fixtures down knowing the next test (a shard claims it
 before running the current one).
 """
 
+import fcntl
+import hashlib
 import os
+import stat
+from pathlib import Path
 
 import pytest
 
 CLAIMED_KEY = pytest.StashKey[list]()  # the nodeids this shard claimed, in claim order
+_LASTFAILED_KEY = pytest.StashKey[dict]()  # pytest's last failures as this shard started
 
 
 def pytest_addoption(parser):
@@ -40,12 +50,22 @@ def pytest_addoption(parser):
 
 class Claims:
     """The shared counter in `path` (created empty by whoever starts the shards) over `count` tests;
-    `taken`: the indices this process claimed. OSError if `path` cannot be opened for appending."""
+    `taken`: the indices this process claimed. OSError if `path` cannot be opened for appending,
+    ValueError if it is not a regular file (/dev/null, whose position stays 0, would hand out the
+    same claim for ever; a FIFO would block)."""
 
     def __init__(self, path: str, count: int):
         self.fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+        if not stat.S_ISREG(os.fstat(self.fd).st_mode):
+            os.close(self.fd)
+            raise ValueError("not a regular file")
         self.count = count
         self.taken: list[int] = []
+
+    def take_the_rest(self) -> None:
+        """Claim every test not claimed yet (a shard that stops early reports them unfinished)."""
+        while self.next() is not None:
+            pass
 
     def next(self) -> int | None:
         """The next unclaimed test's index (0 first; every call in every shard gets another), or
@@ -67,18 +87,23 @@ def pytest_runtestloop(session):
     """pytest hook: with --kvm-shard-claims, pytest's own loop over the session's tests, over the
     tests this shard claims instead (collection errors and --collect-only as pytest has them)."""
     path = session.config.getoption("kvm_shard_claims", None)
-    if not path:
+    if path is None:
         return None
-    if session.testsfailed and not session.config.option.continue_on_collection_errors:
-        raise session.Interrupted(f"{session.testsfailed} error{'s' if session.testsfailed != 1 else ''} "
-                                  "during collection")
     if session.config.option.collectonly:
         return True
     items = session.items
+    claims = _open(path, len(items))
+    if session.testsfailed and not session.config.option.continue_on_collection_errors:
+        # every shard stops as one pytest does; what was collected is reported unfinished once
+        claims.take_the_rest()
+        _stop_claiming(session, claims, items)
+        raise session.Interrupted(f"{session.testsfailed} error{'s' if session.testsfailed != 1 else ''} "
+                                  "during collection")
     try:
-        claims = Claims(path, len(items))
-    except OSError as e:
-        raise pytest.UsageError(f"--kvm-shard-claims={path}: {e.strerror}") from None
+        _same_tests(path, items)
+    except pytest.UsageError:
+        claims.close()
+        raise
     ended = False
     try:
         index = claims.next()
@@ -93,8 +118,95 @@ def pytest_runtestloop(session):
             index = following
         ended = True
     finally:
-        while not ended and claims.next() is not None:
-            pass  # cut short: what nobody claimed yet is this shard's to report unfinished
-        claims.close()
-        session.config.stash[CLAIMED_KEY] = [items[i].nodeid for i in claims.taken]
+        if not ended:  # cut short: what nobody claimed yet is this shard's to report unfinished
+            claims.take_the_rest()
+        _stop_claiming(session, claims, items)
     return True
+
+
+def _open(path: str, count: int) -> Claims:
+    """Claims over `count` tests from the counter `path`; pytest.UsageError naming what is wrong."""
+    if not path:
+        raise pytest.UsageError("--kvm-shard-claims: empty; expected the counter file the shards share")
+    try:
+        return Claims(path, count)
+    except OSError as e:
+        raise pytest.UsageError(f"--kvm-shard-claims={path}: {e.strerror}") from None
+    except ValueError as e:
+        raise pytest.UsageError(f"--kvm-shard-claims={path}: {e}: expected the counter file the shards "
+                                "share") from None
+
+
+def _same_tests(path: str, items: list) -> None:
+    """pytest.UsageError unless this shard collected what the first shard to get here did (the same
+    test ids in the same order: a claim is an index into them). Test ids made at random (a
+    parametrization drawn anew per process) differ between shards; pytest-xdist refuses those too.
+    The first shard leaves the digest in `path`.collected (linked whole into place, so nobody reads
+    it half written)."""
+    digest = hashlib.sha256("\n".join(item.nodeid for item in items).encode()).hexdigest()
+    first, mine = f"{path}.collected", f"{path}.collected.{os.getpid()}"
+    try:
+        Path(mine).write_text(digest)
+        try:
+            os.link(mine, first)
+        except FileExistsError:
+            pass
+        finally:
+            os.unlink(mine)
+        theirs = Path(first).read_text()
+    except OSError as e:
+        raise pytest.UsageError(f"--kvm-shard-claims={path}: {e.strerror} ({e.filename})") from None
+    if theirs != digest:
+        raise pytest.UsageError(f"this shard collected other tests than the first shard did ({len(items)} ids, "
+                                "or another order): are some test ids made at random? Run them with --xdist "
+                                "or -j 0")
+
+
+def _stop_claiming(session, claims: Claims, items: list) -> None:
+    claims.close()
+    session.config.stash[CLAIMED_KEY] = [items[i].nodeid for i in claims.taken]
+
+
+def _lastfailed(config) -> dict | None:
+    """pytest's cacheprovider's last failures as it holds them now (None: no cache plugin)."""
+    lf = config.pluginmanager.get_plugin("lfplugin")
+    return None if lf is None else {str(k): v for k, v in lf.lastfailed.items()}
+
+
+@pytest.hookimpl(trylast=True)  # after the cacheprovider read the cache
+def pytest_configure(config):
+    """pytest hook: remember the last failures this shard started with (see the module)."""
+    if config.getoption("kvm_shard_claims", None):
+        start = _lastfailed(config)
+        if start is not None:
+            config.stash[_LASTFAILED_KEY] = start
+
+
+@pytest.hookimpl(tryfirst=True)  # before the cacheprovider writes its view of the last failures
+def pytest_sessionfinish(session):
+    """pytest hook: write pytest's cache of last failures as it is now with this shard's changes
+    applied, under a lock on the counter, and keep the cacheprovider from writing its own view over
+    what other shards add afterwards."""
+    config = session.config
+    start, mine = config.stash.get(_LASTFAILED_KEY, None), _lastfailed(config)
+    if start is None or mine is None or config.cache is None:
+        return
+    try:
+        fd = os.open(config.getoption("kvm_shard_claims"), os.O_RDONLY)
+    except OSError:
+        return  # the counter is gone: nothing to lock, the cacheprovider writes this shard's own view
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        now = config.cache.get("cache/lastfailed", {})
+        merged = {k: v for k, v in now.items() if k not in start or k in mine}  # less what this shard saw pass
+        merged.update((k, v) for k, v in mine.items() if start.get(k) != v)    # with what it saw fail
+        config.cache.set("cache/lastfailed", merged)
+    finally:
+        os.close(fd)  # releases the lock
+    # The cacheprovider's own sessionfinish would write this shard's view over what other shards add
+    # meanwhile; it writes nothing in a --cache-show session, so this one becomes one now. What else
+    # it writes, the ids collected (--nf), every shard has the same of: written here.
+    nf = config.pluginmanager.get_plugin("nfplugin")
+    if nf is not None and not config.getoption("collectonly"):
+        config.cache.set("cache/nodeids", sorted(str(n) for n in nf.cached_nodeids))
+    config.option.cacheshow = True

@@ -210,6 +210,22 @@ def test_a_worker_count_of_the_users_own_is_xdist_not_shards(workers):
     assert argv.count("-n") == workers.count("-n")
 
 
+@pytest.mark.parametrize("jobs, words, shards, workers", [
+    ("1", [], 0, None),                       # one job: one pytest, not a controller with one worker
+    ("0", [], 0, None),
+    ("2", [], 2, "2"),                       # shards: each drops the -n (host_shards.shard_argv)
+    ("2", ["--pdb"], 0, None),                # a debugger: one pytest (xdist refuses --pdb)
+    ("2", ["--trace"], 0, None),
+    ("2", ["--junitxml=out.xml"], 0, "2"),    # pytest's own JUnit: one writer, xdist's controller
+    ("2", ["-x"], 0, "2"),
+])
+def test_jobs_and_options_choose_one_pytest_shards_or_xdist(jobs, words, shards, workers):
+    args, extra = cli.build_parser().parse_known_args(["run", "-j", jobs, *words, "suites/smoke"])
+    assert cli.shards_wanted(args, extra) == shards
+    argv, _ = cli.pytest_args(args, extra, {"host": "h", "kernel": {"release": "6.18"}})
+    assert (argv[argv.index("-n") + 1] if "-n" in argv else None) == workers
+
+
 # --- 7. --vm-timeout from the environment -------------------------------------------------------
 
 

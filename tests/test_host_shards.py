@@ -89,6 +89,67 @@ def test_a_shard_that_dies_is_an_error_naming_it(tmp_path, monkeypatch, capsys):
     assert code == 1
 
 
+def test_a_collection_error_reports_each_test_once(tmp_path, monkeypatch, capsys):
+    """Every shard stops on a collection error, as one pytest does (exit 2); the tests collected are
+    errors in the merged report once each, not once per shard."""
+    (tmp_path / "test_broken.py").write_text("import no_such_module_here\n")
+    code, paths = _run_argv(tmp_path, monkeypatch, ["test_broken.py"])
+    assert code == 2
+    names = [r.name for r in read_junit(paths["junit"])]
+    assert sorted(names) == sorted(set(names)) and len(names) == 8  # demo's eight tests, each once
+
+
+def test_reports_may_go_to_folders_that_do_not_exist_yet(tmp_path, monkeypatch, capsys):
+    (tmp_path / "test_demo.py").write_text(DEMO)
+    monkeypatch.chdir(tmp_path)
+    paths = {"junit": tmp_path / "a" / "run.xml", "ktap": tmp_path / "b" / "c" / "run.ktap",
+             "html": tmp_path / "d" / "run.html"}
+    host_shards.run(["test_demo.py", "-p", "no:cacheprovider"], 2, paths, {"host": "demo-host"})
+    assert all(path.is_file() for path in paths.values())
+
+
+def test_a_shard_that_never_started_is_named_so():
+    case = host_shards._lost_shard_case(2, 3, None)
+    assert case.find("error").get("message") == \
+        "shard 2/3 wrote no report (never started: the run was interrupted first): its tests have no verdict"
+
+
+MIXED = """import os, time, pytest
+from pathlib import Path
+
+@pytest.mark.parametrize("i", range(24))
+def test_i(i):
+    # both shards take tests: the first test of each waits until the other shard is in one too
+    Path(os.environ["DEMO_PIDS"], str(os.getpid())).touch()
+    deadline = time.monotonic() + 30
+    while len(os.listdir(os.environ["DEMO_PIDS"])) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert i % 3, i
+"""
+
+
+def test_the_last_failures_cache_holds_every_shards_failures(tmp_path, monkeypatch, capsys):
+    """pytest's --lf cache after a sharded run: every shard's failures, none of the tests that passed,
+    and what an earlier run recorded for tests this one did not run (each shard writing its own view
+    kept only the last one's)."""
+    import json
+
+    (tmp_path / "test_mixed.py").write_text(MIXED)
+    (tmp_path / "pids").mkdir()
+    monkeypatch.setenv("DEMO_PIDS", str(tmp_path / "pids"))
+    cache = tmp_path / ".pytest_cache" / "v" / "cache"
+    cache.mkdir(parents=True)
+    (cache / "lastfailed").write_text(json.dumps({"test_other.py::test_not_run_now": True,
+                                                  "test_mixed.py::test_i[1]": True}))
+    monkeypatch.chdir(tmp_path)
+    paths = {kind: tmp_path / "r" / f"run.{suffix}" for kind, suffix in (("junit", "xml"), ("ktap", "ktap"),
+                                                                          ("html", "html"))}
+    assert host_shards.run(["test_mixed.py", "-p", "no:randomly"], 2, paths, {"host": "demo-host"}) == 1
+    assert len(list((tmp_path / "pids").iterdir())) == 2  # both shards ran tests
+    failed = {f"test_mixed.py::test_i[{i}]" for i in range(0, 24, 3)}
+    assert set(json.loads((cache / "lastfailed").read_text())) == failed | {"test_other.py::test_not_run_now"}
+
+
 def _run_argv(tmp_path, monkeypatch, argv, n=2):
     (tmp_path / "test_demo.py").write_text(DEMO)
     monkeypatch.chdir(tmp_path)
@@ -147,7 +208,7 @@ sys.exit(host_shards.run(["test_slow.py", "-p", "no:cacheprovider"], 2, paths, {
 """
 
 
-def _start_controller(tmp_path):
+def _start_controller(tmp_path, ignore_sigint=False):
     import os
     import subprocess
     import sys
@@ -156,7 +217,9 @@ def _start_controller(tmp_path):
     (tmp_path / "test_slow.py").write_text(SLOW)
     (tmp_path / "pids").mkdir()
     proc = subprocess.Popen([sys.executable, "-c", CONTROLLER], cwd=tmp_path, stdout=subprocess.DEVNULL,
-                            env={**os.environ, "DEMO_PIDS": str(tmp_path / "pids")})
+                            env={**os.environ, "DEMO_PIDS": str(tmp_path / "pids")},
+                            preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if ignore_sigint
+                            else None)
     deadline = time.monotonic() + 60
     while len(list((tmp_path / "pids").iterdir())) < 2:  # both shards are in their test
         assert time.monotonic() < deadline and proc.poll() is None, "the shards never started their tests"
@@ -164,13 +227,19 @@ def _start_controller(tmp_path):
     return proc, [int(p.name) for p in (tmp_path / "pids").iterdir()]
 
 
-def test_sigterm_to_kvmtest_run_stops_the_shards_with_reports(tmp_path):
+@pytest.mark.parametrize("ignore_sigint", [False, True], ids=["sigint-default", "sigint-ignored"])
+def test_sigterm_to_kvmtest_run_stops_the_shards_with_reports(tmp_path, ignore_sigint):
     """SIGTERM (a cancelled CI job, `timeout`) reaches `kvmtest run` alone: it must stop its shards
     and write the reports, the unfinished tests as errors, leaving no shard directory behind (it died
-    at once, leaving the shards running and .kvmtest-shards-* in the report directory)."""
-    proc, _ = _start_controller(tmp_path)
+    at once, leaving the shards running and .kvmtest-shards-* in the report directory). Also when
+    started with SIGINT ignored (a script's background job), which the shards inherited: they then
+    ignored the one SIGINT `kvmtest run` sends and ran on to the end."""
+    proc, _ = _start_controller(tmp_path, ignore_sigint)
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=30) == 2
+    try:
+        assert proc.wait(timeout=30) == 2
+    finally:
+        proc.kill()  # and its shards with it (PR_SET_PDEATHSIG), should it still run
     status = {r.name: (r.status, r.message) for r in read_junit(tmp_path / "r" / "run.xml")}
     assert {name: s for name, (s, _) in status.items()} == {f"test_slow[{i}]": "error" for i in range(4)}
     assert not list((tmp_path / "r").glob(".kvmtest-shards-*"))

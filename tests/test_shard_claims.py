@@ -50,3 +50,29 @@ def test_a_missing_counter_file_is_a_usage_error_naming_it(pytester):
     result = pytester.runpytest("-p", "kvmtest.shard_claims", f"--kvm-shard-claims={pytester.path / 'nosuch'}")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*--kvm-shard-claims=*nosuch: No such file or directory*"])
+
+
+@pytest.mark.parametrize("value, problem", [
+    ("/dev/null", "--kvm-shard-claims=/dev/null: not a regular file: expected the counter file the shards share"),
+    ("", "--kvm-shard-claims: empty; expected the counter file the shards share"),
+])
+def test_a_counter_that_cannot_count_is_a_usage_error(pytester, value, problem):
+    """/dev/null's file position stays 0: every claim would be the same test, run for ever."""
+    pytester.makepyfile("def test_a():\n    pass\n")
+    result = pytester.runpytest("-p", "kvmtest.shard_claims", f"--kvm-shard-claims={value}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert problem in result.stderr.str()
+
+
+def test_shards_that_collected_different_tests_are_refused(pytester):
+    """A claim is an index into the collected tests: a second shard whose ids differ (drawn at random
+    per process here) stops with a usage error naming the cause instead of running other tests."""
+    pytester.makepyfile("import random\nimport pytest\n\n"
+                        "@pytest.mark.parametrize('x', [random.random()])\ndef test_a(x):\n    pass\n")
+    claims = pytester.path / "claims"
+    claims.touch()
+    first = pytester.runpytest_subprocess("-p", "kvmtest.shard_claims", f"--kvm-shard-claims={claims}")
+    assert first.ret == pytest.ExitCode.OK
+    second = pytester.runpytest_subprocess("-p", "kvmtest.shard_claims", f"--kvm-shard-claims={claims}")
+    assert second.ret == pytest.ExitCode.USAGE_ERROR
+    assert "this shard collected other tests than the first shard did" in second.stderr.str()
