@@ -94,12 +94,13 @@ def shard_argv(argv: list[str], claims: Path, junit: Path, stem: Path) -> list[s
     """A shard's pytest arguments: `argv` (kvmtest run's command line, whose report options all
     have the --opt=value form) without xdist's -n and the report options, claiming its tests from
     the counter file `claims` (kvmtest.shard_claims), writing its JUnit to `junit` (intermediate,
-    merged into `stem`.xml/.ktap/.html). Its -v lines end without pytest's percentage done, which a
+    merged into `stem`.xml/.ktap/.html) and its log beside it (`junit` with .log: what merge_junit
+    rebuilds from should the shard die). Its -v lines end without pytest's percentage done, which a
     shard cannot know (the command line may still ask for a style; "times" costs O(tests) a line)."""
     out = [arg for arg in without_workers(argv) if not arg.startswith(_SHARD_DROPS)]
     return ["-o", "console_output_style=classic", *out, "-p", "no:xdist", "-p", "kvmtest.shard_claims",
-            f"--kvm-shard-claims={claims}", "-p", "kvmtest.kernelvm.progress", f"--kvm-vm-merged-into={stem}",
-            f"--kvm-junit={junit}"]
+            f"--kvm-shard-claims={claims}", f"--kvm-shard-log={junit.with_suffix('.log')}", "-p",
+            "kvmtest.kernelvm.progress", f"--kvm-vm-merged-into={stem}", f"--kvm-junit={junit}"]
 
 
 def _pump(k: int, n: int, stream, lock: threading.Lock) -> None:
@@ -183,18 +184,41 @@ def _stop(procs: list) -> list:
         return [proc.wait() for proc in procs]
 
 
+def _why(code: int | None) -> str:
+    return ("never started: the run was interrupted first" if code is None else
+            f"killed by signal {-code}" if code < 0 else f"exit status {code}")
+
+
 def _lost_shard_case(k: int, n: int, code: int | None):
     from .reports import junit
 
-    why = ("never started: the run was interrupted first" if code is None else
-           f"killed by signal {-code}" if code < 0 else f"exit status {code}")
     return junit.testcase("kvmtest-shard", f"shard{k}of{n}", "error",
-                          f"shard {k}/{n} wrote no report ({why}): its tests have no verdict")
+                          f"shard {k}/{n} wrote no report ({_why(code)}): its tests have no verdict")
+
+
+def _recovered_cases(log: Path, k: int, n: int, code: int | None) -> list:
+    """The test cases a dead shard's log (kvmtest.shard_claims) gives: each test it finished with its
+    status and message (the details went with the shard), the one it died in and those it had
+    claimed as errors naming that."""
+    from .reports import junit
+    from .shard_claims import read_log
+
+    done, running, waiting = read_log(log)
+    died = f"shard {k}/{n} died ({_why(code)})"
+    cases = [junit.testcase(*junit.split_nodeid(nodeid), status, message,
+                            f"{message}\n\n(from the log of {died} before writing its report: details lost)")
+             for nodeid, (status, message) in done.items()]
+    cases += [junit.testcase(*junit.split_nodeid(nodeid), "error", f"{died} while this test ran")
+              for nodeid in running]
+    cases += [junit.testcase(*junit.split_nodeid(nodeid), "error", f"no result: {died} before this test started")
+              for nodeid in waiting]
+    return cases
 
 
 def merge_junit(parts: list[Path], exits: list, out: Path, fp: dict) -> None:
     """The shards' JUnit files `parts` as one suite in `out`, test cases in test-id order; a shard
-    that wrote none (it died) is one error case naming it."""
+    that wrote none (it died) is one error case naming it, with what its log (beside its JUnit file)
+    says of its tests."""
     import xml.etree.ElementTree as ET
 
     from .reports import junit
@@ -207,6 +231,7 @@ def merge_junit(parts: list[Path], exits: list, out: Path, fp: dict) -> None:
             suite = None
         if suite is None:
             cases.append(_lost_shard_case(k, len(parts), code))
+            cases += _recovered_cases(part.with_suffix(".log"), k, len(parts), code)
             continue
         base = base if base is not None else suite
         properties = properties or {e.get("name"): e.get("value") for e in suite.findall("properties/property")}

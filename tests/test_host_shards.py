@@ -51,7 +51,8 @@ def test_a_shard_drops_xdist_and_the_report_options_and_claims_its_tests(tmp_pat
     out = host_shards.shard_argv(argv, tmp_path / "claims", tmp_path / "s2.xml", Path("r/x"))
     assert out == ["-o", "console_output_style=classic", "suites", "-v", "--kvm-device=/dev/kvm", "-k", "smoke",
                    "-p", "no:xdist", "-p", "kvmtest.shard_claims", f"--kvm-shard-claims={tmp_path / 'claims'}",
-                   "-p", "kvmtest.kernelvm.progress", "--kvm-vm-merged-into=r/x", f"--kvm-junit={tmp_path / 's2.xml'}"]
+                   f"--kvm-shard-log={tmp_path / 's2.log'}", "-p", "kvmtest.kernelvm.progress",
+                   "--kvm-vm-merged-into=r/x", f"--kvm-junit={tmp_path / 's2.xml'}"]
 
 
 def _run(tmp_path, monkeypatch, n, capsys):
@@ -79,14 +80,28 @@ def test_shards_run_every_test_once_and_the_reports_hold_them_all(tmp_path, monk
     assert not list(paths["junit"].parent.glob(".kvmtest-shards-*"))  # the shards' own files are gone
 
 
-def test_a_shard_that_dies_is_an_error_naming_it(tmp_path, monkeypatch, capsys):
+def test_a_shard_that_dies_is_an_error_naming_it_and_the_test_it_died_in(tmp_path, monkeypatch, capsys):
+    """A shard killed outright (here by its own test, as a guest that takes the process down would)
+    writes no report: the run fails with an error naming the shard, the test it died in is an error
+    naming that, and every other test appears once, with the verdict its shard's log gave or, for one
+    it had claimed and not started, an error; nothing is simply missing."""
     monkeypatch.setenv("DEMO_KILL", "1")
     code, paths, _ = _run(tmp_path, monkeypatch, 2, capsys)
+    assert code == 1
     results = read_junit(paths["junit"])
     lost = [r for r in results if r.classname == "kvmtest-shard"]
     assert len(lost) == 1 and lost[0].status == "error"
     assert f"killed by signal {signal.SIGKILL}" in lost[0].message and "its tests have no verdict" in lost[0].message
-    assert code == 1
+    tests = {r.name: (r.status, r.message) for r in results if r.classname != "kvmtest-shard"}
+    assert len(tests) == len([r for r in results if r.classname != "kvmtest-shard"]) == 8
+    assert tests["test_e_param[1]"][0] == "error"
+    assert f"died (killed by signal {signal.SIGKILL}) while this test ran" in tests["test_e_param[1]"][1]
+    expected = {"test_a_pass": "passed", "test_b_fail": "failed", "test_c_skip": "skipped",
+                "test_d_xfail": "xfailed", "test_e_param[0]": "passed", "test_e_param[2]": "passed",
+                "test_e_param[3]": "passed"}
+    for name, status in expected.items():
+        got, message = tests[name]
+        assert got == status or (got == "error" and "before this test started" in message), (name, got, message)
 
 
 def test_a_collection_error_reports_each_test_once(tmp_path, monkeypatch, capsys):

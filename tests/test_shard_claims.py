@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from kvmtest.shard_claims import Claims
+from kvmtest.shard_claims import Claims, read_log
 
 
 def test_processes_claiming_at_once_get_every_index_exactly_once(tmp_path):
@@ -76,3 +76,40 @@ def test_shards_that_collected_different_tests_are_refused(pytester):
     second = pytester.runpytest_subprocess("-p", "kvmtest.shard_claims", f"--kvm-shard-claims={claims}")
     assert second.ret == pytest.ExitCode.USAGE_ERROR
     assert "this shard collected other tests than the first shard did" in second.stderr.str()
+
+
+def test_a_shards_log_gives_finished_running_and_waiting_tests(pytester):
+    """The log a shard writes (--kvm-shard-log), read back as kvmtest run reads a dead shard's: each
+    finished test's status and message, none still running here, none claimed and left waiting."""
+    pytester.makepyfile("import pytest\n\ndef test_ok():\n    pass\n\n"
+                        "def test_bad():\n    assert 1 == 2, 'one is not two'\n\n"
+                        "@pytest.mark.xfail(reason='known', strict=True)\ndef test_known():\n    assert False\n")
+    claims, log = pytester.path / "claims", pytester.path / "shard.log"
+    claims.touch()
+    result = pytester.runpytest("-p", "kvmtest.shard_claims", f"--kvm-shard-claims={claims}", f"--kvm-shard-log={log}",
+                                "--kvm-junit=r.xml")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    done, running, waiting = read_log(log)
+    assert {nodeid.split("::")[1]: status for nodeid, (status, _) in done.items()} == \
+        {"test_ok": "passed", "test_bad": "failed", "test_known": "xfailed"}
+    assert "one is not two" in next(m for n, (s, m) in done.items() if n.endswith("test_bad"))
+    assert (running, waiting) == ([], [])
+
+
+def test_a_log_cut_short_gives_what_it_holds(tmp_path):
+    """A shard killed mid-write leaves a last line without its newline: that line is not read."""
+    log = tmp_path / "shard.log"
+    log.write_text("claim\ta.py::t1\nstart\ta.py::t1\ndone\ta.py::t1\tpassed\t\nclaim\ta.py::t2\n"
+                   "claim\ta.py::t3\nstart\ta.py::t2\ndone\ta.py::t2\tfail")
+    assert read_log(log) == ({"a.py::t1": ("passed", "")}, ["a.py::t2"], ["a.py::t3"])
+    assert read_log(tmp_path / "nosuch.log") == ({}, [], [])
+
+
+def test_an_unwritable_log_is_a_usage_error_naming_it(pytester):
+    pytester.makepyfile("def test_a():\n    pass\n")
+    claims = pytester.path / "claims"
+    claims.touch()
+    result = pytester.runpytest("-p", "kvmtest.shard_claims", f"--kvm-shard-claims={claims}",
+                                f"--kvm-shard-log={pytester.path / 'no' / 'such' / 'dir.log'}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "--kvm-shard-log=" in result.stderr.str() and "No such file or directory" in result.stderr.str()
