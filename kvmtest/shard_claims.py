@@ -100,6 +100,7 @@ def pytest_runtestloop(session):
         return None
     if session.config.option.collectonly:
         return True
+    session.config.stash[CLAIMED_KEY] = []  # until it claims any: a shard refused below reports nothing
     items = session.items
     claims = _open(path, len(items))
     if session.testsfailed and not session.config.option.continue_on_collection_errors:

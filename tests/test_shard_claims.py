@@ -76,6 +76,11 @@ def test_shards_that_collected_different_tests_are_refused(pytester):
     second = pytester.runpytest_subprocess("-p", "kvmtest.shard_claims", f"--kvm-shard-claims={claims}")
     assert second.ret == pytest.ExitCode.USAGE_ERROR
     assert "this shard collected other tests than the first shard did" in second.stderr.str()
+    # a refused shard reports none of the tests (the first one ran them): no second entry per test
+    third = pytester.runpytest_subprocess("-p", "kvmtest.shard_claims", f"--kvm-shard-claims={claims}",
+                                          f"--kvm-junit={pytester.path / 'third.xml'}")
+    assert third.ret == pytest.ExitCode.USAGE_ERROR
+    assert "<testcase" not in (pytester.path / "third.xml").read_text()
 
 
 def test_a_shards_log_gives_finished_running_and_waiting_tests(pytester):
