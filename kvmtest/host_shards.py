@@ -8,7 +8,8 @@ benchmarks/bench_speed.py, 2026-12-01). Shards share one counter while they run:
 same tests in the same order (after -k/-m), claims the next unclaimed one, runs it, and so on, so
 they end together whichever draws the slow tests (an every-N-th split ended up to 3 s apart); each
 writes its own JUnit file; when all are done those are merged into the run's JUnit,
-from which its KTAP and HTML are written (merge_junit: a shard that wrote none is one error naming it).
+from which its KTAP and HTML are written (merge_junit: a shard that wrote none is an error naming it, its
+tests rebuilt from the log it keeps, kvmtest.shard_claims).
 Every shard's output reaches the console line by line, prefixed "[K/N]". Each shard runs in a process
 group of its own and dies with `kvmtest run`: an interrupt (Ctrl-C, SIGINT, SIGTERM) reaches the
 shards once, from `run`, so each ends its session and writes its report.
@@ -189,11 +190,12 @@ def _why(code: int | None) -> str:
             f"killed by signal {-code}" if code < 0 else f"exit status {code}")
 
 
-def _lost_shard_case(k: int, n: int, code: int | None):
+def _lost_shard_case(k: int, n: int, code: int | None, logged: bool = False):
     from .reports import junit
 
+    what = "its tests are reported from its log, without details" if logged else "its tests have no verdict"
     return junit.testcase("kvmtest-shard", f"shard{k}of{n}", "error",
-                          f"shard {k}/{n} wrote no report ({_why(code)}): its tests have no verdict")
+                          f"shard {k}/{n} wrote no report ({_why(code)}): {what}")
 
 
 def _recovered_cases(log: Path, k: int, n: int, code: int | None) -> list:
@@ -230,8 +232,8 @@ def merge_junit(parts: list[Path], exits: list, out: Path, fp: dict) -> None:
         except (OSError, ET.ParseError):
             suite = None
         if suite is None:
-            cases.append(_lost_shard_case(k, len(parts), code))
-            cases += _recovered_cases(part.with_suffix(".log"), k, len(parts), code)
+            recovered = _recovered_cases(part.with_suffix(".log"), k, len(parts), code)
+            cases += [_lost_shard_case(k, len(parts), code, bool(recovered)), *recovered]
             continue
         base = base if base is not None else suite
         properties = properties or {e.get("name"): e.get("value") for e in suite.findall("properties/property")}
