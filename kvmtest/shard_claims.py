@@ -45,6 +45,7 @@ import pytest
 
 CLAIMED_KEY = pytest.StashKey[list]()  # the nodeids this shard claimed, in claim order
 _LASTFAILED_KEY = pytest.StashKey[dict]()  # pytest's last failures as this shard started
+_COUNTER_KEY = pytest.StashKey[str]()  # the counter file, once opened as one (the lock of the cache above)
 
 
 def pytest_addoption(parser):
@@ -61,13 +62,16 @@ class Claims:
     """The shared counter in `path` (created empty by whoever starts the shards) over `count` tests;
     `taken`: the indices this process claimed. OSError if `path` cannot be opened for appending,
     ValueError if it is not a regular file (/dev/null, whose position stays 0, would hand out the
-    same claim for ever; a FIFO would block)."""
+    same claim for ever; a FIFO would block) or holds anything but claims (a file of the user's
+    would shift every claim and grow)."""
 
     def __init__(self, path: str, count: int):
-        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND)
-        if not stat.S_ISREG(os.fstat(self.fd).st_mode):
-            os.close(self.fd)
+        if not stat.S_ISREG(os.stat(path).st_mode):  # before the open, which blocks on a FIFO
             raise ValueError("not a regular file")
+        with open(path, "rb") as f:
+            if f.read(4096).strip(b"."):
+                raise ValueError("holds something other than claims (the shards start it empty)")
+        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND)
         self.count = count
         self.taken: list[int] = []
 
@@ -103,6 +107,7 @@ def pytest_runtestloop(session):
     session.config.stash[CLAIMED_KEY] = []  # until it claims any: a shard refused below reports nothing
     items = session.items
     claims = _open(path, len(items))
+    session.config.stash[_COUNTER_KEY] = path
     if session.testsfailed and not session.config.option.continue_on_collection_errors:
         # every shard stops as one pytest does; what was collected is reported unfinished once
         claims.take_the_rest()
@@ -203,10 +208,11 @@ def pytest_sessionfinish(session):
     what other shards add afterwards."""
     config = session.config
     start, mine = config.stash.get(_LASTFAILED_KEY, None), _lastfailed(config)
-    if start is None or mine is None or config.cache is None:
+    counter = config.stash.get(_COUNTER_KEY, None)  # None: refused (a FIFO would block the open below)
+    if start is None or mine is None or config.cache is None or counter is None:
         return
     try:
-        fd = os.open(config.getoption("kvm_shard_claims"), os.O_RDONLY)
+        fd = os.open(counter, os.O_RDONLY)
     except OSError:
         return  # the counter is gone: nothing to lock, the cacheprovider writes this shard's own view
     try:

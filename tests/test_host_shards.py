@@ -232,8 +232,9 @@ def _start_controller(tmp_path, ignore_sigint=False):
 
     (tmp_path / "test_slow.py").write_text(SLOW)
     (tmp_path / "pids").mkdir()
+    # TMPDIR: the claims counter a controller killed outright leaves behind stays in the test's directory
     proc = subprocess.Popen([sys.executable, "-c", CONTROLLER], cwd=tmp_path, stdout=subprocess.DEVNULL,
-                            env={**os.environ, "DEMO_PIDS": str(tmp_path / "pids")},
+                            env={**os.environ, "DEMO_PIDS": str(tmp_path / "pids"), "TMPDIR": str(tmp_path)},
                             preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if ignore_sigint
                             else None)
     deadline = time.monotonic() + 60

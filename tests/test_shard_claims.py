@@ -55,10 +55,18 @@ def test_a_missing_counter_file_is_a_usage_error_naming_it(pytester):
 @pytest.mark.parametrize("value, problem", [
     ("/dev/null", "--kvm-shard-claims=/dev/null: not a regular file: expected the counter file the shards share"),
     ("", "--kvm-shard-claims: empty; expected the counter file the shards share"),
+    ("fifo", "fifo: not a regular file"),
+    ("words", "words: holds something other than claims (the shards start it empty)"),
 ])
-def test_a_counter_that_cannot_count_is_a_usage_error(pytester, value, problem):
-    """/dev/null's file position stays 0: every claim would be the same test, run for ever."""
+def test_a_counter_that_cannot_count_is_a_usage_error(pytester, tmp_path_factory, value, problem):
+    """/dev/null's file position stays 0: every claim would be the same test, run for ever; a FIFO
+    would block the open; a file with other content would shift every claim (and be appended to)."""
     pytester.makepyfile("def test_a():\n    pass\n")
+    elsewhere = tmp_path_factory.mktemp("counters")  # not in the directory pytest collects from
+    os.mkfifo(elsewhere / "fifo")
+    (elsewhere / "words").write_text("hello\n")
+    if value in ("fifo", "words"):
+        value = str(elsewhere / value)
     result = pytester.runpytest("-p", "kvmtest.shard_claims", f"--kvm-shard-claims={value}")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert problem in result.stderr.str()
