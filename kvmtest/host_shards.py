@@ -238,6 +238,17 @@ def merge_junit(parts: list[Path], exits: list, out: Path, fp: dict) -> None:
         base = base if base is not None else suite
         properties = properties or {e.get("name"): e.get("value") for e in suite.findall("properties/property")}
         cases += suite.findall("testcase")
+    # a file that fails to collect is an error case in every shard's report: once here (tests, each
+    # claimed by one shard, never repeat; a case that differs is kept, so no duplicate can hide)
+    seen: set[bytes] = set()
+    unique = []
+    for case in cases:
+        case.tail = None  # the shard file's indentation, no part of the case
+        key = ET.tostring(case)
+        if key not in seen:
+            seen.add(key)
+            unique.append(case)
+    cases = unique
     cases.sort(key=lambda c: (c.get("classname", ""), c.get("name", "")))
     name = (base.get("name") if base is not None else None) or f"kvmtest@{fp.get('host', '?')}"
     junit.write(out, [junit.testsuite(name, cases, hostname=fp.get("host"), properties=properties,

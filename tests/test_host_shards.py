@@ -111,8 +111,11 @@ def test_a_collection_error_reports_each_test_once(tmp_path, monkeypatch, capsys
     (tmp_path / "test_broken.py").write_text("import no_such_module_here\n")
     code, paths = _run_argv(tmp_path, monkeypatch, ["test_broken.py"])
     assert code == 2
-    names = [r.name for r in read_junit(paths["junit"])]
-    assert sorted(names) == sorted(set(names)) and len(names) == 8  # demo's eight tests, each once
+    results = read_junit(paths["junit"])
+    names = [r.name for r in results]
+    assert sorted(names) == sorted(set(names)) and len(names) == 9  # demo's eight tests and the broken file, once
+    broken = next(r for r in results if r.name == "test_broken.py")
+    assert broken.status == "error" and "collection error" in broken.message and "no_such_module_here" in broken.message
 
 
 def test_reports_may_go_to_folders_that_do_not_exist_yet(tmp_path, monkeypatch, capsys):

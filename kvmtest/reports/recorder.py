@@ -134,6 +134,18 @@ class RunRecorder:
         if report.when == "teardown":
             self.finished.add(report.nodeid)
 
+    def pytest_collectreport(self, report):
+        """A file that fails to collect (an import error, a syntax error) is an error in every report,
+        named by its path, as pytest's own JUnit has it: else only its neighbours would show, as
+        unfinished, and nothing would say why."""
+        if report.failed:
+            o = self.outcomes.setdefault(report.nodeid, junit.Outcome(report.nodeid))
+            text = str(report.longrepr or "").strip()
+            o.status = "error"
+            last = text.splitlines()[-1].removeprefix("E").strip() if text else "failed to collect"
+            o.message = f"collection error: {last}"
+            o.details = text
+
     def pytest_collection_finish(self, session):
         self.expected = [item.nodeid for item in session.items]
 
