@@ -252,6 +252,8 @@ class _Log:
         if not path:
             return cls(None)
         try:
+            if os.path.exists(path) and not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO would block the open
+                raise pytest.UsageError(f"--kvm-shard-log={path}: not a regular file")
             fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         except OSError as e:
             raise pytest.UsageError(f"--kvm-shard-log={path}: {e.strerror}") from None

@@ -126,3 +126,14 @@ def test_an_unwritable_log_is_a_usage_error_naming_it(pytester):
                                 f"--kvm-shard-log={pytester.path / 'no' / 'such' / 'dir.log'}")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert "--kvm-shard-log=" in result.stderr.str() and "No such file or directory" in result.stderr.str()
+
+
+def test_a_log_that_is_not_a_regular_file_is_a_usage_error(pytester, tmp_path_factory):
+    """A FIFO as the shard's log would block its open for ever (no reader)."""
+    pytester.makepyfile("def test_a():\n    pass\n")
+    claims, fifo = pytester.path / "claims", tmp_path_factory.mktemp("logs") / "fifo"
+    claims.touch()
+    os.mkfifo(fifo)
+    result = pytester.runpytest("-p", "kvmtest.shard_claims", f"--kvm-shard-claims={claims}", f"--kvm-shard-log={fifo}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert f"--kvm-shard-log={fifo}: not a regular file" in result.stderr.str()
