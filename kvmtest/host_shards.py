@@ -300,6 +300,7 @@ def shard_main(argv: list[str]) -> None:
 
     import pytest
 
+    from .batched_stdout import BatchedStdout
     from .libc import die_with_parent
 
     # the shards run in process groups of their own: if `kvmtest run` dies (SIGKILL, OOM) nothing
@@ -310,9 +311,12 @@ def shard_main(argv: list[str]) -> None:
     # `kvmtest run` stops its shards with one SIGINT each (_stop), also for a SIGTERM it got: one started
     # where SIGINT is ignored (a script's background job) inherits SIG_IGN and would run on to the end
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    code = int(pytest.main(argv))
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # done: an interrupt now would only cut the exit short
-    sys.stdout.flush()
+    sys.stdout = out = BatchedStdout(1, sys.stdout.encoding, sys.stdout.errors)  # pytest's -v lines, batched
+    try:
+        code = int(pytest.main(argv))
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # done: an interrupt now would only cut the exit short
+        out.flush_now()
     sys.stderr.flush()
     atexit._run_exitfuncs()
     os._exit(code)
