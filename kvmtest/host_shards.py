@@ -10,6 +10,8 @@ they end together whichever draws the slow tests (an every-N-th split ended up t
 writes its own JUnit file; when all are done those are merged into the run's JUnit,
 from which its KTAP and HTML are written (merge_junit: a shard that wrote none is an error naming it, its
 tests rebuilt from the log it keeps, kvmtest.shard_claims).
+One more shard runs the tests marked `waits` (kvmtest.markers), which mostly sleep: the N others
+keep the N CPUs busy meanwhile (README, "Benchmarks", has what that saves).
 Every shard's output reaches the console line by line, prefixed "[K/N]". Each shard runs in a process
 group of its own and dies with `kvmtest run`: an interrupt (Ctrl-C, SIGINT, SIGTERM) reaches the
 shards once, from `run`, so each ends its session and writes its report.
@@ -41,6 +43,8 @@ _WHOLE_RUN_OPTIONS = ("--pdb", "--trace", "-x", "--exitfirst", "--maxfail", "--l
 
 # pytest's one-letter options that take a value (-k EXPR, -kEXPR): letters after one are that value
 _SHORT_WITH_VALUE = set("kmpcorWn")
+
+WAITS_SHARD = "waits"  # the name of the shard that runs the tests marked `waits`
 
 
 def _short_flags(flag: str) -> str:
@@ -104,8 +108,8 @@ def shard_argv(argv: list[str], claims: Path, junit: Path, stem: Path) -> list[s
             "kvmtest.kernelvm.progress", f"--kvm-vm-merged-into={stem}", f"--kvm-junit={junit}"]
 
 
-def _pump(k: int, n: int, stream, lock: threading.Lock) -> None:
-    prefix = f"[{k}/{n}] "
+def _pump(name: str, stream, lock: threading.Lock) -> None:
+    prefix = f"[{name}] "
     for line in stream:
         with lock:
             sys.stdout.write(prefix + line)
@@ -113,7 +117,8 @@ def _pump(k: int, n: int, stream, lock: threading.Lock) -> None:
 
 
 def run(argv: list[str], n: int, paths: dict[str, Path], fp: dict, baseline=(), issues=list) -> int:
-    """Run pytest `argv` (kvmtest run's command line) as `n` shards and write the run's reports to
+    """Run pytest `argv` (kvmtest run's command line) as `n` shards, and one more for the tests marked
+    `waits` (kvmtest.shard_claims: it mostly sleeps), and write the run's reports to
     `paths` {"junit", "ktap", "html"} from theirs: the JUnit merged, KTAP and HTML (with `baseline`'s
     results compared, `issues()` the known-issue entries, asked for once the shards run) from it;
     `fp`: the host's fingerprint. Returns
@@ -126,7 +131,9 @@ def run(argv: list[str], n: int, paths: dict[str, Path], fp: dict, baseline=(), 
     for report in paths.values():  # as the recorder does in one pytest: --junit/--html may name new folders
         Path(report).parent.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix=".kvmtest-shards-", dir=Path(paths["junit"]).parent))
-    parts = [workdir / f"shard{k}.xml" for k in range(1, n + 1)]
+    # shards "1/n" .. "n/n", and "waits" for the tests marked so (kvmtest.shard_claims), beside them
+    names = [f"{k}/{n}" for k in range(1, n + 1)] + [WAITS_SHARD]
+    parts = [workdir / f"shard{k}.xml" for k in range(1, n + 1)] + [workdir / "waits.xml"]
     # the claims counter in the temporary directory, not beside the reports: O_APPEND must be atomic
     fd, claims = tempfile.mkstemp(prefix="kvmtest-claims-")
     os.close(fd)
@@ -138,30 +145,31 @@ def run(argv: list[str], n: int, paths: dict[str, Path], fp: dict, baseline=(), 
     old_term = signal.signal(signal.SIGTERM, _sigterm_interrupts) if on_main else None
     try:
         try:
-            for k in range(1, n + 1):
+            for name, part in zip(names, parts, strict=True):
                 # each shard in its own process group: a Ctrl-C reaches this process alone, which
                 # forwards exactly one SIGINT (_stop); a second one could cut a shard's report short
+                role = ["--kvm-shard-waits"] if name == WAITS_SHARD else []
                 proc = subprocess.Popen([sys.executable, "-m", "kvmtest.host_shards",
-                                         *shard_argv(argv, Path(claims), parts[k - 1], stem)],
+                                         *shard_argv(argv, Path(claims), part, stem), *role],
                                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                         text=True, env=env, errors="replace", process_group=0)
                 procs.append(proc)
-                pumps.append(threading.Thread(target=_pump, args=(k, n, proc.stdout, lock), daemon=True))
+                pumps.append(threading.Thread(target=_pump, args=(name, proc.stdout, lock), daemon=True))
                 pumps[-1].start()
             entries = issues()  # for the HTML report, read while the shards run
             exits: list[int | None] = [proc.wait() for proc in procs]
         except KeyboardInterrupt:  # Ctrl-C, SIGINT or SIGTERM to this process: the shards write their reports
             exits, entries = _stop(procs), []
-            exits += [None] * (n - len(exits))  # interrupted while starting them: the rest never ran
+            exits += [None] * (len(parts) - len(exits))  # interrupted while starting them: the rest never ran
         finally:
             if on_main:
                 signal.signal(signal.SIGTERM, old_term)
         for pump in pumps:
             pump.join()
-        return _finish(parts, exits, paths, fp, baseline, entries, started, date)
+        return _finish(parts, names, exits, paths, fp, baseline, entries, started, date)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-        for leftover in (claims, f"{claims}.collected"):  # the counter, the digest of what was collected
+        for leftover in (claims, f"{claims}.waits", f"{claims}.collected"):  # the counters, what was collected
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(leftover)
 
@@ -190,15 +198,16 @@ def _why(code: int | None) -> str:
             f"killed by signal {-code}" if code < 0 else f"exit status {code}")
 
 
-def _lost_shard_case(k: int, n: int, code: int | None, logged: bool = False):
+def _lost_shard_case(name: str, code: int | None, logged: bool = False):
+    """The error case of shard `name` ("K/N" or "waits"), which wrote no report."""
     from .reports import junit
 
     what = "its tests are reported from its log, without details" if logged else "its tests have no verdict"
-    return junit.testcase("kvmtest-shard", f"shard{k}of{n}", "error",
-                          f"shard {k}/{n} wrote no report ({_why(code)}): {what}")
+    return junit.testcase("kvmtest-shard", f"shard{name.replace('/', 'of')}", "error",
+                          f"shard {name} wrote no report ({_why(code)}): {what}")
 
 
-def _recovered_cases(log: Path, k: int, n: int, code: int | None) -> list:
+def _recovered_cases(log: Path, name: str, code: int | None) -> list:
     """The test cases a dead shard's log (kvmtest.shard_claims) gives: each test it finished with its
     status and message (the details went with the shard), the one it died in and those it had
     claimed as errors naming that."""
@@ -206,7 +215,7 @@ def _recovered_cases(log: Path, k: int, n: int, code: int | None) -> list:
     from .shard_claims import read_log
 
     done, running, waiting = read_log(log)
-    died = f"shard {k}/{n} died ({_why(code)})"
+    died = f"shard {name} died ({_why(code)})"
     cases = [junit.testcase(*junit.split_nodeid(nodeid), status, message,
                             f"{message}\n\n(from the log of {died} before writing its report: details lost)")
              for nodeid, (status, message) in done.items()]
@@ -217,23 +226,23 @@ def _recovered_cases(log: Path, k: int, n: int, code: int | None) -> list:
     return cases
 
 
-def merge_junit(parts: list[Path], exits: list, out: Path, fp: dict) -> None:
-    """The shards' JUnit files `parts` as one suite in `out`, test cases in test-id order; a shard
-    that wrote none (it died) is one error case naming it, with what its log (beside its JUnit file)
-    says of its tests."""
+def merge_junit(parts: list[Path], names: list[str], exits: list, out: Path, fp: dict) -> None:
+    """The JUnit files `parts` of the shards `names` as one suite in `out`, test cases in test-id
+    order; a shard that wrote none (it died) is one error case naming it, with what its log (beside
+    its JUnit file) says of its tests."""
     import xml.etree.ElementTree as ET
 
     from .reports import junit
 
     cases, properties, base = [], None, None
-    for k, (part, code) in enumerate(zip(parts, exits, strict=True), 1):
+    for part, name, code in zip(parts, names, exits, strict=True):
         try:
             suite = ET.parse(part).getroot().find("testsuite")
         except (OSError, ET.ParseError):
             suite = None
         if suite is None:
-            recovered = _recovered_cases(part.with_suffix(".log"), k, len(parts), code)
-            cases += [_lost_shard_case(k, len(parts), code, bool(recovered)), *recovered]
+            recovered = _recovered_cases(part.with_suffix(".log"), name, code)
+            cases += [_lost_shard_case(name, code, bool(recovered)), *recovered]
             continue
         base = base if base is not None else suite
         properties = properties or {e.get("name"): e.get("value") for e in suite.findall("properties/property")}
@@ -255,14 +264,14 @@ def merge_junit(parts: list[Path], exits: list, out: Path, fp: dict) -> None:
                                       timestamp=datetime.datetime.now().isoformat(timespec="seconds"))])
 
 
-def _finish(parts, exits, paths, fp, baseline, issues, started: float, date: str) -> int:
+def _finish(parts, names, exits, paths, fp, baseline, issues, started: float, date: str) -> int:
     from . import fingerprint as fpmod
     from .kernelvm.vmrun import shard_exit
     from .reports import html as html_report
     from .reports import ktap
     from .reports.results import read_junit
 
-    merge_junit(parts, exits, Path(paths["junit"]), fp)
+    merge_junit(parts, names, exits, Path(paths["junit"]), fp)
     results = read_junit(paths["junit"])
     title = fpmod.short(fp) if fp.get("cpu") else fp.get("host", "")
     Path(paths["ktap"]).write_text(ktap.render(results, [f"kvmtest on {title}"]))
@@ -279,7 +288,8 @@ def _finish(parts, exits, paths, fp, baseline, issues, started: float, date: str
         counts[r.status] = counts.get(r.status, 0) + 1
     order = ["failed", "error", "passed", "skipped", "xfailed", "xpassed"]  # pytest's summary order
     summary = ", ".join(f"{counts[k]} {k}" for k in sorted(counts, key=lambda k: (order + [k]).index(k)))
-    print(f"kvmtest run: {len(parts)} shards: {summary or 'no tests'} in {time.monotonic() - started:.1f}s",
+    print(f"kvmtest run: {len(parts) - 1} shards and one for the tests marked waits: {summary or 'no tests'} in "
+          f"{time.monotonic() - started:.1f}s",
           flush=True)
     for kind, key in (("JUnit", "junit"), ("KTAP", "ktap"), ("HTML", "html")):
         print(f"kvmtest report: {kind} {paths[key]}", flush=True)

@@ -6,6 +6,7 @@
     guest_timeout(seconds)             per-KVM_RUN timeout (kvmtest.fixtures.guest_timeout)
     regression(cve=None, commit=None)  the CVE / kernel fix the test pins, carried into every report
     mmu_dependent                      the outcome depends on the host MMU: reports name its mode
+    waits                              mostly waits (timers, timeouts): kvmtest run's host shards run it apart
 
 A marker with bad arguments fails collection of its test with one message naming the test and
 the argument (BadArgumentError, UnknownModeError), never a silent no-op.
@@ -34,6 +35,9 @@ MARKERS = {
                   "fixed the bug this test pins; shown in the JUnit, KTAP and HTML reports",
     "mmu_dependent": "mmu_dependent: the outcome depends on how the host's MMU virtualizes guest paging (TDP or "
                      "shadow paging); each report of the test names the host's MMU mode",
+    "waits": "waits: the test spends most of its time waiting (a timer to fire, a timeout to pass, a thread to "
+             "sleep), not computing; `kvmtest run -j N` on a host runs such tests in one more shard beside the N "
+             "(kvmtest.shard_claims), so that no CPU idles while they wait. Changes nothing else",
 }
 
 _CVE = re.compile(r"CVE-\d{4}-\d{4,}")
@@ -56,6 +60,16 @@ def modes_of(definition, only: list[str]) -> list[str] | None:
         return None
     names = marker_modes(marker.args, marker.kwargs, f"@pytest.mark.modes on {definition.nodeid}")
     return [n for n in names if n in only] if only else names
+
+
+def waits(definition) -> bool:
+    """Whether the test is marked `waits`; BadArgumentError naming the test when the marker has
+    arguments (it takes none: a reason or a duration given would mean nothing)."""
+    marker = definition.get_closest_marker("waits")
+    if marker is not None and (marker.args or marker.kwargs):
+        raise BadArgumentError(f"@pytest.mark.waits on {definition.nodeid}: takes no arguments, got "
+                               f"args={marker.args!r} kwargs={marker.kwargs!r}")
+    return marker is not None
 
 
 def regression(definition) -> list[tuple[str, str]]:

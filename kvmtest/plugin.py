@@ -173,10 +173,11 @@ def pytest_report_header(config):
 
 def pytest_generate_tests(metafunc):
     """One test per CPU mode of the `modes` marker (ids are the mode names), narrowed by
-    --kvm-modes; a bad `modes` or `regression` marker fails collection naming the test."""
+    --kvm-modes; a bad `modes`, `regression` or `waits` marker fails collection naming the test."""
     if not active(metafunc.config):
         return
     markers.regression(metafunc.definition)
+    markers.waits(metafunc.definition)
     if "mode" not in metafunc.fixturenames:
         return
     names = markers.modes_of(metafunc.definition, settings(metafunc.config)["kvm_modes"])

@@ -29,12 +29,20 @@ pytest's cache of last failures (--lf) is written by every shard at its end: eac
 view, the last one's winning. Each shard instead applies only what it changed (tests it saw fail added,
 tests it saw pass or skip removed) to what is in the cache then, under a lock on FILE.
 
+Tests marked `waits` (kvmtest.markers: a test that spends most of its time waiting for a timer or a
+timeout, not computing) are claimed from a second counter, FILE.waits. A shard given --kvm-shard-waits
+claims those and nothing else: kvmtest.host_shards starts one beside the N others, so that N CPUs are
+not left idle while a check waits (on the 2-CPU development host, the 14 marked checks slept about
+4.3 s of the two shards' time in a whole-suite run). The other shards claim the waiting tests too once
+their own counter runs out, so a waits shard that falls behind (or dies) holds nobody up.
+
 Which shard runs a test differs from run to run, as under pytest-xdist's load scheduling; each
-shard still runs its tests in collection order, so a module's or class's fixtures are set up at
-most once per shard, and pytest tears fixtures down knowing the next test (a shard claims it
-before running the current one).
+shard still runs its tests in collection order (the unmarked ones, then any marked ones it takes
+over), so a module's or class's fixtures are set up at most once per shard and queue, and pytest
+tears fixtures down knowing the next test (a shard claims it before running the current one).
 """
 
+import contextlib
 import fcntl
 import hashlib
 import os
@@ -56,6 +64,9 @@ def pytest_addoption(parser):
     parser.addoption("--kvm-shard-log", default=None, metavar="LOG",
                      help="append each test this shard claims, starts and finishes to LOG, for a report should "
                           "the shard die (kvmtest run -j N sets it)")
+    parser.addoption("--kvm-shard-waits", action="store_true", default=False,
+                     help="with --kvm-shard-claims: claim only the tests marked `waits`, from FILE.waits (the shard "
+                          "kvmtest run -j N starts beside the N others for them)")
 
 
 class Claims:
@@ -95,6 +106,63 @@ class Claims:
         os.close(self.fd)
 
 
+WAITS = "waits"   # the marker of tests that mostly wait (kvmtest.markers)
+
+
+class Queues:
+    """What one shard claims from: the session's `items` not marked `waits` from the counter `path`,
+    those marked from `path`.waits (made here if it is not there yet); a waits shard (`waits_shard`)
+    claims only the marked ones, any other shard the unmarked ones and then the marked ones still
+    unclaimed. `taken`: the indices into `items` this shard claimed, in claim order. OSError or
+    ValueError as Claims raises them."""
+
+    def __init__(self, path: str, items: list, waits_shard: bool):
+        marked = [i for i, item in enumerate(items) if item.get_closest_marker(WAITS) is not None]
+        unmarked = sorted(set(range(len(items))) - set(marked))
+        main = Claims(path, len(unmarked))  # checks `path` first: nothing is made beside a wrong one
+        waits_path = f"{path}.waits"
+        try:
+            with contextlib.suppress(FileExistsError):  # the first shard here makes it (O_EXCL: no FIFO's open)
+                os.close(os.open(waits_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            try:
+                waits = Claims(waits_path, len(marked))
+            except ValueError as e:
+                raise ValueError(f"its second counter {waits_path}: {e}") from None
+        except BaseException:
+            main.close()
+            raise
+        if waits_shard:
+            main.close()
+            self._queues = [(waits, marked)]
+        else:
+            self._queues = [(main, unmarked), (waits, marked)]
+        self._open = list(self._queues)  # those not yet run out
+        self.taken: list[int] = []
+
+    def next(self) -> int | None:
+        """The index into the items of the next test this shard claims, or None once its queues are
+        all claimed."""
+        while self._open:
+            claims, indices = self._open[0]
+            k = claims.next()
+            if k is not None:
+                self.taken.append(indices[k])
+                return indices[k]
+            self._open.pop(0)  # run out: not asked again (each ask appends a byte)
+        return None
+
+    def take_the_rest(self) -> None:
+        """Claim every test of this shard's queues not claimed yet (a shard that stops early reports
+        them unfinished)."""
+        while self.next() is not None:
+            pass
+
+    def close(self) -> None:
+        """Close the counter files (the counters stay for the other shards)."""
+        for claims, _ in self._queues:
+            claims.close()
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtestloop(session):
     """pytest hook: with --kvm-shard-claims, pytest's own loop over the session's tests, over the
@@ -106,7 +174,7 @@ def pytest_runtestloop(session):
         return True
     session.config.stash[CLAIMED_KEY] = []  # until it claims any: a shard refused below reports nothing
     items = session.items
-    claims = _open(path, len(items))
+    claims = _open(path, items, session.config.getoption("kvm_shard_waits", False))
     session.config.stash[_COUNTER_KEY] = path
     if session.testsfailed and not session.config.option.continue_on_collection_errors:
         # every shard stops as one pytest does; what was collected is reported unfinished once
@@ -143,14 +211,15 @@ def pytest_runtestloop(session):
     return True
 
 
-def _open(path: str, count: int) -> Claims:
-    """Claims over `count` tests from the counter `path`; pytest.UsageError naming what is wrong."""
+def _open(path: str, items: list, waits_shard: bool) -> Queues:
+    """This shard's Queues over `items` from the counter `path`; pytest.UsageError naming what is wrong."""
     if not path:
         raise pytest.UsageError("--kvm-shard-claims: empty; expected the counter file the shards share")
     try:
-        return Claims(path, count)
+        return Queues(path, items, waits_shard)
     except OSError as e:
-        raise pytest.UsageError(f"--kvm-shard-claims={path}: {e.strerror}") from None
+        where = "" if e.filename in (None, path) else f" ({e.filename})"
+        raise pytest.UsageError(f"--kvm-shard-claims={path}: {e.strerror}{where}") from None
     except ValueError as e:
         raise pytest.UsageError(f"--kvm-shard-claims={path}: {e}: expected the counter file the shards "
                                 "share") from None
@@ -181,7 +250,7 @@ def _same_tests(path: str, items: list) -> None:
                                 "or -j 0")
 
 
-def _stop_claiming(session, claims: Claims, items: list) -> None:
+def _stop_claiming(session, claims: Queues, items: list) -> None:
     claims.close()
     session.config.stash[CLAIMED_KEY] = [items[i].nodeid for i in claims.taken]
 

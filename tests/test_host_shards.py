@@ -72,8 +72,8 @@ def test_shards_run_every_test_once_and_the_reports_hold_them_all(tmp_path, monk
                       "test_demo::test_c_skip": "skipped", "test_demo::test_d_xfail": "xfailed",
                       **{f"test_demo::test_e_param[{i}]": "passed" for i in range(4)}}
     assert code == 1  # a test failed
-    assert "[1/2] " in out and "[2/2] " in out
-    assert "kvmtest run: 2 shards: 1 failed, 5 passed, 1 skipped, 1 xfailed" in out
+    assert "[1/2] " in out and "[2/2] " in out and "[waits] " in out
+    assert "kvmtest run: 2 shards and one for the tests marked waits: 1 failed, 5 passed, 1 skipped, 1 xfailed" in out
     assert "ok 1 " in paths["ktap"].read_text() and "test_b_fail" in paths["html"].read_text()
     suite = ET.parse(paths["junit"]).getroot().find("testsuite")
     assert (suite.get("tests"), suite.get("failures"), suite.get("skipped")) == ("8", "1", "2")
@@ -105,6 +105,65 @@ def test_a_shard_that_dies_is_an_error_naming_it_and_the_test_it_died_in(tmp_pat
         assert got == status or (got == "error" and "before this test started" in message), (name, got, message)
 
 
+WAITING = """import os, signal, time, pytest
+from pathlib import Path
+
+@pytest.mark.parametrize("i", range(6))
+def test_busy(i):
+    deadline = time.monotonic() + 60   # the shards wait here until the waits shard started a test
+    while not Path("waits-started").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert Path("waits-started").exists()
+
+@pytest.mark.waits
+@pytest.mark.parametrize("i", range(2))
+def test_sleeps(i):
+    Path("waits-started").touch()
+    if os.environ.get("DEMO_KILL_WAITING") == str(i):
+        os.kill(os.getpid(), signal.SIGKILL)
+    time.sleep(0.2)
+"""
+
+
+def _run_waiting(tmp_path, monkeypatch, capsys):
+    (tmp_path / "test_waiting.py").write_text(WAITING)
+    monkeypatch.chdir(tmp_path)
+    paths = {kind: tmp_path / "r" / f"run.{kind}" for kind in ("junit", "ktap", "html")}
+    code = host_shards.run(["test_waiting.py", "-v", "-p", "no:cacheprovider"], 2, paths, {"host": "demo-host"})
+    return code, {f"{r.classname}::{r.name}": (r.status, r.message) for r in read_junit(paths["junit"])}, \
+        capsys.readouterr().out
+
+
+def test_tests_marked_waits_run_in_the_waits_shard_beside_the_others(tmp_path, monkeypatch, capsys):
+    """Two shards and the waits shard start together; the marked tests are the waits shard's (it
+    claims them at once, while the others are busy with the rest: here, until one of them started),
+    every test appears once."""
+    code, results, out = _run_waiting(tmp_path, monkeypatch, capsys)
+    assert code == 0
+    assert {name: status for name, (status, _) in results.items()} == \
+        {**{f"test_waiting::test_busy[{i}]": "passed" for i in range(6)},
+         **{f"test_waiting::test_sleeps[{i}]": "passed" for i in range(2)}}
+    waits_lines = [line.split()[1] for line in out.splitlines() if line.startswith("[waits] test_waiting.py::")]
+    assert waits_lines == [f"test_waiting.py::test_sleeps[{i}]" for i in range(2)], out
+    assert "kvmtest run: 2 shards and one for the tests marked waits: 8 passed" in out
+
+
+def test_a_waits_shard_that_dies_is_named_and_its_tests_are_errors(tmp_path, monkeypatch, capsys):
+    """The waits shard killed in its first test: an error names it, that test and the one it had
+    claimed next are errors saying so, the other shards' tests keep their verdicts."""
+    monkeypatch.setenv("DEMO_KILL_WAITING", "0")
+    code, results, _ = _run_waiting(tmp_path, monkeypatch, capsys)
+    assert code == 1
+    lost = results.pop("kvmtest-shard::shardwaits", None)
+    assert lost and lost[0] == "error", results
+    assert lost[1].startswith(f"shard waits wrote no report (killed by signal {signal.SIGKILL})")
+    died = f"shard waits died (killed by signal {signal.SIGKILL})"
+    assert results.pop("test_waiting::test_sleeps[0]") == ("error", f"{died} while this test ran")
+    assert results.pop("test_waiting::test_sleeps[1]") == ("error", f"no result: {died} before this test started")
+    assert {name: status for name, (status, _) in results.items()} == \
+        {f"test_waiting::test_busy[{i}]": "passed" for i in range(6)}
+
+
 def test_a_collection_error_reports_each_test_once(tmp_path, monkeypatch, capsys):
     """Every shard stops on a collection error, as one pytest does (exit 2); the tests collected are
     errors in the merged report once each, not once per shard."""
@@ -128,7 +187,7 @@ def test_reports_may_go_to_folders_that_do_not_exist_yet(tmp_path, monkeypatch, 
 
 
 def test_a_shard_that_never_started_is_named_so():
-    case = host_shards._lost_shard_case(2, 3, None)
+    case = host_shards._lost_shard_case("2/3", None)
     assert case.find("error").get("message") == \
         "shard 2/3 wrote no report (never started: the run was interrupted first): its tests have no verdict"
 

@@ -126,6 +126,20 @@ def test_a_bad_regression_marker_fails_collection(pytester, marker, message):
     assert result.ret == pytest.ExitCode.INTERRUPTED
 
 
+@pytest.mark.parametrize("marker", ["waits(0.5)", "waits(reason='timers')"])
+def test_a_waits_marker_with_arguments_fails_collection(pytester, marker):
+    """`waits` takes nothing: a duration or reason given would look meaningful and mean nothing."""
+    pytester.makepyfile(f"""
+        import pytest
+        @pytest.mark.{marker}
+        def test_w():
+            pass
+    """)
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.stdout.fnmatch_lines(["*@pytest.mark.waits on *test_w*: takes no arguments*"])
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+
+
 def test_a_regression_shows_in_ktap_and_html_when_it_fails(pytester, tmp_path):
     pytester.makepyfile("""
         import pytest

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from kvmtest.shard_claims import Claims, read_log
+from kvmtest.shard_claims import Claims, Queues, read_log
 
 
 def test_processes_claiming_at_once_get_every_index_exactly_once(tmp_path):
@@ -137,3 +137,100 @@ def test_a_log_that_is_not_a_regular_file_is_a_usage_error(pytester, tmp_path_fa
     result = pytester.runpytest("-p", "kvmtest.shard_claims", f"--kvm-shard-claims={claims}", f"--kvm-shard-log={fifo}")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert f"--kvm-shard-log={fifo}: not a regular file" in result.stderr.str()
+
+
+class _Item:
+    """What Queues asks of a pytest item: its `waits` marker."""
+
+    def __init__(self, waits: bool):
+        self.waits = waits
+
+    def get_closest_marker(self, name):
+        return object() if name == "waits" and self.waits else None
+
+
+def test_a_waits_shard_and_the_others_claim_every_test_once_the_waits_shard_only_marked_ones(tmp_path):
+    """Three processes claim at once, one of them the waits shard: together they hold every test
+    once; the waits shard holds only marked tests; the others take unmarked tests before marked ones."""
+    path = tmp_path / "claims"
+    path.touch()
+    items = [_Item(i % 7 == 3) for i in range(2000)]
+    marked = {i for i, item in enumerate(items) if item.waits}
+    pids, outs = [], []
+    for k, waits_shard in enumerate((False, False, True)):
+        out = tmp_path / f"taken{k}"
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                queues = Queues(str(path), items, waits_shard)
+                while queues.next() is not None:
+                    pass
+                out.write_text(" ".join(map(str, queues.taken)))
+                code = 0
+            finally:
+                os._exit(code)
+        pids.append(pid)
+        outs.append(out)
+    for pid in pids:
+        assert os.waitpid(pid, 0)[1] == 0
+    taken = [[int(x) for x in out.read_text().split()] for out in outs]
+    assert sorted(i for mine in taken for i in mine) == list(range(len(items))), "a test claimed twice or never"
+    assert set(taken[2]) <= marked, "the waits shard claimed an unmarked test"
+    for mine in taken[:2]:
+        first_marked = next((n for n, i in enumerate(mine) if i in marked), len(mine))
+        assert all(i in marked for i in mine[first_marked:]), "a shard claimed an unmarked test after a marked one"
+
+
+def test_a_shard_cut_short_claims_the_rest_of_its_own_queues_only(tmp_path):
+    path = tmp_path / "claims"
+    path.touch()
+    items = [_Item(i in (1, 4)) for i in range(6)]
+    waits = Queues(str(path), items, True)
+    assert waits.next() == 1
+    waits.take_the_rest()
+    assert waits.taken == [1, 4]  # the marked ones, none of the others
+    other = Queues(str(path), items, False)
+    other.take_the_rest()
+    assert other.taken == [0, 2, 3, 5]
+    waits.close()
+    other.close()
+
+
+def test_a_second_counter_that_cannot_count_is_a_usage_error_naming_it(pytester, tmp_path_factory):
+    pytester.makepyfile("def test_a():\n    pass\n")
+    elsewhere = tmp_path_factory.mktemp("counters")
+    (elsewhere / "claims").touch()
+    os.mkfifo(elsewhere / "claims.waits")
+    result = pytester.runpytest("-p", "kvmtest.shard_claims", f"--kvm-shard-claims={elsewhere / 'claims'}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert f"its second counter {elsewhere / 'claims.waits'}: not a regular file" in result.stderr.str()
+
+
+def test_shards_started_one_after_the_other_run_what_their_role_allows(pytester):
+    """A waits shard run first takes the marked test and nothing else; a shard run after it takes
+    the rest; a waits shard run after that finds nothing left."""
+    pytester.makepyfile("import pytest\n\ndef test_a():\n    pass\n\n"
+                        "@pytest.mark.waits\ndef test_b():\n    pass\n\ndef test_c():\n    pass\n")
+    claims = pytester.path / "claims"
+    claims.touch()
+    options = ["-p", "kvmtest.shard_claims", f"--kvm-shard-claims={claims}", "-p", "no:cacheprovider", "-v"]
+    first = pytester.runpytest_subprocess(*options, "--kvm-shard-waits")
+    assert first.ret == pytest.ExitCode.OK
+    assert [line.split()[0].split("::")[1] for line in first.stdout.lines if " PASSED" in line] == ["test_b"]
+    second = pytester.runpytest_subprocess(*options)
+    assert [line.split()[0].split("::")[1] for line in second.stdout.lines if " PASSED" in line] == \
+        ["test_a", "test_c"]
+    third = pytester.runpytest_subprocess(*options, "--kvm-shard-waits")
+    assert not [line for line in third.stdout.lines if " PASSED" in line]
+
+
+def test_a_shard_alone_takes_the_unmarked_tests_then_the_marked_ones(tmp_path):
+    """With no waits shard claiming (it died, or has not started yet), the others run the marked
+    tests too, after their own."""
+    path = tmp_path / "claims"
+    path.touch()
+    queues = Queues(str(path), [_Item(i in (0, 3)) for i in range(5)], False)
+    queues.take_the_rest()
+    assert queues.taken == [1, 2, 4, 0, 3]
+    queues.close()

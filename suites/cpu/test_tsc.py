@@ -138,6 +138,7 @@ def _check_guest_tsc_rate(g, khz: int, what: str) -> None:
 
 @pytest.mark.requires_cap("KVM_CAP_GET_TSC_KHZ")
 @pytest.mark.modes(code_bits=64)
+@pytest.mark.waits
 def test_guest_tsc_runs_at_get_tsc_khz(guest, mode):
     """KVM_GET_TSC_KHZ "returns the tsc frequency of the guest" in kHz (api.rst KVM_GET_TSC_KHZ):
     the guest's RDTSC advances by that rate times the host's CLOCK_MONOTONIC interval between two

@@ -149,6 +149,7 @@ handler:
 
 
 @pytest.mark.requires_cap("KVM_CAP_IRQFD")
+@pytest.mark.waits
 def test_irqfd_raises_its_gsi(guest):
     """Writing an eventfd registered with KVM_IRQFD for GSI 18 raises that GSI (an edge) in the
     in-kernel IOAPIC (api.rst KVM_IRQFD); after KVM_IRQFD_FLAG_DEASSIGN the eventfd is detached

@@ -73,6 +73,7 @@ TIMER_COUNT = f"""
 
 @pytest.mark.requires_cap("KVM_CAP_X86_APIC_BUS_CYCLES_NS")
 @pytest.mark.parametrize("period", ["default", 4])
+@pytest.mark.waits
 def test_apic_timer_counts_at_the_bus_period(kvm, vm, guest, period):
     """The APIC timer "counts down ... at the bus clock rate divided by the divide configuration"
     (SDM Vol. 3A 11.5.4), and KVM_CAP_X86_APIC_BUS_CYCLES_NS "sets VM's APIC bus clock frequency,

@@ -342,6 +342,7 @@ def test_feature_msr_microcode_revision_is_the_hosts(kvm):
 
 @pytest.mark.requires_cap("KVM_CAP_GET_TSC_KHZ")
 @pytest.mark.modes(code_bits=64)
+@pytest.mark.waits
 def test_tsc_khz_is_the_rate_the_guest_measures(guest, mode):
     """KVM_GET_TSC_KHZ is "the tsc frequency of the guest" (api.rst KVM_GET_TSC_KHZ): two RDTSCs of
     the guest 0.5 s apart, timed with the host's CLOCK_MONOTONIC around the runs that execute

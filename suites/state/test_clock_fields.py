@@ -19,6 +19,7 @@ pytestmark = pytest.mark.requires_cap("KVM_CAP_ADJUST_CLOCK")
 FLAGS = C.KVM_CLOCK_TSC_STABLE | C.KVM_CLOCK_REALTIME | C.KVM_CLOCK_HOST_TSC
 
 
+@pytest.mark.waits
 def test_clock_advances_with_the_hosts_monotonic_clock(kvm, vm):
     """KVM_GET_CLOCK's clock is "CLOCK_MONOTONIC plus a constant offset" when KVM_CLOCK_TSC_STABLE
     is clear, and the kvmclock every vCPU sees when it is set (api.rst KVM_GET_CLOCK): either way

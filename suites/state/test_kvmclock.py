@@ -121,6 +121,7 @@ def test_set_clock_with_realtime_moves_the_guests_kvmclock(guest):
     g.run_to_done()
 
 
+@pytest.mark.waits
 def test_kvmclock_advances_with_the_hosts_monotonic_clock(guest):
     """kvmclock's system_time is "a host notion of monotonic time" and msr.rst's algorithm extends
     it with the TSC: two guest readings 0.3 s of host time apart differ by the host's

@@ -46,6 +46,7 @@ wait:
 
 
 @pytest.mark.requires_cpu("tsc_deadline")
+@pytest.mark.waits
 def test_tsc_deadline_timer_armed_before_migration_fires_after_it(guest):
     """A TSC-deadline timer armed 500 ms ahead, still armed (IA32_TSC_DEADLINE set, vector not in
     the IRR) when the VM is saved, interrupts the guest in the new VM once its TSC has passed the
@@ -92,6 +93,7 @@ def test_tsc_deadline_timer_armed_before_migration_fires_after_it(guest):
     assert msr_after == 0, f"IA32_TSC_DEADLINE after the timer fired: {msr_after:#x}, expected 0"
 
 
+@pytest.mark.waits
 def test_one_shot_apic_timer_armed_before_migration_fires_after_it(guest):
     """A one-shot LAPIC timer (divide by 1, initial count 2^29) still counting when the VM is
     saved delivers its vector in the new VM, and its current count then reads 0 (SDM Vol. 3A

@@ -39,6 +39,7 @@ def test_pages_dirtied_before_migration_are_still_reported_after_it(guest):
 
 
 @pytest.mark.requires_cap("KVM_CAP_SPLIT_IRQCHIP")
+@pytest.mark.waits
 def test_split_irqchip_guest_keeps_its_local_apic_timer(guest, vm):
     """A VM with KVM_CAP_SPLIT_IRQCHIP (local APICs in the kernel, enabled before the first vCPU)
     is rebuilt with it: its vCPU again has a local APIC, and a one-shot timer armed before the
@@ -68,6 +69,7 @@ def test_split_irqchip_guest_keeps_its_local_apic_timer(guest, vm):
 
 
 @pytest.mark.requires_cap("KVM_CAP_IRQCHIP")
+@pytest.mark.waits
 def test_halted_second_vcpu_wakes_for_an_ipi_after_migration(guest):
     """Both vCPUs move: vCPU 1, halted in HLT (KVM_MP_STATE_HALTED) at the save, is halted in
     the new VM and wakes for a fixed IPI vCPU 0 sends there, taking its vector (api.rst 4.38/4.39;

@@ -19,6 +19,7 @@ def _name(state):
     return C.MP_STATE_NAMES.name(state)
 
 
+@pytest.mark.waits
 def test_hlt_puts_the_vcpu_in_halted(guest):
     """With an in-kernel irqchip a guest that executes HLT with interrupts off waits in the
     kernel; kicked out of KVM_RUN, the vCPU reports KVM_MP_STATE_HALTED ("the vcpu has executed
