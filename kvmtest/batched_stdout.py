@@ -9,7 +9,10 @@ before a test that runs for minutes still show while it runs.
 
 It writes through its own duplicate of the file descriptor it was given: pytest's fd capture points
 fd 1 itself at a temporary file while a test runs, and a batch written there would end up in that
-test's captured output instead of on the console.
+test's captured output instead of on the console. Without capture (pytest -s) a test's own writes to
+fd 1 (a subprocess, C code) would overtake the batched lines: the shard then turns batching off.
+A shard that dies outright (a signal, the OOM killer) loses what it held, at most the last 0.2 s of
+lines; its tests' results are still in the run's report (kvmtest.shard_claims keeps a log).
 """
 
 import io
@@ -22,7 +25,8 @@ INTERVAL = 0.1  # seconds a line may wait before it reaches the pipe
 
 class BatchedStdout(io.TextIOWrapper):
     """A text stream over a duplicate of `fd` (`encoding`, `errors` as the stream it replaces has
-    them) whose flush() writes out only when the last write-out is INTERVAL seconds old; flush_now()
+    them) whose flush() writes out only when the last write-out is INTERVAL seconds old, while
+    `batching` is true (set it false and every flush writes out, as a plain stream's); flush_now()
     writes out at once (before the process exits)."""
 
     def __init__(self, fd: int, encoding: str | None = None, errors: str | None = None):
@@ -30,6 +34,7 @@ class BatchedStdout(io.TextIOWrapper):
         self._lock = threading.Lock()  # the writer thread and the flusher share the buffers
         self._due = 0.0
         self._pending = False
+        self.batching = True
         threading.Thread(target=self._flusher, name="kvmtest-batched-stdout", daemon=True).start()
 
     def write(self, text: str) -> int:
@@ -40,7 +45,7 @@ class BatchedStdout(io.TextIOWrapper):
 
     def flush(self) -> None:
         """pytest's flush after each line: a write-out only when the last one is INTERVAL seconds old."""
-        if time.monotonic() >= self._due:
+        if not self.batching or time.monotonic() >= self._due:
             self.flush_now()
 
     def flush_now(self) -> None:

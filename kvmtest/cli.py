@@ -301,8 +301,7 @@ def cmd_run(args, extra) -> int:
     # the host line and the report paths come from the plugin (header, "kvmtest report:" lines);
     # shards run without xdist's -n (host_shards.shard_argv), so the line does not show it
     shown = host_shards.without_workers(argv) if shards else argv
-    print(f"kvmtest run: {f'{shards} shards (and one for the tests marked waits) of: ' if shards else ''}"
-          f"pytest {shlex.join(shown)}",
+    print(f"kvmtest run: {f'{shards} shards of: ' if shards else ''}pytest {shlex.join(shown)}",
           flush=True)  # quoted: the line can be pasted back
     try:
         if shards:
@@ -451,7 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="git-bisect exit codes: 0 pass/xfail, 1 real failure, 125 nothing could be tested")
     run.add_argument("-j", "--jobs", default="auto", type=jobs_value,
                      help="pytest processes: 'auto' (one per CPU) or a number (0 or 1: one pytest). More than one runs "
-                          "as shards claiming tests one at a time, and one more shard for the tests marked waits, "
+                          "as shards claiming tests one at a time (and one more for any tests marked waits), "
                           "reports merged at the end (kvmtest.host_shards); "
                           "with --xdist, or pytest options a shard cannot honour (--pdb, -x, --lf, ...), as "
                           "pytest-xdist workers")

@@ -10,9 +10,12 @@ they end together whichever draws the slow tests (an every-N-th split ended up t
 writes its own JUnit file; when all are done those are merged into the run's JUnit,
 from which its KTAP and HTML are written (merge_junit: a shard that wrote none is an error naming it, its
 tests rebuilt from the log it keeps, kvmtest.shard_claims).
-One more shard runs the tests marked `waits` (kvmtest.markers), which mostly sleep: the N others
-keep the N CPUs busy meanwhile (README, "Benchmarks", has what that saves).
-Every shard's output reaches the console line by line, prefixed "[K/N]". Each shard runs in a process
+One more shard, started once the shards have collected any test marked `waits` (kvmtest.markers:
+checks that mostly sleep on timers and timeouts), runs those: the N others keep the N CPUs busy
+meanwhile. On the 2-CPU development host that took a whole-suite run from 29.2-30.5 s to 27.3-29.0 s
+(alternating runs, 2026-12-01 10:24-10:27, batched output included).
+Every shard's output reaches the console in whole lines, prefixed "[K/N]" ("[waits]"), batched every
+0.1 s or so (kvmtest.batched_stdout; line by line with -s). Each shard runs in a process
 group of its own and dies with `kvmtest run`: an interrupt (Ctrl-C, SIGINT, SIGTERM) reaches the
 shards once, from `run`, so each ends its session and writes its report.
 
@@ -118,45 +121,55 @@ def _pump(name: str, stream, lock: threading.Lock) -> None:
 
 def run(argv: list[str], n: int, paths: dict[str, Path], fp: dict, baseline=(), issues=list) -> int:
     """Run pytest `argv` (kvmtest run's command line) as `n` shards, and one more for the tests marked
-    `waits` (kvmtest.shard_claims: it mostly sleeps), and write the run's reports to
-    `paths` {"junit", "ktap", "html"} from theirs: the JUnit merged, KTAP and HTML (with `baseline`'s
-    results compared, `issues()` the known-issue entries, asked for once the shards run) from it;
-    `fp`: the host's fingerprint. Returns
-    pytest's exit status for the whole run: a shard's 2, 3 or 4 (interrupted or a collection error,
-    internal error, usage error; the highest), else vmrun.shard_exit's (1 when anything failed or a
-    shard died, 5 only when no shard collected a test)."""
+    `waits` once the shards have collected any (kvmtest.shard_claims: it mostly sleeps), and write the
+    run's reports to `paths` {"junit", "ktap", "html"} from theirs: the JUnit merged, KTAP and HTML
+    (with `baseline`'s results compared, `issues()` the known-issue entries, asked for once the shards
+    run) from it; `fp`: the host's fingerprint. Returns pytest's exit status for the whole run: a
+    shard's 2, 3 or 4 (interrupted or a collection error, internal error, usage error; the highest),
+    else vmrun.shard_exit's (1 when anything failed or a shard died, 5 only when no shard collected a
+    test)."""
+    from .shard_claims import COLLECTED_SUFFIX, MARKED_SUFFIX, WAITS_SUFFIX, read_collected
+
     started = time.monotonic()
     date = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
     stem = Path(paths["junit"]).with_suffix("")
     for report in paths.values():  # as the recorder does in one pytest: --junit/--html may name new folders
         Path(report).parent.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix=".kvmtest-shards-", dir=Path(paths["junit"]).parent))
-    # shards "1/n" .. "n/n", and "waits" for the tests marked so (kvmtest.shard_claims), beside them
-    names = [f"{k}/{n}" for k in range(1, n + 1)] + [WAITS_SHARD]
-    parts = [workdir / f"shard{k}.xml" for k in range(1, n + 1)] + [workdir / "waits.xml"]
+    # shards "1/n" .. "n/n", and "waits" for the tests marked so, should the shards collect any
+    names = [f"{k}/{n}" for k in range(1, n + 1)]
+    parts = [workdir / f"shard{k}.xml" for k in range(1, n + 1)]
     # the claims counter in the temporary directory, not beside the reports: O_APPEND must be atomic
     fd, claims = tempfile.mkstemp(prefix="kvmtest-claims-")
     os.close(fd)
     env = {key: value for key, value in os.environ.items() if key not in _SHARD_ENV_DROPS}
     env["KVMTEST_SHARD_PARENT"] = str(os.getpid())  # shard_main: die with this process
     lock = threading.Lock()
-    procs, pumps = [], []
+    procs: list[subprocess.Popen] = []
+    pumps: list[threading.Thread] = []
+
+    def start(name: str, part: Path, *role: str) -> None:
+        # each shard in its own process group: a Ctrl-C reaches this process alone, which forwards
+        # exactly one SIGINT (_stop); a second one could cut a shard's report short
+        proc = subprocess.Popen([sys.executable, "-m", "kvmtest.host_shards",
+                                 *shard_argv(argv, Path(claims), part, stem), *role],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, env=env, errors="replace", process_group=0)
+        procs.append(proc)
+        pumps.append(threading.Thread(target=_pump, args=(name, proc.stdout, lock), daemon=True))
+        pumps[-1].start()
+
     on_main = threading.current_thread() is threading.main_thread()
     old_term = signal.signal(signal.SIGTERM, _sigterm_interrupts) if on_main else None
     try:
         try:
             for name, part in zip(names, parts, strict=True):
-                # each shard in its own process group: a Ctrl-C reaches this process alone, which
-                # forwards exactly one SIGINT (_stop); a second one could cut a shard's report short
-                role = ["--kvm-shard-waits"] if name == WAITS_SHARD else []
-                proc = subprocess.Popen([sys.executable, "-m", "kvmtest.host_shards",
-                                         *shard_argv(argv, Path(claims), part, stem), *role],
-                                        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                        text=True, env=env, errors="replace", process_group=0)
-                procs.append(proc)
-                pumps.append(threading.Thread(target=_pump, args=(name, proc.stdout, lock), daemon=True))
-                pumps[-1].start()
+                start(name, part)
             entries = issues()  # for the HTML report, read while the shards run
+            if _marked_tests(f"{claims}{MARKED_SUFFIX}", procs):
+                names.append(WAITS_SHARD)
+                parts.append(workdir / "waits.xml")
+                start(names[-1], parts[-1], "--kvm-shard-waits")
             exits: list[int | None] = [proc.wait() for proc in procs]
         except KeyboardInterrupt:  # Ctrl-C, SIGINT or SIGTERM to this process: the shards write their reports
             exits, entries = _stop(procs), []
@@ -166,12 +179,27 @@ def run(argv: list[str], n: int, paths: dict[str, Path], fp: dict, baseline=(), 
                 signal.signal(signal.SIGTERM, old_term)
         for pump in pumps:
             pump.join()
-        return _finish(parts, names, exits, paths, fp, baseline, entries, started, date)
+        collected = read_collected(claims) if any(code is None or code < 0 for code in exits) else None
+        return _finish(parts, names, exits, paths, fp, baseline, entries, started, date, collected)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-        for leftover in (claims, f"{claims}.waits", f"{claims}.collected"):  # the counters, what was collected
+        for suffix in ("", WAITS_SUFFIX, MARKED_SUFFIX, COLLECTED_SUFFIX):  # the counters, what was collected
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(leftover)
+                os.unlink(f"{claims}{suffix}")
+
+
+def _marked_tests(path: str, procs: list) -> int:
+    """How many of the collected tests are marked `waits`, as the first shard to get there wrote it to
+    `path` once it had collected them (kvmtest.shard_claims); 0 if every shard of `procs` ended first
+    (a collection or usage error) or wrote something else. Polls: it is there within a second."""
+    while not os.path.exists(path):
+        if all(proc.poll() is not None for proc in procs):
+            return 0
+        time.sleep(0.02)
+    try:
+        return int(Path(path).read_text())
+    except (OSError, ValueError):
+        return 0
 
 
 def _sigterm_interrupts(signum, frame):
@@ -202,7 +230,8 @@ def _lost_shard_case(name: str, code: int | None, logged: bool = False):
     """The error case of shard `name` ("K/N" or "waits"), which wrote no report."""
     from .reports import junit
 
-    what = "its tests are reported from its log, without details" if logged else "its tests have no verdict"
+    what = ("its tests are reported from its log, without details" if logged else
+            "it claimed no test (its log names none)")
     return junit.testcase("kvmtest-shard", f"shard{name.replace('/', 'of')}", "error",
                           f"shard {name} wrote no report ({_why(code)}): {what}")
 
@@ -226,10 +255,12 @@ def _recovered_cases(log: Path, name: str, code: int | None) -> list:
     return cases
 
 
-def merge_junit(parts: list[Path], names: list[str], exits: list, out: Path, fp: dict) -> None:
+def merge_junit(parts: list[Path], names: list[str], exits: list, out: Path, fp: dict,
+                collected: list[str] | None = None) -> None:
     """The JUnit files `parts` of the shards `names` as one suite in `out`, test cases in test-id
     order; a shard that wrote none (it died) is one error case naming it, with what its log (beside
-    its JUnit file) says of its tests."""
+    its JUnit file) says of its tests; each test of `collected` (the ids the shards collected) that
+    no case gives is an error saying so (a shard killed between claiming a test and logging it)."""
     import xml.etree.ElementTree as ET
 
     from .reports import junit
@@ -248,30 +279,43 @@ def merge_junit(parts: list[Path], names: list[str], exits: list, out: Path, fp:
         properties = properties or {e.get("name"): e.get("value") for e in suite.findall("properties/property")}
         cases += suite.findall("testcase")
     # a file that fails to collect is an error case in every shard's report: once here (tests, each
-    # claimed by one shard, never repeat; a case that differs is kept, so no duplicate can hide)
-    seen: set[bytes] = set()
-    unique = []
+    # claimed by one shard, never repeat; a case that differs is kept, so no duplicate can hide). Only
+    # cases whose names repeat are compared whole: serializing all 7,637 took 0.14 s of the run's tail.
+    named: dict[tuple[str, str], list] = {}
     for case in cases:
         case.tail = None  # the shard file's indentation, no part of the case
-        key = ET.tostring(case)
-        if key not in seen:
-            seen.add(key)
-            unique.append(case)
-    cases = unique
+        named.setdefault((case.get("classname", ""), case.get("name", "")), []).append(case)
+    cases = []
+    for same in named.values():
+        if len(same) == 1:
+            cases += same
+            continue
+        seen: set[bytes] = set()
+        for case in same:
+            key = ET.tostring(case)
+            if key not in seen:
+                seen.add(key)
+                cases.append(case)
+    reported = {(case.get("classname", ""), case.get("name", "")) for case in cases}
+    for nodeid in collected or ():
+        if junit.split_nodeid(nodeid) not in reported:
+            cases.append(junit.testcase(*junit.split_nodeid(nodeid), "error", "no result: no shard reported this "
+                                        "test (one that died may have claimed it just before)"))
     cases.sort(key=lambda c: (c.get("classname", ""), c.get("name", "")))
     name = (base.get("name") if base is not None else None) or f"kvmtest@{fp.get('host', '?')}"
     junit.write(out, [junit.testsuite(name, cases, hostname=fp.get("host"), properties=properties,
                                       timestamp=datetime.datetime.now().isoformat(timespec="seconds"))])
 
 
-def _finish(parts, names, exits, paths, fp, baseline, issues, started: float, date: str) -> int:
+def _finish(parts, names, exits, paths, fp, baseline, issues, started: float, date: str, collected=None) -> int:
     from . import fingerprint as fpmod
     from .kernelvm.vmrun import shard_exit
     from .reports import html as html_report
     from .reports import ktap
     from .reports.results import read_junit
+    from .shard_claims import read_log
 
-    merge_junit(parts, names, exits, Path(paths["junit"]), fp)
+    merge_junit(parts, names, exits, Path(paths["junit"]), fp, collected)
     results = read_junit(paths["junit"])
     title = fpmod.short(fp) if fp.get("cpu") else fp.get("host", "")
     Path(paths["ktap"]).write_text(ktap.render(results, [f"kvmtest on {title}"]))
@@ -288,8 +332,13 @@ def _finish(parts, names, exits, paths, fp, baseline, issues, started: float, da
         counts[r.status] = counts.get(r.status, 0) + 1
     order = ["failed", "error", "passed", "skipped", "xfailed", "xpassed"]  # pytest's summary order
     summary = ", ".join(f"{counts[k]} {k}" for k in sorted(counts, key=lambda k: (order + [k]).index(k)))
-    print(f"kvmtest run: {len(parts) - 1} shards and one for the tests marked waits: {summary or 'no tests'} in "
-          f"{time.monotonic() - started:.1f}s",
+    for part, name, code in zip(parts, names, exits, strict=True):
+        if not part.is_file():  # a shard that died: where, from its log (its last lines may not have shown)
+            running = read_log(part.with_suffix(".log"))[1]
+            where = f", in {running[-1]}" if running else ""
+            print(f"kvmtest run: shard {name} wrote no report ({_why(code)}{where})", flush=True)
+    shards = f"{len(parts) - 1} shards and the waits shard" if names[-1] == WAITS_SHARD else f"{len(parts)} shards"
+    print(f"kvmtest run: {shards}: {summary or 'no tests'} in {time.monotonic() - started:.1f}s",
           flush=True)
     for kind, key in (("JUnit", "junit"), ("KTAP", "ktap"), ("HTML", "html")):
         print(f"kvmtest report: {kind} {paths[key]}", flush=True)
@@ -299,6 +348,18 @@ def _finish(parts, names, exits, paths, fp, baseline, issues, started: float, da
     lost = any(code is None or code < 0 for code in exits)
     code = 1 if lost or any(r.status in ("failed", "error") for r in results) else 0
     return shard_exit(code, [c if c is not None and c >= 0 else 1 for c in exits])
+
+
+class _Console:
+    """A shard's pytest plugin: with capture off (-s), a test's own writes to fd 1 would overtake the
+    batched lines (kvmtest.batched_stdout), so the shard's stdout writes out at every flush."""
+
+    def __init__(self, out):
+        self.out = out
+
+    def pytest_configure(self, config):
+        """pytest hook: batch the console lines only while pytest captures the tests' output."""
+        self.out.batching = config.getoption("capture", "no") != "no"
 
 
 def shard_main(argv: list[str]) -> None:
@@ -323,7 +384,7 @@ def shard_main(argv: list[str]) -> None:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     sys.stdout = out = BatchedStdout(1, sys.stdout.encoding, sys.stdout.errors)  # pytest's -v lines, batched
     try:
-        code = int(pytest.main(argv))
+        code = int(pytest.main(argv, plugins=[_Console(out)]))
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # done: an interrupt now would only cut the exit short
         out.flush_now()

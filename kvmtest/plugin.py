@@ -232,7 +232,10 @@ def pytest_collection_finish(session):
 
 def pytest_collection_modifyitems(config, items):
     """Known issues become xfail (or skip) marks; each item's report properties are set: known
-    issue, regression (CVE, commit), CPU mode, and for mmu_dependent tests the host's MMU mode."""
+    issue, regression (CVE, commit), CPU mode, and for mmu_dependent tests the host's MMU mode. A bad
+    `regression` or `waits` mark given to one parameter is a usage error naming the test."""
+    from .errors import BadArgumentError
+
     if not active(config):
         return
     fp = config.stash[FINGERPRINT_KEY]
@@ -250,7 +253,11 @@ def pytest_collection_modifyitems(config, items):
             else:
                 item.add_marker(pytest.mark.skip(reason=issue.skip_reason()))
             item.user_properties.append(("known_issue", issue.id))
-        item.user_properties += markers.regression(item)
+        try:
+            item.user_properties += markers.regression(item)
+            markers.waits(item)
+        except BadArgumentError as e:  # a mark given to one parameter (pytest.param(..., marks=...)); the
+            raise pytest.UsageError(str(e)) from None  # function's own fail its collection (pytest_generate_tests)
         params = item.callspec.params if hasattr(item, "callspec") else {}
         mode = params.get("mode") or getattr(params.get("case"), "mode", None)
         if isinstance(mode, str):  # --kvm-modes can leave pytest's NOTSET for a test with no mode left

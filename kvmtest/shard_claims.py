@@ -10,7 +10,8 @@ test of each other instead of up to seconds apart.
 The counter is FILE's length: a claim appends one byte (O_APPEND: the kernel makes each append
 land at the end, one after the other, whoever writes) and reads this shard's file position after
 it, which is the length just after its own byte: claim number length - 1, unique to this shard. Before
-claiming, each shard checks that it collected what the first one did (FILE.collected: a digest).
+claiming, each shard checks that it collected what the first one did (FILE.collected: the test ids,
+which also let kvmtest.host_shards name any test no shard reported).
 FILE must be on a local file system (kvmtest.host_shards makes it in the temporary directory);
 NFS does not keep O_APPEND atomic across opens.
 
@@ -44,7 +45,6 @@ tears fixtures down knowing the next test (a shard claims it before running the 
 
 import contextlib
 import fcntl
-import hashlib
 import os
 import stat
 from pathlib import Path
@@ -107,6 +107,9 @@ class Claims:
 
 
 WAITS = "waits"   # the marker of tests that mostly wait (kvmtest.markers)
+WAITS_SUFFIX = ".waits"    # FILE.waits: the counter of the tests marked waits
+MARKED_SUFFIX = ".marked"  # FILE.marked: how many tests are marked waits, for whoever starts the waits shard
+COLLECTED_SUFFIX = ".collected"  # FILE.collected: the test ids every shard collected, one a line
 
 
 class Queues:
@@ -120,7 +123,7 @@ class Queues:
         marked = [i for i, item in enumerate(items) if item.get_closest_marker(WAITS) is not None]
         unmarked = sorted(set(range(len(items))) - set(marked))
         main = Claims(path, len(unmarked))  # checks `path` first: nothing is made beside a wrong one
-        waits_path = f"{path}.waits"
+        waits_path = f"{path}{WAITS_SUFFIX}"
         try:
             with contextlib.suppress(FileExistsError):  # the first shard here makes it (O_EXCL: no FIFO's open)
                 os.close(os.open(waits_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
@@ -138,6 +141,7 @@ class Queues:
             self._queues = [(main, unmarked), (waits, marked)]
         self._open = list(self._queues)  # those not yet run out
         self.taken: list[int] = []
+        self.marked = len(marked)
 
     def next(self) -> int | None:
         """The index into the items of the next test this shard claims, or None once its queues are
@@ -174,7 +178,8 @@ def pytest_runtestloop(session):
         return True
     session.config.stash[CLAIMED_KEY] = []  # until it claims any: a shard refused below reports nothing
     items = session.items
-    claims = _open(path, items, session.config.getoption("kvm_shard_waits", False))
+    waits_shard = session.config.getoption("kvm_shard_waits", False)
+    claims = _open(path, items, waits_shard)
     session.config.stash[_COUNTER_KEY] = path
     if session.testsfailed and not session.config.option.continue_on_collection_errors:
         # every shard stops as one pytest does; what was collected is reported unfinished once
@@ -184,6 +189,8 @@ def pytest_runtestloop(session):
                                   "during collection")
     try:
         _same_tests(path, items)
+        if not waits_shard:  # for kvmtest.host_shards, which starts the waits shard if any
+            _publish(f"{path}{MARKED_SUFFIX}", str(claims.marked), path)
     except pytest.UsageError:
         claims.close()
         raise
@@ -229,25 +236,40 @@ def _same_tests(path: str, items: list) -> None:
     """pytest.UsageError unless this shard collected what the first shard to get here did (the same
     test ids in the same order: a claim is an index into them). Test ids made at random (a
     parametrization drawn anew per process) differ between shards; pytest-xdist refuses those too.
-    The first shard leaves the digest in `path`.collected (linked whole into place, so nobody reads
-    it half written)."""
-    digest = hashlib.sha256("\n".join(item.nodeid for item in items).encode()).hexdigest()
-    first, mine = f"{path}.collected", f"{path}.collected.{os.getpid()}"
+    The first shard leaves the ids in `path`.collected (read_collected)."""
+    mine = "".join(f"{item.nodeid}\n" for item in items)
+    theirs = _publish(f"{path}{COLLECTED_SUFFIX}", mine, path)
+    if theirs != mine:
+        raise pytest.UsageError(f"this shard collected other tests than the first shard did ({len(items)} ids, "
+                                "or another order): are some test ids made at random? Run them with --xdist "
+                                "or -j 0")
+
+
+def read_collected(path: str) -> list[str] | None:
+    """The test ids the shards claiming from the counter `path` collected, in order; None if no shard
+    got that far (or the file cannot be read)."""
     try:
-        Path(mine).write_text(digest)
+        return Path(f"{path}{COLLECTED_SUFFIX}").read_text().splitlines()
+    except OSError:
+        return None
+
+
+def _publish(target: str, text: str, counter: str) -> str:
+    """Write `text` to `target` unless a shard did first (linked whole into place, so nobody reads it
+    half written); what `target` holds then. pytest.UsageError naming --kvm-shard-claims=`counter`
+    if it cannot be written or read."""
+    mine = f"{target}.{os.getpid()}"
+    try:
+        Path(mine).write_text(text)
         try:
-            os.link(mine, first)
+            os.link(mine, target)
         except FileExistsError:
             pass
         finally:
             os.unlink(mine)
-        theirs = Path(first).read_text()
+        return Path(target).read_text()
     except OSError as e:
-        raise pytest.UsageError(f"--kvm-shard-claims={path}: {e.strerror} ({e.filename})") from None
-    if theirs != digest:
-        raise pytest.UsageError(f"this shard collected other tests than the first shard did ({len(items)} ids, "
-                                "or another order): are some test ids made at random? Run them with --xdist "
-                                "or -j 0")
+        raise pytest.UsageError(f"--kvm-shard-claims={counter}: {e.strerror} ({e.filename})") from None
 
 
 def _stop_claiming(session, claims: Queues, items: list) -> None:
@@ -264,6 +286,8 @@ def _lastfailed(config) -> dict | None:
 @pytest.hookimpl(trylast=True)  # after the cacheprovider read the cache
 def pytest_configure(config):
     """pytest hook: remember the last failures this shard started with (see the module)."""
+    if config.getoption("kvm_shard_waits", False) and config.getoption("kvm_shard_claims", None) is None:
+        raise pytest.UsageError("--kvm-shard-waits: needs --kvm-shard-claims=FILE, the counters it claims from")
     if config.getoption("kvm_shard_claims", None):
         start = _lastfailed(config)
         if start is not None:

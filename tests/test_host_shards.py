@@ -72,8 +72,8 @@ def test_shards_run_every_test_once_and_the_reports_hold_them_all(tmp_path, monk
                       "test_demo::test_c_skip": "skipped", "test_demo::test_d_xfail": "xfailed",
                       **{f"test_demo::test_e_param[{i}]": "passed" for i in range(4)}}
     assert code == 1  # a test failed
-    assert "[1/2] " in out and "[2/2] " in out and "[waits] " in out
-    assert "kvmtest run: 2 shards and one for the tests marked waits: 1 failed, 5 passed, 1 skipped, 1 xfailed" in out
+    assert "[1/2] " in out and "[2/2] " in out and "[waits] " not in out  # no test marked waits: no waits shard
+    assert "kvmtest run: 2 shards: 1 failed, 5 passed, 1 skipped, 1 xfailed" in out
     assert "ok 1 " in paths["ktap"].read_text() and "test_b_fail" in paths["html"].read_text()
     suite = ET.parse(paths["junit"]).getroot().find("testsuite")
     assert (suite.get("tests"), suite.get("failures"), suite.get("skipped")) == ("8", "1", "2")
@@ -145,14 +145,15 @@ def test_tests_marked_waits_run_in_the_waits_shard_beside_the_others(tmp_path, m
          **{f"test_waiting::test_sleeps[{i}]": "passed" for i in range(2)}}
     waits_lines = [line.split()[1] for line in out.splitlines() if line.startswith("[waits] test_waiting.py::")]
     assert waits_lines == [f"test_waiting.py::test_sleeps[{i}]" for i in range(2)], out
-    assert "kvmtest run: 2 shards and one for the tests marked waits: 8 passed" in out
+    assert "kvmtest run: 2 shards and the waits shard: 8 passed" in out
 
 
 def test_a_waits_shard_that_dies_is_named_and_its_tests_are_errors(tmp_path, monkeypatch, capsys):
     """The waits shard killed in its first test: an error names it, that test and the one it had
-    claimed next are errors saying so, the other shards' tests keep their verdicts."""
+    claimed next are errors saying so, the other shards' tests keep their verdicts; the console
+    names the shard and the test it died in."""
     monkeypatch.setenv("DEMO_KILL_WAITING", "0")
-    code, results, _ = _run_waiting(tmp_path, monkeypatch, capsys)
+    code, results, out = _run_waiting(tmp_path, monkeypatch, capsys)
     assert code == 1
     lost = results.pop("kvmtest-shard::shardwaits", None)
     assert lost and lost[0] == "error", results
@@ -160,6 +161,8 @@ def test_a_waits_shard_that_dies_is_named_and_its_tests_are_errors(tmp_path, mon
     died = f"shard waits died (killed by signal {signal.SIGKILL})"
     assert results.pop("test_waiting::test_sleeps[0]") == ("error", f"{died} while this test ran")
     assert results.pop("test_waiting::test_sleeps[1]") == ("error", f"no result: {died} before this test started")
+    assert f"kvmtest run: shard waits wrote no report (killed by signal {signal.SIGKILL}, in " \
+           "test_waiting.py::test_sleeps[0])" in out
     assert {name: status for name, (status, _) in results.items()} == \
         {f"test_waiting::test_busy[{i}]": "passed" for i in range(6)}
 
@@ -189,7 +192,8 @@ def test_reports_may_go_to_folders_that_do_not_exist_yet(tmp_path, monkeypatch, 
 def test_a_shard_that_never_started_is_named_so():
     case = host_shards._lost_shard_case("2/3", None)
     assert case.find("error").get("message") == \
-        "shard 2/3 wrote no report (never started: the run was interrupted first): its tests have no verdict"
+        "shard 2/3 wrote no report (never started: the run was interrupted first): it claimed no test " \
+        "(its log names none)"
 
 
 MIXED = """import os, time, pytest
@@ -343,3 +347,52 @@ def _running(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except (OSError, IndexError):
         return False
+
+
+def test_merging_keeps_one_of_identical_cases_and_every_case_that_differs(tmp_path):
+    """Identical cases from several shards (a collection error each reported) are kept once; cases
+    with the same name that differ in anything are all kept, so no duplicate can hide a result."""
+    from kvmtest.reports import junit
+
+    def part(name, *cases):
+        path = tmp_path / name
+        junit.write(path, [junit.testsuite("s", list(cases))])
+        return path
+
+    broken = ("t_broken.py", "t_broken.py", "error", "collection error: boom")
+    parts = [part("a.xml", junit.testcase(*broken), junit.testcase("m", "t1", "passed")),
+             part("b.xml", junit.testcase(*broken), junit.testcase("m", "t2", "failed", "expected 1, observed 2")),
+             part("c.xml", junit.testcase(*broken), junit.testcase("m", "t2", "passed"))]
+    host_shards.merge_junit(parts, ["1/3", "2/3", "3/3"], [1, 1, 0], tmp_path / "run.xml", {"host": "h"})
+    got = sorted((r.classname, r.name, r.status) for r in read_junit(tmp_path / "run.xml"))
+    assert got == [("m", "t1", "passed"), ("m", "t2", "failed"), ("m", "t2", "passed"),
+                   ("t_broken.py", "t_broken.py", "error")]
+
+
+def test_with_capture_off_a_tests_own_writes_to_fd_1_keep_their_order(tmp_path, monkeypatch, capsys):
+    """Under -s a test's output reaches the console as it writes it, whether through sys.stdout or
+    straight to fd 1 (a subprocess, C code): the shards' batching of their lines is off then."""
+    (tmp_path / "test_out.py").write_text("import os\n\ndef test_out():\n    print('line A', flush=True)\n"
+                                          "    os.write(1, b'line B\\n')\n    print('line C', flush=True)\n")
+    monkeypatch.chdir(tmp_path)
+    paths = {kind: tmp_path / "r" / f"run.{kind}" for kind in ("junit", "ktap", "html")}
+    assert host_shards.run(["test_out.py", "-s", "-p", "no:cacheprovider"], 2, paths, {"host": "demo-host"}) == 0
+    lines = [line.split("] ", 1)[1] for line in capsys.readouterr().out.splitlines() if "line " in line]
+    assert [line[line.index("line "):] for line in lines] == ["line A", "line B", "line C"], lines
+
+
+def test_a_test_no_shard_reported_is_an_error_not_missing(tmp_path):
+    """A shard killed between claiming a test and logging the claim leaves that test in no report
+    and no log: the ids the shards collected name it, and the merged report has it as an error."""
+    from kvmtest.reports import junit
+
+    junit.write(tmp_path / "s1.xml", [junit.testsuite("s", [junit.testcase("t_a", "test_1", "passed")])])
+    collected = ["t_a.py::test_1", "t_a.py::test_2"]
+    host_shards.merge_junit([tmp_path / "s1.xml", tmp_path / "s2.xml"], ["1/2", "2/2"], [0, -9],
+                            tmp_path / "run.xml", {"host": "h"}, collected)
+    got = {(r.classname, r.name): (r.status, r.message) for r in read_junit(tmp_path / "run.xml")}
+    assert got[("t_a", "test_1")][0] == "passed"
+    assert got[("t_a", "test_2")] == ("error", "no result: no shard reported this test (one that died may have "
+                                               "claimed it just before)")
+    assert got[("kvmtest-shard", "shard2of2")] == \
+        ("error", "shard 2/2 wrote no report (killed by signal 9): it claimed no test (its log names none)")

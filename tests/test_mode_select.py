@@ -140,6 +140,25 @@ def test_a_waits_marker_with_arguments_fails_collection(pytester, marker):
     assert result.ret == pytest.ExitCode.INTERRUPTED
 
 
+@pytest.mark.parametrize("marker, message", [
+    ('waits("slow")', "@pytest.mark.waits on *test_p[[]2[]]: takes no arguments*"),
+    ('regression(cve="bad")', "@pytest.mark.regression on *test_p[[]2[]]: cve='bad' is not a CVE id*"),
+])
+def test_a_bad_marker_on_one_parameter_is_a_usage_error_naming_the_test(pytester, marker, message):
+    """A mark given to one parameter (pytest.param(..., marks=...)) is checked too: one usage error
+    naming the test, not an INTERNALERROR traceback, and not accepted silently."""
+    pytester.makepyfile(f"""
+        import pytest
+        @pytest.mark.parametrize("x", [1, pytest.param(2, marks=pytest.mark.{marker})])
+        def test_p(x):
+            pass
+    """)
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"ERROR: {message}"])
+    assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
+
+
 def test_a_regression_shows_in_ktap_and_html_when_it_fails(pytester, tmp_path):
     pytester.makepyfile("""
         import pytest

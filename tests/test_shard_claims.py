@@ -218,9 +218,11 @@ def test_shards_started_one_after_the_other_run_what_their_role_allows(pytester)
     first = pytester.runpytest_subprocess(*options, "--kvm-shard-waits")
     assert first.ret == pytest.ExitCode.OK
     assert [line.split()[0].split("::")[1] for line in first.stdout.lines if " PASSED" in line] == ["test_b"]
+    assert not (pytester.path / "claims.marked").exists()  # a waits shard tells nobody how many are marked
     second = pytester.runpytest_subprocess(*options)
     assert [line.split()[0].split("::")[1] for line in second.stdout.lines if " PASSED" in line] == \
         ["test_a", "test_c"]
+    assert (pytester.path / "claims.marked").read_text() == "1"  # for kvmtest run, which starts the waits shard
     third = pytester.runpytest_subprocess(*options, "--kvm-shard-waits")
     assert not [line for line in third.stdout.lines if " PASSED" in line]
 
@@ -234,3 +236,11 @@ def test_a_shard_alone_takes_the_unmarked_tests_then_the_marked_ones(tmp_path):
     queues.take_the_rest()
     assert queues.taken == [1, 2, 4, 0, 3]
     queues.close()
+
+
+def test_a_waits_shard_without_a_counter_is_a_usage_error(pytester):
+    """--kvm-shard-waits alone would run every test in one process, as if nothing had been asked."""
+    pytester.makepyfile("def test_a():\n    pass\n")
+    result = pytester.runpytest("-p", "kvmtest.shard_claims", "--kvm-shard-waits")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "--kvm-shard-waits: needs --kvm-shard-claims=FILE" in result.stderr.str()
