@@ -112,10 +112,12 @@ def shard_argv(argv: list[str], claims: Path, junit: Path, stem: Path) -> list[s
 
 
 def _pump(name: str, stream, lock: threading.Lock) -> None:
+    """Copy shard `name`'s output to this process's stdout line by line, each prefixed "[name] "; a
+    last line the shard did not end (it died mid-line) is ended here, not run into another's."""
     prefix = f"[{name}] "
     for line in stream:
         with lock:
-            sys.stdout.write(prefix + line)
+            sys.stdout.write(prefix + line if line.endswith("\n") else f"{prefix}{line}\n")
             sys.stdout.flush()
 
 

@@ -396,3 +396,15 @@ def test_a_test_no_shard_reported_is_an_error_not_missing(tmp_path):
                                                "claimed it just before)")
     assert got[("kvmtest-shard", "shard2of2")] == \
         ("error", "shard 2/2 wrote no report (killed by signal 9): it claimed no test (its log names none)")
+
+
+def test_a_line_a_shard_left_unended_does_not_run_into_the_next(capsys):
+    """A shard that dies mid-line (a killed test's "... " before its verdict) leaves a last line
+    without its newline: it is ended before any other shard's line follows."""
+    import io
+    import threading
+
+    lock = threading.Lock()
+    host_shards._pump("1/2", io.StringIO("first\nkilled mid-line"), lock)
+    host_shards._pump("2/2", io.StringIO("other PASSED\n"), lock)
+    assert capsys.readouterr().out == "[1/2] first\n[1/2] killed mid-line\n[2/2] other PASSED\n"
