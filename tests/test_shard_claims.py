@@ -7,19 +7,17 @@ import pytest
 from kvmtest.shard_claims import Claims, Queues, read_log
 
 
-def test_processes_claiming_at_once_get_every_index_exactly_once(tmp_path):
-    """Four processes claim from one counter until it runs out: together they hold 0..count-1, each
-    index once (O_APPEND serializes the appends; each reads its own file position)."""
-    path, count = tmp_path / "claims", 3000
-    path.touch()
+def _claim_in_processes(tmp_path, claimers: list) -> list[list[int]]:
+    """Each of `claimers` (a function making a Claims or Queues) in a process of its own, all at once,
+    claiming until it runs out; what each took, in claim order."""
     pids, outs = [], []
-    for k in range(4):
+    for k, make in enumerate(claimers):
         out = tmp_path / f"taken{k}"
         pid = os.fork()
         if pid == 0:  # the child: claim all it can, write what it got, leave without pytest's cleanup
             code = 1
             try:
-                claims = Claims(str(path), count)
+                claims = make()
                 while claims.next() is not None:
                     pass
                 out.write_text(" ".join(map(str, claims.taken)))
@@ -30,7 +28,15 @@ def test_processes_claiming_at_once_get_every_index_exactly_once(tmp_path):
         outs.append(out)
     for pid in pids:
         assert os.waitpid(pid, 0)[1] == 0
-    taken = [[int(x) for x in out.read_text().split()] for out in outs]
+    return [[int(x) for x in out.read_text().split()] for out in outs]
+
+
+def test_processes_claiming_at_once_get_every_index_exactly_once(tmp_path):
+    """Four processes claim from one counter until it runs out: together they hold 0..count-1, each
+    index once (O_APPEND serializes the appends; each reads its own file position)."""
+    path, count = tmp_path / "claims", 3000
+    path.touch()
+    taken = _claim_in_processes(tmp_path, [lambda: Claims(str(path), count)] * 4)
     together = sorted(i for mine in taken for i in mine)
     assert together == list(range(count)), "an index claimed twice or never"
     assert all(mine == sorted(mine) for mine in taken)  # each process gets its indices in order
@@ -156,25 +162,8 @@ def test_a_waits_shard_and_the_others_claim_every_test_once_the_waits_shard_only
     path.touch()
     items = [_Item(i % 7 == 3) for i in range(2000)]
     marked = {i for i, item in enumerate(items) if item.waits}
-    pids, outs = [], []
-    for k, waits_shard in enumerate((False, False, True)):
-        out = tmp_path / f"taken{k}"
-        pid = os.fork()
-        if pid == 0:
-            code = 1
-            try:
-                queues = Queues(str(path), items, waits_shard)
-                while queues.next() is not None:
-                    pass
-                out.write_text(" ".join(map(str, queues.taken)))
-                code = 0
-            finally:
-                os._exit(code)
-        pids.append(pid)
-        outs.append(out)
-    for pid in pids:
-        assert os.waitpid(pid, 0)[1] == 0
-    taken = [[int(x) for x in out.read_text().split()] for out in outs]
+    taken = _claim_in_processes(tmp_path, [lambda: Queues(str(path), items, False)] * 2 +
+                                [lambda: Queues(str(path), items, True)])
     assert sorted(i for mine in taken for i in mine) == list(range(len(items))), "a test claimed twice or never"
     assert set(taken[2]) <= marked, "the waits shard claimed an unmarked test"
     for mine in taken[:2]:
