@@ -9,8 +9,9 @@ before a test that runs for minutes still show while it runs.
 
 It writes through its own duplicate of the file descriptor it was given: pytest's fd capture points
 fd 1 itself at a temporary file while a test runs, and a batch written there would end up in that
-test's captured output instead of on the console. Without capture (pytest -s) a test's own writes to
-fd 1 (a subprocess, C code) would overtake the batched lines: the shard then turns batching off.
+test's captured output instead of on the console. When pytest does not capture fd 1 (-s,
+--capture=sys or tee-sys) a test's own writes to it (a subprocess, C code) would overtake the batched
+lines: the shard then turns batching off, and the stream acts as the plain stdout it replaced.
 A shard that dies outright (a signal, the OOM killer) loses what it held, at most the last 0.2 s of
 lines; its tests' results are still in the run's report (kvmtest.shard_claims keeps a log).
 """
@@ -26,22 +27,27 @@ INTERVAL = 0.1  # seconds a line may wait before it reaches the pipe
 class BatchedStdout(io.TextIOWrapper):
     """A text stream over a duplicate of `fd` (`encoding`, `errors` as the stream it replaces has
     them) whose flush() writes out only when the last write-out is INTERVAL seconds old, while
-    `batching` is true (set it false and every flush writes out, as a plain stream's); flush_now()
+    `batching` is true; set it false and it acts as a plain stream: every flush writes out, and with
+    `write_through` (the stream it replaces had it: PYTHONUNBUFFERED) so does every write. flush_now()
     writes out at once (before the process exits)."""
 
-    def __init__(self, fd: int, encoding: str | None = None, errors: str | None = None):
+    def __init__(self, fd: int, encoding: str | None = None, errors: str | None = None, write_through: bool = False):
         super().__init__(io.BufferedWriter(io.FileIO(os.dup(fd), "w")), encoding=encoding, errors=errors)
         self._lock = threading.Lock()  # the writer thread and the flusher share the buffers
         self._due = 0.0
         self._pending = False
         self.batching = True
+        self._plain_write_through = write_through
         threading.Thread(target=self._flusher, name="kvmtest-batched-stdout", daemon=True).start()
 
     def write(self, text: str) -> int:
         """Hold `text` for the next write-out; the number of characters, as TextIOWrapper's."""
         with self._lock:
             self._pending = True
-            return super().write(text)
+            written = super().write(text)
+        if not self.batching and self._plain_write_through:
+            self.flush_now()
+        return written
 
     def flush(self) -> None:
         """pytest's flush after each line: a write-out only when the last one is INTERVAL seconds old."""

@@ -139,6 +139,11 @@ def absorb_run_settings(args, extra: list[str]) -> list[str]:
     return rest + (["--"] if any(t.startswith("-") for t in targets) else []) + targets
 
 
+# the options kvmtest.host_shards gives each shard: given to `kvmtest run`, every shard would get them
+# twice (--kvm-shard-waits: every shard a waits shard, the unmarked tests run by none)
+_SHARD_INTERNAL = ("--kvm-shard-claims", "--kvm-shard-log", "--kvm-shard-waits")
+
+
 def plugin_option_problem(argv: list[str], environ=None) -> str:
     """What kvmtest's pytest plugin would refuse at start in the pytest arguments `argv` and, unless
     `environ` is given ({}: none), the KVMTEST_* variables, or "": a --kvm-* value (checked by the
@@ -150,6 +155,10 @@ def plugin_option_problem(argv: list[str], environ=None) -> str:
     from .options import check_given
 
     options, _ = split_pytest_args(argv)
+    for flag, _value in options:
+        if flag.split("=", 1)[0] in _SHARD_INTERNAL:
+            return (f"{flag.split('=', 1)[0]}: set by kvmtest run on each of its own shards (kvmtest.shard_claims), "
+                    "not an option to give it")
     try:
         values = check_given(options, environ)
         if values.get("kvm_known_issues") and not values.get("kvm_no_known_issues"):

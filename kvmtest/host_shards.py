@@ -181,7 +181,7 @@ def run(argv: list[str], n: int, paths: dict[str, Path], fp: dict, baseline=(), 
                 signal.signal(signal.SIGTERM, old_term)
         for pump in pumps:
             pump.join()
-        collected = read_collected(claims) if any(code is None or code < 0 for code in exits) else None
+        collected = read_collected(claims)
         return _finish(parts, names, exits, paths, fp, baseline, entries, started, date, collected)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -353,15 +353,16 @@ def _finish(parts, names, exits, paths, fp, baseline, issues, started: float, da
 
 
 class _Console:
-    """A shard's pytest plugin: with capture off (-s), a test's own writes to fd 1 would overtake the
-    batched lines (kvmtest.batched_stdout), so the shard's stdout writes out at every flush."""
+    """A shard's pytest plugin: unless pytest captures fd 1 itself (--capture=fd, its default), a
+    test's own writes to fd 1 (-s, --capture=sys or tee-sys: a subprocess, C code) would overtake the
+    batched lines (kvmtest.batched_stdout), so the shard's stdout writes out at every flush then."""
 
     def __init__(self, out):
         self.out = out
 
     def pytest_configure(self, config):
-        """pytest hook: batch the console lines only while pytest captures the tests' output."""
-        self.out.batching = config.getoption("capture", "no") != "no"
+        """pytest hook: batch the console lines only while pytest captures fd 1."""
+        self.out.batching = config.getoption("capture", "no") == "fd"
 
 
 def shard_main(argv: list[str]) -> None:
@@ -384,11 +385,15 @@ def shard_main(argv: list[str]) -> None:
     # `kvmtest run` stops its shards with one SIGINT each (_stop), also for a SIGTERM it got: one started
     # where SIGINT is ignored (a script's background job) inherits SIG_IGN and would run on to the end
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    sys.stdout = out = BatchedStdout(1, sys.stdout.encoding, sys.stdout.errors)  # pytest's -v lines, batched
+    # pytest's -v lines, batched; its errors too, which would otherwise overtake the lines held (kvmtest
+    # run reads both from one pipe)
+    plain_write_through = bool(getattr(sys.stdout, "write_through", False) or sys.stdout.line_buffering)
+    sys.stdout = sys.stderr = out = BatchedStdout(1, sys.stdout.encoding, "backslashreplace", plain_write_through)
     try:
         code = int(pytest.main(argv, plugins=[_Console(out)]))
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # done: an interrupt now would only cut the exit short
+        out.batching = False  # what is written from here on (an uncaught exception's traceback) goes out at once
         out.flush_now()
     sys.stderr.flush()
     atexit._run_exitfuncs()

@@ -77,3 +77,27 @@ def test_output_goes_to_the_pipe_while_the_fd_it_was_made_from_points_elsewhere(
         out.close()
         for fd in (r, w, saved):
             os.close(fd)
+
+
+def test_not_batching_it_acts_as_the_stream_it_replaced():
+    """With batching off every flush writes out; with write_through (PYTHONUNBUFFERED) every write."""
+    r, w = os.pipe()
+    os.set_blocking(r, False)
+    plain, unbuffered = BatchedStdout(w, "utf-8", "strict"), BatchedStdout(w, "utf-8", "strict", write_through=True)
+    os.close(w)
+    try:
+        plain.batching = unbuffered.batching = False
+        plain.write("held\n")
+        assert _read(r) == b""  # a plain block-buffered stream holds it too, until flushed
+        plain.flush()
+        assert _read(r) == b"held\n"
+        plain.flush()
+        plain.write("again\n")
+        plain.flush()  # within INTERVAL of the last: written out all the same
+        assert _read(r) == b"again\n"
+        unbuffered.write("at once\n")
+        assert _read(r) == b"at once\n"
+    finally:
+        plain.close()
+        unbuffered.close()
+        os.close(r)

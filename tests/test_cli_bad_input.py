@@ -443,3 +443,13 @@ def test_a_sharded_runs_command_line_shows_no_xdist_worker_count(tmp_path, probe
     assert cli.main(["run", "-j", "2", "--report-dir", str(tmp_path / "r"), str(probe_test)]) == 0
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("kvmtest run:"))
     assert line.startswith("kvmtest run: 2 shards of: pytest ") and " -n " not in line, line
+
+
+@pytest.mark.parametrize("option", ["--kvm-shard-waits", "--kvm-shard-claims=/tmp/x", "--kvm-shard-log=/tmp/y"])
+def test_the_shards_own_options_are_refused_by_kvmtest_run(option, capsys, tmp_path):
+    """kvmtest run gives these to each of its shards; given by the user, --kvm-shard-waits made every
+    shard a waits shard and the unmarked tests ran nowhere."""
+    assert cli.main(["run", "-j", "2", "--report-dir", str(tmp_path), option, "suites/smoke"]) == 2
+    err = capsys.readouterr().err
+    assert f"{option.split('=')[0]}: set by kvmtest run on each of its own shards" in err
+    assert not list(tmp_path.iterdir())  # refused before anything ran

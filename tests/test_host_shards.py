@@ -369,16 +369,21 @@ def test_merging_keeps_one_of_identical_cases_and_every_case_that_differs(tmp_pa
                    ("t_broken.py", "t_broken.py", "error")]
 
 
-def test_with_capture_off_a_tests_own_writes_to_fd_1_keep_their_order(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("capture", ["-s", "--capture=sys", "--capture=tee-sys"])
+def test_unless_pytest_captures_fd_1_a_tests_own_writes_to_it_keep_their_order(tmp_path, monkeypatch, capsys,
+                                                                               capture):
     """Under -s a test's output reaches the console as it writes it, whether through sys.stdout or
-    straight to fd 1 (a subprocess, C code): the shards' batching of their lines is off then."""
+    straight to fd 1 (a subprocess, C code), and so do writes to fd 1 that --capture=sys lets through:
+    the shards' batching of their lines is off then."""
+    monkeypatch.setenv("PYTHONUNBUFFERED", "1")  # tee-sys: the tee writes to stdout, flushed by this only
     (tmp_path / "test_out.py").write_text("import os\n\ndef test_out():\n    print('line A', flush=True)\n"
                                           "    os.write(1, b'line B\\n')\n    print('line C', flush=True)\n")
     monkeypatch.chdir(tmp_path)
     paths = {kind: tmp_path / "r" / f"run.{kind}" for kind in ("junit", "ktap", "html")}
-    assert host_shards.run(["test_out.py", "-s", "-p", "no:cacheprovider"], 2, paths, {"host": "demo-host"}) == 0
+    assert host_shards.run(["test_out.py", capture, "-p", "no:cacheprovider"], 2, paths, {"host": "demo-host"}) == 0
     lines = [line.split("] ", 1)[1] for line in capsys.readouterr().out.splitlines() if "line " in line]
-    assert [line[line.index("line "):] for line in lines] == ["line A", "line B", "line C"], lines
+    expected = ["line A", "line B", "line C"] if capture != "--capture=sys" else ["line B"]  # sys: prints captured
+    assert [line[line.index("line "):] for line in lines] == expected, lines
 
 
 def test_a_test_no_shard_reported_is_an_error_not_missing(tmp_path):
@@ -408,3 +413,19 @@ def test_a_line_a_shard_left_unended_does_not_run_into_the_next(capsys):
     host_shards._pump("1/2", io.StringIO("first\nkilled mid-line"), lock)
     host_shards._pump("2/2", io.StringIO("other PASSED\n"), lock)
     assert capsys.readouterr().out == "[1/2] first\n[1/2] killed mid-line\n[2/2] other PASSED\n"
+
+
+def test_a_test_no_shard_claimed_is_an_error_in_the_report(tmp_path, monkeypatch, capsys):
+    """Shards that can only claim tests marked waits (given --kvm-shard-waits, which kvmtest run
+    itself refuses) leave the others unclaimed: those are errors in the report, not simply missing."""
+    (tmp_path / "test_two.py").write_text("import pytest\n\n@pytest.mark.waits\ndef test_marked():\n    pass\n\n"
+                                          "def test_plain():\n    assert False\n")
+    monkeypatch.chdir(tmp_path)
+    paths = {kind: tmp_path / "r" / f"run.{kind}" for kind in ("junit", "ktap", "html")}
+    code = host_shards.run(["test_two.py", "--kvm-shard-waits", "-p", "no:cacheprovider"], 2, paths,
+                           {"host": "demo-host"})
+    assert code == 1
+    got = {r.name: (r.status, r.message) for r in read_junit(paths["junit"])}
+    assert got == {"test_marked": ("passed", ""),
+                   "test_plain": ("error", "no result: no shard reported this test (one that died may have "
+                                           "claimed it just before)")}
