@@ -9,7 +9,7 @@ same tests in the same order (after -k/-m), claims the next unclaimed one, runs 
 they end together whichever draws the slow tests (an every-N-th split ended up to 3 s apart); each
 writes its own JUnit file; when all are done those are merged into the run's JUnit,
 from which its KTAP and HTML are written (merge_junit: a shard that wrote none is an error naming it, its
-tests rebuilt from the log it keeps, kvmtest.shard_claims).
+tests rebuilt from the log it keeps, kvmtest.shard_log).
 One more shard, started once the shards have collected any test marked `waits` (kvmtest.markers:
 checks that mostly sleep on timers and timeouts), runs those: the N others keep the N CPUs busy
 meanwhile. On the 2-CPU development host that took a whole-suite run from 29.2-30.5 s to 27.3-29.0 s
@@ -239,11 +239,11 @@ def _lost_shard_case(name: str, code: int | None, logged: bool = False):
 
 
 def _recovered_cases(log: Path, name: str, code: int | None) -> list:
-    """The test cases a dead shard's log (kvmtest.shard_claims) gives: each test it finished with its
+    """The test cases a dead shard's log (kvmtest.shard_log) gives: each test it finished with its
     status and message (the details went with the shard), the one it died in and those it had
     claimed as errors naming that."""
     from .reports import junit
-    from .shard_claims import read_log
+    from .shard_log import read_log
 
     done, running, waiting = read_log(log)
     died = f"shard {name} died ({_why(code)})"
@@ -315,7 +315,7 @@ def _finish(parts, names, exits, paths, fp, baseline, issues, started: float, da
     from .reports import html as html_report
     from .reports import ktap
     from .reports.results import read_junit
-    from .shard_claims import read_log
+    from .shard_log import read_log
 
     merge_junit(parts, names, exits, Path(paths["junit"]), fp, collected)
     results = read_junit(paths["junit"])

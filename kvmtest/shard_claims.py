@@ -20,11 +20,8 @@ it claimed and did not finish is an error in its report). A shard whose loop end
 internal error) first claims every test still unclaimed, so each test nobody ran is an error in one
 shard's report, as in a run cut short in one process.
 
-With `--kvm-shard-log=LOG` a shard also appends a line to LOG for each test it claims, starts and
-finishes (with its status and message): should the shard die (a guest that takes the process down,
-the OOM killer), kvmtest.host_shards rebuilds what it finished from LOG, names the test it died in and
-reports the tests it had claimed as unfinished, instead of losing them all (read_log). One small
-write per event and no fsync: a process that dies loses nothing it wrote.
+With `--kvm-shard-log=LOG` a shard also logs each test it claims, starts and finishes
+(kvmtest.shard_log: what is left of a shard that dies).
 
 pytest's cache of last failures (--lf) is written by every shard at its end: each would write its own
 view, the last one's winning. Each shard instead applies only what it changed (tests it saw fail added,
@@ -51,19 +48,21 @@ from pathlib import Path
 
 import pytest
 
+from .shard_log import ShardLog
+
 CLAIMED_KEY = pytest.StashKey[list]()  # the nodeids this shard claimed, in claim order
 _LASTFAILED_KEY = pytest.StashKey[dict]()  # pytest's last failures as this shard started
 _COUNTER_KEY = pytest.StashKey[str]()  # the counter file, once opened as one (the lock of the cache above)
 
 
+pytest_plugins = ["kvmtest.shard_log"]  # the log of what this shard claims, starts and finishes
+
+
 def pytest_addoption(parser):
-    """pytest hook: --kvm-shard-claims=FILE."""
+    """pytest hook: --kvm-shard-claims=FILE, --kvm-shard-waits."""
     parser.addoption("--kvm-shard-claims", default=None, metavar="FILE",
                      help="run only the tests claimed from the counter in FILE, shared with the other shards "
                           "(kvmtest run -j N sets it on the host: kvmtest.shard_claims)")
-    parser.addoption("--kvm-shard-log", default=None, metavar="LOG",
-                     help="append each test this shard claims, starts and finishes to LOG, for a report should "
-                          "the shard die (kvmtest run -j N sets it)")
     parser.addoption("--kvm-shard-waits", action="store_true", default=False,
                      help="with --kvm-shard-claims: claim only the tests marked `waits`, from FILE.waits (the shard "
                           "kvmtest run -j N starts beside the N others for them)")
@@ -194,7 +193,7 @@ def pytest_runtestloop(session):
     except pytest.UsageError:
         claims.close()
         raise
-    log = _Log.open(session.config)
+    log = ShardLog.open(session.config)
     ended = False
     try:
         index = claims.next()
@@ -323,94 +322,3 @@ def pytest_sessionfinish(session):
     if nf is not None and not config.getoption("collectonly"):
         config.cache.set("cache/nodeids", sorted(str(n) for n in nf.cached_nodeids))
     config.option.cacheshow = True
-
-
-# --- the shard's log (see the module) ---------------------------------------------------------------
-
-_CLAIM, _START, _DONE = "claim", "start", "done"
-
-
-class _Log:
-    """The shard's log: one line per event, `kind<TAB>nodeid[<TAB>status<TAB>message]`; `recorder`:
-    kvmtest's report recorder, whose outcome of a test the done line gives."""
-
-    def __init__(self, fd: int | None, recorder=None):
-        self.fd, self.recorder = fd, recorder
-
-    @classmethod
-    def open(cls, config) -> "_Log":
-        """The log --kvm-shard-log names (one that writes nothing without it); pytest.UsageError if
-        it cannot be opened. It is this process's current log until close()."""
-        path = config.getoption("kvm_shard_log", None)
-        if not path:
-            return cls(None)
-        try:
-            if os.path.exists(path) and not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO would block the open
-                raise pytest.UsageError(f"--kvm-shard-log={path}: not a regular file")
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        except OSError as e:
-            raise pytest.UsageError(f"--kvm-shard-log={path}: {e.strerror}") from None
-        _CURRENT[0] = log = cls(fd, config.pluginmanager.get_plugin("kvmtest-reports"))
-        return log
-
-    def close(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
-        if _CURRENT[0] is self:
-            _CURRENT[0] = None
-
-    def write(self, *fields: str) -> None:
-        if self.fd is not None:
-            line = "\t".join(f.replace("\t", " ").replace("\n", " ") for f in fields) + "\n"
-            os.write(self.fd, line.encode("utf-8", "replace"))
-
-    def claimed(self, items: list, index: int | None) -> None:
-        if index is not None:
-            self.write(_CLAIM, items[index].nodeid)
-
-
-def pytest_runtest_logstart(nodeid, location):
-    """pytest hook: log that the test started (see the module)."""
-    log = _CURRENT[0]
-    if log is not None:
-        log.write(_START, nodeid)
-
-
-@pytest.hookimpl(trylast=True)  # after kvmtest's recorder folded the report into the test's outcome
-def pytest_runtest_logreport(report):
-    """pytest hook: log the test's outcome once its teardown is reported (see the module)."""
-    log = _CURRENT[0]
-    if log is not None and report.when == "teardown":
-        outcome = log.recorder.outcomes.get(report.nodeid) if log.recorder else None
-        status = outcome.status if outcome else ("failed" if report.failed else "passed")
-        message = (outcome.message if outcome else "").splitlines()[0:1]
-        log.write(_DONE, report.nodeid, status, message[0] if message else "")
-
-
-_CURRENT: list = [None]  # the log of this process's session (logstart/logreport hooks get no config)
-
-
-def read_log(path) -> tuple[dict[str, tuple[str, str]], list[str], list[str]]:
-    """What a shard's log says: ({nodeid: (status, message)} of the tests it finished, the tests it
-    started and did not finish, the tests it claimed and did not start), each in log order; a line
-    the dying process cut short is ignored."""
-    done: dict[str, tuple[str, str]] = {}
-    started: dict[str, None] = {}
-    claimed: dict[str, None] = {}
-    try:
-        lines = Path(path).read_text(encoding="utf-8", errors="replace").split("\n")[:-1]  # the last: cut or ""
-    except OSError:
-        return {}, [], []
-    for line in lines:
-        kind, _, rest = line.partition("\t")
-        nodeid, _, result = rest.partition("\t")
-        if kind == _CLAIM:
-            claimed[nodeid] = None
-        elif kind == _START:
-            started[nodeid] = None
-        elif kind == _DONE:
-            status, _, message = result.partition("\t")
-            done[nodeid] = (status, message)
-    return (done, [n for n in started if n not in done],
-            [n for n in claimed if n not in started and n not in done])

@@ -4,7 +4,8 @@ import os
 
 import pytest
 
-from kvmtest.shard_claims import Claims, Queues, read_log
+from kvmtest.shard_claims import Claims, Queues
+from kvmtest.shard_log import read_log
 
 
 def _claim_in_processes(tmp_path, claimers: list) -> list[list[int]]:
