@@ -140,8 +140,8 @@ def absorb_run_settings(args, extra: list[str]) -> list[str]:
 
 
 # the options kvmtest.host_shards gives each shard: given to `kvmtest run`, every shard would get them
-# twice (--kvm-shard-waits: every shard a waits shard, the unmarked tests run by none)
-_SHARD_INTERNAL = ("--kvm-shard-claims", "--kvm-shard-log", "--kvm-shard-waits")
+# twice (--kvm-shard-role=waits: every shard a waits shard, the unmarked tests run by none)
+_SHARD_INTERNAL = ("--kvm-shard-claims", "--kvm-shard-log", "--kvm-shard-role")
 
 
 def plugin_option_problem(argv: list[str], environ=None) -> str:

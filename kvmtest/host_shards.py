@@ -166,12 +166,12 @@ def run(argv: list[str], n: int, paths: dict[str, Path], fp: dict, baseline=(), 
     try:
         try:
             for name, part in zip(names, parts, strict=True):
-                start(name, part)
+                start(name, part, "--kvm-shard-role=main")
             entries = issues()  # for the HTML report, read while the shards run
             if _marked_tests(f"{claims}{MARKED_SUFFIX}", procs):
                 names.append(WAITS_SHARD)
                 parts.append(workdir / "waits.xml")
-                start(names[-1], parts[-1], "--kvm-shard-waits")
+                start(names[-1], parts[-1], "--kvm-shard-role=waits")
             exits: list[int | None] = [proc.wait() for proc in procs]
         except KeyboardInterrupt:  # Ctrl-C, SIGINT or SIGTERM to this process: the shards write their reports
             exits, entries = _stop(procs), []
@@ -210,12 +210,13 @@ def _sigterm_interrupts(signum, frame):
 
 def _stop(procs: list) -> list:
     """Interrupt the shards still running (one SIGINT each: pytest then writes its report) and their
-    exit statuses; asked to stop again meanwhile, kill those still running (they write none)."""
+    exit statuses, death by that SIGINT as pytest's "interrupted" (2: a shard still importing kvmtest
+    cannot handle it); asked to stop again meanwhile, kill those still running (they write none)."""
     for proc in procs:
         if proc.poll() is None:
             proc.send_signal(signal.SIGINT)
     try:
-        return [proc.wait() for proc in procs]
+        return [2 if code == -signal.SIGINT else code for code in (proc.wait() for proc in procs)]
     except KeyboardInterrupt:
         for proc in procs:
             if proc.poll() is None:
@@ -369,12 +370,11 @@ def shard_main(argv: list[str]) -> None:
     """One shard's process (`python -m kvmtest.host_shards PYTEST_ARGS`): pytest.main, then exit
     without the interpreter's finalization, which frees every object of a whole-suite session one
     by one (1.2 s of a 28 s shard here) after pytest has written and closed everything; the exit
-    handlers (pytest's temporary-directory lock removal among them) still run."""
+    handlers (pytest's temporary-directory lock removal among them) still run. Interrupted before
+    pytest's session takes interrupts over (importing pytest, parsing its options), it exits 2 as
+    pytest's "interrupted", not killed by SIGINT, which kvmtest run would report as a shard lost."""
     import atexit
 
-    import pytest
-
-    from .batched_stdout import BatchedStdout
     from .libc import die_with_parent
 
     # the shards run in process groups of their own: if `kvmtest run` dies (SIGKILL, OOM) nothing
@@ -385,16 +385,25 @@ def shard_main(argv: list[str]) -> None:
     # `kvmtest run` stops its shards with one SIGINT each (_stop), also for a SIGTERM it got: one started
     # where SIGINT is ignored (a script's background job) inherits SIG_IGN and would run on to the end
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    # pytest's -v lines, batched; its errors too, which would otherwise overtake the lines held (kvmtest
-    # run reads both from one pipe)
-    plain_write_through = bool(getattr(sys.stdout, "write_through", False) or sys.stdout.line_buffering)
-    sys.stdout = sys.stderr = out = BatchedStdout(1, sys.stdout.encoding, "backslashreplace", plain_write_through)
+    out = None
     try:
+        import pytest
+
+        from .batched_stdout import BatchedStdout
+
+        # pytest's -v lines, batched; its errors too, which would otherwise overtake the lines held
+        # (kvmtest run reads both from one pipe)
+        plain_write_through = bool(getattr(sys.stdout, "write_through", False) or sys.stdout.line_buffering)
+        sys.stdout = sys.stderr = out = BatchedStdout(1, sys.stdout.encoding, "backslashreplace", plain_write_through)
         code = int(pytest.main(argv, plugins=[_Console(out)]))
+    except KeyboardInterrupt:
+        print("kvmtest shard: interrupted while starting", flush=True)
+        code = 2  # pytest.ExitCode.INTERRUPTED
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # done: an interrupt now would only cut the exit short
-        out.batching = False  # what is written from here on (an uncaught exception's traceback) goes out at once
-        out.flush_now()
+        if out is not None:
+            out.batching = False  # what is written from here on (an uncaught exception's traceback) goes out at once
+            out.flush_now()
     sys.stderr.flush()
     atexit._run_exitfuncs()
     os._exit(code)

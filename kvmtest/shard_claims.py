@@ -28,7 +28,7 @@ view, the last one's winning. Each shard instead applies only what it changed (t
 tests it saw pass or skip removed) to what is in the cache then, under a lock on FILE.
 
 Tests marked `waits` (kvmtest.markers: a test that spends most of its time waiting for a timer or a
-timeout, not computing) are claimed from a second counter, FILE.waits. A shard given --kvm-shard-waits
+timeout, not computing) are claimed from a second counter, FILE.waits. A shard given --kvm-shard-role=waits
 claims those and nothing else: kvmtest.host_shards starts one beside the N others, so that N CPUs are
 not left idle while a check waits (on the 2-CPU development host, the 14 marked checks slept about
 4.3 s of the two shards' time in a whole-suite run). The other shards claim the waiting tests too once
@@ -48,8 +48,6 @@ from pathlib import Path
 
 import pytest
 
-from .shard_log import ShardLog
-
 CLAIMED_KEY = pytest.StashKey[list]()  # the nodeids this shard claimed, in claim order
 _LASTFAILED_KEY = pytest.StashKey[dict]()  # pytest's last failures as this shard started
 _COUNTER_KEY = pytest.StashKey[str]()  # the counter file, once opened as one (the lock of the cache above)
@@ -59,13 +57,15 @@ pytest_plugins = ["kvmtest.shard_log"]  # the log of what this shard claims, sta
 
 
 def pytest_addoption(parser):
-    """pytest hook: --kvm-shard-claims=FILE, --kvm-shard-waits."""
+    """pytest hook: --kvm-shard-claims=FILE, --kvm-shard-role=main|waits."""
     parser.addoption("--kvm-shard-claims", default=None, metavar="FILE",
                      help="run only the tests claimed from the counter in FILE, shared with the other shards "
                           "(kvmtest run -j N sets it on the host: kvmtest.shard_claims)")
-    parser.addoption("--kvm-shard-waits", action="store_true", default=False,
-                     help="with --kvm-shard-claims: claim only the tests marked `waits`, from FILE.waits (the shard "
-                          "kvmtest run -j N starts beside the N others for them)")
+    parser.addoption("--kvm-shard-role", choices=("main", "waits"), default="main",
+                     help="with --kvm-shard-claims: waits to claim only the tests marked `waits`, from FILE.waits (the "
+                          "shard kvmtest run -j N starts beside the N others for them); main (the default) to claim "
+                          "the others first. kvmtest run gives each shard its role last on the command line, so none "
+                          "in addopts or PYTEST_ADDOPTS overrides it")
 
 
 class Claims:
@@ -177,7 +177,7 @@ def pytest_runtestloop(session):
         return True
     session.config.stash[CLAIMED_KEY] = []  # until it claims any: a shard refused below reports nothing
     items = session.items
-    waits_shard = session.config.getoption("kvm_shard_waits", False)
+    waits_shard = session.config.getoption("kvm_shard_role", "main") == "waits"
     claims = _open(path, items, waits_shard)
     session.config.stash[_COUNTER_KEY] = path
     if session.testsfailed and not session.config.option.continue_on_collection_errors:
@@ -193,6 +193,8 @@ def pytest_runtestloop(session):
     except pytest.UsageError:
         claims.close()
         raise
+    from .shard_log import ShardLog  # loaded by now as this plugin's pytest_plugins: imported first, pytest warns
+
     log = ShardLog.open(session.config)
     ended = False
     try:
@@ -285,8 +287,10 @@ def _lastfailed(config) -> dict | None:
 @pytest.hookimpl(trylast=True)  # after the cacheprovider read the cache
 def pytest_configure(config):
     """pytest hook: remember the last failures this shard started with (see the module)."""
-    if config.getoption("kvm_shard_waits", False) and config.getoption("kvm_shard_claims", None) is None:
-        raise pytest.UsageError("--kvm-shard-waits: needs --kvm-shard-claims=FILE, the counters it claims from")
+    if config.getoption("kvm_shard_claims", None) is None:
+        for dest, option in (("kvm_shard_role", "--kvm-shard-role"), ("kvm_shard_log", "--kvm-shard-log")):
+            if config.getoption(dest, None) not in (None, "main"):  # given, so meant: it would do nothing
+                raise pytest.UsageError(f"{option}: needs --kvm-shard-claims=FILE, the counters the shards claim from")
     if config.getoption("kvm_shard_claims", None):
         start = _lastfailed(config)
         if start is not None:

@@ -445,9 +445,9 @@ def test_a_sharded_runs_command_line_shows_no_xdist_worker_count(tmp_path, probe
     assert line.startswith("kvmtest run: 2 shards of: pytest ") and " -n " not in line, line
 
 
-@pytest.mark.parametrize("option", ["--kvm-shard-waits", "--kvm-shard-claims=/tmp/x", "--kvm-shard-log=/tmp/y"])
+@pytest.mark.parametrize("option", ["--kvm-shard-role=waits", "--kvm-shard-claims=/tmp/x", "--kvm-shard-log=/tmp/y"])
 def test_the_shards_own_options_are_refused_by_kvmtest_run(option, capsys, tmp_path):
-    """kvmtest run gives these to each of its shards; given by the user, --kvm-shard-waits made every
+    """kvmtest run gives these to each of its shards; given by the user, --kvm-shard-role=waits made every
     shard a waits shard and the unmarked tests ran nowhere."""
     assert cli.main(["run", "-j", "2", "--report-dir", str(tmp_path), option, "suites/smoke"]) == 2
     err = capsys.readouterr().err

@@ -2,6 +2,7 @@
 (kvmtest.shard_claims), their JUnit merged into the run's reports (no /dev/kvm needed: the demo tests
 touch no KVM)."""
 
+import os
 import signal
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -415,17 +416,77 @@ def test_a_line_a_shard_left_unended_does_not_run_into_the_next(capsys):
     assert capsys.readouterr().out == "[1/2] first\n[1/2] killed mid-line\n[2/2] other PASSED\n"
 
 
-def test_a_test_no_shard_claimed_is_an_error_in_the_report(tmp_path, monkeypatch, capsys):
-    """Shards that can only claim tests marked waits (given --kvm-shard-waits, which kvmtest run
-    itself refuses) leave the others unclaimed: those are errors in the report, not simply missing."""
+def test_a_role_in_the_pytest_arguments_does_not_make_every_shard_a_waits_shard(tmp_path, monkeypatch, capsys):
+    """--kvm-shard-role=waits where kvmtest run would not see it (addopts, PYTEST_ADDOPTS; here the
+    arguments host_shards is given) made every shard a waits shard, the unmarked tests run by none:
+    each shard's own role comes last and wins."""
     (tmp_path / "test_two.py").write_text("import pytest\n\n@pytest.mark.waits\ndef test_marked():\n    pass\n\n"
                                           "def test_plain():\n    assert False\n")
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PYTEST_ADDOPTS", "--kvm-shard-role=waits")
     paths = {kind: tmp_path / "r" / f"run.{kind}" for kind in ("junit", "ktap", "html")}
-    code = host_shards.run(["test_two.py", "--kvm-shard-waits", "-p", "no:cacheprovider"], 2, paths,
+    code = host_shards.run(["test_two.py", "--kvm-shard-role=waits", "-p", "no:cacheprovider"], 2, paths,
                            {"host": "demo-host"})
     assert code == 1
-    got = {r.name: (r.status, r.message) for r in read_junit(paths["junit"])}
-    assert got == {"test_marked": ("passed", ""),
-                   "test_plain": ("error", "no result: no shard reported this test (one that died may have "
-                                           "claimed it just before)")}
+    assert {r.name: r.status for r in read_junit(paths["junit"])} == {"test_marked": "passed", "test_plain": "failed"}
+
+
+def test_a_test_claimed_by_a_shard_that_died_before_logging_it_is_an_error(tmp_path, monkeypatch, capsys):
+    """A shard killed between claiming a test and logging the claim leaves that test in no report and
+    no log: the ids the shards collected name it, and the merged report has it as an error."""
+    (tmp_path / "conftest.py").write_text(
+        "import os, signal\nimport kvmtest.shard_log as log\n\n_claimed = log.ShardLog.claimed\n\n"
+        "def claimed(self, items, index):\n"
+        "    if index is not None and items[index].name == 'test_victim':\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)  # claimed, not yet logged\n"
+        "    return _claimed(self, items, index)\n\nlog.ShardLog.claimed = claimed\n")
+    (tmp_path / "test_three.py").write_text("def test_a():\n    pass\n\ndef test_victim():\n    pass\n\n"
+                                            "def test_z():\n    pass\n")
+    monkeypatch.chdir(tmp_path)
+    paths = {kind: tmp_path / "r" / f"run.{kind}" for kind in ("junit", "ktap", "html")}
+    assert host_shards.run(["test_three.py", "-p", "no:cacheprovider"], 2, paths, {"host": "demo-host"}) == 1
+    got = {r.name: (r.status, r.message) for r in read_junit(paths["junit"]) if r.classname != "kvmtest-shard"}
+    assert got["test_victim"] == ("error", "no result: no shard reported this test (one that died may have "
+                                           "claimed it just before)")
+    assert len(got) == 3 and all(status in ("passed", "error") for status, _ in got.values()), got
+
+
+def test_a_shard_interrupted_while_pytest_parses_its_options_exits_as_interrupted(tmp_path):
+    """SIGINT (kvmtest run's one interrupt per shard) before pytest's session takes interrupts over
+    (here: while it loads its plugins): exit 2, pytest's "interrupted", with no traceback; not death
+    by SIGINT, which the run would report as a lost shard (and `--bisect` as a bad commit)."""
+    import subprocess
+    import sys
+
+    (tmp_path / "test_one.py").write_text("def test_a():\n    pass\n")
+    (tmp_path / "interrupting.py").write_text("def pytest_addoption(parser):\n    raise KeyboardInterrupt\n")
+    claims = tmp_path / "claims"
+    claims.touch()
+    proc = subprocess.run([sys.executable, "-m", "kvmtest.host_shards", "test_one.py", "-p", "interrupting",
+                           "-p", "kvmtest.shard_claims", f"--kvm-shard-claims={claims}"],
+                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(tmp_path)}, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "kvmtest shard: interrupted while starting" in proc.stdout
+    assert "Traceback" not in proc.stdout + proc.stderr
+
+
+def test_shards_the_run_interrupted_are_interrupted_not_lost():
+    """A shard that SIGINT ended before it could handle it (still importing kvmtest) exits by that
+    signal: kvmtest run sent it, so it counts as pytest's "interrupted" (2), not as a shard lost."""
+    class Shard:
+        def __init__(self, code):
+            self.code, self.signals = code, []
+
+        def poll(self):
+            return None
+
+        def send_signal(self, sig):
+            self.signals.append(sig)
+
+        def wait(self):
+            return self.code
+
+    shards = [Shard(-signal.SIGINT), Shard(2), Shard(-signal.SIGKILL)]
+    assert host_shards._stop(shards) == [2, 2, -signal.SIGKILL]
+    assert all(shard.signals == [signal.SIGINT] for shard in shards)

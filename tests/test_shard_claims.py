@@ -205,7 +205,7 @@ def test_shards_started_one_after_the_other_run_what_their_role_allows(pytester)
     claims = pytester.path / "claims"
     claims.touch()
     options = ["-p", "kvmtest.shard_claims", f"--kvm-shard-claims={claims}", "-p", "no:cacheprovider", "-v"]
-    first = pytester.runpytest_subprocess(*options, "--kvm-shard-waits")
+    first = pytester.runpytest_subprocess(*options, "--kvm-shard-role=waits")
     assert first.ret == pytest.ExitCode.OK
     assert [line.split()[0].split("::")[1] for line in first.stdout.lines if " PASSED" in line] == ["test_b"]
     assert not (pytester.path / "claims.marked").exists()  # a waits shard tells nobody how many are marked
@@ -213,7 +213,7 @@ def test_shards_started_one_after_the_other_run_what_their_role_allows(pytester)
     assert [line.split()[0].split("::")[1] for line in second.stdout.lines if " PASSED" in line] == \
         ["test_a", "test_c"]
     assert (pytester.path / "claims.marked").read_text() == "1"  # for kvmtest run, which starts the waits shard
-    third = pytester.runpytest_subprocess(*options, "--kvm-shard-waits")
+    third = pytester.runpytest_subprocess(*options, "--kvm-shard-role=waits")
     assert not [line for line in third.stdout.lines if " PASSED" in line]
 
 
@@ -228,9 +228,24 @@ def test_a_shard_alone_takes_the_unmarked_tests_then_the_marked_ones(tmp_path):
     queues.close()
 
 
-def test_a_waits_shard_without_a_counter_is_a_usage_error(pytester):
-    """--kvm-shard-waits alone would run every test in one process, as if nothing had been asked."""
+@pytest.mark.parametrize("option", ["--kvm-shard-role=waits", "--kvm-shard-log=shard.log"])
+def test_a_shard_option_without_a_counter_is_a_usage_error(pytester, option):
+    """A role or a log without the counters would run every test in one process, as if nothing had
+    been asked (and write no log)."""
     pytester.makepyfile("def test_a():\n    pass\n")
-    result = pytester.runpytest("-p", "kvmtest.shard_claims", "--kvm-shard-waits")
+    result = pytester.runpytest("-p", "kvmtest.shard_claims", option)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    assert "--kvm-shard-waits: needs --kvm-shard-claims=FILE" in result.stderr.str()
+    assert f"{option.split('=')[0]}: needs --kvm-shard-claims=FILE" in result.stderr.str()
+
+
+def test_the_shard_plugins_load_without_a_rewrite_warning(pytester):
+    """Outside the checkout (a user's own tests), the shard's plugins load as pytest plugins, not
+    imported first by one another: pytest warns of a module it can no longer rewrite, an error under
+    -W error."""
+    pytester.makepyfile("def test_a():\n    pass\n")
+    claims = pytester.path / "claims"
+    claims.touch()
+    result = pytester.runpytest_subprocess("-W", "error", "-p", "kvmtest.shard_claims", f"--kvm-shard-claims={claims}",
+                                           "-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.OK, result.stdout.str() + result.stderr.str()
+    assert "PytestAssertRewriteWarning" not in result.stdout.str() + result.stderr.str()
