@@ -15,7 +15,8 @@ checks that mostly sleep on timers and timeouts), runs those: the N others keep 
 meanwhile. On the 2-CPU development host that took a whole-suite run from 29.2-30.5 s to 27.3-29.0 s
 (alternating runs, 2026-12-01 10:24-10:27, batched output included).
 Every shard's output reaches the console in whole lines, prefixed "[K/N]" ("[waits]"), batched every
-0.1 s or so (kvmtest.batched_stdout; line by line with -s). Each shard runs in a process
+0.1 s or so (kvmtest.batched_stdout; as a plain stdout when pytest does not capture fd 1: -s,
+--capture=sys or tee-sys). Each shard runs in a process
 group of its own and dies with `kvmtest run`: an interrupt (Ctrl-C, SIGINT, SIGTERM) reaches the
 shards once, from `run`, so each ends its session and writes its report.
 
