@@ -275,14 +275,20 @@ class Vcpu(VcpuRegisters, VcpuMsrCpuid, VcpuEvents, CarriedIoctls, FdObject):
 
     def _expire(self, generation: int, thread_id: int) -> None:
         """The watchdog's kick for KVM_RUN number `generation`. Under the lock _enter takes to
-        start a run, so a run seen in flight just before it ended never gets the next one kicked."""
+        start a run, so a run seen in flight just before it ended never gets the next one kicked.
+
+        The signal goes out under that lock too: sent after it, a run that ended on its own just
+        then could be followed by the next one before the signal, which would land in that next
+        KVM_RUN and end it with EINTR as if the caller had kicked it (a spurious IntrExit). Sent
+        under it, the next run cannot begin until the signal is on its way, and the thread takes
+        it on its way back to user space, before it can enter KVM_RUN again."""
         with self._guard.lock:
             run = self._kvm_run
             if self.exits != generation or self._run_thread is None or not self._guard.open or run is None:
                 return
             self._timed_out = True
             run.immediate_exit = 1
-        send_kick(thread_id)
+            send_kick(thread_id)
 
     def kick(self, thread_id: int | None = None) -> None:
         """Make a KVM_RUN in progress (or the next one) return to user space."""

@@ -10,8 +10,9 @@ import time
 
 import pytest
 
+import kvmtest.vcpu
 from kvmtest.errors import ClosedError, GuestMemoryError, GuestTimeout, KvmError, UnknownModeError
-from kvmtest.exits import IntrExit
+from kvmtest.exits import IntrExit, IoExit
 
 
 def _fds() -> int:
@@ -138,3 +139,51 @@ def test_kick_returns_eintr_as_an_intr_exit(guest):
     exit_ = g.vcpu.run()
     assert isinstance(exit_, IntrExit), f"expected KVM_EXIT_INTR from immediate_exit, got {exit_}"
     assert g.vcpu.kvm_run.immediate_exit == 0
+
+
+def test_a_late_watchdog_kick_never_ends_the_next_run(guest, monkeypatch):
+    """The watchdog's kick (immediate_exit and a signal, api.rst 5 "immediate_exit"; 4.10 KVM_RUN
+    returns -EINTR while an unmasked signal is pending) belongs to the KVM_RUN it timed out. When
+    that run ends on its own just as the watchdog decides to kick it, and the watchdog's thread is
+    slow to send the signal, the caller's next KVM_RUN must not begin before the signal is sent:
+    else the signal lands in it and ends it with EINTR, an IntrExit the guest never caused."""
+    g = guest("real", "again: out 0x10, al\n jmp again")
+    vcpu = g.vcpu
+    first = vcpu.run()
+    assert isinstance(first, IoExit) and first.port == 0x10, f"expected OUT to port 0x10, got {first}"
+    enter_kvm_run, send_kick = vcpu._enter_kvm_run, kvmtest.vcpu.send_kick
+    in_flight, decided, next_began = threading.Event(), threading.Event(), threading.Event()
+    runs_at_kick: list[int] = []
+    entries = []
+
+    def enter():
+        entries.append(vcpu.exits)
+        if len(entries) > 1:
+            next_began.set()
+            return enter_kvm_run()
+        done = enter_kvm_run()  # the run ends on its own, but is still in flight to the watchdog
+        in_flight.set()
+        decided.wait(5)
+        return done
+
+    def late_kick(thread_id):
+        decided.set()
+        next_began.wait(0.3)  # a watchdog thread that lost the CPU, or the GIL, for a while
+        runs_at_kick.append(vcpu.exits)
+        send_kick(thread_id)
+
+    monkeypatch.setattr(vcpu, "_enter_kvm_run", enter)
+    monkeypatch.setattr(kvmtest.vcpu, "send_kick", late_kick)
+    run_thread = threading.get_ident()
+    timed_out = threading.Thread(target=lambda: in_flight.wait(5) and vcpu._expire(vcpu.exits, run_thread))
+    timed_out.start()
+    try:
+        kept = vcpu.run()  # the exit that came as the watchdog kicked is kept
+        after = vcpu.run()
+    finally:
+        timed_out.join(10)
+    assert isinstance(kept, IoExit), f"the run that ended as it was kicked: expected its OUT exit, got {kept}"
+    assert runs_at_kick == [entries[0]], (f"the kick for KVM_RUN #{entries[0]} was sent while KVM_RUN "
+                                          f"#{runs_at_kick[0] if runs_at_kick else '?'} was the current one")
+    assert isinstance(after, IoExit) and after.port == 0x10, \
+        f"the next KVM_RUN: expected the guest's OUT to port 0x10, got {after}"
