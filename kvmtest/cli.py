@@ -14,7 +14,7 @@ from . import host_shards, known_issue_verify
 from .bytecode import keep_bytecode_outside_the_tree
 from .kernelvm import KernelVmError
 from .kernelvm import runner as kernelvm  # stdlib only: QEMU and virtme-ng are needed only by --kernel
-from .options import jobs_value
+from .options import jobs_problem, jobs_value
 from .reports.recorder import report_stem, unwritable  # the plugin's --kvm-report-dir names files alike
 
 REPO_SUITES = Path(__file__).resolve().parent.parent / "suites"
@@ -260,13 +260,15 @@ def run_baseline(args) -> list[str]:
 
 
 def run_problem(args, paths: dict, fp: dict) -> str:
-    """What makes this `kvmtest run` pointless before it starts, or "": a report path that cannot be
-    written, a baseline that is no JUnit report, a named device (or, with --bisect, any device) on
-    which KVM cannot be opened. Checked up front: the run would otherwise end in a traceback or in
-    every test skipped."""
+    """What makes this `kvmtest run` pointless before it starts, or "": a -j far above the CPUs
+    (options.jobs_problem), a report path that cannot be written, a baseline that is no JUnit
+    report, a named device (or, with --bisect, any device) on which KVM cannot be opened. Checked up
+    front: the run would otherwise end in a traceback, in every test skipped, or out of memory."""
     from .reports.recorder import load_baseline
     from .reports.results import ReportError
 
+    if problem := jobs_problem(args.jobs, n := host_shards.cpus(), f"this process may use {n} CPU(s)"):
+        return problem
     source = getattr(args, "device_source", "")
     if fp.get("kvm") is None and (source or args.bisect):
         why = "empty device path" if not args.device else fp.get("kvm_error")

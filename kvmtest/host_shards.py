@@ -74,11 +74,14 @@ def shardable(options: list[tuple[str, str | None]]) -> bool:
     return True
 
 
+def cpus() -> int:
+    """The CPUs this process may use (its affinity mask), at least 1."""
+    return max(1, len(os.sched_getaffinity(0)))
+
+
 def shard_count(jobs: str) -> int:
     """`-j JOBS` as a number of shards: 'auto' is the CPUs this process may use."""
-    if jobs == "auto":
-        return max(1, len(os.sched_getaffinity(0)))
-    return int(jobs)
+    return cpus() if jobs == "auto" else int(jobs)
 
 
 # The shards write JUnit only, and only where told: the run's own files are the merge's.

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from . import fingerprint as fpmod
 from . import known_issues as ki
-from .options import jobs_value
+from .options import jobs_problem, jobs_value
 from .reports.junit import split_nodeid
 from .reports.results import ReportError, read_junit
 from .vcpu import DEFAULT_RUN_TIMEOUT
@@ -195,6 +195,10 @@ def main(args) -> int:
         return 2
     if args.runs < 1:
         print(f"kvmtest known-issues verify: --runs {args.runs}: must be at least 1", file=sys.stderr)
+        return 2
+    if problem := jobs_problem(args.jobs, n := max(1, len(os.sched_getaffinity(0))),
+                               f"this process may use {n} CPU(s)"):
+        print(f"kvmtest known-issues verify: {problem}", file=sys.stderr)
         return 2
     fp = fpmod.collect(args.device)
     if fp.get("kvm") is None:

@@ -78,6 +78,21 @@ def jobs_value(text: str) -> str:
     raise argparse.ArgumentTypeError(f"{text!r}: expected 'auto', 0 (no workers) or a number of workers")
 
 
+JOBS_PER_CPU = 4  # how far -j may oversubscribe the CPUs that run the tests
+
+
+def jobs_problem(jobs: str, cpus: int, where: str) -> str:
+    """Why -j `jobs` (a jobs_value) is refused where `cpus` CPUs run the tests, or "": more than
+    JOBS_PER_CPU pytest processes per CPU. `where` says whose CPUs they are ("this process may use 2
+    CPUs"). Each process is a whole pytest session (kvmtest imported, every test collected) and the
+    checks are CPU-bound, so more only costs memory: -j 100000 was a fork bomb."""
+    limit = JOBS_PER_CPU * cpus
+    if jobs == "auto" or int(jobs) <= limit:
+        return ""
+    return (f"-j {jobs}: more than {JOBS_PER_CPU} pytest processes per CPU, and {where}: give at most {limit}, "
+            "or 'auto' (each process is a whole pytest session, and the checks are CPU-bound)")
+
+
 ACTIVE_KEY = pytest.StashKey[str]()     # why the session is kvmtest's ("" when dormant)
 SETTINGS_KEY = pytest.StashKey[dict]()  # option name -> converted value
 

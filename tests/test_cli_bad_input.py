@@ -7,6 +7,7 @@ import pytest
 
 from kvmtest import cli
 from kvmtest.kernelvm import KernelVmError, runner
+from kvmtest.options import jobs_problem
 from kvmtest.reports import junit
 from kvmtest.reports.results import Result
 
@@ -198,6 +199,43 @@ def test_jobs_other_than_auto_or_a_count_is_refused(capsys, command, jobs):
 def test_jobs_auto_and_counts_are_accepted():
     for jobs in ("auto", "0", "3"):
         assert cli.build_parser().parse_args(["run", "-j", jobs]).jobs == jobs
+
+
+def test_jobs_up_to_four_per_cpu_are_accepted_and_more_refused():
+    assert jobs_problem("auto", 1, "w") == jobs_problem("0", 1, "w") == jobs_problem("8", 2, "w") == ""
+    assert jobs_problem("9", 2, "this process may use 2 CPU(s)").startswith(
+        "-j 9: more than 4 pytest processes per CPU, and this process may use 2 CPU(s): give at most 8, or 'auto'")
+
+
+@pytest.mark.parametrize("bisect", [False, True])
+def test_jobs_far_above_the_cpus_are_refused_before_the_run(tmp_path, probe_test, capsys, clean_env, monkeypatch,
+                                                           bisect):
+    """-j 100000 would start 100000 pytest sessions (a fork bomb), not run faster: one error, nothing run."""
+    monkeypatch.setattr(cli.host_shards, "cpus", lambda: 2)
+    words = ["run", "-j", "100000", "--report-dir", str(tmp_path / "r"), str(probe_test), f"--rootdir={tmp_path}"]
+    assert cli.main(words + (["--bisect"] if bisect else [])) == (cli.BISECT_SKIP if bisect else 2)
+    _one_error(capsys, "kvmtest run: -j 100000: more than 4 pytest processes per CPU, and this process may use 2 "
+                       "CPU(s): give at most 8")
+    assert not (tmp_path / "ran").exists()
+
+
+def test_known_issue_verify_refuses_jobs_far_above_the_cpus(capsys, monkeypatch):
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0})
+    assert cli.main(["known-issues", "verify", "-j", "5"]) == 2
+    _one_error(capsys, "kvmtest known-issues verify: -j 5: more than 4 pytest processes per CPU, and this process "
+                       "may use 1 CPU(s): give at most 4")
+
+
+def test_kernel_run_counts_jobs_against_the_vcpus_of_each_vm(tmp_path, capsys, clean_env, monkeypatch):
+    """Under --kernel, -j is each VM's pytest-xdist workers: refused past four per vCPU, before any boot."""
+    words = ["run", "--kernel", str(tmp_path / "bzImage"), "--accel", "tcg", "--vm-cpus", "2", "-j", "9",
+             "--report-dir", str(tmp_path / "r")]
+    monkeypatch.setattr(runner, "resolve", lambda kernel: None)  # no kernel or QEMU needed to get this far
+    monkeypatch.setattr(runner, "find_tools", lambda: None)
+    monkeypatch.setattr("kvmtest.kernelvm.vmrun.run_config", lambda *a: pytest.fail("a VM was booted"))
+    assert cli.main(words) == 2
+    _one_error(capsys, "kvmtest run --kernel: -j 9: more than 4 pytest processes per CPU, and each VM has 2 vCPU(s): "
+                       "give at most 8")
 
 
 @pytest.mark.parametrize("workers", [["-n3"], ["-nauto"], ["-n", "3"], ["--numprocesses=3"]])

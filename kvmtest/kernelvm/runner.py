@@ -294,6 +294,7 @@ def cmd_run_kernel(args, extra) -> int:
     """`kvmtest run --kernel ...`: boot the kernel once per --kvm-param combination, run the suites
     inside, write each configuration's reports (and a merged matrix file). Returns the overall code
     (overall_code); 2, or 125 with --bisect, when the kernel could not be tested."""
+    from ..options import jobs_problem
     from .vmrun import merge_suites, run_config
 
     skip = BISECT_SKIP if args.bisect else 2
@@ -321,6 +322,9 @@ def cmd_run_kernel(args, extra) -> int:
         args.vm_cpus = default_cpus(accel)
     elif args.vm_cpus < 1:
         print(f"kvmtest run --kernel: --vm-cpus {args.vm_cpus}: expected a number of vCPUs, 1 or more", file=sys.stderr)
+        return skip
+    if problem := jobs_problem(args.jobs, args.vm_cpus, f"each VM has {args.vm_cpus} vCPU(s)"):
+        print(f"kvmtest run --kernel: {problem}", file=sys.stderr)  # -j is the VM's xdist workers (vm_jobs)
         return skip
     if args.vm_shards is None:
         args.vm_shards = default_shards(accel, args.vm_cpus, args.vm_memory)
