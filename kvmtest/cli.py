@@ -144,17 +144,48 @@ def absorb_run_settings(args, extra: list[str]) -> list[str]:
 _SHARD_INTERNAL = ("--kvm-shard-claims", "--kvm-shard-log", "--kvm-shard-role")
 
 
+def selection_problem(options: list[tuple[str, str | None]]) -> str:
+    """A -k or -m expression among the pytest `options` (split_pytest_args) that pytest would refuse,
+    named as pytest names it, or "". pytest refuses it only after collecting: in every shard, which
+    each reported every test it collected as unrun, or in every pytest-xdist worker (INTERNALERROR).
+    Checked with pytest's own expression parser; where that private module is gone, pytest checks."""
+    try:
+        from _pytest.mark import expression
+    except ImportError:
+        return ""
+    malformed = (SyntaxError, getattr(expression, "ParseError", SyntaxError))  # ParseError up to pytest 8
+    for flag, value in options:
+        if flag in ("-k", "-m") and value is not None:
+            text = value
+        elif flag[:2] in ("-k", "-m") and len(flag) > 2:
+            flag, text = flag[:2], flag[2:]  # -kEXPR, one word
+        else:
+            continue
+        if not text.strip():
+            continue  # pytest selects everything for an empty expression
+        try:
+            expression.Expression.compile(text)
+        except malformed as e:
+            column = getattr(e, "offset", None) or getattr(e, "column", "?")
+            why = getattr(e, "msg", None) or getattr(e, "message", None) or str(e)
+            return f"{flag} {text!r}: at column {column}: {why} (pytest's -k/-m syntax: names, and, or, not, ( ))"
+    return ""
+
+
 def plugin_option_problem(argv: list[str], environ=None) -> str:
     """What kvmtest's pytest plugin would refuse at start in the pytest arguments `argv` and, unless
     `environ` is given ({}: none), the KVMTEST_* variables, or "": a --kvm-* value (checked by the
-    plugin's own kvmtest.options.check_given) or a --kvm-known-issues file the loader refuses. Found
-    here, it is one line before the pytest command line is printed, not pytest's exit 4 after it."""
+    plugin's own kvmtest.options.check_given) or a --kvm-known-issues file the loader refuses; and a
+    -k/-m expression pytest would refuse (selection_problem). Found here, it is one line before the
+    pytest command line is printed, not pytest's exit 4 after it."""
     import pytest
 
     from . import known_issues as ki
     from .options import check_given
 
     options, _ = split_pytest_args(argv)
+    if problem := selection_problem(options):
+        return problem
     for flag, _value in options:
         if flag.split("=", 1)[0] in _SHARD_INTERNAL:
             return (f"{flag.split('=', 1)[0]}: set by kvmtest run on each of its own shards (kvmtest.shard_claims), "

@@ -264,6 +264,33 @@ def test_jobs_and_options_choose_one_pytest_shards_or_xdist(jobs, words, shards,
     assert (argv[argv.index("-n") + 1] if "-n" in argv else None) == workers
 
 
+@pytest.mark.parametrize("words, shown", [
+    (["-k", "foo("], "-k 'foo(': at column 5: expected identifier; got end of input"),
+    (["-kfoo and"], "-k 'foo and': at column 8: expected not OR left parenthesis OR identifier"),
+    (["-m", "waits or"], "-m 'waits or': at column 9: expected not OR left parenthesis OR identifier"),
+])
+@pytest.mark.parametrize("jobs", [["-j", "0"], ["-j", "2"], ["-j", "2", "--xdist"]])
+def test_a_malformed_selection_expression_is_one_error_before_the_run(tmp_path, probe_test, capsys, clean_env,
+                                                                     words, shown, jobs):
+    """pytest refuses a malformed -k/-m only after collecting: sharded, every shard reported its tests
+    as unrun errors; under pytest-xdist it was an INTERNALERROR. Now one line, exit 2, nothing run."""
+    argv = ["run", *jobs, "--report-dir", str(tmp_path / "r"), *words, str(probe_test), f"--rootdir={tmp_path}"]
+    assert cli.main(argv) == 2
+    _one_error(capsys, f"kvmtest run: {shown}")
+    assert not (tmp_path / "ran").exists() and not (tmp_path / "r").exists()
+
+
+def test_well_formed_and_empty_selection_expressions_pass():
+    assert cli.selection_problem([("-k", "real and not (hlt or mmio)"), ("-m", "waits"), ("-k", " "),
+                                  ("-kreal", None), ("-p", "foo(")]) == ""
+
+
+def test_kernel_run_refuses_a_malformed_selection_before_booting(tmp_path, capsys, clean_env):
+    assert cli.main(["run", "--kernel", str(tmp_path / "no-bzImage"), "--report-dir", str(tmp_path / "r"),
+                     "-m", "not"]) == 2
+    _one_error(capsys, "kvmtest run --kernel: -m 'not': at column 4: expected not OR left parenthesis OR identifier")
+
+
 # --- 7. --vm-timeout from the environment -------------------------------------------------------
 
 
