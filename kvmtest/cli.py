@@ -144,23 +144,28 @@ def absorb_run_settings(args, extra: list[str]) -> list[str]:
 _SHARD_INTERNAL = ("--kvm-shard-claims", "--kvm-shard-log", "--kvm-shard-role")
 
 
-def selection_problem(options: list[tuple[str, str | None]]) -> str:
-    """A -k or -m expression among the pytest `options` (split_pytest_args) that pytest would refuse,
-    named as pytest names it, or "". pytest refuses it only after collecting: in every shard, which
-    each reported every test it collected as unrun, or in every pytest-xdist worker (INTERNALERROR).
-    Checked with pytest's own expression parser; where that private module is gone, pytest checks."""
+def selection_problem(options: list[tuple[str, str | None]], addopts: str = "") -> str:
+    """The -k or -m expression pytest would use (the last of each, PYTEST_ADDOPTS `addopts` read first,
+    as pytest does) if pytest would refuse it, named as pytest names it; else "". pytest refuses it only
+    after collecting: in every shard, which each reported every test it collected as unrun, or in every
+    pytest-xdist worker (INTERNALERROR). Checked with pytest's own expression parser; where that private
+    module is gone, pytest checks."""
     try:
         from _pytest.mark import expression
     except ImportError:
         return ""
-    malformed = (SyntaxError, getattr(expression, "ParseError", SyntaxError))  # ParseError up to pytest 8
-    for flag, value in options:
+    try:
+        early, _ = split_pytest_args(shlex.split(addopts))
+    except ValueError:
+        early = []  # pytest refuses unbalanced quotes in PYTEST_ADDOPTS itself, first thing
+    chosen: dict[str, str] = {}
+    for flag, value in early + options:
         if flag in ("-k", "-m") and value is not None:
-            text = value
+            chosen[flag] = value
         elif flag[:2] in ("-k", "-m") and len(flag) > 2:
-            flag, text = flag[:2], flag[2:]  # -kEXPR, one word
-        else:
-            continue
+            chosen[flag[:2]] = flag[2:]  # -kEXPR, one word
+    malformed = (SyntaxError, getattr(expression, "ParseError", SyntaxError))  # ParseError up to pytest 8
+    for flag, text in chosen.items():
         if not text.strip():
             continue  # pytest selects everything for an empty expression
         try:
@@ -184,7 +189,7 @@ def plugin_option_problem(argv: list[str], environ=None) -> str:
     from .options import check_given
 
     options, _ = split_pytest_args(argv)
-    if problem := selection_problem(options):
+    if problem := selection_problem(options, (os.environ if environ is None else environ).get("PYTEST_ADDOPTS", "")):
         return problem
     for flag, _value in options:
         if flag.split("=", 1)[0] in _SHARD_INTERNAL:

@@ -285,6 +285,23 @@ def test_well_formed_and_empty_selection_expressions_pass():
                                   ("-kreal", None), ("-p", "foo(")]) == ""
 
 
+def test_only_the_expression_pytest_uses_is_checked():
+    """pytest keeps the last -k and the last -m, PYTEST_ADDOPTS before the command line."""
+    assert cli.selection_problem([("-k", "foo("), ("-k", "bar")]) == ""
+    assert cli.selection_problem([("-k", "bar")], addopts="-m 'a or' -k 'foo('").startswith(
+        "-m 'a or': at column 5: expected not OR left parenthesis OR identifier; got end of input")
+    assert cli.selection_problem([("-m", "a")], addopts="-m 'a or'") == ""
+    assert cli.selection_problem([], addopts="-k 'unbalanced") == ""  # pytest's own error, first thing
+
+
+def test_a_malformed_selection_in_pytest_addopts_is_refused(tmp_path, probe_test, capsys, clean_env, monkeypatch):
+    monkeypatch.setenv("PYTEST_ADDOPTS", "-kfoo(")
+    argv = ["run", "-j", "2", "--report-dir", str(tmp_path / "r"), str(probe_test), f"--rootdir={tmp_path}"]
+    assert cli.main(argv) == 2
+    _one_error(capsys, "kvmtest run: -k 'foo(': at column 5")
+    assert not (tmp_path / "ran").exists()
+
+
 def test_kernel_run_refuses_a_malformed_selection_before_booting(tmp_path, capsys, clean_env):
     assert cli.main(["run", "--kernel", str(tmp_path / "no-bzImage"), "--report-dir", str(tmp_path / "r"),
                      "-m", "not"]) == 2
