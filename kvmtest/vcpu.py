@@ -73,6 +73,11 @@ class Vcpu(VcpuRegisters, VcpuMsrCpuid, VcpuEvents, CarriedIoctls, FdObject):
 
     def __init__(self, vm: "Vm", fd: int, vcpu_id: int):
         super().__init__(fd, f"{vm.name}/vcpu{vcpu_id}")
+        if not install_kick_handler():  # without it the watchdog cannot end a KVM_RUN: refuse, never hang
+            self.close()
+            raise KvmtestError(f"{self.name}: no KVM_RUN of it could be bounded: the watchdog's SIG_KICK handler "
+                               "(kvmtest.vcpu_watchdog) can only be installed on the main thread, and kvmtest "
+                               "was first imported on another; import kvmtest.vcpu on the main thread first")
         self.vm = vm
         self.id = vcpu_id
         self._mmap_size = vm.kvm.vcpu_mmap_size()
@@ -114,7 +119,6 @@ class Vcpu(VcpuRegisters, VcpuMsrCpuid, VcpuEvents, CarriedIoctls, FdObject):
             except OSError:
                 self.close()
                 raise
-        install_kick_handler()
         watchdog.watch(self)
 
     def has_capability(self, cap: str) -> int:
@@ -328,8 +332,12 @@ class Vcpu(VcpuRegisters, VcpuMsrCpuid, VcpuEvents, CarriedIoctls, FdObject):
                 if err == _EAGAIN:
                     err = self._enter_again(timeout)
             finally:
+                # Under the lock _expire takes: it either kicked this run before (and _timed_out
+                # says so here) or finds it over and leaves immediate_exit alone.
+                guard.acquire()
                 self._run_thread = None
-            timed_out = self._timed_out
+                timed_out = self._timed_out
+                guard.release()
             if timed_out or err == _EINTR:
                 # The kick (or the caller's immediate_exit) must not make the next KVM_RUN
                 # return at once; an exit that came just as the watchdog kicked is kept.
@@ -363,18 +371,22 @@ class Vcpu(VcpuRegisters, VcpuMsrCpuid, VcpuEvents, CarriedIoctls, FdObject):
             err = _last_errno() if self._enter_kvm_run() == -1 else 0
         return err
 
-    def _enter(self, timeout: float) -> int:
-        """One KVM_RUN under the watchdog's timeout, nothing retried; returns the errno. Call
-        with _run_lock held and _kvm_run set (run() has the same steps written out)."""
+    def _enter(self, timeout: float) -> tuple[int, bool]:
+        """One KVM_RUN under the watchdog's timeout, nothing retried: (errno, whether the watchdog
+        kicked it). Call with _run_lock held and _kvm_run set (run() has the same steps written out)."""
         with self._guard.lock:  # see _expire
             self._run_timeout = timeout  # see Watchdog._loop
             self.exits += 1
             self._timed_out = False
             self._run_thread = threading.get_ident()
+        err = 0
         try:
-            return _last_errno() if self._enter_kvm_run() == -1 else 0
+            err = _last_errno() if self._enter_kvm_run() == -1 else 0
         finally:
-            self._run_thread = None
+            with self._guard.lock:  # see run()
+                self._run_thread = None
+                timed_out = self._timed_out
+        return err, timed_out
 
     def try_run(self, timeout: float | None = None) -> int:
         """KVM_RUN once, returning the errno (0 on success), for negative tests.
@@ -389,10 +401,9 @@ class Vcpu(VcpuRegisters, VcpuMsrCpuid, VcpuEvents, CarriedIoctls, FdObject):
             run = self._kvm_run
             if run is None:
                 raise ClosedError(f"{self.name} is closed")
-            err = self._enter(timeout)
+            err, timed_out = self._enter(timeout)
             if not err:
                 self._exited = self.exits
-            timed_out = self._timed_out
             if timed_out:
                 run.immediate_exit = 0
         _ioctl.note(self.name, "KVM_RUN", f"-> {errno_name(err)}" if err else "-> 0")

@@ -49,6 +49,51 @@ def test_try_run_of_a_spinning_guest_times_out(isolated):
     assert "IMMEDIATE_EXIT 0" in out, "the watchdog's kick was left in kvm_run.immediate_exit"
 
 
+def test_a_guest_first_built_on_a_worker_thread_is_still_bounded(isolated):
+    """The watchdog ends a KVM_RUN with a signal (api.rst 4.10: EINTR while "an unmasked signal is
+    pending"), whose handler only the main thread can install: a process whose first vCPU is made
+    and run on another thread still gets GuestTimeout for a guest that never exits, not a hang."""
+    out = isolated("""
+        got = []
+        def body():
+            g = Guest(kvm, "long64", "spin: jmp spin", timeout=0.3)
+            try:
+                g.run()
+            except GuestTimeout as e:
+                got.append(f"TIMEOUT {e}")
+            finally:
+                g.close()
+        t = threading.Thread(target=body)
+        t.start()
+        t.join(20)
+        print(got, "ALIVE" if t.is_alive() else "ENDED")
+    """, timeout=30)
+    assert "TIMEOUT" in out and "guest still running after 0.3s in long64" in out and "ENDED" in out, out
+
+
+def test_a_vcpu_that_could_not_be_kicked_is_refused(isolated):
+    """Where the watchdog's signal handler is missing (kvmtest first imported off the main thread,
+    simulated here by taking it away), making a vCPU on another thread is one KvmtestError saying
+    why, not a vCPU whose KVM_RUN could run forever."""
+    out = isolated("""
+        import signal
+        import kvmtest.vcpu_watchdog as w
+        signal.signal(w.SIG_KICK, signal.SIG_DFL)
+        w._kick_installed = False
+        got = []
+        def body():
+            try:
+                Guest(kvm, "long64", "spin: jmp spin", timeout=0.3)
+            except Exception as e:
+                got.append(f"{type(e).__name__}: {e}")
+        t = threading.Thread(target=body)
+        t.start()
+        t.join(20)
+        print(got)
+    """, timeout=30)
+    assert "KvmtestError" in out and "can only be installed on the main thread" in out, out
+
+
 @pytest.mark.parametrize("bad", BAD_TIMEOUTS, ids=repr)
 def test_bad_timeouts_are_refused_where_they_are_given(guest, bad):
     """A timeout that is not a finite number of seconds above 0 is one InvalidTimeoutError naming

@@ -4,7 +4,9 @@ api.rst 4.2 and 4.7: a VM and a vCPU are file descriptors; closing them (and unm
 kvm_run, api.rst 5) releases them. kvmtest must do that for every object it creates.
 """
 
+import inspect
 import os
+import sys
 import threading
 import time
 
@@ -187,3 +189,58 @@ def test_a_late_watchdog_kick_never_ends_the_next_run(guest, monkeypatch):
                                           f"#{runs_at_kick[0] if runs_at_kick else '?'} was the current one")
     assert isinstance(after, IoExit) and after.port == 0x10, \
         f"the next KVM_RUN: expected the guest's OUT to port 0x10, got {after}"
+
+
+def test_a_kick_decided_as_the_run_ends_is_undone_by_that_run(guest, monkeypatch):
+    """The watchdog decides to kick a KVM_RUN it sees in flight, and that run ends on its own while it
+    does: the kick (immediate_exit, api.rst 5) must be seen and undone by that run, or be no kick at
+    all. Else immediate_exit stays set and the caller's next KVM_RUN returns -EINTR at once (api.rst
+    5 "immediate_exit"), an IntrExit the guest never caused. The watchdog is held, by a trace
+    function, just after it found the run in flight and before it marks it kicked, until the run has
+    returned (or 0.3 s have passed)."""
+    g = guest("real", "again: out 0x10, al\n jmp again")
+    vcpu = g.vcpu
+    assert isinstance(vcpu.run(), IoExit)
+    lines, start = inspect.getsourcelines(kvmtest.vcpu.Vcpu._expire)
+    mark = next((start + i for i, line in enumerate(lines) if "self._timed_out = True" in line), None)
+    assert mark is not None, "Vcpu._expire no longer marks a run kicked with `self._timed_out = True`"
+    checked, returned = threading.Event(), threading.Event()
+
+    def hold(frame, event, arg):
+        if event == "line" and frame.f_lineno == mark:
+            checked.set()
+            returned.wait(0.3)
+        return hold
+
+    def watchdog_thread(generation, thread_id):
+        sys.settrace(lambda frame, event, arg: hold if frame.f_code is kvmtest.vcpu.Vcpu._expire.__code__ else None)
+        try:
+            vcpu._expire(generation, thread_id)
+        finally:
+            sys.settrace(None)
+
+    enter_kvm_run, run_thread = vcpu._enter_kvm_run, threading.get_ident()
+    threads = []
+
+    def enter():
+        monkeypatch.setattr(vcpu, "_enter_kvm_run", enter_kvm_run)  # once
+        done = enter_kvm_run()  # the run is over, but still in flight to the watchdog
+        t = threading.Thread(target=watchdog_thread, args=(vcpu.exits, run_thread))
+        threads.append(t)
+        t.start()
+        assert checked.wait(5), "the watchdog never found the run in flight"
+        return done
+
+    monkeypatch.setattr(vcpu, "_enter_kvm_run", enter)
+    try:
+        kept = vcpu.run()
+        returned.set()
+        after = vcpu.run()
+    finally:
+        returned.set()
+        for t in threads:
+            t.join(10)
+    assert isinstance(kept, IoExit), f"the run that ended as it was kicked: expected its OUT exit, got {kept}"
+    assert isinstance(after, IoExit) and after.port == 0x10, \
+        f"the next KVM_RUN: expected the guest's OUT to port 0x10, got {after} (immediate_exit left at " \
+        f"{vcpu.kvm_run.immediate_exit})"
