@@ -85,6 +85,9 @@ PYTEST_VALUE_OPTIONS = frozenset({
     "--log-file-date-format", "--log-disable", "--numprocesses", "--maxprocesses", "--dist", "--tx",
     "--max-worker-restart", "--rsyncdir", "--rsyncignore", "--report-log",
 })
+# pytest's and pytest-xdist's one-letter options that take no value: argparse lets them lead a
+# cluster (`-vk EXPR` is -v and -k EXPR, `-xs` is -x and -s).
+PYTEST_SHORT_FLAGS = frozenset({"-v", "-q", "-s", "-x", "-l", "-d", "-f", "-h", "-V"})
 # kvmtest's own options that `kvmtest run` sets itself: given as --kvm-*, they replace its own
 _RUN_SETTINGS = {"--kvm-report-dir": "report_dir", "--kvm-junit": "junit", "--kvm-ktap": "ktap",
                  "--kvm-html": "html", "--kvm-device": "device"}
@@ -110,6 +113,8 @@ def split_pytest_args(extra: list[str]) -> tuple[list[tuple[str, str | None]], l
             break
         if not arg.startswith("-") or arg == "-":
             targets.append(arg)
+        elif arg[:2] in PYTEST_SHORT_FLAGS and len(arg) > 2 and not arg.startswith("--"):
+            i += _split_cluster(arg, extra[i + 1:], options)
         elif "=" in arg and arg.startswith("--"):
             flag, _, value = arg.partition("=")
             options.append((flag, value))
@@ -120,6 +125,28 @@ def split_pytest_args(extra: list[str]) -> tuple[list[tuple[str, str | None]], l
             options.append((arg, None))
         i += 1
     return options, targets
+
+
+def _split_cluster(arg: str, rest: list[str], options: list) -> int:
+    """Append to `options` the options of the one-letter cluster `arg` (`-vk`, `-xsvk`, `-vkEXPR`),
+    as argparse reads it: flags until one that takes a value, whose value is the rest of the word or
+    else the next argument (`rest`'s first). Returns how many arguments of `rest` it took (0 or 1); a
+    cluster with a letter pytest does not know stays one word, as before."""
+    for j in range(1, len(arg)):
+        flag = "-" + arg[j]
+        if flag in PYTEST_SHORT_FLAGS:
+            continue
+        if flag in PYTEST_VALUE_OPTIONS:
+            options.extend((f"-{c}", None) for c in arg[1:j])
+            if j + 1 < len(arg):
+                options.append((flag, arg[j + 1:]))
+                return 0
+            options.append((flag, rest[0] if rest else None))
+            return 1 if rest else 0
+        options.append((arg, None))  # a letter kvmtest does not know: pytest will say what it is
+        return 0
+    options.extend((f"-{c}", None) for c in arg[1:])
+    return 0
 
 
 def absorb_run_settings(args, extra: list[str]) -> list[str]:
@@ -149,7 +176,8 @@ def selection_problem(options: list[tuple[str, str | None]], addopts: str = "") 
     as pytest does) if pytest would refuse it, named as pytest names it; else "". pytest refuses it only
     after collecting: in every shard, which each reported every test it collected as unrun, or in every
     pytest-xdist worker (INTERNALERROR). Checked with pytest's own expression parser; where that private
-    module is gone, pytest checks."""
+    module is gone, pytest checks. (What only the collected tests can tell, a -k name called with
+    arguments or a -m marker --strict-markers does not know, is still pytest's to refuse.)"""
     try:
         from _pytest.mark import expression
     except ImportError:
@@ -163,9 +191,12 @@ def selection_problem(options: list[tuple[str, str | None]], addopts: str = "") 
         if flag in ("-k", "-m") and value is not None:
             chosen[flag] = value
         elif flag[:2] in ("-k", "-m") and len(flag) > 2:
-            chosen[flag[:2]] = flag[2:]  # -kEXPR, one word
+            text = flag[2:]
+            chosen[flag[:2]] = text[1:] if text.startswith("=") else text  # argparse: -kEXPR, -k=EXPR
     malformed = (SyntaxError, getattr(expression, "ParseError", SyntaxError))  # ParseError up to pytest 8
     for flag, text in chosen.items():
+        if flag == "-k":
+            text = text.lstrip()  # as pytest reads -k (so that columns match its own message)
         if not text.strip():
             continue  # pytest selects everything for an empty expression
         try:
@@ -173,7 +204,19 @@ def selection_problem(options: list[tuple[str, str | None]], addopts: str = "") 
         except malformed as e:
             column = getattr(e, "offset", None) or getattr(e, "column", "?")
             why = getattr(e, "msg", None) or getattr(e, "message", None) or str(e)
-            return f"{flag} {text!r}: at column {column}: {why} (pytest's -k/-m syntax: names, and, or, not, ( ))"
+            return (f"{flag} {text!r}: at column {column}: {why} (pytest's syntax: names joined by and, or, not "
+                    "and parentheses; -m also takes name(key=value))")
+        except RecursionError:
+            return f"{flag} {text[:60]!r}...: nested too deeply for pytest's expression parser"
+    return ""
+
+
+def dangling_option_problem(options: list[tuple[str, str | None]]) -> str:
+    """A pytest option that takes a value given last, with none (`kvmtest run suites -k`), or "":
+    passed on, it would take whatever kvmtest put after it (a test path) as its value."""
+    for flag, value in options:
+        if value is None and flag in PYTEST_VALUE_OPTIONS:
+            return f"{flag}: expected a value after it (pytest: argument {flag}: expected one argument)"
     return ""
 
 
@@ -189,7 +232,8 @@ def plugin_option_problem(argv: list[str], environ=None) -> str:
     from .options import check_given
 
     options, _ = split_pytest_args(argv)
-    if problem := selection_problem(options, (os.environ if environ is None else environ).get("PYTEST_ADDOPTS", "")):
+    addopts = (os.environ if environ is None else environ).get("PYTEST_ADDOPTS", "")
+    if problem := dangling_option_problem(options) or selection_problem(options, addopts):
         return problem
     for flag, _value in options:
         if flag.split("=", 1)[0] in _SHARD_INTERNAL:
@@ -296,15 +340,13 @@ def run_baseline(args) -> list[str]:
 
 
 def run_problem(args, paths: dict, fp: dict) -> str:
-    """What makes this `kvmtest run` pointless before it starts, or "": a -j far above the CPUs
-    (options.jobs_problem), a report path that cannot be written, a baseline that is no JUnit
-    report, a named device (or, with --bisect, any device) on which KVM cannot be opened. Checked up
-    front: the run would otherwise end in a traceback, in every test skipped, or out of memory."""
+    """What makes this `kvmtest run` pointless before it starts, or "": a report path that cannot be
+    written, a baseline that is no JUnit report, a named device (or, with --bisect, any device) on
+    which KVM cannot be opened. Checked up front: the run would otherwise end in a traceback or in
+    every test skipped."""
     from .reports.recorder import load_baseline
     from .reports.results import ReportError
 
-    if problem := jobs_problem(args.jobs, n := host_shards.cpus(), f"this process may use {n} CPU(s)"):
-        return problem
     source = getattr(args, "device_source", "")
     if fp.get("kvm") is None and (source or args.bisect):
         why = "empty device path" if not args.device else fp.get("kvm_error")
@@ -323,6 +365,28 @@ def run_problem(args, paths: dict, fp: dict) -> str:
     return ""
 
 
+def workers_problem(args, extra: list[str]) -> str:
+    """-j, where it decides how many pytest processes run (shards or xdist workers; not beside the
+    user's own -n, --pdb, ...), or the user's own -n count, far above this process's CPUs
+    (options.jobs_problem); else "". Checked before anything starts: the run would run out of memory."""
+    options, _ = split_pytest_args(extra)
+    cpus = host_shards.cpus()
+    where = f"this process may use {cpus} CPU(s)"
+    if shards_wanted(args, extra) or _xdist_wanted(args, options):
+        if problem := jobs_problem(args.jobs, cpus, where):
+            return problem
+    for flag, value in options:
+        if flag in ("-n", "--numprocesses") and value is not None:
+            count = value
+        elif flag.startswith("-n") and not flag.startswith("--") and len(flag) > 2:
+            count, flag = flag[2:], "-n"
+        else:
+            continue
+        if problem := jobs_problem(count, cpus, where, flag):
+            return problem
+    return ""
+
+
 def cmd_run(args, extra) -> int:
     """`kvmtest run [pytest args]`: fingerprint the device, run pytest in this process, and return
     pytest's exit status, or with --bisect the git bisect code (bisect_code). Bad input (a --kvm-*
@@ -330,6 +394,9 @@ def cmd_run(args, extra) -> int:
     with --bisect) before the pytest command line is printed."""
     import pytest
 
+    if problem := dangling_option_problem(split_pytest_args(extra)[0]):  # before kvmtest adds its own arguments
+        print(f"kvmtest run: {problem}", file=sys.stderr)
+        return BISECT_SKIP if args.bisect else 2
     extra = absorb_run_settings(args, extra)  # --kvm-device among them names the device to fingerprint
     fp = fpmod.collect(args.device)
     try:
@@ -339,7 +406,7 @@ def cmd_run(args, extra) -> int:
             print(e, file=sys.stderr)
             return BISECT_SKIP
         raise
-    problem = plugin_option_problem(argv) or run_problem(args, paths, fp)
+    problem = plugin_option_problem(argv) or workers_problem(args, extra) or run_problem(args, paths, fp)
     if problem:
         print(f"kvmtest run: {problem}", file=sys.stderr)
         return BISECT_SKIP if args.bisect else 2

@@ -81,15 +81,16 @@ def jobs_value(text: str) -> str:
 JOBS_PER_CPU = 4  # how far -j may oversubscribe the CPUs that run the tests
 
 
-def jobs_problem(jobs: str, cpus: int, where: str) -> str:
-    """Why -j `jobs` (a jobs_value) is refused where `cpus` CPUs run the tests, or "": more than
-    JOBS_PER_CPU pytest processes per CPU. `where` says whose CPUs they are ("this process may use 2
-    CPUs"). Each process is a whole pytest session (kvmtest imported, every test collected) and the
-    checks are CPU-bound, so more only costs memory: -j 100000 was a fork bomb."""
+def jobs_problem(jobs: str, cpus: int, where: str, flag: str = "-j") -> str:
+    """Why `flag` `jobs` (a jobs_value, or pytest-xdist's -n count) is refused where `cpus` CPUs run
+    the tests, or "": more than JOBS_PER_CPU pytest processes per CPU. `where` says whose CPUs they are
+    ("this process may use 2 CPUs"). Each process is a whole pytest session (kvmtest imported, every
+    test collected) and the checks are CPU-bound, so more only costs memory: -j 100000 was a fork bomb.
+    A count that is no number ('auto', xdist's 'logical') is not checked here."""
     limit = JOBS_PER_CPU * cpus
-    if jobs == "auto" or int(jobs) <= limit:
+    if not jobs.isdigit() or int(jobs) <= limit:
         return ""
-    return (f"-j {jobs}: more than {JOBS_PER_CPU} pytest processes per CPU, and {where}: give at most {limit}, "
+    return (f"{flag} {jobs}: more than {JOBS_PER_CPU} pytest processes per CPU, and {where}: give at most {limit}, "
             "or 'auto' (each process is a whole pytest session, and the checks are CPU-bound)")
 
 

@@ -308,6 +308,62 @@ def test_kernel_run_refuses_a_malformed_selection_before_booting(tmp_path, capsy
     _one_error(capsys, "kvmtest run --kernel: -m 'not': at column 4: expected not OR left parenthesis OR identifier")
 
 
+def test_argparse_spellings_of_k_and_m_are_read_as_pytest_reads_them():
+    """-k=EXPR is -k EXPR to argparse; pytest strips -k's leading blanks (its columns count without them)."""
+    assert cli.selection_problem([("-k=closed_objects", None), ("-m=waits", None)]) == ""
+    assert cli.selection_problem([("-k", "  a(")]).startswith("-k 'a(': at column 3: expected identifier")
+
+
+def test_an_expression_too_deep_for_the_parser_is_one_error(tmp_path, probe_test, capsys, clean_env):
+    deep = "not " * 1500 + "a"
+    argv = ["run", "-j", "0", "--bisect", "--report-dir", str(tmp_path / "r"), "-k", deep, str(probe_test),
+            f"--rootdir={tmp_path}"]
+    assert cli.main(argv) == cli.BISECT_SKIP
+    _one_error(capsys, "kvmtest run: -k 'not not", "nested too deeply for pytest's expression parser")
+
+
+@pytest.mark.parametrize("words", [["-k"], ["-vk"], ["-m"], ["--maxfail"]])
+def test_an_option_given_last_without_its_value_is_refused(tmp_path, probe_test, capsys, clean_env, words):
+    """Passed on, it would have taken the test path kvmtest puts after the options as its value
+    (`-k FILE`: every test deselected, exit 5)."""
+    flag = "-k" if words == ["-vk"] else words[0]
+    argv = ["run", "-j", "2", "--report-dir", str(tmp_path / "r"), str(probe_test), f"--rootdir={tmp_path}", *words]
+    assert cli.main(argv) == 2
+    _one_error(capsys, f"kvmtest run: {flag}: expected a value after it")
+    assert not (tmp_path / "ran").exists()
+
+
+@pytest.mark.parametrize("cluster, expected", [
+    (["-vk", "probe"], [("-v", None), ("-k", "probe")]),
+    (["-xs"], [("-x", None), ("-s", None)]),
+    (["-vkprobe"], [("-v", None), ("-k", "probe")]),
+    (["-vrA"], [("-v", None), ("-r", "A")]),
+    (["-kprobe"], [("-kprobe", None)]),     # one option with its value attached: passed on as written
+    (["-vZ"], [("-vZ", None)]),             # a letter pytest does not know: passed on for pytest to refuse
+])
+def test_one_letter_clusters_are_read_as_argparse_reads_them(cluster, expected):
+    """`-vk EXPR` is -v and -k EXPR: read as one unknown word, EXPR became a test path and -vk took the
+    next argument as its expression."""
+    assert cli.split_pytest_args([*cluster, "t.py"]) == (expected, ["t.py"])
+
+
+def test_a_cluster_with_x_runs_as_one_pytest(tmp_path):
+    args, extra = cli.build_parser().parse_known_args(["run", "-j", "2", "-xs", "suites/smoke"])
+    assert cli.shards_wanted(args, extra) == 0  # -x: only one process can stop the run at the first failure
+
+
+def test_jobs_beside_the_users_own_worker_count_is_not_checked_but_that_count_is(monkeypatch):
+    monkeypatch.setattr(cli.host_shards, "cpus", lambda: 2)
+    args, extra = cli.build_parser().parse_known_args(["run", "-j", "9", "-n", "1", "suites/smoke"])
+    assert cli.workers_problem(args, extra) == ""  # -j is not what decides the processes here
+    for words in (["-n", "100000"], ["-n100000"], ["--numprocesses=100000"]):
+        args, extra = cli.build_parser().parse_known_args(["run", *words, "suites/smoke"])
+        flag = "--numprocesses" if words[0].startswith("--") else "-n"
+        assert cli.workers_problem(args, extra).startswith(f"{flag} 100000: more than 4 pytest processes per CPU")
+    args, extra = cli.build_parser().parse_known_args(["run", "-n", "logical", "suites/smoke"])
+    assert cli.workers_problem(args, extra) == ""
+
+
 # --- 7. --vm-timeout from the environment -------------------------------------------------------
 
 
