@@ -29,6 +29,7 @@ from .exits import (
     ShutdownExit,
     SystemEventExit,
     UnknownExit,
+    XenExit,
 )
 
 _REASON = struct.Struct("<I")
@@ -112,6 +113,12 @@ def _union_bytes(view: memoryview) -> bytes:
     return bytes(view[_EXIT_UNION: _EXIT_UNION + _EXIT_UNION_SIZE])
 
 
+def _xen(reason: int, run: kvm_run, view: memoryview, src) -> Exit:
+    x = run.exit.xen
+    h = x.hcall  # the union's one member; read for any type, as KVM fills it only for hypercalls
+    return XenExit(reason, src, x.type, h.longmode, h.cpl, h.input, h.result, tuple(h.params))
+
+
 def _unparsed(reason: int, run: kvm_run, view: memoryview, src) -> Exit:
     return UnknownExit(reason, src, None, _union_bytes(view))
 
@@ -162,6 +169,7 @@ PARSERS: dict[int, ExitParser] = {
     C.KVM_EXIT_X86_WRMSR: _union(MsrExit, "msr", "error", "reason", "index", "data"),
     C.KVM_EXIT_DIRTY_RING_FULL: _payloadless(DirtyRingFullExit),
     C.KVM_EXIT_MEMORY_FAULT: _union(MemoryFaultExit, "memory_fault", "flags", "gpa", "size"),
+    C.KVM_EXIT_XEN: _xen,
 }
 
 

@@ -253,6 +253,43 @@ class HypercallExit(Exit):
 
 
 @dataclass(frozen=True)
+class XenExit(Exit):
+    """KVM_EXIT_XEN (api.rst 5; KVM_XEN_HVM_CONFIG with KVM_XEN_HVM_CONFIG_INTERCEPT_HCALL, 4.28). For
+    type KVM_EXIT_XEN_HCALL: whether the caller ran in 64-bit mode (`longmode`), its CPL, the
+    hypercall number (`input`) and six parameters, which the Xen ABI takes from RDI, RSI, RDX, R10,
+    R8, R9 in 64-bit mode and from EBX, ECX, EDX, ESI, EDI, EBP otherwise (Xen's public
+    arch-x86/xen-x86_64.h and xen-x86_32.h)."""
+
+    type: int = 0
+    longmode: int = 0
+    cpl: int = 0
+    input: int = 0
+    result: int = 0
+    params: tuple = ()
+
+    def respond(self, result: int) -> None:
+        """The hypercall's result, which the guest finds in RAX when KVM_RUN resumes it ("Userspace is
+        expected to place the hypercall result into the appropriate field", api.rst 5); a negative
+        value is stored as two's complement."""
+        if self.type != C.KVM_EXIT_XEN_HCALL:
+            raise BadArgumentError(f"{self}: only a KVM_EXIT_XEN_HCALL exit takes a result")
+        if isinstance(result, bool) or not isinstance(result, int) or not -(1 << 63) <= result < 1 << 64:
+            raise BadArgumentError(f"{self}: result {result!r} is not a 64-bit integer")
+
+        def write(run, _size):
+            run.exit.xen.hcall.result = result & (2**64 - 1)
+
+        self._write_response(write)
+
+    def __str__(self):
+        if self.type != C.KVM_EXIT_XEN_HCALL:
+            return f"KVM_EXIT_XEN(type={self.type})"
+        params = " ".join(f"{p:#x}" for p in self.params)
+        return (f"KVM_EXIT_XEN(KVM_EXIT_XEN_HCALL input={self.input:#x} longmode={self.longmode} cpl={self.cpl} "
+                f"params=[{params}])")
+
+
+@dataclass(frozen=True)
 class MsrExit(Exit):
     """KVM_EXIT_X86_RDMSR / KVM_EXIT_X86_WRMSR (KVM_CAP_X86_USER_SPACE_MSR)."""
 

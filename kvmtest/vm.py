@@ -19,11 +19,12 @@ from .vm_dirty import VmDirtyLog
 from .vm_io import VmIo
 from .vm_irq import VmIrq
 from .vm_memory import Memslot, VmMemory
+from .vm_xen import VmXen
 
 __all__ = ["Memslot", "Vm"]
 
 
-class Vm(VmMemory, VmDirtyLog, VmIrq, VmIo, CarriedIoctls, FdObject):
+class Vm(VmMemory, VmDirtyLog, VmIrq, VmIo, VmXen, CarriedIoctls, FdObject):
     """A KVM VM, from Kvm.create_vm. Owns its fd, its vCPUs and the host mappings behind its
     memslots: close it (or use `with`) and all of them go."""
 

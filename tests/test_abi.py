@@ -19,6 +19,10 @@ from kvmtest.abi.ioctl_codes import IOW, IOWR, ioc_size
 # ctypes paths that C spells differently (anonymous unions in the kernel's structures).
 C_PATH = {
     "kvm_irq_routing_entry.u.msi.devid": "u.msi.devid",
+    "kvm_xen_exit.hcall.": "u.hcall.",  # union { struct {...} hcall; } u
+    "kvm_xen_exit.hcall": "u.hcall",
+    "kvm_run.exit.xen.hcall.": "xen.u.hcall.",
+    "kvm_run.exit.xen.hcall": "xen.u.hcall",
     "kvm_run.exit.hypercall.flags": "hypercall.longmode",  # union { __u32 longmode; __u64 flags; }
     "kvm_run.exit.": "",
     "kvm_run.exit": "hw",  # the union itself starts where its first member does
@@ -97,6 +101,7 @@ def _python_facts():
                             "KVM_IRQFD_FLAG_", "KVM_PIT_FLAGS_", "KVM_CLOCK_", "KVM_SREGS2_FLAGS_", "KVM_VCPU_TSC_",
                             "KVM_STATE_NESTED_FORMAT_", "KVM_STATE_NESTED_GUEST_MODE",
                             "KVM_STATE_NESTED_RUN_PENDING", "KVM_X86_SHADOW_INT_", "KVM_RUN_X86_",
+                            "KVM_EXIT_XEN_", "KVM_XEN_HVM_CONFIG_",
                             "KVM_PIO_PAGE_OFFSET", "KVM_COALESCED_MMIO_PAGE_OFFSET")):
             facts[name] = getattr(abi.constants, name)
     return facts

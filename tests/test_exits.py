@@ -6,8 +6,9 @@ import pytest
 
 from kvmtest.abi import constants as C
 from kvmtest.abi.structs import kvm_run
+from kvmtest.errors import BadArgumentError
 from kvmtest.exit_parsers import PARSERS, parse_exit
-from kvmtest.exits import DebugExit, HltExit, InternalErrorExit, IoExit, MmioExit, MsrExit, UnknownExit
+from kvmtest.exits import DebugExit, HltExit, InternalErrorExit, IoExit, MmioExit, MsrExit, UnknownExit, XenExit
 
 
 class RunPage(ctypes.Structure):
@@ -92,6 +93,27 @@ def test_msr_exit_response(page):
     assert isinstance(e, MsrExit) and "reason=KVM_MSR_EXIT_REASON_UNKNOWN" in str(e)
     e.respond(error=True)
     assert run.exit.msr.error == 1
+
+
+def test_xen_hypercall_exit_reads_kvm_xen_exit_and_takes_a_result(page):
+    """KVM_EXIT_XEN's struct kvm_xen_exit (api.rst 5): type, then hcall in a union aligned to 8 bytes;
+    the result goes into hcall.result, a negative one as two's complement."""
+    run = page.run
+    run.exit_reason = C.KVM_EXIT_XEN
+    raw = (ctypes.c_uint8 * 80).from_buffer(run.exit)
+    # by offset: type (and padding), longmode | cpl << 32, input, result, params[6]
+    words = [C.KVM_EXIT_XEN_HCALL, 1 | 3 << 32, 0x21, 0, *range(0x101, 0x107)]
+    ctypes.memmove(raw, b"".join(w.to_bytes(8, "little") for w in words), 80)
+    e = parse_exit(run)
+    assert isinstance(e, XenExit)
+    expected = (C.KVM_EXIT_XEN_HCALL, 1, 3, 0x21, tuple(range(0x101, 0x107)))
+    assert (e.type, e.longmode, e.cpl, e.input, e.params) == expected
+    assert str(e) == "KVM_EXIT_XEN(KVM_EXIT_XEN_HCALL input=0x21 longmode=1 cpl=3 params=[0x101 0x102 0x103 0x104 " \
+                     "0x105 0x106])"
+    e.respond(-2)
+    assert bytes(raw[24:32]) == ((1 << 64) - 2).to_bytes(8, "little")
+    with pytest.raises(BadArgumentError, match="is not a 64-bit integer"):
+        e.respond(1 << 64)
 
 
 def test_simple_and_unknown_exits(page):

@@ -26,7 +26,7 @@ from .cpuid_msr import (  # noqa: F401
     msr_list_type,
     msrs_type,
 )
-from .run_page import SYNC_REGS_SIZE_BYTES, kvm_debug_exit_arch, kvm_run  # noqa: F401
+from .run_page import SYNC_REGS_SIZE_BYTES, kvm_debug_exit_arch, kvm_run, kvm_xen_exit  # noqa: F401
 from .vcpu_state import (  # noqa: F401
     KVM_MAX_XCRS,
     KVM_NR_INTERRUPTS,
@@ -88,6 +88,7 @@ from .vm_devices import (  # noqa: F401
     kvm_stats_header,
     kvm_userspace_memory_region,
     kvm_userspace_memory_region2,
+    kvm_xen_hvm_config,
 )
 
 # Structures whose layout tests/test_abi.py checks; the C side names them `struct <name>`.
@@ -104,7 +105,7 @@ ABI_STRUCTS = [
     kvm_pit_channel_state,
     kvm_pit_state2, kvm_clock_data, kvm_device_attr, kvm_nested_state, kvm_msi, kvm_irqfd,
     kvm_ioeventfd, kvm_enable_cap, kvm_guest_debug_arch, kvm_guest_debug, kvm_signal_mask,
-    kvm_stats_header, kvm_stats_desc, kvm_debug_exit_arch, kvm_run,
+    kvm_stats_header, kvm_stats_desc, kvm_debug_exit_arch, kvm_run, kvm_xen_hvm_config, kvm_xen_exit,
 ]
 
 assert sizeof(kvm_run) == 304 + SYNC_REGS_SIZE_BYTES

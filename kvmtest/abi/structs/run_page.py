@@ -74,6 +74,18 @@ class _notify(KvmStruct):
     _fields_ = [("flags", u32)]
 
 
+class _xen_hcall(KvmStruct):
+    _fields_ = [("longmode", u32), ("cpl", u32), ("input", u64), ("result", u64), ("params", u64 * 6)]
+
+
+class kvm_xen_exit(KvmStruct):
+    """KVM_EXIT_XEN's payload: its type (KVM_EXIT_XEN_HCALL) and, for a hypercall, the caller's mode
+    and CPL, the hypercall number, six parameters and the result user space writes (api.rst 5)."""
+
+    # union { struct {...} hcall; } u: one member, read as `hcall` (ctypes aligns it to 8 as C does).
+    _fields_ = [("type", u32), ("hcall", _xen_hcall)]
+
+
 class _kvm_run_exit(Union):
     _fields_ = [
         ("hw", _hw),
@@ -91,6 +103,7 @@ class _kvm_run_exit(Union):
         ("msr", _msr),
         ("memory_fault", _memory_fault),
         ("notify", _notify),
+        ("xen", kvm_xen_exit),
         ("padding", c_char * 256),
     ]
 

@@ -209,6 +209,15 @@ class kvm_clock_data(KvmStruct):
                 ("pad", u32 * 4)]
 
 
+class kvm_xen_hvm_config(KvmStruct):
+    """KVM_XEN_HVM_CONFIG's argument (api.rst 4.28): KVM_XEN_HVM_CONFIG_* flags, the MSR a guest writes
+    to have its hypercall page filled, and the user-space hypercall blobs (32- and 64-bit) with
+    their sizes in pages."""
+
+    _fields_ = [("flags", u32), ("msr", u32), ("blob_addr_32", u64), ("blob_addr_64", u64),
+                ("blob_size_32", u8), ("blob_size_64", u8), ("pad2", u8 * 30)]
+
+
 class kvm_msi(KvmStruct):
     """An MSI message to inject (KVM_SIGNAL_MSI, api.rst 4.71)."""
 
