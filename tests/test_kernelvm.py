@@ -136,6 +136,29 @@ def test_fetch_debian_unpacks_records_and_is_idempotent(tmp_path, monkeypatch):
     assert not [c for c in calls if c[:2] == ["apt-get", "download"]], "second fetch downloaded again"
 
 
+@pytest.mark.parametrize("named, depends", [
+    ("linux-image-6.1-amd64", APT_DEPENDS.replace("linux-image-amd64", "linux-image-6.1-amd64")),  # a metapackage
+    ("linux-image-6.1.0-57-amd64", "linux-image-6.1.0-57-amd64\n  PreDepends: linux-base\n  Depends: kmod\n"),
+])
+def test_fetch_debian_of_a_named_package(tmp_path, monkeypatch, named, depends):
+    """--package: a metapackage stands for the image it depends on; an image package for itself."""
+    calls = []
+    fake_apt(tmp_path, monkeypatch, calls)
+    real = fetch.run_tool
+    monkeypatch.setattr(fetch, "run_tool", lambda argv, cwd=None: depends if argv[:2] == ["apt-cache", "depends"]
+                        else real(argv, cwd))
+    got = fetch.fetch_debian(tmp_path / "cache", update=False, log=lambda *_: None, package=named)
+    assert got.source == "debian linux-image-6.1.0-57-amd64 6.1.192-3"
+    assert ["apt-get", "download", "linux-image-6.1.0-57-amd64=6.1.192-3"] in calls
+
+
+@pytest.mark.parametrize("named", ["linux-headers-6.1.0-57-amd64", "linux-image-6.1;rm", ""])
+def test_fetch_debian_refuses_what_is_no_kernel_package(tmp_path, monkeypatch, named):
+    fake_apt(tmp_path, monkeypatch, [])
+    with pytest.raises(KernelVmError, match="expected a Debian linux-image-\\* package name"):
+        fetch.fetch_debian(tmp_path / "cache", update=False, log=lambda *_: None, package=named)
+
+
 def test_fetch_debian_when_apt_cannot_find_the_package(tmp_path, monkeypatch):
     fake_apt(tmp_path, monkeypatch, [], have_package=False)
     with pytest.raises(KernelVmError, match="apt cannot find linux-image-amd64 .*No packages found"):

@@ -1,4 +1,5 @@
-"""`kvmtest kernel fetch debian`: Debian's current linux-image-*-amd64 through apt, into the cache.
+"""`kvmtest kernel fetch debian [--package P]`: Debian's current linux-image-*-amd64 (or P) through
+apt, into the cache.
 
 apt does the downloading (`apt-get update`, then `apt-get download` of the package the
 linux-image-amd64 metapackage depends on); nothing here opens a URL. The package is
@@ -84,10 +85,19 @@ def unpack(deb: Path, dest: Path, package: str, version: str) -> Kernel:
     return kernel
 
 
-def fetch_debian(cache: Path | None = None, arch: str = "amd64", update: bool = True, log=print) -> Kernel:
-    """Fetch (or find already fetched) Debian's current kernel; records it as `--kernel debian`."""
+IMAGE_PACKAGE = re.compile(r"linux-image-[0-9][A-Za-z0-9.+~-]*")  # linux-image-<release>, as Debian names them
+
+
+def fetch_debian(cache: Path | None = None, arch: str = "amd64", update: bool = True, log=print,
+                 package: str | None = None) -> Kernel:
+    """Fetch (or find already fetched) Debian's current kernel, or the one `package` names: a
+    metapackage (linux-image-6.12-amd64: the image it depends on) or an image package itself
+    (linux-image-6.12.100+deb12-amd64); records it as `--kernel debian`."""
     cache = cache or cache_dir()
-    metapackage = METAPACKAGE.get(arch)
+    if package is not None and not re.fullmatch(r"linux-image-[A-Za-z0-9.+~-]+", package):
+        raise KernelVmError(f"--package {package!r}: expected a Debian linux-image-* package name "
+                            "(linux-image-6.12-amd64, linux-image-6.12.100+deb12-amd64)")
+    metapackage = package or METAPACKAGE.get(arch)
     if metapackage is None:
         raise KernelVmError(f"kvmtest kernel fetch debian: no Debian kernel metapackage known for {arch}")
     if update:
@@ -101,7 +111,12 @@ def fetch_debian(cache: Path | None = None, arch: str = "amd64", update: bool = 
     except KernelVmError as e:
         raise KernelVmError(f"apt cannot find {metapackage} (is this Debian, with main in sources.list?): "
                             f"{e}") from None
-    package = image_package(depends, metapackage)
+    try:
+        package = image_package(depends, metapackage)
+    except KernelVmError:
+        if metapackage == METAPACKAGE.get(arch) or not IMAGE_PACKAGE.fullmatch(metapackage):
+            raise
+        package = metapackage  # an image package itself: it depends on no other image
     version = package_version(run_tool(["apt-cache", "show", "--no-all-versions", package]), package)
     release = package.removeprefix("linux-image-")
     dest = cache / release

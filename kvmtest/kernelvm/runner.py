@@ -58,13 +58,15 @@ def add_run_arguments(run: argparse.ArgumentParser) -> None:
 
 
 def add_kernel_parser(sub) -> None:
-    """Add `kvmtest kernel fetch debian [--no-update]` to the subcommand parsers `sub`."""
+    """Add `kvmtest kernel fetch debian [--no-update] [--package P]` to the subcommand parsers `sub`."""
     k = sub.add_parser("kernel", help="kernels for `kvmtest run --kernel`")
     ksub = k.add_subparsers(dest="kernel_command", required=True)
     f = ksub.add_parser("fetch", help="fetch Debian's current linux-image-*-amd64 through apt into the cache "
                                       "(KVMTEST_KERNEL_CACHE, default ~/.cache/kvmtest/kernels)")
     f.add_argument("distro", choices=("debian",))
     f.add_argument("--no-update", action="store_true", help="use apt's package lists as they are")
+    f.add_argument("--package", help="another Debian kernel: a metapackage (linux-image-6.12-amd64) or an image "
+                                     "package (linux-image-6.12.100+deb12-amd64) instead of linux-image-amd64's")
 
 
 def cmd_kernel(args) -> int:
@@ -73,7 +75,7 @@ def cmd_kernel(args) -> int:
     from .fetch import fetch_debian
 
     try:
-        kernel = fetch_debian(update=not args.no_update)
+        kernel = fetch_debian(update=not args.no_update, package=args.package)
     except (KernelVmError, OSError) as e:
         print(f"kvmtest kernel fetch: {e}", file=sys.stderr)
         return 1
