@@ -86,6 +86,15 @@ def vendor(entries) -> str:
     return b"".join(r.to_bytes(4, "little") for r in (e.ebx, e.edx, e.ecx)).decode("ascii", "replace")
 
 
+AMD_VENDORS = ("AuthenticAMD", "HygonGenuine")
+
+
+def hypercall_instruction(entries) -> str:
+    """The hypercall instruction of the vendor a CPUID table names: VMMCALL for AMD (and Hygon), VMCALL
+    otherwise (Documentation/virt/kvm/x86/hypercalls.rst; Xen's hypercall ABI: the same choice)."""
+    return "vmmcall" if vendor(entries) in AMD_VENDORS else "vmcall"
+
+
 def set_vendor(entries, name: str) -> None:
     """Write the 12-character vendor string `name` ('GenuineIntel', 'AuthenticAMD', ...) into
     leaf 0 (EBX, EDX, ECX) of a CPUID table in place, for KVM_SET_CPUID2: where Intel and AMD

@@ -3,7 +3,7 @@
 import pytest
 
 from kvmtest.abi import structs as S
-from kvmtest.cpuid import has_feature, set_feature, set_vendor, vendor
+from kvmtest.cpuid import has_feature, hypercall_instruction, set_feature, set_vendor, vendor
 from kvmtest.errors import KvmtestError
 
 
@@ -31,6 +31,14 @@ def test_set_feature_refuses_unknown_names_and_missing_leaves():
 
 def test_vendor_reads_ebx_edx_ecx():
     assert vendor(_table()) == "AuthenticAMD"
+
+
+@pytest.mark.parametrize("name, insn", [("AuthenticAMD", "vmmcall"), ("HygonGenuine", "vmmcall"),
+                                        ("GenuineIntel", "vmcall"), ("CentaurHauls", "vmcall")])
+def test_the_hypercall_instruction_is_the_vendors(name, insn):
+    table = _table()
+    set_vendor(table, name)
+    assert hypercall_instruction(table) == insn
 
 
 def test_set_vendor_writes_ebx_edx_ecx_and_leaves_eax():

@@ -8,7 +8,7 @@ too, and without it returns -KVM_ENOSYS (x86/hypercalls.rst). Selftests kvm_pv_t
 
 import pytest
 
-from kvmtest.cpuid import find_entry
+from kvmtest.cpuid import find_entry, hypercall_instruction
 from kvmtest.msr_names import msr_name
 from kvmtest.x86 import (
     KVM_CPUID_FEATURES,
@@ -67,11 +67,9 @@ def test_pv_msr_with_only_its_feature_bit_is_available(kvm, guest, msr):
     g.run_to_done()
 
 
-def _hypercall_insn(kvm):
+def _hypercall_insn(kvm) -> str:
     """VMMCALL on AMD, VMCALL on Intel (hypercalls.rst: the vendor's instruction)."""
-    leaf0 = next(e for e in kvm.cached_supported_cpuid() if e.function == 0)
-    vendor = b"".join(r.to_bytes(4, "little") for r in (leaf0.ebx, leaf0.edx, leaf0.ecx))
-    return "vmmcall" if vendor in (b"AuthenticAMD", b"HygonGenuine") else "vmcall"
+    return hypercall_instruction(kvm.cached_supported_cpuid())
 
 
 HYPERCALLS = {

@@ -4,7 +4,7 @@ KVM_HC_MAP_GPA_RANGE)."""
 
 import pytest
 
-from kvmtest.cpuid import find_entry
+from kvmtest.cpuid import find_entry, hypercall_instruction
 from kvmtest.exits import HypercallExit
 from kvmtest.vcpu_cpuid_msr import KVM_CPUID_FEATURES
 from kvmtest.x86 import GP_VECTOR
@@ -12,11 +12,9 @@ from kvmtest.x86 import GP_VECTOR
 KVM_HC_MAP_GPA_RANGE = 12
 
 
-def _hypercall_insn(kvm):
+def _hypercall_insn(kvm) -> str:
     """VMMCALL on AMD, VMCALL on Intel (hypercalls.rst: the vendor's instruction)."""
-    leaf0 = next(e for e in kvm.cached_supported_cpuid() if e.function == 0)
-    vendor = b"".join(r.to_bytes(4, "little") for r in (leaf0.ebx, leaf0.edx, leaf0.ecx))
-    return "vmmcall" if vendor in (b"AuthenticAMD", b"HygonGenuine") else "vmcall"
+    return hypercall_instruction(kvm.cached_supported_cpuid())
 
 
 @pytest.mark.modes(long=True, cpl=0)

@@ -14,6 +14,7 @@ import pytest
 
 from kvmtest.abi import constants as C
 from kvmtest.abi.constants import errno_name
+from kvmtest.cpuid import hypercall_instruction
 from kvmtest.exits import XenExit
 from kvmtest.guest import layout as L
 from kvmtest.guest.modes import get_mode
@@ -34,11 +35,9 @@ def _intercepting(kvm):
         pytest.skip("KVM_CAP_XEN_HVM does not offer KVM_XEN_HVM_CONFIG_INTERCEPT_HCALL")
 
 
-def _hypercall_insn(kvm):
-    """VMMCALL on AMD, VMCALL on Intel (the guide's "Mode transfer" table)."""
-    leaf0 = next(e for e in kvm.cached_supported_cpuid() if e.function == 0)
-    vendor = b"".join(r.to_bytes(4, "little") for r in (leaf0.ebx, leaf0.edx, leaf0.ecx))
-    return "vmmcall" if vendor in (b"AuthenticAMD", b"HygonGenuine") else "vmcall"
+def _hypercall_insn(kvm) -> str:
+    """VMMCALL on AMD, VMCALL on Intel (the Xen guide's "Mode transfer" table)."""
+    return hypercall_instruction(kvm.cached_supported_cpuid())
 
 
 @pytest.mark.modes("long64", "long64-cpl3", "compat32", "compat32-cpl3", "pm32", "pm32-cpl3")

@@ -5,7 +5,7 @@ available with KVM_FEATURE_PV_SEND_IPI, x86/cpuid.rst; kvm-unit-tests apic.c tes
 
 import pytest
 
-from kvmtest.cpuid import find_entry
+from kvmtest.cpuid import find_entry, hypercall_instruction
 from kvmtest.guest.aps import run_with_waiting_aps
 from kvmtest.guest.paging import KiB4
 from kvmtest.x86 import (
@@ -25,9 +25,7 @@ VECTOR = 0x40
 
 def _hypercall_insn(kvm) -> str:
     """VMMCALL on AMD, VMCALL on Intel (hypercalls.rst: the vendor's instruction)."""
-    leaf0 = find_entry(kvm.cached_supported_cpuid(), 0)
-    vendor = b"".join(r.to_bytes(4, "little") for r in (leaf0.ebx, leaf0.edx, leaf0.ecx))
-    return "vmmcall" if vendor in (b"AuthenticAMD", b"HygonGenuine") else "vmcall"
+    return hypercall_instruction(kvm.cached_supported_cpuid())
 
 
 SEND = """
