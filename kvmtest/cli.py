@@ -87,7 +87,10 @@ PYTEST_VALUE_OPTIONS = frozenset({
 })
 # pytest's and pytest-xdist's one-letter options that take no value: argparse lets them lead a
 # cluster (`-vk EXPR` is -v and -k EXPR, `-xs` is -x and -s).
-PYTEST_SHORT_FLAGS = frozenset({"-v", "-q", "-s", "-x", "-l", "-d", "-f", "-h", "-V"})
+PYTEST_SHORT_FLAGS = frozenset({"-v", "-q", "-s", "-x", "-l", "-h", "-V"})
+# ... and those that take a value. pytest-xdist's -n, -d and -f are left out of clusters: pytest itself
+# refuses `-vn 3` ("ignored explicit argument"), so such a word is passed on whole for it to refuse.
+PYTEST_SHORT_VALUE_OPTIONS = frozenset({"-k", "-m", "-p", "-c", "-o", "-r", "-W"})
 # kvmtest's own options that `kvmtest run` sets itself: given as --kvm-*, they replace its own
 _RUN_SETTINGS = {"--kvm-report-dir": "report_dir", "--kvm-junit": "junit", "--kvm-ktap": "ktap",
                  "--kvm-html": "html", "--kvm-device": "device"}
@@ -136,7 +139,7 @@ def _split_cluster(arg: str, rest: list[str], options: list) -> int:
         flag = "-" + arg[j]
         if flag in PYTEST_SHORT_FLAGS:
             continue
-        if flag in PYTEST_VALUE_OPTIONS:
+        if flag in PYTEST_SHORT_VALUE_OPTIONS:
             options.extend((f"-{c}", None) for c in arg[1:j])
             if j + 1 < len(arg):
                 options.append((flag, arg[j + 1:]))
@@ -212,10 +215,12 @@ def selection_problem(options: list[tuple[str, str | None]], addopts: str = "") 
 
 
 def dangling_option_problem(options: list[tuple[str, str | None]]) -> str:
-    """A pytest option that takes a value given last, with none (`kvmtest run suites -k`), or "":
-    passed on, it would take whatever kvmtest put after it (a test path) as its value."""
+    """A pytest or kvmtest option that takes a value given last, with none (`kvmtest run suites -k`,
+    `... --kvm-junit`), or "": passed on, it would take whatever kvmtest put after it (a test path)
+    as its value (a --kvm-junit given that way wrote its report over the test file)."""
+    takes_value = _plugin_options()
     for flag, value in options:
-        if value is None and flag in PYTEST_VALUE_OPTIONS:
+        if value is None and (flag in PYTEST_VALUE_OPTIONS or takes_value.get(flag)):
             return f"{flag}: expected a value after it (pytest: argument {flag}: expected one argument)"
     return ""
 
@@ -379,7 +384,7 @@ def workers_problem(args, extra: list[str]) -> str:
         if flag in ("-n", "--numprocesses") and value is not None:
             count = value
         elif flag.startswith("-n") and not flag.startswith("--") and len(flag) > 2:
-            count, flag = flag[2:], "-n"
+            count, flag = flag[2:].removeprefix("="), "-n"  # -n3, -n=3: argparse's spellings of -n 3
         else:
             continue
         if problem := jobs_problem(count, cpus, where, flag):

@@ -86,12 +86,17 @@ def jobs_problem(jobs: str, cpus: int, where: str, flag: str = "-j") -> str:
     the tests, or "": more than JOBS_PER_CPU pytest processes per CPU. `where` says whose CPUs they are
     ("this process may use 2 CPUs"). Each process is a whole pytest session (kvmtest imported, every
     test collected) and the checks are CPU-bound, so more only costs memory: -j 100000 was a fork bomb.
-    A count that is no number ('auto', xdist's 'logical') is not checked here."""
+    The count is read as pytest-xdist reads -n, with int() (' 8', '+8' and '1_0' are numbers too); one
+    that is no number ('auto', xdist's 'logical', or one xdist refuses itself) is not checked here."""
     limit = JOBS_PER_CPU * cpus
-    if not jobs.isdigit() or int(jobs) <= limit:
+    try:
+        count = int(jobs)
+    except ValueError:
         return ""
-    return (f"{flag} {jobs}: more than {JOBS_PER_CPU} pytest processes per CPU, and {where}: give at most {limit}, "
-            "or 'auto' (each process is a whole pytest session, and the checks are CPU-bound)")
+    if count <= limit:
+        return ""
+    return (f"{flag} {count}: more than {JOBS_PER_CPU} pytest processes per CPU, and {where}: give at most "
+            f"{limit}, or 'auto' (each process is a whole pytest session, and the checks are CPU-bound)")
 
 
 ACTIVE_KEY = pytest.StashKey[str]()     # why the session is kvmtest's ("" when dormant)

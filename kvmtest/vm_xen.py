@@ -6,6 +6,7 @@ exit to user space as KVM_EXIT_XEN (kvmtest.exits.XenExit)."""
 from . import validate
 from .abi import structs as S
 from .carried import carried, replayable
+from .errors import BadArgumentError
 from .fdobject import FdObject
 
 
@@ -14,6 +15,10 @@ def xen_hvm_config_struct(flags, msr, blob_addr_32, blob_addr_64, blob_size_32,
     """A kvm_xen_hvm_config (flags and msr are __u32, the blob addresses __u64, their sizes __u8)
     and its text for messages."""
     where = "KVM_XEN_HVM_CONFIG"
+    for name, value in (("flags", flags), ("msr", msr), ("blob_addr_32", blob_addr_32), ("blob_addr_64", blob_addr_64),
+                        ("blob_size_32", blob_size_32), ("blob_size_64", blob_size_64)):
+        if isinstance(value, bool):  # True is no flag word, MSR index or address: not 1 in disguise
+            raise BadArgumentError(f"{where} {name} = {value!r}: expected an integer, not a bool")
     arg = S.kvm_xen_hvm_config(
         flags=validate.uint(flags, 32, f"{where} flags"), msr=validate.uint(msr, 32, f"{where} msr"),
         blob_addr_32=validate.uint(blob_addr_32, 64, f"{where} blob_addr_32"),

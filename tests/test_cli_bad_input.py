@@ -322,7 +322,7 @@ def test_an_expression_too_deep_for_the_parser_is_one_error(tmp_path, probe_test
     _one_error(capsys, "kvmtest run: -k 'not not", "nested too deeply for pytest's expression parser")
 
 
-@pytest.mark.parametrize("words", [["-k"], ["-vk"], ["-m"], ["--maxfail"]])
+@pytest.mark.parametrize("words", [["-k"], ["-vk"], ["-m"], ["--maxfail"], ["--kvm-junit"], ["--kvm-modes"]])
 def test_an_option_given_last_without_its_value_is_refused(tmp_path, probe_test, capsys, clean_env, words):
     """Passed on, it would have taken the test path kvmtest puts after the options as its value
     (`-k FILE`: every test deselected, exit 5)."""
@@ -340,6 +340,7 @@ def test_an_option_given_last_without_its_value_is_refused(tmp_path, probe_test,
     (["-vrA"], [("-v", None), ("-r", "A")]),
     (["-kprobe"], [("-kprobe", None)]),     # one option with its value attached: passed on as written
     (["-vZ"], [("-vZ", None)]),             # a letter pytest does not know: passed on for pytest to refuse
+    (["-vn"], [("-vn", None)]),             # xdist's -n in a cluster: pytest refuses it, so it gets it whole
 ])
 def test_one_letter_clusters_are_read_as_argparse_reads_them(cluster, expected):
     """`-vk EXPR` is -v and -k EXPR: read as one unknown word, EXPR became a test path and -vk took the
@@ -356,12 +357,14 @@ def test_jobs_beside_the_users_own_worker_count_is_not_checked_but_that_count_is
     monkeypatch.setattr(cli.host_shards, "cpus", lambda: 2)
     args, extra = cli.build_parser().parse_known_args(["run", "-j", "9", "-n", "1", "suites/smoke"])
     assert cli.workers_problem(args, extra) == ""  # -j is not what decides the processes here
-    for words in (["-n", "100000"], ["-n100000"], ["--numprocesses=100000"]):
+    for words in (["-n", "100000"], ["-n100000"], ["--numprocesses=100000"], ["-n=100000"], ["-n", " 100000"],
+                  ["-n", "1_00000"], ["-n", "+100000"]):  # what pytest-xdist reads as 100000, with int()
         args, extra = cli.build_parser().parse_known_args(["run", *words, "suites/smoke"])
         flag = "--numprocesses" if words[0].startswith("--") else "-n"
         assert cli.workers_problem(args, extra).startswith(f"{flag} 100000: more than 4 pytest processes per CPU")
-    args, extra = cli.build_parser().parse_known_args(["run", "-n", "logical", "suites/smoke"])
-    assert cli.workers_problem(args, extra) == ""
+    for count in ("logical", "\u00b2"):  # xdist's own word; a digit int() refuses (xdist says so itself)
+        args, extra = cli.build_parser().parse_known_args(["run", "-n", count, "suites/smoke"])
+        assert cli.workers_problem(args, extra) == ""
 
 
 # --- 7. --vm-timeout from the environment -------------------------------------------------------

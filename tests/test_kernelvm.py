@@ -104,7 +104,10 @@ def fake_apt(tmp_path, monkeypatch, calls, *, have_package=True):
                 raise KernelVmError("`apt-cache depends linux-image-amd64` failed (exit 100): E: No packages found")
             return APT_DEPENDS
         if argv[:2] == ["apt-cache", "show"]:
-            return "Version: 6.1.192-3\n"
+            name = argv[-1]  # as apt reads a name with '.' or '+' that is no package: the first match
+            shown = "linux-image-6.1.0-57-amd64-dbg" if name.endswith("+") else name
+            section = "debug" if shown.endswith("-dbg") else "kernel"
+            return f"Package: {shown}\nSection: {section}\nVersion: 6.1.192-3\n"
         if argv[:2] == ["apt-get", "download"]:
             (Path(cwd) / "linux-image-6.1.0-57-amd64_6.1.192-3_amd64.deb").write_text(str(pkg_tree))
             return ""
@@ -152,11 +155,19 @@ def test_fetch_debian_of_a_named_package(tmp_path, monkeypatch, named, depends):
     assert ["apt-get", "download", "linux-image-6.1.0-57-amd64=6.1.192-3"] in calls
 
 
-@pytest.mark.parametrize("named", ["linux-headers-6.1.0-57-amd64", "linux-image-6.1;rm", ""])
-def test_fetch_debian_refuses_what_is_no_kernel_package(tmp_path, monkeypatch, named):
-    fake_apt(tmp_path, monkeypatch, [])
-    with pytest.raises(KernelVmError, match="expected a Debian linux-image-\\* package name"):
+@pytest.mark.parametrize("named, why", [
+    ("linux-headers-6.1.0-57-amd64", "expected a Debian linux-image-\\* package name"),
+    ("linux-image-6.1;rm", "expected a Debian linux-image-\\* package name"),
+    ("", "expected a Debian linux-image-\\* package name"),
+    ("linux-image-6.1.0-57-amd64-dbg", "is no kernel image \\(debug symbols"),
+    ("linux-image-6.1.+", "apt has no package named exactly 'linux-image-6.1.\\+'"),
+])
+def test_fetch_debian_refuses_what_is_no_kernel_package_before_downloading(tmp_path, monkeypatch, named, why):
+    calls = []
+    fake_apt(tmp_path, monkeypatch, calls)
+    with pytest.raises(KernelVmError, match=why):
         fetch.fetch_debian(tmp_path / "cache", update=False, log=lambda *_: None, package=named)
+    assert not [c for c in calls if c[:2] == ["apt-get", "download"]]
 
 
 def test_fetch_debian_when_apt_cannot_find_the_package(tmp_path, monkeypatch):

@@ -88,6 +88,20 @@ def unpack(deb: Path, dest: Path, package: str, version: str) -> Kernel:
 IMAGE_PACKAGE = re.compile(r"linux-image-[0-9][A-Za-z0-9.+~-]*")  # linux-image-<release>, as Debian names them
 
 
+def image_package_problem(show_text: str, package: str) -> None:
+    """Refuse (KernelVmError) what `apt-cache show <package>` says is no bootable kernel image, before
+    anything is downloaded: another package than the one named (apt reads a name with '.' or '+' it
+    does not know as a pattern), debug symbols (Section debug: a gigabyte with no vmlinuz), a
+    signing template."""
+    found = re.search(r"^Package:\s*(\S+)\s*$", show_text, re.M)
+    section = re.search(r"^Section:\s*(\S+)\s*$", show_text, re.M)
+    if found is None or found.group(1) != package:
+        raise KernelVmError(f"--package: apt has no package named exactly {package!r} "
+                            f"(apt-cache show gave {found.group(1) if found else 'nothing'!r})")
+    if (section and section.group(1).endswith("debug")) or package.endswith(("-dbg", "-template")):
+        raise KernelVmError(f"--package: {package} is no kernel image (debug symbols or a signing template)")
+
+
 def fetch_debian(cache: Path | None = None, arch: str = "amd64", update: bool = True, log=print,
                  package: str | None = None) -> Kernel:
     """Fetch (or find already fetched) Debian's current kernel, or the one `package` names: a
@@ -106,6 +120,8 @@ def fetch_debian(cache: Path | None = None, arch: str = "amd64", update: bool = 
             run_tool(["apt-get", "update", "-qq"])
         else:
             log("kvmtest kernel fetch: not root, using apt's package lists as they are (no apt-get update)")
+    if package is not None:  # exactly that package, and a kernel: before apt reads the name as a pattern
+        image_package_problem(run_tool(["apt-cache", "show", "--no-all-versions", package]), package)
     try:
         depends = run_tool(["apt-cache", "depends", metapackage])
     except KernelVmError as e:
@@ -117,7 +133,10 @@ def fetch_debian(cache: Path | None = None, arch: str = "amd64", update: bool = 
         if metapackage == METAPACKAGE.get(arch) or not IMAGE_PACKAGE.fullmatch(metapackage):
             raise
         package = metapackage  # an image package itself: it depends on no other image
-    version = package_version(run_tool(["apt-cache", "show", "--no-all-versions", package]), package)
+    show = run_tool(["apt-cache", "show", "--no-all-versions", package])
+    if package != metapackage or metapackage != METAPACKAGE.get(arch):
+        image_package_problem(show, package)
+    version = package_version(show, package)
     release = package.removeprefix("linux-image-")
     dest = cache / release
     have = fetched(dest)
