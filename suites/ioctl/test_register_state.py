@@ -42,11 +42,21 @@ def test_regs_round_trip(vm):
     assert not wrong, "KVM_GET_REGS after KVM_SET_REGS: " + "; ".join(wrong)
 
 
+def _vcpu_with_cpuid(vm):
+    """A vCPU with KVM's supported CPUID set, as a VMM sets it before any other state: KVM checks CR4 and
+    EFER against the vCPU's CPUID (EFER.LME needs LM, EFER.NXE needs NX; SDM Vol. 3A 2.2.1), newer
+    kernels at KVM_SET_SREGS too (Debian's 6.12 refused the long-mode and NX states of a vCPU without
+    one with EINVAL, where its 6.1 took them)."""
+    vcpu = vm.create_vcpu()
+    vcpu.set_cpuid(vm.kvm.cached_supported_cpuid())
+    return vcpu
+
+
 @pytest.mark.modes(*select(cpl=0) + select(cpl=3, code_bits=64) + select(cpl=3, paging=False))
 def test_sregs_round_trip(vm, mode):
     """KVM_SET_SREGS then KVM_GET_SREGS returns the segments, descriptor tables, CR0, CR3, CR4
     and EFER as written, for each valid CPU-mode state (api.rst 4.13, 4.14; SDM Vol. 3A 2.5)."""
-    vcpu = vm.create_vcpu()
+    vcpu = _vcpu_with_cpuid(vm)
     want = mode_sregs(get_mode(mode), vcpu.get_sregs(), cr3=0x20000, nx=True)
     vcpu.set_sregs(want)
     got = vcpu.get_sregs()
@@ -85,7 +95,7 @@ def test_set_sregs_refuses_invalid_state_and_changes_nothing(vm, case):
     PG without PE, NW without CD, CR0[63:32], reserved CR4/EFER bits; 10.8.5 and 2.2.1: IA-32e
     mode needs CR4.PAE, CR0.PG and EFER.LMA together) with EINVAL, and leaves the vCPU's
     special registers as they were (selftests set_sregs_test)."""
-    vcpu = vm.create_vcpu()
+    vcpu = _vcpu_with_cpuid(vm)
     good = _long_mode_sregs(vcpu)
     vcpu.set_sregs(good)
     before = bytes(vcpu.get_sregs())
