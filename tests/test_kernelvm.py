@@ -3,6 +3,7 @@ command per accelerator, the crash oracle's console parser and watchdog, verdict
 
 import argparse
 import json
+import os
 import re
 import struct
 import sys
@@ -571,6 +572,35 @@ def test_shards_split_the_tests_left_after_keyword_deselection(tmp_path):
                              capture_output=True, text=True, cwd=tmp_path).stdout
         ran.append(re.findall(r"PASSED \S*::(test_\w+)", out))
     assert ran == [["test_0_pick"], ["test_2_pick"]], ran
+
+
+def test_a_resumed_shard_keeps_its_first_sessions_tests_by_id_though_the_collection_changed(tmp_path):
+    """The first session logs the tests its shard kept; a resumed one (a fresh VM) keeps those by id,
+    not every N-th by position: with a test added to the shared tree in between, position would hand it
+    the other shard's tests and leave its own unrun."""
+    import subprocess
+    demo = tmp_path / "test_r.py"
+    demo.write_text("".join(f"def test_{i}():\n    pass\n" for i in range(6)))
+    log = tmp_path / "progress.jsonl"
+    env = {**os.environ, progress.ENV: str(log)}
+    argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:kvmtest",
+            "-pkvmtest.kernelvm.progress", "--kvm-vm-shard=1/2", "-rA", str(demo)]
+    first = subprocess.run(argv + ["-k", "not test_4"], capture_output=True, text=True, cwd=tmp_path, env=env).stdout
+    assert re.findall(r"PASSED \S*::(test_\w+)", first) == ["test_0", "test_2", "test_5"], first  # after -k
+    assert progress.selected(progress.read(log)) == [f"{demo.name}::test_{i}" for i in (0, 2, 5)]
+    # the tree changes (a test inserted at the top) and the shard resumes: it still owns test_0, test_2 and
+    # test_5, all done, so nothing runs; by position it would have run test_new, test_1 and test_3
+    demo.write_text("def test_new():\n    pass\n" + demo.read_text())
+    again = subprocess.run(argv, capture_output=True, text=True, cwd=tmp_path, env=env).stdout
+    assert re.findall(r"PASSED \S*::(test_\w+)", again) == [], again
+
+
+def test_a_selected_test_no_session_reported_is_an_error_in_the_rebuilt_report():
+    from kvmtest.kernelvm import resume
+    entries = [{"session": {}}, {"selected": ["t.py::test_a", "t.py::test_b"]}]
+    outs = resume.outcomes(entries)
+    assert set(outs) == {"t.py::test_a", "t.py::test_b"}
+    assert all(o.status == "error" and o.message == resume.UNRUN_TEXT for o in outs.values())
 
 
 def test_shard_exit_combines_the_vms_verdicts():

@@ -7,14 +7,18 @@ the VM panics or QEMU aborts the host still knows which tests finished, how, and
 flight. In a later boot (the run resumed in a fresh VM) it deselects every test the log
 already has a verdict for, and the tests the host recorded as having crashed the VM.
 
-Log lines: {"session": fingerprint}, {"start": nodeid}, {"report": serialized TestReport},
-{"crash": nodeid, "what", "message", "tail"} (written by the host), {"suspects": [nodeid, ...]}.
+Log lines: {"session": fingerprint}, {"selected": [nodeid, ...]} (the tests the first session kept),
+{"start": nodeid}, {"report": serialized TestReport}, {"crash": nodeid, "what", "message", "tail"}
+(written by the host), {"suspects": [nodeid, ...]}.
 
 The log stays open for the whole session and a test's phase reports are written together when its
 teardown is reported: over the VM's 9p share every open costs milliseconds, and a test without its
 teardown report counts as in flight whatever else was logged for it (resume.py replaces it by the
 crash). With `--kvm-vm-shard=K/N` (a configuration split over N VMs, vmrun.py) the session keeps
 every N-th collected test, starting with the K-th: each VM collects the same tests in the same order.
+A later boot keeps the tests the first one selected, by id, not by position: a collection that
+changed in between (the shared tree edited during the run) would otherwise hand it another VM's
+tests and leave some of its own unrun; resume.py reports any selected test without a verdict.
 """
 
 import json
@@ -48,6 +52,12 @@ def read(path: Path) -> list[dict]:
         except ValueError:
             continue
     return entries
+
+
+def selected(entries: list[dict]) -> list[str] | None:
+    """The tests the configuration's first session in this log kept (after -k/-m and the shard), or
+    None for a log from before any session selected (or from pytest-xdist workers, which do not log)."""
+    return next((e["selected"] for e in entries if "selected" in e), None)
 
 
 def finished(entries: list[dict]) -> set[str]:
@@ -142,9 +152,18 @@ def pytest_collection_modifyitems(session, config, items):
     """pytest hook: keep this VM's shard of the tests (--kvm-vm-shard), then deselect the tests the
     progress log already has a verdict for (a resumed run in a fresh VM), reporting both as
     deselected."""
-    kept, deselected = shard_items(items, config.getoption("kvm_vm_shard", None))
     path = _log_path()
-    skip = finished(read(path)) if path is not None else set()
+    entries = read(path) if path is not None else []
+    earlier = selected(entries)
+    if earlier is not None:  # a resumed session: the first one's tests, whatever the collection now
+        wanted = set(earlier)
+        kept = [i for i in items if i.nodeid in wanted]
+        deselected = [i for i in items if i.nodeid not in wanted]
+    else:
+        kept, deselected = shard_items(items, config.getoption("kvm_vm_shard", None))
+        if _LOG[0] is not None:
+            _LOG[0].write({"selected": [i.nodeid for i in kept]})
+    skip = finished(entries)
     deselected += [i for i in kept if i.nodeid in skip]
     if deselected:
         config.hook.pytest_deselected(items=deselected)
