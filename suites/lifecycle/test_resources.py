@@ -143,6 +143,7 @@ def test_kick_returns_eintr_as_an_intr_exit(guest):
     assert g.vcpu.kvm_run.immediate_exit == 0
 
 
+@pytest.mark.waits  # waits 0.1 s for a run the fixed order never lets begin
 def test_a_late_watchdog_kick_never_ends_the_next_run(guest, monkeypatch):
     """The watchdog's kick (immediate_exit and a signal, api.rst 5 "immediate_exit"; 4.10 KVM_RUN
     returns -EINTR while an unmasked signal is pending) belongs to the KVM_RUN it timed out. When
@@ -170,7 +171,7 @@ def test_a_late_watchdog_kick_never_ends_the_next_run(guest, monkeypatch):
 
     def late_kick(thread_id):
         decided.set()
-        next_began.wait(0.3)  # a watchdog thread that lost the CPU, or the GIL, for a while
+        next_began.wait(0.1)  # a watchdog thread that lost the CPU, or the GIL, for a while
         runs_at_kick.append(vcpu.exits)
         send_kick(thread_id)
 
@@ -191,13 +192,14 @@ def test_a_late_watchdog_kick_never_ends_the_next_run(guest, monkeypatch):
         f"the next KVM_RUN: expected the guest's OUT to port 0x10, got {after}"
 
 
+@pytest.mark.waits  # the held watchdog waits 0.1 s for a return the lock never lets come
 def test_a_kick_decided_as_the_run_ends_is_undone_by_that_run(guest, monkeypatch):
     """The watchdog decides to kick a KVM_RUN it sees in flight, and that run ends on its own while it
     does: the kick (immediate_exit, api.rst 5) must be seen and undone by that run, or be no kick at
     all. Else immediate_exit stays set and the caller's next KVM_RUN returns -EINTR at once (api.rst
     5 "immediate_exit"), an IntrExit the guest never caused. The watchdog is held, by a trace
     function, just after it found the run in flight and before it marks it kicked, until the run has
-    returned (or 0.3 s have passed)."""
+    returned (or 0.1 s have passed)."""
     g = guest("real", "again: out 0x10, al\n jmp again")
     vcpu = g.vcpu
     assert isinstance(vcpu.run(), IoExit)
@@ -209,7 +211,7 @@ def test_a_kick_decided_as_the_run_ends_is_undone_by_that_run(guest, monkeypatch
     def hold(frame, event, arg):
         if event == "line" and frame.f_lineno == mark:
             checked.set()
-            returned.wait(0.3)
+            returned.wait(0.1)
         return hold
 
     def watchdog_thread(generation, thread_id):
