@@ -302,6 +302,14 @@ def test_a_malformed_selection_in_pytest_addopts_is_refused(tmp_path, probe_test
     assert not (tmp_path / "ran").exists()
 
 
+def test_kernel_run_refuses_a_test_path_that_does_not_exist_before_booting(tmp_path, capsys, clean_env, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "here.py").write_text("def test_x():\n    pass\n")
+    assert cli.main(["run", "--kernel", str(tmp_path / "no-bzImage"), "--report-dir", str(tmp_path / "r"),
+                     "suites/smoke", "here.py::test_x"]) == 2
+    _one_error(capsys, f"kvmtest run --kernel: suites/smoke: no such test file or directory in {tmp_path}")
+
+
 def test_kernel_run_refuses_a_malformed_selection_before_booting(tmp_path, capsys, clean_env):
     assert cli.main(["run", "--kernel", str(tmp_path / "no-bzImage"), "--report-dir", str(tmp_path / "r"),
                      "-m", "not"]) == 2

@@ -588,6 +588,7 @@ def test_a_resumed_shard_keeps_its_first_sessions_tests_by_id_though_the_collect
     first = subprocess.run(argv + ["-k", "not test_4"], capture_output=True, text=True, cwd=tmp_path, env=env).stdout
     assert re.findall(r"PASSED \S*::(test_\w+)", first) == ["test_0", "test_2", "test_5"], first  # after -k
     assert progress.selected(progress.read(log)) == [f"{demo.name}::test_{i}" for i in (0, 2, 5)]
+    assert progress.expected(progress.read(log)) == {f"{demo.name}::test_{i}" for i in (0, 1, 2, 3, 5)}
     # the tree changes (a test inserted at the top) and the shard resumes: it still owns test_0, test_2 and
     # test_5, all done, so nothing runs; by position it would have run test_new, test_1 and test_3
     demo.write_text("def test_new():\n    pass\n" + demo.read_text())
@@ -601,6 +602,18 @@ def test_a_selected_test_no_session_reported_is_an_error_in_the_rebuilt_report()
     outs = resume.outcomes(entries)
     assert set(outs) == {"t.py::test_a", "t.py::test_b"}
     assert all(o.status == "error" and o.message == resume.UNRUN_TEXT for o in outs.values())
+
+
+def test_every_vms_tests_are_accounted_for_in_a_split_runs_report():
+    """The host joins all VMs' logs: a test the second VM selected and never reported, or one only a VM whose
+    collection differed saw, is an error, not absent (each VM logs what it selected and what it collected)."""
+    from kvmtest.kernelvm import resume
+    vm1 = [{"session": {}}, {"selected": ["t.py::a", "t.py::c"], "collected": ["t.py::a", "t.py::b", "t.py::c"]}]
+    vm2 = [{"session": {}}, {"selected": ["t.py::b", "t.py::d"],
+                             "collected": ["t.py::a", "t.py::b", "t.py::c", "t.py::d"]}]
+    outs = resume.outcomes(vm1 + vm2)
+    assert sorted(outs) == ["t.py::a", "t.py::b", "t.py::c", "t.py::d"]
+    assert {o.status for o in outs.values()} == {"error"}
 
 
 def test_shard_exit_combines_the_vms_verdicts():

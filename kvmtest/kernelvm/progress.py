@@ -60,6 +60,16 @@ def selected(entries: list[dict]) -> list[str] | None:
     return next((e["selected"] for e in entries if "selected" in e), None)
 
 
+def expected(entries: list[dict]) -> set[str]:
+    """Every test some VM of the configuration selected or collected (its first sessions' records,
+    after -k/-m), for a report rebuilt from the logs of all its VMs: each must have a result there."""
+    out: set[str] = set()
+    for e in entries:
+        if "selected" in e:
+            out.update(e["selected"], e.get("collected", ()))
+    return out
+
+
 def finished(entries: list[dict]) -> set[str]:
     """Tests with a verdict: their teardown was reported, or the host recorded them as a crash."""
     done = {e["report"]["nodeid"] for e in entries if "report" in e and e["report"].get("when") == "teardown"}
@@ -161,8 +171,8 @@ def pytest_collection_modifyitems(session, config, items):
         deselected = [i for i in items if i.nodeid not in wanted]
     else:
         kept, deselected = shard_items(items, config.getoption("kvm_vm_shard", None))
-        if _LOG[0] is not None:
-            _LOG[0].write({"selected": [i.nodeid for i in kept]})
+        if _LOG[0] is not None:  # what this VM owns, and what it saw of the whole (after -k/-m)
+            _LOG[0].write({"selected": [i.nodeid for i in kept], "collected": [i.nodeid for i in items]})
     skip = finished(entries)
     deselected += [i for i in kept if i.nodeid in skip]
     if deselected:

@@ -11,8 +11,8 @@ from pathlib import Path
 from . import progress
 
 ERROR_TEXT = "the VM died while this test ran; the run went on in a freshly booted VM"
-UNRUN_TEXT = ("no result: the VM's first session selected this test, and no session reported it (the "
-              "collection changed between boots, or a session ended before reaching it)")
+UNRUN_TEXT = ("no result: a VM of this configuration collected or selected this test, and no session of any "
+              "VM reported it (the collection changed during the run, or a session ended before reaching it)")
 
 
 def crash_outcome(entry: dict):
@@ -41,7 +41,7 @@ def outcomes(entries: list[dict]) -> dict:
             junit.record(out, report)
         elif "crash" in e:
             out[e["crash"]] = crash_outcome(e)
-    for nodeid in progress.selected(entries) or ():
+    for nodeid in sorted(progress.expected(entries)):  # the logs of every VM of the configuration
         if nodeid not in out:  # never silently missing from the report
             o = junit.Outcome(nodeid)
             o.status, o.message, o.details = "error", UNRUN_TEXT, UNRUN_TEXT

@@ -182,6 +182,18 @@ def refuse_unusable_outputs(args) -> None:
         raise KernelVmError(f"--baseline: {e}") from None
 
 
+def refuse_missing_test_paths(extra: list[str]) -> None:
+    """A test path among the pytest arguments that does not exist here is refused (KernelVmError) before
+    any VM boots: the VM runs pytest in this same directory over the shared tree, and would only say
+    "file or directory not found" after the boot."""
+    from ..cli import split_pytest_args
+
+    for target in split_pytest_args(extra)[1]:
+        path = Path(target.split("::", 1)[0])
+        if not path.exists():
+            raise KernelVmError(f"{target}: no such test file or directory in {Path.cwd()} (the VM runs pytest there)")
+
+
 def refuse_bad_plugin_options(extra: list[str]) -> None:
     """A --kvm-* value among the pytest arguments that kvmtest's plugin would refuse in the VM is
     refused (KernelVmError) before any VM boots, not once per boot minutes later. The command line
@@ -306,6 +318,7 @@ def cmd_run_kernel(args, extra) -> int:
         check_vm_options(args)
         refuse_unusable_outputs(args)  # before the kernel is looked for: the cheap checks first
         refuse_bad_plugin_options(extra)
+        refuse_missing_test_paths(extra)
         kernel = resolve(args.kernel)
         combos = param_matrix(args.kvm_param)
         one_file = [o for o in extra if o.split("=")[0] in ("--kvm-ktap", "--kvm-html", "--kvm-junit")]
