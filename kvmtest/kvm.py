@@ -13,6 +13,7 @@ from .abi.constants import KVM_MAX_CPUID_ENTRIES
 from .caps import cap_number
 from .errors import BadArgumentError, DeviceError, KvmError
 from .fdobject import FdObject
+from .vcpu_watchdog import install_kick_handler
 from .vm import Vm
 
 DEFAULT_DEVICE = "/dev/kvm"
@@ -46,6 +47,10 @@ class Kvm(FdObject):
 
     def __init__(self, path: str = DEFAULT_DEVICE):
         super().__init__(open_device(path), "kvm")
+        # The watchdog's signal handler, which only the main thread can install: done here, where a process
+        # opens KVM (nearly always on its main thread), a vCPU made later on any thread can be kicked; Vcpu
+        # refuses to exist without it. Not on import: the plugin, dormant in other projects, changes nothing.
+        install_kick_handler()
         self.path = path
         self._vm_ids = itertools.count()
         self._mmap_size: int | None = None

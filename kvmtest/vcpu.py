@@ -76,8 +76,8 @@ class Vcpu(VcpuRegisters, VcpuMsrCpuid, VcpuEvents, CarriedIoctls, FdObject):
         if not install_kick_handler():  # without it the watchdog cannot end a KVM_RUN: refuse, never hang
             self.close()
             raise KvmtestError(f"{self.name}: no KVM_RUN of it could be bounded: the watchdog's SIG_KICK handler "
-                               "(kvmtest.vcpu_watchdog) can only be installed on the main thread, and kvmtest "
-                               "was first imported on another; import kvmtest.vcpu on the main thread first")
+                               "(kvmtest.vcpu_watchdog) can only be installed on the main thread, and this process "
+                               "opened KVM first on another; make the first kvmtest.kvm.Kvm() on the main thread")
         self.vm = vm
         self.id = vcpu_id
         self._mmap_size = vm.kvm.vcpu_mmap_size()

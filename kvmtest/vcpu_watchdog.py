@@ -28,11 +28,6 @@ def install_kick_handler() -> bool:
     return True
 
 
-# Installed when this module is first imported, where that is the main thread (nearly always): a vCPU
-# made later on another thread can then still be kicked. Vcpu refuses to exist without it.
-install_kick_handler()
-
-
 def send_kick(thread_id: int) -> None:
     """SIG_KICK to `thread_id`, if the handler is installed (else the signal would kill the
     process); a thread that has gone is no error."""

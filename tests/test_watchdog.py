@@ -75,3 +75,16 @@ def test_a_closed_vcpu_is_no_longer_watched_though_still_alive():
     vcpu._kvm_run = None  # what Vcpu.close() leaves
     assert vcpu not in watchdog.watched()
     assert all(ref() is not vcpu for ref in watchdog.running)
+
+
+def test_importing_kvmtest_installs_no_signal_handler():
+    """The plugin stays dormant in other projects' sessions: importing it (and the library) leaves SIG_KICK's
+    disposition alone; the handler comes with the first Kvm() (kvmtest.kvm), which this test does not make."""
+    import subprocess
+    import sys
+
+    code = ("import signal, kvmtest.plugin, kvmtest.vcpu, kvmtest.guest\n"
+            "from kvmtest.vcpu_watchdog import SIG_KICK\n"
+            "print(signal.getsignal(SIG_KICK) == signal.SIG_DFL)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "True", out

@@ -72,9 +72,9 @@ def test_a_guest_first_built_on_a_worker_thread_is_still_bounded(isolated):
 
 
 def test_a_vcpu_that_could_not_be_kicked_is_refused(isolated):
-    """Where the watchdog's signal handler is missing (kvmtest first imported off the main thread,
-    simulated here by taking it away), making a vCPU on another thread is one KvmtestError saying
-    why, not a vCPU whose KVM_RUN could run forever."""
+    """Where the watchdog's signal handler is missing (KVM first opened off the main thread, simulated
+    here by taking it away), making a vCPU on another thread is one KvmtestError saying why, not a vCPU
+    whose KVM_RUN could run forever."""
     out = isolated("""
         import signal
         import kvmtest.vcpu_watchdog as w
