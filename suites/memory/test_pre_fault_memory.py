@@ -10,12 +10,14 @@ any other (api.rst 4.35). Shadow paging answers EOPNOTSUPP "even if KVM_CHECK_EX
 the capability"; a host that reports it for the VM runs these checks.
 """
 
+import contextlib
 import errno
 import threading
 
 import pytest
 
 from kvmtest.errors import KvmError
+from kvmtest.vcpu_watchdog import send_kick
 
 pytestmark = pytest.mark.requires_cap("KVM_CAP_PRE_FAULT_MEMORY")
 
@@ -35,15 +37,18 @@ again:
 """
 
 
-def _pre_fault(vcpu, gpa, size, retry_eagain=False):
+def _pre_fault(vcpu, gpa, size, retry_eagain=False, expired=None):
     """Issue KVM_PRE_FAULT_MEMORY until it maps everything or fails: (errno, bytes left). Each
-    success must have made progress and each failure none (api.rst 4.143)."""
+    success must have made progress and each failure none (api.rst 4.143). EINTR is retried
+    unless `expired` (a threading.Event) is set: then it is the deadline's kick, and returned."""
     while True:
         err, new_gpa, left = vcpu.try_pre_fault_memory(gpa, size)
         if err:
             assert (new_gpa, left) == (gpa, size), \
                 f"KVM_PRE_FAULT_MEMORY failed ({errno.errorcode.get(err, err)}) but moved the range from " \
                 f"{gpa:#x}+{size:#x} to {new_gpa:#x}+{left:#x}"
+            if expired is not None and expired.is_set():
+                return err, size
             if err == errno.EINTR or (retry_eagain and err == errno.EAGAIN):
                 continue
             return err, size
@@ -52,6 +57,34 @@ def _pre_fault(vcpu, gpa, size, retry_eagain=False):
         if not left:
             return 0, 0
         gpa, size = new_gpa, left
+
+
+DEADLINE = 10  # seconds; the churn takes milliseconds
+
+
+@contextlib.contextmanager
+def _kicked_after(seconds):
+    """Bound the ioctls of the `with` body, which no KVM_RUN watchdog watches: past `seconds`, set
+    the event it yields and send SIG_KICK to this thread every 50 ms until the body ends. KVM
+    ioctls that loop in the kernel leave on a pending signal with EINTR (api.rst 4.143: "EINTR"
+    when a signal is pending); the body must check the event to stop retrying. The helper thread
+    is joined on exit, so no kick outlives the body (one sent before the join is taken then)."""
+    expired, done = threading.Event(), threading.Event()
+    target = threading.get_ident()
+
+    def kick():
+        if not done.wait(seconds):
+            expired.set()
+            while not done.wait(0.05):
+                send_kick(target)
+
+    kicker = threading.Thread(target=kick, name="kvmtest-pre-fault-deadline", daemon=True)
+    kicker.start()
+    try:
+        yield expired
+    finally:
+        done.set()
+        kicker.join()
 
 
 def _guest(guest):
@@ -120,8 +153,13 @@ def test_pre_faulting_while_the_memslot_is_deleted_and_recreated(guest):
 
     worker = threading.Thread(target=churn)
     worker.start()
-    err, left = _pre_fault(g.vcpu, BASE, 0x200000, retry_eagain=True)
-    worker.join(10)
+    with _kicked_after(DEADLINE) as expired:
+        err, left = _pre_fault(g.vcpu, BASE, 0x200000, retry_eagain=True, expired=expired)
+    worker.join(DEADLINE)  # first: once the kick has ended the pre-fault, the deletion can finish
+    assert not expired.is_set(), \
+        f"KVM_PRE_FAULT_MEMORY did not complete within {DEADLINE} s while another thread deleted and re-added " \
+        f"its memslot (ended by a signal: {errno.errorcode.get(err, err)}; the deletion then " \
+        f"{'was still waiting' if worker.is_alive() else 'finished'})"
     assert not worker.is_alive(), "deleting and re-adding the memslot did not finish"
     if err:
         assert err == errno.ENOENT and gone.is_set(), \
